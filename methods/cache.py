@@ -1,0 +1,105 @@
+"""On-disk cache for arrays and checkpoints: atomic writes, content-hash checks, keys from inputs.
+
+A cache file is only ever seen complete (written to a temporary file, then renamed). Each entry stores the
+SHA-256 of its payload; a truncated or altered file is reported in one line and recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "marsfsl"))
+
+
+def cache_key(*parts) -> str:
+    """Stable hash of JSON-serialisable parts (dicts are sorted)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class Cache:
+    """Files under one directory, each `<kind>/<key>.<ext>` with a sidecar `.sha256`."""
+
+    def __init__(self, root: Path | str | None = None, enabled: bool = True):
+        self.root = Path(root) if root is not None else DEFAULT_CACHE_DIR
+        self.enabled = enabled
+        self.hits: list[str] = []
+        self.misses: list[str] = []
+
+    def path(self, kind: str, key: str, ext: str) -> Path:
+        return self.root / kind / f"{key}.{ext}"
+
+    def _read_verified(self, path: Path) -> bytes | None:
+        digest_path = path.with_name(path.name + ".sha256")
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        expected = digest_path.read_text().strip() if digest_path.exists() else None
+        if expected != hashlib.sha256(data).hexdigest():
+            _warn(f"cache file {path} is corrupt (checksum mismatch); recomputing it")
+            return None
+        return data
+
+    def _write(self, path: Path, data: bytes) -> None:
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+    def array(self, kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array for key, computing and storing it on a miss."""
+        path = self.path(kind, key, "npy")
+        if self.enabled:
+            data = self._read_verified(path)
+            if data is not None:
+                self.hits.append(f"{kind}/{key}")
+                return np.load(io.BytesIO(data), allow_pickle=False)
+        self.misses.append(f"{kind}/{key}")
+        value = np.ascontiguousarray(compute())
+        if self.enabled:
+            buf = io.BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            self._write(path, buf.getvalue())
+        return value
+
+    def state_dict(self, kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
+        """(state, was_cached) for a torch checkpoint."""
+        path = self.path(kind, key, "pt")
+        if self.enabled:
+            data = self._read_verified(path)
+            if data is not None:
+                self.hits.append(f"{kind}/{key}")
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), True
+        self.misses.append(f"{kind}/{key}")
+        state = compute()
+        if self.enabled:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self._write(path, buf.getvalue())
+        return state, False

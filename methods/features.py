@@ -1,0 +1,87 @@
+"""Decoded image arrays and frozen backbone features for a whole dataset table, cached on disk.
+
+Images are decoded once into a pre-resized uint8 array (keyed by the table's fingerprint and the size), so
+decoding stays off every later critical path; features are keyed by that plus backbone and weights.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from methods.backbones import DEFAULT_BACKBONE, create_backbone, normalize, weights_digest
+from methods.cache import Cache, cache_key
+from methods.progress import SILENT, Progress
+from tasks.datasets.base import ImageTable
+from tasks.errors import UserError
+
+PREPROCESSING_VERSION = 1  # bump when decoding/resizing changes, so caches are recomputed
+DEFAULT_IMAGE_SIZE = 128
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+    """(3, size, size) uint8: RGB (greyscale repeated), shorter side resized and centre-cropped."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.fit(img.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"image {path} does not exist; check the dataset folder") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "is not an image" if isinstance(exc, UnidentifiedImageError) else "is corrupt or truncated"
+        raise UserError(f"image {path} {reason}; replace or remove it") from None
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def decode_images(paths, size: int, progress: Progress = SILENT, workers: int | None = None) -> np.ndarray:
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    workers = workers or min(4, os.cpu_count() or 1)
+    with progress.task(f"decoding {len(paths)} images", len(paths)) as advance, ThreadPoolExecutor(workers) as pool:
+        for i, array in enumerate(pool.map(lambda p: load_image(p, size), paths, chunksize=32)):
+            out[i] = array
+            advance(1)
+    return out
+
+
+def image_array(table: ImageTable, size: int, cache: Cache, progress: Progress = SILENT) -> np.ndarray:
+    key = cache_key("images", table.fingerprint(), size, PREPROCESSING_VERSION)
+    return cache.array("images", key, lambda: decode_images(list(table.paths), size, progress))
+
+
+@torch.inference_mode()
+def run_model(module: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
+              progress: Progress = SILENT, description: str = "extracting features") -> np.ndarray:
+    """Apply `module` in eval mode to uint8 images in batches; returns float32 outputs flattened per image."""
+    was_training = module.training
+    module.eval()
+    chunks = []
+    with progress.task(description, len(images)) as advance:
+        for start in range(0, len(images), batch_size):
+            x = normalize(torch.from_numpy(images[start : start + batch_size]))
+            chunks.append(module(x).float().numpy())
+            advance(len(x))
+    module.train(was_training)
+    return np.concatenate(chunks) if chunks else np.empty((0,), np.float32)
+
+
+def feature_extractor(backbone: str) -> torch.nn.Module:
+    model = create_backbone(backbone, pretrained=True)
+    model.reset_classifier(0)  # pooled features
+    return model
+
+
+def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BACKBONE,
+                    image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = SILENT) -> np.ndarray:
+    """(n_images, D) float32 pooled features of the ImageNet backbone for every image of the table."""
+    key = cache_key("features", table.fingerprint(), image_size, PREPROCESSING_VERSION, backbone,
+                    weights_digest(backbone))
+
+    def compute():
+        images = image_array(table, image_size, cache, progress)
+        return run_model(feature_extractor(backbone), images, progress=progress,
+                         description=f"{backbone} features")
+
+    return cache.array("features", key, compute)

@@ -1,0 +1,29 @@
+"""Linear probe: multinomial logistic regression (scikit-learn) on standardised frozen features."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from methods.base import FeatureMethod
+from methods.registry import register_method
+
+
+@register_method("linear-probe")
+class LinearProbe(FeatureMethod):
+    description = "Logistic regression (L2, C=1) on standardised frozen ImageNet features"
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000):
+        self.C, self.max_iter = float(C), int(max_iter)
+
+    def fit_features(self, x, y, n_way, rng):
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter))
+        self.model.fit(x.numpy(), y.numpy())
+
+    def predict_features(self, x):
+        scores = self.model.decision_function(x.numpy()).astype(np.float32)
+        if scores.ndim == 1:  # binary: scikit-learn returns the positive class's score only
+            scores = np.stack([-scores, scores], axis=1)
+        return torch.from_numpy(scores)

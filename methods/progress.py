@@ -1,0 +1,19 @@
+"""A minimal progress protocol, so that methods report long steps without knowing about the terminal."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+class Progress:
+    """Silent by default; the CLI passes one that draws rich progress bars and prints status lines."""
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        yield lambda n=1: None
+
+    def log(self, message: str) -> None:
+        pass
+
+
+SILENT = Progress()

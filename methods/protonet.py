@@ -1,0 +1,93 @@
+"""Prototypical networks (Snell et al. 2017) over frozen features, optionally meta-trained on the base pool.
+
+Without meta-training: nearest class mean in squared Euclidean distance of the frozen ImageNet features.
+With `metatrain=True`: a linear embedding on top of the frozen features is trained with the prototypical
+loss on N-way episodes drawn from the base pool (cached on disk), then used the same way.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from methods.base import Context, FeatureMethod, torch_generator
+from methods.cache import cache_key
+from methods.registry import register_method
+from tasks.episodes import PoolIndex
+
+
+def prototypes(x: torch.Tensor, y: torch.Tensor, n_way: int) -> torch.Tensor:
+    """(..., n_way, D) class means; x (..., n, D), y (..., n) in 0..n_way-1. Batched over leading dims."""
+    onehot = nn.functional.one_hot(y, n_way).to(x.dtype)  # (..., n, N)
+    return onehot.transpose(-1, -2) @ x / onehot.sum(-2).unsqueeze(-1)
+
+
+def neg_sq_distances(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """(..., m, N) negative squared Euclidean distances, expanded for speed and batching."""
+    return 2 * query @ protos.transpose(-1, -2) - (query**2).sum(-1, keepdim=True) - (protos**2).sum(-1).unsqueeze(-2)
+
+
+def train_embedding(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, n_way: int,
+                    shots: int, queries: int, steps: int, lr: float, rng: np.random.Generator) -> nn.Module:
+    """Episodic prototypical training of a linear embedding on base-pool episodes."""
+    from tasks.episodes import sample_episode
+
+    index = PoolIndex(labels, groups, pool)
+    eligible = index.eligible(shots, queries)
+    n_way = min(n_way, len(eligible))
+    x_all = torch.from_numpy(features)
+    embed = nn.Linear(x_all.shape[1], x_all.shape[1])
+    nn.init.eye_(embed.weight)
+    nn.init.zeros_(embed.bias)
+    opt = torch.optim.Adam(embed.parameters(), lr=lr)
+    for _ in range(steps):
+        ep = sample_episode(index, n_way, shots, queries, rng, eligible)
+        s, q = embed(x_all[ep.support_idx]), embed(x_all[ep.query_idx])
+        logits = neg_sq_distances(q, prototypes(s, torch.from_numpy(ep.support_y), n_way))
+        loss = nn.functional.cross_entropy(logits / x_all.shape[1] ** 0.5, torch.from_numpy(ep.query_y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return embed.eval()
+
+
+@register_method("protonet")
+class ProtoNet(FeatureMethod):
+    description = "Nearest class mean of frozen features (squared Euclidean); metatrain=True adds base-pool episodic training"
+
+    def __init__(self, metatrain: bool = False, steps: int = 2000, lr: float = 1e-4, train_way: int = 5,
+                 train_shots: int = 5, train_queries: int = 10):
+        self.metatrain, self.steps, self.lr = bool(metatrain), int(steps), float(lr)
+        self.train_way, self.train_shots, self.train_queries = int(train_way), int(train_shots), int(train_queries)
+        self.embed = None
+
+    def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
+        if not self.metatrain:
+            return
+        table = ctx.task.table
+        key = cache_key("protonet-embed", ctx.task.fingerprint(), ctx.backbone, ctx.image_size, self.config(), ctx.seed)
+
+        def train():
+            embed = train_embedding(self.features.numpy(), table.labels, table.groups, ctx.task.base, self.train_way,
+                                    self.train_shots, self.train_queries, self.steps, self.lr,
+                                    np.random.default_rng([ctx.seed, 17]))
+            return embed.state_dict()
+
+        state, _ = ctx.cache.state_dict("protonet", key, train)
+        self.embed = nn.Linear(self.features.shape[1], self.features.shape[1])
+        self.embed.load_state_dict(state)
+        self.embed.eval()
+        with torch.inference_mode():
+            self.features = self.embed(self.features)
+
+    def fit_features(self, x, y, n_way, rng):
+        self.protos = prototypes(x, y, n_way)
+
+    def predict_features(self, x):
+        return neg_sq_distances(x, self.protos)
+
+    def predict_batch(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                      n_way: int) -> torch.Tensor:
+        """Many episodes at once: (E, n, D), (E, n), (E, m, D) -> (E, m, N) scores."""
+        return neg_sq_distances(query_x, prototypes(support_x, support_y, n_way))

@@ -1,0 +1,1 @@
+"""Which images, which classes, which episodes: datasets, splits and the episode sampler."""

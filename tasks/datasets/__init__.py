@@ -1,0 +1,16 @@
+"""Dataset registry. Importing this package registers the built-in datasets."""
+from tasks.datasets import aid, hirise  # noqa: F401
+from tasks.datasets.base import (  # noqa: F401
+    DatasetSpec,
+    ImageTable,
+    dataset_names,
+    dataset_spec,
+    load_dataset,
+    register_dataset,
+    table_from_rows,
+)
+
+try:  # datasets contributed in their own modules
+    from tasks.datasets import domars16k  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass

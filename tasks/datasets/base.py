@@ -1,0 +1,139 @@
+"""An image dataset is a table of (path, label, group, split) plus its class names.
+
+The group is the source scene (a HiRISE observation, a CTX product, or the image itself): crops of one
+group never sit on both sides of a split or of an episode.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import UserError, closest
+
+COLUMNS = ("path", "label", "group", "split")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTable:
+    """Rows: one image each. `label` is a dense int in 0..len(class_names)-1."""
+
+    name: str
+    frame: pd.DataFrame
+    class_names: tuple[str, ...]
+
+    def __post_init__(self):
+        missing = [c for c in COLUMNS if c not in self.frame.columns]
+        if missing:
+            raise ValueError(f"ImageTable {self.name}: missing columns {missing}")
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def paths(self) -> np.ndarray:
+        return self.frame["path"].to_numpy(dtype=object)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.frame["label"].to_numpy(dtype=np.int64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.frame["group"].to_numpy(dtype=object)
+
+    @property
+    def splits(self) -> np.ndarray:
+        return self.frame["split"].to_numpy(dtype=object)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines what the images are: paths, sizes, mtimes, labels, groups."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        h.update("\x00".join(self.class_names).encode())
+        for path, label, group in zip(self.paths, self.labels, self.groups):
+            try:
+                st = os.stat(path)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            h.update(f"{path}\x00{label}\x00{group}\x00{stamp}\n".encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: how to load it from a data directory and where it officially comes from."""
+
+    name: str
+    folder: str  # sub-folder of the data directory
+    description: str
+    load: Callable[[Path], ImageTable]
+    how_to_get: str
+    download: Callable[[Path], Path] | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _DATASETS:
+        raise ValueError(f"dataset {spec.name!r} registered twice")
+    _DATASETS[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in _DATASETS:
+        raise UserError(
+            f"unknown dataset {name!r}{closest(name, _DATASETS)}; known: {', '.join(dataset_names())}, "
+            "or folder:PATH, csv:PATH"
+        )
+    return _DATASETS[name]
+
+
+def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(
+            f"data directory {data_dir} does not exist; pass --data-dir or set BENCH_DATA_DIR to the folder "
+            "that holds the datasets"
+        )
+    root = data_dir / spec.folder
+    if not root.is_dir():
+        raise UserError(f"dataset {spec.name} not found: looked in {root}; {spec.how_to_get}")
+    return root
+
+
+def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
+    """Load a registered dataset, or `folder:PATH` / `csv:PATH` for a user's own labelled images."""
+    from tasks.datasets import generic  # noqa: F401  (registers the prefix loaders)
+
+    for prefix, loader in generic.PREFIX_LOADERS.items():
+        if name.startswith(prefix + ":"):
+            return loader(Path(name[len(prefix) + 1 :]).expanduser())
+    spec = dataset_spec(name)
+    return spec.load(dataset_root(spec, Path(data_dir)))
+
+
+def table_from_rows(name: str, paths, labels, groups, class_names, splits=None) -> ImageTable:
+    frame = pd.DataFrame(
+        {
+            "path": [str(p) for p in paths],
+            "label": np.asarray(labels, dtype=np.int64),
+            "group": [str(g) for g in groups],
+            "split": [str(s) for s in splits] if splits is not None else [""] * len(paths),
+        }
+    )
+    return ImageTable(name=name, frame=frame, class_names=tuple(class_names))

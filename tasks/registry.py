@@ -1,0 +1,97 @@
+"""Tasks: a dataset, a base pool that methods may pre-train on, and a target pool that episodes come from."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tasks.datasets import ImageTable, load_dataset
+from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
+from tasks.errors import UserError, closest
+from tasks.splits import class_split, scene_split
+
+SPLIT_SEED = 0  # the base/target split is fixed, whatever the episode seed
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    name: str
+    description: str
+    table: ImageTable
+    base: np.ndarray  # table indices methods may pre-train on (labels included)
+    target: np.ndarray  # table indices episodes are drawn from
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.table.class_names
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.name}\x00{self.table.fingerprint()}".encode())
+        h.update(np.asarray(self.base, np.int64).tobytes())
+        h.update(np.asarray(self.target, np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def target_index(self) -> PoolIndex:
+        return PoolIndex(self.table.labels, self.table.groups, self.target)
+
+    def episodes(self, n_way: int, k_shot: int, n_query: int, n_episodes: int, seed: int) -> EpisodeSet:
+        stream = f"{self.name}|{self.fingerprint()}|{n_way}|{k_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
+        return sample_episodes(self.name, stream, self.target_index(), n_way, k_shot, n_query, n_episodes,
+                               seed, self.class_names)
+
+
+def region_task(name: str, table: ImageTable, description: str) -> Task:
+    base, target = scene_split(table.labels, table.groups, seed=SPLIT_SEED)
+    return Task(name, description, table, base, target)
+
+
+def make_hirise_regions(data_dir: Path) -> Task:
+    return region_task("hirise-regions", load_dataset("hirise-v1", data_dir),
+                       "HiRISE v1, observations split 60/40 per class into base and target regions")
+
+
+# A fixed class-disjoint split of AID's 30 classes (drawn once with numpy seed 0, written out here).
+AID_TARGET_CLASSES = ("Airport", "BareLand", "Beach", "Desert", "Farmland", "Meadow", "Mountain", "Pond",
+                      "River", "Viaduct")
+
+
+def make_aid_classes(data_dir: Path) -> Task:
+    table = load_dataset("aid", data_dir)
+    base, target = class_split(table.labels, table.class_names, AID_TARGET_CLASSES)
+    return Task("aid-classes", "AID (Earth), 20 base classes, 10 target classes", table, base, target)
+
+
+def make_domars16k(data_dir: Path) -> Task:
+    table = load_dataset("domars16k", data_dir)
+    splits = table.splits
+    return Task("domars16k", "DoMars16k (CTX): base = train + val, target = test", table,
+                np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))
+
+
+TASKS: dict[str, tuple[str, Callable[[Path], Task]]] = {
+    "hirise-regions": ("HiRISE v1, scene-disjoint base/target regions (default)", make_hirise_regions),
+    "aid-classes": ("AID Earth scenes, 20 base / 10 target classes", make_aid_classes),
+    "domars16k": ("DoMars16k CTX landforms, base = train+val, target = test", make_domars16k),
+}
+
+
+def user_table_task(spec: str, data_dir: Path) -> Task:
+    """`folder:PATH` or `csv:PATH`: the CSV's split column (base/target) if present, else a scene split."""
+    table = load_dataset(spec, data_dir)
+    splits = table.splits
+    if set(splits) <= {"base", "target"} and "target" in set(splits):
+        return Task(spec, f"{spec} (its own base/target split)", table,
+                    np.flatnonzero(splits == "base"), np.flatnonzero(splits == "target"))
+    return region_task(spec, table, f"{spec}, scene-disjoint 60/40 base/target split")
+
+
+def load_task(name: str, data_dir: Path | str) -> Task:
+    if name.startswith(("folder:", "csv:")):
+        return user_table_task(name, Path(data_dir))
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}{closest(name, TASKS)}; known: {', '.join(TASKS)}, "
+                        "or folder:PATH, csv:PATH")
+    return TASKS[name][1](Path(data_dir))

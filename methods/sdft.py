@@ -1,0 +1,220 @@
+"""Stepwise deep feature transfer (SDFT): Earth (ImageNet) -> medium Mars set -> small target Mars set.
+
+Step 0: the ImageNet-pretrained EfficientNet-Lite backbone.
+Step 1: fine-tune the whole backbone with a *linear* classifier on the task's base pool (the medium Mars
+        set), with orbital augmentation, a scene-disjoint held-out slice for early stopping and a cosine
+        learning-rate schedule. The checkpoint is cached, keyed by everything that determines it.
+Step 2: per episode, a *cosine-distance* classifier replaces the head; its weights are initialised from the
+        support class means ("pretraining"), then head and the top of the backbone are fine-tuned on the
+        support set at a low learning rate ("fine-tuning"), and the queries are predicted in eval mode.
+
+Step 2 trains only the top stage(s) of the backbone, so the activations entering the top are computed once
+per image and cached: an episode costs milliseconds of top-block compute instead of a full network pass.
+During step 2 the batch-norm layers keep their step-1 statistics (eval mode): 5 to 100 support images are
+too few to re-estimate them, and prediction must not depend on batch composition.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from methods.augment import augment_batch
+from methods.backbones import create_backbone, split_top, weights_digest
+from methods.base import Context, FewShotMethod
+from methods.cache import cache_key
+from methods.cosine import CosineClassifier
+from methods.features import run_model
+from methods.registry import register_method
+from tasks.splits import scene_split
+
+STEP1_VERSION = 1
+STEP2_VERSION = 1
+
+# Defaults, chosen so that step 1 fits in minutes and a 600-episode 5-shot run in a few more on 2 cores:
+STEP1_DEFAULTS = dict(
+    epochs=6,  # the held-out accuracy on HiRISE base regions stops improving after a few epochs
+    batch_size=32,
+    lr=3e-4,  # AdamW; a whole pretrained network moves gently
+    weight_decay=1e-4,
+    patience=2,  # early stopping on held-out accuracy
+    val_folds=8,  # 1 of 8 scene-disjoint folds of the base pool is held out (~12%)
+)
+STEP2_DEFAULTS = dict(
+    top_blocks=1,  # fine-tune the last MBConv stage + conv_head (the rest stays frozen, activations cached)
+    steps=30,  # full-batch steps on the support set
+    lr_top=1e-4,  # "low learning rate" for the backbone's top
+    lr_head=1e-3,
+    scale=10.0,  # initial cosine scale, learnable
+)
+
+
+def _standardise(images_uint8: torch.Tensor) -> torch.Tensor:
+    return (images_uint8.float() / 255.0 - 0.5) / 0.5
+
+
+def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) positions of the base pool, scene-disjoint when the pool has enough scenes."""
+    n_groups = len(np.unique(groups))
+    if n_groups < 4:
+        return np.arange(len(labels)), np.arange(0)
+    train, val = scene_split(labels, groups, seed=seed, n_folds=min(folds, n_groups), target_folds=1)
+    return train, val
+
+
+def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups: np.ndarray, opts: dict,
+                seed: int, log) -> tuple[dict, list]:
+    """Fine-tune the whole backbone + linear head; returns (best state dict, per-epoch history)."""
+    gen = torch.Generator().manual_seed(seed)
+    train, val = step1_split(labels, groups, opts["val_folds"], seed)
+    y = torch.from_numpy(labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
+    steps_per_epoch = max(1, int(np.ceil(len(train) / opts["batch_size"])))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts["epochs"] * steps_per_epoch)
+    best_acc, best_state, history, stale = -1.0, None, [], 0
+    for epoch in range(1, opts["epochs"] + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
+        total, count = 0.0, 0
+        for start in range(0, len(order), opts["batch_size"]):
+            batch = order[start : start + opts["batch_size"]]
+            if len(batch) < 2:  # batch norm needs two samples
+                continue
+            x = augment_batch(torch.from_numpy(images[batch.numpy()]).float() / 255.0, gen)
+            loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+            total += loss.item() * len(batch)
+            count += len(batch)
+        if len(val):
+            logits = run_model(model, images[val])
+            acc = float((logits.argmax(1) == labels[val]).mean())
+        else:
+            acc = float("nan")
+        history.append({"epoch": epoch, "loss": total / max(count, 1), "val_accuracy": acc,
+                        "seconds": time.perf_counter() - started})
+        log(f"sdft step 1: epoch {epoch}/{opts['epochs']} loss {total / max(count, 1):.3f} "
+            f"held-out accuracy {acc:.3f} ({time.perf_counter() - started:.0f} s)")
+        if not len(val) or acc > best_acc:
+            best_acc, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= opts["patience"]:
+                log(f"sdft step 1: early stop after epoch {epoch}, best held-out accuracy {best_acc:.3f}")
+                break
+    return best_state, history
+
+
+@register_method("sdft")
+class SDFT(FewShotMethod):
+    description = "Stepwise deep feature transfer: ImageNet -> base pool (linear head) -> support (cosine head, top fine-tuned)"
+    consumes = "images"
+    use_step1 = True
+    head = "cosine"
+
+    def __init__(self, **options):
+        unknown = set(options) - set(STEP1_DEFAULTS) - set(STEP2_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: "
+                            f"{', '.join(sorted({**STEP1_DEFAULTS, **STEP2_DEFAULTS}))}")
+        self.opts = {**STEP1_DEFAULTS, **STEP2_DEFAULTS, **options}
+        for key, default in {**STEP1_DEFAULTS, **STEP2_DEFAULTS}.items():
+            self.opts[key] = type(default)(self.opts[key])
+
+    def config(self) -> dict:
+        return {"step1": self.use_step1, "head": self.head, **self.opts}
+
+    def step1_key(self, ctx: Context) -> str:
+        step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
+        return cache_key("sdft-step1", STEP1_VERSION, ctx.task.fingerprint(), ctx.images_key(), ctx.backbone,
+                         weights_digest(ctx.backbone), step1, ctx.seed)
+
+    def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
+        images = ctx.images()
+        model = create_backbone(ctx.backbone, pretrained=True)
+        if self.use_step1:
+            base_idx, base_labels = ctx.base_pool()
+            base_classes, dense = np.unique(base_labels, return_inverse=True)
+            model.reset_classifier(len(base_classes))
+            key = self.step1_key(ctx)
+
+            def compute():
+                ctx.progress.log(f"sdft step 1: fine-tuning {ctx.backbone} on {len(base_idx)} base images, "
+                                 f"{len(base_classes)} classes (cached as {key})")
+                state, _ = train_step1(model, images[base_idx], dense.astype(np.int64),
+                                       ctx.task.table.groups[base_idx], self.opts, ctx.seed, ctx.progress.log)
+                return state
+
+            state, cached = ctx.cache.state_dict("sdft-step1", key, compute)
+            if cached:
+                ctx.progress.log(f"sdft step 1: cache hit ({key}), skipping training")
+            model.load_state_dict(state)
+            source = key
+        else:
+            source = f"imagenet-{weights_digest(ctx.backbone)}"
+        model.reset_classifier(0)
+        bottom, top = split_top(model, self.opts["top_blocks"])
+        acts_key = cache_key("sdft-acts", STEP2_VERSION, source, ctx.images_key(), ctx.backbone,
+                             self.opts["top_blocks"])
+        self.acts = torch.from_numpy(ctx.cache.array(
+            "sdft-acts", acts_key,
+            lambda: run_model(bottom, images, progress=ctx.progress, description="sdft: activations entering the top"),
+        ))
+        self.top = top.eval()
+        self.top_state = copy.deepcopy(top.state_dict())
+        with torch.inference_mode():
+            self.feature_dim = int(top(self.acts[:1]).flatten(1).shape[1])
+
+    def make_head(self, n_way: int) -> nn.Module:
+        if self.head == "cosine":
+            return CosineClassifier(self.feature_dim, n_way, scale=self.opts["scale"])
+        return nn.Linear(self.feature_dim, n_way)
+
+    def fit(self, support_idx, support_y, n_way, rng):
+        self.top.load_state_dict(self.top_state)
+        self.top.eval()  # batch norm keeps step-1 statistics (see module docstring)
+        x = self.acts[support_idx]
+        y = torch.as_tensor(support_y)
+        self.classifier = self.make_head(n_way)
+        with torch.no_grad():
+            features = self.top(x).flatten(1)
+            if isinstance(self.classifier, CosineClassifier):
+                self.classifier.init_from_prototypes(features, y)
+            else:  # same "pretraining" for the ablation: weights = class means, zero bias
+                self.classifier.weight.copy_(torch.stack([features[y == c].mean(0) for c in range(n_way)]))
+                self.classifier.bias.zero_()
+        opt = torch.optim.Adam([
+            {"params": self.top.parameters(), "lr": self.opts["lr_top"]},
+            {"params": self.classifier.parameters(), "lr": self.opts["lr_head"]},
+        ])
+        for _ in range(self.opts["steps"]):
+            loss = F.cross_entropy(self.classifier(self.top(x).flatten(1)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def predict(self, query_idx):
+        self.top.eval()
+        self.classifier.eval()
+        with torch.inference_mode():
+            return self.classifier(self.top(self.acts[query_idx]).flatten(1)).numpy()
+
+
+@register_method("sdft-no-step1")
+class SDFTNoStep1(SDFT):
+    description = "SDFT ablation: ImageNet backbone straight to step 2 (no Mars base-pool fine-tuning)"
+    use_step1 = False
+
+
+@register_method("sdft-linear-head")
+class SDFTLinearHead(SDFT):
+    description = "SDFT ablation: step 2 with a linear head (initialised from class means) instead of cosine"
+    head = "linear"

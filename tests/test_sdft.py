@@ -1,0 +1,153 @@
+"""SDFT: cosine classifier maths, step-1 cache key, eval-mode prediction, cache reuse, ablations."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from methods.base import Context
+from methods.cache import Cache
+from methods.cosine import CosineClassifier
+from methods.progress import Progress
+from methods.registry import create_method
+from tasks.datasets import load_dataset
+from tasks.registry import region_task
+
+FAST = dict(epochs=1, batch_size=8, steps=5)
+
+
+def test_cosine_scores_are_scaled_cosines():
+    head = CosineClassifier(4, 3, scale=7.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [1.0, 1.0, 0, 0]]))
+    x = torch.tensor([[3.0, 0, 0, 0], [0, 0.5, 0, 0]])
+    expected = 7.0 * torch.tensor([[1.0, 0.0, 2**-0.5], [0.0, 1.0, 2**-0.5]])
+    assert torch.allclose(head(x), expected, atol=1e-6)
+
+
+def test_cosine_scores_ignore_feature_and_weight_norms():
+    torch.manual_seed(0)
+    head = CosineClassifier(8, 4, scale=10.0)
+    with torch.no_grad():
+        head.weight.normal_()
+    x = torch.randn(5, 8)
+    before = head(x)
+    with torch.no_grad():
+        head.weight.mul_(torch.tensor([[3.0], [0.1], [5.0], [2.0]]))
+    assert torch.allclose(head(x * 17.0), before, atol=1e-5)
+    assert before.abs().max() <= 10.0 + 1e-5
+
+
+def test_cosine_scale_is_learnable_and_prototype_init_is_normalised_mean():
+    head = CosineClassifier(2, 2, scale=5.0)
+    assert head.scale.requires_grad
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [0.0, -1.0]])
+    head.init_from_prototypes(x, torch.tensor([0, 0, 1]))
+    assert torch.allclose(head.weight[0], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(head.weight[1], torch.tensor([0.0, -1.0]))
+    head(x).sum().backward()
+    assert head.scale.grad is not None
+
+
+def make_tiny_task(root, n_classes=3, groups_per_class=4, per_group=4, size=24):
+    """Images whose class is a colour/stripe pattern; groups are 'scenes' sharing a brightness."""
+    rng = np.random.default_rng(0)
+    for c in range(n_classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for g in range(groups_per_class):
+            for i in range(per_group):
+                img = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
+                img[:, :, c % 3] += 150
+                img[:: (c + 2), :, :] = 255
+                Image.fromarray(img).save(folder / f"g{g}_{i}.png")
+    table = load_dataset(f"folder:{root}", root)
+    groups = [f"{p.split('/')[-2]}-{p.split('/')[-1].split('_')[0]}" for p in table.paths]
+    table.frame["group"] = groups
+    return region_task("tiny", table, "tiny generated task")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_tiny_task(tmp_path / "data"), Cache(tmp_path / "cache")
+
+
+def context(task, cache, **kw):
+    return Context(task, cache, image_size=kw.pop("image_size", 32), seed=kw.pop("seed", 0), **kw)
+
+
+def test_step1_cache_key_changes_with_every_input(tiny, tmp_path):
+    task, cache = tiny
+    sdft = create_method("sdft", **FAST)
+    base_key = sdft.step1_key(context(task, cache))
+    other_task = make_tiny_task(tmp_path / "other", n_classes=4)
+    variants = {
+        "seed": sdft.step1_key(context(task, cache, seed=1)),
+        "image size": sdft.step1_key(context(task, cache, image_size=40)),
+        "backbone": sdft.step1_key(context(task, cache, backbone="efficientnet_lite1")),
+        "task data": sdft.step1_key(context(other_task, cache)),
+        "epochs": create_method("sdft", **{**FAST, "epochs": 2}).step1_key(context(task, cache)),
+        "lr": create_method("sdft", **{**FAST, "lr": 1e-3}).step1_key(context(task, cache)),
+        "batch size": create_method("sdft", **{**FAST, "batch_size": 4}).step1_key(context(task, cache)),
+    }
+    assert all(key != base_key for key in variants.values()), variants
+    assert len(set(variants.values())) == len(variants)
+    # step-2 options do not change step 1
+    assert create_method("sdft", **{**FAST, "steps": 9}).step1_key(context(task, cache)) == base_key
+
+
+def test_step1_runs_once_then_is_read_from_cache(tiny):
+    task, cache = tiny
+    logs = []
+
+    class Log(Progress):
+        def log(self, message):
+            logs.append(message)
+
+    create_method("sdft", **FAST).prepare(context(task, cache, progress=Log()))
+    assert any("epoch 1/1" in m for m in logs)
+    logs.clear()
+    create_method("sdft", **FAST).prepare(context(task, cache, progress=Log()))
+    assert any("cache hit" in m for m in logs) and not any("epoch" in m for m in logs)
+
+
+def test_sdft_predicts_in_eval_mode_without_query_labels_and_beats_chance(tiny):
+    task, cache = tiny
+    sdft = create_method("sdft", **FAST)
+    sdft.prepare(context(task, cache))
+    modes = []
+    sdft.top.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    episodes = task.episodes(3, 2, 3, 6, seed=0)
+    correct = []
+    for ep in episodes:
+        sdft.fit(ep.support_idx, ep.support_y, ep.n_way, np.random.default_rng(0))
+        modes.clear()
+        scores = sdft.predict(ep.query_idx)
+        assert modes and not any(modes), "prediction must run in eval mode"
+        assert scores.shape == (len(ep.query_idx), 3)
+        perm = np.random.default_rng(1).permutation(len(ep.query_idx))
+        np.testing.assert_allclose(sdft.predict(ep.query_idx[perm]), scores[perm], rtol=1e-5, atol=1e-5)
+        correct.append((scores.argmax(1) == ep.query_y).mean())
+    assert np.mean(correct) > 0.6  # chance is 1/3
+
+
+def test_each_episode_starts_from_the_same_step1_weights(tiny):
+    task, cache = tiny
+    sdft = create_method("sdft", **FAST)
+    sdft.prepare(context(task, cache))
+    ep0, ep1 = list(task.episodes(3, 2, 3, 2, seed=0))
+    sdft.fit(ep0.support_idx, ep0.support_y, 3, np.random.default_rng(0))
+    first = sdft.predict(ep0.query_idx)
+    sdft.fit(ep1.support_idx, ep1.support_y, 3, np.random.default_rng(0))
+    sdft.fit(ep0.support_idx, ep0.support_y, 3, np.random.default_rng(0))
+    np.testing.assert_array_equal(sdft.predict(ep0.query_idx), first)
+
+
+def test_ablations_differ_from_sdft_in_exactly_their_component(tiny):
+    task, cache = tiny
+    full, no_step1, linear = (create_method(n, **FAST) for n in ("sdft", "sdft-no-step1", "sdft-linear-head"))
+    assert full.config()["step1"] and not no_step1.config()["step1"]
+    assert full.config()["head"] == "cosine" and linear.config()["head"] == "linear"
+    linear.prepare(context(task, cache))
+    assert isinstance(linear.make_head(3), torch.nn.Linear)
+    with pytest.raises(TypeError, match="unknown option"):
+        type(full)(bogus=1)

@@ -30,9 +30,8 @@ class RichProgressReporter(Progress):
             handle = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(handle, n)
 
-    def log(self, message: str) -> None:
-        if self.enabled:
-            console.print(f"[dim]{message}[/dim]", highlight=False)
+    def log(self, message: str) -> None:  # status lines print even without bars (--quiet)
+        console.print(f"[dim]{message}[/dim]", highlight=False)
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:

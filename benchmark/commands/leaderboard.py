@@ -1,0 +1,42 @@
+"""`bench leaderboard`: merge result CSVs and rank methods with paired comparisons on shared episodes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("leaderboard", help="merge result CSVs and rank methods (paired differences, tied ranks)")
+    p.add_argument("csv", nargs="*", metavar="CSV", help="results files to merge (default: results/*.csv)")
+    p.add_argument("--format", choices=["table", "csv", "markdown", "json"], default="table",
+                   help="table: rich tables in the terminal (default); csv, markdown, json: for papers and READMEs")
+    p.add_argument("--out", default=None, help="write the csv/markdown/json output to this file instead of stdout")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(handler=cmd_leaderboard)
+
+
+def cmd_leaderboard(args) -> int:
+    import sys
+
+    from benchmark.console import console, stdout
+    from benchmark.leaderboard import FORMATS, leaderboard, load_results, print_tables, rich_tables
+    from tasks.errors import UserError
+
+    rows, merged = load_results(args.csv)
+    board = leaderboard(rows)
+    if args.format == "table":
+        if args.out:
+            raise UserError("--out needs --format csv, markdown or json")
+        print_tables(stdout, rich_tables(board))
+    else:
+        text = FORMATS[args.format](board)
+        if args.out:
+            try:
+                Path(args.out).write_text(text)
+            except OSError as exc:
+                raise UserError(f"cannot write {args.out} ({exc.strerror})") from None
+        else:
+            sys.stdout.write(text)
+    console.print(f"{len(rows)} episode rows from {len(merged['files'])} file(s)"
+                  + (f", {merged['duplicates']} duplicate rows dropped" if merged["duplicates"] else "")
+                  + (f"; written to {args.out}" if args.out else ""), highlight=False)
+    return 0

@@ -1,0 +1,240 @@
+"""Merge result CSVs (e.g. from several machines) and turn them into a leaderboard with paired comparisons.
+
+Merging rules:
+- A (task, ways, shots, queries) setting must come from the same episode streams (`manifest`) in every file
+  that has it: different seeds or sampler versions draw different episodes, so their accuracies are not
+  paired and cannot be ranked together. Such files are refused with a one-line error.
+- A row is identified by `results.KEY`. The same key twice with the same scores is one episode recorded twice
+  (a file given twice, an overlapping rerun): one copy is kept. The same key with different scores is a
+  conflict and is refused, naming both files.
+- A method label that appears with two different configs (e.g. its defaults changed between versions) is
+  shown as two entries, `label [config-hash]`.
+The merged rows are sorted by KEY, so the leaderboard does not depend on the order or split of the files.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.results import COLUMNS, KEY, read_results
+from benchmark.stats import compare_methods
+from tasks.errors import UserError
+
+SETTING = ["task", "ways", "shots", "queries"]
+STREAM = SETTING + ["manifest"]
+SCORES = ["classes", "accuracy", "macro_f1", "class_accuracy", "n_query"]
+NUMERIC = {"shots": int, "ways": int, "queries": int, "seed": int, "episode": int, "n_query": int,
+           "accuracy": float, "macro_f1": float, "seconds": float}
+DEFAULT_GLOB = "results/*.csv"
+
+
+def resolve_paths(paths: list[str] | None) -> list[Path]:
+    """The given CSV files (deduplicated, in order), or results/*.csv when none are given."""
+    if not paths:
+        found = sorted(glob.glob(DEFAULT_GLOB))
+        if not found:
+            raise UserError(f"no results files given and none match {DEFAULT_GLOB}; name CSV files or run "
+                            "`bench run` first")
+        paths = found
+    out, seen = [], set()
+    for text in paths:
+        path = Path(text)
+        if not path.exists():
+            raise UserError(f"results file {path} does not exist" + (" (no file matches that pattern)"
+                                                                     if any(c in text for c in "*?[") else ""))
+        if path.is_dir():
+            raise UserError(f"results path {path} is a directory; give .csv files (e.g. {path}/*.csv)")
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            out.append(path)
+    return out
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        frame = read_results(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"results file {path} cannot be read ({str(exc).splitlines()[0]})") from None
+    for column, kind in NUMERIC.items():
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & (frame[column].notna() | (column != "seconds"))
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2
+            raise UserError(f"results file {path}, line {line}: column {column} is not a number "
+                            f"({frame[column].iloc[line - 2]!r})")
+        frame[column] = values.astype(kind)
+    for column in ("task", "method", "config", "manifest", "classes", "class_accuracy"):
+        frame[column] = frame[column].astype(str)
+    frame["file"] = str(path)
+    return frame
+
+
+def _check_streams(frame: pd.DataFrame) -> None:
+    streams = frame.groupby(SETTING + ["file"], sort=False)["manifest"].agg(lambda s: tuple(sorted(set(s))))
+    for setting, per_file in streams.groupby(level=list(range(len(SETTING))), sort=True):
+        if per_file.nunique() < 2:
+            continue
+        items = [(key[-1], manifests) for key, manifests in per_file.items()]
+        file_a, set_a = items[0]
+        file_b, set_b = next((f, m) for f, m in items if m != set_a)
+        only_a, only_b = sorted(set(set_a) - set(set_b)), sorted(set(set_b) - set(set_a))
+        task, ways, shots, queries = setting
+
+        def seeds(file, manifests):
+            rows = frame[(frame["file"] == file) & frame["manifest"].isin(manifests)]
+            return ",".join(str(s) for s in sorted(set(rows["seed"])))
+
+        what = (f"manifest {', '.join(only_a) or '-'} (seed {seeds(file_a, only_a) or '-'}) in {file_a} vs "
+                f"{', '.join(only_b) or '-'} (seed {seeds(file_b, only_b) or '-'}) in {file_b}")
+        raise UserError(f"cannot merge {file_a} and {file_b}: {task} {ways}-way {shots}-shot {queries}-query episodes "
+                        f"differ ({what}); different seeds or sampler versions draw different episodes, so the "
+                        "accuracies are not paired; merge files run with the same --seed and version")
+
+
+def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    dup = frame.duplicated(KEY, keep=False)
+    if not dup.any():
+        return frame, 0
+    repeated = frame[dup].drop_duplicates(KEY + SCORES)
+    clash = repeated.duplicated(KEY, keep=False)
+    if clash.any():
+        a, b = repeated[clash].sort_values(KEY, kind="stable").iloc[:2].to_dict("records")
+        raise UserError(f"conflicting results for {a['task']} {a['method']} {a['shots']}-shot episode {a['episode']} "
+                        f"(manifest {a['manifest']}): accuracy {a['accuracy']:.6g} in {a['file']} but "
+                        f"{b['accuracy']:.6g} in {b['file']}; remove one of them")
+    kept = frame.drop_duplicates(KEY, keep="first")
+    return kept, len(frame) - len(kept)
+
+
+def _entries(frame: pd.DataFrame) -> pd.Series:
+    """Display name per row: the method label, plus a config hash where one label has several configs."""
+    configs = frame.groupby("method")["config"].nunique()
+    ambiguous = set(configs[configs > 1].index)
+
+    def name(method, config):
+        if method not in ambiguous:
+            return method
+        return f"{method} [{hashlib.sha256(config.encode()).hexdigest()[:6]}]"
+
+    return pd.Series([name(m, c) for m, c in zip(frame["method"], frame["config"])], index=frame.index)
+
+
+def load_results(paths: list[str] | None) -> tuple[pd.DataFrame, dict]:
+    """Merged, checked, deduplicated rows of the given files (with `file` and `entry` columns) and a summary
+    of the merge (files, rows read, duplicates dropped)."""
+    files = resolve_paths(paths)
+    frames = [_read(p) for p in files]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        raise UserError(f"no result rows in {', '.join(map(str, files))}")
+    frame = pd.concat(frames, ignore_index=True)
+    _check_streams(frame)
+    read = len(frame)
+    frame, dropped = _dedupe(frame)
+    frame = frame.sort_values(KEY, kind="stable").reset_index(drop=True)
+    frame["entry"] = _entries(frame)
+    return frame, {"files": [str(p) for p in files], "rows": read, "duplicates": dropped}
+
+
+def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per (task, ways, shots, queries, episode stream, method entry), sorted; see stats.compare_methods."""
+    parts = []
+    for (task, ways, shots, queries, manifest), g in rows.groupby(STREAM, sort=True):
+        table = compare_methods(g, by="entry")
+        seeds = sorted(set(g["seed"]))
+        table.insert(0, "task", task)
+        table.insert(1, "ways", int(ways))
+        table.insert(2, "shots", int(shots))
+        table.insert(3, "queries", int(queries))
+        table.insert(4, "seed", ",".join(map(str, seeds)))
+        table.insert(5, "manifest", manifest)
+        parts.append(table.rename(columns={"entry": "method"}))
+    board = pd.concat(parts, ignore_index=True)
+    return board
+
+
+def _pct(value: float, half: float | None = None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    if half is not None and not math.isnan(half):
+        text += f" ± {100 * half:.2f}"
+    return text
+
+
+def display_rows(board: pd.DataFrame) -> dict[tuple, tuple[str, list[list[str]]]]:
+    """Per stream: (title, rows of text cells in HEADERS order), shared by the terminal, markdown and HTML."""
+    out = {}
+    for key, g in board.groupby(["task", "ways", "shots", "queries", "seed", "manifest"], sort=False):
+        task, ways, shots, queries, seed, manifest = key
+        title = f"{task}: {ways}-way {shots}-shot, {queries} queries per class, seed {seed} (episodes {manifest})"
+        lines = []
+        for i, r in enumerate(g.itertuples(index=False)):
+            best = i == 0  # compare_methods puts the best (rank 1, highest mean) first
+            lines.append([str(r.rank), r.method, _pct(r.accuracy, r.accuracy_ci95),
+                          "best" if best else _pct(r.delta, r.delta_ci95, signed=True), str(r.paired),
+                          _pct(r.macro_f1, r.macro_f1_ci95), str(r.episodes)])
+        out[key] = (title, lines)
+    return out
+
+
+HEADERS = ["rank", "method", "accuracy %", "Δ vs best %", "pairs", "macro-F1 %", "episodes"]
+
+
+def rich_tables(board: pd.DataFrame) -> list:
+    from rich.table import Table
+
+    tables = []
+    for title, lines in display_rows(board).values():
+        table = Table(title=title, caption="mean ± 95% CI over episodes; Δ: mean paired difference to the best on "
+                                           "the episodes both answered (pairs); equal ranks: the paired CI includes 0")
+        for header in HEADERS:
+            table.add_column(header, justify="left" if header == "method" else "right")
+        for line in lines:
+            table.add_row(*line)
+        tables.append(table)
+    return tables
+
+
+def print_tables(console, tables) -> None:
+    """Print rich tables; into a file or pipe at their natural width (no 80-column wrapping)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    for table in tables:
+        out = console
+        if not console.is_terminal:
+            width = Measurement.get(console, console.options.update(width=10_000), table).maximum
+            out = Console(file=console.file, width=max(console.width, width), color_system=None)
+        out.print(table)
+
+
+def to_markdown(board: pd.DataFrame) -> str:
+    parts = []
+    for title, lines in display_rows(board).values():
+        parts.append(f"### {title}\n")
+        parts.append("| " + " | ".join(HEADERS) + " |")
+        parts.append("|" + "|".join("---:" if h != "method" else ":---" for h in HEADERS) + "|")
+        for line in lines:
+            parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |")
+        parts.append("")
+    parts.append("Mean ± 95% CI over episodes. Δ: mean paired difference in accuracy to the best method on the "
+                 "episodes both answered (pairs), ± its 95% CI. Methods whose paired CI includes 0 share a rank.")
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(board: pd.DataFrame) -> str:
+    return board.to_csv(index=False, lineterminator="\n")
+
+
+def to_json(board: pd.DataFrame) -> str:
+    records = json.loads(board.to_json(orient="records", double_precision=15))
+    return json.dumps(records, indent=2) + "\n"
+
+
+FORMATS = {"csv": to_csv, "markdown": to_markdown, "json": to_json}

@@ -48,10 +48,16 @@ def load_plugins() -> dict[str, str]:
     global _plugins_loaded
     if not _plugins_loaded:
         _plugins_loaded = True
+        import methods  # noqa: F401  (built-ins first, so that a plugin cannot take their names)
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
                 obj = ep.load()  # may register itself with the decorator on import
                 dist = ep.dist.name if ep.dist else ep.module
+                taken = _METHODS.get(ep.name)
+                if isinstance(obj, type) and taken is not None and taken.cls is not obj:
+                    # never let a plugin silently replace another method: its rows would carry that name
+                    raise ValueError(f"the name {ep.name!r} is already taken by {taken.origin}; rename the entry "
+                                     f"point in {dist}")
                 if isinstance(obj, type):
                     _METHODS[ep.name] = MethodInfo(ep.name, obj, f"plugin {dist}")
                     obj.name = ep.name

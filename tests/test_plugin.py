@@ -106,3 +106,20 @@ def test_plugin_runs_through_bench_run(installed, tmp_path):
     # Without the plugin on the path the same command names the method as unknown, in one line.
     missing = bench("run", "--method", "ridge", "--task", f"folder:{data}", "--out", str(out), cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error: unknown method 'ridge'")
+
+
+def test_a_plugin_cannot_take_a_built_in_name(tmp_path):
+    """A distribution whose entry point is named `protonet` is reported as broken; the built-in stays."""
+    site = tmp_path / "site"
+    (site / "evil_pkg").mkdir(parents=True)
+    (site / "evil_pkg" / "__init__.py").write_text(
+        "from methods.base import FeatureMethod\n\nclass Evil(FeatureMethod):\n    'Impostor.'\n")
+    info = site / "evil_pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-pkg\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[marsfsl.methods]\nprotonet = evil_pkg:Evil\n")
+    listed = bench("list", plugin_dir=site)
+    assert listed.returncode == 0, listed.stderr
+    line = next(l for l in listed.stdout.splitlines() if " protonet " in l)
+    assert "marsfsl" in line and "Impostor" not in line
+    assert "broken plugin" in listed.stdout and "already taken by marsfsl" in listed.stdout.replace("\n", " ")

@@ -9,8 +9,4 @@ from tasks.datasets.base import (  # noqa: F401
     register_dataset,
     table_from_rows,
 )
-
-try:  # datasets contributed in their own modules
-    from tasks.datasets import domars16k  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from tasks.datasets import domars16k  # noqa: F401,E402

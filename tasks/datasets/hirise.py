@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.datasets.base import DatasetSpec, ImageTable, register_dataset, table_from_rows
+from tasks.datasets.download import ZenodoArchive, archive_downloader
 from tasks.errors import UserError
 
 # Label ids as the dataset defines them. Id 5 (impact ejecta) is defined but has no image in v1, so the
@@ -67,7 +68,10 @@ HIRISE_V1 = register_dataset(
         folder="hirise-v1",
         description="HiRISE landmark crops v1: 3,820 227x227 greyscale crops, 6 classes, 161 observations",
         load=load_hirise_v1,
-        how_to_get="get it with `bench data download hirise-v1` (Zenodo record 1048301)",
+        how_to_get="get it with `bench data download hirise-v1 --md5 HEX` (Zenodo record 1048301)",
         source="https://zenodo.org/record/1048301",
+        # No checksum of hirise-map-proj.zip was available here: the download asks for --md5/--sha256.
+        download=archive_downloader("hirise-v1", "hirise-v1", ZenodoArchive(
+            record="1048301", file_name="hirise-map-proj.zip", root_marker=(LABEL_FILE, IMAGE_DIR))),
     )
 )

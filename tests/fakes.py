@@ -81,15 +81,17 @@ def folder_like(root: Path, classes=("dunes", "craters", "plains"), per_class: i
     return Path(root)
 
 
-def csv_like(root: Path, classes=("dunes", "craters"), groups: int = 3, per_group: int = 2) -> Path:
-    """root/labels.csv with path,label,group,split (relative paths), images in root/img/."""
+def csv_like(root: Path, classes=("dunes", "craters"), groups: int = 3, per_group: int = 2,
+             target_groups: int = 1) -> Path:
+    """root/labels.csv with path,label,group,split (relative paths; the last `target_groups` scenes of each
+    class are its target split), images in root/img/."""
     rows = ["path,label,group,split"]
     for label, name in enumerate(classes):
         for g in range(groups):
             for i in range(per_group):
                 rel = f"img/{name}_{g}_{i}.png"
                 write_image(Path(root) / rel, label, g)
-                rows.append(f"{rel},{name},scene{g},{'target' if g == groups - 1 else 'base'}")
+                rows.append(f"{rel},{name},{name}{g},{'target' if g >= groups - target_groups else 'base'}")
     (Path(root) / "labels.csv").write_text("\n".join(rows) + "\n")
     return Path(root) / "labels.csv"
 

@@ -97,7 +97,7 @@ def test_folder_and_csv_datasets(tmp_path):
     table = load_dataset(f"csv:{csv}", tmp_path)
     assert table.class_names == ("craters", "dunes")
     assert len(table) == 12
-    assert set(table.groups) == {"scene0", "scene1", "scene2"}
+    assert set(table.groups) == {f"{c}{g}" for c in ("dunes", "craters") for g in range(3)}
     assert set(table.splits) == {"base", "target"}
     assert all(os.path.isfile(p) for p in table.paths)
 

@@ -1,0 +1,71 @@
+"""Bad input gives one line on stderr and exit code 2: missing data directory or dataset, unknown names (with
+the closest match), infeasible episodes, bad numbers."""
+import pytest
+
+from benchmark.cli import main
+from fakes import csv_like, hirise_v1_like
+
+
+def one_line_error(capsys, argv) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+def run_args(tmp_path, data_dir, *extra):
+    return ["run", "--method", "protonet", "--shots", "1", "--episodes", "2", "--quiet", "--data-dir", str(data_dir),
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.csv"), *extra]
+
+
+@pytest.mark.parametrize("command", ["run", "verify"])
+def test_missing_data_dir(tmp_path, capsys, command):
+    missing = tmp_path / "no-such-dir"
+    argv = run_args(tmp_path, missing) if command == "run" else ["data", "verify", "hirise-v1", "--data-dir",
+                                                                   str(missing)]
+    line = one_line_error(capsys, argv)
+    assert f"data directory {missing} does not exist" in line and "--data-dir" in line
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "verify"])
+def test_missing_dataset(tmp_path, capsys, command):
+    argv = run_args(tmp_path, tmp_path) if command == "run" else ["data", "verify", "hirise-v1", "--data-dir",
+                                                                    str(tmp_path)]
+    line = one_line_error(capsys, argv)
+    assert f"dataset hirise-v1 not found: looked in {tmp_path / 'hirise-v1'}" in line
+    assert "bench data download hirise-v1" in line
+
+
+def test_unknown_method_suggests_the_closest(tmp_path, capsys):
+    data = hirise_v1_like(tmp_path / "data")
+    argv = run_args(tmp_path, data)
+    argv[argv.index("protonet")] = "protonett"
+    line = one_line_error(capsys, argv)
+    assert "unknown method 'protonett'" in line and "did you mean protonet" in line
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_unknown_task_and_dataset_suggest_the_closest(tmp_path, capsys):
+    line = one_line_error(capsys, run_args(tmp_path, tmp_path, "--task", "hirise-region"))
+    assert "unknown task 'hirise-region'" in line and "did you mean hirise-regions" in line
+    line = one_line_error(capsys, ["data", "verify", "hirise", "--data-dir", str(tmp_path)])
+    assert "unknown dataset 'hirise'" in line and "hirise-v1" in line
+
+
+def test_infeasible_episodes_through_the_cli(tmp_path, capsys):
+    # target split: 3 scenes x 3 images per class, so 1-shot episodes allow at most 6 queries
+    csv = csv_like(tmp_path / "mine", groups=5, per_group=3, target_groups=3)
+    line = one_line_error(capsys, run_args(tmp_path, tmp_path, "--task", f"csv:{csv}", "--ways", "2"))
+    assert "cannot make 2-way 1-shot 15-query episodes" in line and "try --queries 6 or fewer" in line
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--shots", "0"), ("--shots", "five"), ("--ways", "-1"),
+                                        ("--episodes", "x")])
+def test_bad_numbers(tmp_path, capsys, flag, value):
+    line = one_line_error(capsys, run_args(tmp_path, tmp_path, flag, value))
+    assert flag in line and repr(value) in line

@@ -96,8 +96,7 @@ def cmd_verify(args) -> int:
     labels, groups, splits = table.labels, table.groups.astype(str), table.splits.astype(str)
     split_names = [s for s in ("train", "val", "test", "base", "target") if s in set(splits)]
     split_names += sorted(set(splits) - set(split_names) - {""})
-    out = Table(title=table.name, caption=f"{len(table)} images, {len(set(groups))} groups (source scenes), "
-                                          f"{len(table.class_names)} classes")
+    out = Table(title=table.name)
     out.add_column("class")
     out.add_column("images", justify="right")
     out.add_column("groups", justify="right")
@@ -111,6 +110,8 @@ def cmd_verify(args) -> int:
     out.add_row("all", str(len(table)), str(len(set(groups))),
                 *[str(int((splits == s).sum())) for s in split_names], style="bold")
     stdout.print(out)
+    stdout.print(f"{table.name}: {len(table)} images, {len(set(groups))} groups (source scenes), "
+                 f"{len(table.class_names)} classes", highlight=False)
     shared = {s: set(groups[splits == s]) for s in split_names}
     for i, a in enumerate(split_names):
         for b in split_names[i + 1:]:

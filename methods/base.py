@@ -68,7 +68,12 @@ class FewShotMethod:
 
         options = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
                    if name != "self" and p.default is not inspect.Parameter.empty}
-        options.update(getattr(self, "_options", {}))
+        for name, value in getattr(self, "_options", {}).items():
+            default = options.get(name)
+            # 10 and 10.0 are one setting: give a value its default's type, so results share one key
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            options[name] = value
         return options
 
     def fit(self, support_idx: np.ndarray, support_y: np.ndarray, n_way: int, rng: np.random.Generator) -> None:

@@ -45,8 +45,11 @@ STEP1_DEFAULTS = dict(
     val_folds=8,  # 1 of 8 scene-disjoint folds of the base pool is held out (~12%)
 )
 STEP2_DEFAULTS = dict(
-    top_blocks=1,  # fine-tune the last MBConv stage + conv_head (the rest stays frozen, activations cached)
-    steps=30,  # full-batch steps on the support set
+    # The "top" fine-tuned in step 2: the final 1x1 convolution (conv_head) and its batch norm, plus the last
+    # `top_blocks` MBConv stages. Measured on hirise-regions (40 episodes, 5-shot): top_blocks=1 gave 75.9%
+    # at 0.52 s/episode, top_blocks=0 75.6% at 0.17 s/episode, so 0 is the default.
+    top_blocks=0,
+    steps=20,  # full-batch Adam steps on the support set (15 and 30 steps were within noise of each other)
     lr_top=1e-4,  # "low learning rate" for the backbone's top
     lr_head=1e-3,
     scale=10.0,  # initial cosine scale, learnable

@@ -1,0 +1,85 @@
+"""Full fine-tuning: the ImageNet backbone (all layers trainable) plus a new linear head, on the support images.
+
+The plain transfer-learning baseline: per episode the backbone is reset to its ImageNet weights (a CPU copy of
+the initial state dict is loaded, so no episode sees another's updates), a linear head is drawn with the
+episode's generator (N(0, 0.01), zero bias), and `steps` full-batch Adam steps are taken on the support
+images, each under a fresh random dihedral augmentation (flips and 90-degree rotations: orbital images have no
+canonical "up"). Batch norm keeps its ImageNet statistics while fine-tuning (the model runs in eval mode;
+its affine parameters still train): with 5 to 100 support images, training-mode batch norm normalises with
+batch statistics that the eval-mode prediction then replaces by running averages, and on the generated test
+task this mismatch alone (at lr 0) drops accuracy to chance. `freeze_bn=False` gives the textbook variant.
+The query is predicted with model.eval() under torch.inference_mode, in batches.
+
+Defaults: 15 steps, backbone lr 1e-4 ("low"), head lr 1e-3. On 2 CPU cores a training step runs at about
+25-55 images/s at 128 px, so a 5-way 5-shot episode (25 support images, 15 steps) costs a few seconds; cost
+grows linearly with shots x steps.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from methods.backbones import create_backbone, normalize
+from methods.base import Context, FewShotMethod, torch_generator
+from methods.registry import register_method
+
+
+def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image of (B, C, S, S) under one of the 8 flips/rotations, drawn from `gen`."""
+    flips = torch.rand(len(x), generator=gen) < 0.5
+    turns = torch.randint(0, 4, (len(x),), generator=gen)
+    return torch.stack([torch.rot90(img.flip(-1) if f else img, int(t), dims=(-2, -1))
+                        for img, f, t in zip(x, flips, turns)])
+
+
+@register_method("finetune")
+class FineTune(FewShotMethod):
+    description = "Full fine-tuning of the ImageNet backbone + linear head on the support images (Adam, flips/rot90)"
+    consumes = "images"
+
+    def __init__(self, steps: int = 15, lr: float = 1e-4, head_lr: float = 1e-3, augment: bool = True,
+                 freeze_bn: bool = True, batch_size: int = 64):
+        if int(steps) < 0 or float(lr) < 0 or float(head_lr) <= 0 or int(batch_size) < 1:
+            raise ValueError("steps and lr must be >= 0, head_lr and batch_size positive")
+        self.steps, self.lr, self.head_lr = int(steps), float(lr), float(head_lr)
+        self.augment, self.freeze_bn, self.batch_size = bool(augment), bool(freeze_bn), int(batch_size)
+
+    def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
+        self.images = ctx.images()
+        self.model = create_backbone(ctx.backbone, pretrained=True)
+        self.model.reset_classifier(0)  # pooled features; the head is separate and new per episode
+        self.initial_state = copy.deepcopy(self.model.state_dict())
+
+    def fit(self, support_idx, support_y, n_way, rng):
+        gen = torch_generator(rng)
+        self.model.load_state_dict(self.initial_state)
+        self.head = nn.Linear(self.model.num_features, n_way)
+        with torch.no_grad():
+            self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=gen))
+            self.head.bias.zero_()
+        x = torch.from_numpy(self.images[np.asarray(support_idx)])
+        y = torch.as_tensor(support_y, dtype=torch.long)
+        opt = torch.optim.Adam([{"params": self.model.parameters(), "lr": self.lr},
+                                {"params": self.head.parameters(), "lr": self.head_lr}])
+        self.model.train(not self.freeze_bn and len(x) > 1)  # batch norm needs two samples to train
+        for _ in range(self.steps):
+            batch = dihedral(x, gen) if self.augment else x
+            loss = F.cross_entropy(self.head(self.model(normalize(batch))), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.model.eval()
+
+    def predict(self, query_idx):
+        self.model.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(query_idx), self.batch_size):
+                batch = torch.from_numpy(self.images[np.asarray(query_idx[start : start + self.batch_size])])
+                out.append(self.head(self.model(normalize(batch))))
+        return torch.cat(out).float().numpy()

@@ -1,0 +1,151 @@
+"""MAML (Finn et al. 2017) of a classifier head on frozen ImageNet features, written with `torch.func`.
+
+What is meta-learned is the *initialisation of a head* (linear by default, `hidden>0` gives a one-hidden-layer
+MLP) over frozen backbone features, not the whole network: full-network MAML back-propagates through several
+inner SGD steps of a 3.4M-parameter EfficientNet for every task of every meta-batch, which takes hours per
+thousand meta-steps on the 2 CPU cores this benchmark targets. Over cached features a meta-step costs
+milliseconds, so the method is "MAML head on frozen features", and its description says so.
+
+prepare: features are standardised with the base pool's mean and standard deviation (never episode
+statistics) and divided by sqrt(D), so inputs have unit norm on average and one inner learning rate suits any
+backbone. The head's initialisation is meta-trained on N-way K-shot episodes drawn from the task's base pool
+(scene-disjoint support/query, explicit generator): per task, `inner_steps` SGD steps on the support set
+(torch.func.grad), then the query loss of the adapted head; the outer optimiser is Adam on the mean query
+loss over `meta_batch` tasks. `first_order=True` drops the second-order terms (FOMAML). The result is cached
+with ctx.cache.state_dict, keyed by the task, backbone, weights, image size, options and seed.
+
+fit: the head starts from the meta-learned initialisation and takes `test_steps` SGD steps on the support set.
+Episode classes are assigned to output units in episode order; during meta-training they are assigned at
+random, so the units are interchangeable. An episode with more classes than `train_way` reuses units
+cyclically (unit c % train_way); adaptation separates them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad
+from torch.nn import functional as F
+
+from methods.backbones import weights_digest
+from methods.base import Context, FeatureMethod, torch_generator
+from methods.cache import cache_key
+from methods.registry import register_method
+from tasks.episodes import PoolIndex, sample_episode
+from tasks.errors import UserError
+
+MAML_VERSION = 1
+
+
+def make_head(dim: int, n_out: int, hidden: int) -> nn.Module:
+    if hidden > 0:
+        return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+    return nn.Linear(dim, n_out)
+
+
+def adapt(head: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
+          first_order: bool = False) -> dict:
+    """`steps` SGD steps of the cross-entropy on (x, y) from `params`; differentiable unless first_order."""
+
+    def loss(p):
+        return F.cross_entropy(functional_call(head, p, (x,)), y)
+
+    for _ in range(steps):
+        grads = grad(loss)(params)
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        params = {k: params[k] - lr * grads[k] for k in params}
+    return params
+
+
+def meta_train(head: nn.Module, x_all: torch.Tensor, labels: np.ndarray, groups: np.ndarray, pool: np.ndarray,
+               opts: dict, rng: np.random.Generator, log=lambda message: None) -> dict:
+    """Meta-learn the head's initialisation on base-pool episodes; returns its state dict."""
+    index = PoolIndex(labels, groups, pool)
+    eligible = index.eligible(opts["train_shots"], opts["train_queries"])
+    n_way = opts["train_way"]
+    if len(eligible) < n_way:
+        raise UserError(f"maml: the base pool has only {len(eligible)} classes with {opts['train_shots']}+"
+                        f"{opts['train_queries']} scene-disjoint images; lower train_way, train_shots or train_queries")
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in head.named_parameters()}
+    opt = torch.optim.Adam(params.values(), lr=opts["meta_lr"])
+
+    def task_loss(p, ep):
+        s_y = torch.from_numpy(ep.support_y)
+        adapted = adapt(head, p, x_all[ep.support_idx], s_y, opts["inner_steps"], opts["inner_lr"],
+                        opts["first_order"])
+        return F.cross_entropy(functional_call(head, adapted, (x_all[ep.query_idx],)), torch.from_numpy(ep.query_y))
+
+    for step in range(opts["meta_steps"]):
+        episodes = [sample_episode(index, n_way, opts["train_shots"], opts["train_queries"], rng, eligible)
+                    for _ in range(opts["meta_batch"])]
+        loss = sum(task_loss(params, ep) for ep in episodes) / len(episodes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(1, opts["meta_steps"] // 5) == 0:
+            log(f"maml: meta-step {step + 1}/{opts['meta_steps']} query loss {loss.item():.3f}")
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+@register_method("maml")
+class MAML(FeatureMethod):
+    description = "MAML of a linear head (hidden>0: MLP) on frozen ImageNet features, torch.func; not full-network MAML"
+
+    def __init__(self, meta_steps: int = 500, meta_batch: int = 4, meta_lr: float = 1e-3, inner_steps: int = 5,
+                 inner_lr: float = 0.5, test_steps: int = 10, first_order: bool = False, hidden: int = 0,
+                 train_way: int = 5, train_shots: int = 5, train_queries: int = 10):
+        self.opts = dict(meta_steps=int(meta_steps), meta_batch=int(meta_batch), meta_lr=float(meta_lr),
+                         inner_steps=int(inner_steps), inner_lr=float(inner_lr), test_steps=int(test_steps),
+                         first_order=bool(first_order), hidden=int(hidden), train_way=int(train_way),
+                         train_shots=int(train_shots), train_queries=int(train_queries))
+        positive = ("meta_steps", "meta_batch", "train_shots", "train_queries")
+        if any(self.opts[k] < 1 for k in positive) or self.opts["train_way"] < 2 or self.opts["hidden"] < 0 \
+                or min(self.opts["inner_steps"], self.opts["test_steps"]) < 0 \
+                or min(self.opts["meta_lr"], self.opts["inner_lr"]) <= 0:
+            raise ValueError(f"out-of-range option in {self.opts}")
+
+    def cache_key(self, ctx: Context) -> str:
+        meta = {k: v for k, v in self.opts.items() if k != "test_steps"}  # test_steps does not change training
+        return cache_key("maml", MAML_VERSION, ctx.task.fingerprint(), ctx.backbone, weights_digest(ctx.backbone),
+                         ctx.image_size, meta, ctx.seed)
+
+    def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
+        base_idx, _ = ctx.base_pool()
+        base = self.features[torch.as_tensor(base_idx)]
+        mean, std = base.mean(0), base.std(0).clamp_min(1e-6)
+        self.features = (self.features - mean) / std / self.features.shape[1] ** 0.5
+        dim = self.features.shape[1]
+        key = self.cache_key(ctx)
+        self.head = make_head(dim, self.opts["train_way"], self.opts["hidden"])
+
+        def compute():
+            rng = np.random.default_rng([ctx.seed, 4242])
+            with torch.no_grad():  # reproducible initial weights (nn.Linear's default init uses global state)
+                gen = torch_generator(rng)
+                for p in self.head.parameters():
+                    bound = 1 / p.shape[-1] ** 0.5 if p.ndim == 2 else 0.0
+                    p.uniform_(-bound, bound, generator=gen) if bound else p.zero_()
+            ctx.progress.log(f"maml: meta-training the head on base-pool episodes (cached as {key})")
+            table = ctx.task.table
+            return meta_train(self.head, self.features, table.labels, table.groups, ctx.task.base, self.opts, rng,
+                              ctx.progress.log)
+
+        self.init, self.cached = ctx.cache.state_dict("maml", key, compute)
+        if self.cached:
+            ctx.progress.log(f"maml: cache hit ({key}), skipping meta-training")
+
+    def fit_features(self, x, y, n_way, rng):
+        units = torch.arange(n_way) % self.opts["train_way"]
+        params = dict(self.init)
+        last = "weight" if self.opts["hidden"] == 0 else "2.weight"
+        params[last] = params[last][units]
+        params[last.replace("weight", "bias")] = params[last.replace("weight", "bias")][units]
+        self.n_way = n_way
+        with torch.enable_grad():
+            self.params = {k: v.detach() for k, v in
+                           adapt(self.head, params, x, y, self.opts["test_steps"], self.opts["inner_lr"], True).items()}
+
+    def predict_features(self, x):
+        return functional_call(self.head, self.params, (x,))

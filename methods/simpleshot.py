@@ -1,0 +1,50 @@
+"""SimpleShot (Wang et al. 2019): nearest class mean after centring and L2-normalising the features (CL2N).
+
+The centring mean is the mean frozen feature of the task's *base pool*, computed once in `prepare`; it never
+depends on an episode's support or query. Scores are negative squared Euclidean distances to the class means
+of the transformed support features. `norm="l2n"` (L2 only) and `norm="un"` (raw features) are the paper's
+other two variants.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from methods.base import Context, FeatureMethod
+from methods.protonet import neg_sq_distances, prototypes
+from methods.registry import register_method
+
+NORMS = ("cl2n", "l2n", "un")
+
+
+@register_method("simpleshot")
+class SimpleShot(FeatureMethod):
+    description = "SimpleShot: nearest class mean of frozen features centred on the base-pool mean and L2-normalised (CL2N)"
+
+    def __init__(self, norm: str = "cl2n"):
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        self.norm = norm
+
+    def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
+        base_idx, _ = ctx.base_pool()
+        self.base_mean = self.features[torch.as_tensor(base_idx)].mean(0)
+        self.features = self.transform(self.features)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm == "cl2n":
+            x = x - self.base_mean
+        return F.normalize(x, dim=-1) if self.norm in ("cl2n", "l2n") else x
+
+    def fit_features(self, x, y, n_way, rng):
+        self.protos = prototypes(x, y, n_way)
+
+    def predict_features(self, x):
+        return neg_sq_distances(x, self.protos)
+
+    def predict_batch(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                      n_way: int) -> torch.Tensor:
+        """Many episodes at once, on rows of `self.features` (already transformed, as with protonet):
+        (E, n, D), (E, n), (E, m, D) -> (E, m, N) scores."""
+        return neg_sq_distances(query_x, prototypes(support_x, support_y, n_way))

@@ -1,0 +1,238 @@
+"""Comparison methods on a tiny generated task: accuracy above chance, no access to query labels, query
+order, determinism, eval-mode prediction, per-episode resets, MAML's meta-training cache and maths."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from benchmark.runner import score_episode
+from methods.maml import adapt
+from methods.progress import Progress
+from methods.registry import create_method, method_info, method_names
+from tests.fakes_methods import make_context, make_task
+
+# Small options that keep each built-in method fast on the tiny task (extend for new methods).
+SDFT_FAST = dict(epochs=1, batch_size=8, steps=5)
+FAST_OPTIONS = {
+    "sdft": SDFT_FAST,
+    "sdft-no-step1": SDFT_FAST,
+    "sdft-linear-head": SDFT_FAST,
+    "finetune": dict(steps=5, head_lr=1e-2),
+    "maml": dict(meta_steps=40, train_way=3, train_shots=2, train_queries=3),
+}
+WAYS, SHOTS, QUERIES, EPISODES = 4, 2, 3, 4
+MINE = ["baseline-pp", "simpleshot", "knn", "maml", "finetune"]
+
+
+def builtin_methods():
+    return [name for name in method_names() if method_info(name).origin == "marsfsl"]
+
+
+def make(name, **options):
+    return create_method(name, **{**FAST_OPTIONS.get(name, {}), **options})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    task = make_task(root / "data")
+    return task, make_context(task, root / "cache")
+
+
+@pytest.fixture(scope="module")
+def episodes(tiny):
+    return list(tiny[0].episodes(WAYS, SHOTS, QUERIES, EPISODES, seed=0))
+
+
+def run(method, episode, seed=0):
+    method.fit(episode.support_idx, episode.support_y, episode.n_way, np.random.default_rng([seed, episode.index]))
+    return method.predict(episode.query_idx)
+
+
+def test_tiny_task_is_what_the_tests_assume(tiny, episodes):
+    task, _ = tiny
+    assert set(task.table.labels[task.base]) == set(task.table.labels[task.target]) == set(range(WAYS))
+    assert not set(task.table.groups[task.base]) & set(task.table.groups[task.target])
+    for ep in episodes:
+        groups = task.table.groups
+        assert not set(groups[ep.support_idx]) & set(groups[ep.query_idx])
+
+
+@pytest.mark.parametrize("name", builtin_methods())
+def test_every_builtin_method_beats_chance_with_well_formed_scores(name, tiny, episodes):
+    task, ctx = tiny
+    method = make(name)
+    method.prepare(ctx)
+    accuracies = []
+    for ep in episodes:
+        scores = run(method, ep)
+        assert scores.shape == (len(ep.query_idx), ep.n_way) and np.isfinite(scores).all()
+        accuracies.append(score_episode(ep, scores, task.class_names)["accuracy"])
+    assert np.mean(accuracies) >= 0.6, f"{name}: {accuracies} (chance is {1 / WAYS})"
+
+
+@pytest.mark.parametrize("name", MINE + ["protonet", "linear-probe"])
+def test_predictions_follow_query_order_and_ignore_query_labels(name, tiny, episodes):
+    task, ctx = tiny
+    method = make(name)
+    method.prepare(ctx)
+    ep = episodes[0]
+    scores = run(method, ep)
+    perm = np.random.default_rng(3).permutation(len(ep.query_idx))
+    np.testing.assert_allclose(method.predict(ep.query_idx[perm]), scores[perm], rtol=1e-4, atol=1e-5)
+    # The harness path with the query's labels shuffled: the method's scores do not move, only the grade does.
+    shuffled = replace(ep, query_y=ep.query_y[perm])
+    again = run(method, shuffled)
+    np.testing.assert_array_equal(again, scores)
+    truth = score_episode(ep, scores, task.class_names)["accuracy"]
+    assert truth >= 0.5
+    assert score_episode(shuffled, again, task.class_names)["accuracy"] < truth
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_same_rng_gives_identical_scores(name, tiny, episodes):
+    _, ctx = tiny
+    first, second = make(name), make(name)
+    first.prepare(ctx)
+    second.prepare(ctx)
+    for ep in episodes[:2]:
+        np.testing.assert_array_equal(run(first, ep, seed=5), run(second, ep, seed=5))
+
+
+@pytest.mark.parametrize("name", ["baseline-pp", "finetune"])
+def test_the_episode_rng_is_used(name, tiny, episodes):
+    _, ctx = tiny
+    method = make(name)
+    method.prepare(ctx)
+    assert not np.array_equal(run(method, episodes[0], seed=1), run(method, episodes[0], seed=2))
+
+
+def test_finetune_predicts_in_eval_mode_and_resets_per_episode(tiny, episodes):
+    _, ctx = tiny
+    method = make("finetune")
+    method.prepare(ctx)
+    modes = []
+    method.model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    ep0, ep1 = episodes[:2]
+    method.fit(ep0.support_idx, ep0.support_y, ep0.n_way, np.random.default_rng(0))
+    assert modes and not any(modes), "fine-tuning keeps batch-norm statistics by default"
+    assert any(not torch.equal(v, method.initial_state[k]) for k, v in method.model.state_dict().items())
+    modes.clear()
+    first = method.predict(ep0.query_idx)
+    assert modes and not any(modes), "prediction must run in eval mode"
+    # another episode in between must not leak into a re-run of the first
+    method.fit(ep1.support_idx, ep1.support_y, ep1.n_way, np.random.default_rng(0))
+    method.fit(ep0.support_idx, ep0.support_y, ep0.n_way, np.random.default_rng(0))
+    np.testing.assert_array_equal(method.predict(ep0.query_idx), first)
+    textbook = make("finetune", freeze_bn=False)
+    textbook.prepare(ctx)
+    modes.clear()
+    textbook.model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    textbook.fit(ep0.support_idx, ep0.support_y, ep0.n_way, np.random.default_rng(0))
+    assert modes and all(modes)
+    modes.clear()
+    textbook.predict(ep0.query_idx)
+    assert modes and not any(modes)
+
+
+def test_maml_meta_training_is_cached_and_keyed_by_its_options(tmp_path):
+    task = make_task(tmp_path / "data")
+    logs = []
+
+    class Log(Progress):
+        def log(self, message):
+            logs.append(message)
+
+    ctx = make_context(task, tmp_path / "cache", progress=Log())
+    first = make("maml")
+    first.prepare(ctx)
+    assert not first.cached and any("meta-step" in m for m in logs)
+    logs.clear()
+    second = make("maml", test_steps=3)  # an adaptation-only option shares the meta-training
+    second.prepare(ctx)
+    assert second.cached and any("cache hit" in m for m in logs) and not any("meta-step" in m for m in logs)
+    for k in first.init:
+        assert torch.equal(first.init[k], second.init[k])
+    other = make("maml", meta_steps=5)
+    other.prepare(ctx)
+    assert not other.cached
+    reseeded = make("maml")
+    reseeded.prepare(make_context(task, tmp_path / "cache", seed=1))
+    assert not reseeded.cached
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_adaptation_gradients_match_plain_autograd(first_order):
+    gen = torch.Generator().manual_seed(0)
+    head = nn.Linear(4, 3)
+    x, xq = torch.randn(6, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    y, yq = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([2, 1, 0, 0, 1])
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in head.named_parameters()}
+    adapted = adapt(head, params, x, y, steps=2, lr=0.5, first_order=first_order)
+    got = torch.autograd.grad(F.cross_entropy(functional_call(head, adapted, (xq,)), yq), list(params.values()))
+    w, b = (v.detach().clone().requires_grad_(True) for v in head.parameters())
+    fw, fb = w, b
+    for _ in range(2):
+        gw, gb = torch.autograd.grad(F.cross_entropy(x @ fw.T + fb, y), (fw, fb), create_graph=not first_order)
+        fw, fb = fw - 0.5 * gw, fb - 0.5 * gb
+    want = torch.autograd.grad(F.cross_entropy(xq @ fw.T + fb, yq), (w, b))
+    for g, h in zip(got, want):
+        torch.testing.assert_close(g, h)
+
+
+def test_maml_meta_training_moves_the_init_and_handles_more_ways_than_trained(tiny, episodes):
+    _, ctx = tiny
+    method = make("maml")  # meta-trained 3-way; the episodes are 4-way
+    method.prepare(ctx)
+    assert method.init["weight"].shape[0] == 3
+    scores = run(method, episodes[0])
+    assert scores.shape == (WAYS * QUERIES, WAYS)
+
+
+def test_simpleshot_centres_on_the_base_pool_mean_and_batches(tiny, episodes):
+    task, ctx = tiny
+    method = make("simpleshot")
+    method.prepare(ctx)
+    raw = torch.from_numpy(ctx.features())
+    torch.testing.assert_close(method.base_mean, raw[task.base].mean(0))
+    expected = F.normalize(raw - raw[task.base].mean(0), dim=-1)
+    torch.testing.assert_close(method.features, expected)
+    support = torch.stack([method.features[ep.support_idx] for ep in episodes])
+    support_y = torch.stack([torch.from_numpy(ep.support_y) for ep in episodes])
+    query = torch.stack([method.features[ep.query_idx] for ep in episodes])
+    batched = method.predict_batch(support, support_y, query, WAYS).numpy()
+    for i, ep in enumerate(episodes):
+        np.testing.assert_allclose(batched[i], run(method, ep), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="norm"):
+        create_method("simpleshot", norm="bogus")
+
+
+def test_knn_votes_ties_and_k_larger_than_support():
+    knn = create_method("knn", k=3)
+    support = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    knn.fit_features(support, torch.tensor([0, 1, 1, 2]), 3, np.random.default_rng(0))
+    scores = knn.predict_features(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    # query 0: neighbours 0, 1 (similarity 1) and 3 (0.6), one vote each; classes 0 and 1 tie exactly and
+    # the lower index wins
+    torch.testing.assert_close(scores[0], torch.tensor([1 / 3 + 1 / 36, 1 / 3 + 1 / 36, 1 / 3 + 0.6 / 36]))
+    assert scores[0].argmax() == 0
+    # query 1: neighbours 2 (class 1), 3 (class 2), then 0 (class 0, similarity 0): votes 1/3 each, the
+    # similarity term orders them 1 > 2 > 0
+    assert scores[1].argsort(descending=True).tolist() == [1, 2, 0]
+    knn_big = create_method("knn", k=50)
+    knn_big.fit_features(support, torch.tensor([0, 1, 1, 2]), 3, np.random.default_rng(0))
+    big = knn_big.predict_features(torch.tensor([[1.0, 0.0]]))
+    assert big[0].argmax() == 1  # all 4 neighbours vote: class 1 has two
+    with pytest.raises(Exception, match="k must be"):
+        create_method("knn", k=0)
+
+
+def test_baseline_pp_scores_are_bounded_by_the_scale(tiny, episodes):
+    _, ctx = tiny
+    method = make("baseline-pp", scale=4.0)
+    method.prepare(ctx)
+    assert np.abs(run(method, episodes[0])).max() <= 4.0 + 1e-5

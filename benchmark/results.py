@@ -1,7 +1,9 @@
 """Per-episode result rows in append-only CSV files, written under an exclusive file lock.
 
 Rows are appended in small batches, each as one write followed by fsync, so a killed run leaves only whole
-rows and a resumed run redoes just the episodes whose rows are missing.
+rows and a resumed run redoes just the episodes whose rows are missing. A row whose key is already in the
+file is not written again (two identical runs at once), and a partial last line (a write cut short by a
+crash or a full disk) is ignored when reading and cut off before the next append.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import csv
 import fcntl
 import io
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,9 +68,44 @@ def read_results(path: Path) -> pd.DataFrame:
     if header is None:
         return pd.DataFrame(columns=COLUMNS)
     _check_header(path, header)
-    frame = pd.read_csv(path, dtype={"config": str, "manifest": str, "git_commit": str, "classes": str,
-                                     "class_accuracy": str})
+    text = path.read_text()
+    if not text.endswith("\n"):  # a write cut short (a crash, a full disk): its row is not a result
+        text = text[: text.rfind("\n") + 1]
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype={"config": str, "manifest": str, "git_commit": str,
+                                                      "classes": str, "class_accuracy": str})
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise UserError(f"results file {path} is damaged ({str(exc).splitlines()[0]}); move it away or "
+                        "write to a new file with --out") from None
     return frame
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Under the lock: a file that does not end in a newline ends in a row whose write was cut short; cut it off
+    so that the next row starts on a line of its own."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    print(f"warning: results file {path} ended in a partial row ({size - keep} bytes, from an interrupted "
+          "write); removed it", file=sys.stderr)
+
+
+def _existing_keys(path: Path) -> set[tuple[str, ...]]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        cols = [header.index(c) for c in KEY]
+        return {tuple(row[c] for c in cols) for row in reader if len(row) == len(header)}
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
@@ -80,6 +118,13 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         if not new_file:
             with open(path, newline="") as f:
                 _check_header(path, next(csv.reader(f), []))
+            _drop_torn_tail(path)
+            # Another process running the same episodes (two identical commands at once) may have written
+            # some of these rows already: a (method, task, shots, episode, ...) key is recorded once.
+            existing = _existing_keys(path)
+            rows = [r for r in rows if tuple(str(r[c]) for c in KEY) not in existing]
+            if not rows:
+                return
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
         if new_file:

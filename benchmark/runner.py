@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -130,6 +131,15 @@ def method_config(method) -> str:
     return json.dumps(method.config(), sort_keys=True)
 
 
+@contextmanager
+def saved_on_exit(out: Path, rows: list[dict]):
+    """Append the finished episodes' rows when the block ends, also by Ctrl-C or an error in a later episode."""
+    try:
+        yield
+    finally:
+        append_rows(out, rows)
+
+
 def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFrame:
     """Run (or resume) every method on the shared episodes; returns this run's rows."""
     task = load_task(config.task, config.data_dir)
@@ -174,7 +184,7 @@ def run_method(task: Task, spec: MethodSpec, method, episode_sets: dict[int, Epi
             progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s")
             prepared = True
         rows, last_flush = [], time.perf_counter()
-        with progress.task(f"{spec.label} {k}-shot", len(pending)) as advance:
+        with progress.task(f"{spec.label} {k}-shot", len(pending)) as advance, saved_on_exit(out, rows):
             for i in pending:
                 episode = episodes.episode(i)
                 rng = np.random.default_rng([config.seed, k, i, 7919])
@@ -188,5 +198,5 @@ def run_method(task: Task, spec: MethodSpec, method, episode_sets: dict[int, Epi
                 advance(1)
                 if len(rows) >= FLUSH_EVERY_EPISODES or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
                     append_rows(out, rows)
-                    rows, last_flush = [], time.perf_counter()
-        append_rows(out, rows)
+                    rows.clear()
+                    last_flush = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -20,6 +21,41 @@ from tasks.errors import UserError
 
 PREPROCESSING_VERSION = 1  # bump when decoding/resizing changes, so caches are recomputed
 DEFAULT_IMAGE_SIZE = 128
+
+# Intra-op threads for forward passes in run_model (None: leave torch's setting alone). `bench run --threads N`
+# sets it while pinning everything else (training, per-episode fitting) to one thread: a forward pass splits
+# its work over outputs, so it gives the same bits for any N, whereas torch's reductions over long inputs and
+# the weight gradients of training are summed in thread-count-dependent chunks.
+_inference_threads: int | None = None
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with n intra-op torch threads (None: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n is not None and n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+@contextmanager
+def thread_policy(inference_threads: int):
+    """Deterministic threading for a whole run: one intra-op thread (torch and BLAS) for everything that
+    trains or fits, `inference_threads` for the forward passes of run_model (bit-identical for any count)."""
+    global _inference_threads
+    from threadpoolctl import threadpool_limits
+
+    saved = _inference_threads
+    _inference_threads = int(inference_threads)
+    try:
+        with threadpool_limits(limits=1), torch_threads(1):
+            yield
+    finally:
+        _inference_threads = saved
 
 
 def load_image(path: str, size: int) -> np.ndarray:
@@ -58,7 +94,7 @@ def run_model(module: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
     was_training = module.training
     module.eval()
     chunks = []
-    with progress.task(description, len(images)) as advance:
+    with progress.task(description, len(images)) as advance, torch_threads(_inference_threads):
         for start in range(0, len(images), batch_size):
             x = normalize(torch.from_numpy(images[start : start + batch_size]))
             chunks.append(module(x).float().numpy())

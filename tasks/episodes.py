@@ -197,8 +197,11 @@ def feasibility_error(task: str, index: PoolIndex, n_way: int, k: int, q: int, c
     if len(eligible) >= n_way:
         return None
     names = ", ".join(class_names[c] for c in eligible) or "none"
-    max_k = max((kk for kk in range(1, k) if len(index.eligible(kk, q)) >= n_way), default=0)
-    max_q = max((qq for qq in range(1, q) if len(index.eligible(k, qq)) >= n_way), default=0)
+    # No class has more images than the largest one: search K and Q only up to that (a huge --shots must not
+    # make this message take forever).
+    largest = int(index.counts.sum(axis=0).max(initial=0))
+    max_k = max((kk for kk in range(1, min(k, largest)) if len(index.eligible(kk, q)) >= n_way), default=0)
+    max_q = max((qq for qq in range(1, min(q, largest)) if len(index.eligible(k, qq)) >= n_way), default=0)
     options = [f"--ways {len(eligible)}"] if len(eligible) >= 2 else []
     if max_k:
         options.append(f"--shots {max_k} or fewer")

@@ -1,10 +1,30 @@
 """`bench run`: methods on shared episodes, results appended to a CSV, a table per shots."""
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 from benchmark.cli import add_common, default_data_dir, int_list, positive_int
+
+MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count must not hang the run
+IMAGE_SIZES = (16, 1024)  # decoded images are held in memory: (n, 3, S, S) bytes
+
+
+def bounded_int(name: str, low: int, high: int | None = None):
+    """argparse type: an integer in [low, high], else a one-line error naming the option."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            span = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+            raise argparse.ArgumentTypeError(f"--{name} must be {span}, got {text!r}")
+        return value
+
+    return convert
 
 
 def add_parser(sub) -> None:
@@ -15,11 +35,14 @@ def add_parser(sub) -> None:
     run.add_argument("--shots", type=int_list, default=[1, 5, 10, 20], help="e.g. 1,5,10,20")
     run.add_argument("--ways", type=positive_int("ways"), default=5)
     run.add_argument("--queries", type=positive_int("queries"), default=15)
-    run.add_argument("--episodes", type=positive_int("episodes"), default=600)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--episodes", type=bounded_int("episodes", 1, MAX_EPISODES), default=600)
+    run.add_argument("--seed", type=bounded_int("seed", 0), default=0)
     run.add_argument("--out", default=None, help="results CSV (default: results/<task>.csv)")
     run.add_argument("--backbone", default="efficientnet_lite0")
-    run.add_argument("--image-size", type=positive_int("image-size"), default=128)
+    run.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=128)
+    run.add_argument("--threads", type=positive_int("threads"), default=None,
+                     help="intra-op threads for feature extraction (default: all cores); results are "
+                          "bit-identical for any N, as training and per-episode fitting use one thread")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(run)
 
@@ -27,8 +50,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_run(args) -> int:
+    import torch
+
     from benchmark.console import RichProgressReporter, console, results_tables, stdout, summarize
     from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+    from methods.features import thread_policy
 
     config = RunConfig(
         methods=[MethodSpec.parse(m) for m in args.method], task=args.task, shots=args.shots, ways=args.ways,
@@ -38,7 +64,8 @@ def cmd_run(args) -> int:
         out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
     )
     started = time.perf_counter()
-    rows = run_benchmark(config, RichProgressReporter(enabled=not args.quiet))
+    with thread_policy(args.threads or torch.get_num_threads()):
+        rows = run_benchmark(config, RichProgressReporter(enabled=not args.quiet))
     for table in results_tables(summarize(rows)):
         stdout.print(table)
     console.print(f"results: {config.results_path()}  ({time.perf_counter() - started:.1f} s)", highlight=False)

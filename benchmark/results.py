@@ -12,6 +12,7 @@ import fcntl
 import io
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,12 +64,15 @@ def read_results(path: Path) -> pd.DataFrame:
     try:
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
+        text = path.read_text() if header is not None else ""
     except OSError as exc:
         raise UserError(f"results file {path} is not readable ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise UserError(f"results file {path} is not a text CSV; move it away or write to a new file with --out") \
+            from None
     if header is None:
         return pd.DataFrame(columns=COLUMNS)
     _check_header(path, header)
-    text = path.read_text()
     if not text.endswith("\n"):  # a write cut short (a crash, a full disk): its row is not a result
         text = text[: text.rfind("\n") + 1]
     try:
@@ -78,6 +82,25 @@ def read_results(path: Path) -> pd.DataFrame:
         raise UserError(f"results file {path} is damaged ({str(exc).splitlines()[0]}); move it away or "
                         "write to a new file with --out") from None
     return frame
+
+
+def check_results_path(path: Path) -> None:
+    """Before any work: the results file is readable and compatible, and it and the manifests folder beside it
+    can be written (one-line UserError otherwise). Creates no results file."""
+    path = Path(path)
+    read_results(path)
+    try:
+        (path.parent / "manifests").mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            with open(path, "a"):
+                pass
+        else:
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"results path {path} is not writable ({exc.strerror}: {exc.filename}); choose another "
+                        "with --out") from None
 
 
 def _drop_torn_tail(path: Path) -> None:

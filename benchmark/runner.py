@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from benchmark import __version__
-from benchmark.results import SCHEMA_VERSION, append_rows, done_episodes, read_results
+from benchmark.results import SCHEMA_VERSION, append_rows, check_results_path, done_episodes, read_results
 from methods.base import Context
 from methods.cache import Cache
 from methods.progress import SILENT, Progress
@@ -147,7 +147,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFram
     episode_sets = {k: task.episodes(config.ways, k, config.queries, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
     out = config.results_path()
-    read_results(out)  # an incompatible or unreadable file fails before any work
+    check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
     manifest_dir = out.parent / "manifests"
     for k, episodes in episode_sets.items():
         episodes.save(manifest_dir / f"{task.name.replace(':', '_').replace('/', '_')}-{config.ways}w{k}s"

@@ -167,7 +167,7 @@ def test_unknown_method_task_dataset_backbone_name_the_closest(folder, tmp_path,
     assert "unknown dataset 'domars16'; did you mean domars16k?" in line
     line = one_line_error(capsys, run(tmp_path, f"folder:{folder}", "--backbone", "efficientnet_lite9"),
                           tmp_path / "out.csv")
-    assert "unknown backbone 'efficientnet_lite9'; did you mean efficientnet_lite0" in line
+    assert "unknown backbone 'efficientnet_lite9'; did you mean efficientnet_lite2" in line
     line = one_line_error(capsys, run(tmp_path, f"folder:{folder}", method="protonet:stepz=3"))
     assert "bad option for method protonet" in line and "stepz" in line
     line = one_line_error(capsys, ["runn"])

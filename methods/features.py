@@ -22,10 +22,11 @@ from tasks.errors import UserError
 PREPROCESSING_VERSION = 1  # bump when decoding/resizing changes, so caches are recomputed
 DEFAULT_IMAGE_SIZE = 128
 
-# Intra-op threads for forward passes in run_model (None: leave torch's setting alone). `bench run --threads N`
-# sets it while pinning everything else (training, per-episode fitting) to one thread: a forward pass splits
-# its work over outputs, so it gives the same bits for any N, whereas torch's reductions over long inputs and
-# the weight gradients of training are summed in thread-count-dependent chunks.
+# Worker threads for forward passes in run_model (None: batches run one after another on torch's intra-op
+# threads). `bench run --threads N` sets it inside thread_policy, which pins torch (and BLAS) to one intra-op
+# thread: torch/oneDNN split convolutions and long reductions in chunks that depend on the thread count
+# (measured: EfficientNet-Lite features differ in the 6th digit between 1 and 2 threads for a 16-image batch),
+# whereas N workers each running whole, fixed batches on one thread give the same bits for any N.
 _inference_threads: int | None = None
 
 
@@ -43,14 +44,14 @@ def torch_threads(n: int | None):
 
 
 @contextmanager
-def thread_policy(inference_threads: int):
-    """Deterministic threading for a whole run: one intra-op thread (torch and BLAS) for everything that
-    trains or fits, `inference_threads` for the forward passes of run_model (bit-identical for any count)."""
+def thread_policy(workers: int):
+    """Deterministic threading for a whole run: one intra-op thread (torch and BLAS) for everything, and
+    `workers` threads that run run_model's batches side by side (bit-identical for any count)."""
     global _inference_threads
     from threadpoolctl import threadpool_limits
 
     saved = _inference_threads
-    _inference_threads = int(inference_threads)
+    _inference_threads = int(workers)
     try:
         with threadpool_limits(limits=1), torch_threads(1):
             yield
@@ -90,15 +91,29 @@ def image_array(table: ImageTable, size: int, cache: Cache, progress: Progress =
 @torch.inference_mode()
 def run_model(module: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
               progress: Progress = SILENT, description: str = "extracting features") -> np.ndarray:
-    """Apply `module` in eval mode to uint8 images in batches; returns float32 outputs flattened per image."""
+    """Apply `module` in eval mode to uint8 images in batches; returns float32 outputs flattened per image.
+
+    Under thread_policy(N), N worker threads each run whole batches on one intra-op thread: the batches and
+    the arithmetic within them do not depend on N, so neither do the outputs."""
     was_training = module.training
     module.eval()
+    starts = range(0, len(images), batch_size)
+
+    def forward(start: int) -> np.ndarray:
+        with torch.inference_mode():
+            return module(normalize(torch.from_numpy(images[start : start + batch_size]))).float().numpy()
+
     chunks = []
-    with progress.task(description, len(images)) as advance, torch_threads(_inference_threads):
-        for start in range(0, len(images), batch_size):
-            x = normalize(torch.from_numpy(images[start : start + batch_size]))
-            chunks.append(module(x).float().numpy())
-            advance(len(x))
+    with progress.task(description, len(images)) as advance:
+        if _inference_threads is None:
+            for start in starts:
+                chunks.append(forward(start))
+                advance(len(chunks[-1]))
+        else:
+            with ThreadPoolExecutor(_inference_threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                for chunk in pool.map(forward, starts):  # in order
+                    chunks.append(chunk)
+                    advance(len(chunk))
     module.train(was_training)
     return np.concatenate(chunks) if chunks else np.empty((0,), np.float32)
 

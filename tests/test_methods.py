@@ -184,13 +184,19 @@ def test_maml_adaptation_gradients_match_plain_autograd(first_order):
         torch.testing.assert_close(g, h)
 
 
-def test_maml_meta_training_moves_the_init_and_handles_more_ways_than_trained(tiny, episodes):
-    _, ctx = tiny
-    method = make("maml")  # meta-trained 3-way; the episodes are 4-way
+@pytest.mark.parametrize("options, rows, last", [({}, 1, "weight"), ({"tied": False}, 3, "weight"),
+                                                 ({"hidden": 16}, 1, "2.weight")])
+def test_maml_heads_handle_more_ways_than_meta_trained(options, rows, last, tiny, episodes):
+    task, ctx = tiny
+    method = make("maml", **options)  # meta-trained 3-way; the episodes are 4-way
     method.prepare(ctx)
-    assert method.init["weight"].shape[0] == 3
-    scores = run(method, episodes[0])
-    assert scores.shape == (WAYS * QUERIES, WAYS)
+    assert method.init[last].shape[0] == rows
+    accuracies = []
+    for ep in episodes:
+        scores = run(method, ep)
+        assert scores.shape == (WAYS * QUERIES, WAYS)
+        accuracies.append(score_episode(ep, scores, task.class_names)["accuracy"])
+    assert np.mean(accuracies) >= 0.6
 
 
 def test_simpleshot_centres_on_the_base_pool_mean_and_batches(tiny, episodes):

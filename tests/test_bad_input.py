@@ -249,3 +249,15 @@ def test_broken_plugin_is_named_and_the_rest_keep_working(folder, tmp_path):
     assert works.returncode == 0, works.stderr
     with open(out) as f:
         assert f.readline().strip() == ",".join(COLUMNS) and len(f.readlines()) == 3
+
+
+def test_prefix_without_a_path(tmp_path, capsys):
+    for prefix in ("folder", "csv"):
+        line = one_line_error(capsys, run(tmp_path, f"{prefix}:"), tmp_path / "out.csv")
+        assert f"'{prefix}:' names no {prefix}; give one, e.g. {prefix}:/path/to/my-images" in line
+
+
+def test_too_few_scenes_for_the_scene_split(tmp_path, capsys):
+    data = make_folder_dataset(tmp_path / "tiny", n_classes=2, per_class=2)
+    line = one_line_error(capsys, run(tmp_path, f"folder:{data}", "--ways", "2"), tmp_path / "out.csv")
+    assert f"folder dataset {data} has 4 scene(s)" in line and "which needs 5" in line

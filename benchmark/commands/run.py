@@ -41,8 +41,8 @@ def add_parser(sub) -> None:
     run.add_argument("--backbone", default="efficientnet_lite0")
     run.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=128)
     run.add_argument("--threads", type=positive_int("threads"), default=None,
-                     help="intra-op threads for feature extraction (default: all cores); results are "
-                          "bit-identical for any N, as training and per-episode fitting use one thread")
+                     help="threads that extract features side by side, whole batches each (default: all "
+                          "cores); everything runs on one intra-op thread, so results are bit-identical for any N")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(run)
 
@@ -54,8 +54,10 @@ def cmd_run(args) -> int:
 
     from benchmark.console import RichProgressReporter, console, results_tables, stdout, summarize
     from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+    from methods.backbones import check_backbone
     from methods.features import thread_policy
 
+    check_backbone(args.backbone)  # before any work, not when the first method prepares
     config = RunConfig(
         methods=[MethodSpec.parse(m) for m in args.method], task=args.task, shots=args.shots, ways=args.ways,
         queries=args.queries, episodes=args.episodes, seed=args.seed,

@@ -122,6 +122,9 @@ def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
 
     for prefix, loader in generic.PREFIX_LOADERS.items():
         if name.startswith(prefix + ":"):
+            if not name[len(prefix) + 1 :].strip():
+                raise UserError(f"{name!r} names no {prefix}; give one, e.g. {prefix}:/path/to/my-images"
+                                f"{'.csv' if prefix == 'csv' else ''}")
             return loader(Path(name[len(prefix) + 1 :]).expanduser())
     spec = dataset_spec(name)
     return spec.load(dataset_root(spec, Path(data_dir)))

@@ -24,6 +24,7 @@ def load_folder(root: Path) -> ImageTable:
     if len(classes) < 2 or not paths:
         raise UserError(f"folder dataset {root} needs at least two class sub-folders holding images")
     groups = [str(p.relative_to(root)) for p in paths]
+    check_scenes(f"folder dataset {root}", groups)
     return table_from_rows(f"folder:{root}", paths, labels, groups, classes)
 
 
@@ -49,7 +50,23 @@ def load_csv(path: Path) -> ImageTable:
     labels = [classes.index(v) for v in frame["label"]]
     groups = frame["group"] if "group" in frame.columns else [str(f) for f in files]
     splits = frame["split"] if "split" in frame.columns else None
+    if splits is None or not (set(splits) <= {"base", "target"} and "target" in set(splits)):
+        check_scenes(f"CSV dataset {path}", groups)  # no base/target column: the scene split makes one
     return table_from_rows(f"csv:{path}", files, labels, groups, classes, splits)
+
+
+def check_scenes(what: str, groups) -> None:
+    """The scene-disjoint base/target split deals whole scenes (groups) into folds: it needs one per fold."""
+    import inspect
+
+    from tasks.splits import scene_split
+
+    folds = inspect.signature(scene_split).parameters["n_folds"].default
+    n = len(set(map(str, groups)))
+    if n < folds:
+        raise UserError(f"{what} has {n} scene(s) (groups; each image is its own without a group column), too few "
+                        f"for the scene-disjoint base/target split, which needs {folds}; add images, or give a CSV "
+                        "with a split column of base/target")
 
 
 PREFIX_LOADERS = {"folder": load_folder, "csv": load_csv}

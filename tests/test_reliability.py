@@ -158,9 +158,9 @@ def writer_process(path: str, writer: int, n: int, batch: int, duplicate_of: int
 def test_concurrent_appends_leave_every_row_whole_and_once(tmp_path):
     path = tmp_path / "shared.csv"
     ctx = multiprocessing.get_context("fork")
-    # writers 0-2 write their own rows; writer 3 writes writer 0's keys again (an identical run at once)
-    procs = [ctx.Process(target=writer_process, args=(str(path), w, 120, 1 + w, 0 if w == 3 else None))
-             for w in range(4)]
+    # writers 0-2 write their own rows; writers 3-5 write writer 0's keys again (identical runs at once)
+    procs = [ctx.Process(target=writer_process, args=(str(path), w, 120, 1 + w % 3, 0 if w >= 3 else None))
+             for w in range(6)]
     for p in procs:
         p.start()
     for p in procs:

@@ -20,6 +20,9 @@ from tasks.datasets.base import ImageTable
 from tasks.errors import UserError
 
 PREPROCESSING_VERSION = 1  # bump when decoding/resizing changes, so caches are recomputed
+# Bump when the arithmetic of forward passes changes (e.g. the thread policy): features and activations are
+# recomputed, so that a clean cache reproduces cached results bit for bit.
+NUMERICS_VERSION = 2
 DEFAULT_IMAGE_SIZE = 128
 
 # Worker threads for forward passes in run_model (None: batches run one after another on torch's intra-op
@@ -127,7 +130,7 @@ def feature_extractor(backbone: str) -> torch.nn.Module:
 def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BACKBONE,
                     image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = SILENT) -> np.ndarray:
     """(n_images, D) float32 pooled features of the ImageNet backbone for every image of the table."""
-    key = cache_key("features", table.fingerprint(), image_size, PREPROCESSING_VERSION, backbone,
+    key = cache_key("features", table.fingerprint(), image_size, PREPROCESSING_VERSION, NUMERICS_VERSION, backbone,
                     weights_digest(backbone))
 
     def compute():

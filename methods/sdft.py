@@ -28,7 +28,7 @@ from methods.backbones import create_backbone, split_top, weights_digest
 from methods.base import Context, FewShotMethod
 from methods.cache import cache_key
 from methods.cosine import CosineClassifier
-from methods.features import run_model
+from methods.features import NUMERICS_VERSION, run_model
 from methods.registry import register_method
 from tasks.splits import scene_split
 
@@ -109,7 +109,7 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
             best_acc, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-            if stale >= opts["patience"]:
+            if stale >= opts["patience"] and epoch < opts["epochs"]:
                 log(f"sdft step 1: early stop after epoch {epoch}, best held-out accuracy {best_acc:.3f}")
                 break
     return best_state, history
@@ -165,7 +165,7 @@ class SDFT(FewShotMethod):
             source = f"imagenet-{weights_digest(ctx.backbone)}"
         model.reset_classifier(0)
         bottom, top = split_top(model, self.opts["top_blocks"])
-        acts_key = cache_key("sdft-acts", STEP2_VERSION, source, ctx.images_key(), ctx.backbone,
+        acts_key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, source, ctx.images_key(), ctx.backbone,
                              self.opts["top_blocks"])
         self.acts = torch.from_numpy(ctx.cache.array(
             "sdft-acts", acts_key,

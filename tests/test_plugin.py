@@ -102,7 +102,7 @@ def test_plugin_runs_through_bench_run(installed, tmp_path):
     assert sorted({r["method"] for r in rows}) == ["ridge", "ridge:alpha=10"]
     assert len(rows) == 8 and {r["episode"] for r in rows} == {"0", "1", "2", "3"}
     assert all(0 <= float(r["accuracy"]) <= 1 and r["n_query"] == "6" for r in rows)
-    assert {r["config"] for r in rows} == {'{"alpha": 1.0}', '{"alpha": 10}'}
+    assert {r["config"] for r in rows} == {'{"alpha": 1.0}', '{"alpha": 10.0}'}
     # Without the plugin on the path the same command names the method as unknown, in one line.
     missing = bench("run", "--method", "ridge", "--task", f"folder:{data}", "--out", str(out), cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error: unknown method 'ridge'")

@@ -14,7 +14,7 @@ import torch
 
 from methods.backbones import DEFAULT_BACKBONE
 from methods.cache import Cache, cache_key
-from methods.features import DEFAULT_IMAGE_SIZE, frozen_features, image_array
+from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array
 from methods.progress import SILENT, Progress
 from tasks.registry import Task
 
@@ -33,6 +33,10 @@ class Context:
     def features(self) -> np.ndarray:
         """Frozen ImageNet features for every image of the task's table (cached)."""
         return frozen_features(self.task.table, self.cache, self.backbone, self.image_size, self.progress)
+
+    def features_key(self) -> str:
+        """Identifies what ctx.features() returns, for the keys of caches derived from features."""
+        return features_key(self.task.table, self.backbone, self.image_size)
 
     def images(self) -> np.ndarray:
         """(n_images, 3, S, S) uint8 for every image of the table (cached, memory only when asked)."""

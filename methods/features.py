@@ -127,11 +127,16 @@ def feature_extractor(backbone: str) -> torch.nn.Module:
     return model
 
 
+def features_key(table: ImageTable, backbone: str, image_size: int) -> str:
+    """Identifies frozen features; caches derived from them (meta-trained heads) put it in their keys."""
+    return cache_key("features", table.fingerprint(), image_size, PREPROCESSING_VERSION, NUMERICS_VERSION, backbone,
+                     weights_digest(backbone))
+
+
 def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BACKBONE,
                     image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = SILENT) -> np.ndarray:
     """(n_images, D) float32 pooled features of the ImageNet backbone for every image of the table."""
-    key = cache_key("features", table.fingerprint(), image_size, PREPROCESSING_VERSION, NUMERICS_VERSION, backbone,
-                    weights_digest(backbone))
+    key = features_key(table, backbone, image_size)
 
     def compute():
         images = image_array(table, image_size, cache, progress)

@@ -16,6 +16,8 @@ class LinearProbe(FeatureMethod):
     description = "Logistic regression (L2, C=1) on standardised frozen ImageNet features"
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000):
+        if float(C) <= 0 or int(max_iter) < 1:
+            raise ValueError(f"C must be > 0 and max_iter >= 1, got C={C}, max_iter={max_iter}")
         self.C, self.max_iter = float(C), int(max_iter)
 
     def fit_features(self, x, y, n_way, rng):

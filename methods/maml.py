@@ -33,7 +33,6 @@ from torch import nn
 from torch.func import functional_call, grad
 from torch.nn import functional as F
 
-from methods.backbones import weights_digest
 from methods.base import Context, FeatureMethod, torch_generator
 from methods.cache import cache_key
 from methods.registry import register_method
@@ -131,8 +130,7 @@ class MAML(FeatureMethod):
 
     def cache_key(self, ctx: Context) -> str:
         meta = {k: v for k, v in self.opts.items() if k != "test_steps"}  # test_steps does not change training
-        return cache_key("maml", MAML_VERSION, ctx.task.fingerprint(), ctx.backbone, weights_digest(ctx.backbone),
-                         ctx.image_size, meta, ctx.seed)
+        return cache_key("maml", MAML_VERSION, ctx.task.fingerprint(), ctx.features_key(), meta, ctx.seed)
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import Context, FeatureMethod, torch_generator
+from methods.base import Context, FeatureMethod
 from methods.cache import cache_key
 from methods.registry import register_method
 from tasks.episodes import PoolIndex
+from tasks.errors import UserError
 
 
 def prototypes(x: torch.Tensor, y: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -34,6 +35,9 @@ def train_embedding(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
 
     index = PoolIndex(labels, groups, pool)
     eligible = index.eligible(shots, queries)
+    if len(eligible) < 2:
+        raise UserError(f"protonet meta-training needs two base-pool classes with {shots}+{queries} images in "
+                        "separate scenes; lower train_shots/train_queries or run without metatrain")
     n_way = min(n_way, len(eligible))
     x_all = torch.from_numpy(features)
     embed = nn.Linear(x_all.shape[1], x_all.shape[1])
@@ -57,7 +61,11 @@ class ProtoNet(FeatureMethod):
 
     def __init__(self, metatrain: bool = False, steps: int = 2000, lr: float = 1e-4, train_way: int = 5,
                  train_shots: int = 5, train_queries: int = 10):
-        self.metatrain, self.steps, self.lr = bool(metatrain), int(steps), float(lr)
+        if not isinstance(metatrain, bool):
+            raise ValueError(f"metatrain must be true or false, got {metatrain!r}")
+        if min(int(steps), int(train_way) - 1, int(train_shots), int(train_queries)) < 1 or float(lr) <= 0:
+            raise ValueError("steps, lr, train_shots and train_queries must be positive and train_way at least 2")
+        self.metatrain, self.steps, self.lr = metatrain, int(steps), float(lr)
         self.train_way, self.train_shots, self.train_queries = int(train_way), int(train_shots), int(train_queries)
         self.embed = None
 
@@ -66,7 +74,7 @@ class ProtoNet(FeatureMethod):
         if not self.metatrain:
             return
         table = ctx.task.table
-        key = cache_key("protonet-embed", ctx.task.fingerprint(), ctx.backbone, ctx.image_size, self.config(), ctx.seed)
+        key = cache_key("protonet-embed", ctx.task.fingerprint(), ctx.features_key(), self.config(), ctx.seed)
 
         def train():
             embed = train_embedding(self.features.numpy(), table.labels, table.groups, ctx.task.base, self.train_way,

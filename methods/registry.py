@@ -1,7 +1,6 @@
 """Method registry: `@register_method("name")` in-tree, entry points (group `marsfsl.methods`) out of tree."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -63,7 +62,6 @@ def load_plugins() -> dict[str, str]:
                     obj.name = ep.name
             except Exception as exc:  # a broken plugin must not take the suite down
                 _PLUGIN_ERRORS[ep.name] = f"plugin {ep.name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-                print(f"warning: {_PLUGIN_ERRORS[ep.name]}", file=sys.stderr)
     return dict(_PLUGIN_ERRORS)
 
 

@@ -1,0 +1,96 @@
+"""`bench map`: classify a whole scene with sliding windows from a few labelled windows (POINTS.csv)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from benchmark.cli import add_common, default_data_dir, positive_int
+
+
+def _float(name: str):
+    def convert(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} must be a number, got {text!r}") from None
+
+    return convert
+
+
+SMOOTHERS = ("none", "majority", "mrf")  # = benchmark.mapping.SMOOTHERS (not imported here: it loads torch)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("map", help="map a whole scene from a few labelled windows (sliding-window classification)",
+                       description="Cut the scene into windows, adapt the method on the labelled windows of "
+                                   "POINTS.csv (x,y,label: pixel positions in the scene) as on an episode's "
+                                   "support set, classify every window, optionally smooth, and write a label "
+                                   "map, an overlay, per-window probabilities and a JSON summary.")
+    p.add_argument("--method", required=True, metavar="NAME[:key=value,...]")
+    p.add_argument("--scene", required=True, metavar="IMAGE", help="the scene (PNG/JPEG/TIFF, greyscale or RGB)")
+    p.add_argument("--labels", required=True, metavar="POINTS.csv",
+                   help="labelled samples: columns x,y,label; each selects the window whose cell contains it")
+    p.add_argument("--window", required=True, type=positive_int("window"), help="window side in scene pixels")
+    p.add_argument("--stride", type=positive_int("stride"), default=None,
+                   help="step between windows in pixels (default: window / 2)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
+    p.add_argument("--classes", default=None, help="comma-separated class names in legend order; labels outside "
+                                                   "it are an error (default: the labels found, sorted)")
+    p.add_argument("--smooth", choices=SMOOTHERS, default="none",
+                   help="smoothing of the class-probability map over neighbouring windows")
+    p.add_argument("--smooth-strength", type=_float("smooth-strength"), default=None,
+                   help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows "
+                        "(default 1)")
+    p.add_argument("--task", default="hirise-regions", help="base task the method pre-trains on (its base pool)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--image-size", type=positive_int("image-size"), default=128,
+                   help="windows are resized to this size (the size the method's pre-training used)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview", type=positive_int("preview"), default=1600,
+                   help="longest side of the PNG figures in pixels")
+    p.add_argument("--threads", type=positive_int("threads"), default=None,
+                   help="threads that extract features side by side (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common(p)
+    p.set_defaults(handler=cmd_map)
+
+
+def cmd_map(args) -> int:
+    import torch
+
+    from benchmark.console import RichProgressReporter, console
+    from benchmark.mapping import WindowGrid, load_scene, map_scene, read_points
+    from benchmark.runner import MethodSpec
+    from methods.backbones import check_backbone
+    from methods.cache import Cache
+    from methods.features import thread_policy
+    from methods.registry import method_info
+    from tasks.errors import UserError
+    from tasks.registry import load_task
+
+    started = time.perf_counter()
+    check_backbone(args.backbone)
+    spec = MethodSpec.parse(args.method)
+    method_info(spec.name)  # an unknown method fails before any work
+    if not 16 <= args.image_size <= 1024:
+        raise UserError(f"--image-size must be an integer from 16 to 1024, got {args.image_size}")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    if classes is not None and len(set(classes)) != len(classes):
+        raise UserError(f"--classes names a class twice: {args.classes}")
+    scene = load_scene(args.scene)
+    grid = WindowGrid(scene.height, scene.width, args.window, args.stride or max(1, args.window // 2))
+    points = read_points(args.labels, grid, classes)
+    task = load_task(args.task, Path(args.data_dir or default_data_dir()))
+    progress = RichProgressReporter(enabled=not args.quiet)
+    progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
+                 f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "
+                 f"{', '.join(points.class_names)}")
+    with thread_policy(args.threads or torch.get_num_threads()):
+        result = map_scene(spec, task, scene, grid, points, Cache(args.cache_dir) if args.cache_dir else Cache(),
+                           args.backbone, args.image_size, args.seed, args.smooth, args.smooth_strength,
+                           Path(args.out), progress, args.preview)
+    fractions = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.summary["area_fraction"].items())
+    console.print(f"map: {args.out}/overlay.png  areas: {fractions}  ({time.perf_counter() - started:.1f} s)",
+                  highlight=False)
+    return 0

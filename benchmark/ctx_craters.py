@@ -1,0 +1,361 @@
+"""The scored mapping case: craters in a real CTX mosaic block, from K labelled windows per class.
+
+Data (`DATA/ctx-murray-craters`): 3 x 3 tiles `resized_CTX/CTX{row}{col}_1248.png` of the Murray Lab CTX
+mosaic (~95 m/px), stacked row by row into a 3744 x 3744 scene, and 577 Robbins craters (1-32 km) as boxes
+`x1 y1 x2 y2` in that scene (`selected_craters_XY.txt`).
+
+Protocol:
+- The scene is mapped with windows of W pixels every S pixels (default 64 / 32); the map's pixel grid gives
+  every window a cell (with S = W/2 its central half).
+- Truth per window (`window_truth`): a window *is a crater* when a Robbins crater of comparable size
+  (W/4 <= diameter <= W) has its centre in the window's cell, so each such crater is exactly one positive
+  window and a map that marks it is a hit. A window is *ambiguous* (not scored in the main F1) when it is not
+  a crater window but shows a labelled crater in part: it holds at least a quarter of a crater no larger than
+  W (an off-cell, a too-small or a cut crater), it holds the centre of a larger crater, or it touches the rim
+  band (0.8-1.2 radii) of a crater larger than W. Every other window is a *non-crater* window. Small craters
+  below the Robbins limit (1 km, ~10 px) are unlabelled and count as non-crater terrain, as the catalogue
+  does. The strict score counts ambiguous windows as non-craters.
+- Samples: K crater windows and K non-crater windows drawn (seeded) from windows lying wholly in the left
+  third of the scene (x < 1248); the map is scored on windows lying wholly in the right two thirds.
+- Score: precision, recall and F1 of the crater class over scored windows, per method, K, seed and
+  smoothing (none / MRF); mean and t-based 95% CI over seeds.
+
+`python -m benchmark.ctx_craters run` does all of it (the maps are `bench map`'s own code, in-process, so the
+features are computed once); `python -m benchmark.ctx_craters scene --out DIR` writes the stacked scene,
+the boxes and example POINTS.csv files for running `bench map` by hand; `python -m benchmark.ctx_craters
+score --map DIR` scores a `bench map` output folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.mapping import WindowGrid, binary_scores, smooth, write_points
+from tasks.errors import UserError
+
+DATASET = "ctx-murray-craters"
+TILE = 1248
+TRAIN_X = TILE  # samples come from windows wholly left of this column, scores from windows wholly right of it
+CLASSES = ("crater", "non-crater")
+RIM_BAND = (0.8, 1.2)
+MIN_OVERLAP = 0.25
+
+
+def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(3744, 3744) uint8 scene stacked row by row from the 3 x 3 tiles, and (577, 4) crater boxes."""
+    from PIL import Image
+
+    root = Path(data_dir) / DATASET
+    if not root.is_dir():
+        raise UserError(f"{root} not found; set --data-dir or BENCH_DATA_DIR to the folder holding {DATASET}")
+    rows = []
+    for r in range(3):
+        row = []
+        for c in range(3):
+            path = root / "resized_CTX" / f"CTX{r}{c}_{TILE}.png"
+            try:
+                with Image.open(path) as img:
+                    row.append(np.asarray(img.convert("L"), dtype=np.uint8))
+            except FileNotFoundError:
+                raise UserError(f"CTX tile {path} is missing") from None
+            if row[-1].shape != (TILE, TILE):
+                raise UserError(f"CTX tile {path} is {row[-1].shape}, expected {TILE} x {TILE}")
+        rows.append(row)
+    boxes = np.loadtxt(root / "selected_craters_XY.txt", dtype=np.float64, ndmin=2)
+    if boxes.shape[1] != 4:
+        raise UserError(f"{root / 'selected_craters_XY.txt'} must hold x1 y1 x2 y2 per line")
+    return np.block(rows), boxes
+
+
+def window_truth(grid: WindowGrid, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(crater, ambiguous) bool per window, by the rule in the module docstring."""
+    w = grid.window
+    x0, y0 = (a.astype(np.float64) for a in grid.origins())
+    x1, y1 = x0 + w, y0 + w
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    diameter = ((boxes[:, 2] - boxes[:, 0]) + (boxes[:, 3] - boxes[:, 1])) / 2
+    comparable = (diameter >= w / 4) & (diameter <= w)
+    crater = np.zeros(grid.n, bool)
+    crater[grid.index_of(cx[comparable], cy[comparable])] = True
+    shows_part = np.zeros(grid.n, bool)
+    for (bx1, by1, bx2, by2), x, y, d in zip(boxes, cx, cy, diameter):
+        if d <= w:
+            overlap = (np.clip(np.minimum(x1, bx2) - np.maximum(x0, bx1), 0, None)
+                       * np.clip(np.minimum(y1, by2) - np.maximum(y0, by1), 0, None))
+            shows_part |= overlap >= MIN_OVERLAP * (bx2 - bx1) * (by2 - by1)
+        else:
+            r = d / 2
+            near = np.hypot(np.clip(x, x0, x1) - x, np.clip(y, y0, y1) - y)  # nearest point of the window
+            far = np.hypot(np.maximum(np.abs(x0 - x), np.abs(x1 - x)), np.maximum(np.abs(y0 - y), np.abs(y1 - y)))
+            holds_centre = (x0 <= x) & (x < x1) & (y0 <= y) & (y < y1)
+            shows_part |= holds_centre | ((near <= RIM_BAND[1] * r) & (far >= RIM_BAND[0] * r))
+    return crater, shows_part & ~crater
+
+
+def regions(grid: WindowGrid) -> tuple[np.ndarray, np.ndarray]:
+    """(train, scored) bool per window: wholly left of TRAIN_X, wholly right of it."""
+    x0, _ = grid.origins()
+    return x0 + grid.window <= TRAIN_X, x0 >= TRAIN_X
+
+
+def draw_points(grid: WindowGrid, boxes: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """K crater and K non-crater windows from the training third: (2K, 2) window centres and labels."""
+    crater, ambiguous = window_truth(grid, boxes)
+    train, _ = regions(grid)
+    pools = {"crater": np.flatnonzero(train & crater), "non-crater": np.flatnonzero(train & ~crater & ~ambiguous)}
+    centres, labels = [], []
+    for name in CLASSES:
+        if len(pools[name]) < k:
+            raise UserError(f"only {len(pools[name])} {name} windows in the training third; lower K")
+        chosen = np.sort(rng.choice(pools[name], size=k, replace=False))
+        centres.append(grid.centres()[chosen])
+        labels += [name] * k
+    return np.concatenate(centres), labels
+
+
+def score_labels(grid: WindowGrid, boxes: np.ndarray, labels: np.ndarray, crater_class: int) -> dict:
+    """Main (ambiguous windows not scored) and strict (ambiguous = non-crater) scores on the right two thirds."""
+    crater, ambiguous = window_truth(grid, boxes)
+    _, scored = regions(grid)
+    predicted = labels.ravel() == crater_class
+    main = binary_scores(predicted, crater, scored & ~ambiguous)
+    strict = binary_scores(predicted, crater, scored)
+    return {**main, "ambiguous": int((scored & ambiguous).sum()), "predicted_crater_fraction":
+            float(predicted[scored].mean()), "strict_precision": strict["precision"],
+            "strict_recall": strict["recall"], "strict_f1": strict["f1"]}
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def write_scene(data_dir: Path, out: Path) -> Path:
+    from PIL import Image
+
+    scene, boxes = load_ctx(data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "ctx-scene.png"
+    if not path.exists():
+        Image.fromarray(scene).save(path)
+    np.savetxt(out / "craters.txt", boxes, fmt="%.4f")
+    return path
+
+
+def cmd_scene(args) -> int:
+    path = write_scene(Path(args.data_dir), Path(args.out))
+    grid = WindowGrid(3744, 3744, args.window, args.stride)
+    _, boxes = load_ctx(Path(args.data_dir))
+    for k in args.shots:
+        for seed in args.seeds:
+            xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
+            write_points(Path(args.out) / f"points-k{k}-seed{seed}.csv", xy, labels)
+    print(f"scene: {path}; POINTS files and craters.txt in {args.out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    summary = json.loads((Path(args.map) / "summary.json").read_text())
+    grid = WindowGrid(summary["scene_size"][1], summary["scene_size"][0], summary["window"], summary["stride"])
+    if summary["scene_size"] != [3744, 3744]:
+        raise UserError(f"{args.map} maps a {summary['scene_size']} scene, not the 3744 x 3744 CTX block")
+    _, boxes = load_ctx(Path(args.data_dir))
+    labels = np.load(Path(args.map) / "labels.npy")
+    scores = score_labels(grid, boxes, labels, summary["classes"].index("crater"))
+    print(json.dumps({"map": args.map, "smoothing": summary["smoothing"], **scores}, indent=2))
+    return 0
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    from benchmark.stats import mean_ci
+
+    records = []
+    keys = ["method", "shots", "smoothing"]
+    for key, g in frame.groupby(keys, sort=False):
+        record = dict(zip(keys, key))
+        record["seeds"] = len(g)
+        for column in ("precision", "recall", "f1", "strict_f1"):
+            mean, half = mean_ci(g[column]) if len(g) > 1 else (float(g[column].mean()), float("nan"))
+            record[column], record[f"{column}_ci95"] = mean, half
+        record["map_seconds"] = float(g["map_seconds"].mean())
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
+    def pm(mean, half):
+        return f"{100 * mean:.1f}" if not np.isfinite(half) else f"{100 * mean:.1f} ± {100 * half:.1f}"
+
+    lines = [
+        "# CTX craters: few-shot sliding-window mapping, scored against Robbins craters",
+        "",
+        f"Scene: the 3 x 3 Murray-Lab CTX tiles of `{DATASET}` stacked into 3744 x 3744 px (~95 m/px). "
+        f"Windows of {meta['window']} px every {meta['stride']} px ({meta['windows']} windows), resized to "
+        f"{meta['image_size']} px; base task `{meta['task']}`; backbone {meta['backbone']}.",
+        "",
+        f"Samples: K crater and K non-crater windows drawn per seed from windows wholly in the left third "
+        f"(x < {TRAIN_X}); scored on the {meta['scored']} windows wholly in the right two thirds: "
+        f"{meta['positives']} crater windows, {meta['negatives']} non-crater windows, {meta['ambiguous']} "
+        "ambiguous windows (not scored in P/R/F1; counted as non-crater in strict F1).",
+        "",
+        f"Rule: a window is a crater window when a Robbins crater with diameter between W/4 and W "
+        f"({meta['window'] / 4:g}-{meta['window']} px) has its centre in the window's cell (the part of the "
+        "scene the map gives to that window; with stride W/2 its central half). Ambiguous: not a crater window "
+        "but holds a quarter or more of a crater no larger than W, the centre of a larger crater, or part of the "
+        f"rim band ({RIM_BAND[0]}-{RIM_BAND[1]} radii) of a larger crater. See `benchmark/ctx_craters.py`.",
+        "",
+        f"Smoothing `mrf`: Potts MRF over 8-neighbour windows, beta = {meta['beta']:g} (ICM). Values: crater-class "
+        f"precision, recall and F1 in %, mean ± 95% CI (t) over {meta['n_seeds']} seeds of the K-window draw "
+        "(the CI of a single seed is not shown). Map seconds: prepare + fit + classify of one map, mean over "
+        "seeds (the first map of a method also paid for the window features; see the log).",
+        "",
+        "| method | K | smoothing | precision | recall | F1 | strict F1 | seeds | map s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for _, r in summary.iterrows():
+        lines.append(f"| {r['method']} | {r['shots']} | {r['smoothing']} | {pm(r['precision'], r['precision_ci95'])} | "
+                     f"{pm(r['recall'], r['recall_ci95'])} | {pm(r['f1'], r['f1_ci95'])} | "
+                     f"{pm(r['strict_f1'], r['strict_f1_ci95'])} | {r['seeds']} | {r['map_seconds']:.1f} |")
+    base_rate = meta["positives"] / max(1, meta["positives"] + meta["negatives"])
+    lines += ["", f"Chance reference: marking every scored window a crater gives precision {100 * base_rate:.1f}%, "
+                  f"recall 100%, F1 {100 * 2 * base_rate / (1 + base_rate):.1f}%.", "",
+              f"Per-seed rows: `{meta['csv']}`. Command: `{meta['command']}`", ""]
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from benchmark.console import RichProgressReporter
+    from benchmark.mapping import Scene, map_scene, read_points
+    from benchmark.runner import MethodSpec
+    from methods.cache import Cache
+    from methods.features import thread_policy
+    from methods.registry import method_info
+    from tasks.registry import load_task
+
+    data_dir = Path(args.data_dir)
+    specs = [MethodSpec.parse(m) for m in args.method]
+    for spec in specs:
+        method_info(spec.name)
+    work = Path(args.work)
+    scene_path = write_scene(data_dir, work)
+    pixels, boxes = load_ctx(data_dir)
+    scene = Scene(str(scene_path), pixels)
+    grid = WindowGrid(scene.height, scene.width, args.window, args.stride)
+    task = load_task(args.task, data_dir)
+    cache = Cache(args.cache_dir) if args.cache_dir else Cache()
+    progress = RichProgressReporter(enabled=not args.quiet)
+    crater, ambiguous = window_truth(grid, boxes)
+    _, scored = regions(grid)
+    meta = {"window": grid.window, "stride": grid.stride, "windows": grid.n, "image_size": args.image_size,
+            "task": task.name, "backbone": args.backbone, "scored": int(scored.sum()),
+            "positives": int((scored & crater).sum()), "ambiguous": int((scored & ambiguous).sum()),
+            "negatives": int((scored & ~crater & ~ambiguous).sum()), "beta": args.beta,
+            "n_seeds": len(args.seeds), "csv": f"{args.out}.csv", "command": " ".join(["python -m benchmark.ctx_craters"] + sys.argv[1:])}
+    out_csv = Path(f"{args.out}.csv")
+    rows = [] if args.fresh or not out_csv.exists() else pd.read_csv(out_csv).to_dict("records")
+    done = {(r["method"], int(r["shots"]), int(r["seed"]), r["smoothing"]) for r in rows}
+    with thread_policy(args.threads or torch.get_num_threads()):
+        for spec in specs:
+            for k in args.shots:
+                for seed in args.seeds:
+                    if all((spec.label, k, seed, s) in done for s in ("none", "mrf")):
+                        continue
+                    points_path = work / f"points-k{k}-seed{seed}.csv"
+                    xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
+                    write_points(points_path, xy, labels)
+                    points = read_points(points_path, grid, list(CLASSES))
+                    example = args.example and (spec.label, k, seed) == (specs[-1].label, max(args.shots), args.seeds[0])
+                    started = time.perf_counter()
+                    result = map_scene(spec, task, scene, grid, points, cache, args.backbone, args.image_size, seed,
+                                       "none", None, work / f"map-{spec.label}-k{k}-seed{seed}" if example else None,
+                                       progress, preview=1200)
+                    seconds = time.perf_counter() - started
+                    progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
+                                 f"({json.dumps(result.summary['timings'])})")
+                    for smoothing, strength in (("none", None), ("mrf", args.beta)):
+                        labels_grid = smooth(result.probabilities, smoothing, strength)
+                        scores = score_labels(grid, boxes, labels_grid, CLASSES.index("crater"))
+                        rows = [r for r in rows if (r["method"], int(r["shots"]), int(r["seed"]), r["smoothing"])
+                                != (spec.label, k, seed, smoothing)]
+                        rows.append({"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing,
+                                     "strength": 0.0 if strength is None else strength, **scores,
+                                     "map_seconds": round(seconds, 2),
+                                     "prepare_seconds": result.summary["timings"]["prepare_s"],
+                                     "window": grid.window, "stride": grid.stride, "image_size": args.image_size})
+                        progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
+                                     f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
+                    out_csv.parent.mkdir(parents=True, exist_ok=True)
+                    pd.DataFrame(rows).to_csv(out_csv, index=False)
+    frame = pd.DataFrame(rows)
+    order = {s.label: i for i, s in enumerate(specs)}
+    frame = frame.sort_values(["method", "shots", "smoothing", "seed"],
+                              key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+    frame.to_csv(out_csv, index=False)
+    Path(f"{args.out}.md").write_text(markdown(frame, summarise(frame), meta))
+    print(Path(f"{args.out}.md").read_text())
+    return 0
+
+
+def main(argv=None) -> int:
+    from benchmark.cli import Parser, default_data_dir, int_list
+
+    parser = Parser(prog="python -m benchmark.ctx_craters", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def common(p, grid=True):
+        p.add_argument("--data-dir", default=default_data_dir())
+        if grid:
+            p.add_argument("--window", type=int, default=64)
+            p.add_argument("--stride", type=int, default=32)
+        p.add_argument("--debug", action="store_true")
+
+    run = sub.add_parser("run", help="build samples, map, score; write OUT.csv and OUT.md")
+    common(run)
+    run.add_argument("--method", action="append", default=None)
+    run.add_argument("--shots", type=int_list, default=[5, 20])
+    run.add_argument("--seeds", type=int_list, default=[0, 1, 2])
+    run.add_argument("--beta", type=float, default=1.0)
+    run.add_argument("--task", default="hirise-regions")
+    run.add_argument("--backbone", default="efficientnet_lite0")
+    run.add_argument("--image-size", type=int, default=128)
+    run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
+    run.add_argument("--out", default="results/ctx-craters", help="writes OUT.csv and OUT.md")
+    run.add_argument("--cache-dir", default=None)
+    run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--fresh", action="store_true", help="ignore rows already in OUT.csv")
+    run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(handler=cmd_run)
+    scene = sub.add_parser("scene", help="write the stacked scene, craters.txt and POINTS files for bench map")
+    common(scene)
+    scene.add_argument("--out", required=True)
+    scene.add_argument("--shots", type=int_list, default=[5, 20])
+    scene.add_argument("--seeds", type=int_list, default=[0])
+    scene.set_defaults(handler=cmd_scene)
+    score = sub.add_parser("score", help="score a bench map output folder of the CTX scene")
+    common(score, grid=False)
+    score.add_argument("--map", required=True)
+    score.set_defaults(handler=cmd_score)
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "command", None) == "run" and not args.method:
+            args.method = ["protonet", "linear-probe"]
+        return args.handler(args)
+    except UserError as exc:
+        if "--debug" in argv:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

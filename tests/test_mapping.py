@@ -1,0 +1,313 @@
+"""bench map: window geometry at the scene's edges, pixel alignment of the map, smoothing, bad POINTS.csv."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.commands.map import SMOOTHERS as CLI_SMOOTHERS
+from benchmark.ctx_craters import regions, score_labels, window_truth
+from benchmark.mapping import (SMOOTHERS, ConcatImages, MapContext, WindowGrid, WindowImages, binary_scores,
+                               load_scene, map_scene, majority_filter, mrf_smooth, read_points, smooth,
+                               window_starts, write_points)
+from benchmark.runner import MethodSpec
+from methods.cache import Cache
+from methods.features import load_image
+from tasks.errors import UserError
+from tests.fakes import folder_like
+from tests.fakes_methods import make_task
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+def test_window_starts_reach_the_far_edge():
+    assert window_starts(100, 30, 20).tolist() == [0, 20, 40, 60, 70]  # last window flush with the edge
+    assert window_starts(100, 20, 20).tolist() == [0, 20, 40, 60, 80]  # exact fit: no extra window
+    assert window_starts(30, 30, 7).tolist() == [0]  # one window covers the whole side
+    with pytest.raises(UserError, match="larger than the scene"):
+        window_starts(29, 30, 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 400), window=st.integers(1, 400), stride_frac=st.floats(0.01, 1.0))
+def test_windows_cover_every_pixel_and_cells_partition_the_axis(length, window, stride_frac):
+    if window > length:
+        return
+    stride = max(1, int(window * stride_frac))
+    grid = WindowGrid(length, length + 3, window, stride)
+    starts = grid.ys
+    assert starts[0] == 0 and starts[-1] == length - window and np.all(np.diff(starts) >= 1)
+    assert np.all(np.diff(starts) <= stride)
+    edges = grid.cell_edges("y")
+    assert edges[0] == 0 and edges[-1] == length and np.all(np.diff(edges) >= 1)  # non-empty, in order
+    # every cell lies inside its own window, so each map pixel was seen by the window it shows
+    assert np.all(edges[:-1] >= starts) and np.all(edges[1:] <= starts + window)
+    # the cell of a pixel (through its centre) is the window index_of gives
+    rows = grid.row_of(np.arange(length) + 0.5)
+    assert np.array_equal(rows, np.repeat(np.arange(len(starts)), np.diff(edges)))
+
+
+def test_raster_is_the_scene_grid_and_not_transposed():
+    grid = WindowGrid(height=50, width=90, window=20, stride=10)
+    assert grid.shape == (4, 8)  # ys: 0,10,20,30 ; xs: 0,10,...,70
+    values = np.arange(grid.n).reshape(grid.shape)
+    full = grid.raster(values)
+    assert full.shape == (50, 90)
+    assert full[0, 0] == 0 and full[49, 89] == grid.n - 1
+    assert full[0, 89] == grid.shape[1] - 1 and full[49, 0] == (grid.shape[0] - 1) * grid.shape[1]
+    # pixel (x=44, y=27): column cells are split at centre midpoints 15, 25, 35, 45, ... -> column 3 (35..45)
+    assert full[27, 44] == grid.index_of(44.5, 27.5) == 2 * 8 + 3
+    assert grid.cell_areas().sum() == 50 * 90
+    half = grid.raster(values, 0.5)
+    assert half.shape == (25, 45) and half[0, 0] == 0 and half[-1, -1] == grid.n - 1
+
+
+def test_grid_refuses_gaps_and_oversized_requests():
+    with pytest.raises(UserError, match="stride"):
+        WindowGrid(100, 100, 10, 11)
+    with pytest.raises(UserError, match="larger --stride"):
+        WindowGrid(100_000, 100_000, 2, 1)
+
+
+def test_windows_are_preprocessed_like_dataset_images(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (70, 90), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    scene = load_scene(tmp_path / "scene.png")
+    grid = WindowGrid(scene.height, scene.width, 40, 20)
+    images = WindowImages(scene, *grid.origins(), grid.window, 24)
+    assert images.shape == (grid.n, 3, 24, 24)
+    for i in (0, 5, grid.n - 1):
+        x0, y0 = (int(a[i]) for a in grid.origins())
+        Image.fromarray(pixels[y0 : y0 + 40, x0 : x0 + 40]).save(tmp_path / "crop.png")
+        assert np.array_equal(images[i], load_image(str(tmp_path / "crop.png"), 24))
+    assert np.array_equal(images[[2, 0]][1], images[0]) and len(images[1:4]) == 3
+    base = rng.integers(0, 256, (5, 3, 24, 24), dtype=np.uint8)
+    both = ConcatImages(base, images)
+    assert len(both) == 5 + grid.n
+    mixed = both[np.array([1, 5, 6])]
+    assert np.array_equal(mixed[0], base[1]) and np.array_equal(mixed[1], images[0])
+    assert np.array_equal(both[-1], images[grid.n - 1])
+
+
+# -------------------------------------------------------------------------------- the map, end to end
+
+
+def blob_scene(height=176, width=272, size=40, centres=((60, 50), (200, 120), (120, 130))):
+    """Dark noisy ground with bright striped square blobs at known centres (x, y); and its truth mask."""
+    rng = np.random.default_rng(3)
+    pixels = np.clip(rng.normal(60, 8, (height, width)), 0, 255)
+    truth = np.zeros((height, width), bool)
+    for cx, cy in centres:
+        y0, x0 = cy - size // 2, cx - size // 2
+        patch = np.full((size, size), 215.0)
+        patch[::4] = 120  # horizontal stripes
+        pixels[y0 : y0 + size, x0 : x0 + size] = patch + rng.normal(0, 5, (size, size))
+        truth[y0 : y0 + size, x0 : x0 + size] = True
+    return np.clip(pixels, 0, 255).astype(np.uint8), truth
+
+
+def test_generated_blobs_are_mapped_back_in_place(tmp_path):
+    centres = ((60, 50), (200, 120), (120, 130))
+    pixels, truth = blob_scene(centres=centres)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    scene = load_scene(tmp_path / "scene.png")
+    grid = WindowGrid(scene.height, scene.width, window=32, stride=16)
+    # label two of the three blobs and three patches of ground; the third blob is found unlabelled
+    write_points(tmp_path / "points.csv", [(60, 50), (200, 120), (240, 30), (20, 150), (150, 40)],
+                 ["blob", "blob", "ground", "ground", "ground"])
+    points = read_points(tmp_path / "points.csv", grid)
+    assert points.class_names == ("blob", "ground")
+    task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
+    out = tmp_path / "map"
+    result = map_scene(MethodSpec.parse("protonet"), task, scene, grid, points, Cache(tmp_path / "cache"),
+                       "efficientnet_lite0", 32, out=out, preview=200)
+    predicted = grid.raster(result.labels) == 0
+    assert result.probabilities.shape == grid.shape + (2,)
+    assert (predicted == truth).mean() > 0.9
+    for cx, cy in centres:  # each blob's mapped region is centred on the blob (no shift, no transposition)
+        ys, xs = np.nonzero(predicted[cy - 40 : cy + 40, cx - 40 : cx + 40])
+        assert abs(xs.mean() - 40) <= grid.stride / 2 and abs(ys.mean() - 40) <= grid.stride / 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["blob", "ground"] and summary["windows"] == grid.n
+    assert abs(sum(summary["area_fraction"].values()) - 1) < 1e-9
+    assert abs(summary["area_fraction"]["blob"] - predicted.mean()) < 1e-9
+    assert np.array_equal(np.load(out / "labels.npy"), result.labels)
+    assert np.allclose(np.load(out / "probabilities.npy").sum(-1), 1, atol=1e-5)
+    for name in ("label_map.png", "overlay.png"):
+        with Image.open(out / name) as img:
+            assert max(img.size) <= 220
+    assert {"prepare_s", "fit_s", "predict_s", "total_s"} <= set(summary["timings"])
+
+
+def test_map_context_indices_follow_the_base_table(tmp_path):
+    pixels, _ = blob_scene()
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    scene = load_scene(tmp_path / "scene.png")
+    grid = WindowGrid(scene.height, scene.width, 64, 64)
+    task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
+    ctx = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=grid)
+    n_base = len(task.table)
+    images = ctx.images()
+    assert len(images) == n_base + grid.n
+    assert np.array_equal(images[n_base + 3], ctx.window_images()[3])
+    assert ctx.features().shape == (n_base + grid.n, 1280)
+    assert ctx.images_key() != ctx.base_images_key()
+    other = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=WindowGrid(scene.height, scene.width, 64, 32))
+    assert other.images_key() != ctx.images_key() and other.features_key() != ctx.features_key()
+
+
+def test_bench_map_command_writes_the_outputs(tmp_path, capsys):
+    pixels, _ = blob_scene()
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
+    folder_like(tmp_path / "base", per_class=6)
+    rc = main(["map", "--method", "linear-probe", "--scene", str(tmp_path / "scene.png"), "--labels",
+               str(tmp_path / "points.csv"), "--window", "32", "--out", str(tmp_path / "out"), "--task",
+               f"folder:{tmp_path / 'base'}", "--image-size", "32", "--smooth", "mrf", "--cache-dir",
+               str(tmp_path / "cache"), "--quiet", "--preview", "150"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stride"] == 16 and summary["smoothing"] == "mrf" and summary["smoothing_strength"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(summary["files"])
+
+
+# ----------------------------------------------------------------------------------------------- smoothing
+
+
+def noisy_halves(seed=0):
+    """A 10 x 12 map, class 0 left and 1 right, with isolated windows flipped at 0.7 confidence."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((10, 12), int)
+    truth[:, 6:] = 1
+    probs = np.zeros((10, 12, 2), np.float32)
+    probs[..., 0] = np.where(truth == 0, 0.9, 0.1)
+    probs[..., 1] = 1 - probs[..., 0]
+    flips = [(1, 1), (4, 3), (8, 2), (2, 9), (6, 10), (9, 8), (0, 11)]  # none adjacent to another
+    for r, c in flips:
+        probs[r, c] = probs[r, c, ::-1] * 0 + (np.array([0.3, 0.7]) if truth[r, c] == 0 else np.array([0.7, 0.3]))
+    return truth, probs, flips
+
+
+def test_smoothing_removes_isolated_errors_and_keeps_the_boundary():
+    truth, probs, flips = noisy_halves()
+    raw = smooth(probs, "none")
+    assert (raw != truth).sum() == len(flips)
+    assert np.array_equal(smooth(probs, "mrf", 1.0), truth)
+    assert np.array_equal(smooth(probs, "majority", 1), truth)
+    assert np.array_equal(smooth(probs, "mrf", 0.0), raw)  # no pairwise term: the argmax
+
+
+def test_mrf_keeps_a_confident_small_region_and_strength_matters():
+    probs = np.full((9, 9, 3), 0.05, np.float32)
+    probs[..., 0] = 0.9
+    probs[3:6, 3:6] = [0.02, 0.02, 0.96]  # a confident 3 x 3 patch of class 2
+    assert (mrf_smooth(probs, 0.5)[3:6, 3:6] == 2).all()
+    assert (mrf_smooth(probs, 20.0) == 0).all()  # overwhelming smoothing erases it
+    labels = probs.argmax(-1)
+    assert (majority_filter(labels, 3, 1)[4, 4] == 2) and (majority_filter(labels, 3, 1)[3, 3] == 0)
+
+
+def test_smoothing_options_are_checked():
+    probs = noisy_halves()[1]
+    with pytest.raises(UserError, match="radius"):
+        smooth(probs, "majority", 0.5)
+    with pytest.raises(UserError, match="weight"):
+        smooth(probs, "mrf", -1)
+    with pytest.raises(UserError, match="did you mean mrf"):
+        smooth(probs, "mfr")
+    assert CLI_SMOOTHERS == SMOOTHERS
+
+
+# ---------------------------------------------------------------------------------------- bad POINTS.csv
+
+
+@pytest.fixture
+def scene_file(tmp_path):
+    Image.fromarray(blob_scene()[0]).save(tmp_path / "scene.png")
+    return tmp_path / "scene.png"
+
+
+@pytest.mark.parametrize("text, extra, message", [
+    ("x,y,label\n60,50,blob\n300,20,ground\n", [], "outside the scene"),
+    ("x,y,label\n60,50,blob\n-1,20,ground\n", [], "outside the scene"),
+    ("x,y,label\n60,50,blob\n200,20,gruond\n", ["--classes", "blob,ground"], "unknown label 'gruond'.*did you mean ground"),
+    ("x,y,label\n60,50,blob\n200,20,blob\n", [], "too few classes"),
+    ("x,y,label\n60,50,blob\n200,20,ground\n", ["--classes", "blob,ground,dune"], "too few windows for dune"),
+    ("x,y,label\n", [], "no points"),
+    ("col,row,class\n1,2,a\n", [], "header with columns x,y,label"),
+    ("x,y,label\n60,fifty,blob\n", [], "line 2: x and y must be numbers"),
+    ("x,y,label\n60,50,blob\n62,52,ground\n", [], "same window"),
+])
+def test_bad_points_file_is_one_line(tmp_path, scene_file, capsys, text, extra, message):
+    (tmp_path / "points.csv").write_text(text)
+    rc = main(["map", "--method", "protonet", "--scene", str(scene_file), "--labels", str(tmp_path / "points.csv"),
+               "--window", "32", "--out", str(tmp_path / "out"), "--task", "folder:/nonexistent", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    import re
+
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--labels", "missing.csv"], "does not exist"),
+    (["--scene", "missing.png"], "scene .* does not exist"),
+    (["--window", "500"], "larger than the scene"),
+    (["--stride", "40"], "larger than --window"),
+    (["--method", "protonett"], "did you mean protonet"),
+    (["--smooth-strength", "x"], "must be a number"),
+])
+def test_bad_map_arguments_are_one_line(tmp_path, scene_file, capsys, args, message):
+    (tmp_path / "points.csv").write_text("x,y,label\n60,50,blob\n200,20,ground\n")
+    base = {"--method": "protonet", "--scene": str(scene_file), "--labels": str(tmp_path / "points.csv"),
+            "--window": "32", "--out": str(tmp_path / "out"), "--task": "folder:/nonexistent"}
+    for key, value in zip(args[::2], args[1::2]):
+        base[key] = value if not value.endswith((".csv", ".png")) else str(tmp_path / value)
+    rc = main(["map", *[item for pair in base.items() for item in pair]])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    import re
+
+    assert re.search(message, err), err
+
+
+# ------------------------------------------------------------------------------------------ crater scoring
+
+
+def test_crater_window_rule():
+    grid = WindowGrid(3744, 3744, 64, 32)
+    # a 30 px crater centred at (1600, 1600) lies in the cell of the window starting at (1568, 1568)
+    # a 400 px crater centred at (2500, 2500); a 5 px crater (below W/4) at (3000, 1000)
+    boxes = np.array([[1585, 1585, 1615, 1615], [2300, 2300, 2700, 2700], [2997.5, 997.5, 3002.5, 1002.5]])
+    crater, ambiguous = window_truth(grid, boxes)
+    assert np.flatnonzero(crater).tolist() == [grid.index_of(1600, 1600)]
+    x0, y0 = grid.origins()
+    hit = grid.index_of(1600, 1600)
+    assert (x0[hit], y0[hit]) == (1568, 1568)
+    assert ambiguous[grid.index_of(1640, 1600)]  # next window right still holds the whole crater: ambiguous
+    assert not ambiguous[grid.index_of(1700, 1600)] and not crater[grid.index_of(1700, 1600)]
+    assert ambiguous[grid.index_of(2500, 2300)]  # on the big crater's rim
+    assert ambiguous[grid.index_of(2500, 2500)]  # holds its centre
+    assert not ambiguous[grid.index_of(2500, 2400)]  # floor, between centre and rim: non-crater
+    assert ambiguous[grid.index_of(3000, 1000)]  # the small crater
+    train, scored = regions(grid)
+    assert not (train & scored).any() and (x0[train] + 64 <= 1248).all() and (x0[scored] >= 1248).all()
+    labels = np.ones(grid.shape, int)  # everything non-crater...
+    labels.ravel()[hit] = 0  # ...except the crater window
+    labels.ravel()[grid.index_of(1700, 1600)] = 0  # and one false alarm
+    s = score_labels(grid, boxes, labels, crater_class=0)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 0) and s["f1"] == pytest.approx(2 / 3)
+
+
+def test_binary_scores():
+    s = binary_scores([1, 1, 0, 0, 1], [1, 0, 1, 0, 1], [1, 1, 1, 1, 0])
+    assert (s["tp"], s["fp"], s["fn"], s["scored"]) == (1, 1, 1, 4)
+    assert s["precision"] == s["recall"] == s["f1"] == 0.5
+    assert binary_scores([0, 0], [0, 0])["f1"] == 0.0

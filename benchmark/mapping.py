@@ -557,7 +557,8 @@ def render_maps(out: Path, scene: Scene, grid: WindowGrid, labels: np.ndarray, c
     written = []
     for name, background in (("label_map.png", None), ("overlay.png", scene.preview(scale))):
         fig = plt.figure(figsize=(w / dpi, h / dpi + 0.5), dpi=dpi)
-        ax = fig.add_axes([0, 0, 1, h / (h + 0.5 * dpi)])
+        band = 0.5 * dpi / (h + 0.5 * dpi)  # the legend's strip below the map
+        ax = fig.add_axes([0, band, 1, 1 - band])
         ax.set_axis_off()
         if background is None:
             ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5, interpolation="nearest")

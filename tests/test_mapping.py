@@ -311,3 +311,25 @@ def test_binary_scores():
     assert (s["tp"], s["fp"], s["fn"], s["scored"]) == (1, 1, 1, 4)
     assert s["precision"] == s["recall"] == s["f1"] == 0.5
     assert binary_scores([0, 0], [0, 0])["f1"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+
+@pytest.mark.slow
+def test_real_hirise_dunes_map(real_data_dir, tmp_path, capsys):
+    """The README's HiRISE example: every labelled window is mapped back to its label, dunes are a minority."""
+    from pathlib import Path
+
+    scene = real_data_dir / "hirise-browse" / "ESP_073481_1350_RED.NOMAP.browse.jpg"
+    points_file = Path(__file__).resolve().parents[1] / "docs" / "hirise-dunes-points.csv"
+    rc = main(["map", "--method", "protonet", "--scene", str(scene), "--labels", str(points_file), "--window", "128",
+               "--stride", "128", "--out", str(tmp_path / "out"), "--data-dir", str(real_data_dir), "--quiet",
+               "--preview", "300"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    grid = WindowGrid(*summary["scene_size"][::-1], summary["window"], summary["stride"])
+    points = read_points(points_file, grid)
+    labels = np.load(tmp_path / "out" / "labels.npy")
+    assert np.array_equal(labels.ravel()[points.windows], points.labels)
+    assert 0.03 < summary["area_fraction"]["dune"] < 0.25

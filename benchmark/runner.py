@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from benchmark import __version__
+from benchmark.fastpath import CHUNK_EPISODES, batch_scores, supports_batches
 from benchmark.results import SCHEMA_VERSION, append_rows, check_results_path, done_episodes, read_results
 from methods.base import Context
 from methods.cache import Cache
@@ -185,18 +186,34 @@ def run_method(task: Task, spec: MethodSpec, method, episode_sets: dict[int, Epi
             prepared = True
         rows, last_flush = [], time.perf_counter()
         with progress.task(f"{spec.label} {k}-shot", len(pending)) as advance, saved_on_exit(out, rows):
-            for i in pending:
-                episode = episodes.episode(i)
-                rng = np.random.default_rng([config.seed, k, i, 7919])
-                started = time.perf_counter()
-                method.fit(episode.support_idx, episode.support_y, episode.n_way, rng)
-                scores = method.predict(episode.query_idx)
-                seconds = time.perf_counter() - started
+            for i, scores, seconds in episode_scores(method, episodes, pending, config.seed):
                 rows.append({"schema": SCHEMA_VERSION, **key, "seed": config.seed, "episode": i,
-                             **score_episode(episode, scores, task.class_names), "seconds": round(seconds, 6),
-                             **common, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                             **score_episode(episodes.episode(i), scores, task.class_names),
+                             "seconds": round(seconds, 6), **common,
+                             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
                 advance(1)
                 if len(rows) >= FLUSH_EVERY_EPISODES or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
                     append_rows(out, rows)
                     rows.clear()
                     last_flush = time.perf_counter()
+
+
+def episode_scores(method, episodes: EpisodeSet, pending: list[int], seed: int):
+    """Yields (episode, scores, seconds). Methods with `predict_batch` answer chunks of episodes at once (their
+    `seconds` is the chunk's time divided by its episodes); the others fit and predict episode by episode."""
+    if supports_batches(method):
+        for start in range(0, len(pending), CHUNK_EPISODES):
+            chunk = pending[start : start + CHUNK_EPISODES]
+            started = time.perf_counter()
+            scores = batch_scores(method, episodes, chunk)
+            seconds = (time.perf_counter() - started) / len(chunk)
+            yield from ((i, s, seconds) for i, s in zip(chunk, scores))
+        return
+    k = episodes.k_shot
+    for i in pending:
+        episode = episodes.episode(i)
+        rng = np.random.default_rng([seed, k, i, 7919])
+        started = time.perf_counter()
+        method.fit(episode.support_idx, episode.support_y, episode.n_way, rng)
+        scores = method.predict(episode.query_idx)
+        yield i, scores, time.perf_counter() - started

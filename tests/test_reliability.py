@@ -92,11 +92,14 @@ def quick_argv(data, out, cache, episodes=30):
 
 
 def test_ctrl_c_keeps_finished_episodes_and_resume_completes(data, tmp_path, monkeypatch, capsys):
-    from methods.protonet import ProtoNet
+    from methods.linear_probe import LinearProbe  # a method answered episode by episode
+
+    def quick_argv(data, out, cache):
+        return [str(a) for a in run_args(data, out, cache, method="linear-probe", episodes=30)]
 
     out, cache = tmp_path / "out.csv", tmp_path / "cache"
     assert main(quick_argv(data, tmp_path / "ref.csv", cache)) == 0
-    original, calls = ProtoNet.fit_features, []
+    original, calls = LinearProbe.fit_features, []
 
     def interrupted(self, *args):
         calls.append(1)
@@ -104,12 +107,12 @@ def test_ctrl_c_keeps_finished_episodes_and_resume_completes(data, tmp_path, mon
             raise KeyboardInterrupt
         return original(self, *args)
 
-    monkeypatch.setattr(ProtoNet, "fit_features", interrupted)
+    monkeypatch.setattr(LinearProbe, "fit_features", interrupted)
     capsys.readouterr()
     assert main(quick_argv(data, out, cache)) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert len(assert_whole(out, 26)) == 26  # every finished episode was saved
-    monkeypatch.setattr(ProtoNet, "fit_features", original)
+    monkeypatch.setattr(LinearProbe, "fit_features", original)
     assert main(quick_argv(data, out, cache)) == 0
     assert stable(assert_whole(out, 30)) == stable(read_rows(tmp_path / "ref.csv"))
 

@@ -1,0 +1,44 @@
+"""`bench perf`: episode throughput against easyfsl, extraction against the raw forward pass, warm start, memory."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from benchmark.cli import add_common, default_data_dir, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("perf", help="measure throughput, warm start and memory (one table)")
+    p.add_argument("--task", default="hirise-regions")
+    p.add_argument("--episodes", type=positive_int("episodes"), default=600)
+    p.add_argument("--extraction-images", type=positive_int("extraction-images"), default=512)
+    p.add_argument("--warm-method", default="sdft")
+    p.add_argument("--memory-method", action="append", default=None,
+                   help="methods of the measured full run (default: protonet, linear-probe, sdft)")
+    p.add_argument("--memory-shots", default="1,5,10,20", help="shots of the measured full run")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--image-size", type=positive_int("image-size"), default=128)
+    add_common(p)
+    p.set_defaults(handler=cmd_perf)
+
+
+def cmd_perf(args) -> int:
+    from rich.table import Table
+
+    from benchmark.console import console, stdout
+    from benchmark.perf import run_perf
+
+    with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
+        figures = run_perf(args.task, Path(args.data_dir or default_data_dir()),
+                           Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
+                           args.extraction_images, args.warm_method,
+                           args.memory_method or ["protonet", "linear-probe", "sdft"], args.backbone,
+                           args.image_size, args.memory_shots, log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
+    table = Table(title=f"bench perf on {args.task} ({os.cpu_count()} cores)")
+    for column in ("measure", "value", "against", "ratio", "check"):
+        table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
+    for f in figures:
+        table.add_row(f.what, f"{f.value:,.2f} {f.unit}", f.reference, f"{f.ratio:.2f}x" if f.ratio else "", f.note)
+    stdout.print(table)
+    return 0

@@ -1,0 +1,37 @@
+"""`bench perf` prints its table on a tiny generated task (a smoke test: figures, not timings, are checked)."""
+import pytest
+
+from benchmark.cli import main
+import torch
+
+from benchmark.perf import easyfsl_throughput, harness_throughput
+from methods.base import Context
+from methods.cache import Cache
+from methods.registry import create_method
+from test_sdft import make_tiny_task
+
+
+def test_protonet_matches_easyfsl_on_the_same_features_and_episodes(tmp_path):
+    pytest.importorskip("easyfsl")
+    task = make_tiny_task(tmp_path / "data", n_classes=4, groups_per_class=5)
+    ctx = Context(task, Cache(tmp_path / "cache"), image_size=32)
+    method = create_method("protonet")
+    method.prepare(ctx)
+    episodes = task.episodes(3, 2, 3, 30, seed=0)
+    _, ours = harness_throughput(method, episodes)
+    _, theirs = easyfsl_throughput(torch.from_numpy(ctx.features()), episodes)
+    assert list(ours) == list(theirs)
+
+
+def test_bench_perf_prints_one_table(tmp_path, capsys):
+    pytest.importorskip("easyfsl")
+    make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=10, per_group=8)
+    code = main(["perf", "--task", f"folder:{tmp_path / 'data'}", "--episodes", "5", "--extraction-images", "8",
+                 "--memory-shots", "1",
+                 "--image-size", "32", "--warm-method", "protonet", "--memory-method", "protonet",
+                 "--cache-dir", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert code == 0
+    words = set(out.split())  # the table wraps long cells at the terminal's width
+    for word in ("protonet:", "simpleshot:", "linear-probe:", "easyfsl", "extraction", "warm", "resident"):
+        assert word in words, word

@@ -167,7 +167,60 @@ def cmd_score(args) -> int:
     labels = np.load(Path(args.map) / "labels.npy")
     scores = score_labels(grid, boxes, labels, summary["classes"].index("crater"))
     print(json.dumps({"map": args.map, "smoothing": summary["smoothing"], **scores}, indent=2))
+    if args.figure:
+        scene, _ = load_ctx(Path(args.data_dir))
+        outcome_figure(Path(args.figure), scene, grid, boxes, labels.ravel() == summary["classes"].index("crater"),
+                       args.crop, args.size)
+        print(f"figure: {args.figure}")
     return 0
+
+
+OUTCOME_COLOURS = {"hit": (40, 200, 60), "false alarm": (230, 40, 40), "on a partial crater": (240, 150, 30),
+                   "missed": (250, 230, 40)}
+
+
+def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.ndarray, predicted: np.ndarray,
+                   crop: list[int], size: int) -> None:
+    """PNG of a part of the scene: cells of predicted crater windows coloured by outcome (hit, false alarm,
+    ambiguous), missed crater windows outlined, Robbins boxes in cyan."""
+    from PIL import Image, ImageDraw
+
+    x0c, y0c, x1c, y1c = crop
+    scale = size / max(x1c - x0c, y1c - y0c)
+    base = Image.fromarray(scene[y0c:y1c, x0c:x1c]).convert("RGB")
+    base = base.resize((round((x1c - x0c) * scale), round((y1c - y0c) * scale)), Image.Resampling.BILINEAR)
+    tint = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(tint)
+    crater, ambiguous = window_truth(grid, boxes)
+    xe, ye = grid.cell_edges("x"), grid.cell_edges("y")
+    ny, nx = grid.shape
+    for i in range(grid.n):
+        r, c = divmod(i, nx)
+        cell = [(xe[c] - x0c) * scale, (ye[r] - y0c) * scale, (xe[c + 1] - x0c) * scale - 1,
+                (ye[r + 1] - y0c) * scale - 1]
+        if cell[2] < 0 or cell[3] < 0 or cell[0] > base.size[0] or cell[1] > base.size[1]:
+            continue
+        if predicted[i]:
+            kind = "hit" if crater[i] else "on a partial crater" if ambiguous[i] else "false alarm"
+            draw.rectangle(cell, fill=OUTCOME_COLOURS[kind] + (90,))
+        elif crater[i]:
+            draw.rectangle(cell, outline=OUTCOME_COLOURS["missed"] + (255,), width=2)
+    for bx1, by1, bx2, by2 in boxes:
+        draw.rectangle([(bx1 - x0c) * scale, (by1 - y0c) * scale, (bx2 - x0c) * scale, (by2 - y0c) * scale],
+                       outline=(0, 230, 255, 255), width=1)
+    image = Image.alpha_composite(base.convert("RGBA"), tint).convert("RGB")
+    legend = Image.new("RGB", (image.size[0], 22), (255, 255, 255))
+    ldraw = ImageDraw.Draw(legend)
+    x = 4
+    for name, colour in list(OUTCOME_COLOURS.items()) + [("Robbins crater", (0, 200, 230))]:
+        ldraw.rectangle([x, 6, x + 10, 16], fill=colour)
+        ldraw.text((x + 14, 5), name, fill=(0, 0, 0))
+        x += 20 + int(ldraw.textlength(name))
+    out = Image.new("RGB", (image.size[0], image.size[1] + legend.size[1]), (255, 255, 255))
+    out.paste(image, (0, 0))
+    out.paste(legend, (0, image.size[1]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path, optimize=True)
 
 
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -211,10 +264,11 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
         "",
         f"Smoothing `mrf`: Potts MRF over 8-neighbour windows, beta = {meta['beta']:g} (ICM). Values: crater-class "
         f"precision, recall and F1 in %, mean ± 95% CI (t) over {meta['n_seeds']} seeds of the K-window draw "
-        "(the CI of a single seed is not shown). Map s: wall seconds of one map (prepare + fit + classify all "
-        "windows), median over seeds; max: the slowest map, the one that extracted the windows' features (and "
-        "for SDFT trained step 1 and computed activations), which later maps read from the cache. Measured on 2 "
-        "CPU cores shared with other jobs.",
+        f"(the methods' own seed, for pre-training and fitting, is fixed at {meta['method_seed']}; the CI of a "
+        "single seed is not shown). Map s: wall seconds of one map (prepare + fit + classify all "
+        "windows), median over seeds; max: the slowest map of the run. Both read the windows' features (SDFT: "
+        "its step-1 checkpoint and activations) from the cache; the map that first computes them pays once "
+        "for them (see docs/mapping.md). Measured on 2 CPU cores shared with other jobs.",
         "",
         "| method | K | smoothing | precision | recall | F1 | strict F1 | seeds | map s | max map s |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -263,7 +317,7 @@ def cmd_run(args) -> int:
             "task": task.name, "backbone": args.backbone, "scored": int(scored.sum()),
             "positives": int((scored & crater).sum()), "ambiguous": int((scored & ambiguous).sum()),
             "negatives": int((scored & ~crater & ~ambiguous).sum()), "beta": args.beta,
-            "n_seeds": len(args.seeds), "csv": f"{args.out}.csv", "command": " ".join(["python -m benchmark.ctx_craters"] + sys.argv[1:])}
+            "n_seeds": len(args.seeds), "method_seed": args.method_seed, "csv": f"{args.out}.csv", "command": " ".join(["python -m benchmark.ctx_craters"] + sys.argv[1:])}
     out_csv = Path(f"{args.out}.csv")
     rows = [] if args.fresh or not out_csv.exists() else pd.read_csv(out_csv).to_dict("records")
     done = {(r["method"], int(r["shots"]), int(r["seed"]), r["smoothing"]) for r in rows}
@@ -279,7 +333,10 @@ def cmd_run(args) -> int:
                     points = read_points(points_path, grid, list(CLASSES))
                     example = args.example and (spec.label, k, seed) == (specs[-1].label, max(args.shots), args.seeds[0])
                     started = time.perf_counter()
-                    result = map_scene(spec, task, scene, grid, points, cache, args.backbone, args.image_size, seed,
+                    # the draw seed picks the labelled windows; the method's own seed (pre-training, e.g. SDFT's
+                    # step 1) stays fixed, so every draw adapts the same pre-trained model
+                    result = map_scene(spec, task, scene, grid, points, cache, args.backbone, args.image_size,
+                                       args.method_seed,
                                        "none", None, work / f"map-{spec.label}-k{k}-seed{seed}" if example else None,
                                        progress, preview=1200)
                     seconds = time.perf_counter() - started
@@ -292,7 +349,7 @@ def cmd_run(args) -> int:
                                 != (spec.label, k, seed, smoothing)]
                         rows.append({"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing,
                                      "strength": 0.0 if strength is None else strength, **scores,
-                                     "map_seconds": round(seconds, 2),
+                                     "method_seed": args.method_seed, "map_seconds": round(seconds, 2),
                                      "prepare_seconds": result.summary["timings"]["prepare_s"],
                                      "window": grid.window, "stride": grid.stride, "image_size": args.image_size})
                         progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
@@ -340,6 +397,7 @@ def main(argv=None) -> int:
     run.add_argument("--shots", type=int_list, default=[5, 20])
     run.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     run.add_argument("--beta", type=float, default=1.0)
+    run.add_argument("--method-seed", type=int, default=0, help="the methods' seed (pre-training, fitting)")
     run.add_argument("--task", default="hirise-regions")
     run.add_argument("--backbone", default="efficientnet_lite0")
     run.add_argument("--image-size", type=int, default=128)
@@ -360,6 +418,10 @@ def main(argv=None) -> int:
     score = sub.add_parser("score", help="score a bench map output folder of the CTX scene")
     common(score, grid=False)
     score.add_argument("--map", required=True)
+    score.add_argument("--figure", default=None, help="also draw hits, false alarms and misses into this PNG")
+    score.add_argument("--crop", type=lambda t: [int(v) for v in t.split(",")], default=[1248, 0, 3744, 3744],
+                       help="x0,y0,x1,y1 of the part to draw (default: the scored two thirds)")
+    score.add_argument("--size", type=int, default=1000, help="longest side of the figure in pixels")
     score.set_defaults(handler=cmd_score)
 
     argv = sys.argv[1:] if argv is None else argv

@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-method", action="append", default=None,
                    help="methods of the measured full run (default: protonet, linear-probe, sdft)")
     p.add_argument("--memory-shots", default="1,5,10,20", help="shots of the measured full run")
+    p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=50,
+                   help="episodes per shots of the measured full run (memory peaks in prepare)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=positive_int("image-size"), default=128)
     add_common(p)
@@ -34,7 +36,7 @@ def cmd_perf(args) -> int:
                            Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
                            args.extraction_images, args.warm_method,
                            args.memory_method or ["protonet", "linear-probe", "sdft"], args.backbone,
-                           args.image_size, args.memory_shots, log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
+                           args.image_size, args.memory_shots, args.memory_episodes, log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
     table = Table(title=f"bench perf on {args.task} ({os.cpu_count()} cores)")
     for column in ("measure", "value", "against", "ratio", "check"):
         table.add_column(column, justify="right" if column in ("value", "ratio") else "left")

@@ -278,6 +278,17 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
                      f"{pm(r['recall'], r['recall_ci95'])} | {pm(r['f1'], r['f1_ci95'])} | "
                      f"{pm(r['strict_f1'], r['strict_f1_ci95'])} | {r['seeds']} | {r['map_seconds']:.1f} | "
                      f"{r['first_map_seconds']:.1f} |")
+    from benchmark.stats import mean_ci
+
+    paired = frame.pivot_table(index=["method", "shots", "seed"], columns="smoothing", values="f1").reset_index()
+    if {"none", "mrf"} <= set(paired.columns):
+        lines += ["", "Effect of smoothing, paired over the same draws: F1(mrf) - F1(none), points of %.", "",
+                  "| method | K | F1 difference | seeds |", "|---|---:|---:|---:|"]
+        for (method, k), g in paired.groupby(["method", "shots"], sort=False):
+            diff = (g["mrf"] - g["none"]).dropna()
+            if len(diff) > 1:
+                mean, half = mean_ci(diff)
+                lines.append(f"| {method} | {k} | {100 * mean:+.1f} ± {100 * half:.1f} | {len(diff)} |")
     base_rate = meta["positives"] / max(1, meta["positives"] + meta["negatives"])
     lines += ["", f"Chance reference: marking every scored window a crater gives precision {100 * base_rate:.1f}%, "
                   f"recall 100%, F1 {100 * 2 * base_rate / (1 + base_rate):.1f}%.", "",

@@ -46,6 +46,11 @@ class Context:
         """Identifies what ctx.images() returns: methods put it in the keys of caches derived from images."""
         return cache_key("images", self.task.table.fingerprint(), self.image_size)
 
+    def base_images_key(self) -> str:
+        """Identifies the base pool's images; what is trained on the base pool alone (SDFT's step 1) keys on
+        it, so that a context with more images (a scene's windows in `bench map`) shares those caches."""
+        return self.images_key()
+
     def base_pool(self) -> tuple[np.ndarray, np.ndarray]:
         """(table indices, labels) of the base pool."""
         return self.task.base, self.task.table.labels[self.task.base]

@@ -136,7 +136,7 @@ class SDFT(FewShotMethod):
 
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
-        return cache_key("sdft-step1", STEP1_VERSION, ctx.task.fingerprint(), ctx.images_key(), ctx.backbone,
+        return cache_key("sdft-step1", STEP1_VERSION, ctx.task.fingerprint(), ctx.base_images_key(), ctx.backbone,
                          weights_digest(ctx.backbone), step1, ctx.seed)
 
     def prepare(self, ctx: Context) -> None:

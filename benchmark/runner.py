@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from benchmark import __version__
-from benchmark.fastpath import CHUNK_EPISODES, batch_scores, supports_batches
+from benchmark.fastpath import chunked_results, supports_batches
 from benchmark.results import SCHEMA_VERSION, append_rows, check_results_path, done_episodes, read_results
 from methods.base import Context
 from methods.cache import Cache
@@ -186,9 +186,8 @@ def run_method(task: Task, spec: MethodSpec, method, episode_sets: dict[int, Epi
             prepared = True
         rows, last_flush = [], time.perf_counter()
         with progress.task(f"{spec.label} {k}-shot", len(pending)) as advance, saved_on_exit(out, rows):
-            for i, scores, seconds in episode_scores(method, episodes, pending, config.seed):
-                rows.append({"schema": SCHEMA_VERSION, **key, "seed": config.seed, "episode": i,
-                             **score_episode(episodes.episode(i), scores, task.class_names),
+            for i, result, seconds in episode_results(method, episodes, pending, config.seed, task.class_names):
+                rows.append({"schema": SCHEMA_VERSION, **key, "seed": config.seed, "episode": i, **result,
                              "seconds": round(seconds, 6), **common,
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
                 advance(1)
@@ -198,16 +197,12 @@ def run_method(task: Task, spec: MethodSpec, method, episode_sets: dict[int, Epi
                     last_flush = time.perf_counter()
 
 
-def episode_scores(method, episodes: EpisodeSet, pending: list[int], seed: int):
-    """Yields (episode, scores, seconds). Methods with `predict_batch` answer chunks of episodes at once (their
-    `seconds` is the chunk's time divided by its episodes); the others fit and predict episode by episode."""
+def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names):
+    """Yields (episode, score_episode's dict, seconds). Methods with `predict_batch` answer chunks of episodes
+    at once (benchmark/fastpath.py; the same scores); their `seconds` is the chunk's time divided by its
+    episodes. The others fit and predict episode by episode; `seconds` is that episode's fit + predict."""
     if supports_batches(method):
-        for start in range(0, len(pending), CHUNK_EPISODES):
-            chunk = pending[start : start + CHUNK_EPISODES]
-            started = time.perf_counter()
-            scores = batch_scores(method, episodes, chunk)
-            seconds = (time.perf_counter() - started) / len(chunk)
-            yield from ((i, s, seconds) for i, s in zip(chunk, scores))
+        yield from chunked_results(method, episodes, pending, class_names, time.perf_counter)
         return
     k = episodes.k_shot
     for i in pending:
@@ -216,4 +211,5 @@ def episode_scores(method, episodes: EpisodeSet, pending: list[int], seed: int):
         started = time.perf_counter()
         method.fit(episode.support_idx, episode.support_y, episode.n_way, rng)
         scores = method.predict(episode.query_idx)
-        yield i, scores, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        yield i, score_episode(episode, scores, class_names), seconds

@@ -44,7 +44,7 @@ class SimpleShot(FeatureMethod):
         return neg_sq_distances(x, self.protos)
 
     def predict_batch(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
-                      n_way: int) -> torch.Tensor:
+                      n_way: int, query_sq: torch.Tensor | None = None) -> torch.Tensor:
         """Many episodes at once, on rows of `self.features` (already transformed, as with protonet):
         (E, n, D), (E, n), (E, m, D) -> (E, m, N) scores."""
-        return neg_sq_distances(query_x, prototypes(support_x, support_y, n_way))
+        return neg_sq_distances(query_x, prototypes(support_x, support_y, n_way), query_sq)

@@ -1,29 +1,89 @@
-"""The vectorised episode path gives the per-episode accuracies of the simple fit/predict path."""
+"""The vectorised episode path gives the per-episode scores and results of the simple fit/predict path."""
 import numpy as np
 import pytest
+import torch
 
-from benchmark.fastpath import batch_scores, supports_batches
-from benchmark.runner import score_episode
+from benchmark import fastpath
+from benchmark.fastpath import batch_scores, chunk_episodes, score_chunk, squared_norms, supports_batches
+from benchmark.results import read_results
+from benchmark.runner import MethodSpec, RunConfig, run_benchmark, score_episode
 from methods.base import Context
 from methods.cache import Cache
 from methods.registry import create_method
 from test_sdft import make_tiny_task
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("name", ["protonet", "simpleshot"])
-def test_batched_episodes_match_one_by_one(tmp_path, name):
+def test_batched_episodes_match_one_by_one(tmp_path, name, monkeypatch):
     task = make_tiny_task(tmp_path / "data", n_classes=4, groups_per_class=5)
     method = create_method(name)
     method.prepare(Context(task, Cache(tmp_path / "cache"), image_size=32))
     assert supports_batches(method)
     episodes = task.episodes(3, 2, 3, 40, seed=0)
+    monkeypatch.setattr(fastpath, "CHUNK_BYTES", 1)  # one episode per chunk ...
+    assert chunk_episodes(episodes, method.features.shape[1]) == 1
+    one_per_chunk = batch_scores(method, episodes, [7])
+    monkeypatch.undo()  # ... and all 40 in one
+    assert chunk_episodes(episodes, method.features.shape[1]) >= 40
     batched = batch_scores(method, episodes, list(range(len(episodes))))
+    np.testing.assert_array_equal(one_per_chunk[0], batched[7])
+    results = score_chunk(episodes, list(range(len(episodes))), batched, task.class_names)
     for i, episode in enumerate(episodes):
         method.fit(episode.support_idx, episode.support_y, episode.n_way, np.random.default_rng(0))
         single = method.predict(episode.query_idx)
-        np.testing.assert_allclose(batched[i], single, rtol=1e-4, atol=1e-4)
-        assert score_episode(episode, batched[i], task.class_names) == score_episode(episode, single, task.class_names)
+        np.testing.assert_allclose(batched[i], single, rtol=1e-5, atol=1e-4)
+        assert results[i] == score_episode(episode, single, task.class_names)
+
+
+def test_norms_computed_once_are_the_norms_of_gathered_rows():
+    x = torch.randn(300, 1280, generator=torch.Generator().manual_seed(0))
+    idx = torch.as_tensor(np.random.default_rng(0).integers(0, 300, (17, 45)))
+    assert torch.equal(squared_norms(x)[idx], (x[idx] ** 2).sum(-1))
+    assert squared_norms(x) is squared_norms(x)  # computed once per feature tensor
+
+
+def test_chunk_scoring_equals_score_episode_on_random_and_tied_scores(tmp_path):
+    task = make_tiny_task(tmp_path / "data", n_classes=4, groups_per_class=5)
+    episodes = task.episodes(4, 1, 3, 60, seed=1)
+    rng = np.random.default_rng(3)
+    # small integers: many ties and episodes where some class is never predicted (F1's 0/0 case)
+    scores = rng.integers(0, 3, (len(episodes), 12, 4)).astype(np.float32)
+    scores[:5] = 0  # everything predicted as the first class
+    results = score_chunk(episodes, list(range(len(episodes))), scores, task.class_names)
+    for i, episode in enumerate(episodes):
+        assert results[i] == score_episode(episode, scores[i], task.class_names)
+    with pytest.raises(RuntimeError, match="shape"):
+        score_chunk(episodes, [0, 1], scores[:1], task.class_names)
+    scores[0, 0, 0] = np.nan
+    with pytest.raises(RuntimeError, match="finite"):
+        score_chunk(episodes, [0], scores[:1], task.class_names)
+
+
+def test_harness_rows_are_the_same_on_both_paths(tmp_path, monkeypatch):
+    make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=6, per_group=5)
+
+    def run(out):
+        config = RunConfig(methods=[MethodSpec("protonet"), MethodSpec("simpleshot")], task=f"folder:{tmp_path / 'data'}",
+                           shots=[1, 2], ways=3, queries=2, episodes=25, data_dir=tmp_path,
+                           cache_dir=tmp_path / "cache", out=out, image_size=32)
+        run_benchmark(config)
+        return read_results(out).drop(columns=["seconds", "timestamp"]).sort_values(["method", "shots", "episode"])
+
+    fast = run(tmp_path / "fast.csv")
+    monkeypatch.setattr("benchmark.runner.supports_batches", lambda method: False)
+    simple = run(tmp_path / "simple.csv")
+    assert len(fast) == 2 * 2 * 25
+    assert fast.reset_index(drop=True).equals(simple.reset_index(drop=True))
 
 
 def test_methods_without_batches_take_the_simple_path():
     assert not supports_batches(create_method("linear-probe"))
+    assert not supports_batches(create_method("protonet"))  # not prepared: no features yet

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.runner import episode_scores, score_episode
+from benchmark.runner import episode_results
 from methods.base import Context
 from methods.cache import Cache
 from methods.features import decode_images, feature_extractor, run_model, thread_policy
@@ -38,51 +38,100 @@ class Figure:
     note: str = ""
 
 
-def harness_throughput(method, episodes) -> tuple[float, np.ndarray]:
-    """(episodes per second, per-episode accuracies) through the harness's own episode path."""
+def harness_throughput(method, episodes, class_names) -> tuple[float, np.ndarray]:
+    """(episodes per second, per-episode accuracies) through the harness's own episode path, from cached
+    features and the episode set to each episode's scored result (accuracy, macro-F1, per-class accuracy)."""
     started = time.perf_counter()
-    scores = [(i, s) for i, s, _ in episode_scores(method, episodes, list(range(len(episodes))), seed=0)]
+    results = list(episode_results(method, episodes, list(range(len(episodes))), 0, class_names))
     seconds = time.perf_counter() - started
-    class_names = [str(c) for c in range(int(episodes.classes.max()) + 1)]
-    acc = np.array([score_episode(episodes.episode(i), s, class_names)["accuracy"] for i, s in scores])
+    return len(episodes) / seconds, np.array([r["accuracy"] for _, r, _ in results])
+
+
+def _easyfsl():
+    try:
+        from easyfsl.datasets import FeaturesDataset
+        from easyfsl.methods import PrototypicalNetworks
+        from easyfsl.samplers import TaskSampler
+        from easyfsl.utils import evaluate, evaluate_on_one_task
+    except ImportError:
+        raise UserError("easyfsl is not installed; `.venv/bin/pip install -e '.[perf]'` adds it (bench perf "
+                        "only)") from None
+    return FeaturesDataset, PrototypicalNetworks, TaskSampler, evaluate, evaluate_on_one_task
+
+
+def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes) -> tuple[float, np.ndarray]:
+    """easyfsl 1.5 as its documentation evaluates on cached features: a FeaturesDataset, a DataLoader whose
+    batch sampler is a TaskSampler (here one that yields *our* episodes, class by class, support then query,
+    as easyfsl's own sampler lays them out) with its episodic_collate_fn, and `evaluate` over
+    PrototypicalNetworks with an identity backbone. Returns (episodes per second, per-episode accuracies)."""
+    from torch.utils.data import DataLoader
+
+    FeaturesDataset, PrototypicalNetworks, TaskSampler, evaluate, evaluate_on_one_task = _easyfsl()
+
+    class SameEpisodes(TaskSampler):
+        def __init__(self, episodes):  # TaskSampler's own __init__ would index the dataset for random draws
+            self.n_way, self.n_shot, self.n_query, self.n_tasks = (episodes.n_way, episodes.k_shot,
+                                                                   episodes.n_query, len(episodes))
+            self.episodes = episodes
+
+        def __iter__(self):
+            for e in self.episodes:
+                yield [int(i) for c in range(e.n_way)
+                       for i in (*e.support_idx[e.support_y == c], *e.query_idx[e.query_y == c])]
+
+    dataset = FeaturesDataset([int(x) for x in labels], features, [str(c) for c in np.unique(labels)])
+    sampler = SameEpisodes(episodes)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=sampler.episodic_collate_fn)
+    model = PrototypicalNetworks(torch.nn.Identity())
+    started = time.perf_counter()
+    evaluate(model, loader, device="cpu", use_tqdm=False)
+    seconds = time.perf_counter() - started
+    with torch.no_grad():  # per-episode accuracies for the check (not timed)
+        acc = np.array([correct / total for correct, total in
+                        (evaluate_on_one_task(model, *task[:4]) for task in loader)])
     return len(episodes) / seconds, acc
 
 
-def easyfsl_throughput(features: torch.Tensor, episodes) -> tuple[float, np.ndarray]:
-    """easyfsl's PrototypicalNetworks (identity backbone over the same features) in its `evaluate` loop."""
-    try:
-        from easyfsl.methods import PrototypicalNetworks
-        from easyfsl.utils import evaluate, evaluate_on_one_task
-    except ImportError:
-        raise UserError("easyfsl is not installed; `pip install -e '.[perf]'` adds it (benchmark only)") from None
-    tasks = [(features[torch.as_tensor(e.support_idx)], torch.as_tensor(e.support_y),
-              features[torch.as_tensor(e.query_idx)], torch.as_tensor(e.query_y), list(range(e.n_way)))
-             for e in episodes]
-    model = PrototypicalNetworks(torch.nn.Identity())
-    started = time.perf_counter()
-    evaluate(model, tasks, device="cpu", use_tqdm=False)  # its loop: process_support_set + forward per task
-    seconds = time.perf_counter() - started
-    with torch.no_grad():
-        acc = np.array([evaluate_on_one_task(model, *t[:4])[0] / len(t[3]) for t in tasks])
-    return len(tasks) / seconds, acc
+def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int = 64,
+                          repeats: int = 2) -> tuple[float, float, str]:
+    """(suite images/s, raw forward images/s, how the raw figure ran) for the same images, best of `repeats`.
 
+    Suite: what `bench run` does for an uncached table: decode + resize from the files (threads), then
+    run_model under the thread policy (N workers, one intra-op thread each). Raw: the forward pass alone on
+    already decoded and normalised tensors, the faster of the same worker layout and torch's own threading
+    (one process, all cores), so that the reference is the backbone's limit on this machine, not our layout."""
+    from concurrent.futures import ThreadPoolExecutor
 
-def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int = 64) -> tuple[float, float]:
-    """(suite images/s from files, raw forward images/s on decoded tensors) for the same images."""
     model = feature_extractor(backbone).eval()
-    with thread_policy(os.cpu_count() or 1):  # as `bench run` extracts
-        started = time.perf_counter()
-        images = decode_images(paths, image_size)
-        run_model(model, images, batch_size=batch_size)
-        suite = len(paths) / (time.perf_counter() - started)
+    workers = os.cpu_count() or 1
+    images = decode_images(paths, image_size)
     batches = [normalize(torch.from_numpy(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-    with torch.inference_mode():  # torch's own threading: the backbone's limit on this machine
-        model(batches[0])  # warm-up
-        started = time.perf_counter()
-        for x in batches:
-            model(x)
-    raw = len(paths) / (time.perf_counter() - started)
-    return suite, raw
+
+    def forward(x):
+        with torch.inference_mode():
+            return model(x)
+
+    suite, pooled, native = [], [], []
+    with thread_policy(workers):
+        run_model(model, images[:batch_size], batch_size=batch_size)  # warm-up: oneDNN builds its kernels
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run_model(model, decode_images(paths, image_size), batch_size=batch_size)
+            suite.append(len(paths) / (time.perf_counter() - started))
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                started = time.perf_counter()
+                list(pool.map(forward, batches))
+                pooled.append(len(paths) / (time.perf_counter() - started))
+    with torch.inference_mode():
+        model(batches[0])  # warm-up under torch's own threading
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for x in batches:
+                model(x)
+            native.append(len(paths) / (time.perf_counter() - started))
+    if max(pooled) >= max(native):
+        return max(suite), max(pooled), f"{workers} workers x 1 thread"
+    return max(suite), max(native), f"torch's {torch.get_num_threads()} threads"
 
 
 def bench_subprocess(args: list[str], env: dict) -> tuple[float, int]:
@@ -98,19 +147,39 @@ def bench_subprocess(args: list[str], env: dict) -> tuple[float, int]:
     return seconds, peak[0] * 1024 if peak else 0
 
 
-def episode_figures(ctx: Context, features: torch.Tensor, eps) -> list[Figure]:
-    easy_rate, easy_acc = easyfsl_throughput(features, eps)
-    figures = []
+def episode_figures(ctx: Context, features: torch.Tensor, eps, warm_eps, repeats: int = 3) -> list[Figure]:
+    """Each side runs `repeats` times, interleaved (easyfsl, then ours, again), and keeps its best rate: on a
+    shared machine the best of a few runs is the least disturbed one, for both sides alike. Every timed run
+    directly follows an untimed one of the same side on the first episodes (`warm_eps`), so that each is timed
+    in the steady state of a run, and the order of the sides reverses from round to round: measured, whichever
+    of protonet and simpleshot (the same code) ran straight after easyfsl's loop was 15-30% slower, also after
+    an untimed warm-up, which no `bench run` would see."""
+    methods = {}
     for name in ("protonet", "simpleshot", "linear-probe"):
-        method = create_method(name)
-        method.prepare(ctx)
-        rate, acc = harness_throughput(method, eps)
+        methods[name] = create_method(name)
+        methods[name].prepare(ctx)
+    easy_rates, rates, accuracies = [], {name: [] for name in methods}, {}
+    sides = ["easyfsl", *methods]
+    for r in range(repeats):
+        for side in (sides if r % 2 == 0 else sides[::-1]):  # who follows whom changes from round to round
+            if side == "easyfsl":
+                easyfsl_throughput(features, ctx.task.table.labels, warm_eps)
+                rate, easy_acc = easyfsl_throughput(features, ctx.task.table.labels, eps)
+                easy_rates.append(rate)
+            else:
+                harness_throughput(methods[side], warm_eps, ctx.task.class_names)
+                rate, accuracies[side] = harness_throughput(methods[side], eps, ctx.task.class_names)
+                rates[side].append(rate)
+    easy_rate = max(easy_rates)
+    figures = []
+    for name in methods:
         same = ""
         if name == "protonet":  # the same maths as easyfsl's PrototypicalNetworks
-            same = "same per-episode accuracies as easyfsl" if np.array_equal(acc, easy_acc) else \
-                f"accuracies differ from easyfsl in {(acc != easy_acc).sum()} episodes"
-        figures.append(Figure(f"{name}: episodes/s (5-way 5-shot 15-query)", rate, "ep/s",
-                              f"easyfsl ProtoNet {easy_rate:,.0f} ep/s", rate / easy_rate, same))
+            acc = accuracies[name]
+            same = (f"same accuracy as easyfsl in all {len(acc)} episodes" if np.array_equal(acc, easy_acc) else
+                    f"accuracies differ from easyfsl in {(acc != easy_acc).sum()} of {len(acc)} episodes")
+        figures.append(Figure(f"episodes/s, {name}", max(rates[name]), "ep/s", f"easyfsl ProtoNet {easy_rate:,.0f} ep/s",
+                              max(rates[name]) / easy_rate, same + ("; target >= 10x" if name == "protonet" else "")))
     return figures
 
 
@@ -126,12 +195,12 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
 
     log(f"episode throughput over {episodes} episodes ...")
     with thread_policy(os.cpu_count() or 1):  # both sides under the threading that `bench run` uses
-        figures = episode_figures(ctx, features, eps)
+        figures = episode_figures(ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
 
     log(f"feature extraction of {extraction_images} images ...")
-    suite, raw = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone)
-    figures.append(Figure(f"extraction (decode+resize+forward), {backbone} {image_size}px", suite, "img/s",
-                          f"raw forward {raw:,.0f} img/s", suite / raw))
+    suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone)
+    figures.append(Figure(f"extraction from files, {backbone} {image_size}px", suite,
+                          "img/s", f"raw forward {raw:,.0f} img/s ({how})", suite / raw, "target >= 0.8x"))
 
     env = {**os.environ, "BENCH_DATA_DIR": str(data_dir)}
     if cache_dir:
@@ -140,9 +209,10 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
     warm = common + ["--method", warm_method, "--shots", "5", "--episodes", "1"]
     log(f"warm start of `bench run --method {warm_method} --shots 5` ...")
     bench_subprocess(warm + ["--out", str(work_dir / "warmup.csv")], env)  # makes sure the caches are warm
-    seconds, _ = bench_subprocess(warm + ["--out", str(work_dir / "warm.csv")], env)
-    figures.append(Figure(f"warm start: `bench run --method {warm_method} --shots 5` to its first episode",
-                          seconds, "s", "target < 10 s"))
+    seconds, warm_peak = bench_subprocess(warm + ["--out", str(work_dir / "warm.csv")], env)
+    figures.append(Figure(f"warm start, bench run --method {warm_method} --shots 5 --episodes 1", seconds, "s",
+                          "", None, f"whole process, caches warm; its peak RSS {warm_peak / 2**30:.2f} GiB; "
+                          "target < 10 s"))
 
     methods = [a for m in memory_methods for a in ("--method", m)]
     # Memory peaks while a method prepares (images, features, activations in memory), not with more episodes.
@@ -150,6 +220,7 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
         f"{memory_episodes} episodes) ...")
     seconds, peak = bench_subprocess(common + methods + ["--shots", memory_shots, "--episodes", str(memory_episodes),
                                                          "--out", str(work_dir / "memory.csv")], env)
-    figures.append(Figure(f"peak resident memory of that run ({seconds:.0f} s)", peak / 2**30, "GiB",
-                          "target < 4 GiB"))
+    figures.append(Figure(f"peak memory, bench run {' '.join(methods)} --shots {memory_shots} --episodes "
+                          f"{memory_episodes}", peak / 2**30, "GiB", "", None,
+                          f"ru_maxrss of the child; it ran {seconds:.0f} s; target < 4 GiB"))
     return figures

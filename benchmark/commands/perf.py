@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_perf(args) -> int:
+    from rich.console import Console
     from rich.table import Table
 
     from benchmark.console import console, stdout
@@ -37,10 +38,11 @@ def cmd_perf(args) -> int:
                            args.extraction_images, args.warm_method,
                            args.memory_method or ["protonet", "linear-probe", "sdft"], args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes, log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
-    table = Table(title=f"bench perf on {args.task} ({os.cpu_count()} cores)")
+    table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
+                        f"{args.episodes} of them, on cached features")
     for column in ("measure", "value", "against", "ratio", "check"):
         table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
     for f in figures:
         table.add_row(f.what, f"{f.value:,.2f} {f.unit}", f.reference, f"{f.ratio:.2f}x" if f.ratio else "", f.note)
-    stdout.print(table)
+    (stdout if stdout.is_terminal else Console(width=180)).print(table)  # a file or pipe gets unwrapped rows
     return 0

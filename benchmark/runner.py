@@ -110,6 +110,17 @@ def stream_id(episodes: EpisodeSet) -> str:
     return hashlib.sha256(episodes.stream.encode()).hexdigest()[:16]
 
 
+def save_manifest(episodes: EpisodeSet, path: Path) -> None:
+    """Write the stream's manifest unless one as long or longer is there: a 10-episode run must not shrink the
+    manifest of the 600 episodes already in the results file (a stream's episode i never changes)."""
+    try:
+        if path.exists() and len(EpisodeSet.load(path)) >= len(episodes):
+            return
+    except (UserError, OSError, ValueError, KeyError):
+        pass  # unreadable or corrupt: write it anew
+    episodes.save(path)
+
+
 def score_episode(episode: Episode, scores: np.ndarray, class_names) -> dict:
     scores = np.asarray(scores)
     expected = (len(episode.query_idx), episode.n_way)
@@ -151,8 +162,8 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFram
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
     manifest_dir = out.parent / "manifests"
     for k, episodes in episode_sets.items():
-        episodes.save(manifest_dir / f"{task.name.replace(':', '_').replace('/', '_')}-{config.ways}w{k}s"
-                                     f"{config.queries}q-seed{config.seed}-{stream_id(episodes)}.npz")
+        save_manifest(episodes, manifest_dir / f"{task.name.replace(':', '_').replace('/', '_')}-{config.ways}w{k}s"
+                                               f"{config.queries}q-seed{config.seed}-{stream_id(episodes)}.npz")
     cache = Cache(config.cache_dir)
     common = {"backbone": config.backbone, "image_size": config.image_size, "git_commit": git_commit(),
               "versions": versions()}

@@ -34,11 +34,18 @@ class Task:
         h.update(np.asarray(self.target, np.int64).tobytes())
         return h.hexdigest()[:16]
 
+    def identity(self) -> str:
+        """Like `fingerprint` but from the table's location-independent identity: names episode streams."""
+        h = hashlib.sha256(f"{self.name}\x00{self.table.identity()}".encode())
+        h.update(np.asarray(self.base, np.int64).tobytes())
+        h.update(np.asarray(self.target, np.int64).tobytes())
+        return h.hexdigest()[:16]
+
     def target_index(self) -> PoolIndex:
         return PoolIndex(self.table.labels, self.table.groups, self.target)
 
     def episodes(self, n_way: int, k_shot: int, n_query: int, n_episodes: int, seed: int) -> EpisodeSet:
-        stream = f"{self.name}|{self.fingerprint()}|{n_way}|{k_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
+        stream = f"{self.name}|{self.identity()}|{n_way}|{k_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
         return sample_episodes(self.name, stream, self.target_index(), n_way, k_shot, n_query, n_episodes,
                                seed, self.class_names)
 

@@ -155,3 +155,43 @@ def test_non_positive_sizes_are_user_errors(task, bad):
     args = dict(n_way=2, k_shot=1, n_query=1, n_episodes=3, seed=0) | bad
     with pytest.raises(UserError):
         task.episodes(**args)
+
+
+def test_episode_streams_do_not_depend_on_where_the_data_lies_or_its_file_times(tmp_path):
+    """Results from two machines merge only if their manifests agree: the same dataset copied elsewhere, with
+    new file times, must give the same stream id; the caches' fingerprint does see the change."""
+    import os
+    import shutil
+
+    from benchmark.runner import stream_id
+    from fakes import hirise_v1_like
+    from tasks.registry import load_task
+
+    first = hirise_v1_like(tmp_path / "a", per_class={0: 12, 1: 12, 2: 12, 6: 12}, groups=6)
+    second = tmp_path / "elsewhere" / "data"
+    shutil.copytree(first, second)
+    for image in (second / "hirise-v1" / "map-proj").iterdir():
+        os.utime(image, ns=(1, 1))
+    one, two = load_task("hirise-regions", first), load_task("hirise-regions", os.path.relpath(second))
+    assert one.table.paths[0] != two.table.paths[0]
+    assert one.fingerprint() != two.fingerprint()
+    assert one.identity() == two.identity()
+    e1, e2 = one.episodes(2, 1, 2, 5, seed=0), two.episodes(2, 1, 2, 5, seed=0)
+    assert stream_id(e1) == stream_id(e2) and e1.digest == e2.digest
+    relabelled = load_task("hirise-regions", first)
+    relabelled.table.frame.loc[0, "group"] = "another-scene"
+    assert relabelled.identity() != one.identity()
+
+
+def test_a_shorter_run_does_not_shrink_the_saved_manifest(task, tmp_path):
+    from benchmark.runner import save_manifest
+
+    path = tmp_path / "m.npz"
+    save_manifest(task.episodes(2, 1, 2, 6, seed=0), path)
+    save_manifest(task.episodes(2, 1, 2, 2, seed=0), path)
+    assert len(EpisodeSet.load(path)) == 6
+    save_manifest(task.episodes(2, 1, 2, 9, seed=0), path)
+    assert len(EpisodeSet.load(path)) == 9
+    path.write_bytes(b"not a manifest")
+    save_manifest(task.episodes(2, 1, 2, 3, seed=0), path)
+    assert len(EpisodeSet.load(path)) == 3

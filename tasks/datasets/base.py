@@ -51,6 +51,18 @@ class ImageTable:
     def splits(self) -> np.ndarray:
         return self.frame["split"].to_numpy(dtype=object)
 
+    def identity(self) -> str:
+        """Hash of what the rows are, wherever the dataset lies and whenever its files were written: each image's
+        path relative to the folder holding them all, its label, group and split, and the class names. Episode
+        streams are named by it, so the same dataset on two machines gives the same manifests and their results
+        merge; caches key on `fingerprint`, which also sees where the files are, their sizes and times."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        h.update("\x00".join(self.class_names).encode())
+        for path, label, group, split in zip(relative_paths(self.paths), self.labels, self.groups, self.splits):
+            h.update(f"{path}\x00{label}\x00{group}\x00{split}\n".encode())
+        return h.hexdigest()[:16]
+
     def fingerprint(self) -> str:
         """Hash of everything that determines what the images are: paths, sizes, mtimes, labels, groups."""
         h = hashlib.sha256()
@@ -64,6 +76,18 @@ class ImageTable:
                 stamp = "missing"
             h.update(f"{path}\x00{label}\x00{group}\x00{stamp}\n".encode())
         return h.hexdigest()[:16]
+
+
+def relative_paths(paths) -> list[str]:
+    """Paths relative to their common folder, with forward slashes (as given where they share none)."""
+    paths = [str(p) for p in paths]
+    try:
+        root = os.path.commonpath(paths) if paths else ""
+    except ValueError:  # absolute and relative paths mixed, or different drives
+        return paths
+    if len(paths) == 1:
+        root = os.path.dirname(root)
+    return [Path(os.path.relpath(p, root or ".")).as_posix() for p in paths]
 
 
 @dataclass(frozen=True)

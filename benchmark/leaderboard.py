@@ -228,6 +228,38 @@ def to_markdown(board: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
+def to_summary(board: pd.DataFrame) -> str:
+    """Markdown, one table per (task, ways, queries, seed): a row per method, a column per shots, each cell the
+    mean accuracy ± 95% CI (episodes); bold where the method shares rank 1 in that column. Methods are ordered by
+    their accuracy in the column that most methods answered (the fewest shots on a tie)."""
+    parts = []
+    for (task, ways, queries, seed), g in board.groupby(["task", "ways", "queries", "seed"], sort=True):
+        if g.duplicated(["shots", "method"]).any():
+            raise UserError(f"{task}: one (shots, method) in several episode streams; summarise one stream each")
+        shots = sorted(g["shots"].unique())
+        cells = {(r.method, r.shots): r for r in g.itertuples(index=False)}
+        widest = max(shots, key=lambda k: ((g["shots"] == k).sum(), -k))
+        at = {r.method: r.accuracy for r in g[g["shots"] == widest].itertuples(index=False)}
+        methods = sorted(set(g["method"]), key=lambda m: (-at.get(m, -1.0), m))
+
+        def cell(m, k):
+            r = cells.get((m, k))
+            if r is None:
+                return "–"
+            text = f"{_pct(r.accuracy, r.accuracy_ci95)} ({r.episodes})"
+            return f"**{text}**" if r.rank == 1 else text
+
+        parts.append(f"**{task}**: {ways}-way, {queries} queries per class, seed {seed}; accuracy %, mean ± 95% CI "
+                     "(episodes)\n")
+        parts.append("| method | " + " | ".join(f"{k}-shot" for k in shots) + " |")
+        parts.append("|:---|" + "---:|" * len(shots))
+        for m in methods:
+            parts.append(f"| `{m}` | " + " | ".join(cell(m, k) for k in shots) + " |")
+        parts.append("")
+    parts.append("Bold: rank 1 in that column (the paired 95% CI of its difference to the best includes 0); –: not run.")
+    return "\n".join(parts) + "\n"
+
+
 def to_csv(board: pd.DataFrame) -> str:
     return board.to_csv(index=False, lineterminator="\n")
 
@@ -237,4 +269,4 @@ def to_json(board: pd.DataFrame) -> str:
     return json.dumps(records, indent=2) + "\n"
 
 
-FORMATS = {"csv": to_csv, "markdown": to_markdown, "json": to_json}
+FORMATS = {"csv": to_csv, "markdown": to_markdown, "json": to_json, "summary": to_summary}

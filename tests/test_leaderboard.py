@@ -126,3 +126,22 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
         assert err.startswith("error: ") and err.count("\n") == 1, (args, err)
     with pytest.raises(UserError, match="line 3: column accuracy"):
         load_results(["text.csv"])
+
+
+def test_summary_is_method_by_shots_with_ties_in_bold(tmp_path, capsys):
+    frame = fake_rows({"a": 0.70, "b": 0.70, "c": 0.40}, shots=(1, 5), episodes=40, noise=0.0)
+    frame = frame[~((frame["method"] == "c") & (frame["shots"] == 5))]  # c was not run at 5 shots
+    write_csv(frame, tmp_path / "r.csv")
+    assert main(["leaderboard", str(tmp_path / "r.csv"), "--format", "summary"]) == 0
+    md = capsys.readouterr().out
+    lines = [line for line in md.splitlines() if line.startswith("| `")]
+    names = [line.split("`")[1] for line in lines]
+    assert sorted(names[:2]) == ["a", "b"] and names[2] == "c"
+    assert "| method | 1-shot | 5-shot |" in md
+    c = lines[2].split(" | ")
+    assert c[2].strip(" |") == "–" and not c[1].startswith("**")  # c: far below, not run at 5 shots
+    for line in lines[:2]:  # a and b: same means up to noise-free binomial draws, tied at rank 1 in both columns
+        assert line.count("**") == 4 and "(40)" in line
+    board = leaderboard(load_results([str(tmp_path / "r.csv")])[0])
+    a1 = board[(board["method"] == "a") & (board["shots"] == 1)].iloc[0]
+    assert f"{100 * a1.accuracy:.2f} ± {100 * a1.accuracy_ci95:.2f} (40)" in md

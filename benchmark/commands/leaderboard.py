@@ -7,8 +7,9 @@ from pathlib import Path
 def add_parser(sub) -> None:
     p = sub.add_parser("leaderboard", help="merge result CSVs and rank methods (paired differences, tied ranks)")
     p.add_argument("csv", nargs="*", metavar="CSV", help="results files to merge (default: results/*.csv)")
-    p.add_argument("--format", choices=["table", "csv", "markdown", "json"], default="table",
-                   help="table: rich tables in the terminal (default); csv, markdown, json: for papers and READMEs")
+    p.add_argument("--format", choices=["table", "csv", "markdown", "json", "summary"],
+                   default="table", help="table: rich tables in the terminal (default); csv, markdown, json: for "
+                                         "papers and READMEs; summary: markdown, method x shots per task")
     p.add_argument("--out", default=None, help="write the csv/markdown/json output to this file instead of stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=cmd_leaderboard)
@@ -25,7 +26,7 @@ def cmd_leaderboard(args) -> int:
     board = leaderboard(rows)
     if args.format == "table":
         if args.out:
-            raise UserError("--out needs --format csv, markdown or json")
+            raise UserError("--out needs --format csv, markdown, json or summary")
         print_tables(stdout, rich_tables(board))
     else:
         text = FORMATS[args.format](board)

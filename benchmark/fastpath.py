@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -129,15 +130,35 @@ def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names) 
     } for j, i in enumerate(indices)]
 
 
-def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_names, clock):
+def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_names, clock, workers: int | None = None):
     """Yields (episode, score dict, seconds) chunk by chunk, in order; `seconds` is the time the chunk's scores
-    took divided by its episodes (scoring them is not counted, as on the one-by-one path)."""
-    if not hasattr(_local, "buffers"):
-        _local.buffers = Buffers()
-    size, buffers = chunk_episodes(episodes, method.features.shape[1]), _local.buffers
-    for start in range(0, len(pending), size):
-        chunk = pending[start : start + size]
+    took divided by its episodes (scoring them is not counted, as on the one-by-one path).
+
+    With `workers` > 1 (default: thread_policy's worker count), that many threads compute whole chunks side by
+    side, each on one intra-op thread and its own buffers: a chunk's scores do not depend on which thread
+    computed it, so the results are the same bits for any count."""
+    from methods.features import inference_threads
+
+    workers = max(1, int(workers or inference_threads() or 1))
+    size = chunk_episodes(episodes, method.features.shape[1])
+    chunks = [pending[start : start + size] for start in range(0, len(pending), size)]
+
+    def timed_scores(chunk):
+        if not hasattr(_local, "buffers"):
+            _local.buffers = Buffers()
         started = clock()
-        scores = batch_scores(method, episodes, chunk, buffers)
-        seconds = (clock() - started) / len(chunk)
-        yield from ((i, r, seconds) for i, r in zip(chunk, score_chunk(episodes, chunk, scores, class_names)))
+        scores = batch_scores(method, episodes, chunk, _local.buffers)
+        return scores, (clock() - started) / len(chunk)
+
+    if workers == 1 or len(chunks) == 1:
+        answered = map(timed_scores, chunks)
+        pool = None
+    else:
+        pool = ThreadPoolExecutor(min(workers, len(chunks)), initializer=torch.set_num_threads, initargs=(1,))
+        answered = pool.map(timed_scores, chunks)
+    try:
+        for chunk, (scores, seconds) in zip(chunks, answered):
+            yield from ((i, r, seconds) for i, r in zip(chunk, score_chunk(episodes, chunk, scores, class_names)))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -62,6 +62,11 @@ def thread_policy(workers: int):
         _inference_threads = saved
 
 
+def inference_threads() -> int | None:
+    """The worker count set by thread_policy (None outside it)."""
+    return _inference_threads
+
+
 def load_image(path: str, size: int) -> np.ndarray:
     """(3, size, size) uint8: RGB (greyscale repeated), shorter side resized and centre-cropped."""
     try:

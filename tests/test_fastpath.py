@@ -87,3 +87,17 @@ def test_harness_rows_are_the_same_on_both_paths(tmp_path, monkeypatch):
 def test_methods_without_batches_take_the_simple_path():
     assert not supports_batches(create_method("linear-probe"))
     assert not supports_batches(create_method("protonet"))  # not prepared: no features yet
+
+
+def test_worker_threads_give_the_same_results_in_the_same_order(tmp_path, monkeypatch):
+    from benchmark.fastpath import chunked_results
+
+    task = make_tiny_task(tmp_path / "data", n_classes=4, groups_per_class=5)
+    method = create_method("protonet")
+    method.prepare(Context(task, Cache(tmp_path / "cache"), image_size=32))
+    episodes = task.episodes(3, 2, 3, 50, seed=0)
+    monkeypatch.setattr(fastpath, "CHUNK_BYTES", 3 * 15 * method.features.shape[1] * 4)  # 3 episodes a chunk
+    pending = [i for i in range(50) if i % 7]
+    one = [(i, r) for i, r, _ in chunked_results(method, episodes, pending, task.class_names, lambda: 0.0, workers=1)]
+    three = [(i, r) for i, r, _ in chunked_results(method, episodes, pending, task.class_names, lambda: 0.0, workers=3)]
+    assert [i for i, _ in one] == pending and one == three

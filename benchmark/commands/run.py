@@ -41,8 +41,9 @@ def add_parser(sub) -> None:
     run.add_argument("--backbone", default="efficientnet_lite0")
     run.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=128)
     run.add_argument("--threads", type=positive_int("threads"), default=None,
-                     help="threads that extract features side by side, whole batches each (default: all "
-                          "cores); everything runs on one intra-op thread, so results are bit-identical for any N")
+                     help="threads that extract features (whole batches each) and answer batched episodes (whole "
+                          "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
+                          "so results are bit-identical for any N")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(run)
 

@@ -46,19 +46,20 @@ def locked(path: Path):
         os.close(fd)
 
 
-def _check_header(path: Path, header: list[str]) -> None:
-    if header != COLUMNS:
+def _check_header(path: Path, header: list[str], columns: list[str] = COLUMNS) -> None:
+    if header != columns:
         raise UserError(
             f"results file {path} was written by an incompatible version (columns differ); "
             "write to a new file with --out"
         )
 
 
-def read_results(path: Path) -> pd.DataFrame:
-    """All rows of a results CSV (empty frame when the file does not exist)."""
+def read_results(path: Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
+    """All rows of a results CSV (empty frame when the file does not exist); `columns` is its schema (another
+    row format, e.g. the fixed-K protocol's, shares the locking and checks)."""
     path = Path(path)
     if not path.exists():
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=columns)
     if path.is_dir():
         raise UserError(f"results path {path} is a directory; give a .csv file")
     try:
@@ -71,8 +72,8 @@ def read_results(path: Path) -> pd.DataFrame:
         raise UserError(f"results file {path} is not a text CSV; move it away or write to a new file with --out") \
             from None
     if header is None:
-        return pd.DataFrame(columns=COLUMNS)
-    _check_header(path, header)
+        return pd.DataFrame(columns=columns)
+    _check_header(path, header, columns)
     if not text.endswith("\n"):  # a write cut short (a crash, a full disk): its row is not a result
         text = text[: text.rfind("\n") + 1]
     try:
@@ -123,16 +124,17 @@ def _drop_torn_tail(path: Path) -> None:
           "write); removed it", file=sys.stderr)
 
 
-def _existing_keys(path: Path) -> set[tuple[str, ...]]:
+def _existing_keys(path: Path, key: list[str] = KEY) -> set[tuple[str, ...]]:
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
-        cols = [header.index(c) for c in KEY]
+        cols = [header.index(c) for c in key]
         return {tuple(row[c] for c in cols) for row in reader if len(row) == len(header)}
 
 
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append whole rows under the lock: one write, then fsync."""
+def append_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS, key: list[str] = KEY) -> None:
+    """Append whole rows under the lock: one write, then fsync. `columns` and `key`: the file's schema and what
+    identifies a row in it (see read_results)."""
     if not rows:
         return
     path = Path(path)
@@ -140,16 +142,16 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         new_file = not path.exists() or path.stat().st_size == 0
         if not new_file:
             with open(path, newline="") as f:
-                _check_header(path, next(csv.reader(f), []))
+                _check_header(path, next(csv.reader(f), []), columns)
             _drop_torn_tail(path)
             # Another process running the same episodes (two identical commands at once) may have written
             # some of these rows already: a (method, task, shots, episode, ...) key is recorded once.
-            existing = _existing_keys(path)
-            rows = [r for r in rows if tuple(str(r[c]) for c in KEY) not in existing]
+            existing = _existing_keys(path, key)
+            rows = [r for r in rows if tuple(str(r[c]) for c in key) not in existing]
             if not rows:
                 return
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         if new_file:
             writer.writeheader()
         writer.writerows(rows)

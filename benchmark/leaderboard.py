@@ -13,6 +13,7 @@ The merged rows are sorted by KEY, so the leaderboard does not depend on the ord
 """
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import json
@@ -36,10 +37,11 @@ DEFAULT_GLOB = "results/*.csv"
 def resolve_paths(paths: list[str] | None) -> list[Path]:
     """The given CSV files (deduplicated, in order), or results/*.csv when none are given."""
     if not paths:
-        found = sorted(glob.glob(DEFAULT_GLOB))
+        # results/ also holds other tables (fixed-K rows, the CTX crater scores): take the episode-result files
+        found = [p for p in sorted(glob.glob(DEFAULT_GLOB)) if has_episode_header(Path(p))]
         if not found:
-            raise UserError(f"no results files given and none match {DEFAULT_GLOB}; name CSV files or run "
-                            "`bench run` first")
+            raise UserError(f"no results files given and no episode results match {DEFAULT_GLOB}; name CSV "
+                            "files or run `bench run` first")
         paths = found
     out, seen = [], set()
     for text in paths:
@@ -53,6 +55,15 @@ def resolve_paths(paths: list[str] | None) -> list[Path]:
             seen.add(path.resolve())
             out.append(path)
     return out
+
+
+def has_episode_header(path: Path) -> bool:
+    """Whether the file's first line is the header `bench run` writes."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), []) == COLUMNS
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
 
 
 def _read(path: Path) -> pd.DataFrame:

@@ -145,3 +145,15 @@ def test_summary_is_method_by_shots_with_ties_in_bold(tmp_path, capsys):
     board = leaderboard(load_results([str(tmp_path / "r.csv")])[0])
     a1 = board[(board["method"] == "a") & (board["shots"] == 1)].iloc[0]
     assert f"{100 * a1.accuracy:.2f} ± {100 * a1.accuracy_ci95:.2f} (40)" in md
+
+
+def test_without_files_it_takes_the_episode_results_in_results_and_skips_other_tables(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    write_csv(fake_rows({"m": 0.5, "n": 0.6}, shots=(1,), episodes=5), tmp_path / "results" / "task.csv")
+    (tmp_path / "results" / "ctx-craters.csv").write_text("method,shots,seed,f1\nprotonet,5,0,0.4\n")
+    assert main(["leaderboard", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert "10 episode rows from 1 file(s)" in captured.err and "fake-task" in captured.out
+    assert main(["leaderboard", "results/ctx-craters.csv"]) == 2  # named explicitly: refused, in one line
+    assert capsys.readouterr().err.count("\n") == 1

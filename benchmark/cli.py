@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from tasks.errors import UserError
@@ -17,6 +18,8 @@ class Parser(argparse.ArgumentParser):
     """argparse that raises a one-line UserError instead of printing usage and exiting."""
 
     def error(self, message):
+        # argparse says "argument --shots: " before a message of ours that already names --shots
+        message = re.sub(r"^argument (--[\w-]+): (?=\1\b)", "", message)
         raise ArgumentError(f"{message} (see `{self.prog} --help`)")
 
 

@@ -100,8 +100,8 @@ def check_results_path(path: Path) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"results path {path} is not writable ({exc.strerror}: {exc.filename}); choose another "
-                        "with --out") from None
+        raise UserError(f"results path {path} is not writable: its folder cannot hold it and its manifests/ "
+                        f"({exc.strerror}: {exc.filename}); choose another with --out") from None
 
 
 def _drop_torn_tail(path: Path) -> None:

@@ -1,6 +1,7 @@
 """Method registry: `@register_method("name")` in-tree, entry points (group `marsfsl.methods`) out of tree."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -85,11 +86,28 @@ def method_info(name: str) -> MethodInfo:
     return _METHODS[name]
 
 
+def option_names(cls) -> list[str] | None:
+    """The keyword options a method's constructor takes (None: it takes any)."""
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def create_method(name: str, **options):
     info = method_info(name)
+    known = option_names(info.cls)
+    for key in options:
+        if known is not None and key not in known:
+            raise UserError(f"unknown option {key!r} for method {name}{closest(key, known)}; its options: "
+                            f"{', '.join(known) or 'none'}")
     try:
         method = info.cls(**options)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"bad option for method {name}: {exc}") from None
+        given = ",".join(f"{k}={v}" for k, v in options.items())
+        raise UserError(f"bad option for method {name} ({given}): {exc}") from None
     method._options = dict(options)
     return method

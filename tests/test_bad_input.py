@@ -169,7 +169,11 @@ def test_unknown_method_task_dataset_backbone_name_the_closest(folder, tmp_path,
                           tmp_path / "out.csv")
     assert "unknown backbone 'efficientnet_lite9'; did you mean efficientnet_lite2" in line
     line = one_line_error(capsys, run(tmp_path, f"folder:{folder}", method="protonet:stepz=3"))
-    assert "bad option for method protonet" in line and "stepz" in line
+    assert "unknown option 'stepz' for method protonet; did you mean steps?" in line and "train_way" in line
+    line = one_line_error(capsys, run(tmp_path, f"folder:{folder}", method="protonet:steps=abc"))
+    assert "bad option for method protonet (steps=abc)" in line
+    line = one_line_error(capsys, run(tmp_path, f"folder:{folder}", "--shots", "five"))
+    assert line.startswith("error: --shots must be") and "argument" not in line  # the flag is named once
     line = one_line_error(capsys, ["runn"])
     assert "invalid choice: 'runn'" in line
 

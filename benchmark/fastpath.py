@@ -11,7 +11,7 @@ into buffers reused from chunk to chunk. Measured on hirise-regions, 600 episode
 thread: 200 episodes per chunk in fresh tensors 360 ms, 25 episodes 100 ms; then with reused buffers, the
 squared norms computed once per image and protonet's product as protos @ query^T: 96 ms (2 MB chunks), 53 ms
 (12 MB), 49 ms (24 MB). What is left is mostly copying the rows (about 300 MB for 600 episodes) and the
-products themselves. Two worker threads running chunks side by side were no faster on the shared 2 cores.
+products themselves, which the run's worker threads (thread_policy) share out chunk by chunk.
 
 The scores of a chunk are then scored as a whole (`score_chunk`), with the same numbers as
 `benchmark.runner.score_episode` (accuracy, macro-F1 as scikit-learn computes it, per-class accuracy), which

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.results import append_rows, locked, read_results
-from benchmark.runner import MethodSpec, git_commit, method_config, versions
+from benchmark.runner import MethodSpec, file_stem, git_commit, method_config, versions
 from benchmark.stats import over_seeds
 from methods.cache import Cache
 from methods.progress import SILENT, Progress
@@ -48,7 +48,7 @@ class FixedKConfig:
     def results_path(self) -> Path:
         if self.out:
             return Path(self.out)
-        return Path("results") / f"{self.task.replace(':', '_').replace('/', '_')}-fixedk.csv"
+        return Path("results") / f"{file_stem(self.task)}-fixedk.csv"
 
 
 def read_fixedk(path: Path) -> pd.DataFrame:

@@ -83,7 +83,12 @@ class RunConfig:
     image_size: int = 128
 
     def results_path(self) -> Path:
-        return Path(self.out) if self.out else Path("results") / f"{self.task.replace(':', '_').replace('/', '_')}.csv"
+        return Path(self.out) if self.out else Path("results") / f"{file_stem(self.task)}.csv"
+
+
+def file_stem(task: str) -> str:
+    """A task name as a file name: `folder:/data/mine` -> `folder__data_mine`."""
+    return task.replace(":", "_").replace("/", "_")
 
 
 def git_commit() -> str:
@@ -162,7 +167,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFram
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
     manifest_dir = out.parent / "manifests"
     for k, episodes in episode_sets.items():
-        save_manifest(episodes, manifest_dir / f"{task.name.replace(':', '_').replace('/', '_')}-{config.ways}w{k}s"
+        save_manifest(episodes, manifest_dir / f"{file_stem(task.name)}-{config.ways}w{k}s"
                                                f"{config.queries}q-seed{config.seed}-{stream_id(episodes)}.npz")
     cache = Cache(config.cache_dir)
     common = {"backbone": config.backbone, "image_size": config.image_size, "git_commit": git_commit(),

@@ -167,8 +167,8 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFram
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
     manifest_dir = out.parent / "manifests"
     for k, episodes in episode_sets.items():
-        save_manifest(episodes, manifest_dir / f"{file_stem(task.name)}-{config.ways}w{k}s"
-                                               f"{config.queries}q-seed{config.seed}-{stream_id(episodes)}.npz")
+        save_manifest(episodes, manifest_dir / f"{file_stem(task.name)}-{config.ways}w{k}s{config.queries}q-"
+                                               f"seed{config.seed}-{stream_id(episodes)}.npz")
     cache = Cache(config.cache_dir)
     common = {"backbone": config.backbone, "image_size": config.image_size, "git_commit": git_commit(),
               "versions": versions()}

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import append_rows, locked, read_results
-from benchmark.runner import MethodSpec, file_stem, git_commit, method_config, versions
+from benchmark.results import append_rows, check_results_path, matching, read_results, recorded
+from benchmark.runner import BenchConfig, MethodSpec, git_commit, method_config, versions
 from benchmark.stats import over_seeds
 from methods.cache import Cache
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.errors import UserError
 from tasks.protocols import PROTOCOL_VERSION, fixed_k_sets, run_fixed_k
 from tasks.registry import Task, load_task
 
@@ -34,53 +33,14 @@ KEY = ["protocol", "task", "method", "config", "backbone", "image_size", "shots"
 
 
 @dataclass
-class FixedKConfig:
-    methods: list[MethodSpec]
-    task: str = "hirise-regions"
-    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+class FixedKConfig(BenchConfig):
     seeds: list[int] = field(default_factory=lambda: list(range(10)))
-    data_dir: Path = Path("data")
-    cache_dir: Path | None = None
-    out: Path | None = None
-    backbone: str = "efficientnet_lite0"
-    image_size: int = 128
-
-    def results_path(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        return Path("results") / f"{file_stem(self.task)}-fixedk.csv"
+    results_suffix = "-fixedk"
 
 
 def read_fixedk(path: Path) -> pd.DataFrame:
     """All rows of a fixed-K results CSV (empty when there is none); one-line UserError if it is not one."""
     return read_results(path, COLUMNS)
-
-
-def check_results_file(path: Path) -> None:
-    """Before any work: the file is a readable fixed-K CSV (or absent) and can be written."""
-    read_fixedk(path)
-    with locked(path):  # creates the lock file beside it: a one-line error if that folder is not writable
-        pass
-    try:
-        if path.exists():
-            with open(path, "a"):
-                pass
-    except OSError as exc:
-        raise UserError(f"results file {path} is not writable ({exc.strerror}); choose another with --out") from None
-
-
-def matching(frame: pd.DataFrame, key: dict) -> pd.Series:
-    """Rows whose columns equal `key`'s values, compared as text (the file's own representation)."""
-    mask = pd.Series(True, index=frame.index)
-    for column, value in key.items():
-        mask &= frame[column].astype(str) == str(value)
-    return mask
-
-
-def done_seeds(path: Path, key: dict) -> set[int]:
-    with locked(path):
-        frame = read_fixedk(path)
-    return set(frame.loc[matching(frame, key), "seed"].astype(int))
 
 
 def check_shots_feasible(task: Task, shots: list[int]) -> None:
@@ -95,7 +55,7 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT) -> p
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     check_shots_feasible(task, config.shots)
     out = config.results_path()
-    check_results_file(out)
+    check_results_path(out, COLUMNS, manifests=False)
     cache = Cache(config.cache_dir)
     provenance = {"backbone": config.backbone, "image_size": config.image_size, "git_commit": git_commit(),
                   "versions": versions()}
@@ -109,7 +69,7 @@ def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, config: Fixe
                       provenance: dict, out: Path, progress: Progress) -> None:
     key = {"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "config": method_config(method),
            "backbone": config.backbone, "image_size": config.image_size, "shots": k}
-    done = done_seeds(out, key) & set(config.seeds)
+    done = recorded(out, key, "seed", COLUMNS) & set(config.seeds)
     pending = [s for s in config.seeds if s not in done]
     if done:
         progress.log(f"{spec.label} {k}-shot: {seeds(len(done))} already in {out}, {len(pending)} to run")

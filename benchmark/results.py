@@ -85,13 +85,15 @@ def read_results(path: Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
     return frame
 
 
-def check_results_path(path: Path) -> None:
-    """Before any work: the results file is readable and compatible, and it and the manifests folder beside it
-    can be written (one-line UserError otherwise). Creates no results file."""
+def check_results_path(path: Path, columns: list[str] = COLUMNS, manifests: bool = True) -> None:
+    """Before any work: the results file is readable and compatible (`columns`), and it (and, with `manifests`,
+    the manifests folder beside it) can be written (one-line UserError otherwise). Creates no results file."""
     path = Path(path)
-    read_results(path)
+    read_results(path, columns)
+    what = "it and its manifests/" if manifests else "it"
     try:
-        (path.parent / "manifests").mkdir(parents=True, exist_ok=True)
+        if manifests:
+            (path.parent / "manifests").mkdir(parents=True, exist_ok=True)
         if path.exists():
             with open(path, "a"):
                 pass
@@ -100,7 +102,7 @@ def check_results_path(path: Path) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"results path {path} is not writable: its folder cannot hold it and its manifests/ "
+        raise UserError(f"results path {path} is not writable: its folder cannot hold {what} "
                         f"({exc.strerror}: {exc.filename}); choose another with --out") from None
 
 
@@ -164,13 +166,21 @@ def append_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS, key:
             raise UserError(f"results file {path} is not writable ({exc.strerror}); choose another with --out") from None
 
 
-def done_episodes(path: Path, key: dict) -> set[int]:
-    """Episode numbers already recorded in `path` for the (task, method, config, shots, ...) in key."""
-    with locked(Path(path)):
-        frame = read_results(path)
-    if frame.empty:
-        return set()
+def matching(frame: pd.DataFrame, key: dict) -> pd.Series:
+    """Rows whose columns equal `key`'s values, compared as text (the file's own representation)."""
     mask = pd.Series(True, index=frame.index)
     for column, value in key.items():
         mask &= frame[column].astype(str) == str(value)
-    return set(frame.loc[mask, "episode"].astype(int))
+    return mask
+
+
+def recorded(path: Path, key: dict, column: str, columns: list[str] = COLUMNS) -> set[int]:
+    """The values of `column` (episode, seed) already recorded in `path` for the rows matching `key`."""
+    with locked(Path(path)):
+        frame = read_results(path, columns)
+    return set(frame.loc[matching(frame, key), column].astype(int))
+
+
+def done_episodes(path: Path, key: dict) -> set[int]:
+    """Episode numbers already recorded in `path` for the (task, method, config, shots, ...) in key."""
+    return recorded(path, key, "episode")

@@ -68,22 +68,29 @@ def _parse_value(text: str):
 
 
 @dataclass
-class RunConfig:
+class BenchConfig:
+    """What `bench run` and `bench fixedk` both take; `results_suffix` tells their default files apart."""
+
     methods: list[MethodSpec]
     task: str = "hirise-regions"
     shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    ways: int = 5
-    queries: int = 15
-    episodes: int = 600
-    seed: int = 0
     data_dir: Path = Path("data")
     cache_dir: Path | None = None
     out: Path | None = None
     backbone: str = "efficientnet_lite0"
     image_size: int = 128
+    results_suffix = ""
 
     def results_path(self) -> Path:
-        return Path(self.out) if self.out else Path("results") / f"{file_stem(self.task)}.csv"
+        return Path(self.out) if self.out else Path("results") / f"{file_stem(self.task)}{self.results_suffix}.csv"
+
+
+@dataclass
+class RunConfig(BenchConfig):
+    ways: int = 5
+    queries: int = 15
+    episodes: int = 600
+    seed: int = 0
 
 
 def file_stem(task: str) -> str:

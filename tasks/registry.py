@@ -29,14 +29,15 @@ class Task:
         return self.table.class_names
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.name}\x00{self.table.fingerprint()}".encode())
-        h.update(np.asarray(self.base, np.int64).tobytes())
-        h.update(np.asarray(self.target, np.int64).tobytes())
-        return h.hexdigest()[:16]
+        """Keys caches: the table's fingerprint (file locations and times included) and the pools."""
+        return self._with_pools(self.table.fingerprint())
 
     def identity(self) -> str:
-        """Like `fingerprint` but from the table's location-independent identity: names episode streams."""
-        h = hashlib.sha256(f"{self.name}\x00{self.table.identity()}".encode())
+        """Names episode streams: the table's location-independent identity and the pools."""
+        return self._with_pools(self.table.identity())
+
+    def _with_pools(self, table_hash: str) -> str:
+        h = hashlib.sha256(f"{self.name}\x00{table_hash}".encode())
         h.update(np.asarray(self.base, np.int64).tobytes())
         h.update(np.asarray(self.target, np.int64).tobytes())
         return h.hexdigest()[:16]

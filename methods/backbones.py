@@ -78,3 +78,16 @@ def split_top(model: nn.Module, n_top_blocks: int = 1) -> tuple[nn.Module, nn.Mo
     bottom = nn.Sequential(model.conv_stem, model.bn1, *stages[:cut])
     top = nn.Sequential(*stages[cut:], model.conv_head, model.bn2, model.global_pool)
     return bottom, top
+
+
+def head_top(state: dict) -> nn.Module:
+    """split_top(model, 0) as plain torch modules, from that top's state dict: conv_head, bn2 (batch norm, then
+    the ReLU6 that timm's BatchNormAct2d applies) and average pooling. The same arithmetic, forward and
+    backward (tests/test_backbone.py checks both bit for bit), without importing timm, which is about 3 s of a
+    warm `bench run` when SDFT's activations are cached."""
+    out_channels, in_channels = state["0.weight"].shape[:2]
+    top = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                        nn.BatchNorm2d(out_channels, eps=1e-3),  # timm's tf_efficientnet_lite* use TF's epsilon
+                        nn.ReLU6(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    top.load_state_dict(state)
+    return top

@@ -72,34 +72,47 @@ class Cache:
         atomic_write_bytes(path, data)
         atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
 
+    def cached_array(self, kind: str, key: str) -> np.ndarray | None:
+        """The cached array for key, or None if it is absent or corrupt (counted as a hit when found)."""
+        data = self._read_verified(self.path(kind, key, "npy")) if self.enabled else None
+        if data is None:
+            return None
+        self.hits.append(f"{kind}/{key}")
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+    def cached_state_dict(self, kind: str, key: str) -> dict | None:
+        """The cached torch checkpoint for key, or None if it is absent or corrupt."""
+        data = self._read_verified(self.path(kind, key, "pt")) if self.enabled else None
+        if data is None:
+            return None
+        self.hits.append(f"{kind}/{key}")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    def put_state_dict(self, kind: str, key: str, state: dict) -> None:
+        if self.enabled:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self._write(self.path(kind, key, "pt"), buf.getvalue())
+
     def array(self, kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached array for key, computing and storing it on a miss."""
-        path = self.path(kind, key, "npy")
-        if self.enabled:
-            data = self._read_verified(path)
-            if data is not None:
-                self.hits.append(f"{kind}/{key}")
-                return np.load(io.BytesIO(data), allow_pickle=False)
+        value = self.cached_array(kind, key)
+        if value is not None:
+            return value
         self.misses.append(f"{kind}/{key}")
         value = np.ascontiguousarray(compute())
         if self.enabled:
             buf = io.BytesIO()
             np.save(buf, value, allow_pickle=False)
-            self._write(path, buf.getvalue())
+            self._write(self.path(kind, key, "npy"), buf.getvalue())
         return value
 
     def state_dict(self, kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
         """(state, was_cached) for a torch checkpoint."""
-        path = self.path(kind, key, "pt")
-        if self.enabled:
-            data = self._read_verified(path)
-            if data is not None:
-                self.hits.append(f"{kind}/{key}")
-                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), True
+        state = self.cached_state_dict(kind, key)
+        if state is not None:
+            return state, True
         self.misses.append(f"{kind}/{key}")
         state = compute()
-        if self.enabled:
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            self._write(path, buf.getvalue())
+        self.put_state_dict(kind, key, state)
         return state, False

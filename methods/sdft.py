@@ -16,6 +16,7 @@ too few to re-estimate them, and prediction must not depend on batch composition
 from __future__ import annotations
 
 import copy
+import functools
 import time
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from methods.augment import augment_batch
-from methods.backbones import create_backbone, split_top, weights_digest
+from methods.backbones import create_backbone, head_top, split_top, weights_digest
 from methods.base import Context, FewShotMethod
 from methods.cache import cache_key
 from methods.cosine import CosineClassifier
@@ -141,7 +142,32 @@ class SDFT(FewShotMethod):
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
-        images = ctx.images()
+        source = self.step1_key(ctx) if self.use_step1 else f"imagenet-{weights_digest(ctx.backbone)}"
+        key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, source, ctx.images_key(), ctx.backbone,
+                        self.opts["top_blocks"])
+        top, acts = None, None
+        if self.opts["top_blocks"] == 0:  # warm: the cached top and activations, without timm or any image
+            state = ctx.cache.cached_state_dict("sdft-top", key)
+            acts = ctx.cache.cached_array("sdft-acts", key) if state is not None else None
+            top = head_top(state) if acts is not None else None
+            if top is not None:
+                ctx.progress.log(f"sdft step 1: cache hit ({source}), skipping training; the top and the activations "
+                                 f"entering it are cached too ({key})" if self.use_step1 else
+                                 f"{self.name}: the top and the activations entering it are cached ({key})")
+        if top is None:
+            top, acts = self.cut_network(ctx, key)
+            if self.opts["top_blocks"] == 0:
+                ctx.cache.put_state_dict("sdft-top", key, top.state_dict())
+                top = head_top(top.state_dict())  # the same modules as on the warm path
+        self.acts = torch.from_numpy(acts)
+        self.top = top.eval()
+        self.top_state = copy.deepcopy(top.state_dict())
+        with torch.inference_mode():
+            self.feature_dim = int(top(self.acts[:1]).flatten(1).shape[1])
+
+    def cut_network(self, ctx: Context, acts_key: str) -> tuple[nn.Module, np.ndarray]:
+        """(top, activations entering it for every image) of the step-1 network (step 0's without step 1)."""
+        images = functools.cache(ctx.images)  # decoded or loaded only if something below is not cached
         model = create_backbone(ctx.backbone, pretrained=True)
         if self.use_step1:
             base_idx, base_labels = ctx.base_pool()
@@ -152,7 +178,7 @@ class SDFT(FewShotMethod):
             def compute():
                 ctx.progress.log(f"sdft step 1: fine-tuning {ctx.backbone} on {len(base_idx)} base images, "
                                  f"{len(base_classes)} classes (cached as {key})")
-                state, _ = train_step1(model, images[base_idx], dense.astype(np.int64),
+                state, _ = train_step1(model, images()[base_idx], dense.astype(np.int64),
                                        ctx.task.table.groups[base_idx], self.opts, ctx.seed, ctx.progress.log)
                 return state
 
@@ -160,21 +186,11 @@ class SDFT(FewShotMethod):
             if cached:
                 ctx.progress.log(f"sdft step 1: cache hit ({key}), skipping training")
             model.load_state_dict(state)
-            source = key
-        else:
-            source = f"imagenet-{weights_digest(ctx.backbone)}"
         model.reset_classifier(0)
         bottom, top = split_top(model, self.opts["top_blocks"])
-        acts_key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, source, ctx.images_key(), ctx.backbone,
-                             self.opts["top_blocks"])
-        self.acts = torch.from_numpy(ctx.cache.array(
-            "sdft-acts", acts_key,
-            lambda: run_model(bottom, images, progress=ctx.progress, description="sdft: activations entering the top"),
-        ))
-        self.top = top.eval()
-        self.top_state = copy.deepcopy(top.state_dict())
-        with torch.inference_mode():
-            self.feature_dim = int(top(self.acts[:1]).flatten(1).shape[1])
+        acts = ctx.cache.array("sdft-acts", acts_key, lambda: run_model(
+            bottom, images(), progress=ctx.progress, description="sdft: activations entering the top"))
+        return top, acts
 
     def make_head(self, n_way: int) -> nn.Module:
         if self.head == "cosine":

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from methods.backbones import MEAN, STD, create_backbone, normalize, weights_path
+from methods.backbones import MEAN, STD, create_backbone, head_top, normalize, split_top, weights_path
 
 # (scikit-image sample, ImageNet class ids accepted as top-1)
 PHOTOS = {
@@ -64,3 +64,34 @@ def test_random_init_fails_the_photo_check():
     predicted = top1(create_backbone("efficientnet_lite0", pretrained=False))
     hits = sum(got in accepted for accepted, got in zip(PHOTOS.values(), predicted))
     assert hits <= 1
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_plain_head_top_is_timms_top_bit_for_bit_forward_and_training(name):
+    model = create_backbone(name, pretrained=name == "efficientnet_lite0")
+    if name != "efficientnet_lite0":  # random weights: give batch norm statistics that are not (0, 1)
+        torch.manual_seed(1)
+        model.bn2.running_mean.normal_()
+        model.bn2.running_var.uniform_(0.5, 2.0)
+    model.reset_classifier(0)
+    _, timm_top = split_top(model, 0)
+    plain = head_top(timm_top.state_dict())
+    initial = timm_top[0].weight.detach().clone()
+    x = torch.randn(6, timm_top[0].in_channels, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    outputs = []
+    for top in (timm_top.eval(), plain.eval()):
+        torch.manual_seed(0)
+        head = torch.nn.Linear(top(x[:1]).shape[1], 3)
+        opt = torch.optim.Adam([*top.parameters(), *head.parameters()], lr=1e-2)
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(head(top(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.inference_mode():
+            outputs.append((top(x), [p.clone() for p in top.parameters()]))
+    (timm_out, timm_params), (plain_out, plain_params) = outputs
+    assert torch.equal(timm_out, plain_out)
+    assert all(torch.equal(a, b) for a, b in zip(timm_params, plain_params))
+    assert not torch.equal(plain_params[0], initial)  # the steps did train the top

@@ -151,3 +151,37 @@ def test_ablations_differ_from_sdft_in_exactly_their_component(tiny):
     assert isinstance(linear.make_head(3), torch.nn.Linear)
     with pytest.raises(TypeError, match="unknown option"):
         type(full)(bogus=1)
+
+
+@pytest.mark.parametrize("name", ["sdft", "sdft-no-step1"])
+def test_warm_prepare_uses_cached_top_without_network_or_images_and_gives_the_same_episodes(tiny, monkeypatch, name):
+    task, cache = tiny
+    episodes = task.episodes(3, 2, 3, 3, seed=0)
+
+    def scores(method):
+        out = []
+        for ep in episodes:
+            method.fit(ep.support_idx, ep.support_y, ep.n_way, np.random.default_rng(0))
+            out.append(method.predict(ep.query_idx))
+        return np.stack(out)
+
+    cold = create_method(name, **FAST)
+    cold.prepare(context(task, cache))
+    cold_scores = scores(cold)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the warm path must not build the network or load images")
+
+    import methods.sdft
+
+    monkeypatch.setattr(methods.sdft, "create_backbone", forbidden)
+    monkeypatch.setattr(Context, "images", forbidden)
+    warm = create_method(name, **FAST)
+    warm.prepare(context(task, cache))
+    np.testing.assert_array_equal(warm.acts.numpy(), cold.acts.numpy())
+    np.testing.assert_array_equal(scores(warm), cold_scores)
+    # a corrupt cached top falls back to the whole network, which is forbidden here
+    top_file = next((cache.root / "sdft-top").glob("*.pt"))
+    top_file.write_bytes(b"corrupt")
+    with pytest.raises(AssertionError, match="warm path"):
+        create_method(name, **FAST).prepare(context(task, cache))

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy.special import stdtrit  # the t quantile that scipy.stats.t.ppf computes, without importing
+# scipy.stats (1.3 s of every `bench run`)
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -19,7 +20,7 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
     if n < 2:
         return mean, math.nan
     sem = x.std(ddof=1) / math.sqrt(n)
-    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sem)
+    return mean, float(stdtrit(n - 1, 0.5 + confidence / 2) * sem)
 
 
 # ---------------------------------------------------------------------------------------------------------------

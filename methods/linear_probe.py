@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from methods.base import FeatureMethod
 from methods.registry import register_method
@@ -21,6 +18,11 @@ class LinearProbe(FeatureMethod):
         self.C, self.max_iter = float(C), int(max_iter)
 
     def fit_features(self, x, y, n_way, rng):
+        # imported here: every `bench run` imports this module (the registry), few run this method
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
         self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter))
         self.model.fit(x.numpy(), y.numpy())
 

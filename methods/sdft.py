@@ -30,6 +30,7 @@ from methods.base import Context, FewShotMethod
 from methods.cache import cache_key
 from methods.cosine import CosineClassifier
 from methods.features import NUMERICS_VERSION, run_model
+from methods.optim import Adam
 from methods.registry import register_method
 from tasks.splits import scene_split
 
@@ -210,7 +211,7 @@ class SDFT(FewShotMethod):
             else:  # same "pretraining" for the ablation: weights = class means, zero bias
                 self.classifier.weight.copy_(torch.stack([features[y == c].mean(0) for c in range(n_way)]))
                 self.classifier.bias.zero_()
-        opt = torch.optim.Adam([
+        opt = Adam([  # torch.optim.Adam's arithmetic without importing torch._dynamo (methods/optim.py)
             {"params": self.top.parameters(), "lr": self.opts["lr_top"]},
             {"params": self.classifier.parameters(), "lr": self.opts["lr_head"]},
         ])

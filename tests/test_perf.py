@@ -37,3 +37,5 @@ def test_bench_perf_prints_one_table(tmp_path, capsys):
                     "extraction from files", "warm start", "peak memory"):
         assert sum(measure in row for row in rows) == 1, measure
     assert "same accuracy as easyfsl in all 5 episodes" in out
+    warm = next(row for row in rows if "warm start" in row)
+    assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode

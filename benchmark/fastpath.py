@@ -115,19 +115,27 @@ def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names) 
     hits = pred == truth
     tp = hits.reshape(len(indices), n_way, q).sum(axis=2)  # (E, N): correct queries of each class
     predicted = (pred[..., None] == np.arange(n_way)).sum(axis=1)  # (E, N): queries predicted as each class
-    # scikit-learn: F1 = 2 tp / (true + predicted), 0 where that is 0, then the plain mean over labels
-    denom = (q + predicted).astype(np.float64)
-    f1 = np.where(denom > 0, 2.0 * tp / np.where(denom > 0, denom, 1.0), 0.0)
-    macro = f1.mean(axis=1)
-    per_class = tp / q
+    # scikit-learn: F1 = 2 tp / (true + predicted) (never 0/0 here: every class has q > 0 queries), then the
+    # plain mean over labels
+    macro = (2.0 * tp / (q + predicted)).mean(axis=1)
     accuracy = hits.sum(axis=1) / (n_way * q)
+    names = np.array(class_names, dtype=object)[episodes.classes[np.asarray(indices)]]
+    shares = np.array([f"{k / q:.6g}" for k in range(q + 1)], dtype=object)[tp]  # tp / q as score_episode writes it
     return [{
-        "classes": "|".join(class_names[c] for c in episodes.classes[i]),
-        "accuracy": float(accuracy[j]),
-        "macro_f1": float(macro[j]),
-        "class_accuracy": "|".join(f"{a:.6g}" for a in per_class[j]),
+        "classes": c,
+        "accuracy": a,
+        "macro_f1": f,
+        "class_accuracy": s,
         "n_query": n_way * q,
-    } for j, i in enumerate(indices)]
+    } for c, a, f, s in zip(_join_columns(names), accuracy.tolist(), macro.tolist(), _join_columns(shares))]
+
+
+def _join_columns(cells: np.ndarray) -> list[str]:
+    """"|".join(row) for every row of an object array of strings, column by column in C."""
+    joined = cells[:, 0]
+    for c in range(1, cells.shape[1]):
+        joined = joined + "|" + cells[:, c]
+    return joined.tolist()
 
 
 def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_names, clock, workers: int | None = None):

@@ -1,27 +1,17 @@
 """Vectorised episodes: a frozen-feature method with `predict_batch` answers many episodes per tensor op.
 
-`predict_batch(support_x (E, n, D), support_y (E, n), query_x (E, m, D), n_way) -> (E, m, N)` must give the
-scores that fit + predict give for each episode alone (tests/test_fastpath.py checks it). A method whose
-`predict_batch` also takes `query_sq` (the queries' squared norms, (E, m)) is handed them gathered from norms
-computed once per feature matrix instead of once per query occurrence: the same numbers, since a row's sum
-does not depend on the batch it sits in (checked by the same test).
+`predict_batch(support_idx (E, n), support_y (E, n), query_idx (E, m), n_way) -> (E, m, N)` takes rows of
+`method.features` by index, as fit and predict do, and must give the scores that fit + predict give for each
+episode alone (tests/test_fastpath.py checks it); methods/nearest_mean.py is how protonet and simpleshot do it.
 
-Chunks are sized so that the gathered support and query rows of one chunk take about CHUNK_BYTES, gathered
-into buffers reused from chunk to chunk. Measured on hirise-regions, 600 episodes 5-way 5-shot 15-query, one
-thread: 200 episodes per chunk in fresh tensors 360 ms, 25 episodes 100 ms; then with reused buffers, the
-squared norms computed once per image and protonet's product as protos @ query^T: 96 ms (2 MB chunks), 53 ms
-(12 MB), 49 ms (24 MB). What is left is mostly copying the rows (about 300 MB for 600 episodes) and the
-products themselves, which the run's worker threads (thread_policy) share out chunk by chunk.
-
-The scores of a chunk are then scored as a whole (`score_chunk`), with the same numbers as
-`benchmark.runner.score_episode` (accuracy, macro-F1 as scikit-learn computes it, per-class accuracy), which
-costs about a millisecond per episode through scikit-learn and microseconds here.
+Chunks are sized so that the rows one chunk reads take about CHUNK_BYTES. The run's worker threads
+(thread_policy) compute whole chunks side by side, and the main thread scores each chunk as a whole
+(`score_chunk`), with the same numbers as `benchmark.runner.score_episode` (accuracy, macro-F1 as
+scikit-learn computes it, per-class accuracy): microseconds per episode here, a millisecond through
+scikit-learn.
 """
 from __future__ import annotations
 
-import inspect
-import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,9 +20,6 @@ import torch
 from tasks.episodes import EpisodeSet
 
 CHUNK_BYTES = 24 * 2**20
-
-_local = threading.local()
-_norms: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # id(features) -> (features, their squared norms)
 
 
 def supports_batches(method) -> bool:
@@ -51,55 +38,14 @@ def chunk_episodes(episodes: EpisodeSet, dim: int) -> int:
     return int(max(1, CHUNK_BYTES // per_episode))
 
 
-def _takes_query_sq(method) -> bool:
-    try:
-        return "query_sq" in inspect.signature(method.predict_batch).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def squared_norms(features: torch.Tensor) -> torch.Tensor:
-    """(n,) squared L2 norms of the rows, computed once per feature tensor."""
-    held = _norms.get(id(features))
-    if held is None or held[0]() is not features:
-        key = id(features)
-        held = _norms[key] = (weakref.ref(features, lambda _: _norms.pop(key, None)), (features**2).sum(-1))
-    return held[1]
-
-
-class Buffers:
-    """Gathered support and query rows, reused from chunk to chunk and from call to call (one set per thread):
-    a fresh multi-megabyte tensor is a fresh mapping of memory to fault in page by page, which took as long as
-    the gather itself per chunk, and about 25 ms per call (measured) when only the chunks shared them."""
-
-    def __init__(self):
-        self.support = self.query = None
-
-    def take(self, name: str, rows: int, dim: int) -> torch.Tensor:
-        held = getattr(self, name)
-        if held is None or held.shape[0] < rows or held.shape[1] != dim:
-            held = torch.empty(rows, dim)
-            setattr(self, name, held)
-        return held[:rows]
-
-
 @torch.inference_mode()
-def batch_scores(method, episodes: EpisodeSet, indices, buffers: Buffers | None = None) -> np.ndarray:
+def batch_scores(method, episodes: EpisodeSet, indices) -> np.ndarray:
     """(len(indices), n_query, n_way) scores for the chosen episodes, in one batched call."""
-    buffers = buffers or Buffers()
     idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    features = method.features
-    e, dim = len(idx), features.shape[1]
     support = torch.as_tensor(episodes.support).index_select(0, idx)
     query = torch.as_tensor(episodes.query).index_select(0, idx)
-    support_y = torch.arange(episodes.n_way).repeat_interleave(episodes.k_shot).expand(e, -1)
-    support_x = torch.index_select(features, 0, support.reshape(-1),
-                                   out=buffers.take("support", support.numel(), dim)).view(e, -1, dim)
-    query_x = torch.index_select(features, 0, query.reshape(-1),
-                                 out=buffers.take("query", query.numel(), dim)).view(e, -1, dim)
-    extra = {"query_sq": squared_norms(features)[query]} if _takes_query_sq(method) else {}
-    scores = method.predict_batch(support_x, support_y, query_x, episodes.n_way, **extra)
-    return scores.float().numpy().copy()  # nothing may point into the buffers
+    support_y = torch.arange(episodes.n_way).repeat_interleave(episodes.k_shot).expand(len(idx), -1)
+    return method.predict_batch(support, support_y, query, episodes.n_way).float().numpy()
 
 
 def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names) -> list[dict]:
@@ -143,7 +89,7 @@ def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_name
     took divided by its episodes (scoring them is not counted, as on the one-by-one path).
 
     With `workers` > 1 (default: thread_policy's worker count), that many threads compute whole chunks side by
-    side, each on one intra-op thread and its own buffers: a chunk's scores do not depend on which thread
+    side, each on one intra-op thread: a chunk's scores do not depend on which thread
     computed it, so the results are the same bits for any count."""
     from methods.features import inference_threads
 
@@ -152,10 +98,8 @@ def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_name
     chunks = [pending[start : start + size] for start in range(0, len(pending), size)]
 
     def timed_scores(chunk):
-        if not hasattr(_local, "buffers"):
-            _local.buffers = Buffers()
         started = clock()
-        scores = batch_scores(method, episodes, chunk, _local.buffers)
+        scores = batch_scores(method, episodes, chunk)
         return scores, (clock() - started) / len(chunk)
 
     if workers == 1 or len(chunks) == 1:

@@ -10,26 +10,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import Context, FeatureMethod
+from methods.base import Context
 from methods.cache import cache_key
+from methods.nearest_mean import NearestClassMean, neg_sq_distances
 from methods.registry import register_method
 from tasks.episodes import PoolIndex
 from tasks.errors import UserError
 
 
 def prototypes(x: torch.Tensor, y: torch.Tensor, n_way: int) -> torch.Tensor:
-    """(..., n_way, D) class means; x (..., n, D), y (..., n) in 0..n_way-1. Batched over leading dims."""
+    """(..., n_way, D) class means; x (..., n, D), y (..., n) in 0..n_way-1, batched over leading dims, as a
+    one-hot product (meta-training; episodes use nearest_mean.class_means)."""
     onehot = nn.functional.one_hot(y, n_way).to(x.dtype)  # (..., n, N)
     return onehot.transpose(-1, -2) @ x / onehot.sum(-2).unsqueeze(-1)
-
-
-def neg_sq_distances(query: torch.Tensor, protos: torch.Tensor, query_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., m, N) negative squared Euclidean distances, expanded for speed and batching. `query_sq` (..., m):
-    the queries' squared norms where the caller has them (benchmark/fastpath.py computes them once per image).
-    2 * (q @ p) equals (2 * q) @ p bit for bit (a power of two) without scaling every query row first."""
-    if query_sq is None:
-        query_sq = (query**2).sum(-1)
-    return 2 * (protos @ query.transpose(-1, -2)).transpose(-1, -2) - query_sq.unsqueeze(-1) - (protos**2).sum(-1).unsqueeze(-2)
 
 
 def train_embedding(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, n_way: int,
@@ -60,7 +53,7 @@ def train_embedding(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
 
 
 @register_method("protonet")
-class ProtoNet(FeatureMethod):
+class ProtoNet(NearestClassMean):
     description = "Nearest class mean of frozen features (squared Euclidean); metatrain=True adds base-pool episodic training"
 
     def __init__(self, metatrain: bool = False, steps: int = 2000, lr: float = 1e-4, train_way: int = 5,
@@ -92,14 +85,3 @@ class ProtoNet(FeatureMethod):
         self.embed.eval()
         with torch.inference_mode():
             self.features = self.embed(self.features)
-
-    def fit_features(self, x, y, n_way, rng):
-        self.protos = prototypes(x, y, n_way)
-
-    def predict_features(self, x):
-        return neg_sq_distances(x, self.protos)
-
-    def predict_batch(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
-                      n_way: int, query_sq: torch.Tensor | None = None) -> torch.Tensor:
-        """Many episodes at once: (E, n, D), (E, n), (E, m, D) -> (E, m, N) scores."""
-        return neg_sq_distances(query_x, prototypes(support_x, support_y, n_way), query_sq)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from methods.base import Context, FeatureMethod
-from methods.protonet import neg_sq_distances, prototypes
+from methods.base import Context
+from methods.nearest_mean import NearestClassMean
 from methods.registry import register_method
 
 NORMS = ("cl2n", "l2n", "un")
 
 
 @register_method("simpleshot")
-class SimpleShot(FeatureMethod):
+class SimpleShot(NearestClassMean):
     description = "SimpleShot: nearest class mean of frozen features centred on the base-pool mean and L2-normalised (CL2N)"
 
     def __init__(self, norm: str = "cl2n"):
@@ -36,15 +36,3 @@ class SimpleShot(FeatureMethod):
         if self.norm == "cl2n":
             x = x - self.base_mean
         return F.normalize(x, dim=-1) if self.norm in ("cl2n", "l2n") else x
-
-    def fit_features(self, x, y, n_way, rng):
-        self.protos = prototypes(x, y, n_way)
-
-    def predict_features(self, x):
-        return neg_sq_distances(x, self.protos)
-
-    def predict_batch(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
-                      n_way: int, query_sq: torch.Tensor | None = None) -> torch.Tensor:
-        """Many episodes at once, on rows of `self.features` (already transformed, as with protonet):
-        (E, n, D), (E, n), (E, m, D) -> (E, m, N) scores."""
-        return neg_sq_distances(query_x, prototypes(support_x, support_y, n_way), query_sq)

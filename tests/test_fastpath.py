@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from benchmark import fastpath
-from benchmark.fastpath import batch_scores, chunk_episodes, score_chunk, squared_norms, supports_batches
+from benchmark.fastpath import batch_scores, chunk_episodes, score_chunk, supports_batches
 from benchmark.results import read_results
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark, score_episode
 from methods.base import Context
 from methods.cache import Cache
+from methods.nearest_mean import class_means, gather_rows, squared_norms
 from methods.registry import create_method
 from test_sdft import make_tiny_task
 
@@ -48,6 +49,22 @@ def test_norms_computed_once_are_the_norms_of_gathered_rows():
     idx = torch.as_tensor(np.random.default_rng(0).integers(0, 300, (17, 45)))
     assert torch.equal(squared_norms(x)[idx], (x[idx] ** 2).sum(-1))
     assert squared_norms(x) is squared_norms(x)  # computed once per feature tensor
+    assert torch.equal(gather_rows(x, idx), x[idx])
+
+
+def test_class_means_from_the_matrix_equal_those_of_gathered_rows_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = torch.randn(300, 1280, generator=torch.Generator().manual_seed(1)) * 7
+    idx = torch.as_tensor(rng.integers(0, 300, (9, 11)))
+    y = torch.as_tensor(rng.integers(0, 4, (9, 11)))  # shuffled labels, unequal (and some empty) classes
+    batched = class_means(x, idx, y, 4)
+    for e in range(9):
+        one = class_means(x[idx[e]], torch.arange(11), y[e], 4)
+        assert torch.equal(batched[e], one)
+        for c in range(4):
+            rows = x[idx[e][y[e] == c]]
+            expected = rows.mean(0) if len(rows) else torch.zeros(1280)
+            torch.testing.assert_close(one[c], expected, rtol=1e-6, atol=1e-5)
 
 
 def test_chunk_scoring_equals_score_episode_on_random_and_tied_scores(tmp_path):

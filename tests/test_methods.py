@@ -207,9 +207,9 @@ def test_simpleshot_centres_on_the_base_pool_mean_and_batches(tiny, episodes):
     torch.testing.assert_close(method.base_mean, raw[task.base].mean(0))
     expected = F.normalize(raw - raw[task.base].mean(0), dim=-1)
     torch.testing.assert_close(method.features, expected)
-    support = torch.stack([method.features[ep.support_idx] for ep in episodes])
+    support = torch.stack([torch.from_numpy(ep.support_idx) for ep in episodes])
     support_y = torch.stack([torch.from_numpy(ep.support_y) for ep in episodes])
-    query = torch.stack([method.features[ep.query_idx] for ep in episodes])
+    query = torch.stack([torch.from_numpy(ep.query_idx) for ep in episodes])
     batched = method.predict_batch(support, support_y, query, WAYS).numpy()
     for i, ep in enumerate(episodes):
         np.testing.assert_allclose(batched[i], run(method, ep), rtol=1e-5, atol=1e-5)

@@ -39,3 +39,17 @@ def test_bench_perf_prints_one_table(tmp_path, capsys):
     assert "same accuracy as easyfsl in all 5 episodes" in out
     warm = next(row for row in rows if "warm start" in row)
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode
+
+
+def test_child_peak_memory_is_its_own_not_the_parents():
+    import os
+
+    import numpy as np
+
+    from benchmark.perf import bench_subprocess
+
+    held = np.ones(3 * 2**27)  # 3 GiB resident in this process, the parent
+    seconds, first, peak = bench_subprocess(["list"], dict(os.environ))
+    assert held[-1] == 1.0
+    assert 0 < peak < 2 * 2**30, f"child peak {peak / 2**30:.2f} GiB"  # bench list needs well under 2 GiB
+    assert first != first  # no episode ran: nan

@@ -242,3 +242,29 @@ def test_baseline_pp_scores_are_bounded_by_the_scale(tiny, episodes):
     method = make("baseline-pp", scale=4.0)
     method.prepare(ctx)
     assert np.abs(run(method, episodes[0])).max() <= 4.0 + 1e-5
+
+
+def test_finetune_chunked_support_passes_give_the_whole_batch_gradient(tiny, monkeypatch):
+    import methods.finetune
+
+    task, ctx = tiny
+    method = make("finetune")
+    method.prepare(ctx)
+    method.model.load_state_dict(method.initial_state)
+    method.model.eval()
+    method.head = nn.Linear(method.model.num_features, WAYS)
+    idx = task.target[:7]
+    batch = torch.from_numpy(method.images[idx])
+    y = torch.as_tensor(np.arange(7) % WAYS)
+
+    def gradients(chunk):
+        monkeypatch.setattr(methods.finetune, "TRAIN_CHUNK", chunk)
+        for p in [*method.model.parameters(), *method.head.parameters()]:
+            p.grad = None
+        method.backward(batch, y)
+        return [p.grad.clone() for p in [*method.model.parameters(), *method.head.parameters()]]
+
+    whole, chunked = gradients(100), gradients(3)  # one pass; passes of 3, 3 and 1 images
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(whole, chunked))  # three passes, not one

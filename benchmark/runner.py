@@ -179,8 +179,10 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFram
     cache = Cache(config.cache_dir)
     common = {"backbone": config.backbone, "image_size": config.image_size, "git_commit": git_commit(),
               "versions": versions()}
-    for spec, method in methods:
+    while methods:  # each method's prepared state (images, activations, models) goes before the next prepares
+        spec, method = methods.pop(0)
         run_method(task, spec, method, episode_sets, config, cache, common, out, progress)
+        del method
     frame = read_results(out)
     labels = [spec.label for spec in config.methods]
     manifests = [stream_id(e) for e in episode_sets.values()]

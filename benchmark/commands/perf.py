@@ -15,14 +15,21 @@ def add_parser(sub) -> None:
     p.add_argument("--extraction-images", type=positive_int("extraction-images"), default=512)
     p.add_argument("--warm-method", default="sdft")
     p.add_argument("--memory-method", action="append", default=None,
-                   help="methods of the measured full run (default: protonet, linear-probe, sdft)")
+                   help="methods of the measured full run (default: every built-in method)")
     p.add_argument("--memory-shots", default="1,5,10,20", help="shots of the measured full run")
-    p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=50,
-                   help="episodes per shots of the measured full run (memory peaks in prepare)")
+    p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=1,
+                   help="episodes per shots of the measured full run (memory peaks while a method prepares and "
+                        "in its first episode at the most shots; later episodes reuse that memory)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=positive_int("image-size"), default=128)
     add_common(p)
     p.set_defaults(handler=cmd_perf)
+
+
+def builtin_methods() -> list[str]:
+    from methods.registry import method_info, method_names
+
+    return [name for name in method_names() if method_info(name).origin == "marsfsl"]
 
 
 def cmd_perf(args) -> int:
@@ -36,7 +43,7 @@ def cmd_perf(args) -> int:
         figures = run_perf(args.task, Path(args.data_dir or default_data_dir()),
                            Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
                            args.extraction_images, args.warm_method,
-                           args.memory_method or ["protonet", "linear-probe", "sdft"], args.backbone,
+                           args.memory_method or builtin_methods(), args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes, log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
                         f"{args.episodes} of them, on cached features")

@@ -72,21 +72,28 @@ class Cache:
         atomic_write_bytes(path, data)
         atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
 
+    def _cached(self, kind: str, key: str, ext: str) -> bytes | None:
+        """The verified payload for key (a hit), or None if it is absent or corrupt (or the cache is off)."""
+        data = self._read_verified(self.path(kind, key, ext)) if self.enabled else None
+        if data is not None:
+            self.hits.append(f"{kind}/{key}")
+        return data
+
     def cached_array(self, kind: str, key: str) -> np.ndarray | None:
-        """The cached array for key, or None if it is absent or corrupt (counted as a hit when found)."""
-        data = self._read_verified(self.path(kind, key, "npy")) if self.enabled else None
-        if data is None:
-            return None
-        self.hits.append(f"{kind}/{key}")
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        """The cached array for key, or None if it is absent or corrupt."""
+        data = self._cached(kind, key, "npy")
+        return None if data is None else np.load(io.BytesIO(data), allow_pickle=False)
 
     def cached_state_dict(self, kind: str, key: str) -> dict | None:
         """The cached torch checkpoint for key, or None if it is absent or corrupt."""
-        data = self._read_verified(self.path(kind, key, "pt")) if self.enabled else None
-        if data is None:
-            return None
-        self.hits.append(f"{kind}/{key}")
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        data = self._cached(kind, key, "pt")
+        return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    def put_array(self, kind: str, key: str, value: np.ndarray) -> None:
+        if self.enabled:
+            buf = io.BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            self._write(self.path(kind, key, "npy"), buf.getvalue())
 
     def put_state_dict(self, kind: str, key: str, state: dict) -> None:
         if self.enabled:
@@ -97,14 +104,10 @@ class Cache:
     def array(self, kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached array for key, computing and storing it on a miss."""
         value = self.cached_array(kind, key)
-        if value is not None:
-            return value
-        self.misses.append(f"{kind}/{key}")
-        value = np.ascontiguousarray(compute())
-        if self.enabled:
-            buf = io.BytesIO()
-            np.save(buf, value, allow_pickle=False)
-            self._write(self.path(kind, key, "npy"), buf.getvalue())
+        if value is None:
+            self.misses.append(f"{kind}/{key}")
+            value = np.ascontiguousarray(compute())
+            self.put_array(kind, key, value)
         return value
 
     def state_dict(self, kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:

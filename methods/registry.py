@@ -77,6 +77,11 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+def builtin_method_names() -> list[str]:
+    """The methods this package registers itself (not plugins)."""
+    return [name for name in method_names() if _METHODS[name].origin == "marsfsl"]
+
+
 def method_info(name: str) -> MethodInfo:
     _ensure_loaded()
     if name not in _METHODS:

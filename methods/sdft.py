@@ -156,25 +156,27 @@ class SDFT(FewShotMethod):
                                  f"entering it are cached too ({key})" if self.use_step1 else
                                  f"{self.name}: the top and the activations entering it are cached ({key})")
         if top is None:
-            top, acts = self.cut_network(ctx, key)
+            top, acts = self.cut_network(ctx, source if self.use_step1 else None, key)
             if self.opts["top_blocks"] == 0:
-                ctx.cache.put_state_dict("sdft-top", key, top.state_dict())
-                top = head_top(top.state_dict())  # the same modules as on the warm path
+                state = top.state_dict()
+                ctx.cache.put_state_dict("sdft-top", key, state)
+                top = head_top(state)  # the same modules as on the warm path
         self.acts = torch.from_numpy(acts)
         self.top = top.eval()
         self.top_state = copy.deepcopy(top.state_dict())
         with torch.inference_mode():
             self.feature_dim = int(top(self.acts[:1]).flatten(1).shape[1])
 
-    def cut_network(self, ctx: Context, acts_key: str) -> tuple[nn.Module, np.ndarray]:
-        """(top, activations entering it for every image) of the step-1 network (step 0's without step 1)."""
+    def cut_network(self, ctx: Context, step1_key: str | None, acts_key: str) -> tuple[nn.Module, np.ndarray]:
+        """(top, activations entering it for every image) of the step-1 network cached under `step1_key` (trained
+        on a miss), or of step 0's without it."""
         images = functools.cache(ctx.images)  # decoded or loaded only if something below is not cached
         model = create_backbone(ctx.backbone, pretrained=True)
-        if self.use_step1:
+        if step1_key is not None:
             base_idx, base_labels = ctx.base_pool()
             base_classes, dense = np.unique(base_labels, return_inverse=True)
             model.reset_classifier(len(base_classes))
-            key = self.step1_key(ctx)
+            key = step1_key
 
             def compute():
                 ctx.progress.log(f"sdft step 1: fine-tuning {ctx.backbone} on {len(base_idx)} base images, "

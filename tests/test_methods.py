@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from benchmark.runner import score_episode
 from methods.maml import adapt
 from methods.progress import Progress
-from methods.registry import create_method, method_info, method_names
+from methods.registry import builtin_method_names, create_method
 from tests.fakes_methods import make_context, make_task
 
 # Small options that keep each built-in method fast on the tiny task (extend for new methods).
@@ -26,10 +26,6 @@ FAST_OPTIONS = {
 }
 WAYS, SHOTS, QUERIES, EPISODES = 4, 2, 3, 4
 MINE = ["baseline-pp", "simpleshot", "knn", "maml", "finetune"]
-
-
-def builtin_methods():
-    return [name for name in method_names() if method_info(name).origin == "marsfsl"]
 
 
 def make(name, **options):
@@ -62,7 +58,7 @@ def test_tiny_task_is_what_the_tests_assume(tiny, episodes):
         assert not set(groups[ep.support_idx]) & set(groups[ep.query_idx])
 
 
-@pytest.mark.parametrize("name", builtin_methods())
+@pytest.mark.parametrize("name", builtin_method_names())
 def test_every_builtin_method_beats_chance_with_well_formed_scores(name, tiny, episodes):
     task, ctx = tiny
     method = make(name)

@@ -26,24 +26,19 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=cmd_perf)
 
 
-def builtin_methods() -> list[str]:
-    from methods.registry import method_info, method_names
-
-    return [name for name in method_names() if method_info(name).origin == "marsfsl"]
-
-
 def cmd_perf(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from benchmark.console import console, stdout
     from benchmark.perf import run_perf
+    from methods.registry import builtin_method_names
 
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
         figures = run_perf(args.task, Path(args.data_dir or default_data_dir()),
                            Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
                            args.extraction_images, args.warm_method,
-                           args.memory_method or builtin_methods(), args.backbone,
+                           args.memory_method or builtin_method_names(), args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes, log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
                         f"{args.episodes} of them, on cached features")

@@ -36,66 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.mapping import WindowGrid, binary_scores, smooth, write_points
+from benchmark.mapping import binary_scores, smooth, write_points
+from tasks.datasets.ctx_murray import CLASSES, DATASET, RIM_BAND, TRAIN_X, load_ctx, window_truth
 from tasks.errors import UserError
-
-DATASET = "ctx-murray-craters"
-TILE = 1248
-TRAIN_X = TILE  # samples come from windows wholly left of this column, scores from windows wholly right of it
-CLASSES = ("crater", "non-crater")
-RIM_BAND = (0.8, 1.2)
-MIN_OVERLAP = 0.25
-
-
-def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(3744, 3744) uint8 scene stacked row by row from the 3 x 3 tiles, and (577, 4) crater boxes."""
-    from PIL import Image
-
-    root = Path(data_dir) / DATASET
-    if not root.is_dir():
-        raise UserError(f"{root} not found; set --data-dir or BENCH_DATA_DIR to the folder holding {DATASET}")
-    rows = []
-    for r in range(3):
-        row = []
-        for c in range(3):
-            path = root / "resized_CTX" / f"CTX{r}{c}_{TILE}.png"
-            try:
-                with Image.open(path) as img:
-                    row.append(np.asarray(img.convert("L"), dtype=np.uint8))
-            except FileNotFoundError:
-                raise UserError(f"CTX tile {path} is missing") from None
-            if row[-1].shape != (TILE, TILE):
-                raise UserError(f"CTX tile {path} is {row[-1].shape}, expected {TILE} x {TILE}")
-        rows.append(row)
-    boxes = np.loadtxt(root / "selected_craters_XY.txt", dtype=np.float64, ndmin=2)
-    if boxes.shape[1] != 4:
-        raise UserError(f"{root / 'selected_craters_XY.txt'} must hold x1 y1 x2 y2 per line")
-    return np.block(rows), boxes
-
-
-def window_truth(grid: WindowGrid, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(crater, ambiguous) bool per window, by the rule in the module docstring."""
-    w = grid.window
-    x0, y0 = (a.astype(np.float64) for a in grid.origins())
-    x1, y1 = x0 + w, y0 + w
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    diameter = ((boxes[:, 2] - boxes[:, 0]) + (boxes[:, 3] - boxes[:, 1])) / 2
-    comparable = (diameter >= w / 4) & (diameter <= w)
-    crater = np.zeros(grid.n, bool)
-    crater[grid.index_of(cx[comparable], cy[comparable])] = True
-    shows_part = np.zeros(grid.n, bool)
-    for (bx1, by1, bx2, by2), x, y, d in zip(boxes, cx, cy, diameter):
-        if d <= w:
-            overlap = (np.clip(np.minimum(x1, bx2) - np.maximum(x0, bx1), 0, None)
-                       * np.clip(np.minimum(y1, by2) - np.maximum(y0, by1), 0, None))
-            shows_part |= overlap >= MIN_OVERLAP * (bx2 - bx1) * (by2 - by1)
-        else:
-            r = d / 2
-            near = np.hypot(np.clip(x, x0, x1) - x, np.clip(y, y0, y1) - y)  # nearest point of the window
-            far = np.hypot(np.maximum(np.abs(x0 - x), np.abs(x1 - x)), np.maximum(np.abs(y0 - y), np.abs(y1 - y)))
-            holds_centre = (x0 <= x) & (x < x1) & (y0 <= y) & (y < y1)
-            shows_part |= holds_centre | ((near <= RIM_BAND[1] * r) & (far >= RIM_BAND[0] * r))
-    return crater, shows_part & ~crater
+from tasks.windows import WindowGrid
 
 
 def regions(grid: WindowGrid) -> tuple[np.ndarray, np.ndarray]:

@@ -11,11 +11,12 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.commands.map import SMOOTHERS as CLI_SMOOTHERS
-from benchmark.ctx_craters import regions, score_labels, window_truth
-from benchmark.mapping import (SMOOTHERS, ConcatImages, MapContext, WindowGrid, WindowImages, binary_scores,
-                               load_scene, map_scene, majority_filter, mrf_smooth, read_points, smooth,
-                               window_starts, write_points)
+from benchmark.ctx_craters import regions, score_labels
+from benchmark.mapping import (SMOOTHERS, ConcatImages, MapContext, WindowImages, binary_scores, load_scene,
+                               map_scene, majority_filter, mrf_smooth, read_points, smooth, write_points)
 from benchmark.runner import MethodSpec
+from tasks.datasets.ctx_murray import window_truth
+from tasks.windows import WindowGrid, window_starts
 from methods.cache import Cache
 from methods.features import load_image
 from tasks.errors import UserError

@@ -60,7 +60,8 @@ def cmd_map(args) -> int:
     import torch
 
     from benchmark.console import RichProgressReporter, console
-    from benchmark.mapping import WindowGrid, load_scene, map_scene, read_points
+    from benchmark.mapping import load_scene, map_scene, read_points
+    from tasks.windows import WindowGrid
     from benchmark.runner import MethodSpec
     from methods.backbones import check_backbone
     from methods.cache import Cache

@@ -21,7 +21,8 @@ CSV datasets (columns `path,label` and optionally `group,split`):
   (`Crater`, `crater`) are refused, since they are either one class spelled twice or two classes no reader
   can tell apart.
 - group (the source scene): surrounding spaces are stripped (notice); an empty group cell makes that image its
-  own scene, with a notice; without a group column every image is its own scene.
+  own scene, with a notice; without a group column every image is its own scene. Such a scene is named by
+  the image's path relative to the CSV's folder.
 - split (case-insensitive, surrounding spaces ignored): `base`/`target`, or `train`/`val`/`test` (base pool
   = train + val, target = test; notice). Any other value, an empty cell, a mix of the two vocabularies, or a
   column without a target (or a base) row is refused in one line listing the values found. Without a split
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.datasets.base import ImageTable, relative_paths, table_from_rows
+from tasks.datasets.base import ImageTable, table_from_rows
 from tasks.errors import UserError, notice
 from tasks.imageio import IMAGE_SUFFIXES
 
@@ -123,7 +124,8 @@ def load_csv(path: Path) -> ImageTable:
     classes = sorted(set(names))
     check_case(what, "labels", classes)
     labels = [classes.index(v) for v in names]
-    own = relative_paths(files)  # an image without a group is its own scene, named by its relative path
+    # an image without a group is its own scene, named by its path relative to the CSV's folder
+    own = [Path(os.path.relpath(f, path.parent)).as_posix() for f in files]
     if "group" in frame.columns:
         groups = clean_column(what, "group", list(frame["group"]), notices)
         blank = [i for i, g in enumerate(groups) if not g]
@@ -200,7 +202,7 @@ def check_scenes(what: str, groups) -> None:
     if n < folds:
         raise UserError(f"{what} has {n} scene(s) (groups; each image is its own without a group column), too few "
                         f"for the scene-disjoint base/target split, which needs {folds}; add images, or give a CSV "
-                        "with a split column of base/target")
+                        "with a split column (base/target or train/val/test)")
 
 
 PREFIX_LOADERS = {"folder": load_folder, "csv": load_csv}

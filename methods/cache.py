@@ -132,6 +132,20 @@ class Cache:
             torch.save(state, buf)
             self._write(self.path(kind, key, "pt"), buf.getvalue())
 
+    def note(self, kind: str, key: str) -> dict | None:
+        """A small JSON record kept beside the entries (e.g. how long a step took here), or None. Not counted as
+        a hit: notes inform the user, they never stand in for a computation."""
+        data = self._read_verified(self.path(kind, key, "json")) if self.enabled else None
+        try:
+            value = json.loads(data) if data is not None else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put_note(self, kind: str, key: str, value: dict) -> None:
+        if self.enabled:
+            self._write(self.path(kind, key, "json"), json.dumps(value, sort_keys=True).encode())
+
     def array(self, kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached array for key, computing and storing it on a miss."""
         value = self.cached_array(kind, key)

@@ -348,7 +348,7 @@ def test_csv_empty_groups_make_own_scenes_with_a_notice(tmp_path, capsys):
 
 
 def test_csv_missing_image_error_says_paths_are_relative_to_the_csv(tmp_path, monkeypatch):
-    csv = write_csv(tmp_path / "set", scenes())
+    write_csv(tmp_path / "set", scenes())
     (tmp_path / "set" / "img" / "dunes_0_0.png").unlink()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"relative paths are read relative to the CSV's folder .*/set\)"):

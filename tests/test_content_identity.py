@@ -151,3 +151,26 @@ def test_shipped_manifests_keep_their_names(real_data_dir):
             continue
         episodes = load_task(task_name, real_data_dir).episodes(5, shots, 15, 1, seed=0)
         assert (shipped / f"{task_name}-5w{shots}s15q-seed0-{stream_id(episodes)}.npz").is_file()
+
+
+def test_bench_run_resumes_across_spellings_of_one_folder(tmp_path, monkeypatch, capsys):
+    from benchmark.cli import main
+    from fakes_reliability import make_folder_dataset
+
+    make_folder_dataset(tmp_path / "fx" / "good")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.csv"
+
+    def run(spelling):
+        return main(["run", "--method", "simpleshot", "--task", spelling, "--shots", "1", "--ways", "3", "--queries",
+                     "2", "--episodes", "3", "--image-size", "32", "--quiet", "--data-dir", str(tmp_path),
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+
+    assert run("folder:fx/good") == 0
+    rows = out.read_text()
+    capsys.readouterr()
+    for spelling in ("folder:./fx/good/", f"folder:{tmp_path}/fx/good"):
+        assert run(spelling) == 0
+        assert "3 episodes already in" in capsys.readouterr().err
+    assert out.read_text() == rows  # nothing recomputed, nothing added
+    assert len(list((tmp_path / "manifests").iterdir())) == 1

@@ -380,3 +380,12 @@ def test_folder_class_names_equal_up_to_case_are_refused(tmp_path):
     root = folder_like(tmp_path / "mine", classes=("dunes", "Dunes", "plains"), per_class=6)
     with pytest.raises(UserError, match=r"class folders 'Dunes', 'dunes' differ only by case"):
         load_dataset(f"folder:{root}", tmp_path)
+
+
+def test_aid_skips_macos_debris(tmp_path):
+    data = aid_like(tmp_path)
+    base = next(p for p in (data / "aid-subset").rglob("*") if p.is_dir() and any(p.glob("*.jpg")))
+    write_image(base / "._resource-fork.jpg", 0)
+    write_image(base.parent / "__MACOSX" / "x.jpg", 0)
+    table = load_dataset("aid", data)
+    assert table.class_names == ("Airport", "Beach", "Desert") and len(table) == 9

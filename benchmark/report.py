@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.leaderboard import HEADERS, display_rows, leaderboard
-from benchmark.stats import class_accuracy, mean_ci
+from benchmark.stats import class_accuracy, mean_ci, pm
 from tasks.errors import UserError
 
 # A report page per task setting: the same task, ways, queries and seed at every shots value.
@@ -115,11 +115,8 @@ def _class_table(per_class: dict[int, pd.DataFrame]) -> str:
         body = []
         for entry, g in t.groupby("entry", sort=True):
             cells = g.set_index("class")
-            row = "".join(
-                f"<td>{100 * cells.at[c, 'accuracy']:.1f} ± {100 * cells.at[c, 'ci95']:.1f}</td>"
-                if c in cells.index and not math.isnan(cells.at[c, "ci95"]) else
-                (f"<td>{100 * cells.at[c, 'accuracy']:.1f}</td>" if c in cells.index else "<td>–</td>")
-                for c in classes)
+            row = "".join(f"<td>{pm(cells.at[c, 'accuracy'], cells.at[c, 'ci95'], digits=1)}</td>"
+                          if c in cells.index else "<td>–</td>" for c in classes)
             body.append(f"<tr><td>{html.escape(entry)}</td>{row}</tr>")
         parts.append(f'<table class="per-class"><caption>per-class accuracy %, {k}-shot (mean ± 95% CI over the '
                      f'episodes that include the class)</caption><thead><tr>{head}</tr></thead>'

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,20 +172,40 @@ class EpisodeSet:
         return h.hexdigest()[:16]
 
     def save(self, path: Path) -> None:
+        """Write the manifest atomically (a temporary file beside it, fsync, rename): a killed run or a full disk
+        leaves the old manifest or none, never a truncated one."""
         meta = dict(task=self.task, stream=self.stream, n_way=self.n_way, k_shot=self.k_shot,
                     n_query=self.n_query, seed=self.seed, digest=self.digest)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, classes=self.classes, support=self.support, query=self.query, meta=json.dumps(meta))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, classes=self.classes, support=self.support, query=self.query, meta=json.dumps(meta))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     @classmethod
     def load(cls, path: Path) -> "EpisodeSet":
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            digest = meta.pop("digest")
-            eps = cls(classes=z["classes"], support=z["support"], query=z["query"], **meta)
+        """The manifest at `path`; a one-line UserError naming it if it is truncated, damaged or not one."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                digest = meta.pop("digest")
+                eps = cls(classes=z["classes"], support=z["support"], query=z["query"], **meta)
+        except OSError as exc:
+            raise UserError(f"episode manifest {path} cannot be read ({exc.strerror or exc})") from None
+        except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, KeyError, TypeError: not a manifest
+            raise UserError(f"episode manifest {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
         if eps.digest != digest:
-            raise UserError(f"episode manifest {path} is corrupt (content hash mismatch); delete it to redraw")
+            raise UserError(f"episode manifest {path} is corrupt (content hash mismatch)")
         return eps
 
 

@@ -7,6 +7,7 @@ from benchmark import fastpath
 from benchmark.fastpath import batch_scores, chunk_episodes, score_chunk, supports_batches
 from benchmark.results import read_results
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark, score_episode
+from benchmark.scoring import ScoreError
 from methods.base import Context
 from methods.cache import Cache
 from methods.nearest_mean import class_means, gather_rows, squared_norms
@@ -77,10 +78,10 @@ def test_chunk_scoring_equals_score_episode_on_random_and_tied_scores(tmp_path):
     results = score_chunk(episodes, list(range(len(episodes))), scores, task.class_names)
     for i, episode in enumerate(episodes):
         assert results[i] == score_episode(episode, scores[i], task.class_names)
-    with pytest.raises(RuntimeError, match="shape"):
+    with pytest.raises(ScoreError, match="shape"):
         score_chunk(episodes, [0, 1], scores[:1], task.class_names)
     scores[0, 0, 0] = np.nan
-    with pytest.raises(RuntimeError, match="finite"):
+    with pytest.raises(ScoreError, match="finite"):
         score_chunk(episodes, [0], scores[:1], task.class_names)
 
 

@@ -120,11 +120,11 @@ def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def _entries(frame: pd.DataFrame) -> pd.Series:
-    """Display name per row: the method label, plus what differs where one label has rows under several
-    conditions (long values such as configs and data identities as a short hash)."""
+    """Display name per row: the method label, plus what differs where one label has rows of one task under
+    several conditions (long values such as configs and data identities as a short hash)."""
     conditions = list(EPISODES.conditions)
     names = pd.Series(frame["method"].to_numpy(), index=frame.index, dtype=object)
-    for method, g in frame.groupby("method", sort=False):
+    for (_, method), g in frame.groupby(["task", "method"], sort=False):
         variants = g[conditions].astype(str).drop_duplicates()
         if len(variants) < 2:
             continue

@@ -91,7 +91,7 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
             if failures is None or config.stop_on_failure:
                 raise
             failures.append(failure)
-            progress.log(f"error: {failure}")
+            progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
     frame = read_fixedk(out)
     keep = pd.Series(False, index=frame.index)
     for measurement, cond in keys:

@@ -259,7 +259,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
             if failures is None or config.stop_on_failure:
                 raise
             failures.append(failure)
-            progress.log(f"error: {failure}")
+            progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
         del mine
     frame = read_results(out)
     keep = pd.Series(False, index=frame.index)

@@ -22,18 +22,20 @@ class ScoreError(UserError):
     """A method returned scores that cannot be scored (wrong shape, NaN or infinite values)."""
 
 
-def check_scores(scores, expected: tuple[int, ...], what: str = "the method", axes: str = "") -> np.ndarray:
-    """`scores` as an array of shape `expected` with finite values, else a one-line ScoreError."""
+def check_scores(scores, expected: tuple[int, ...], what: str = "", axes: str = "") -> np.ndarray:
+    """`scores` as an array of shape `expected` with finite values, else a one-line ScoreError; `what` names
+    who returned them ("method x"), where the caller does not say it around the error."""
+    what = f"{what} returned" if what else "returned"
     scores = np.asarray(scores)
     if scores.shape != tuple(expected):
-        raise ScoreError(f"{what} returned scores of shape {tuple(scores.shape)}; expected {tuple(expected)}"
+        raise ScoreError(f"{what} scores of shape {tuple(scores.shape)}; expected {tuple(expected)}"
                          + (f" ({axes})" if axes else ""))
     if not np.issubdtype(scores.dtype, np.number):
-        raise ScoreError(f"{what} returned scores of type {scores.dtype}; expected numbers")
+        raise ScoreError(f"{what} scores of type {scores.dtype}; expected numbers")
     finite = np.isfinite(scores)
     if not finite.all():
         bad = scores[~finite]
-        raise ScoreError(f"{what} returned {bad.size} non-finite scores (e.g. {bad.flat[0]}); expected finite "
+        raise ScoreError(f"{what} {bad.size} non-finite scores (e.g. {bad.flat[0]}); expected finite "
                          "values")
     return scores
 
@@ -97,7 +99,7 @@ def split_labels(text: str) -> list[str]:
     return names
 
 
-def score_episodes(scores, truth: np.ndarray, classes: np.ndarray, class_names, what: str = "the method") -> list[dict]:
+def score_episodes(scores, truth: np.ndarray, classes: np.ndarray, class_names, what: str = "") -> list[dict]:
     """One results dict per episode (classes, accuracy, macro_f1, class_accuracy, n_query) for (E, m, N) scores,
     (E, m) true episode labels 0..N-1 and (E, N) dataset label ids of the episodes' classes."""
     truth = np.atleast_2d(np.asarray(truth))
@@ -125,13 +127,13 @@ def score_episodes(scores, truth: np.ndarray, classes: np.ndarray, class_names, 
             for c, a, f, r in zip(names, accuracy.tolist(), macro.tolist(), recall)]
 
 
-def score_episode(episode, scores, class_names, what: str = "the method") -> dict:
+def score_episode(episode, scores, class_names, what: str = "") -> dict:
     """score_episodes for one episode (an object with query_y and classes) and its (m, N) scores."""
     scores = check_scores(scores, (len(episode.query_y), len(episode.classes)), what, "queries x ways")
     return score_episodes(scores[None], episode.query_y[None], episode.classes[None], class_names, what)[0]
 
 
-def score_fixed_k(test_y: np.ndarray, scores, n_classes: int, what: str = "the method") -> dict:
+def score_fixed_k(test_y: np.ndarray, scores, n_classes: int, what: str = "") -> dict:
     """accuracy, weighted_f1 (as Mars-Bench reports), macro_f1 of (n_test, n_classes) scores."""
     test_y = np.asarray(test_y)
     scores = check_scores(scores, (len(test_y), n_classes), what, "test images x classes")

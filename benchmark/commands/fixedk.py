@@ -55,7 +55,8 @@ def cmd_fixedk(args) -> int:
     if len(rows):
         for table in fixedk_tables(args.task, summarize_over_seeds(rows)):
             printer.print(table)
-    console.print(f"results: {config.results_path()}  ({time.perf_counter() - started:.1f} s)", highlight=False)
+    if config.results_path().exists():
+        console.print(f"results: {config.results_path()}  ({time.perf_counter() - started:.1f} s)", highlight=False)
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     return FAILED if failures else 0

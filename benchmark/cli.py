@@ -89,8 +89,8 @@ def bounded_int(name: str, low: int, high: int | None = None):
 
 def seed_list(text: str, name: str = "seeds") -> list[int]:
     """argparse type: '0-9', '0,1,2' or a mix ('0-4,7'); integers from 0 to SEED_MAX, sorted, each once."""
-    bad = argparse.ArgumentTypeError(f"--{name} must be integers from 0 to {SEED_MAX} or ranges like 0-9, "
-                                     f"separated by commas, got {text!r}")
+    bad = argparse.ArgumentTypeError(f"--{name} must be non-negative integers or ranges like 0-9, separated by "
+                                     f"commas, each at most {SEED_MAX}, got {text!r}")
     seeds: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         first, dash, last = part.partition("-")

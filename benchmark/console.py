@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
@@ -46,3 +47,18 @@ def results_tables(summary: pd.DataFrame) -> list[Table]:
                           str(r["episodes"]), f"{r['seconds']:.1f}")
         tables.append(table)
     return tables
+
+
+def finish(results: Path, started: float, failures: list) -> int:
+    """The end of `bench run` / `bench fixedk`: where the rows are, then one line per method that failed; the
+    exit status (FAILED when a method failed)."""
+    import sys
+    import time
+
+    from benchmark.cli import FAILED
+
+    if results.exists():
+        console.print(f"results: {results}  ({time.perf_counter() - started:.1f} s)", highlight=False)
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return FAILED if failures else 0

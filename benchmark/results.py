@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import UserError
+from tasks.files import atomic_write_bytes
 
 SEED_RANGE = (0, 2**63 - 1)  # numpy seeds every generator from it; pandas and CSV readers hold it as int64
 
@@ -299,26 +300,6 @@ def append_rows(path: Path, rows: list[dict], schema: Schema = EPISODES) -> None
             raise UserError(f"results file {path} is not writable ({exc.strerror}); choose another with --out") from None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` at once: a temporary file beside it, fsync, rename. A crash leaves the old
-    file or the new one, never a part of either."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def matching(frame: pd.DataFrame, key: dict) -> pd.Series:
     """Rows whose columns equal `key`'s values, compared as text (the file's own representation)."""
     mask = pd.Series(True, index=frame.index)
@@ -414,7 +395,7 @@ def set_aside(path: Path, schema: Schema, measurements: list[dict]) -> int:
                 f.write(text(moved, new))
                 f.flush()
                 os.fsync(f.fileno())
-            write_atomically(path, text(kept, True).encode())
+            atomic_write_bytes(path, text(kept, True).encode())
         except OSError as exc:
             raise UserError(f"cannot set rows of {path} aside into {aside} ({exc.strerror})") from None
     return len(moved)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tasks.errors import UserError
+from tasks.files import atomic_write
 
 SAMPLER_VERSION = 1
 PARTITION_RESTARTS = 40
@@ -176,21 +175,8 @@ class EpisodeSet:
         leaves the old manifest or none, never a truncated one."""
         meta = dict(task=self.task, stream=self.stream, n_way=self.n_way, k_shot=self.k_shot,
                     n_query=self.n_query, seed=self.seed, digest=self.digest)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, classes=self.classes, support=self.support, query=self.query, meta=json.dumps(meta))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(Path(path), lambda f: np.savez(f, classes=self.classes, support=self.support, query=self.query,
+                                                   meta=json.dumps(meta)))
 
     @classmethod
     def load(cls, path: Path) -> "EpisodeSet":

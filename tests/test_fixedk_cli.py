@@ -170,3 +170,22 @@ def test_a_bench_run_results_file_is_refused(dirs, tmp_path, capsys):
     assert bench_fixedk(dirs, out) == 2
     assert "incompatible version" in capsys.readouterr().err
     assert out.read_text() == ",".join(RUN_COLUMNS) + "\n"
+
+
+def test_rows_at_another_image_size_or_from_other_code_are_not_this_runs(dirs, tmp_path, capsys):
+    out = tmp_path / "fk.csv"
+    assert bench_fixedk(dirs, out, methods=["protonet"], shots="1", seeds="0-1") == 0
+    assert bench_fixedk(dirs, out, "--image-size", "16", methods=["protonet"], shots="1", seeds="0-1") == 2
+    err = capsys.readouterr().err
+    assert "2 rows of protonet 1-shot" in err and "at image size 32, this run uses 16" in err
+    rows = read_rows(out)
+    for r in rows:
+        r["git_commit"] = "0123456789ab"
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert bench_fixedk(dirs, out, methods=["protonet"], shots="1", seeds="0-1") == 2
+    assert "made by other code" in capsys.readouterr().err
+    assert bench_fixedk(dirs, out, "--fresh", methods=["protonet"], shots="1", seeds="0-1") == 0
+    assert {r["git_commit"] for r in read_rows(out)} != {"0123456789ab"} and len(read_rows(out)) == 2

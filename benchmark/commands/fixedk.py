@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from benchmark.cli import DEFAULTS, FAILED, add_benchmark_options, benchmark_config, seed_list
+from benchmark.cli import DEFAULTS, add_benchmark_options, benchmark_config, seed_list
 
 
 def add_parser(sub) -> None:
@@ -35,12 +35,10 @@ def fixedk_tables(task: str, summary):
 
 
 def cmd_fixedk(args) -> int:
-    import sys
-
     import torch
     from rich.console import Console
 
-    from benchmark.console import RichProgressReporter, console, stdout
+    from benchmark.console import RichProgressReporter, finish, stdout
     from benchmark.fixedk import FixedKConfig, run_fixedk_benchmark, summarize_over_seeds
     from methods.backbones import check_backbone
     from methods.features import thread_policy
@@ -55,8 +53,4 @@ def cmd_fixedk(args) -> int:
     if len(rows):
         for table in fixedk_tables(args.task, summarize_over_seeds(rows)):
             printer.print(table)
-    if config.results_path().exists():
-        console.print(f"results: {config.results_path()}  ({time.perf_counter() - started:.1f} s)", highlight=False)
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
-    return FAILED if failures else 0
+    return finish(config.results_path(), started, failures)

@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
 
 def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, refresh_data: bool = False) -> str:
     """Migrate one file in place (under its lock); returns what was done, in a few words."""
-    from benchmark.results import COLUMNS, COLUMNS_V1, EPISODES, locked, read_results, write_atomically
+    from benchmark.results import COLUMNS, COLUMNS_V1, EPISODES, locked, read_results
+    from tasks.files import atomic_write_bytes
     from benchmark.runner import preprocessing_id
     from tasks.errors import UserError
     from tasks.registry import load_task
@@ -70,7 +71,7 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        write_atomically(path, buf.getvalue().encode())
+        atomic_write_bytes(path, buf.getvalue().encode())
     read_results(path)  # the migrated file is a valid one
     what = "refreshed the data identity of" if header == COLUMNS else "migrated from schema 1:"
     return f"{what} {len(rows)} rows ({', '.join(f'{t}: data {d}' for t, d in identities.items())})"

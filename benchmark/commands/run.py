@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from benchmark.cli import DEFAULTS, FAILED, SEED_MAX, add_benchmark_options, benchmark_config, bounded_int, \
+from benchmark.cli import DEFAULTS, SEED_MAX, add_benchmark_options, benchmark_config, bounded_int, \
     positive_int
 
 MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count must not hang the run
@@ -24,11 +24,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    import sys
-
     import torch
 
-    from benchmark.console import RichProgressReporter, console, results_tables, stdout
+    from benchmark.console import RichProgressReporter, finish, results_tables, stdout
     from benchmark.runner import RunConfig, run_benchmark
     from benchmark.stats import summarize_episodes
     from methods.backbones import check_backbone
@@ -44,8 +42,4 @@ def cmd_run(args) -> int:
     if len(rows):
         for table in results_tables(summarize_episodes(rows)):
             stdout.print(table)
-    if config.results_path().exists():
-        console.print(f"results: {config.results_path()}  ({time.perf_counter() - started:.1f} s)", highlight=False)
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
-    return FAILED if failures else 0
+    return finish(config.results_path(), started, failures)

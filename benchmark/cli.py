@@ -20,8 +20,8 @@ class Defaults:
 
     task: str = "hirise-regions"
     shots: tuple[int, ...] = (1, 5, 10, 20)
-    ways: int = 5
-    queries: int = 15
+    n_way: int = 5
+    n_query: int = 15
     episodes: int = 600
     backbone: str = "efficientnet_lite0"
     image_size: int = 128
@@ -113,17 +113,22 @@ def seed_list(text: str, name: str = "seeds") -> list[int]:
 IMAGE_SIZES = (16, 1024)  # decoded images are held in memory: (n, 3, S, S) bytes
 
 
+def add_task_options(p: argparse.ArgumentParser, task_help: str = "") -> None:
+    """--task, --backbone, --image-size: what every command that runs methods on a task's images takes."""
+    p.add_argument("--task", default=DEFAULTS.task, help=f"{task_help} (default: {DEFAULTS.task})".strip())
+    p.add_argument("--backbone", default=DEFAULTS.backbone, help=f"(default: {DEFAULTS.backbone})")
+    p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=DEFAULTS.image_size,
+                   help=f"(default: {DEFAULTS.image_size})")
+
+
 def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     """The options `bench run` and `bench fixedk` share (methods, task, shots, features, results policy)."""
     p.add_argument("--method", action="append", required=True, metavar="NAME[:key=value,...]",
                    help="method to run (repeat for several)")
-    p.add_argument("--task", default=DEFAULTS.task, help=f"(default: {DEFAULTS.task})")
+    add_task_options(p)
     p.add_argument("--shots", type=int_list, default=list(DEFAULTS.shots),
                    help=f"labelled images per class, e.g. {','.join(map(str, DEFAULTS.shots))} (the default)")
     p.add_argument("--out", default=None, help=f"results CSV (default: {out_default})")
-    p.add_argument("--backbone", default=DEFAULTS.backbone, help=f"(default: {DEFAULTS.backbone})")
-    p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=DEFAULTS.image_size,
-                   help=f"(default: {DEFAULTS.image_size})")
     p.add_argument("--fresh", action="store_true",
                    help="set the results file's rows of these methods and shots aside (into NAME.set-aside.csv) "
                         "and compute them anew")

@@ -92,8 +92,8 @@ class BenchConfig:
 
 @dataclass
 class RunConfig(BenchConfig):
-    ways: int = DEFAULTS.ways
-    queries: int = DEFAULTS.queries
+    n_way: int = DEFAULTS.n_way
+    n_query: int = DEFAULTS.n_query
     episodes: int = DEFAULTS.episodes
     seed: int = 0
 
@@ -213,8 +213,8 @@ def plan_run(out: Path, task: Task, methods, episode_sets: dict[int, EpisodeSet]
     for spec, method in methods:
         cond = conditions(task, config, method)
         for k, episodes in episode_sets.items():
-            measurement = {"task": task.name, "method": spec.label, "shots": k, "ways": config.ways,
-                           "queries": config.queries, "manifest": stream_id(episodes)}
+            measurement = {"task": task.name, "method": spec.label, "shots": k, "ways": config.n_way,
+                           "queries": config.n_query, "manifest": stream_id(episodes)}
             keys.append((spec, method, k, measurement, cond))
     if config.fresh:
         moved = set_aside(out, EPISODES, [m for *_, m, _ in keys])
@@ -239,7 +239,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     the other methods still run."""
     task = load_task(config.task, config.data_dir)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
-    episode_sets = {k: task.episodes(config.ways, k, config.queries, config.episodes, config.seed)
+    episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
     out = config.results_path()
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work

@@ -90,7 +90,7 @@ def test_harness_rows_are_the_same_on_both_paths(tmp_path, monkeypatch):
 
     def run(out):
         config = RunConfig(methods=[MethodSpec("protonet"), MethodSpec("simpleshot")], task=f"folder:{tmp_path / 'data'}",
-                           shots=[1, 2], ways=3, queries=2, episodes=25, data_dir=tmp_path,
+                           shots=[1, 2], n_way=3, n_query=2, episodes=25, data_dir=tmp_path,
                            cache_dir=tmp_path / "cache", out=out, image_size=32)
         run_benchmark(config)
         return read_results(out).drop(columns=["seconds", "timestamp"]).sort_values(["method", "shots", "episode"])

@@ -12,8 +12,8 @@ MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count m
 def add_parser(sub) -> None:
     run = sub.add_parser("run", help="run methods on shared episodes and append results")
     add_benchmark_options(run, f"{DEFAULTS.runs}/<task>.csv")
-    run.add_argument("--ways", type=positive_int("ways"), default=DEFAULTS.ways)
-    run.add_argument("--queries", type=positive_int("queries"), default=DEFAULTS.queries)
+    run.add_argument("--ways", type=positive_int("ways"), default=DEFAULTS.n_way)
+    run.add_argument("--queries", type=positive_int("queries"), default=DEFAULTS.n_query)
     run.add_argument("--episodes", type=bounded_int("episodes", 1, MAX_EPISODES), default=DEFAULTS.episodes)
     run.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=0)
     run.add_argument("--threads", type=positive_int("threads"), default=None,
@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     from methods.features import thread_policy
 
     check_backbone(args.backbone)  # before any work, not when the first method prepares
-    config = RunConfig(**benchmark_config(args), ways=args.ways, queries=args.queries, episodes=args.episodes,
+    config = RunConfig(**benchmark_config(args), n_way=args.ways, n_query=args.queries, episodes=args.episodes,
                        seed=args.seed)
     started = time.perf_counter()
     failures: list = []

@@ -69,8 +69,8 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     out = config.results_path()
     check_results_path(out, FIXED_K)
     commit = git_commit()
-    keys = [({"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k},
-             conditions(task, config, method)) for spec, method in methods for k in config.shots]
+    keys = [({"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k}, cond)
+            for (spec, _), cond in zip(methods, conditions(task, config, [m for _, m in methods])) for k in config.shots]
     if config.fresh:
         moved = set_aside(out, FIXED_K, [m for m, _ in keys])
         if moved:

@@ -167,11 +167,13 @@ def source_id(task: Task) -> str:
     return source
 
 
-def conditions(task: Task, config: BenchConfig, method) -> dict:
-    """What determines a row besides what was asked for (see benchmark/results.Schema)."""
-    return {"source": source_id(task), "data": task.fingerprint(), "method_version": method_version(method),
-            "config": method_config(method), "backbone": config.backbone, "image_size": config.image_size,
-            "preprocessing": preprocessing_id()}
+def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
+    """What determines the rows of each method besides what was asked for (see benchmark/results.Schema). The
+    data identity is computed once per run."""
+    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": config.backbone,
+              "image_size": config.image_size, "preprocessing": preprocessing_id()}
+    return [{**shared, "method_version": method_version(method), "config": method_config(method)}
+            for method in methods]
 
 
 def method_version(method) -> int:
@@ -210,8 +212,7 @@ def plan_run(out: Path, task: Task, methods, episode_sets: dict[int, EpisodeSet]
     """Before any work: which rows of the results file this run takes as done (see results.reusable_units);
     with `config.fresh`, the file's rows of these measurements are set aside first."""
     keys = []
-    for spec, method in methods:
-        cond = conditions(task, config, method)
+    for (spec, method), cond in zip(methods, conditions(task, config, [m for _, m in methods])):
         for k, episodes in episode_sets.items():
             measurement = {"task": task.name, "method": spec.label, "shots": k, "ways": config.n_way,
                            "queries": config.n_query, "manifest": stream_id(episodes)}

@@ -19,7 +19,6 @@ import csv
 import glob
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import pandas as pd

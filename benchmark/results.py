@@ -1,4 +1,8 @@
-"""Per-episode result rows in append-only CSV files, written under an exclusive file lock.
+"""Result rows in append-only CSV files, written under an exclusive file lock; one Schema object per table.
+
+A Schema (columns, key, version, what a valid row holds) serves the episode rows of `bench run` (EPISODES),
+the fixed-K rows (benchmark/fixedk.FIXED_K) and any other table that needs the same lock, checks and reuse
+rules. Every file is checked when read (Schema.check: one line naming file, line and column).
 
 Rows are appended in small batches, each as one write followed by fsync, so a killed run leaves only whole
 rows and a resumed run redoes just the episodes whose rows are missing. A row whose key is already in the
@@ -15,8 +19,8 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -24,7 +28,7 @@ import pandas as pd
 from tasks.errors import UserError
 from tasks.files import atomic_write_bytes
 
-SEED_RANGE = (0, 2**63 - 1)  # numpy seeds every generator from it; pandas and CSV readers hold it as int64
+SEED_RANGE = (0, 2**63 - 1)  # as the CLI accepts (benchmark.cli.SEED_MAX): pandas holds seeds as int64
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from methods.base import Context
 from methods.cache import Cache
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.episodes import Episode, EpisodeSet
+from tasks.episodes import EpisodeSet
 from tasks.errors import UserError
 from tasks.registry import Task, load_task
 

@@ -25,10 +25,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from benchmark.cli import SEED_MAX
 from tasks.errors import UserError
 from tasks.files import atomic_write_bytes
 
-SEED_RANGE = (0, 2**63 - 1)  # as the CLI accepts (benchmark.cli.SEED_MAX): pandas holds seeds as int64
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Schema:
                 fail(bad, column, "not a number of seconds")
             frame[column] = values.astype(float)
         for column, low in self.counts.items():
-            high = SEED_RANGE[1] if column == "seed" else 2**31 - 1
+            high = SEED_MAX if column == "seed" else 2**31 - 1
             values = []
             for i, text in enumerate(frame[column].tolist()):
                 try:

@@ -140,8 +140,9 @@ def test_more_ways_than_eligible_classes(folder, tmp_path, capsys):
       for value in ("0", "-1", "1,0", "five", "1;5", ",")],
     *[("--episodes", value, f"--episodes must be an integer from 1 to 100000, got '{value}'")
       for value in ("0", "-5", "many", "1e3", "100001")],
-    ("--seed", "-1", "--seed must be an integer >= 0, got '-1'"),
-    ("--seed", "x", "--seed must be an integer >= 0, got 'x'"),
+    ("--seed", "-1", "--seed must be an integer from 0 to 9223372036854775807, got '-1'"),
+    ("--seed", "x", "--seed must be an integer from 0 to 9223372036854775807, got 'x'"),
+    ("--seed", str(2**70), f"--seed must be an integer from 0 to 9223372036854775807, got '{2**70}'"),
     ("--image-size", "100000", "--image-size must be an integer from 16 to 1024, got '100000'"),
     ("--image-size", "0", "--image-size must be an integer from 16 to 1024, got '0'"),
     ("--threads", "0", "--threads must be a positive integer, got '0'"),

@@ -1,8 +1,9 @@
-"""Vectorised episodes: a frozen-feature method with `predict_batch` answers many episodes per tensor op.
+"""Vectorised episodes: a method that declares the batched protocol answers many episodes per tensor op.
 
-`predict_batch(support_idx (E, n), support_y (E, n), query_idx (E, m), n_way) -> (E, m, N)` takes rows of
-`method.features` by index, as fit and predict do, and must give the scores that fit + predict give for each
-episode alone (tests/test_fastpath.py checks it); methods/nearest_mean.py is how protonet and simpleshot do it.
+A `methods.base.BatchedMethod` has `predict_batch(support_idx (E, n), support_y (E, n), query_idx (E, m),
+n_way) -> (E, m, N)`, which takes rows by index, as fit and predict do, and must give the scores that fit +
+predict give for each episode alone (tests/test_fastpath.py checks it); methods/nearest_mean.py is how
+protonet and simpleshot do it. The harness asks the class, never inspects how its fit is written.
 
 Chunks are sized so that the rows one chunk reads take about CHUNK_BYTES. The run's worker threads
 (thread_policy) compute whole chunks side by side, and the main thread scores each chunk as a whole
@@ -17,23 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from methods.base import BatchedMethod
 from tasks.episodes import EpisodeSet
 
 CHUNK_BYTES = 24 * 2**20
 
 
 def supports_batches(method) -> bool:
-    """A frozen-feature method with predict_batch whose fit/predict are FeatureMethod's own (so that its
-    per-episode answer is fit_features + predict_features on rows of method.features, as predict_batch's)."""
-    from methods.base import FeatureMethod
-
-    return (callable(getattr(method, "predict_batch", None)) and isinstance(method, FeatureMethod)
-            and isinstance(getattr(method, "features", None), torch.Tensor)
-            and type(method).fit is FeatureMethod.fit and type(method).predict is FeatureMethod.predict)
+    """Whether the method's class declares the batched protocol (methods.base.BatchedMethod)."""
+    return isinstance(method, BatchedMethod)
 
 
 def chunk_episodes(episodes: EpisodeSet, dim: int) -> int:
-    """Episodes per chunk for rows of `dim` float32 features."""
+    """Episodes per chunk for rows of `dim` float32 values."""
     per_episode = (episodes.support.shape[1] + episodes.query.shape[1]) * dim * 4
     return int(max(1, CHUNK_BYTES // per_episode))
 
@@ -94,7 +91,7 @@ def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_name
     from methods.features import inference_threads
 
     workers = max(1, int(workers or inference_threads() or 1))
-    size = chunk_episodes(episodes, method.features.shape[1])
+    size = chunk_episodes(episodes, method.batch_row_floats())
     chunks = [pending[start : start + size] for start in range(0, len(pending), size)]
 
     def timed_scores(chunk):

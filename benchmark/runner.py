@@ -235,7 +235,8 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
         episode = episodes.episode(i)
         rng = np.random.default_rng([seed, k, i, 7919])
         started = time.perf_counter()
-        method.fit(episode.support_idx, episode.support_y, episode.n_way, rng)
-        scores = method.predict(episode.query_idx)
+        # copies: what a method does to its arguments never reaches the episode set or the scoring
+        method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng)
+        scores = method.predict(episode.query_idx.copy())
         seconds = time.perf_counter() - started
         yield i, score_episode(episode, scores, class_names), seconds

@@ -77,10 +77,9 @@ def expand_init(params: dict, n_way: int) -> dict:
     return {**params, weight: params[weight][units], bias: params[bias][units]}
 
 
-def meta_train(head: nn.Module, x_all: torch.Tensor, labels: np.ndarray, groups: np.ndarray, pool: np.ndarray,
-               opts: dict, rng: np.random.Generator, log=lambda message: None) -> dict:
-    """Meta-learn the head's initialisation on base-pool episodes; returns its state dict."""
-    index = PoolIndex(labels, groups, pool)
+def meta_train(head: nn.Module, x_all: torch.Tensor, index: PoolIndex, opts: dict, rng: np.random.Generator,
+               log=lambda message: None) -> dict:
+    """Meta-learn the head's initialisation on episodes of the base pool (`index`); returns its state dict."""
     eligible = index.eligible(opts["train_shots"], opts["train_queries"])
     n_way = opts["train_way"]
     if len(eligible) < n_way:
@@ -130,7 +129,7 @@ class MAML(FeatureMethod):
 
     def cache_key(self, ctx: Context) -> str:
         meta = {k: v for k, v in self.opts.items() if k != "test_steps"}  # test_steps does not change training
-        return cache_key("maml", MAML_VERSION, ctx.task.fingerprint(), ctx.features_key(), meta, ctx.seed)
+        return cache_key("maml", MAML_VERSION, ctx.task_key, ctx.features_key(), meta, ctx.seed)
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
@@ -150,9 +149,7 @@ class MAML(FeatureMethod):
                     bound = 1 / p.shape[-1] ** 0.5 if p.ndim == 2 else 0.0
                     p.uniform_(-bound, bound, generator=gen) if bound else p.zero_()
             ctx.progress.log(f"maml: meta-training the head on base-pool episodes (cached as {key})")
-            table = ctx.task.table
-            return meta_train(self.head, self.features, table.labels, table.groups, ctx.task.base, self.opts, rng,
-                              ctx.progress.log)
+            return meta_train(self.head, self.features, ctx.base_episodes(), self.opts, rng, ctx.progress.log)
 
         self.init, self.cached = ctx.cache.state_dict("maml", key, compute)
         if self.cached:

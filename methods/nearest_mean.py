@@ -21,7 +21,7 @@ import weakref
 import torch
 from torch.nn import functional as F
 
-from methods.base import FeatureMethod
+from methods.base import BatchedMethod
 
 _local = threading.local()
 _norms: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # id(features) -> (features, their squared norms)
@@ -68,7 +68,7 @@ def gather_rows(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.view(*idx.shape, features.shape[1])
 
 
-class NearestClassMean(FeatureMethod):
+class NearestClassMean(BatchedMethod):
     """Scores = negative squared distances from the query rows to the support rows' class means."""
 
     def fit_features(self, x, y, n_way, rng):

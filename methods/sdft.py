@@ -123,6 +123,7 @@ class SDFT(FewShotMethod):
     consumes = "images"
     use_step1 = True
     head = "cosine"
+    option_defaults = {**STEP1_DEFAULTS, **STEP2_DEFAULTS}  # its **options: the registry checks their types
 
     def __init__(self, **options):
         unknown = set(options) - set(STEP1_DEFAULTS) - set(STEP2_DEFAULTS)
@@ -138,7 +139,7 @@ class SDFT(FewShotMethod):
 
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
-        return cache_key("sdft-step1", STEP1_VERSION, ctx.task.fingerprint(), ctx.base_images_key(), ctx.backbone,
+        return cache_key("sdft-step1", STEP1_VERSION, ctx.task_key, ctx.base_images_key(), ctx.backbone,
                          weights_digest(ctx.backbone), step1, ctx.seed)
 
     def prepare(self, ctx: Context) -> None:
@@ -182,7 +183,7 @@ class SDFT(FewShotMethod):
                 ctx.progress.log(f"sdft step 1: fine-tuning {ctx.backbone} on {len(base_idx)} base images, "
                                  f"{len(base_classes)} classes (cached as {key})")
                 state, _ = train_step1(model, images()[base_idx], dense.astype(np.int64),
-                                       ctx.task.table.groups[base_idx], self.opts, ctx.seed, ctx.progress.log)
+                                       ctx.base_groups(), self.opts, ctx.seed, ctx.progress.log)
                 return state
 
             state, cached = ctx.cache.state_dict("sdft-step1", key, compute)

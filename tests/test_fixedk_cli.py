@@ -12,7 +12,8 @@ from benchmark.stats import mean_ci
 from fakes import domars16k_like
 from methods.cache import Cache
 from methods.registry import create_method
-from tasks.protocols import PROTOCOL_VERSION, run_fixed_k
+from benchmark.fixedk import run_fixed_k
+from tasks.protocols import PROTOCOL_VERSION
 from tasks.registry import load_task
 
 METHODS = ["protonet", "simpleshot"]

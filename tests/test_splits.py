@@ -9,7 +9,8 @@ from methods.cache import Cache
 from methods.registry import create_method
 from tasks.datasets import load_dataset
 from tasks.errors import UserError
-from tasks.protocols import fixed_k_pools, fixed_k_sets, protocol_base, run_fixed_k
+from benchmark.fixedk import run_fixed_k
+from tasks.protocols import fixed_k_pools, fixed_k_sets, protocol_base
 from tasks.registry import load_task, region_task
 from tasks.splits import class_split, scene_split
 
@@ -107,7 +108,7 @@ class AlwaysFirstClass(FewShotMethod):
 
     def prepare(self, ctx):
         super().prepare(ctx)
-        self.base = ctx.task.base.copy()
+        self.base, _ = ctx.base_pool()
 
     def fit(self, support_idx, support_y, n_way, rng):
         self.n_way = n_way

@@ -134,7 +134,7 @@ def convert_option(method: str, option: str, value, kind: type | None):
     elif not isinstance(value, bool):  # a text option: whatever was written, as text
         converted = str(value)
     if converted is None:
-        raise UserError(f"method {method}: option {option} must be {wanted}, got {value!r}")
+        raise UserError(f"bad option for method {method} ({option}={value}): {option} must be {wanted}")
     return converted
 
 

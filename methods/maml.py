@@ -19,10 +19,8 @@ fit: the head starts from the meta-learned initialisation and takes `test_steps`
 
 `tied=True` (default) meta-learns a single output row (weight and bias) shared by every class, as
 UNICORN-MAML does (Ye & Chao, ICLR 2022): episode classes land on output units in arbitrary order, so a
-per-unit initialisation can only learn noise, and any N works at test time. Measured on hirise-regions
-(5-way 5-shot, 60 episodes, 200 meta-steps): tied 65.4%, untied 61.2%, no meta-training (1 meta-step) 64.5%;
-with the defaults, 100 episodes: 65.1 +- 1.3% against 64.2 +- 1.2% for 1 meta-step, so on this task the
-meta-learned initialisation adds little over plain SGD on standardised features.
+per-unit initialisation can only learn noise, and any N works at test time (docs/method-notes.md compares
+tied, untied and no meta-training).
 With `tied=False`, an episode with more classes than `train_way` reuses units cyclically (unit c % train_way).
 """
 from __future__ import annotations

@@ -48,18 +48,15 @@ STEP1_DEFAULTS = dict(
 )
 STEP2_DEFAULTS = dict(
     # The "top" fine-tuned in step 2: the final 1x1 convolution (conv_head) and its batch norm, plus the last
-    # `top_blocks` MBConv stages. Measured on hirise-regions (40 episodes, 5-shot): top_blocks=1 gave 75.9%
-    # at 0.52 s/episode, top_blocks=0 75.6% at 0.17 s/episode, so 0 is the default.
+    # `top_blocks` MBConv stages. 0: an episode costs a third of top_blocks=1's time for accuracy within
+    # noise of it (README, "SDFT defaults and why", has the figures), and activations entering conv_head
+    # can be cached once per image.
     top_blocks=0,
-    steps=20,  # full-batch Adam steps on the support set (15 and 30 steps were within noise of each other)
+    steps=20,  # full-batch Adam steps on the support set; fewer or more were within noise (README)
     lr_top=1e-4,  # "low learning rate" for the backbone's top
     lr_head=1e-3,
     scale=10.0,  # initial cosine scale, learnable
 )
-
-
-def _standardise(images_uint8: torch.Tensor) -> torch.Tensor:
-    return (images_uint8.float() / 255.0 - 0.5) / 0.5
 
 
 def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

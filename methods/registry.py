@@ -138,23 +138,25 @@ def convert_option(method: str, option: str, value, kind: type | None):
     return converted
 
 
-_CONFIGS: dict[int, tuple] = {}  # id(method) -> (weak or strong reference to it, its recorded config)
+# id(method) -> its recorded config. Only ids: a method must not reach the other methods of a run through this
+# module (it could change their options before they run). The entry goes when its method is freed, before
+# the id can be reused.
+_CONFIGS: dict[int, dict] = {}
 
 
 def _remember(method, config: dict) -> None:
-    key = id(method)
     try:
-        held = weakref.ref(method, lambda _: _CONFIGS.pop(key, None))
-    except TypeError:  # not weak-referenceable: held for the process's life
-        held = (lambda m: lambda: m)(method)
-    _CONFIGS[key] = (held, config)
+        weakref.finalize(method, _CONFIGS.pop, id(method), None)
+    except TypeError:  # not weak-referenceable: no entry, so that no other object can inherit its id's config
+        return
+    _CONFIGS[id(method)] = config
 
 
 def recorded_config(method) -> dict:
     """The config create_method recorded for `method`; for one built directly, its constructor defaults."""
     held = _CONFIGS.get(id(method))
-    if held is not None and held[0]() is method:
-        return dict(held[1])
+    if held is not None:
+        return dict(held)
     defaults = option_defaults(type(method)) or {}
     return {k: v for k, v in defaults.items() if v is not inspect.Parameter.empty}
 

@@ -186,6 +186,11 @@ class Vandal(FeatureMethod):
                 setattr(ctx, name, None)
             except (AttributeError, TypeError):
                 pass
+        # the run's other methods, where this package's globals lead to them: break their options
+        for _, obj in list(walk({"self": self, "ctx.__class__": type(ctx), "self.__class__": FeatureMethod})):
+            if isinstance(obj, FewShotMethod) and obj is not self:
+                for name in list(vars(obj)):
+                    setattr(obj, name, None)
 
     def fit(self, support_idx, support_y, n_way, rng):
         self.n_way = n_way

@@ -35,14 +35,35 @@ def chunk_episodes(episodes: EpisodeSet, dim: int) -> int:
     return int(max(1, CHUNK_BYTES // per_episode))
 
 
+def in_row_order(query_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the query's rows in ascending row order along the last axis, the order that sorts them).
+
+    The sampler lays a query out class by class: a method that saw that order could answer from positions
+    alone. Rows in table order say nothing of their classes that the rows themselves do not."""
+    order = np.argsort(query_idx, axis=-1, kind="stable")
+    return np.take_along_axis(query_idx, order, -1), order
+
+
+def in_query_order(scores, order: np.ndarray):
+    """Scores answered for in_row_order's rows, put back in the episode's query order (as given where their
+    shape does not fit: scoring then names the problem)."""
+    scores = np.asarray(scores)
+    if scores.shape[: order.ndim] != order.shape or scores.ndim != order.ndim + 1:
+        return scores
+    out = np.empty_like(scores)
+    np.put_along_axis(out, order[..., None], scores, axis=order.ndim - 1)
+    return out
+
+
 @torch.inference_mode()
 def batch_scores(method, episodes: EpisodeSet, indices) -> np.ndarray:
     """(len(indices), n_query, n_way) scores for the chosen episodes, in one batched call."""
-    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    support = torch.as_tensor(episodes.support).index_select(0, idx)
-    query = torch.as_tensor(episodes.query).index_select(0, idx)
+    idx = np.asarray(indices, dtype=np.int64)
+    support = torch.from_numpy(episodes.support[idx])
+    query, order = in_row_order(episodes.query[idx])
     support_y = torch.arange(episodes.n_way).repeat_interleave(episodes.k_shot).expand(len(idx), -1)
-    return method.predict_batch(support, support_y, query, episodes.n_way).float().numpy()
+    scores = method.predict_batch(support, support_y, torch.from_numpy(query), episodes.n_way).float().numpy()
+    return in_query_order(scores, order)
 
 
 def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names) -> list[dict]:

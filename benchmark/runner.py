@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from benchmark import __version__
-from benchmark.fastpath import chunked_results, supports_batches
+from benchmark.fastpath import chunked_results, in_query_order, in_row_order, supports_batches
 from benchmark.results import SCHEMA_VERSION, append_rows, check_results_path, done_episodes, read_results
 from methods.base import Context
 from methods.cache import Cache
@@ -237,6 +237,7 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
         started = time.perf_counter()
         # copies: what a method does to its arguments never reaches the episode set or the scoring
         method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng)
-        scores = method.predict(episode.query_idx.copy())
+        query, order = in_row_order(episode.query_idx)
+        scores = in_query_order(method.predict(query), order)
         seconds = time.perf_counter() - started
         yield i, score_episode(episode, scores, class_names), seconds

@@ -6,7 +6,9 @@
 - a plugin that writes into every array it can reach from what it is handed and reassigns attributes: the
   rows of the methods after it are those of a run without it;
 - a plugin that rewrites the support labels it is given and answers "class 0" everywhere: it is scored as
-  such (the harness's truth is its own).
+  such (the harness's truth is its own);
+- a plugin that answers from the query's layout alone (the sampler orders it class by class): the harness
+  presents the query in row order, so positions say nothing.
 Walking interpreter frames or the garbage collector, and re-reading the dataset from disk, are out of scope
 for in-process plugins (docs/adding-a-method.md).
 """
@@ -217,13 +219,24 @@ class Echo(FewShotMethod):
         return scores
 
 
+class Positions(FewShotMethod):
+    """Answers from the query's layout alone: the i-th of every n_query / n_way rows is class i."""
+
+    def fit(self, support_idx, support_y, n_way, rng):
+        self.n_way = n_way
+
+    def predict(self, query_idx):
+        position = np.arange(len(query_idx)) * self.n_way // len(query_idx)
+        return np.eye(self.n_way, dtype=np.float32)[position]
+
+
 class HonestZero(Echo):
     def fit(self, support_idx, support_y, n_way, rng):
         self.n_way = n_way
 
 
 for _name, _cls in (("test-walker", Walker), ("test-vandal", Vandal), ("test-echo", Echo),
-                    ("test-zero", HonestZero)):
+                    ("test-zero", HonestZero), ("test-positions", Positions)):
     register_method(_name)(_cls)
 
 N_CLASSES, GROUPS, BASE_GROUPS, PER_GROUP, SIZE = 3, 6, 4, 3, 32
@@ -302,6 +315,13 @@ def test_rewriting_the_support_labels_does_not_change_the_scoring(csv_task, tmp_
     assert len(echo) == 4 and echo["accuracy"].tolist() == pytest.approx([1 / N_CLASSES] * 4)
     assert echo[["accuracy", "macro_f1", "class_accuracy"]].reset_index(drop=True).equals(
         zero[["accuracy", "macro_f1", "class_accuracy"]].reset_index(drop=True))
+
+
+def test_the_query_layout_does_not_give_its_classes_away(csv_task, tmp_path):
+    rows = run(csv_task, tmp_path, ["test-positions", "simpleshot"], "positions.csv", episodes=8)
+    positions, simpleshot = rows[rows["method"] == "test-positions"], rows[rows["method"] == "simpleshot"]
+    assert simpleshot["accuracy"].mean() > 0.9  # the classes are easy; positions alone must not be
+    assert positions["accuracy"].mean() < 0.7
 
 
 def test_the_context_holds_no_task_and_hands_out_copies(csv_task, tmp_path):

@@ -319,7 +319,7 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
     Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, timings)."""
     n_way = len(points.class_names)
     started = time.perf_counter()
-    method.fit(ctx.window_indices(points.windows), points.labels, n_way, rng)
+    method.fit(ctx.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
     fitted = time.perf_counter()
     probs = np.empty((ctx.grid.n, n_way), np.float32)
     with progress.task(f"classifying {ctx.grid.n} windows", ctx.grid.n) as advance:

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from methods.backbones import DEFAULT_BACKBONE
-from methods.cache import Cache, cache_key
-from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array
+from methods.cache import Cache
+from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array, images_key
 from methods.progress import SILENT, Progress
 from methods.registry import recorded_config
 from tasks.datasets import ImageTable
@@ -39,11 +39,12 @@ class RowFiles(ImageTable):
 
     @classmethod
     def of(cls, table: ImageTable) -> "RowFiles":
-        paths = table.paths
+        paths = np.array(table.paths, dtype=object)  # a copy: nothing leads back to the table's frame
         frame = pd.DataFrame({"path": paths, "label": np.full(len(paths), -1, np.int64), "group": "", "split": ""})
-        return cls(table.name, frame, (), table.fingerprint(), table.identity())
+        return cls(name=table.name, frame=frame, class_names=(), table_fingerprint=table.fingerprint(),
+                   table_identity=table.identity())
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, cache_dir=None) -> str:
         return self.table_fingerprint
 
     def identity(self) -> str:
@@ -99,7 +100,7 @@ class Context:
 
     def images_key(self) -> str:
         """Identifies what ctx.images() returns: methods put it in the keys of caches derived from images."""
-        return cache_key("images", self._rows.fingerprint(), self.image_size)
+        return images_key(self._rows, self.image_size)
 
     def base_images_key(self) -> str:
         """Identifies the base pool's images; what is trained on the base pool alone (SDFT's step 1) keys on

@@ -6,33 +6,10 @@ import importlib
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.defaults import DEFAULTS, MAX_SEEDS, SEED_MAX  # noqa: F401  (commands take them from here)
 from tasks.errors import UserError
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """The defaults every command shares (the methods' own defaults, methods.backbones.DEFAULT_BACKBONE and
-    methods.features.DEFAULT_IMAGE_SIZE, equal these: tests/test_cli_basics.py checks it without importing torch
-    here)."""
-
-    task: str = "hirise-regions"
-    shots: tuple[int, ...] = (1, 5, 10, 20)
-    n_way: int = 5
-    n_query: int = 15
-    episodes: int = 600
-    backbone: str = "efficientnet_lite0"
-    image_size: int = 128
-    # A user's runs go here, the reference results that ship with the project stay in results/
-    runs: Path = Path("runs")
-    reference: Path = Path("results")
-
-
-DEFAULTS = Defaults()
-SEED_MAX = 2**63 - 1  # numpy seeds any size, but results files and pandas hold seeds as int64
-MAX_SEEDS = 10_000  # seeds are listed before any work: a mistyped range must not run for days
 
 
 class ArgumentError(UserError):

@@ -1,8 +1,9 @@
-"""Vectorised episodes: a frozen-feature method with `predict_batch` answers many episodes per tensor op.
+"""Vectorised episodes: a method that declares the batched protocol answers many episodes per tensor op.
 
-`predict_batch(support_idx (E, n), support_y (E, n), query_idx (E, m), n_way) -> (E, m, N)` takes rows of
-`method.features` by index, as fit and predict do, and must give the scores that fit + predict give for each
-episode alone (tests/test_fastpath.py checks it); methods/nearest_mean.py is how protonet and simpleshot do it.
+A `methods.base.BatchedMethod` has `predict_batch(support_idx (E, n), support_y (E, n), query_idx (E, m),
+n_way) -> (E, m, N)`, which takes rows by index, as fit and predict do, and must give the scores that fit +
+predict give for each episode alone (tests/test_fastpath.py checks it); methods/nearest_mean.py is how
+protonet and simpleshot do it. The harness asks the class, never inspects how its fit is written.
 
 Chunks are sized so that the rows one chunk reads take about CHUNK_BYTES. The run's worker threads
 (thread_policy) compute whole chunks side by side, and the main thread scores each chunk as a whole
@@ -16,35 +17,52 @@ import numpy as np
 import torch
 
 from benchmark.scoring import score_episodes
+from methods.base import BatchedMethod
 from tasks.episodes import EpisodeSet
 
 CHUNK_BYTES = 24 * 2**20
 
 
 def supports_batches(method) -> bool:
-    """A frozen-feature method with predict_batch whose fit/predict are FeatureMethod's own (so that its
-    per-episode answer is fit_features + predict_features on rows of method.features, as predict_batch's)."""
-    from methods.base import FeatureMethod
-
-    return (callable(getattr(method, "predict_batch", None)) and isinstance(method, FeatureMethod)
-            and isinstance(getattr(method, "features", None), torch.Tensor)
-            and type(method).fit is FeatureMethod.fit and type(method).predict is FeatureMethod.predict)
+    """Whether the method's class declares the batched protocol (methods.base.BatchedMethod)."""
+    return isinstance(method, BatchedMethod)
 
 
 def chunk_episodes(episodes: EpisodeSet, dim: int) -> int:
-    """Episodes per chunk for rows of `dim` float32 features."""
+    """Episodes per chunk for rows of `dim` float32 values."""
     per_episode = (episodes.support.shape[1] + episodes.query.shape[1]) * dim * 4
     return int(max(1, CHUNK_BYTES // per_episode))
+
+
+def in_row_order(query_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the query's rows in ascending row order along the last axis, the order that sorts them).
+
+    The sampler lays a query out class by class: a method that saw that order could answer from positions
+    alone. Rows in table order say nothing of their classes that the rows themselves do not."""
+    order = np.argsort(query_idx, axis=-1, kind="stable")
+    return np.take_along_axis(query_idx, order, -1), order
+
+
+def in_query_order(scores, order: np.ndarray):
+    """Scores answered for in_row_order's rows, put back in the episode's query order (as given where their
+    shape does not fit: scoring then names the problem)."""
+    scores = np.asarray(scores)
+    if scores.shape[: order.ndim] != order.shape or scores.ndim != order.ndim + 1:
+        return scores
+    out = np.empty_like(scores)
+    np.put_along_axis(out, order[..., None], scores, axis=order.ndim - 1)
+    return out
 
 
 @torch.inference_mode()
 def batch_scores(method, episodes: EpisodeSet, indices) -> np.ndarray:
     """(len(indices), n_query, n_way) scores for the chosen episodes, in one batched call."""
-    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    support = torch.as_tensor(episodes.support).index_select(0, idx)
-    query = torch.as_tensor(episodes.query).index_select(0, idx)
+    idx = np.asarray(indices, dtype=np.int64)
+    support = torch.from_numpy(episodes.support[idx])
+    query, order = in_row_order(episodes.query[idx])
     support_y = torch.arange(episodes.n_way).repeat_interleave(episodes.k_shot).expand(len(idx), -1)
-    return method.predict_batch(support, support_y, query, episodes.n_way).float().numpy()
+    scores = method.predict_batch(support, support_y, torch.from_numpy(query), episodes.n_way).float().numpy()
+    return in_query_order(scores, order)
 
 
 def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names, what: str = "the method") -> list[dict]:
@@ -65,7 +83,7 @@ def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_name
     from methods.features import inference_threads
 
     workers = max(1, int(workers or inference_threads() or 1))
-    size = chunk_episodes(episodes, method.features.shape[1])
+    size = chunk_episodes(episodes, method.batch_row_floats())
     chunks = [pending[start : start + size] for start in range(0, len(pending), size)]
 
     def timed_scores(chunk):

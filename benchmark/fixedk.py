@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmark.results import Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
@@ -20,10 +21,13 @@ from benchmark.results import Schema, append_rows, check_results_path, locked_if
 from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, git_commit, versions
 from benchmark.scoring import MethodFailed, score_fixed_k
 from benchmark.stats import summarize
+from methods.backbones import DEFAULT_BACKBONE
+from methods.base import Context
 from methods.cache import Cache
+from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.protocols import PROTOCOL_VERSION, fixed_k_sets, run_fixed_k
+from tasks.protocols import DRAW_TAG, PROTOCOL_VERSION, FixedKPools, fixed_k_pools, fixed_k_sets, protocol_base
 from tasks.registry import Task, load_task
 
 FIXED_K = Schema(
@@ -41,6 +45,7 @@ FIXED_K = Schema(
 SCHEMA_VERSION = FIXED_K.version
 COLUMNS = list(FIXED_K.columns)
 KEY = FIXED_K.key
+PREDICT_CHUNK = 4096  # test images per predict call
 
 
 @dataclass
@@ -54,10 +59,39 @@ def read_fixedk(path: Path) -> pd.DataFrame:
     return read_results(path, FIXED_K)
 
 
-def check_shots_feasible(task: Task, shots: list[int]) -> None:
+def check_shots_feasible(task: Task, shots: list[int], pools: FixedKPools | None = None) -> None:
     """Too many shots for a class fails here, before any method is prepared (no draws are made)."""
     for k in shots:
-        fixed_k_sets(task, k, seeds=[])
+        fixed_k_sets(task, k, seeds=[], pools=pools)
+
+
+def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
+                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None) -> list[dict]:
+    """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
+    pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds.
+
+    The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the
+    test pool, so that nothing it pre-trains on is drawn or scored. `pools`: fixed_k_pools(task) where the
+    caller has them.
+    """
+    pools = pools or fixed_k_pools(task)
+    sets = fixed_k_sets(task, k, seeds, pools)
+    view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
+                pools.test)
+    method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
+                           progress or SILENT))
+    n_classes = len(pools.classes)
+    rows = []
+    for seed, s in zip(seeds, sets):
+        started = time.perf_counter()
+        # copies: what a method does to its arguments never reaches the draw or the scoring
+        method.fit(s.train_idx.copy(), s.train_y.copy(), n_classes,
+                   np.random.default_rng([int(seed), int(k), DRAW_TAG, 1]))
+        scores = np.concatenate([method.predict(s.test_idx[i:i + PREDICT_CHUNK].copy())
+                                 for i in range(0, len(s.test_idx), PREDICT_CHUNK)])
+        rows.append({"seed": int(seed), "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
+                     **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6)})
+    return rows
 
 
 def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
@@ -65,7 +99,8 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     method raises MethodFailed, or with a `failures` list is appended there while the others run."""
     task = load_task(config.task, config.data_dir)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
-    check_shots_feasible(task, config.shots)
+    pools = fixed_k_pools(task)  # once for every method and shots
+    check_shots_feasible(task, config.shots, pools)
     out = config.results_path()
     check_results_path(out, FIXED_K)
     commit = git_commit()
@@ -86,7 +121,7 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
         try:
             for (measurement, cond), seeds_done in plans[m * len(config.shots):(m + 1) * len(config.shots)]:
                 run_pending_seeds(task, spec, method, measurement["shots"], {**measurement, **cond}, seeds_done,
-                                  config, cache, provenance, out, progress)
+                                  config, cache, provenance, out, progress, pools)
         except MethodFailed as failure:
             if failures is None or config.stop_on_failure:
                 raise
@@ -101,7 +136,8 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
 
 
 def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, done: set[int], config: FixedKConfig,
-                      cache: Cache, provenance: dict, out: Path, progress: Progress) -> None:
+                      cache: Cache, provenance: dict, out: Path, progress: Progress,
+                      pools: FixedKPools | None = None) -> None:
     pending = [s for s in config.seeds if s not in done]
     if done:
         progress.log(f"{spec.label} {k}-shot: {seeds(len(done))} already in {out}, {len(pending)} to run")
@@ -110,7 +146,7 @@ def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, d
     started = time.perf_counter()
     with blamed(spec.label, "the fixed-K protocol", f" at {k} shots"):
         results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress,
-                              score=score_fixed_k)
+                              pools=pools)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [{"schema": SCHEMA_VERSION, **key, **result, **provenance, "timestamp": timestamp} for result in results]
     append_rows(out, rows, FIXED_K)

@@ -29,8 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from methods.base import Context
 from methods.backbones import weights_digest
 from methods.cache import cache_key
-from methods.features import (NUMERICS_VERSION, PREPROCESSING_VERSION, feature_extractor, frozen_features,
-                              image_array, run_model)
+from methods.features import NUMERICS_VERSION, PREPROCESSING_VERSION, feature_extractor, run_model
 from methods.progress import SILENT, Progress
 from tasks.errors import UserError, closest
 from tasks.windows import WindowGrid
@@ -263,7 +262,7 @@ class MapContext(Context):
 
     @property
     def n_base(self) -> int:
-        return len(self.task.table)
+        return self.n_rows
 
     def window_indices(self, windows=None) -> np.ndarray:
         windows = np.arange(self.grid.n) if windows is None else np.asarray(windows)
@@ -288,15 +287,13 @@ class MapContext(Context):
         return self.cache.array("map-features", key, compute)
 
     def features(self) -> np.ndarray:
-        base = frozen_features(self.task.table, self.cache, self.backbone, self.image_size, self.progress)
-        return np.concatenate([base, self.window_features()])
+        return np.concatenate([super().features(), self.window_features()])
 
     def features_key(self) -> str:
         return cache_key("map-features", super().features_key(), *self._scene_key())
 
     def images(self) -> ConcatImages:
-        base = image_array(self.task.table, self.image_size, self.cache, self.progress)
-        return ConcatImages(base, self.window_images())
+        return ConcatImages(super().images(), self.window_images())
 
     def images_key(self) -> str:
         return cache_key("map-images", super().images_key(), *self._scene_key())
@@ -322,7 +319,7 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
     Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, timings)."""
     n_way = len(points.class_names)
     started = time.perf_counter()
-    method.fit(ctx.window_indices(points.windows), points.labels, n_way, rng)
+    method.fit(ctx.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
     fitted = time.perf_counter()
     probs = np.empty((ctx.grid.n, n_way), np.float32)
     with progress.task(f"classifying {ctx.grid.n} windows", ctx.grid.n) as advance:

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.cli import DEFAULTS
+from benchmark.defaults import DEFAULTS
 from benchmark.runner import episode_results
 from methods.base import Context
 from methods.cache import Cache
@@ -26,7 +27,7 @@ from methods.features import decode_images, feature_extractor, run_model, thread
 from methods.backbones import normalize
 from methods.registry import create_method
 from tasks.errors import UserError
-from tasks.registry import load_task
+from tasks.registry import Task, load_task
 
 
 @dataclass
@@ -177,7 +178,7 @@ def bench_subprocess(args: list[str], env: dict) -> tuple[float, float, int]:
     return seconds, first, int(notes.get("PEAK_RSS_KB", 0)) * 1024
 
 
-def episode_figures(ctx: Context, features: torch.Tensor, eps, warm_eps, repeats: int = 3) -> list[Figure]:
+def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_eps, repeats: int = 3) -> list[Figure]:
     """Each side runs `repeats` times, interleaved (easyfsl, then ours, again), and keeps its best rate: on a
     shared machine the best of a few runs is the least disturbed one, for both sides alike. Every timed run
     directly follows an untimed one of the same side on the first episodes (`warm_eps`), so that each is timed
@@ -189,19 +190,19 @@ def episode_figures(ctx: Context, features: torch.Tensor, eps, warm_eps, repeats
     methods = {}
     for name in ("protonet", "simpleshot", "linear-probe"):
         methods[name] = create_method(name)
-        methods[name].prepare(ctx)
+        methods[name].prepare(dataclasses.replace(ctx, task=task))  # each method its own sealed view
     easy_rates, rates, accuracies = [], {name: [] for name in methods}, {}
     sides = ["easyfsl", *methods]
     for r in range(repeats):
         for side in (sides if r % 2 == 0 else sides[::-1]):  # who follows whom changes from round to round
             if side == "easyfsl":  # on one thread and on all cores: it keeps the faster
                 for threads in (1, os.cpu_count() or 1):
-                    easyfsl_throughput(features, ctx.task.table.labels, warm_eps, threads)
-                    rate, easy_acc = easyfsl_throughput(features, ctx.task.table.labels, eps, threads)
+                    easyfsl_throughput(features, task.table.labels, warm_eps, threads)
+                    rate, easy_acc = easyfsl_throughput(features, task.table.labels, eps, threads)
                     easy_rates.append((rate, threads))
             else:
-                harness_throughput(methods[side], warm_eps, ctx.task.class_names)
-                rate, accuracies[side] = harness_throughput(methods[side], eps, ctx.task.class_names)
+                harness_throughput(methods[side], warm_eps, task.class_names)
+                rate, accuracies[side] = harness_throughput(methods[side], eps, task.class_names)
                 rates[side].append(rate)
     easy_rate, easy_threads = max(easy_rates)
     figures = []
@@ -229,7 +230,7 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
 
     log(f"episode throughput over {episodes} episodes ...")
     with thread_policy(os.cpu_count() or 1):  # both sides under the threading that `bench run` uses
-        figures = episode_figures(ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
+        figures = episode_figures(task, ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
 
     log(f"feature extraction of {extraction_images} images ...")
     suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone)

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from benchmark.cli import SEED_MAX
+from benchmark.defaults import SEED_MAX
 from tasks.errors import UserError
 from tasks.files import atomic_write_bytes
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark import __version__
-from benchmark.cli import DEFAULTS
-from benchmark.fastpath import chunked_results, supports_batches
+from benchmark.defaults import DEFAULTS
+from benchmark.fastpath import chunked_results, in_query_order, in_row_order, supports_batches
 from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_results_path, locked_if_present, \
     matching, read_results, reusable_units, set_aside, set_aside_path
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
@@ -343,10 +343,12 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
         episode = episodes.episode(i)
         rng = np.random.default_rng([seed, k, i, 7919])
         started = time.perf_counter()
+        # copies: what a method does to its arguments never reaches the episode set or the scoring
         with blamed(label, "fit", f" on episode {i}"):
-            method.fit(episode.support_idx, episode.support_y, episode.n_way, rng)
+            method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng)
         with blamed(label, "predict", f" on episode {i}"):
-            scores = method.predict(episode.query_idx)
+            query, order = in_row_order(episode.query_idx)
+            scores = in_query_order(method.predict(query), order)
             seconds = time.perf_counter() - started
             result = score_episode(episode, scores, class_names)
         yield i, result, seconds

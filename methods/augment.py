@@ -9,6 +9,23 @@ import torch
 from torch.nn import functional as F
 
 
+def flip_turn(img: torch.Tensor, flip_lr: bool, flip_ud: bool, turns: int) -> torch.Tensor:
+    """One element of the dihedral group applied to a (C, S, S) image: mirror, flip, then quarter turns."""
+    if flip_lr:
+        img = img.flip(-1)
+    if flip_ud:
+        img = img.flip(-2)
+    return torch.rot90(img, int(turns), dims=(-2, -1))
+
+
+def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image of (B, C, S, S) mirrored or not and turned by 0-3 quarter turns (all 8 elements of the
+    dihedral group), drawn from `gen`."""
+    flips = torch.rand(len(x), generator=gen) < 0.5
+    turns = torch.randint(0, 4, (len(x),), generator=gen)
+    return torch.stack([flip_turn(img, bool(f), False, int(t)) for img, f, t in zip(x, flips, turns)])
+
+
 def augment_batch(x: torch.Tensor, gen: torch.Generator, min_crop: float = 0.8, brightness: float = 0.2) -> torch.Tensor:
     """x: (B, 3, S, S) float in [0, 1] -> augmented copy, same shape."""
     b, _, size, _ = x.shape
@@ -26,10 +43,6 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, min_crop: float = 0.8, 
         img = img[:, top : top + crop, left : left + crop]
         if crop != size:
             img = F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-        if flips[i, 0]:
-            img = img.flip(-1)
-        if flips[i, 1]:
-            img = img.flip(-2)
-        img = torch.rot90(img, int(turns[i]), dims=(-2, -1))
+        img = flip_turn(img, bool(flips[i, 0]), bool(flips[i, 1]), int(turns[i]))
         out[i] = (img * gains[i]).clamp_(0, 1)
     return out

@@ -11,10 +11,7 @@ task this mismatch alone (at lr 0) drops accuracy to chance. `freeze_bn=False` g
 The query is predicted with model.eval() under torch.inference_mode, in batches.
 
 Defaults: 15 steps, backbone lr 1e-4 ("low"), head lr 1e-3. Cost grows linearly with shots x steps: a 5-way
-5-shot episode trains on 15 x 25 = 375 image passes at 128 px: 7-15 s at the 25-55 training images/s of 2 idle
-CPU cores (an estimate); measured on the shared, loaded 2-core development machine: 20 s per episode
-(hirise-regions, 5 episodes: 70.9 +- 10.6% with frozen batch-norm statistics, 63.7 +- 4.0% with
-freeze_bn=False; too few episodes to rank the two).
+5-shot episode trains on 15 x 25 = 375 image passes (docs/method-notes.md has measured times).
 """
 from __future__ import annotations
 
@@ -25,19 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from methods.augment import dihedral
 from methods.backbones import create_backbone, normalize
 from methods.base import Context, FewShotMethod, torch_generator
 from methods.registry import register_method
 
 TRAIN_CHUNK = 25  # support images per forward-backward pass when batch norm is frozen (5-way 5-shot: one pass)
-
-
-def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each image of (B, C, S, S) under one of the 8 flips/rotations, drawn from `gen`."""
-    flips = torch.rand(len(x), generator=gen) < 0.5
-    turns = torch.randint(0, 4, (len(x),), generator=gen)
-    return torch.stack([torch.rot90(img.flip(-1) if f else img, int(t), dims=(-2, -1))
-                        for img, f, t in zip(x, flips, turns)])
 
 
 @register_method("finetune")

@@ -19,10 +19,8 @@ fit: the head starts from the meta-learned initialisation and takes `test_steps`
 
 `tied=True` (default) meta-learns a single output row (weight and bias) shared by every class, as
 UNICORN-MAML does (Ye & Chao, ICLR 2022): episode classes land on output units in arbitrary order, so a
-per-unit initialisation can only learn noise, and any N works at test time. Measured on hirise-regions
-(5-way 5-shot, 60 episodes, 200 meta-steps): tied 65.4%, untied 61.2%, no meta-training (1 meta-step) 64.5%;
-with the defaults, 100 episodes: 65.1 +- 1.3% against 64.2 +- 1.2% for 1 meta-step, so on this task the
-meta-learned initialisation adds little over plain SGD on standardised features.
+per-unit initialisation can only learn noise, and any N works at test time (docs/method-notes.md compares
+tied, untied and no meta-training).
 With `tied=False`, an episode with more classes than `train_way` reuses units cyclically (unit c % train_way).
 """
 from __future__ import annotations
@@ -77,10 +75,9 @@ def expand_init(params: dict, n_way: int) -> dict:
     return {**params, weight: params[weight][units], bias: params[bias][units]}
 
 
-def meta_train(head: nn.Module, x_all: torch.Tensor, labels: np.ndarray, groups: np.ndarray, pool: np.ndarray,
-               opts: dict, rng: np.random.Generator, log=lambda message: None) -> dict:
-    """Meta-learn the head's initialisation on base-pool episodes; returns its state dict."""
-    index = PoolIndex(labels, groups, pool)
+def meta_train(head: nn.Module, x_all: torch.Tensor, index: PoolIndex, opts: dict, rng: np.random.Generator,
+               log=lambda message: None) -> dict:
+    """Meta-learn the head's initialisation on episodes of the base pool (`index`); returns its state dict."""
     eligible = index.eligible(opts["train_shots"], opts["train_queries"])
     n_way = opts["train_way"]
     if len(eligible) < n_way:
@@ -130,7 +127,7 @@ class MAML(FeatureMethod):
 
     def cache_key(self, ctx: Context) -> str:
         meta = {k: v for k, v in self.opts.items() if k != "test_steps"}  # test_steps does not change training
-        return cache_key("maml", MAML_VERSION, ctx.task.fingerprint(), ctx.features_key(), meta, ctx.seed)
+        return cache_key("maml", MAML_VERSION, ctx.task_key, ctx.features_key(), meta, ctx.seed)
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
@@ -150,9 +147,7 @@ class MAML(FeatureMethod):
                     bound = 1 / p.shape[-1] ** 0.5 if p.ndim == 2 else 0.0
                     p.uniform_(-bound, bound, generator=gen) if bound else p.zero_()
             ctx.progress.log(f"maml: meta-training the head on base-pool episodes (cached as {key})")
-            table = ctx.task.table
-            return meta_train(self.head, self.features, table.labels, table.groups, ctx.task.base, self.opts, rng,
-                              ctx.progress.log)
+            return meta_train(self.head, self.features, ctx.base_episodes(), self.opts, rng, ctx.progress.log)
 
         self.init, self.cached = ctx.cache.state_dict("maml", key, compute)
         if self.cached:

@@ -1,7 +1,7 @@
 """Adam without torch.optim, for SDFT's per-episode step 2.
 
-torch.optim's first optimizer imports torch._dynamo, which took 2.6 s of an 11 s warm
-`bench run --method sdft --episodes 1` (measured with python -X importtime). This is torch.optim.Adam's own
+torch.optim's first optimizer imports torch._dynamo, seconds of a warm `bench run --method sdft` that needs
+nothing else of it (docs/method-notes.md). This is torch.optim.Adam's own
 CPU path with its defaults (single-tensor update; betas 0.9 and 0.999, eps 1e-8, no weight decay, amsgrad or
 maximize), operation for operation, so its parameters are the same bits step for step
 (tests/test_optim.py checks it against torch.optim.Adam).

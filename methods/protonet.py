@@ -14,7 +14,7 @@ from methods.base import Context
 from methods.cache import cache_key
 from methods.nearest_mean import NearestClassMean, neg_sq_distances
 from methods.registry import register_method
-from tasks.episodes import PoolIndex
+from tasks.episodes import PoolIndex, sample_episode
 from tasks.errors import UserError
 
 
@@ -25,15 +25,12 @@ def prototypes(x: torch.Tensor, y: torch.Tensor, n_way: int) -> torch.Tensor:
     return onehot.transpose(-1, -2) @ x / onehot.sum(-2).unsqueeze(-1)
 
 
-def train_embedding(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, n_way: int,
-                    shots: int, queries: int, steps: int, lr: float, rng: np.random.Generator) -> nn.Module:
-    """Episodic prototypical training of a linear embedding on base-pool episodes."""
-    from tasks.episodes import sample_episode
-
-    index = PoolIndex(labels, groups, pool)
-    eligible = index.eligible(shots, queries)
+def train_embedding(features: np.ndarray, index: PoolIndex, n_way: int, n_shot: int, n_query: int, steps: int,
+                    lr: float, rng: np.random.Generator) -> nn.Module:
+    """Episodic prototypical training of a linear embedding on episodes of the base pool (`index`)."""
+    eligible = index.eligible(n_shot, n_query)
     if len(eligible) < 2:
-        raise UserError(f"protonet meta-training needs two base-pool classes with {shots}+{queries} images in "
+        raise UserError(f"protonet meta-training needs two base-pool classes with {n_shot}+{n_query} images in "
                         "separate scenes; lower train_shots/train_queries or run without metatrain")
     n_way = min(n_way, len(eligible))
     x_all = torch.from_numpy(features)
@@ -42,7 +39,7 @@ def train_embedding(features: np.ndarray, labels: np.ndarray, groups: np.ndarray
     nn.init.zeros_(embed.bias)
     opt = torch.optim.Adam(embed.parameters(), lr=lr)
     for _ in range(steps):
-        ep = sample_episode(index, n_way, shots, queries, rng, eligible)
+        ep = sample_episode(index, n_way, n_shot, n_query, rng, eligible)
         s, q = embed(x_all[ep.support_idx]), embed(x_all[ep.query_idx])
         logits = neg_sq_distances(q, prototypes(s, torch.from_numpy(ep.support_y), n_way))
         loss = nn.functional.cross_entropy(logits / x_all.shape[1] ** 0.5, torch.from_numpy(ep.query_y))
@@ -70,13 +67,11 @@ class ProtoNet(NearestClassMean):
         super().prepare(ctx)
         if not self.metatrain:
             return
-        table = ctx.task.table
-        key = cache_key("protonet-embed", ctx.task.fingerprint(), ctx.features_key(), self.config(), ctx.seed)
+        key = cache_key("protonet-embed", ctx.task_key, ctx.features_key(), self.config(), ctx.seed)
 
         def train():
-            embed = train_embedding(self.features.numpy(), table.labels, table.groups, ctx.task.base, self.train_way,
-                                    self.train_shots, self.train_queries, self.steps, self.lr,
-                                    np.random.default_rng([ctx.seed, 17]))
+            embed = train_embedding(self.features.numpy(), ctx.base_episodes(), self.train_way, self.train_shots,
+                                    self.train_queries, self.steps, self.lr, np.random.default_rng([ctx.seed, 17]))
             return embed.state_dict()
 
         state, _ = ctx.cache.state_dict("protonet", key, train)

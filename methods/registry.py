@@ -1,20 +1,36 @@
-"""Method registry: `@register_method("name")` in-tree, entry points (group `marsfsl.methods`) out of tree."""
+"""Method registry: `@register_method("name")` in-tree, entry points (group `marsfsl.methods`) out of tree.
+
+`create_method(name, **options)` checks each option against the constructor's default (or annotation):
+bools take true/false/1/0/yes/no, ints only integers, floats only finite numbers; the method is built with
+the converted values and those, with the defaults filled in, are its recorded config (10 and 10.0 are one
+setting of a float option), which keys its result rows.
+"""
 from __future__ import annotations
 
 import inspect
+import math
+import weakref
 from dataclasses import dataclass
-from importlib import metadata
 
 from tasks.errors import UserError, closest
+from tasks.registry_base import BUILTIN, Registry
 
 ENTRY_POINT_GROUP = "marsfsl.methods"
+
+
+def _import_builtins() -> None:
+    import methods  # noqa: F401  (registers the built-ins first, so that a plugin cannot take their names)
+
+
+METHODS = Registry("method", ENTRY_POINT_GROUP, hint=lambda reg: "run `bench list` to see all methods",
+                   builtins=_import_builtins)
 
 
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
     cls: type
-    origin: str  # "marsfsl" or the distribution that provided it
+    origin: str  # "marsfsl" or "plugin <distribution>"
 
     @property
     def description(self) -> str:
@@ -24,19 +40,12 @@ class MethodInfo:
         return doc.splitlines()[0] if doc else ""
 
 
-_METHODS: dict[str, MethodInfo] = {}
-_PLUGIN_ERRORS: dict[str, str] = {}
-_plugins_loaded = False
-
-
-def register_method(name: str, origin: str | None = None):
+def register_method(name: str):
     """Class decorator: register a FewShotMethod subclass under `name`."""
 
     def wrap(cls):
-        if name in _METHODS and _METHODS[name].cls is not cls:
-            raise ValueError(f"method {name!r} is already registered by {_METHODS[name].origin}")
         module_root = cls.__module__.split(".")[0]
-        _METHODS[name] = MethodInfo(name, cls, origin or ("marsfsl" if module_root == "methods" else module_root))
+        METHODS.register(name, cls, BUILTIN if module_root == "methods" else module_root)
         cls.name = name
         return cls
 
@@ -44,75 +53,129 @@ def register_method(name: str, origin: str | None = None):
 
 
 def load_plugins() -> dict[str, str]:
-    """Import every entry point of the group once; a failing plugin is recorded, not fatal."""
-    global _plugins_loaded
-    if not _plugins_loaded:
-        _plugins_loaded = True
-        import methods  # noqa: F401  (built-ins first, so that a plugin cannot take their names)
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                obj = ep.load()  # may register itself with the decorator on import
-                dist = ep.dist.name if ep.dist else ep.module
-                taken = _METHODS.get(ep.name)
-                if isinstance(obj, type) and taken is not None and taken.cls is not obj:
-                    # never let a plugin silently replace another method: its rows would carry that name
-                    raise ValueError(f"the name {ep.name!r} is already taken by {taken.origin}; rename the entry "
-                                     f"point in {dist}")
-                if isinstance(obj, type):
-                    _METHODS[ep.name] = MethodInfo(ep.name, obj, f"plugin {dist}")
-                    obj.name = ep.name
-            except Exception as exc:  # a broken plugin must not take the suite down
-                _PLUGIN_ERRORS[ep.name] = f"plugin {ep.name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-    return dict(_PLUGIN_ERRORS)
-
-
-def _ensure_loaded() -> None:
-    import methods  # noqa: F401  (registers built-ins)
-
-    load_plugins()
+    """Import every entry point of the group once; returns {name: problem} of those that failed to import."""
+    errors = METHODS.load_entry_points()
+    for name in METHODS:
+        entry = METHODS.entry(name)
+        if entry.origin != BUILTIN and isinstance(entry.obj, type):
+            entry.obj.name = name  # a plugin's rows carry the name it is registered under
+    return errors
 
 
 def method_names() -> list[str]:
-    _ensure_loaded()
-    return sorted(_METHODS)
+    load_plugins()
+    return METHODS.names()
 
 
 def builtin_method_names() -> list[str]:
     """The methods this package registers itself (not plugins)."""
-    return [name for name in method_names() if _METHODS[name].origin == "marsfsl"]
+    return [name for name in method_names() if METHODS.entry(name).origin == BUILTIN]
 
 
 def method_info(name: str) -> MethodInfo:
-    _ensure_loaded()
-    if name not in _METHODS:
-        if name in _PLUGIN_ERRORS:
-            raise UserError(_PLUGIN_ERRORS[name] + "; fix or uninstall that plugin")
-        raise UserError(f"unknown method {name!r}{closest(name, _METHODS)}; run `bench list` to see all methods")
-    return _METHODS[name]
+    load_plugins()
+    entry = METHODS.entry(name)
+    return MethodInfo(entry.name, entry.obj, entry.origin)
 
 
-def option_names(cls) -> list[str] | None:
-    """The keyword options a method's constructor takes (None: it takes any)."""
+def option_defaults(cls) -> dict | None:
+    """{option: default (inspect.Parameter.empty where it has none)} of a method's constructor, plus the
+    class's `option_defaults` for options it takes as **kwargs; None: it takes any keyword."""
     try:
         params = inspect.signature(cls.__init__).parameters.values()
     except (TypeError, ValueError):
         return None
+    named = {p.name: p.default for p in params
+             if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if any(p.kind is p.VAR_KEYWORD for p in params):
+        extra = getattr(cls, "option_defaults", None)
+        return None if extra is None else {**named, **extra}
+    return named
+
+
+def option_names(cls) -> list[str] | None:
+    """The keyword options a method's constructor takes (None: it takes any)."""
+    defaults = option_defaults(cls)
+    return None if defaults is None else list(defaults)
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_KINDS = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def expected_type(cls, option: str, default) -> type | None:
+    """bool, int, float or str from the option's default, else from its annotation; None: any value."""
+    if isinstance(default, (bool, int, float, str)):
+        return type(default)
+    try:
+        annotation = inspect.signature(cls.__init__).parameters[option].annotation
+    except (TypeError, ValueError, KeyError):
         return None
-    return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if isinstance(annotation, str):
+        annotation = _KINDS.get(annotation.strip())
+    return annotation if annotation in (bool, int, float, str) else None
+
+
+def convert_option(method: str, option: str, value, kind: type | None):
+    """`value` (as MethodSpec.parse read it: bool, int, float or str) as `kind`, or a one-line UserError."""
+    if kind is None:
+        return value
+    wanted = {bool: "true or false (or 1/0, yes/no)", int: "an integer", float: "a finite number",
+              str: "a text"}[kind]
+    converted = None
+    if kind is bool:
+        text = str(value).strip().lower() if not isinstance(value, float) else ""
+        converted = True if text in _TRUE else False if text in _FALSE else None
+    elif kind is int:
+        converted = value if isinstance(value, int) and not isinstance(value, bool) else None
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            converted = float(value)
+    elif not isinstance(value, bool):  # a text option: whatever was written, as text
+        converted = str(value)
+    if converted is None:
+        raise UserError(f"bad option for method {method} ({option}={value}): {option} must be {wanted}")
+    return converted
+
+
+# id(method) -> its recorded config. Only ids: a method must not reach the other methods of a run through this
+# module (it could change their options before they run). The entry goes when its method is freed, before
+# the id can be reused.
+_CONFIGS: dict[int, dict] = {}
+
+
+def _remember(method, config: dict) -> None:
+    try:
+        weakref.finalize(method, _CONFIGS.pop, id(method), None)
+    except TypeError:  # not weak-referenceable: no entry, so that no other object can inherit its id's config
+        return
+    _CONFIGS[id(method)] = config
+
+
+def recorded_config(method) -> dict:
+    """The config create_method recorded for `method`; for one built directly, its constructor defaults."""
+    held = _CONFIGS.get(id(method))
+    if held is not None:
+        return dict(held)
+    defaults = option_defaults(type(method)) or {}
+    return {k: v for k, v in defaults.items() if v is not inspect.Parameter.empty}
 
 
 def create_method(name: str, **options):
     info = method_info(name)
-    known = option_names(info.cls)
-    for key in options:
-        if known is not None and key not in known:
-            raise UserError(f"unknown option {key!r} for method {name}{closest(key, known)}; its options: "
-                            f"{', '.join(known) or 'none'}")
+    defaults = option_defaults(info.cls)
+    if defaults is not None:
+        for key in options:
+            if key not in defaults:
+                raise UserError(f"unknown option {key!r} for method {name}{closest(key, defaults)}; its options: "
+                                f"{', '.join(defaults) or 'none'}")
+        options = {key: convert_option(name, key, value, expected_type(info.cls, key, defaults[key]))
+                   for key, value in options.items()}
     try:
         method = info.cls(**options)
     except (TypeError, ValueError) as exc:
         given = ",".join(f"{k}={v}" for k, v in options.items())
         raise UserError(f"bad option for method {name} ({given}): {exc}") from None
-    method._options = dict(options)
+    config = {k: v for k, v in (defaults or {}).items() if v is not inspect.Parameter.empty}
+    _remember(method, {**config, **options})
     return method

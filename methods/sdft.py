@@ -50,18 +50,15 @@ STEP1_DEFAULTS = dict(
 )
 STEP2_DEFAULTS = dict(
     # The "top" fine-tuned in step 2: the final 1x1 convolution (conv_head) and its batch norm, plus the last
-    # `top_blocks` MBConv stages. Measured on hirise-regions (40 episodes, 5-shot): top_blocks=1 gave 75.9%
-    # at 0.52 s/episode, top_blocks=0 75.6% at 0.17 s/episode, so 0 is the default.
+    # `top_blocks` MBConv stages. 0: an episode costs a third of top_blocks=1's time for accuracy within
+    # noise of it (README, "SDFT defaults and why", has the figures), and activations entering conv_head
+    # can be cached once per image.
     top_blocks=0,
-    steps=20,  # full-batch Adam steps on the support set (15 and 30 steps were within noise of each other)
+    steps=20,  # full-batch Adam steps on the support set; fewer or more were within noise (README)
     lr_top=1e-4,  # "low learning rate" for the backbone's top
     lr_head=1e-3,
     scale=10.0,  # initial cosine scale, learnable
 )
-
-
-def _standardise(images_uint8: torch.Tensor) -> torch.Tensor:
-    return (images_uint8.float() / 255.0 - 0.5) / 0.5
 
 
 def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +156,7 @@ class SDFT(FewShotMethod):
     consumes = "images"
     use_step1 = True
     head = "cosine"
+    option_defaults = {**STEP1_DEFAULTS, **STEP2_DEFAULTS}  # its **options: the registry checks their types
 
     def __init__(self, **options):
         unknown = set(options) - set(STEP1_DEFAULTS) - set(STEP2_DEFAULTS)
@@ -174,7 +172,7 @@ class SDFT(FewShotMethod):
 
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
-        return cache_key("sdft-step1", STEP1_VERSION, ctx.task.fingerprint(), ctx.base_images_key(), ctx.backbone,
+        return cache_key("sdft-step1", STEP1_VERSION, ctx.task_key, ctx.base_images_key(), ctx.backbone,
                          weights_digest(ctx.backbone), step1, ctx.seed)
 
     def prepare(self, ctx: Context) -> None:
@@ -221,7 +219,7 @@ class SDFT(FewShotMethod):
                                  f"{len(base_classes)} classes (cached as {key}); {forecast}")
                 started = time.perf_counter()
                 state, history = train_step1(model, images()[base_idx], dense.astype(np.int64),
-                                             ctx.task.table.groups[base_idx], self.opts, ctx.seed, ctx.progress.log,
+                                             ctx.base_groups(), self.opts, ctx.seed, ctx.progress.log,
                                              ctx.progress)
                 ctx.cache.put_note("timings", timing, {
                     "seconds": time.perf_counter() - started, "images": len(base_idx), "epochs": len(history),

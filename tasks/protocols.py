@@ -1,6 +1,7 @@
 """The fixed-K protocol (as Mars-Bench's few-shot evaluation): K labelled images per class, the whole test set.
 
-Unlike N-way episodes, every class takes part at once: a method is fitted on K images of each class drawn
+The protocol as data: which images are drawn and scored (running methods on them is the harness's job,
+benchmark/fixedk.py). Unlike N-way episodes, every class takes part at once: a method is fitted on K images of each class drawn
 from a training pool and scored on every image of a test pool, once per seed. The pools:
 - a table with `train` and `test` splits (DoMars16k's official split): those splits, as published;
 - otherwise the task's target pool, cut by scene into two halves (`scene_split` with 4 folds, 2 of them
@@ -11,7 +12,6 @@ draw, so a shots curve compares nested training sets.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,7 +24,6 @@ from tasks.splits import scene_split
 PROTOCOL_VERSION = 1
 HALF_FOLDS, HALF_TEST_FOLDS = 4, 2
 DRAW_TAG = 4211  # separates these generators from the episode sampler's
-PREDICT_CHUNK = 4096
 
 
 class FixedKSet(NamedTuple):
@@ -64,12 +63,12 @@ def protocol_base(task: Task, pools: FixedKPools) -> np.ndarray:
     return np.setdiff1d(task.base, np.concatenate([pools.train, pools.test]))
 
 
-def fixed_k_sets(task: Task, k: int, seeds) -> list[FixedKSet]:
+def fixed_k_sets(task: Task, k: int, seeds, pools: FixedKPools | None = None) -> list[FixedKSet]:
     """One (train_idx, train_y, test_idx, test_y) per seed; raises a one-line UserError if a class has fewer
-    than K training images."""
+    than K training images. `pools`: fixed_k_pools(task) where the caller has them."""
     if int(k) < 1:
         raise UserError(f"--shots must be a positive integer, got {k}")
-    pools = fixed_k_pools(task)
+    pools = pools or fixed_k_pools(task)
     labels = task.table.labels
     by_class = [np.sort(pools.train[labels[pools.train] == c]) for c in pools.classes]
     counts = [len(x) for x in by_class]
@@ -92,35 +91,3 @@ def fixed_k_sets(task: Task, k: int, seeds) -> list[FixedKSet]:
     return sets
 
 
-def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None, *, score) -> list[dict]:
-    """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
-    pool); one dict per seed: seed, shots, n_train, n_test, seconds and what `score(test_y, scores, n_classes)`
-    returns (the harness's scorer, benchmark.scoring.score_fixed_k: accuracy, weighted_f1, macro_f1).
-
-    The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the
-    test pool, so that nothing it pre-trains on is drawn or scored. (The only import from methods/, kept
-    inside this function so that tasks/ loads without it.)
-    """
-    from methods.backbones import DEFAULT_BACKBONE
-    from methods.base import Context
-    from methods.features import DEFAULT_IMAGE_SIZE
-    from methods.progress import SILENT
-
-    pools = fixed_k_pools(task)
-    sets = fixed_k_sets(task, k, seeds)
-    view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
-                pools.test)
-    progress = progress or SILENT
-    method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
-                           progress))
-    n_classes = len(pools.classes)
-    rows = []
-    for seed, s in zip(seeds, sets):
-        started = time.perf_counter()
-        method.fit(s.train_idx, s.train_y, n_classes, np.random.default_rng([int(seed), int(k), DRAW_TAG, 1]))
-        scores = np.concatenate([method.predict(s.test_idx[i:i + PREDICT_CHUNK])
-                                 for i in range(0, len(s.test_idx), PREDICT_CHUNK)])
-        rows.append({"seed": int(seed), "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
-                     **score(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6)})
-    return rows

@@ -1,4 +1,9 @@
-"""Tasks: a dataset, a base pool that methods may pre-train on, and a target pool that episodes come from."""
+"""Tasks: a dataset, a base pool that methods may pre-train on, and a target pool that episodes come from.
+
+Named tasks are registered with `@register_task(name, description)` on a function data_dir -> Task (entry
+points of group `marsfsl.tasks` add outside ones, as (description, function) pairs); `folder:PATH` and
+`csv:PATH` make a task of a user's own images.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +15,8 @@ import numpy as np
 
 from tasks.datasets import ImageTable, load_dataset
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
-from tasks.errors import UserError, closest
+from tasks.errors import UserError
+from tasks.registry_base import Registry
 from tasks.splits import class_split, scene_split
 
 SPLIT_SEED = 0  # the base/target split is fixed, whatever the episode seed
@@ -52,11 +58,26 @@ class Task:
                                seed, self.class_names)
 
 
+TASKS = Registry("task", "marsfsl.tasks",
+                 hint=lambda reg: f"known: {', '.join(reg)}, or folder:PATH, csv:PATH")  # name -> (description, make)
+
+
+def register_task(name: str, description: str):
+    """Decorator: register `make(data_dir) -> Task` as the task `name`."""
+
+    def wrap(make: Callable[[Path], Task]):
+        TASKS.register(name, (description, make))
+        return make
+
+    return wrap
+
+
 def region_task(name: str, table: ImageTable, description: str) -> Task:
     base, target = scene_split(table.labels, table.groups, seed=SPLIT_SEED)
     return Task(name, description, table, base, target)
 
 
+@register_task("hirise-regions", "HiRISE v1, scene-disjoint base/target regions (default)")
 def make_hirise_regions(data_dir: Path) -> Task:
     return region_task("hirise-regions", load_dataset("hirise-v1", data_dir),
                        "HiRISE v1, observations split 60/40 per class into base and target regions")
@@ -67,24 +88,19 @@ AID_TARGET_CLASSES = ("Airport", "BareLand", "Beach", "Desert", "Farmland", "Mea
                       "River", "Viaduct")
 
 
+@register_task("aid-classes", "AID Earth scenes, 20 base / 10 target classes")
 def make_aid_classes(data_dir: Path) -> Task:
     table = load_dataset("aid", data_dir)
     base, target = class_split(table.labels, table.class_names, AID_TARGET_CLASSES)
     return Task("aid-classes", "AID (Earth), 20 base classes, 10 target classes", table, base, target)
 
 
+@register_task("domars16k", "DoMars16k CTX landforms, base = train+val, target = test")
 def make_domars16k(data_dir: Path) -> Task:
     table = load_dataset("domars16k", data_dir)
     splits = table.splits
     return Task("domars16k", "DoMars16k (CTX): base = train + val, target = test", table,
                 np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))
-
-
-TASKS: dict[str, tuple[str, Callable[[Path], Task]]] = {
-    "hirise-regions": ("HiRISE v1, scene-disjoint base/target regions (default)", make_hirise_regions),
-    "aid-classes": ("AID Earth scenes, 20 base / 10 target classes", make_aid_classes),
-    "domars16k": ("DoMars16k CTX landforms, base = train+val, target = test", make_domars16k),
-}
 
 
 def user_table_task(spec: str, data_dir: Path) -> Task:
@@ -103,7 +119,4 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
 def load_task(name: str, data_dir: Path | str) -> Task:
     if name.startswith(("folder:", "csv:")):
         return user_table_task(name, Path(data_dir))
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}{closest(name, TASKS)}; known: {', '.join(TASKS)}, "
-                        "or folder:PATH, csv:PATH")
-    return TASKS[name][1](Path(data_dir))
+    return TASKS.lookup(name)[1](Path(data_dir))

@@ -102,9 +102,13 @@ def test_harness_rows_are_the_same_on_both_paths(tmp_path, monkeypatch):
     assert fast.reset_index(drop=True).equals(simple.reset_index(drop=True))
 
 
-def test_methods_without_batches_take_the_simple_path():
+def test_batching_is_declared_by_the_class_not_detected():
     assert not supports_batches(create_method("linear-probe"))
-    assert not supports_batches(create_method("protonet"))  # not prepared: no features yet
+    assert supports_batches(create_method("protonet"))  # NearestClassMean declares BatchedMethod
+    from methods.protonet import ProtoNet
+
+    with pytest.raises(TypeError, match="predict_batch"):  # a new per-episode answer without a batched one
+        type("Changed", (ProtoNet,), {"predict_features": lambda self, x: -x})
 
 
 def test_worker_threads_give_the_same_results_in_the_same_order(tmp_path, monkeypatch):

@@ -264,3 +264,39 @@ def test_finetune_chunked_support_passes_give_the_whole_batch_gradient(tiny, mon
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     assert any(not torch.equal(a, b) for a, b in zip(whole, chunked))  # three passes, not one
+
+
+@pytest.mark.parametrize("text, config", [
+    ("baseline-pp:learn_scale=no", {"learn_scale": False}), ("baseline-pp:learn_scale=YES", {"learn_scale": True}),
+    ("baseline-pp:learn_scale=0", {"learn_scale": False}), ("baseline-pp:learn_scale=True", {"learn_scale": True}),
+    ("baseline-pp:scale=10", {"scale": 10.0}), ("baseline-pp:scale=10.0", {"scale": 10.0}),
+    ("knn:k=3", {"k": 3}), ("simpleshot:norm=l2n", {"norm": "l2n"}), ("sdft:steps=5,lr_top=1", {"steps": 5, "lr_top": 1.0}),
+])
+def test_method_options_are_converted_to_their_type_and_recorded_so(text, config):
+    from benchmark.runner import MethodSpec
+
+    spec = MethodSpec.parse(text)
+    method = create_method(spec.name, **spec.options)
+    recorded = method.config()
+    for key, value in config.items():
+        assert recorded[key] == value and type(recorded[key]) is type(value)
+    if spec.name == "baseline-pp":
+        assert method.learn_scale is recorded["learn_scale"] and method.scale == recorded["scale"]
+
+
+@pytest.mark.parametrize("text, option", [
+    ("baseline-pp:learn_scale=maybe", "learn_scale"), ("baseline-pp:learn_scale=2", "learn_scale"),
+    ("knn:k=2.7", "k"), ("knn:k=true", "k"), ("linear-probe:C=nan", "C"), ("linear-probe:C=inf", "C"),
+    ("baseline-pp:lr=-inf", "lr"), ("protonet:metatrain=1.0", "metatrain"), ("sdft:epochs=2.5", "epochs"),
+])
+def test_method_options_of_the_wrong_type_are_one_line_errors(text, option):
+    from benchmark.runner import MethodSpec
+    from tasks.errors import UserError
+
+    spec = MethodSpec.parse(text)
+    with pytest.raises(UserError) as error:
+        create_method(spec.name, **spec.options)
+    message = str(error.value)
+    value = text.split("=")[-1]
+    assert "\n" not in message and spec.name in message and f"{option}={value}".lower() in message.lower()
+    assert "must be" in message

@@ -1,12 +1,13 @@
 """Dataset registry. Importing this package registers the built-in datasets."""
 from tasks.datasets import aid, hirise  # noqa: F401
 from tasks.datasets.base import (  # noqa: F401
+    DATASETS,
     DatasetSpec,
     ImageTable,
     dataset_names,
     dataset_spec,
-    load_dataset,
     register_dataset,
     table_from_rows,
 )
+from tasks.datasets.generic import load_dataset  # noqa: F401
 from tasks.datasets import domars16k  # noqa: F401,E402

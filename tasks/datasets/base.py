@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.datasets.content import file_digests
-from tasks.errors import UserError, closest
+from tasks.errors import UserError
+from tasks.registry_base import Registry
 
 COLUMNS = ("path", "label", "group", "split")
 FINGERPRINT_VERSION = 2  # 1: absolute paths, sizes and file times
@@ -112,30 +113,26 @@ class DatasetSpec:
     how_to_get: str
     download: Callable[[Path], Path] | None = None
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
 
-_DATASETS: dict[str, DatasetSpec] = {}
+def _import_builtins() -> None:
+    import tasks.datasets  # noqa: F401  (registers the built-in datasets)
+
+
+DATASETS = Registry("dataset", "marsfsl.datasets", builtins=_import_builtins,
+                    hint=lambda reg: f"known: {', '.join(reg.names())}, or folder:PATH, csv:PATH")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    if spec.name in _DATASETS:
-        raise ValueError(f"dataset {spec.name!r} registered twice")
-    _DATASETS[spec.name] = spec
-    return spec
+    return DATASETS.register(spec.name, spec)
 
 
 def dataset_names() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    if name not in _DATASETS:
-        raise UserError(
-            f"unknown dataset {name!r}{closest(name, _DATASETS)}; known: {', '.join(dataset_names())}, "
-            "or folder:PATH, csv:PATH"
-        )
-    return _DATASETS[name]
+    return DATASETS.lookup(name)
 
 
 def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:
@@ -149,20 +146,6 @@ def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:
     if not root.is_dir():
         raise UserError(f"dataset {spec.name} not found: looked in {root}; {spec.how_to_get}")
     return root
-
-
-def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
-    """Load a registered dataset, or `folder:PATH` / `csv:PATH` for a user's own labelled images."""
-    from tasks.datasets import generic  # noqa: F401  (registers the prefix loaders)
-
-    for prefix, loader in generic.PREFIX_LOADERS.items():
-        if name.startswith(prefix + ":"):
-            if not name[len(prefix) + 1 :].strip():
-                raise UserError(f"{name!r} names no {prefix}; give one, e.g. {prefix}:/path/to/my-images"
-                                f"{'.csv' if prefix == 'csv' else ''}")
-            return loader(Path(name[len(prefix) + 1 :]).expanduser())
-    spec = dataset_spec(name)
-    return spec.load(dataset_root(spec, Path(data_dir)))
 
 
 def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, notices=()) -> ImageTable:

@@ -185,5 +185,4 @@ def archive_downloader(name: str, folder: str, archive: ZenodoArchive) -> Callab
         return download_archive(name, Path(data_dir) / folder, archive, md5=md5, sha256=sha256, url=url,
                                 opener=opener, report=report)
 
-    download.archive = archive
     return download

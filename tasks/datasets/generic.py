@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.datasets.base import ImageTable, table_from_rows
+from tasks.datasets.base import ImageTable, dataset_root, dataset_spec, table_from_rows
 from tasks.errors import UserError, notice
 from tasks.imageio import IMAGE_SUFFIXES
 
@@ -206,3 +206,15 @@ def check_scenes(what: str, groups) -> None:
 
 
 PREFIX_LOADERS = {"folder": load_folder, "csv": load_csv}
+
+
+def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
+    """Load a registered dataset, or `folder:PATH` / `csv:PATH` for a user's own labelled images."""
+    for prefix, loader in PREFIX_LOADERS.items():
+        if name.startswith(prefix + ":"):
+            if not name[len(prefix) + 1 :].strip():
+                raise UserError(f"{name!r} names no {prefix}; give one, e.g. {prefix}:/path/to/my-images"
+                                f"{'.csv' if prefix == 'csv' else ''}")
+            return loader(Path(name[len(prefix) + 1 :]).expanduser())
+    spec = dataset_spec(name)
+    return spec.load(dataset_root(spec, Path(data_dir)))

@@ -58,7 +58,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 # Each module in benchmark/commands/ defines add_parser(sub), which sets a `handler` default.
-COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "perf", "fixedk"]
+COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "craters", "perf", "fixedk"]
 
 
 def build_parser() -> Parser:

@@ -20,23 +20,20 @@ Protocol:
 - Score: precision, recall and F1 of the crater class over scored windows, per method, K, seed and
   smoothing (none / MRF); mean and t-based 95% CI over seeds.
 
-`python -m benchmark.ctx_craters run` does all of it (the maps are `bench map`'s own code, in-process, so the
-features are computed once); `python -m benchmark.ctx_craters scene --out DIR` writes the stacked scene,
-the boxes and example POINTS.csv files for running `bench map` by hand; `python -m benchmark.ctx_craters
-score --map DIR` scores a `bench map` output folder.
+`bench craters run` does all of it (the maps are `bench map`'s own code, in-process, so the features are
+computed once); `bench craters scene --out DIR` writes the stacked scene, the boxes and example POINTS.csv
+files for running `bench map` by hand; `bench craters score --map DIR` scores a `bench map` output folder
+(benchmark/commands/craters.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmark.mapping import binary_scores, smooth, write_points
+from benchmark.mapping.scoring import binary_scores
 from tasks.datasets.ctx_murray import CLASSES, DATASET, RIM_BAND, TRAIN_X, load_ctx, window_truth
 from tasks.errors import UserError
 from tasks.windows import WindowGrid
@@ -90,35 +87,6 @@ def write_scene(data_dir: Path, out: Path) -> Path:
     return path
 
 
-def cmd_scene(args) -> int:
-    path = write_scene(Path(args.data_dir), Path(args.out))
-    grid = WindowGrid(3744, 3744, args.window, args.stride)
-    _, boxes = load_ctx(Path(args.data_dir))
-    for k in args.shots:
-        for seed in args.seeds:
-            xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
-            write_points(Path(args.out) / f"points-k{k}-seed{seed}.csv", xy, labels)
-    print(f"scene: {path}; POINTS files and craters.txt in {args.out}")
-    return 0
-
-
-def cmd_score(args) -> int:
-    summary = json.loads((Path(args.map) / "summary.json").read_text())
-    grid = WindowGrid(summary["scene_size"][1], summary["scene_size"][0], summary["window"], summary["stride"])
-    if summary["scene_size"] != [3744, 3744]:
-        raise UserError(f"{args.map} maps a {summary['scene_size']} scene, not the 3744 x 3744 CTX block")
-    _, boxes = load_ctx(Path(args.data_dir))
-    labels = np.load(Path(args.map) / "labels.npy")
-    scores = score_labels(grid, boxes, labels, summary["classes"].index("crater"))
-    print(json.dumps({"map": args.map, "smoothing": summary["smoothing"], **scores}, indent=2))
-    if args.figure:
-        scene, _ = load_ctx(Path(args.data_dir))
-        outcome_figure(Path(args.figure), scene, grid, boxes, labels.ravel() == summary["classes"].index("crater"),
-                       args.crop, args.size)
-        print(f"figure: {args.figure}")
-    return 0
-
-
 OUTCOME_COLOURS = {"hit": (40, 200, 60), "false alarm": (230, 40, 40), "on a partial crater": (240, 150, 30),
                    "missed": (250, 230, 40)}
 
@@ -167,6 +135,13 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
     out.save(path, optimize=True)
 
 
+# The per-seed rows of `bench craters run` (results/ctx-craters.csv), appended under benchmark.results' lock.
+COLUMNS = ["method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
+           "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
+           "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size"]
+KEY = ["method", "shots", "seed", "smoothing", "strength", "method_seed", "window", "stride", "image_size"]
+
+
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     from benchmark.stats import mean_ci
 
@@ -204,7 +179,7 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
         f"({meta['window'] / 4:g}-{meta['window']} px) has its centre in the window's cell (the part of the "
         "scene the map gives to that window; with stride W/2 its central half). Ambiguous: not a crater window "
         "but holds a quarter or more of a crater no larger than W, the centre of a larger crater, or part of the "
-        f"rim band ({RIM_BAND[0]}-{RIM_BAND[1]} radii) of a larger crater. See `benchmark/ctx_craters.py`.",
+        f"rim band ({RIM_BAND[0]}-{RIM_BAND[1]} radii) of a larger crater. See `benchmark/mapping/craters.py`.",
         "",
         f"Smoothing `mrf`: Potts MRF over 8-neighbour windows, beta = {meta['beta']:g} (ICM). Values: crater-class "
         f"precision, recall and F1 in %, mean ± 95% CI (t) over {meta['n_seeds']} seeds of the K-window draw "
@@ -243,85 +218,6 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args) -> int:
-    import torch
-
-    from benchmark.console import RichProgressReporter
-    from benchmark.mapping import Scene, map_scene, read_points
-    from benchmark.runner import MethodSpec
-    from methods.cache import Cache
-    from methods.features import thread_policy
-    from methods.registry import method_info
-    from tasks.registry import load_task
-
-    data_dir = Path(args.data_dir)
-    specs = [MethodSpec.parse(m) for m in args.method]
-    for spec in specs:
-        method_info(spec.name)
-    work = Path(args.work)
-    scene_path = write_scene(data_dir, work)
-    pixels, boxes = load_ctx(data_dir)
-    scene = Scene(str(scene_path), pixels)
-    grid = WindowGrid(scene.height, scene.width, args.window, args.stride)
-    task = load_task(args.task, data_dir)
-    cache = Cache(args.cache_dir) if args.cache_dir else Cache()
-    progress = RichProgressReporter(enabled=not args.quiet)
-    crater, ambiguous = window_truth(grid, boxes)
-    _, scored = regions(grid)
-    meta = {"window": grid.window, "stride": grid.stride, "windows": grid.n, "image_size": args.image_size,
-            "task": task.name, "backbone": args.backbone, "scored": int(scored.sum()),
-            "positives": int((scored & crater).sum()), "ambiguous": int((scored & ambiguous).sum()),
-            "negatives": int((scored & ~crater & ~ambiguous).sum()), "beta": args.beta,
-            "n_seeds": len(args.seeds), "method_seed": args.method_seed, "csv": f"{args.out}.csv", "command": " ".join(["python -m benchmark.ctx_craters"] + sys.argv[1:])}
-    out_csv = Path(f"{args.out}.csv")
-    rows = [] if args.fresh or not out_csv.exists() else pd.read_csv(out_csv).to_dict("records")
-    done = {(r["method"], int(r["shots"]), int(r["seed"]), r["smoothing"]) for r in rows}
-    with thread_policy(args.threads or torch.get_num_threads()):
-        for spec in specs:
-            for k in args.shots:
-                for seed in args.seeds:
-                    if all((spec.label, k, seed, s) in done for s in ("none", "mrf")):
-                        continue
-                    points_path = work / f"points-k{k}-seed{seed}.csv"
-                    xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
-                    write_points(points_path, xy, labels)
-                    points = read_points(points_path, grid, list(CLASSES))
-                    example = args.example and (spec.label, k, seed) == (specs[-1].label, max(args.shots), args.seeds[0])
-                    started = time.perf_counter()
-                    # the draw seed picks the labelled windows; the method's own seed (pre-training, e.g. SDFT's
-                    # step 1) stays fixed, so every draw adapts the same pre-trained model
-                    result = map_scene(spec, task, scene, grid, points, cache, args.backbone, args.image_size,
-                                       args.method_seed,
-                                       "none", None, work / f"map-{spec.label}-k{k}-seed{seed}" if example else None,
-                                       progress, preview=1200)
-                    seconds = time.perf_counter() - started
-                    progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
-                                 f"({json.dumps(result.summary['timings'])})")
-                    for smoothing, strength in (("none", None), ("mrf", args.beta)):
-                        labels_grid = smooth(result.probabilities, smoothing, strength)
-                        scores = score_labels(grid, boxes, labels_grid, CLASSES.index("crater"))
-                        rows = [r for r in rows if (r["method"], int(r["shots"]), int(r["seed"]), r["smoothing"])
-                                != (spec.label, k, seed, smoothing)]
-                        rows.append({"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing,
-                                     "strength": 0.0 if strength is None else strength, **scores,
-                                     "method_seed": args.method_seed, "map_seconds": round(seconds, 2),
-                                     "prepare_seconds": result.summary["timings"]["prepare_s"],
-                                     "window": grid.window, "stride": grid.stride, "image_size": args.image_size})
-                        progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
-                                     f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
-                    out_csv.parent.mkdir(parents=True, exist_ok=True)
-                    pd.DataFrame(rows).to_csv(out_csv, index=False)
-    frame = pd.DataFrame(rows)
-    order = {s.label: i for i, s in enumerate(specs)}
-    smoothing_order = {"none": 0, "mrf": 1}
-    frame = frame.sort_values(["method", "shots", "smoothing", "seed"], key=lambda c: c.map(lambda m: order.get(m, len(order))) if c.name ==
-                              "method" else c.map(smoothing_order) if c.name == "smoothing" else c).reset_index(drop=True)
-    frame.to_csv(out_csv, index=False)
-    Path(f"{args.out}.md").write_text(markdown(frame, summarise(frame), meta))
-    print(Path(f"{args.out}.md").read_text())
-    return 0
-
-
 def seed_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -330,67 +226,3 @@ def seed_list(text: str) -> list[int]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"--seeds must be integers >= 0 separated by commas, got {text!r}")
     return sorted(set(values))
-
-
-def main(argv=None) -> int:
-    from benchmark.cli import Parser, default_data_dir, int_list
-
-    parser = Parser(prog="python -m benchmark.ctx_craters", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--debug", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    def common(p, grid=True):
-        p.add_argument("--data-dir", default=default_data_dir())
-        if grid:
-            p.add_argument("--window", type=int, default=64)
-            p.add_argument("--stride", type=int, default=32)
-        p.add_argument("--debug", action="store_true")
-
-    run = sub.add_parser("run", help="build samples, map, score; write OUT.csv and OUT.md")
-    common(run)
-    run.add_argument("--method", action="append", default=None)
-    run.add_argument("--shots", type=int_list, default=[5, 20])
-    run.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
-    run.add_argument("--beta", type=float, default=1.0)
-    run.add_argument("--method-seed", type=int, default=0, help="the methods' seed (pre-training, fitting)")
-    run.add_argument("--task", default="hirise-regions")
-    run.add_argument("--backbone", default="efficientnet_lite0")
-    run.add_argument("--image-size", type=int, default=128)
-    run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
-    run.add_argument("--out", default="results/ctx-craters", help="writes OUT.csv and OUT.md")
-    run.add_argument("--cache-dir", default=None)
-    run.add_argument("--threads", type=int, default=None)
-    run.add_argument("--fresh", action="store_true", help="ignore rows already in OUT.csv")
-    run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
-    run.add_argument("--quiet", action="store_true")
-    run.set_defaults(handler=cmd_run)
-    scene = sub.add_parser("scene", help="write the stacked scene, craters.txt and POINTS files for bench map")
-    common(scene)
-    scene.add_argument("--out", required=True)
-    scene.add_argument("--shots", type=int_list, default=[5, 20])
-    scene.add_argument("--seeds", type=seed_list, default=[0])
-    scene.set_defaults(handler=cmd_scene)
-    score = sub.add_parser("score", help="score a bench map output folder of the CTX scene")
-    common(score, grid=False)
-    score.add_argument("--map", required=True)
-    score.add_argument("--figure", default=None, help="also draw hits, false alarms and misses into this PNG")
-    score.add_argument("--crop", type=lambda t: [int(v) for v in t.split(",")], default=[1248, 0, 3744, 3744],
-                       help="x0,y0,x1,y1 of the part to draw (default: the scored two thirds)")
-    score.add_argument("--size", type=int, default=1000, help="longest side of the figure in pixels")
-    score.set_defaults(handler=cmd_score)
-
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parser.parse_args(argv)
-        if getattr(args, "command", None) == "run" and not args.method:
-            args.method = ["protonet", "linear-probe"]
-        return args.handler(args)
-    except UserError as exc:
-        if "--debug" in argv:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -336,3 +336,12 @@ def test_real_hirise_dunes_map(real_data_dir, tmp_path, capsys):
     labels = np.load(tmp_path / "out" / "labels.npy")
     assert np.array_equal(labels.ravel()[points.windows], points.labels)
     assert 0.03 < summary["area_fraction"]["dune"] < 0.25
+
+
+def test_bench_craters_is_a_bench_command(tmp_path, capsys):
+    rc = main(["craters", "score", "--map", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a bench map output folder" in err and err.count("\n") == 1, err
+    rc = main(["craters", "score", "--map", str(tmp_path), "--crop", "1,2,3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--crop must be x0,y0,x1,y1" in err, err

@@ -67,7 +67,7 @@ def cmd_map(args) -> int:
     import torch
 
     from benchmark.console import RichProgressReporter, console
-    from benchmark.mapping.map import map_scene
+    from benchmark.mapping.map import classified_windows, map_scene
     from benchmark.mapping.points import read_points
     from benchmark.mapping.scene import load_scene
     from tasks.windows import WindowGrid
@@ -91,6 +91,7 @@ def cmd_map(args) -> int:
     scene = load_scene(args.scene)
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride or max(1, args.window // 2))
     points = read_points(args.labels, grid, classes, scene=scene, label_field=args.label_field)
+    classified = classified_windows(scene, grid, points)
     task = load_task(args.task, Path(args.data_dir or default_data_dir()))
     progress = RichProgressReporter(enabled=not args.quiet)
     progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
@@ -101,7 +102,7 @@ def cmd_map(args) -> int:
     with thread_policy(args.threads or torch.get_num_threads()):
         result = map_scene(spec, task, scene, grid, points, Cache(args.cache_dir) if args.cache_dir else Cache(),
                            args.backbone, args.image_size, args.seed, args.smooth, args.smooth_strength,
-                           Path(args.out), progress, args.preview)
+                           Path(args.out), progress, args.preview, classified=classified)
     fractions = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.summary["area_fraction"].items())
     unclassified = result.summary["unclassified_windows"]
     if unclassified:

@@ -50,6 +50,18 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
                                                     "predict_s": time.perf_counter() - fitted}
 
 
+def classified_windows(scene, grid: WindowGrid, points: Points) -> np.ndarray:
+    """(n_windows,) bool: windows with at least MIN_VALID_FRACTION valid pixels; a labelled window below it is
+    a UserError."""
+    classified = scene.valid_fractions(grid) >= MIN_VALID_FRACTION
+    unusable = points.windows[~classified[points.windows]]
+    if len(unusable):
+        x, y = grid.centres()[unusable[0]]
+        raise UserError(f"a labelled window (centre at pixel {x:g}, {y:g}) is mostly no-data in {scene.path}; "
+                        "label windows of valid pixels")
+    return classified
+
+
 def georeferencing(scene) -> dict:
     """What summary.json says about the map's coordinates."""
     georeferenced = scene.geotransform is not None
@@ -70,20 +82,15 @@ class MapResult:
 def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache, backbone: str,
               image_size: int, seed: int = 0, smoothing: str = "none", strength: float | None = None,
               out: Path | None = None, progress: Progress = SILENT, preview: int = 1600,
-              chunk: int = 2048) -> MapResult:
+              chunk: int = 2048, classified: np.ndarray | None = None) -> MapResult:
     """Prepare the method on the base task, fit it on the labelled windows, classify every window with at least
     MIN_VALID_FRACTION valid pixels, smooth, and (with `out`) write label_map.png, overlay.png,
     probabilities.npy, labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json."""
     from methods.registry import create_method
 
     smooth(np.full((1, 1, 2), 0.5, np.float32), smoothing, strength)  # bad smoothing fails before any work
-    valid_fraction = scene.valid_fractions(grid)
-    classified = valid_fraction >= MIN_VALID_FRACTION
-    unusable = points.windows[~classified[points.windows]]
-    if len(unusable):
-        x, y = grid.centres()[unusable[0]]
-        raise UserError(f"a labelled window (centre at pixel {x:g}, {y:g}) is mostly no-data in {scene.path}; "
-                        "label windows of valid pixels")
+    if classified is None:
+        classified = classified_windows(scene, grid, points)
     method = create_method(method_spec.name, **method_spec.options)
     ctx = MapContext(task, cache, backbone, image_size, seed, progress, scene=scene, grid=grid)
     timings = {}

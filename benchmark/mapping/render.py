@@ -40,8 +40,7 @@ def render_maps(out: Path, scene, grid: WindowGrid, labels: np.ndarray, class_na
     scale = min(1.0, preview / max(grid.height, grid.width))
     raster = grid.raster(labels, scale)
     colours = class_colours(len(class_names))
-    cmap = ListedColormap(colours)
-    cmap.set_under((0, 0, 0, 0))  # windows without a class (-1) stay transparent
+    cmap = ListedColormap(colours).with_extremes(under=(0, 0, 0, 0))  # windows without a class (-1): transparent
     handles = [Patch(color=colours[c], label=f"{name} ({100 * fractions[c]:.1f}%)")
                for c, name in enumerate(class_names)]
     h, w = raster.shape

@@ -345,3 +345,27 @@ def test_bench_craters_is_a_bench_command(tmp_path, capsys):
     rc = main(["craters", "score", "--map", str(tmp_path), "--crop", "1,2,3"])
     err = capsys.readouterr().err
     assert rc == 2 and "--crop must be x0,y0,x1,y1" in err, err
+
+
+def test_without_the_gis_extra_gis_files_say_how_to_install_it(tmp_path, capsys, monkeypatch):
+    for name in ("rasterio", "pyogrio", "shapely", "pyproj"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)  # import fails as if not installed
+    pixels, _ = blob_scene()
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    (tmp_path / "scene.jp2").write_bytes(b"not read")
+    (tmp_path / "points.gpkg").write_bytes(b"not read")
+    write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
+    folder_like(tmp_path / "base", per_class=6)
+    common = ["--window", "32", "--out", str(tmp_path / "out"), "--task", f"folder:{tmp_path / 'base'}",
+              "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--preview", "150"]
+    for scene, labels in (("scene.jp2", "points.csv"), ("scene.png", "points.gpkg")):
+        rc = main(["map", "--method", "protonet", "--scene", str(tmp_path / scene), "--labels",
+                   str(tmp_path / labels), *common])
+        err = capsys.readouterr().err
+        assert rc == 2 and "marsfsl[gis]" in err and err.count("\n") == 1, err
+    rc = main(["map", "--method", "protonet", "--scene", str(tmp_path / "scene.png"), "--labels",
+               str(tmp_path / "points.csv"), *common])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "marsfsl[gis]" in summary["gis_outputs"] and "labels.tif" not in summary["files"]
+    assert not summary["georeferenced"] and summary["crs"] is None

@@ -125,6 +125,7 @@ class RasterScene:
         from rasterio.errors import RasterioIOError
 
         self.path = str(path)
+        self._fingerprint = None
         self._local = threading.local()  # one dataset handle per thread: GDAL handles are not thread-safe
         try:
             src = self._src
@@ -200,7 +201,13 @@ class RasterScene:
         return _valid_fractions(self, grid)
 
     def fingerprint(self) -> str:
-        """Hash of the bands' values, read in strips (bounded memory), and the stretch applied to them."""
+        """Hash of the bands' values, read in strips (bounded memory), and the stretch applied to them; computed
+        once (a read of the whole file)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._hash()
+        return self._fingerprint
+
+    def _hash(self) -> str:
         h = hashlib.sha256(repr((self.height, self.width, self.bands, self.limits, self.nodata)).encode())
         from rasterio.windows import Window
 

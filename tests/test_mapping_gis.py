@@ -136,11 +136,17 @@ def test_sixteen_bit_scene_is_stretched_not_saturated(tmp_path, capsys, suffix):
         assert src.crs is None and src.transform.is_identity
 
 
-def test_raster_windows_equal_in_memory_windows(tmp_path):
+@pytest.mark.parametrize("suffix, driver", [(".tif", "GTiff"), (".jp2", "JP2OpenJPEG")])
+def test_raster_windows_equal_in_memory_windows(tmp_path, suffix, driver):
+    if driver not in rasterio.drivers.raster_driver_extensions().values():
+        pytest.skip(f"this GDAL has no {driver} driver")
     pixels = np.random.default_rng(0).integers(0, 256, (70, 90), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "scene.png")
-    write_geotiff(tmp_path / "scene.tif", pixels, tiled=False)
-    memory, raster = load_scene(tmp_path / "scene.png"), load_scene(tmp_path / "scene.tif")
+    options = {"REVERSIBLE": "YES", "QUALITY": "100"} if driver == "JP2OpenJPEG" else {}
+    with rasterio.open(tmp_path / f"scene{suffix}", "w", driver=driver, height=70, width=90, count=1, dtype="uint8",
+                       crs=SCENE_CRS, transform=TRANSFORM, **options) as dst:
+        dst.write(pixels, 1)
+    memory, raster = load_scene(tmp_path / "scene.png"), load_scene(tmp_path / f"scene{suffix}")
     assert isinstance(raster, RasterScene) and raster.geotransform == TRANSFORM.to_gdal()
     for x0, y0 in ((0, 0), (50, 30), (37, 11)):
         assert np.array_equal(memory.window(x0, y0, 40, 24), raster.window(x0, y0, 40, 24))
@@ -178,6 +184,32 @@ def test_no_data_is_never_classified(tmp_path, capsys):
     rc = main(map_args(tmp_path, tmp_path / "scene.tif", tmp_path / "bad.csv"))
     err = capsys.readouterr().err
     assert rc == 2 and "mostly no-data" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("suffix, driver", [(".geojson", "GeoJSON"), (".shp", "ESRI Shapefile")])
+def test_geojson_and_shapefile_labels_select_the_same_windows_as_a_geopackage(tmp_path, suffix, driver):
+    from benchmark.mapping.points import read_points
+
+    write_geotiff(tmp_path / "scene.tif", halves())
+    scene = load_scene(tmp_path / "scene.tif")
+    grid = WindowGrid(HEIGHT, WIDTH, 32, 16)
+    to_lonlat = pyproj.Transformer.from_crs(SCENE_CRS, "EPSG:4326", always_xy=True)
+    def polygon(x0, y0, x1, y1):  # a pixel rectangle, as a WGS84 polygon (a shapefile holds one geometry type)
+        return shapely.Polygon([to_lonlat.transform(*(TRANSFORM @ xy)) for xy in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
+
+    geoms = shapely.to_wkb([polygon(8, 8, 72, 72), polygon(136, 24, 168, 56)])
+    selected = []
+    for name, drv in ((f"labels{suffix}", driver), ("labels.gpkg", "GPKG")):
+        pyogrio.raw.write(tmp_path / name, geoms, [np.array(["stripes", "ground"], object)], ["label"], driver=drv,
+                          geometry_type="Polygon", crs="EPSG:4326")
+        selected.append(read_points(tmp_path / name, grid, scene=scene))
+    assert np.array_equal(selected[0].windows, selected[1].windows)
+    assert np.array_equal(selected[0].labels, selected[1].labels)
+    # cells along each axis: [0, 24), [24, 40), [40, 56), [56, 72), [72, 88), ...; the polygon (8-72 on both
+    # axes) covers all of cells 1-3, 16/24 of cell 0 along each axis (so 44% of the corner cell: not selected)
+    rows, cols = np.divmod(selected[1].windows[selected[1].labels == 1], grid.shape[1])
+    cells = set(zip(rows.tolist(), cols.tolist()))
+    assert cells == {(r, c) for r in range(4) for c in range(4)} - {(0, 0)}
 
 
 @pytest.mark.parametrize("make, extra, message", [

@@ -5,7 +5,7 @@
 OUT/scene{size}.tif: a size x size tiled (512 px), deflate-compressed uint8 GeoTIFF in UTM 33N with 6 m pixels,
 bright striped texture in the left half and dark noisy ground in the right half, written 2048 x 2048 px at a
 time (bounded memory); OUT/points{size}.gpkg: three points per half in WGS84 (attribute `landform`);
-OUT/base/: a 12-image folder task (`--task folder:OUT/base`) for the methods' base pool. Needs the gis extra.
+OUT/base/: an 18-image folder task (`--task folder:OUT/base`) for the methods' base pool. Needs the gis extra.
 """
 from __future__ import annotations
 
@@ -54,10 +54,10 @@ def write_points(path: Path, n: int) -> None:
 
 
 def write_base(root: Path) -> None:
-    """Three classes of four 32 px images: flat colours with class-specific stripes."""
+    """Three classes of six 32 px images: flat colours with class-specific stripes."""
     for c, name in enumerate(("craters", "dunes", "plains")):
         (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(4):
+        for i in range(6):
             rng = np.random.default_rng([c, i])
             img = np.full((32, 32), 60.0 + 70 * c) + rng.normal(0, 10, (32, 32))
             img[:: 2 + c] = 230

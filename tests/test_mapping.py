@@ -369,3 +369,23 @@ def test_without_the_gis_extra_gis_files_say_how_to_install_it(tmp_path, capsys,
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "marsfsl[gis]" in summary["gis_outputs"] and "labels.tif" not in summary["files"]
     assert not summary["georeferenced"] and summary["crs"] is None
+
+
+@pytest.mark.slow
+def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, capsys):
+    """bench craters run on the CTX block (coarse windows, a tiny base task): rows appended under the lock, a
+    second identical run maps nothing and appends nothing."""
+    folder_like(tmp_path / "base", per_class=6)
+    args = ["craters", "run", "--method", "protonet", "--shots", "3", "--seeds", "0,1", "--window", "128", "--stride",
+            "128", "--image-size", "32", "--task", f"folder:{tmp_path / 'base'}", "--data-dir", str(real_data_dir),
+            "--cache-dir", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--out",
+            str(tmp_path / "out" / "ctx"), "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = (tmp_path / "out" / "ctx.csv").read_text()
+    assert rows.count("\n") == 1 + 2 * 2  # header + (seed x smoothing)
+    table = (tmp_path / "out" / "ctx.md").read_text()
+    assert "| protonet | 3 | none |" in table and "| protonet | 3 | mrf |" in table
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (tmp_path / "out" / "ctx.csv").read_text() == rows
+    assert "map in" not in capsys.readouterr().err

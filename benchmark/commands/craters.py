@@ -140,6 +140,7 @@ def cmd_run(args) -> int:
     from methods.features import thread_policy
     from methods.registry import method_info
     from tasks.datasets.ctx_murray import load_ctx, window_truth
+    from tasks.errors import UserError
     from tasks.registry import load_task
     from tasks.windows import WindowGrid
 
@@ -148,6 +149,10 @@ def cmd_run(args) -> int:
     for spec in specs:
         method_info(spec.name)
     out_csv = Path(f"{args.out}.csv")
+    try:
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: its folder cannot be created ({exc.strerror})") from None
     if args.fresh and out_csv.exists():
         out_csv.unlink()
     check_results_path(out_csv, COLUMNS, manifests=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -43,8 +44,10 @@ def write_geotiff(path, pixels, crs=SCENE_CRS, transform=TRANSFORM, nodata=None,
                "dtype": pixels.dtype.name, "crs": crs, "transform": transform, "nodata": nodata}
     if tiled:
         profile.update(tiled=True, blockxsize=64, blockysize=64)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(pixels, 1)
+    with warnings.catch_warnings():  # an identity transform: a raster without georeferencing, on purpose
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(pixels, 1)
 
 
 def map_args(tmp_path, scene, labels, *extra):

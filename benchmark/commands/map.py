@@ -99,6 +99,8 @@ def cmd_map(args) -> int:
                  f"{', '.join(points.class_names)}")
     if scene.geotransform is None:
         progress.log("the scene is not georeferenced: the GIS outputs are in pixel coordinates (x = column, y = row)")
+    elif scene.crs_wkt is None:
+        progress.log("the scene has a geotransform but no CRS: the GIS outputs have its coordinates and no CRS")
     with thread_policy(args.threads or torch.get_num_threads()):
         result = map_scene(spec, task, scene, grid, points, Cache(args.cache_dir) if args.cache_dir else Cache(),
                            args.backbone, args.image_size, args.seed, args.smooth, args.smooth_strength,

@@ -57,6 +57,15 @@ def write_rasters(out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs:
                   colours) -> None:
     """labels.tif and probabilities.tif, tile by tile; scene pixels that are no-data get no class."""
     import rasterio
+
+    with warnings.catch_warnings():  # a scene without georeferencing gives rasters in pixel coordinates
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        _write_rasters(out, scene, grid, labels, probs, class_names, colours)
+
+
+def _write_rasters(out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs: np.ndarray, class_names,
+                   colours) -> None:
+    import rasterio
     from rasterio.windows import Window
 
     n_classes = len(class_names)

@@ -13,8 +13,8 @@ Two sources behind one interface (`path`, `height`, `width`, `window()`, `valid(
   (`apply_stretch`). No-data (the raster's nodata value, masks, alpha, non-finite values) is 0 in the window
   pixels and reported by `valid()`; a window with less than MIN_VALID_FRACTION of its pixels valid gets no class.
 
-A window is preprocessed exactly as a dataset image (`methods.features.load_image`): greyscale replicated to
-RGB, then fitted to the method's image size (bilinear).
+A window is preprocessed exactly as a dataset image (`tasks.imageio.fit_square`): greyscale replicated to RGB,
+then fitted to the method's image size (bilinear).
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from tasks.errors import UserError
-from tasks.imageio import apply_stretch, read_image, stretch_limits
+from tasks.imageio import apply_stretch, fit_square, read_image, stretch_limits
 from tasks.windows import WindowGrid
 
 MIN_VALID_FRACTION = 0.5  # a window with fewer valid pixels than this is left unclassified
@@ -37,12 +37,6 @@ STRETCH_SAMPLE = 2048  # longest side of the decimated read that gives a raster 
 PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 GIS_HINT = "pip install 'marsfsl[gis]' (rasterio, pyogrio, shapely, pyproj)"
-
-
-def fit_window(crop: np.ndarray, size: int) -> np.ndarray:
-    """(3, size, size) uint8 from an (h, w[, 3]) uint8 crop, preprocessed as load_image preprocesses a file."""
-    img = ImageOps.fit(Image.fromarray(crop).convert("RGB"), (size, size), method=Image.Resampling.BILINEAR)
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def _valid_fractions(scene, grid: WindowGrid) -> np.ndarray:
@@ -80,7 +74,7 @@ class Scene:
 
     def window(self, x0: int, y0: int, window: int, size: int) -> np.ndarray:
         """(3, size, size) uint8, preprocessed exactly as load_image preprocesses an image file."""
-        return fit_window(self.pixels[y0 : y0 + window, x0 : x0 + window], size)
+        return fit_square(self.pixels[y0 : y0 + window, x0 : x0 + window], size)
 
     def valid(self, x0: int, y0: int, width: int, height: int) -> np.ndarray | None:
         return None  # decoded images have no no-data
@@ -185,7 +179,7 @@ class RasterScene:
         return np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels), valid
 
     def window(self, x0: int, y0: int, window: int, size: int) -> np.ndarray:
-        return fit_window(self._read(x0, y0, window, window)[0], size)
+        return fit_square(self._read(x0, y0, window, window)[0], size)
 
     def valid(self, x0: int, y0: int, width: int, height: int) -> np.ndarray | None:
         """(height, width) bool, or None when every pixel of the scene is valid."""

@@ -92,24 +92,11 @@ def fixed_k_sets(task: Task, k: int, seeds) -> list[FixedKSet]:
     return sets
 
 
-def score(test_y: np.ndarray, scores: np.ndarray, n_classes: int) -> dict:
-    from sklearn.metrics import f1_score
-
-    scores = np.asarray(scores)
-    if scores.shape != (len(test_y), n_classes) or not np.isfinite(scores).all():
-        raise RuntimeError(f"method returned scores of shape {scores.shape}; expected finite "
-                           f"{(len(test_y), n_classes)}")
-    pred = scores.argmax(axis=1)
-    labels = np.arange(n_classes)
-    return {"accuracy": float((pred == test_y).mean()),
-            "weighted_f1": float(f1_score(test_y, pred, average="weighted", labels=labels, zero_division=0)),
-            "macro_f1": float(f1_score(test_y, pred, average="macro", labels=labels, zero_division=0))}
-
-
 def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None) -> list[dict]:
+                prepare_seed: int = 0, progress=None, *, score) -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
-    pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds.
+    pool); one dict per seed: seed, shots, n_train, n_test, seconds and what `score(test_y, scores, n_classes)`
+    returns (the harness's scorer, benchmark.scoring.score_fixed_k: accuracy, weighted_f1, macro_f1).
 
     The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the
     test pool, so that nothing it pre-trains on is drawn or scored. (The only import from methods/, kept

@@ -28,16 +28,17 @@ class Task:
     def class_names(self) -> tuple[str, ...]:
         return self.table.class_names
 
-    def fingerprint(self) -> str:
-        """Keys caches: the table's fingerprint (file locations and times included) and the pools."""
-        return self._with_pools(self.table.fingerprint())
+    def fingerprint(self, cache_dir=None) -> str:
+        """Keys caches: the table's content fingerprint and the pools, not the task's name (a `folder:` task is
+        named by its folder's location, which must not split caches)."""
+        return self._with_pools(self.table.fingerprint(cache_dir), name="")
 
     def identity(self) -> str:
         """Names episode streams: the table's location-independent identity and the pools."""
         return self._with_pools(self.table.identity())
 
-    def _with_pools(self, table_hash: str) -> str:
-        h = hashlib.sha256(f"{self.name}\x00{table_hash}".encode())
+    def _with_pools(self, table_hash: str, name: str | None = None) -> str:
+        h = hashlib.sha256(f"{self.name if name is None else name}\x00{table_hash}".encode())
         h.update(np.asarray(self.base, np.int64).tobytes())
         h.update(np.asarray(self.target, np.int64).tobytes())
         return h.hexdigest()[:16]
@@ -87,13 +88,16 @@ TASKS: dict[str, tuple[str, Callable[[Path], Task]]] = {
 
 
 def user_table_task(spec: str, data_dir: Path) -> Task:
-    """`folder:PATH` or `csv:PATH`: the CSV's split column (base/target) if present, else a scene split."""
+    """`folder:PATH` or `csv:PATH`, named by the dataset's one spelling (tasks/datasets/generic.py): the CSV's
+    split column if it has one (base = base or train + val, target = target or test), else a scene split."""
+    from tasks.datasets.generic import split_pool
+
     table = load_dataset(spec, data_dir)
-    splits = table.splits
-    if set(splits) <= {"base", "target"} and "target" in set(splits):
-        return Task(spec, f"{spec} (its own base/target split)", table,
-                    np.flatnonzero(splits == "base"), np.flatnonzero(splits == "target"))
-    return region_task(spec, table, f"{spec}, scene-disjoint 60/40 base/target split")
+    pools = np.array([split_pool(s) for s in table.splits], dtype=object)
+    if (pools == "target").any():
+        return Task(table.name, f"{table.name} (its own base/target split)", table,
+                    np.flatnonzero(pools == "base"), np.flatnonzero(pools == "target"))
+    return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
 def load_task(name: str, data_dir: Path | str) -> Task:

@@ -128,7 +128,7 @@ def cmd_run(args) -> int:
     import torch
 
     from benchmark.console import RichProgressReporter
-    from benchmark.mapping.craters import (CLASSES, COLUMNS, KEY, draw_points, markdown, regions, score_labels,
+    from benchmark.mapping.craters import (CLASSES, CRATERS, draw_points, markdown, regions, score_labels,
                                            summarise, write_scene)
     from benchmark.mapping.map import map_scene
     from benchmark.mapping.points import read_points, write_points
@@ -155,7 +155,7 @@ def cmd_run(args) -> int:
         raise UserError(f"--out {args.out}: its folder cannot be created ({exc.strerror})") from None
     if args.fresh and out_csv.exists():
         out_csv.unlink()
-    check_results_path(out_csv, COLUMNS, manifests=False)
+    check_results_path(out_csv, CRATERS)
     work = Path(args.work)
     scene_path = write_scene(data_dir, work)
     pixels, boxes = load_ctx(data_dir)
@@ -178,11 +178,11 @@ def cmd_run(args) -> int:
         values = {"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing, "strength": strength,
                   "method_seed": args.method_seed, "window": grid.window, "stride": grid.stride,
                   "image_size": args.image_size}
-        return tuple(str(values[c]) for c in KEY)
+        return tuple(str(values[c]) for c in CRATERS.key)
 
     def recorded() -> set[tuple]:
-        frame = read_results(out_csv, COLUMNS)
-        return {tuple(str(v) for v in row) for row in frame[KEY].itertuples(index=False)}
+        frame = read_results(out_csv, CRATERS)
+        return {tuple(str(v) for v in row) for row in frame[CRATERS.key].itertuples(index=False)}
 
     done = recorded()
     with thread_policy(args.threads or torch.get_num_threads()):
@@ -217,11 +217,11 @@ def cmd_run(args) -> int:
                                      "window": grid.window, "stride": grid.stride, "image_size": args.image_size})
                         progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
                                      f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
-                    append_rows(out_csv, rows, COLUMNS, KEY)
+                    append_rows(out_csv, rows, CRATERS)
     # the table shows this command's rows only (the file may hold other settings' rows too)
-    frame = read_results(out_csv, COLUMNS)
+    frame = read_results(out_csv, CRATERS)
     wanted = {key(spec, k, seed, s, b) for spec in specs for k in args.shots for seed in args.seeds for s, b in smoothings}
-    frame = frame[[tuple(str(v) for v in row) in wanted for row in frame[KEY].itertuples(index=False)]]
+    frame = frame[[tuple(str(v) for v in row) in wanted for row in frame[CRATERS.key].itertuples(index=False)]]
     order = {s.label: i for i, s in enumerate(specs)}
     smoothing_order = {"none": 0, "mrf": 1}
     frame = frame.sort_values(["method", "shots", "smoothing", "seed"], key=lambda c: c.map(lambda m: order.get(m, len(order))) if c.name ==

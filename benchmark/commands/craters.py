@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cli import add_common, default_data_dir, int_list, positive_int
+from benchmark.cli import add_common, add_task_options, default_data_dir, int_list, positive_int, seed_list
 
 DEFAULT_METHODS = ["protonet", "linear-probe"]
 
@@ -30,8 +30,6 @@ def add_parser(sub) -> None:
             q.add_argument("--stride", type=positive_int("stride"), default=32)
         add_common(q)
 
-    from benchmark.mapping.craters import seed_list
-
     run = verbs.add_parser("run", help="build samples, map, score; append rows to OUT.csv, write OUT.md")
     common(run)
     run.add_argument("--method", action="append", default=None, metavar="NAME[:key=value,...]",
@@ -40,9 +38,7 @@ def add_parser(sub) -> None:
     run.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     run.add_argument("--beta", type=float, default=1.0, help="the MRF's weight for the smoothed rows")
     run.add_argument("--method-seed", type=int, default=0, help="the methods' seed (pre-training, fitting)")
-    run.add_argument("--task", default="hirise-regions")
-    run.add_argument("--backbone", default="efficientnet_lite0")
-    run.add_argument("--image-size", type=positive_int("image-size"), default=128)
+    add_task_options(run, "base task the methods pre-train on")
     run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
     run.add_argument("--out", default="results/ctx-craters", help="appends to OUT.csv, writes OUT.md")
     run.add_argument("--threads", type=positive_int("threads"), default=None)

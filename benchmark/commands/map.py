@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmark.cli import add_common, default_data_dir, positive_int
+from benchmark.cli import add_common, add_task_options, default_data_dir, positive_int
 from benchmark.mapping.smoothing import SMOOTHERS
 
 
@@ -49,10 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--smooth-strength", type=_float("smooth-strength"), default=None,
                    help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows "
                         "(default 1)")
-    p.add_argument("--task", default="hirise-regions", help="base task the method pre-trains on (its base pool)")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--image-size", type=positive_int("image-size"), default=128,
-                   help="windows are resized to this size (the size the method's pre-training used)")
+    add_task_options(p, "base task the method pre-trains on (its base pool); windows are resized to --image-size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", type=positive_int("preview"), default=1600,
                    help="longest side of the PNG figures in pixels")
@@ -83,8 +80,6 @@ def cmd_map(args) -> int:
     check_backbone(args.backbone)
     spec = MethodSpec.parse(args.method)
     method_info(spec.name)  # an unknown method fails before any work
-    if not 16 <= args.image_size <= 1024:
-        raise UserError(f"--image-size must be an integer from 16 to 1024, got {args.image_size}")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     if classes is not None and len(set(classes)) != len(classes):
         raise UserError(f"--classes names a class twice: {args.classes}")

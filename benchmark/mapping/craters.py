@@ -27,7 +27,6 @@ files for running `bench map` by hand; `bench craters score --map DIR` scores a 
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -228,13 +227,3 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
               "for 'finds catalogued craters of window size'.", "",
               f"Per-seed rows: `{meta['csv']}`. Command: `{meta['command']}`", ""]
     return "\n".join(lines)
-
-
-def seed_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"--seeds must be integers >= 0 separated by commas, got {text!r}")
-    return sorted(set(values))

@@ -15,9 +15,9 @@ from benchmark.mapping.craters import regions, score_labels
 from benchmark.mapping.map import map_scene
 from benchmark.mapping.points import read_points, write_points
 from benchmark.mapping.scene import load_scene
-from benchmark.mapping.scoring import binary_scores
 from benchmark.mapping.smoothing import majority_filter, mrf_smooth, smooth
 from benchmark.runner import MethodSpec
+from benchmark.scoring import binary_scores
 from tasks.datasets.ctx_murray import window_truth
 from tasks.windows import WindowGrid, window_starts
 from methods.cache import Cache
@@ -389,3 +389,30 @@ def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, cap
     assert main(args) == 0
     assert (tmp_path / "out" / "ctx.csv").read_text() == rows
     assert "map in" not in capsys.readouterr().err
+
+
+def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
+    """Non-finite scores must fail the map, not turn into windows 'without a class' (NaN probabilities)."""
+    from benchmark.mapping.map import classify_windows
+    from benchmark.scoring import ScoreError
+
+    pixels, _ = blob_scene()
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    scene = load_scene(tmp_path / "scene.png")
+    grid = WindowGrid(scene.height, scene.width, 64, 64)
+    write_points(tmp_path / "points.csv", [(60, 50), (240, 30)], ["blob", "ground"])
+    points = read_points(tmp_path / "points.csv", grid)
+    task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
+    ctx = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=grid)
+
+    class NaNMethod:
+        def fit(self, *args):
+            pass
+
+        def predict(self, indices):
+            scores = np.zeros((len(indices), 2))
+            scores[0, 0] = np.nan
+            return scores
+
+    with pytest.raises(ScoreError, match="method nan returned 1 non-finite scores"):
+        classify_windows(NaNMethod(), ctx, points, np.random.default_rng(0), what="method nan")

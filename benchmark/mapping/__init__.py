@@ -5,7 +5,6 @@
 - `points`: the labelled samples (a CSV of pixel points, or points/polygons of a vector layer in any CRS);
 - `context`: what a method sees of the scene (`MapContext`: the base task plus the scene's windows);
 - `smoothing`: none, majority filter, Potts MRF over the window grid;
-- `scoring`: precision/recall/F1 of a map against per-window truth;
 - `render`: the PNG figures and summary.json; `gis`: the georeferenced GeoTIFF and GeoPackage outputs;
 - `map`: the orchestration (`map_scene`); `craters`: the scored CTX crater case (`bench craters`).
 

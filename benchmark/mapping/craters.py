@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.mapping.scoring import binary_scores
 from benchmark.results import Schema
+from benchmark.scoring import binary_scores
 from tasks.datasets.ctx_murray import CLASSES, DATASET, RIM_BAND, TRAIN_X, load_ctx, window_truth
 from tasks.errors import UserError
 from tasks.windows import WindowGrid

@@ -14,6 +14,7 @@ from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
+from benchmark.scoring import check_scores
 from methods.progress import SILENT, Progress
 from tasks.errors import UserError
 from tasks.windows import WindowGrid
@@ -26,9 +27,10 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Generator, chunk: int = 2048,
-                     progress: Progress = SILENT, classified: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                     progress: Progress = SILENT, classified: np.ndarray | None = None,
+                     what: str = "") -> tuple[np.ndarray, dict]:
     """Fit the (prepared) method on the labelled windows, predict the `classified` windows (default: all) in
-    chunks.
+    chunks. `what` names the method in a score error ("method protonet").
 
     Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, NaN for windows not
     classified; timings)."""
@@ -41,9 +43,8 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
     with progress.task(f"classifying {len(targets)} windows", len(targets)) as advance:
         for start in range(0, len(targets), chunk):
             windows = targets[start : start + chunk]
-            scores = np.asarray(method.predict(ctx.window_indices(windows)))
-            if scores.shape != (len(windows), n_way):
-                raise RuntimeError(f"method returned scores of shape {scores.shape}, expected {(len(windows), n_way)}")
+            scores = check_scores(method.predict(ctx.window_indices(windows)), (len(windows), n_way), what,
+                                  "windows x classes")
             probs[windows] = softmax(scores)
             advance(len(windows))
     return probs.reshape(*ctx.grid.shape, n_way), {"fit_s": fitted - started,
@@ -99,7 +100,7 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
     timings["prepare_s"] = time.perf_counter() - started
     progress.log(f"{method_spec.label}: prepared (base task and {grid.n} windows) in {timings['prepare_s']:.1f} s")
     probs, t = classify_windows(method, ctx, points, np.random.default_rng([seed, 7919]), chunk, progress,
-                                None if classified.all() else classified)
+                                None if classified.all() else classified, f"method {method_spec.label}")
     timings.update(t)
     t0 = time.perf_counter()
     labels = smooth(probs, smoothing, strength)

@@ -189,6 +189,23 @@ def test_no_data_is_never_classified(tmp_path, capsys):
     assert rc == 2 and "mostly no-data" in err and err.count("\n") == 1, err
 
 
+def test_a_paletted_geotiff_shows_its_colours_like_a_paletted_png(tmp_path):
+    rng = np.random.default_rng(1)
+    indices = rng.integers(0, 4, (40, 50), dtype=np.uint8)
+    colours = {0: (200, 30, 30, 255), 1: (20, 180, 40, 255), 2: (30, 40, 220, 255), 3: (240, 240, 10, 255)}
+    png = Image.fromarray(indices, mode="P")
+    png.putpalette([v for c in range(4) for v in colours[c][:3]])
+    png.save(tmp_path / "scene.png")
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=40, width=50, count=1, dtype="uint8",
+                       crs=SCENE_CRS, transform=TRANSFORM) as dst:
+        dst.write(indices, 1)
+        dst.write_colormap(1, colours)
+    memory, raster = load_scene(tmp_path / "scene.png"), load_scene(tmp_path / "scene.tif")
+    assert memory.pixels.ndim == 3  # Pillow shows the palette's colours
+    assert np.array_equal(memory.window(5, 3, 30, 16), raster.window(5, 3, 30, 16))
+    assert np.array_equal(memory.preview(1.0), raster.preview(1.0))
+
+
 @pytest.mark.parametrize("suffix, driver", [(".geojson", "GeoJSON"), (".shp", "ESRI Shapefile")])
 def test_geojson_and_shapefile_labels_select_the_same_windows_as_a_geopackage(tmp_path, suffix, driver):
     from benchmark.mapping.points import read_points

@@ -115,7 +115,7 @@ class RasterScene:
 
     def __init__(self, path: str | Path):
         import_rasterio(f"scene {path}")
-        from rasterio.enums import MaskFlags
+        from rasterio.enums import ColorInterp, MaskFlags
         from rasterio.errors import RasterioIOError
 
         self.path = str(path)
@@ -133,6 +133,11 @@ class RasterScene:
         self.masked = not all(MaskFlags.all_valid in src.mask_flag_enums[b - 1] for b in self.bands)
         dtypes = {src.dtypes[b - 1] for b in self.bands}
         self.eight_bit = dtypes == {"uint8"}
+        self.palette = None  # (256, 3) uint8: a one-band paletted raster shows its palette's colours, as in Pillow
+        if self.bands == (1,) and self.eight_bit and src.colorinterp[0] == ColorInterp.palette:
+            self.palette = np.zeros((256, 3), np.uint8)
+            for index, rgba in src.colormap(1).items():
+                self.palette[index] = rgba[:3]
         self.floating = any(np.dtype(d).kind == "f" for d in dtypes)
         georeferenced = src.crs is not None or not src.transform.is_identity
         self.crs_wkt = src.crs.to_wkt() if src.crs is not None else None
@@ -172,11 +177,17 @@ class RasterScene:
         win = Window(x0, y0, width, height)
         raw = self._src.read(self.bands, window=win)
         valid = self._valid_of(raw, lambda: self._src.read_masks(self.bands, window=win))
-        pixels = raw if self.eight_bit else apply_stretch(raw, *self.limits)
+        pixels = self._to_uint8(raw)
         if valid is not None:
             pixels = np.where(valid, pixels, 0).astype(np.uint8)
         pixels = np.moveaxis(pixels, 0, -1)
         return np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels), valid
+
+    def _to_uint8(self, raw: np.ndarray) -> np.ndarray:
+        """(bands, h, w) raw values -> (bands or 3, h, w) uint8 by the module's rule."""
+        if self.palette is not None:
+            return np.moveaxis(self.palette[raw[0]], -1, 0)
+        return raw if self.eight_bit else apply_stretch(raw, *self.limits)
 
     def window(self, x0: int, y0: int, window: int, size: int) -> np.ndarray:
         return fit_square(self._read(x0, y0, window, window)[0], size)
@@ -203,6 +214,8 @@ class RasterScene:
 
     def _hash(self) -> str:
         h = hashlib.sha256(repr((self.height, self.width, self.bands, self.limits, self.nodata)).encode())
+        if self.palette is not None:
+            h.update(self.palette.tobytes())
         from rasterio.windows import Window
 
         rows = max(1, 2**24 // (self.width * len(self.bands)))
@@ -217,8 +230,7 @@ class RasterScene:
         """(h, w, 3) uint8 decimated copy for figures (read at that size, never whole)."""
         shape = (len(self.bands), max(1, round(self.height * scale)), max(1, round(self.width * scale)))
         raw = self._src.read(self.bands, out_shape=shape)
-        pixels = raw if self.eight_bit else apply_stretch(raw, *self.limits)
-        pixels = np.moveaxis(pixels, 0, -1)
+        pixels = np.moveaxis(self._to_uint8(raw), 0, -1)
         return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else np.ascontiguousarray(pixels)
 
 

@@ -242,7 +242,7 @@ def to_summary(board: pd.DataFrame) -> str:
     parts = []
     for (task, ways, queries, seed), g in board.groupby(["task", "ways", "queries", "seed"], sort=True):
         if g.duplicated(["shots", "method"]).any():
-            raise UserError(f"{task}: one (shots, method) in several episode streams; summarise one stream each")
+            raise UserError(f"{task}: one (shots, method) in several episode streams; summarize one stream each")
         shots = sorted(g["shots"].unique())
         cells = {(r.method, r.shots): r for r in g.itertuples(index=False)}
         widest = max(shots, key=lambda k: ((g["shots"] == k).sum(), -k))

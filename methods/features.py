@@ -12,13 +12,12 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from methods.backbones import DEFAULT_BACKBONE, create_backbone, normalize, weights_digest
 from methods.cache import Cache, cache_key
 from methods.progress import SILENT, Progress
 from tasks.datasets.base import ImageTable
-from tasks.imageio import DECODER_VERSION, read_image
+from tasks.imageio import DECODER_VERSION, fit_square, read_image
 
 # Bump when decoding/resizing changes, so caches are recomputed (keys also hold tasks.imageio.DECODER_VERSION).
 # 2: decoding by tasks.imageio (16-bit and float images stretched, not saturated; EXIF orientation applied).
@@ -73,9 +72,7 @@ def inference_threads() -> int | None:
 def load_image(path: str, size: int) -> np.ndarray:
     """(3, size, size) uint8: the file decoded by tasks.imageio (16-bit and float images stretched, EXIF
     orientation applied), RGB (greyscale repeated), shorter side resized and centre-cropped."""
-    img = read_image(path, "RGB", "image")
-    array = np.asarray(ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR), dtype=np.uint8)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return fit_square(read_image(path, "RGB", "image"), size)
 
 
 def decode_images(paths, size: int, progress: Progress = SILENT, workers: int | None = None) -> np.ndarray:

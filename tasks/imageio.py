@@ -137,3 +137,12 @@ def read_image(path: str | Path, mode: str = "RGB", what: str = "image") -> Imag
     if pixels.ndim == 3 and pixels.shape[2] != 3:
         raise UserError(f"{what} {path} has {pixels.shape[2]} bands; expected 1, 3 or 4")
     return Image.fromarray(np.ascontiguousarray(pixels)).convert(mode)
+
+
+def fit_square(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """(3, size, size) uint8 model input: RGB (greyscale repeated), shorter side resized (bilinear) and
+    centre-cropped. The one preprocessing of dataset images and of scene windows."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    fitted = ImageOps.fit(image.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(fitted, dtype=np.uint8).transpose(2, 0, 1))

@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.commands.map import SMOOTHERS as CLI_SMOOTHERS
-from benchmark.ctx_craters import regions, score_labels
-from benchmark.mapping import (SMOOTHERS, ConcatImages, MapContext, WindowImages, binary_scores, load_scene,
-                               map_scene, majority_filter, mrf_smooth, read_points, smooth, write_points)
+from benchmark.mapping.context import ConcatImages, MapContext, WindowImages
+from benchmark.mapping.craters import regions, score_labels
+from benchmark.mapping.map import map_scene
+from benchmark.mapping.points import read_points, write_points
+from benchmark.mapping.scene import load_scene
+from benchmark.mapping.smoothing import majority_filter, mrf_smooth, smooth
 from benchmark.runner import MethodSpec
+from benchmark.scoring import binary_scores
 from tasks.datasets.ctx_murray import window_truth
 from tasks.windows import WindowGrid, window_starts
 from methods.cache import Cache
@@ -222,7 +225,6 @@ def test_smoothing_options_are_checked():
         smooth(probs, "mrf", -1)
     with pytest.raises(UserError, match="did you mean mrf"):
         smooth(probs, "mfr")
-    assert CLI_SMOOTHERS == SMOOTHERS
 
 
 # ---------------------------------------------------------------------------------------- bad POINTS.csv
@@ -334,3 +336,83 @@ def test_real_hirise_dunes_map(real_data_dir, tmp_path, capsys):
     labels = np.load(tmp_path / "out" / "labels.npy")
     assert np.array_equal(labels.ravel()[points.windows], points.labels)
     assert 0.03 < summary["area_fraction"]["dune"] < 0.25
+
+
+def test_bench_craters_is_a_bench_command(tmp_path, capsys):
+    rc = main(["craters", "score", "--map", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a bench map output folder" in err and err.count("\n") == 1, err
+    rc = main(["craters", "score", "--map", str(tmp_path), "--crop", "1,2,3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--crop must be x0,y0,x1,y1" in err, err
+
+
+def test_without_the_gis_extra_gis_files_say_how_to_install_it(tmp_path, capsys, monkeypatch):
+    for name in ("rasterio", "pyogrio", "shapely", "pyproj"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)  # import fails as if not installed
+    pixels, _ = blob_scene()
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    (tmp_path / "scene.jp2").write_bytes(b"not read")
+    (tmp_path / "points.gpkg").write_bytes(b"not read")
+    write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
+    folder_like(tmp_path / "base", per_class=6)
+    common = ["--window", "32", "--out", str(tmp_path / "out"), "--task", f"folder:{tmp_path / 'base'}",
+              "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--preview", "150"]
+    for scene, labels in (("scene.jp2", "points.csv"), ("scene.png", "points.gpkg")):
+        rc = main(["map", "--method", "protonet", "--scene", str(tmp_path / scene), "--labels",
+                   str(tmp_path / labels), *common])
+        err = capsys.readouterr().err
+        assert rc == 2 and "marsfsl[gis]" in err and err.count("\n") == 1, err
+    rc = main(["map", "--method", "protonet", "--scene", str(tmp_path / "scene.png"), "--labels",
+               str(tmp_path / "points.csv"), *common])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "marsfsl[gis]" in summary["gis_outputs"] and "labels.tif" not in summary["files"]
+    assert not summary["georeferenced"] and summary["crs"] is None
+
+
+@pytest.mark.slow
+def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, capsys):
+    """bench craters run on the CTX block (coarse windows, a tiny base task): rows appended under the lock, a
+    second identical run maps nothing and appends nothing."""
+    folder_like(tmp_path / "base", per_class=6)
+    args = ["craters", "run", "--method", "protonet", "--shots", "3", "--seeds", "0,1", "--window", "128", "--stride",
+            "128", "--image-size", "32", "--task", f"folder:{tmp_path / 'base'}", "--data-dir", str(real_data_dir),
+            "--cache-dir", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--out",
+            str(tmp_path / "out" / "ctx"), "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = (tmp_path / "out" / "ctx.csv").read_text()
+    assert rows.count("\n") == 1 + 2 * 2  # header + (seed x smoothing)
+    table = (tmp_path / "out" / "ctx.md").read_text()
+    assert "| protonet | 3 | none |" in table and "| protonet | 3 | mrf |" in table
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (tmp_path / "out" / "ctx.csv").read_text() == rows
+    assert "map in" not in capsys.readouterr().err
+
+
+def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
+    """Non-finite scores must fail the map, not turn into windows 'without a class' (NaN probabilities)."""
+    from benchmark.mapping.map import classify_windows
+    from benchmark.scoring import ScoreError
+
+    pixels, _ = blob_scene()
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    scene = load_scene(tmp_path / "scene.png")
+    grid = WindowGrid(scene.height, scene.width, 64, 64)
+    write_points(tmp_path / "points.csv", [(60, 50), (240, 30)], ["blob", "ground"])
+    points = read_points(tmp_path / "points.csv", grid)
+    task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
+    ctx = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=grid)
+
+    class NaNMethod:
+        def fit(self, *args):
+            pass
+
+        def predict(self, indices):
+            scores = np.zeros((len(indices), 2))
+            scores[0, 0] = np.nan
+            return scores
+
+    with pytest.raises(ScoreError, match="method nan returned 1 non-finite scores"):
+        classify_windows(NaNMethod(), ctx, points, np.random.default_rng(0), what="method nan")

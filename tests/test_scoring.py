@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from benchmark.scoring import ScoreError, binary_scores, join_labels, score_episodes, score_fixed_k, split_labels
+from benchmark.scoring import ScoreError, join_labels, score_episodes, score_fixed_k, split_labels
 
 
 def test_fixed_k_scores_are_scikit_learns_bit_for_bit():
@@ -37,16 +37,6 @@ def test_episode_scores_are_scikit_learns_and_class_recalls():
         assert row["accuracy"] == float((pred == truth).mean())
         assert row["class_accuracy"] == "|".join(f"{(pred[truth == k] == k).mean():.6g}" for k in range(n_way))
         assert row["classes"] == "|".join(names[i] for i in c)
-
-
-def test_binary_scores_match_the_mapping_scorer():
-    from benchmark.mapping import binary_scores as mapping_binary_scores
-
-    rng = np.random.default_rng(2)
-    for _ in range(50):
-        predicted, truth, scored = (rng.random((3, 30)) < rng.random(3)[:, None])
-        assert binary_scores(predicted, truth, scored) == mapping_binary_scores(predicted, truth, scored)
-        assert binary_scores(predicted, truth) == mapping_binary_scores(predicted, truth)
 
 
 @pytest.mark.parametrize("scores,match", [

@@ -1,11 +1,12 @@
-"""`bench map`: classify a whole scene with sliding windows from a few labelled windows (POINTS.csv)."""
+"""`bench map`: classify a whole scene with sliding windows from a few labelled windows (points or polygons)."""
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
-from benchmark.cli import add_common, default_data_dir, positive_int
+from benchmark.cli import add_common, add_task_options, default_data_dir, positive_int
+from benchmark.mapping.smoothing import SMOOTHERS
 
 
 def _float(name: str):
@@ -18,19 +19,25 @@ def _float(name: str):
     return convert
 
 
-SMOOTHERS = ("none", "majority", "mrf")  # = benchmark.mapping.SMOOTHERS (not imported here: it loads torch)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("map", help="map a whole scene from a few labelled windows (sliding-window classification)",
-                       description="Cut the scene into windows, adapt the method on the labelled windows of "
-                                   "POINTS.csv (x,y,label: pixel positions in the scene) as on an episode's "
+                       description="Cut the scene into windows, adapt the method on the labelled windows (a CSV "
+                                   "of pixel points, or points/polygons of a GIS layer) as on an episode's "
                                    "support set, classify every window, optionally smooth, and write a label "
-                                   "map, an overlay, per-window probabilities and a JSON summary.")
+                                   "map, an overlay, per-window probabilities, georeferenced GeoTIFF and "
+                                   "GeoPackage layers and a JSON summary (see docs/mapping.md).")
     p.add_argument("--method", required=True, metavar="NAME[:key=value,...]")
-    p.add_argument("--scene", required=True, metavar="IMAGE", help="the scene (PNG/JPEG/TIFF, greyscale or RGB)")
-    p.add_argument("--labels", required=True, metavar="POINTS.csv",
-                   help="labelled samples: columns x,y,label; each selects the window whose cell contains it")
+    p.add_argument("--scene", required=True, metavar="IMAGE",
+                   help="the scene: PNG/JPEG, or GeoTIFF, JPEG2000 and anything GDAL reads (the gis extra; read "
+                        "window by window); greyscale or RGB, 8-bit, 16-bit or float")
+    p.add_argument("--labels", required=True, metavar="POINTS",
+                   help="labelled samples: a CSV with columns x,y,label (scene pixels), or a GeoPackage/GeoJSON/"
+                        "shapefile of points (the window whose cell contains each) or polygons (every window whose "
+                        "cell they cover by more than half), in any CRS")
+    p.add_argument("--label-field", default="label", metavar="NAME",
+                   help="the attribute of a GIS labels layer that holds the class names (default: label)")
     p.add_argument("--window", required=True, type=positive_int("window"), help="window side in scene pixels")
     p.add_argument("--stride", type=positive_int("stride"), default=None,
                    help="step between windows in pixels (default: window / 2)")
@@ -42,10 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--smooth-strength", type=_float("smooth-strength"), default=None,
                    help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows "
                         "(default 1)")
-    p.add_argument("--task", default="hirise-regions", help="base task the method pre-trains on (its base pool)")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--image-size", type=positive_int("image-size"), default=128,
-                   help="windows are resized to this size (the size the method's pre-training used)")
+    add_task_options(p, "base task the method pre-trains on (its base pool); windows are resized to --image-size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", type=positive_int("preview"), default=1600,
                    help="longest side of the PNG figures in pixels")
@@ -60,7 +64,9 @@ def cmd_map(args) -> int:
     import torch
 
     from benchmark.console import RichProgressReporter, console
-    from benchmark.mapping import load_scene, map_scene, read_points
+    from benchmark.mapping.map import classified_windows, map_scene
+    from benchmark.mapping.points import read_points
+    from benchmark.mapping.scene import load_scene
     from tasks.windows import WindowGrid
     from benchmark.runner import MethodSpec
     from methods.backbones import check_backbone
@@ -74,24 +80,30 @@ def cmd_map(args) -> int:
     check_backbone(args.backbone)
     spec = MethodSpec.parse(args.method)
     method_info(spec.name)  # an unknown method fails before any work
-    if not 16 <= args.image_size <= 1024:
-        raise UserError(f"--image-size must be an integer from 16 to 1024, got {args.image_size}")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     if classes is not None and len(set(classes)) != len(classes):
         raise UserError(f"--classes names a class twice: {args.classes}")
     scene = load_scene(args.scene)
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride or max(1, args.window // 2))
-    points = read_points(args.labels, grid, classes)
+    points = read_points(args.labels, grid, classes, scene=scene, label_field=args.label_field)
+    classified = classified_windows(scene, grid, points)
     task = load_task(args.task, Path(args.data_dir or default_data_dir()))
     progress = RichProgressReporter(enabled=not args.quiet)
     progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
                  f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "
                  f"{', '.join(points.class_names)}")
+    if scene.geotransform is None:
+        progress.log("the scene is not georeferenced: the GIS outputs are in pixel coordinates (x = column, y = row)")
+    elif scene.crs_wkt is None:
+        progress.log("the scene has a geotransform but no CRS: the GIS outputs have its coordinates and no CRS")
     with thread_policy(args.threads or torch.get_num_threads()):
         result = map_scene(spec, task, scene, grid, points, Cache(args.cache_dir) if args.cache_dir else Cache(),
                            args.backbone, args.image_size, args.seed, args.smooth, args.smooth_strength,
-                           Path(args.out), progress, args.preview)
+                           Path(args.out), progress, args.preview, classified=classified)
     fractions = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.summary["area_fraction"].items())
+    unclassified = result.summary["unclassified_windows"]
+    if unclassified:
+        fractions += f" ({unclassified} mostly no-data windows without a class)"
     console.print(f"map: {args.out}/overlay.png  areas: {fractions}  ({time.perf_counter() - started:.1f} s)",
                   highlight=False)
     return 0

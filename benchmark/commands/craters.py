@@ -1,0 +1,227 @@
+"""`bench craters`: the scored mapping case, craters in a real CTX block (benchmark/mapping/craters.py).
+
+run: draw K labelled windows per class and seed, map, score, append rows to OUT.csv and write OUT.md;
+scene: write the stacked scene, craters.txt and POINTS files for `bench map`; score: score a `bench map` folder.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.cli import add_common, add_task_options, default_data_dir, int_list, positive_int, seed_list
+
+DEFAULT_METHODS = ["protonet", "linear-probe"]
+
+
+def add_parser(sub) -> None:
+    from benchmark.cli import Parser
+
+    p = sub.add_parser("craters", help="the scored mapping case: craters in a real CTX block",
+                       description=__doc__.split("\n\n")[1])
+    verbs = p.add_subparsers(dest="verb", required=True, parser_class=Parser)
+
+    def common(q, grid=True):
+        if grid:
+            q.add_argument("--window", type=positive_int("window"), default=64)
+            q.add_argument("--stride", type=positive_int("stride"), default=32)
+        add_common(q)
+
+    run = verbs.add_parser("run", help="build samples, map, score; append rows to OUT.csv, write OUT.md")
+    common(run)
+    run.add_argument("--method", action="append", default=None, metavar="NAME[:key=value,...]",
+                     help=f"repeatable (default: {', '.join(DEFAULT_METHODS)})")
+    run.add_argument("--shots", type=int_list, default=[5, 20])
+    run.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
+    run.add_argument("--beta", type=float, default=1.0, help="the MRF's weight for the smoothed rows")
+    run.add_argument("--method-seed", type=int, default=0, help="the methods' seed (pre-training, fitting)")
+    add_task_options(run, "base task the methods pre-train on")
+    run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
+    run.add_argument("--out", default="results/ctx-craters", help="appends to OUT.csv, writes OUT.md")
+    run.add_argument("--threads", type=positive_int("threads"), default=None)
+    run.add_argument("--fresh", action="store_true", help="delete OUT.csv first instead of resuming it")
+    run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(handler=cmd_run)
+    scene = verbs.add_parser("scene", help="write the stacked scene, craters.txt and POINTS files for bench map")
+    common(scene)
+    scene.add_argument("--out", required=True)
+    scene.add_argument("--shots", type=int_list, default=[5, 20])
+    scene.add_argument("--seeds", type=seed_list, default=[0])
+    scene.set_defaults(handler=cmd_scene)
+    score = verbs.add_parser("score", help="score a bench map output folder of the CTX scene")
+    common(score, grid=False)
+    score.add_argument("--map", required=True)
+    score.add_argument("--figure", default=None, help="also draw hits, false alarms and misses into this PNG")
+    score.add_argument("--crop", type=_crop, default=[1248, 0, 3744, 3744],
+                       help="x0,y0,x1,y1 of the part to draw (default: the scored two thirds)")
+    score.add_argument("--size", type=positive_int("size"), default=1000, help="longest side of the figure in pixels")
+    score.set_defaults(handler=cmd_score)
+
+
+def _crop(text: str) -> list[int]:
+    import argparse
+
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise argparse.ArgumentTypeError(f"--crop must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {text!r}")
+    return values
+
+
+def _data_dir(args) -> Path:
+    return Path(args.data_dir or default_data_dir())
+
+
+def cmd_scene(args) -> int:
+    from benchmark.mapping.craters import draw_points, write_scene
+    from benchmark.mapping.points import write_points
+    from tasks.datasets.ctx_murray import load_ctx
+    from tasks.windows import WindowGrid
+
+    path = write_scene(_data_dir(args), Path(args.out))
+    grid = WindowGrid(3744, 3744, args.window, args.stride)
+    _, boxes = load_ctx(_data_dir(args))
+    for k in args.shots:
+        for seed in args.seeds:
+            xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
+            write_points(Path(args.out) / f"points-k{k}-seed{seed}.csv", xy, labels)
+    print(f"scene: {path}; POINTS files and craters.txt in {args.out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from benchmark.mapping.craters import outcome_figure, score_labels
+    from tasks.datasets.ctx_murray import load_ctx
+    from tasks.errors import UserError
+    from tasks.windows import WindowGrid
+
+    try:
+        summary = json.loads((Path(args.map) / "summary.json").read_text())
+        labels = np.load(Path(args.map) / "labels.npy")
+    except (OSError, ValueError):
+        raise UserError(f"{args.map} is not a bench map output folder (summary.json and labels.npy)") from None
+    if summary["scene_size"] != [3744, 3744]:
+        raise UserError(f"{args.map} maps a {summary['scene_size']} scene, not the 3744 x 3744 CTX block")
+    grid = WindowGrid(summary["scene_size"][1], summary["scene_size"][0], summary["window"], summary["stride"])
+    _, boxes = load_ctx(_data_dir(args))
+    scores = score_labels(grid, boxes, labels, summary["classes"].index("crater"))
+    print(json.dumps({"map": args.map, "smoothing": summary["smoothing"], **scores}, indent=2))
+    if args.figure:
+        scene, _ = load_ctx(_data_dir(args))
+        outcome_figure(Path(args.figure), scene, grid, boxes, labels.ravel() == summary["classes"].index("crater"),
+                       args.crop, args.size)
+        print(f"figure: {args.figure}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from benchmark.console import RichProgressReporter
+    from benchmark.mapping.craters import (CLASSES, CRATERS, draw_points, markdown, regions, score_labels,
+                                           summarize_craters, write_scene)
+    from benchmark.mapping.map import map_scene
+    from benchmark.mapping.points import read_points, write_points
+    from benchmark.mapping.scene import Scene
+    from benchmark.mapping.smoothing import smooth
+    from benchmark.results import append_rows, check_results_path, read_results
+    from benchmark.runner import MethodSpec
+    from methods.cache import Cache
+    from methods.features import thread_policy
+    from methods.registry import method_info
+    from tasks.datasets.ctx_murray import load_ctx, window_truth
+    from tasks.errors import UserError
+    from tasks.registry import load_task
+    from tasks.windows import WindowGrid
+
+    data_dir = _data_dir(args)
+    specs = [MethodSpec.parse(m) for m in (args.method or DEFAULT_METHODS)]
+    for spec in specs:
+        method_info(spec.name)
+    out_csv = Path(f"{args.out}.csv")
+    try:
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: its folder cannot be created ({exc.strerror})") from None
+    if args.fresh and out_csv.exists():
+        out_csv.unlink()
+    check_results_path(out_csv, CRATERS)
+    work = Path(args.work)
+    scene_path = write_scene(data_dir, work)
+    pixels, boxes = load_ctx(data_dir)
+    scene = Scene(str(scene_path), pixels)
+    grid = WindowGrid(scene.height, scene.width, args.window, args.stride)
+    task = load_task(args.task, data_dir)
+    cache = Cache(args.cache_dir) if args.cache_dir else Cache()
+    progress = RichProgressReporter(enabled=not args.quiet)
+    crater, ambiguous = window_truth(grid, boxes)
+    _, scored = regions(grid)
+    meta = {"window": grid.window, "stride": grid.stride, "windows": grid.n, "image_size": args.image_size,
+            "task": task.name, "backbone": args.backbone, "scored": int(scored.sum()),
+            "positives": int((scored & crater).sum()), "ambiguous": int((scored & ambiguous).sum()),
+            "negatives": int((scored & ~crater & ~ambiguous).sum()), "beta": args.beta,
+            "n_seeds": len(args.seeds), "method_seed": args.method_seed, "csv": str(out_csv),
+            "command": " ".join(["bench"] + sys.argv[1:])}
+    smoothings = (("none", 0.0), ("mrf", float(args.beta)))
+
+    def key(spec, k, seed, smoothing, strength) -> tuple:
+        values = {"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing, "strength": strength,
+                  "method_seed": args.method_seed, "window": grid.window, "stride": grid.stride,
+                  "image_size": args.image_size}
+        return tuple(str(values[c]) for c in CRATERS.key)
+
+    def recorded() -> set[tuple]:
+        frame = read_results(out_csv, CRATERS)
+        return {tuple(str(v) for v in row) for row in frame[CRATERS.key].itertuples(index=False)}
+
+    done = recorded()
+    with thread_policy(args.threads or torch.get_num_threads()):
+        for spec in specs:
+            for k in args.shots:
+                for seed in args.seeds:
+                    if all(key(spec, k, seed, s, b) in done for s, b in smoothings):
+                        continue
+                    points_path = work / f"points-k{k}-seed{seed}.csv"
+                    xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
+                    write_points(points_path, xy, labels)
+                    points = read_points(points_path, grid, list(CLASSES))
+                    example = args.example and (spec.label, k, seed) == (specs[-1].label, max(args.shots), args.seeds[0])
+                    started = time.perf_counter()
+                    # the draw seed picks the labelled windows; the method's own seed (pre-training, e.g. SDFT's
+                    # step 1) stays fixed, so every draw adapts the same pre-trained model
+                    result = map_scene(spec, task, scene, grid, points, cache, args.backbone, args.image_size,
+                                       args.method_seed,
+                                       "none", None, work / f"map-{spec.label}-k{k}-seed{seed}" if example else None,
+                                       progress, preview=1200)
+                    seconds = time.perf_counter() - started
+                    progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
+                                 f"({json.dumps(result.summary['timings'])})")
+                    rows = []
+                    for smoothing, strength in smoothings:
+                        labels_grid = smooth(result.probabilities, smoothing, strength if smoothing != "none" else None)
+                        scores = score_labels(grid, boxes, labels_grid, CLASSES.index("crater"))
+                        rows.append({"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing,
+                                     "strength": strength, **scores,
+                                     "method_seed": args.method_seed, "map_seconds": round(seconds, 2),
+                                     "prepare_seconds": result.summary["timings"]["prepare_s"],
+                                     "window": grid.window, "stride": grid.stride, "image_size": args.image_size})
+                        progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
+                                     f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
+                    append_rows(out_csv, rows, CRATERS)
+    # the table shows this command's rows only (the file may hold other settings' rows too)
+    frame = read_results(out_csv, CRATERS)
+    wanted = {key(spec, k, seed, s, b) for spec in specs for k in args.shots for seed in args.seeds for s, b in smoothings}
+    frame = frame[[tuple(str(v) for v in row) in wanted for row in frame[CRATERS.key].itertuples(index=False)]]
+    order = {s.label: i for i, s in enumerate(specs)}
+    smoothing_order = {"none": 0, "mrf": 1}
+    frame = frame.sort_values(["method", "shots", "smoothing", "seed"], key=lambda c: c.map(lambda m: order.get(m, len(order))) if c.name ==
+                              "method" else c.map(smoothing_order) if c.name == "smoothing" else c).reset_index(drop=True)
+    Path(f"{args.out}.md").write_text(markdown(frame, summarize_craters(frame), meta))
+    print(Path(f"{args.out}.md").read_text())
+    return 0

@@ -1,0 +1,12 @@
+"""Landform mapping of a whole scene from a few labelled windows, one module per job:
+
+- `scene`: where the pixels come from (in memory via Pillow, or window by window from any GDAL raster);
+- `tasks.windows.WindowGrid`: the sliding windows and the cell each map pixel belongs to;
+- `points`: the labelled samples (a CSV of pixel points, or points/polygons of a vector layer in any CRS);
+- `context`: what a method sees of the scene (`MapContext`: the base task plus the scene's windows);
+- `smoothing`: none, majority filter, Potts MRF over the window grid;
+- `render`: the PNG figures and summary.json; `gis`: the georeferenced GeoTIFF and GeoPackage outputs;
+- `map`: the orchestration (`map_scene`); `craters`: the scored CTX crater case (`bench craters`).
+
+See docs/mapping.md.
+"""

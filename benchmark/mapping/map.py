@@ -1,0 +1,146 @@
+"""A map of a whole scene: prepare the method on the base task, fit it on the labelled windows, classify
+every window with enough valid pixels, smooth, and write the figures, arrays, GIS layers and summary."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.mapping import gis
+from benchmark.mapping.context import MapContext
+from benchmark.mapping.points import Points
+from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
+from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
+from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
+from benchmark.scoring import check_scores
+from methods.progress import SILENT, Progress
+from tasks.errors import UserError
+from tasks.windows import WindowGrid
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores.astype(np.float64) - scores.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Generator, chunk: int = 2048,
+                     progress: Progress = SILENT, classified: np.ndarray | None = None,
+                     what: str = "") -> tuple[np.ndarray, dict]:
+    """Fit the (prepared) method on the labelled windows, predict the `classified` windows (default: all) in
+    chunks. `what` names the method in a score error ("method protonet").
+
+    Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, NaN for windows not
+    classified; timings)."""
+    n_way = len(points.class_names)
+    targets = np.arange(ctx.grid.n) if classified is None else np.flatnonzero(classified)
+    started = time.perf_counter()
+    method.fit(ctx.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
+    fitted = time.perf_counter()
+    probs = np.full((ctx.grid.n, n_way), np.nan, np.float32)
+    with progress.task(f"classifying {len(targets)} windows", len(targets)) as advance:
+        for start in range(0, len(targets), chunk):
+            windows = targets[start : start + chunk]
+            scores = check_scores(method.predict(ctx.window_indices(windows)), (len(windows), n_way), what,
+                                  "windows x classes")
+            probs[windows] = softmax(scores)
+            advance(len(windows))
+    return probs.reshape(*ctx.grid.shape, n_way), {"fit_s": fitted - started,
+                                                    "predict_s": time.perf_counter() - fitted}
+
+
+def classified_windows(scene, grid: WindowGrid, points: Points) -> np.ndarray:
+    """(n_windows,) bool: windows with at least MIN_VALID_FRACTION valid pixels; a labelled window below it is
+    a UserError."""
+    classified = scene.valid_fractions(grid) >= MIN_VALID_FRACTION
+    unusable = points.windows[~classified[points.windows]]
+    if len(unusable):
+        x, y = grid.centres()[unusable[0]]
+        raise UserError(f"a labelled window (centre at pixel {x:g}, {y:g}) is mostly no-data in {scene.path}; "
+                        "label windows of valid pixels")
+    return classified
+
+
+def georeferencing(scene) -> dict:
+    """What summary.json says about the map's coordinates."""
+    georeferenced = scene.geotransform is not None
+    return {"georeferenced": georeferenced, "crs": scene.crs_wkt,
+            "geotransform": list(scene.geotransform) if georeferenced else None,
+            "coordinates": ("map coordinates in the scene's CRS" if scene.crs_wkt else
+                            "map coordinates of the scene's geotransform (no CRS)") if georeferenced else
+            "pixel coordinates (x = column, y = row): the scene is not georeferenced"}
+
+
+@dataclass
+class MapResult:
+    probabilities: np.ndarray  # (ny, nx, C) raw, softmax of the method's scores; NaN: no class
+    labels: np.ndarray  # (ny, nx) after smoothing; -1: no class
+    summary: dict
+
+
+def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache, backbone: str,
+              image_size: int, seed: int = 0, smoothing: str = "none", strength: float | None = None,
+              out: Path | None = None, progress: Progress = SILENT, preview: int = 1600,
+              chunk: int = 2048, classified: np.ndarray | None = None) -> MapResult:
+    """Prepare the method on the base task, fit it on the labelled windows, classify every window with at least
+    MIN_VALID_FRACTION valid pixels, smooth, and (with `out`) write label_map.png, overlay.png,
+    probabilities.npy, labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json."""
+    from methods.registry import create_method
+
+    smooth(np.full((1, 1, 2), 0.5, np.float32), smoothing, strength)  # bad smoothing fails before any work
+    if classified is None:
+        classified = classified_windows(scene, grid, points)
+    method = create_method(method_spec.name, **method_spec.options)
+    ctx = MapContext(task, cache, backbone, image_size, seed, progress, scene=scene, grid=grid)
+    timings = {}
+    started = time.perf_counter()
+    method.prepare(ctx)
+    timings["prepare_s"] = time.perf_counter() - started
+    progress.log(f"{method_spec.label}: prepared (base task and {grid.n} windows) in {timings['prepare_s']:.1f} s")
+    probs, t = classify_windows(method, ctx, points, np.random.default_rng([seed, 7919]), chunk, progress,
+                                None if classified.all() else classified, f"method {method_spec.label}")
+    timings.update(t)
+    t0 = time.perf_counter()
+    labels = smooth(probs, smoothing, strength)
+    timings["smooth_s"] = time.perf_counter() - t0
+    n_classes = len(points.class_names)
+    fractions = area_fractions(grid, labels, n_classes)
+    raw = argmax_labels(probs)
+    summary = {
+        "scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
+        **georeferencing(scene),
+        "method": method_spec.label, "method_config": method.config(), "task": task.name, "backbone": backbone,
+        "image_size": image_size, "seed": seed, "window": grid.window, "stride": grid.stride,
+        "grid_shape": list(grid.shape), "windows": grid.n, "window_x0": grid.xs, "window_y0": grid.ys,
+        "unclassified_windows": int((~classified).sum()), "min_valid_fraction": MIN_VALID_FRACTION,
+        "classes": list(points.class_names),
+        "labelled_windows": {name: int((points.labels == c).sum()) for c, name in enumerate(points.class_names)},
+        "smoothing": smoothing,
+        "smoothing_strength": DEFAULT_STRENGTH[smoothing] if strength is None else float(strength),
+        "area_fraction": {name: float(fractions[c]) for c, name in enumerate(points.class_names)},
+        "window_fraction_raw": {name: float((raw == c).mean()) for c, name in enumerate(points.class_names)},
+    }
+    if out is not None:
+        t0 = time.perf_counter()
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "probabilities.npy", probs)
+        np.save(out / "labels.npy", labels.astype(np.int16))
+        title = f"{method_spec.label}, window {grid.window} stride {grid.stride}, smoothing {smoothing}"
+        files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, preview, title=title)
+        timings["write_s"] = time.perf_counter() - t0
+        if gis.available():
+            t0 = time.perf_counter()
+            files += gis.write_gis(out, scene, grid, labels, probs, points.class_names, class_colours(n_classes))
+            timings["write_gis_s"] = time.perf_counter() - t0
+        else:
+            summary["gis_outputs"] = f"not written: GeoTIFF and GeoPackage outputs need the gis extra: {GIS_HINT}"
+            progress.log(summary["gis_outputs"])
+        summary["files"] = files + ["probabilities.npy", "labels.npy", "summary.json"]
+    timings["total_s"] = time.perf_counter() - started
+    summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    if out is not None:
+        write_summary(Path(out) / "summary.json", summary)
+    return MapResult(probs, labels, summary)

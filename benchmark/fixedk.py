@@ -19,22 +19,24 @@ from benchmark.stats import over_seeds
 from methods.cache import Cache
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.protocols import PROTOCOL_VERSION, fixed_k_sets, run_fixed_k
+from tasks.protocols import PROTOCOL_VERSION, fixed_k_draw, run_fixed_k
 from tasks.registry import Task, load_task
 
 SCHEMA_VERSION = 1
 COLUMNS = [
     "schema", "protocol", "task", "method", "config", "shots", "seed", "n_train", "n_test", "accuracy",
     "weighted_f1", "macro_f1", "seconds", "backbone", "image_size", "git_commit", "versions", "timestamp",
+    "draw", "capped",
 ]
 # What identifies a row. Backbone and image size are part of it: a run with other features is another
 # measurement, not a repeat to skip.
-KEY = ["protocol", "task", "method", "config", "backbone", "image_size", "shots", "seed"]
+KEY = ["protocol", "task", "method", "config", "backbone", "image_size", "shots", "seed", "draw"]
 
 
 @dataclass
 class FixedKConfig(BenchConfig):
     seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    cap: bool = False  # at most K per class: a class with fewer training images gives all it has
     results_suffix = "-fixedk"
 
 
@@ -43,17 +45,17 @@ def read_fixedk(path: Path) -> pd.DataFrame:
     return read_results(path, COLUMNS)
 
 
-def check_shots_feasible(task: Task, shots: list[int]) -> None:
+def check_shots_feasible(task: Task, shots: list[int], cap: bool = False) -> None:
     """Too many shots for a class fails here, before any method is prepared (no draws are made)."""
     for k in shots:
-        fixed_k_sets(task, k, seeds=[])
+        fixed_k_draw(task, k, cap)
 
 
 def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT) -> pd.DataFrame:
     """Run (or resume) every method at every shots on the seeds; returns the rows of this configuration."""
-    task = load_task(config.task, config.data_dir)
+    task = load_task(config.task, config.data_dir, source=config.source)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
-    check_shots_feasible(task, config.shots)
+    check_shots_feasible(task, config.shots, config.cap)
     out = config.results_path()
     check_results_path(out, COLUMNS, manifests=False)
     cache = Cache(config.cache_dir)
@@ -68,7 +70,8 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT) -> p
 def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, config: FixedKConfig, cache: Cache,
                       provenance: dict, out: Path, progress: Progress) -> None:
     key = {"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "config": method_config(method),
-           "backbone": config.backbone, "image_size": config.image_size, "shots": k}
+           "backbone": config.backbone, "image_size": config.image_size, "shots": k,
+           "draw": fixed_k_draw(task, k, config.cap).draw}
     done = recorded(out, key, "seed", COLUMNS) & set(config.seeds)
     pending = [s for s in config.seeds if s not in done]
     if done:
@@ -76,7 +79,8 @@ def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, config: Fixe
     if not pending:
         return
     started = time.perf_counter()
-    results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress)
+    results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress,
+                          cap=config.cap)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [{"schema": SCHEMA_VERSION, **key, **result, **provenance, "timestamp": timestamp} for result in results]
     append_rows(out, rows, COLUMNS, KEY)
@@ -93,6 +97,9 @@ def rows_of(config: FixedKConfig, task: Task, methods, out: Path) -> pd.DataFram
     keep = matching(frame, {"protocol": PROTOCOL_VERSION, "task": task.name, "backbone": config.backbone,
                             "image_size": config.image_size})
     keep &= frame["shots"].astype(int).isin(config.shots) & frame["seed"].astype(int).isin(config.seeds)
+    draws = {k: fixed_k_draw(task, k, config.cap).draw for k in config.shots}
+    keep &= pd.Series([draws.get(int(k)) == str(d) for k, d in zip(frame["shots"], frame["draw"])], index=frame.index,
+                      dtype=bool)
     labelled = pd.Series(False, index=frame.index)
     for spec, method in methods:
         labelled |= matching(frame, {"method": spec.label, "config": method_config(method)})
@@ -105,6 +112,8 @@ def summarize_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     summary = over_seeds(rows, ["shots", "method"])
     if summary.empty:
         return summary
+    rows = rows.assign(capped=rows["capped"].fillna("").astype(str), draw=rows["draw"].astype(str))
     extra = rows.groupby(["shots", "method"], sort=True).agg(seconds=("seconds", "sum"), n_train=("n_train", "max"),
-                                                             n_test=("n_test", "max")).reset_index()
+                                                             n_test=("n_test", "max"), draw=("draw", "first"),
+                                                             capped=("capped", "first")).reset_index()
     return summary.merge(extra, on=["shots", "method"])

@@ -79,6 +79,7 @@ class BenchConfig:
     out: Path | None = None
     backbone: str = "efficientnet_lite0"
     image_size: int = 128
+    source: str | None = None  # --source: the base pool every pre-training method uses
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -166,7 +167,7 @@ def saved_on_exit(out: Path, rows: list[dict]):
 
 def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFrame:
     """Run (or resume) every method on the shared episodes; returns this run's rows."""
-    task = load_task(config.task, config.data_dir)
+    task = load_task(config.task, config.data_dir, source=config.source)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     episode_sets = {k: task.episodes(config.ways, k, config.queries, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work

@@ -64,30 +64,77 @@ def protocol_base(task: Task, pools: FixedKPools) -> np.ndarray:
     return np.setdiff1d(task.base, np.concatenate([pools.train, pools.test]))
 
 
-def fixed_k_sets(task: Task, k: int, seeds) -> list[FixedKSet]:
-    """One (train_idx, train_y, test_idx, test_y) per seed; raises a one-line UserError if a class has fewer
-    than K training images."""
+class FixedKDraw(NamedTuple):
+    """How the K training images per class are chosen for one K: `draw` is "random" (K per class, seeded) or
+    "marsbench-list" (Mars-Bench's own few_shot/<K>_shot.csv, the same for every seed); `capped` names the
+    classes that had fewer than K training images and gave all they had (only with cap=True)."""
+
+    draw: str
+    capped: tuple[str, ...]
+
+
+def marsbench_list(task: Task, k: int) -> np.ndarray | None:
+    """Table indices of Mars-Bench's K-shot training list when the task is a `marsbench:` set that has one."""
+    plain = getattr(task, "plain", None) or task  # a --source task keeps the set's rows first, same indices
+    root = getattr(plain.table, "marsbench_root", None)
+    if root is None:
+        return None
+    from tasks.datasets.marsbench import few_shot_train
+
+    return few_shot_train(plain.table, root, k)
+
+
+def fixed_k_draw(task: Task, k: int, cap: bool = False) -> FixedKDraw:
+    """What fixed_k_sets will draw at K; raises the one-line UserError for a class short of K images unless
+    `cap` (then such a class gives every training image it has, as Mars-Bench's K-shot lists do)."""
     if int(k) < 1:
         raise UserError(f"--shots must be a positive integer, got {k}")
+    if marsbench_list(task, k) is not None:
+        return FixedKDraw("marsbench-list", ())
     pools = fixed_k_pools(task)
     labels = task.table.labels
-    by_class = [np.sort(pools.train[labels[pools.train] == c]) for c in pools.classes]
-    counts = [len(x) for x in by_class]
-    short = [f"{task.class_names[c]} ({n})" for c, n in zip(pools.classes, counts) if n < k]
-    if short:
+    counts = [int((labels[pools.train] == c).sum()) for c in pools.classes]
+    short = [(task.class_names[c], n) for c, n in zip(pools.classes, counts) if n < k]
+    if short and not cap:
         verb = "has" if len(short) == 1 else "have"
         advice = f"use --shots {min(counts)} or fewer" if min(counts) >= 1 else "use another task"
         raise UserError(f"task {task.name}: fixed-K with {k} shots needs {k} training images per class, but "
-                        f"{', '.join(short)} {verb} fewer in its training {pools.source}; {advice}")
+                        f"{', '.join(f'{name} ({n})' for name, n in short)} {verb} fewer in its training "
+                        f"{pools.source}; {advice}, or --cap to take all of a smaller class")
+    empty = [name for name, n in short if n == 0]
+    if empty:
+        raise UserError(f"task {task.name}: {', '.join(empty)} has no training image in its training {pools.source}; "
+                        "use another task")
+    return FixedKDraw("random", tuple(f"{name} ({n})" for name, n in short))
+
+
+def fixed_k_sets(task: Task, k: int, seeds, cap: bool = False) -> list[FixedKSet]:
+    """One (train_idx, train_y, test_idx, test_y) per seed; raises a one-line UserError if a class has fewer
+    than K training images, unless `cap` (at most K per class). A `marsbench:` set with Mars-Bench's own
+    few_shot/<K>_shot.csv trains on that list, the same for every seed (the seed then only seeds the method)."""
+    draw = fixed_k_draw(task, k, cap)
+    pools = fixed_k_pools(task)
+    labels = task.table.labels
     position = {int(c): i for i, c in enumerate(pools.classes)}
     test_y = np.array([position[int(c)] for c in labels[pools.test]], dtype=np.int64)
+    listed = marsbench_list(task, k) if draw.draw == "marsbench-list" else None
+    if listed is not None:
+        unknown = sorted({task.class_names[c] for c in labels[listed]} - {task.class_names[c] for c in pools.classes})
+        if unknown:
+            raise UserError(f"task {task.name}: Mars-Bench's {k}-shot list holds class(es) {', '.join(unknown)} "
+                            "that the test split lacks")
+        order = np.argsort([position[int(c)] for c in labels[listed]], kind="stable")
+        train_idx = listed[order]
+        train_y = np.array([position[int(c)] for c in labels[train_idx]], dtype=np.int64)
+        return [FixedKSet(train_idx=train_idx.copy(), train_y=train_y.copy(), test_idx=pools.test.copy(),
+                          test_y=test_y) for _ in seeds]
+    by_class = [np.sort(pools.train[labels[pools.train] == c]) for c in pools.classes]
     sets = []
     for seed in seeds:
-        train_idx = np.concatenate([
-            np.random.default_rng(np.random.SeedSequence([int(seed), int(c), DRAW_TAG])).permutation(imgs)[:k]
-            for c, imgs in zip(pools.classes, by_class)])
-        sets.append(FixedKSet(train_idx=train_idx.astype(np.int64),
-                              train_y=np.repeat(np.arange(len(pools.classes)), k),
+        drawn = [np.random.default_rng(np.random.SeedSequence([int(seed), int(c), DRAW_TAG])).permutation(imgs)[:k]
+                 for c, imgs in zip(pools.classes, by_class)]
+        sets.append(FixedKSet(train_idx=np.concatenate(drawn).astype(np.int64),
+                              train_y=np.repeat(np.arange(len(pools.classes)), [len(d) for d in drawn]),
                               test_idx=pools.test.copy(), test_y=test_y))
     return sets
 
@@ -107,9 +154,10 @@ def score(test_y: np.ndarray, scores: np.ndarray, n_classes: int) -> dict:
 
 
 def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None) -> list[dict]:
+                prepare_seed: int = 0, progress=None, cap: bool = False) -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
-    pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds.
+    pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds, draw and
+    capped (fixed_k_draw's, the capped classes joined by `|`).
 
     The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the
     test pool, so that nothing it pre-trains on is drawn or scored. (The only import from methods/, kept
@@ -121,9 +169,10 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
     from methods.progress import SILENT
 
     pools = fixed_k_pools(task)
-    sets = fixed_k_sets(task, k, seeds)
+    draw = fixed_k_draw(task, k, cap)
+    sets = fixed_k_sets(task, k, seeds, cap)
     view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
-                pools.test)
+                pools.test, source=task.source)
     progress = progress or SILENT
     method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
                            progress))
@@ -135,5 +184,6 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
         scores = np.concatenate([method.predict(s.test_idx[i:i + PREDICT_CHUNK])
                                  for i in range(0, len(s.test_idx), PREDICT_CHUNK)])
         rows.append({"seed": int(seed), "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
-                     **score(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6)})
+                     **score(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6),
+                     "draw": draw.draw, "capped": "|".join(draw.capped)})
     return rows

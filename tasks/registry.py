@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 from tasks.datasets import ImageTable, load_dataset
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
@@ -23,6 +24,8 @@ class Task:
     table: ImageTable
     base: np.ndarray  # table indices methods may pre-train on (labels included)
     target: np.ndarray  # table indices episodes are drawn from
+    source: str = ""  # the --source whose images are the base pool ("" when the task's own)
+    plain: "Task | None" = None  # with a source: the same task without it, whose episodes these are
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -46,6 +49,8 @@ class Task:
         return PoolIndex(self.table.labels, self.table.groups, self.target)
 
     def episodes(self, n_way: int, k_shot: int, n_query: int, n_episodes: int, seed: int) -> EpisodeSet:
+        if self.plain is not None:  # the target rows lead the table: a source leaves every episode as it is
+            return self.plain.episodes(n_way, k_shot, n_query, n_episodes, seed)
         stream = f"{self.name}|{self.identity()}|{n_way}|{k_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
         return sample_episodes(self.name, stream, self.target_index(), n_way, k_shot, n_query, n_episodes,
                                seed, self.class_names)
@@ -79,11 +84,22 @@ def make_domars16k(data_dir: Path) -> Task:
                 np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))
 
 
+def make_ctx_craters(data_dir: Path) -> Task:
+    from tasks.datasets.ctx_crater_windows import load_ctx_craters, tile_split
+
+    table = load_ctx_craters(data_dir)
+    base, target = tile_split(table)
+    return Task("ctx-craters", "CTX crater / non-crater windows; base = left tile column, target = 6 other tiles",
+                table, base, target)
+
+
 TASKS: dict[str, tuple[str, Callable[[Path], Task]]] = {
     "hirise-regions": ("HiRISE v1, scene-disjoint base/target regions (default)", make_hirise_regions),
     "aid-classes": ("AID Earth scenes, 20 base / 10 target classes", make_aid_classes),
     "domars16k": ("DoMars16k CTX landforms, base = train+val, target = test", make_domars16k),
+    "ctx-craters": ("CTX crater / non-crater windows, grouped by CTX tile, base/target by tiles", make_ctx_craters),
 }
+PREFIXES = ("folder:", "csv:", "marsbench:")
 
 
 def user_table_task(spec: str, data_dir: Path) -> Task:
@@ -96,10 +112,68 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
     return region_task(spec, table, f"{spec}, scene-disjoint 60/40 base/target split")
 
 
-def load_task(name: str, data_dir: Path | str) -> Task:
-    if name.startswith(("folder:", "csv:")):
-        return user_table_task(name, Path(data_dir))
-    if name not in TASKS:
+def marsbench_task(spec: str, data_dir: Path) -> Task:
+    """`marsbench:PATH`: Mars-Bench's own splits, base = train + val, target = test (as DoMars16k)."""
+    table = load_dataset(spec, data_dir)
+    splits = table.splits
+    return Task(spec, f"{spec} (Mars-Bench layout): base = train + val, target = test", table,
+                np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))
+
+
+def load_task(name: str, data_dir: Path | str, source: str | None = None) -> Task:
+    """The task `name`; with `source`, the same task whose base pool is the source's images (see with_source)."""
+    if name.startswith("marsbench:"):
+        task = marsbench_task(name, Path(data_dir))
+    elif name.startswith(PREFIXES):
+        task = user_table_task(name, Path(data_dir))
+    elif name not in TASKS:
         raise UserError(f"unknown task {name!r}{closest(name, TASKS)}; known: {', '.join(TASKS)}, "
-                        "or folder:PATH, csv:PATH")
-    return TASKS[name][1](Path(data_dir))
+                        "or folder:PATH, csv:PATH, marsbench:PATH")
+    else:
+        task = TASKS[name][1](Path(data_dir))
+    return with_source(task, source, Path(data_dir)) if source else task
+
+
+def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
+    """(table, rows) a --source SPEC stands for: a task name's base pool, or every image of a dataset spec."""
+    if spec in TASKS:
+        task = TASKS[spec][1](data_dir)
+        return task.table, np.asarray(task.base, dtype=np.int64)
+    try:
+        table = load_dataset(spec, data_dir)
+    except UserError as exc:
+        if str(exc).startswith("unknown dataset"):
+            raise UserError(f"--source {spec!r} is neither a task ({', '.join(TASKS)}) nor a dataset "
+                            "(hirise-v1, aid, ..., csv:PATH, folder:PATH, marsbench:PATH)") from None
+        raise
+    return table, np.arange(len(table), dtype=np.int64)
+
+
+def with_source(task: Task, spec: str, data_dir: Path) -> Task:
+    """`task` whose base pool is `spec`'s images: the table is the task's rows followed by the source's (their
+    classes and groups renamed `SPEC/...` so that they never meet the task's), base = the source's rows,
+    target = the task's target rows, unchanged, so the episodes are the same as without a source. Refuses a
+    source that shares an image (by file content) with the task's dataset."""
+    from tasks.datasets.content import file_digests
+
+    src_table, rows = source_rows(spec, Path(data_dir))
+    if len(rows) == 0:
+        raise UserError(f"--source {spec} has no images to pre-train on")
+    ours = dict(zip(file_digests(task.table.paths), task.table.paths))
+    shared = [(p, ours[d]) for p, d in zip(src_table.paths[rows], file_digests(src_table.paths[rows])) if d in ours]
+    if shared:
+        named = "; ".join(f"{p} = {q}" for p, q in shared[:3])
+        raise UserError(f"--source {spec} shares {len(shared)} image(s) with task {task.name} (same file content): "
+                        f"{named}; choose a source without the task's images")
+    n = len(task.table)
+    src = src_table.frame.iloc[rows]
+    kept, dense = np.unique(src_table.labels[rows], return_inverse=True)
+    frame = pd.concat([task.table.frame, pd.DataFrame({
+        "path": src["path"].to_numpy(), "label": dense.astype(np.int64) + len(task.class_names),
+        "group": [f"{spec}/{g}" for g in src["group"]], "split": "",  # the source's splits mean nothing here
+    })], ignore_index=True)
+    classes = task.class_names + tuple(f"{spec}/{src_table.class_names[c]}" for c in kept)
+    table = ImageTable(name=f"{task.table.name}+{spec}", frame=frame, class_names=classes)
+    return Task(f"{task.name}+{spec}", f"{task.description}; base pool: {spec}", table,
+                np.arange(n, len(frame), dtype=np.int64), np.asarray(task.target, dtype=np.int64), source=spec,
+                plain=task)

@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=128)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--cap", action="store_true", help="at most K per class: a class with fewer training images "
+                                                      "gives all it has (listed in the table and the rows)")
+    p.add_argument("--source", default=None, metavar="SPEC",
+                   help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
     add_common(p)
     p.set_defaults(handler=cmd_fixedk)
 
@@ -61,8 +65,13 @@ def fixedk_tables(task: str, summary):
     tables = []
     for shots, g in summary.groupby("shots", sort=True):
         n_test = int(g["n_test"].max())
-        table = Table(title=f"{task}: fixed-K {shots}-shot, {n_test} test images",
-                      caption="mean ± 95% CI over seeds")
+        notes = ["mean ± 95% CI over seeds"]
+        if "draw" in g and (g["draw"] == "marsbench-list").any():
+            notes.append(f"training images: Mars-Bench's {shots}-shot list, the same for every seed")
+        capped = sorted({c for value in g.get("capped", []) for c in str(value).split("|") if c and c != "nan"})
+        if capped:
+            notes.append(f"capped (fewer than {shots} training images, all taken): {', '.join(capped)}")
+        table = Table(title=f"{task}: fixed-K {shots}-shot, {n_test} test images", caption="; ".join(notes))
         for column, justify in (("method", "left"), ("accuracy %", "right"), ("weighted-F1 %", "right"),
                                 ("seeds", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)
@@ -89,12 +98,14 @@ def cmd_fixedk(args) -> int:
         data_dir=Path(args.data_dir or default_data_dir()),
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
+        cap=args.cap, source=args.source,
     )
     started = time.perf_counter()
     with thread_policy(torch.get_num_threads()):  # as `bench run`: features bit-identical for any core count
         rows = run_fixedk_benchmark(config, RichProgressReporter(enabled=not args.quiet))
     printer = stdout if stdout.is_terminal else Console(width=180)  # a file or pipe gets unwrapped rows
-    for table in fixedk_tables(args.task, summarize_over_seeds(rows)):
+    for table in fixedk_tables(args.task + (f" (source {args.source})" if args.source else ""),
+                               summarize_over_seeds(rows)):
         printer.print(table)
     console.print(f"results: {config.results_path()}  ({time.perf_counter() - started:.1f} s)", highlight=False)
     return 0

@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
                           "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
                           "so results are bit-identical for any N")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--source", default=None, metavar="SPEC",
+                     help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
     add_common(run)
 
     run.set_defaults(handler=cmd_run)
@@ -65,6 +67,7 @@ def cmd_run(args) -> int:
         data_dir=Path(args.data_dir or default_data_dir()),
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
+        source=args.source,
     )
     started = time.perf_counter()
     with thread_policy(args.threads or torch.get_num_threads()):

@@ -10,3 +10,4 @@ from tasks.datasets.base import (  # noqa: F401
     table_from_rows,
 )
 from tasks.datasets import domars16k  # noqa: F401,E402
+from tasks.datasets import marsbench  # noqa: F401,E402  (registers the marsbench: prefix)

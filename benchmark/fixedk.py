@@ -112,7 +112,7 @@ def summarize_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     summary = over_seeds(rows, ["shots", "method"])
     if summary.empty:
         return summary
-    rows = rows.assign(capped=rows["capped"].fillna("").astype(str), draw=rows["draw"].astype(str))
+    rows = rows.assign(capped=rows["capped"].astype(object).fillna("").astype(str), draw=rows["draw"].astype(str))
     extra = rows.groupby(["shots", "method"], sort=True).agg(seconds=("seconds", "sum"), n_train=("n_train", "max"),
                                                              n_test=("n_test", "max"), draw=("draw", "first"),
                                                              capped=("capped", "first")).reset_index()

@@ -7,7 +7,11 @@ from a training pool and scored on every image of a test pool, once per seed. Th
   test: the best balanced of the 6 fold pairs), so no source scene is on both sides.
 The halves are fixed (split seed 0); a seed only changes which K images are drawn. Each class's images
 are drawn from their own generator, seeded by (seed, class): the K=5 draw is the first five of the K=10
-draw, so a shots curve compares nested training sets.
+draw, so a shots curve compares nested training sets. Two exceptions, both as Mars-Bench does:
+- a `marsbench:` set with its own `few_shot/<K>_shot.csv` trains on that list's `train` rows, the same
+  for every seed;
+- with `cap`, a class with fewer than K training images gives all it has (else that K is refused), and the
+  draw names the capped classes.
 """
 from __future__ import annotations
 

@@ -63,10 +63,11 @@ def read_annotation(path: Path, what: str) -> pd.DataFrame:
     if bad_split:
         raise UserError(f"Mars-Bench set: {path} has split(s) {', '.join(map(repr, bad_split[:3]))}; "
                         f"expected {', '.join(SPLITS)}")
-    if not frame["label"].str.fullmatch(r"\d+").all():
-        first = frame.loc[~frame["label"].str.fullmatch(r"\d+"), "label"].iloc[0]
+    integer = frame["label"].str.fullmatch(r"\d+(?:\.0*)?")  # pandas writes integer columns with NaN as 1.0
+    if not integer.all():
+        first = frame.loc[~integer, "label"].iloc[0]
         raise UserError(f"Mars-Bench set: {path} has a label {first!r} that is not a non-negative integer")
-    return frame
+    return frame.assign(label=frame["label"].astype(float).astype(int).astype(str))
 
 
 def group_rule(file_ids) -> tuple[str, list[str]]:

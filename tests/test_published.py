@@ -58,3 +58,14 @@ def test_bench_leaderboard_fixedk(fixedk_file, capsys):
     assert main(["leaderboard", "--fixedk", str(fixedk_file), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     assert "| published | ViT-L/16 (feature_extraction) | 44.7 | 7 |" in out and "| marsfsl | simpleshot" in out
+
+
+def test_bench_report_fixedk_section(fixedk_file, tmp_path):
+    from fake_results import fake_rows, write_csv
+
+    episodes = tmp_path / "episodes.csv"
+    write_csv(fake_rows({"protonet": 0.6}, shots=(1,), episodes=5), episodes)
+    assert main(["report", str(episodes), "--out", str(tmp_path / "rep"), "--fixedk", str(fixedk_file)]) == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Fixed-K beside published numbers" in page and "kerner-lab/MarsBench@0bf994d" in page
+    assert page.count('class="published"') == 2  # one table per shots of the fixed-K file

@@ -3,6 +3,7 @@ fixed-K rows on the same dataset. Published rows are shown as such, with their s
 a rank or a paired comparison."""
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 from pathlib import Path
@@ -50,7 +51,7 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
     for task, g in rows.groupby("task", sort=True):
         name = published_name(str(task))
         theirs = reference[reference["dataset"] == name] if name else reference.iloc[:0]
-        summary = summarize_over_seeds(g.drop(columns=["task"]).assign(method=g["method"] + " / " + g["backbone"]))
+        summary = summarize_over_seeds(g.drop(columns=["task"]).assign(method=entries(g)))
         for shots, s in summary.groupby("shots", sort=True):
             lines = [["marsfsl", r["method"], pct(r["weighted_f1"], r["weighted_f1_ci95"]), str(r["seeds"]),
                       "this run"] for _, r in s.sort_values("weighted_f1", ascending=False).iterrows()]
@@ -62,6 +63,16 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
                     " (Mars-Bench publishes no numbers for this dataset)")
             out.append((f"{task}: fixed-K {shots}-shot, weighted F1{note}", lines))
     return out
+
+
+def entries(rows: pd.DataFrame) -> pd.Series:
+    """`method / backbone @ size px`, with the config's hash where one label ran with several configs (and draws),
+    so that every entry has one row per seed."""
+    label = rows["method"] + " / " + rows["backbone"].astype(str) + " @ " + rows["image_size"].astype(str) + " px"
+    variant = rows["config"].astype(str) + "|" + rows["draw"].astype(str)
+    several = variant.groupby(label).transform("nunique") > 1
+    tag = variant.map(lambda v: " [" + hashlib.sha256(v.encode()).hexdigest()[:6] + "]")
+    return label.where(~several, label + tag)
 
 
 def pct(mean: float, half: float) -> str:

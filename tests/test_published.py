@@ -57,7 +57,7 @@ def test_ours_beside_theirs_never_mixed(fixedk_file):
 def test_bench_leaderboard_fixedk(fixedk_file, capsys):
     assert main(["leaderboard", "--fixedk", str(fixedk_file), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
-    assert "| published | ViT-L/16 (feature_extraction) | 44.7 | 7 |" in out and "| marsfsl | simpleshot" in out
+    assert "| published | ViT-L/16 (feature_extraction) | 44.7 | 7 |" in out and "| marsfsl | simpleshot / efficientnet_lite0 @ 32 px |" in out
 
 
 def test_bench_report_fixedk_section(fixedk_file, tmp_path):
@@ -69,3 +69,15 @@ def test_bench_report_fixedk_section(fixedk_file, tmp_path):
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "Fixed-K beside published numbers" in page and "kerner-lab/MarsBench@0bf994d" in page
     assert page.count('class="published"') == 2  # one table per shots of the fixed-K file
+
+
+def test_one_label_with_two_configs_is_two_entries(fixedk_file, tmp_path):
+    import pandas as pd
+
+    rows = pd.read_csv(fixedk_file, dtype=str, keep_default_na=False)
+    other = rows.assign(config='{"norm": "l2n"}')
+    both = tmp_path / "both.csv"
+    pd.concat([rows, other]).to_csv(both, index=False)
+    for _, lines in comparison([both]):
+        mine = [line[1] for line in lines if line[0] == "marsfsl"]
+        assert len(mine) == 2 and len(set(mine)) == 2 and all("[" in m for m in mine)

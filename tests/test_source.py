@@ -113,3 +113,24 @@ def test_bench_run_keeps_sources_apart_in_the_results(data, tmp_path):
         by_task.setdefault(r["task"], []).append(r)
     assert sorted(by_task) == ["hirise-regions", "hirise-regions+aid"]
     assert {r["manifest"] for r in rows} == {rows[0]["manifest"]}  # the same episodes: differences pair up
+
+
+def test_sdft_step1_trains_on_the_source(data, tmp_path, monkeypatch):
+    import methods.sdft
+
+    task = load_task("hirise-regions", data, source="aid")
+    seen = {}
+    real = methods.sdft.train_step1
+
+    def spy(model, images, labels, groups, *args, **kwargs):
+        seen.update(n=len(images), classes=len(set(labels.tolist())), groups=set(groups))
+        return real(model, images, labels, groups, *args, **kwargs)
+
+    monkeypatch.setattr(methods.sdft, "train_step1", spy)
+    sdft = create_method("sdft", epochs=1, batch_size=8, steps=2, val_folds=3)  # 3 images per AID class
+    ctx = Context(task, Cache(tmp_path / "cache"), image_size=32)
+    sdft.prepare(ctx)
+    assert seen["n"] == len(task.base) and seen["classes"] == len(set(task.table.labels[task.base]))
+    assert seen["groups"] == set(task.table.groups[task.base])
+    plain = Context(load_task("hirise-regions", data), Cache(tmp_path / "cache"), image_size=32)
+    assert sdft.step1_key(ctx) != sdft.step1_key(plain)

@@ -13,7 +13,6 @@ import pandas as pd
 from tasks.errors import UserError
 
 REFERENCE = Path(__file__).parent / "reference" / "marsbench-fewshot.csv"
-TASK_NAMES = {"domars16k": "mb-domars16k"}  # built-in tasks on a Mars-Bench dataset
 HEADERS = ["", "method / backbone", "weighted-F1 %", "seeds", "source"]
 
 
@@ -22,12 +21,14 @@ def published_rows() -> pd.DataFrame:
 
 
 def published_name(task: str) -> str:
-    """Mars-Bench's name of the dataset a marsfsl task runs on ('' when it publishes nothing for it)."""
+    """Mars-Bench's name of the dataset a marsfsl task runs on ('' when it publishes nothing for it). Only sets in
+    Mars-Bench's own layout count: the built-in `domars16k` task reads the Zenodo folders, whose split was not
+    checked to be the one in Mars-Bench's annotation.csv."""
     if task.startswith("marsbench:"):
         from tasks.datasets.marsbench import published_name as folder_name
 
         return folder_name(Path(task[len("marsbench:"):].split("+", 1)[0]))
-    return TASK_NAMES.get(task, "")
+    return ""
 
 
 def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:

@@ -22,7 +22,7 @@ def test_the_shipped_reference_table():
 def test_published_names():
     assert published_name("marsbench:/data/domars16k") == "mb-domars16k"
     assert published_name("marsbench:/x/landmark_classification+aid") == "mb-landmark_cls"
-    assert published_name("domars16k") == "mb-domars16k" and published_name("hirise-regions") == ""
+    assert published_name("domars16k") == "" and published_name("hirise-regions") == ""  # not Mars-Bench's split
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,33 @@ import importlib
 import os
 import re
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from tasks.errors import UserError
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The defaults every command shares (the methods' own defaults, methods.backbones.DEFAULT_BACKBONE and
+    methods.features.DEFAULT_IMAGE_SIZE, equal these: tests/test_cli_basics.py checks it without importing torch
+    here)."""
+
+    task: str = "hirise-regions"
+    shots: tuple[int, ...] = (1, 5, 10, 20)
+    n_way: int = 5
+    n_query: int = 15
+    episodes: int = 600
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 128
+    # A user's runs go here, the reference results that ship with the project stay in results/
+    runs: Path = Path("runs")
+    reference: Path = Path("results")
+
+
+DEFAULTS = Defaults()
+SEED_MAX = 2**63 - 1  # numpy seeds any size, but results files and pandas hold seeds as int64
+MAX_SEEDS = 10_000  # seeds are listed before any work: a mistyped range must not run for days
 
 
 class ArgumentError(UserError):
@@ -46,6 +71,92 @@ def int_list(text: str) -> list[int]:
     return sorted(set(values))
 
 
+def bounded_int(name: str, low: int, high: int | None = None):
+    """argparse type: an integer in [low, high], else a one-line error naming the option."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            span = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+            raise argparse.ArgumentTypeError(f"--{name} must be {span}, got {text!r}")
+        return value
+
+    return convert
+
+
+def seed_list(text: str, name: str = "seeds") -> list[int]:
+    """argparse type: '0-9', '0,1,2' or a mix ('0-4,7'); integers from 0 to SEED_MAX, sorted, each once."""
+    bad = argparse.ArgumentTypeError(f"--{name} must be non-negative integers or ranges like 0-9, separated by "
+                                     f"commas, each at most {SEED_MAX}, got {text!r}")
+    seeds: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise bad from None
+        if low < 0 or high < low or high > SEED_MAX:
+            raise bad
+        if high - low + 1 > MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"--{name} names more than {MAX_SEEDS} seeds, got {text!r}")
+        seeds.update(range(low, high + 1))
+        if len(seeds) > MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"--{name} names more than {MAX_SEEDS} seeds, got {text!r}")
+    if not seeds:
+        raise bad
+    return sorted(seeds)
+
+
+IMAGE_SIZES = (16, 1024)  # decoded images are held in memory: (n, 3, S, S) bytes
+
+
+def add_task_options(p: argparse.ArgumentParser, task_help: str = "") -> None:
+    """--task, --backbone, --image-size: what every command that runs methods on a task's images takes."""
+    p.add_argument("--task", default=DEFAULTS.task, help=f"{task_help} (default: {DEFAULTS.task})".strip())
+    p.add_argument("--backbone", default=DEFAULTS.backbone, help=f"(default: {DEFAULTS.backbone})")
+    p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=DEFAULTS.image_size,
+                   help=f"(default: {DEFAULTS.image_size})")
+
+
+def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
+    """The options `bench run` and `bench fixedk` share (methods, task, shots, features, results policy)."""
+    p.add_argument("--method", action="append", required=True, metavar="NAME[:key=value,...]",
+                   help="method to run (repeat for several)")
+    add_task_options(p)
+    p.add_argument("--shots", type=int_list, default=list(DEFAULTS.shots),
+                   help=f"labelled images per class, e.g. {','.join(map(str, DEFAULTS.shots))} (the default)")
+    p.add_argument("--out", default=None, help=f"results CSV (default: {out_default})")
+    p.add_argument("--fresh", action="store_true",
+                   help="set the results file's rows of these methods and shots aside (into NAME.set-aside.csv) "
+                        "and compute them anew")
+    p.add_argument("--reuse-stale", action="store_true",
+                   help="take rows made by another git commit when everything else about them matches")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first method that fails (default: the other methods still run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--source", default=None, metavar="SPEC",
+                   help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
+    add_common(p)
+
+
+def benchmark_config(args) -> dict:
+    """BenchConfig's fields from add_benchmark_options' arguments."""
+    from benchmark.runner import MethodSpec
+
+    if args.fresh and args.reuse_stale:
+        raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
+                        "would keep")
+    return dict(methods=[MethodSpec.parse(m) for m in args.method], task=args.task, shots=args.shots,
+                data_dir=Path(args.data_dir or default_data_dir()),
+                cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
+                fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
+                source=args.source)
+
+
 def default_data_dir() -> str:
     return os.environ.get("BENCH_DATA_DIR", "data")
 
@@ -58,7 +169,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 # Each module in benchmark/commands/ defines add_parser(sub), which sets a `handler` default.
-COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "perf", "fixedk"]
+COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "perf", "fixedk", "migrate"]
+FAILED = 3  # the exit status of a run in which a method failed (bad input: 2, a bug: 1)
 
 
 def build_parser() -> Parser:
@@ -81,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from benchmark.scoring import MethodFailed
+
+        return FAILED if isinstance(exc, MethodFailed) else 2
     except Exception as exc:  # a bug, not bad input: still one line, the traceback behind --debug
         if debug:
             raise

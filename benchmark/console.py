@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
@@ -9,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
     TimeRemainingColumn
 from rich.table import Table
 
-from benchmark.stats import mean_ci
+from benchmark.stats import pm
 from methods.progress import Progress
 
 console = Console(stderr=True)
@@ -34,18 +35,6 @@ class RichProgressReporter(Progress):
         console.print(f"[dim]{message}[/dim]", highlight=False)
 
 
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per (task, shots, method): mean accuracy and macro-F1 with 95% CI, episodes, seconds."""
-    records = []
-    for (task, shots, ways, method), g in rows.groupby(["task", "shots", "ways", "method"], sort=True):
-        acc, acc_ci = mean_ci(g["accuracy"])
-        f1, f1_ci = mean_ci(g["macro_f1"])
-        records.append({"task": task, "shots": int(shots), "ways": int(ways), "method": method,
-                        "accuracy": acc, "accuracy_ci95": acc_ci, "macro_f1": f1, "macro_f1_ci95": f1_ci,
-                        "episodes": len(g), "seconds": float(g["seconds"].sum())})
-    return pd.DataFrame(records)
-
-
 def results_tables(summary: pd.DataFrame) -> list[Table]:
     tables = []
     for (task, shots, ways), g in summary.groupby(["task", "shots", "ways"], sort=True):
@@ -54,8 +43,22 @@ def results_tables(summary: pd.DataFrame) -> list[Table]:
                                 ("episodes", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)
         for _, r in g.sort_values("accuracy", ascending=False).iterrows():
-            table.add_row(r["method"], f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_ci95']:.2f}",
-                          f"{100 * r['macro_f1']:.2f} ± {100 * r['macro_f1_ci95']:.2f}", str(r["episodes"]),
-                          f"{r['seconds']:.1f}")
+            table.add_row(r["method"], pm(r["accuracy"], r["accuracy_ci95"]), pm(r["macro_f1"], r["macro_f1_ci95"]),
+                          str(r["episodes"]), f"{r['seconds']:.1f}")
         tables.append(table)
     return tables
+
+
+def finish(results: Path, started: float, failures: list) -> int:
+    """The end of `bench run` / `bench fixedk`: where the rows are, then one line per method that failed; the
+    exit status (FAILED when a method failed)."""
+    import sys
+    import time
+
+    from benchmark.cli import FAILED
+
+    if results.exists():
+        console.print(f"results: {results}  ({time.perf_counter() - started:.1f} s)", highlight=False)
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return FAILED if failures else 0

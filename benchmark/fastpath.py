@@ -6,9 +6,7 @@ episode alone (tests/test_fastpath.py checks it); methods/nearest_mean.py is how
 
 Chunks are sized so that the rows one chunk reads take about CHUNK_BYTES. The run's worker threads
 (thread_policy) compute whole chunks side by side, and the main thread scores each chunk as a whole
-(`score_chunk`), with the same numbers as `benchmark.runner.score_episode` (accuracy, macro-F1 as
-scikit-learn computes it, per-class accuracy): microseconds per episode here, a millisecond through
-scikit-learn.
+(`score_chunk`, through benchmark/scoring.py like every other scorer).
 """
 from __future__ import annotations
 
@@ -17,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from benchmark.scoring import score_episodes
 from tasks.episodes import EpisodeSet
 
 CHUNK_BYTES = 24 * 2**20
@@ -48,40 +47,12 @@ def batch_scores(method, episodes: EpisodeSet, indices) -> np.ndarray:
     return method.predict_batch(support, support_y, query, episodes.n_way).float().numpy()
 
 
-def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names) -> list[dict]:
-    """What `benchmark.runner.score_episode` returns for each episode, computed for the chunk at once."""
-    scores = np.asarray(scores)
-    n_way, q = episodes.n_way, episodes.n_query
-    expected = (len(indices), n_way * q, n_way)
-    if scores.shape != expected or not np.isfinite(scores).all():
-        raise RuntimeError(f"method returned scores of shape {scores.shape} (finite: {np.isfinite(scores).all()}); "
-                           f"expected finite {expected}")
-    pred = scores.argmax(axis=2)  # (E, m)
-    truth = np.repeat(np.arange(n_way), q)  # the query of every episode is ordered by class
-    hits = pred == truth
-    tp = hits.reshape(len(indices), n_way, q).sum(axis=2)  # (E, N): correct queries of each class
-    predicted = (pred[..., None] == np.arange(n_way)).sum(axis=1)  # (E, N): queries predicted as each class
-    # scikit-learn: F1 = 2 tp / (true + predicted) (never 0/0 here: every class has q > 0 queries), then the
-    # plain mean over labels
-    macro = (2.0 * tp / (q + predicted)).mean(axis=1)
-    accuracy = hits.sum(axis=1) / (n_way * q)
-    names = np.array(class_names, dtype=object)[episodes.classes[np.asarray(indices)]]
-    shares = np.array([f"{k / q:.6g}" for k in range(q + 1)], dtype=object)[tp]  # tp / q as score_episode writes it
-    return [{
-        "classes": c,
-        "accuracy": a,
-        "macro_f1": f,
-        "class_accuracy": s,
-        "n_query": n_way * q,
-    } for c, a, f, s in zip(_join_columns(names), accuracy.tolist(), macro.tolist(), _join_columns(shares))]
-
-
-def _join_columns(cells: np.ndarray) -> list[str]:
-    """"|".join(row) for every row of an object array of strings, column by column in C."""
-    joined = cells[:, 0]
-    for c in range(1, cells.shape[1]):
-        joined = joined + "|" + cells[:, c]
-    return joined.tolist()
+def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names, what: str = "the method") -> list[dict]:
+    """What `benchmark.scoring.score_episode` returns for each episode, computed for the chunk at once."""
+    indices = np.asarray(indices)
+    truth = np.broadcast_to(np.repeat(np.arange(episodes.n_way), episodes.n_query),  # queries ordered by class
+                            (len(indices), episodes.n_way * episodes.n_query))
+    return score_episodes(scores, truth, episodes.classes[indices], class_names, what)
 
 
 def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_names, clock, workers: int | None = None):

@@ -7,8 +7,10 @@ Merging rules:
 - A row is identified by `results.KEY`. The same key twice with the same scores is one episode recorded twice
   (a file given twice, an overlapping rerun): one copy is kept. The same key with different scores is a
   conflict and is refused, naming both files.
-- A method label that appears with two different configs (e.g. its defaults changed between versions) is
-  shown as two entries, `label [config-hash]`.
+- A row's key holds what else determines it (results.EPISODES.conditions: data identity, source, method
+  version and config, backbone, image size, preprocessing). A method label whose rows differ in any of these
+  is shown as one entry per value, named by what differs (`protonet [image_size=32]`, `protonet [config
+  3f2a1c]`), never averaged into one.
 The merged rows are sorted by KEY, so the leaderboard does not depend on the order or split of the files.
 """
 from __future__ import annotations
@@ -17,32 +19,37 @@ import csv
 import glob
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import COLUMNS, KEY, read_results
-from benchmark.stats import compare_methods
+from benchmark.results import COLUMNS, EPISODES, KEY, SET_ASIDE_SUFFIX, read_results
+from benchmark.stats import compare_methods, pm
+from benchmark.cli import DEFAULTS
 from tasks.errors import UserError
 
 SETTING = ["task", "ways", "shots", "queries"]
 STREAM = SETTING + ["manifest"]
 SCORES = ["classes", "accuracy", "macro_f1", "class_accuracy", "n_query"]
-NUMERIC = {"shots": int, "ways": int, "queries": int, "seed": int, "episode": int, "n_query": int,
-           "accuracy": float, "macro_f1": float, "seconds": float}
-DEFAULT_GLOB = "results/*.csv"
+
+
+def default_paths() -> list[str]:
+    """Without file names: the episode-result files of the user's runs folder (runs/*.csv) if it has any, else
+    the reference results that ship with the project (results/*.csv). Those folders also hold other tables
+    (fixed-K rows, the CTX crater scores) and rows set aside by --fresh: only episode-result files are taken."""
+    for folder in (DEFAULTS.runs, DEFAULTS.reference):
+        found = [p for p in sorted(glob.glob(str(folder / "*.csv")))
+                 if has_episode_header(Path(p)) and not p.endswith(SET_ASIDE_SUFFIX)]
+        if found:
+            return found
+    raise UserError(f"no results files given and no episode results in {DEFAULTS.runs}/ or {DEFAULTS.reference}/; "
+                    "name CSV files or run `bench run` first")
 
 
 def resolve_paths(paths: list[str] | None) -> list[Path]:
-    """The given CSV files (deduplicated, in order), or results/*.csv when none are given."""
+    """The given CSV files (deduplicated, in order), or `default_paths()` when none are given."""
     if not paths:
-        # results/ also holds other tables (fixed-K rows, the CTX crater scores): take the episode-result files
-        found = [p for p in sorted(glob.glob(DEFAULT_GLOB)) if has_episode_header(Path(p))]
-        if not found:
-            raise UserError(f"no results files given and no episode results match {DEFAULT_GLOB}; name CSV "
-                            "files or run `bench run` first")
-        paths = found
+        paths = default_paths()
     out, seen = [], set()
     for text in paths:
         path = Path(text)
@@ -58,29 +65,18 @@ def resolve_paths(paths: list[str] | None) -> list[Path]:
 
 
 def has_episode_header(path: Path) -> bool:
-    """Whether the file's first line is the header `bench run` writes."""
+    """Whether the file's first line is the header `bench run` writes (or wrote under schema 1)."""
+    from benchmark.results import COLUMNS_V1
+
     try:
         with open(path, newline="") as f:
-            return next(csv.reader(f), []) == COLUMNS
+            return next(csv.reader(f), []) in (COLUMNS, COLUMNS_V1)
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
 
 
 def _read(path: Path) -> pd.DataFrame:
-    try:
-        frame = read_results(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"results file {path} cannot be read ({str(exc).splitlines()[0]})") from None
-    for column, kind in NUMERIC.items():
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna() & (frame[column].notna() | (column != "seconds"))
-        if bad.any():
-            line = int(bad.to_numpy().nonzero()[0][0]) + 2
-            raise UserError(f"results file {path}, line {line}: column {column} is not a number "
-                            f"({frame[column].iloc[line - 2]!r})")
-        frame[column] = values.astype(kind)
-    for column in ("task", "method", "config", "manifest", "classes", "class_accuracy"):
-        frame[column] = frame[column].astype(str)
+    frame = read_results(path)  # checked: numbers in range, classes matching class_accuracy, ...
     frame["file"] = str(path)
     return frame
 
@@ -123,16 +119,25 @@ def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def _entries(frame: pd.DataFrame) -> pd.Series:
-    """Display name per row: the method label, plus a config hash where one label has several configs."""
-    configs = frame.groupby("method")["config"].nunique()
-    ambiguous = set(configs[configs > 1].index)
+    """Display name per row: the method label, plus what differs where one label has rows of one task under
+    several conditions (long values such as configs and data identities as a short hash)."""
+    conditions = list(EPISODES.conditions)
+    names = pd.Series(frame["method"].to_numpy(), index=frame.index, dtype=object)
+    for (_, method), g in frame.groupby(["task", "method"], sort=False):
+        variants = g[conditions].astype(str).drop_duplicates()
+        if len(variants) < 2:
+            continue
+        differ = [c for c in conditions if variants[c].nunique() > 1]
 
-    def name(method, config):
-        if method not in ambiguous:
-            return method
-        return f"{method} [{hashlib.sha256(config.encode()).hexdigest()[:6]}]"
+        def show(column, value):
+            if column in ("config", "data", "source", "preprocessing") and len(value) > 16:
+                return f"{column} {hashlib.sha256(value.encode()).hexdigest()[:6]}"
+            return f"{column}={value}"
 
-    return pd.Series([name(m, c) for m, c in zip(frame["method"], frame["config"])], index=frame.index)
+        labels = g[differ].astype(str).apply(lambda r: f"{method} [" + ", ".join(show(c, r[c]) for c in differ) + "]",
+                                             axis=1)
+        names.loc[g.index] = labels
+    return names
 
 
 def load_results(paths: list[str] | None) -> tuple[pd.DataFrame, dict]:
@@ -169,15 +174,6 @@ def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
     return board
 
 
-def _pct(value: float, half: float | None = None, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    text = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
-    if half is not None and not math.isnan(half):
-        text += f" ± {100 * half:.2f}"
-    return text
-
-
 def display_rows(board: pd.DataFrame) -> dict[tuple, tuple[str, list[list[str]]]]:
     """Per stream: (title, rows of text cells in HEADERS order), shared by the terminal, markdown and HTML."""
     out = {}
@@ -187,9 +183,9 @@ def display_rows(board: pd.DataFrame) -> dict[tuple, tuple[str, list[list[str]]]
         lines = []
         for i, r in enumerate(g.itertuples(index=False)):
             best = i == 0  # compare_methods puts the best (rank 1, highest mean) first
-            lines.append([str(r.rank), r.method, _pct(r.accuracy, r.accuracy_ci95),
-                          "best" if best else _pct(r.delta, r.delta_ci95, signed=True), str(r.paired),
-                          _pct(r.macro_f1, r.macro_f1_ci95), str(r.episodes)])
+            lines.append([str(r.rank), r.method, pm(r.accuracy, r.accuracy_ci95),
+                          "best" if best else pm(r.delta, r.delta_ci95, signed=True), str(r.paired),
+                          pm(r.macro_f1, r.macro_f1_ci95), str(r.episodes)])
         out[key] = (title, lines)
     return out
 
@@ -257,7 +253,7 @@ def to_summary(board: pd.DataFrame) -> str:
             r = cells.get((m, k))
             if r is None:
                 return "–"
-            text = f"{_pct(r.accuracy, r.accuracy_ci95)} ({r.episodes})"
+            text = f"{pm(r.accuracy, r.accuracy_ci95)} ({r.episodes})"
             return f"**{text}**" if r.rank == 1 else text
 
         parts.append(f"**{task}**: {ways}-way, {queries} queries per class, seed {seed}; accuracy %, mean ± 95% CI "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.cli import DEFAULTS
 from benchmark.runner import episode_results
 from methods.base import Context
 from methods.cache import Cache
@@ -217,8 +218,8 @@ def episode_figures(ctx: Context, features: torch.Tensor, eps, warm_eps, repeats
 
 
 def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: Path, episodes: int,
-             extraction_images: int, warm_method: str, memory_methods: list[str], backbone: str = "efficientnet_lite0",
-             image_size: int = 128, memory_shots: str = "1,5,10,20", memory_episodes: int = 1,
+             extraction_images: int, warm_method: str, memory_methods: list[str], backbone: str = DEFAULTS.backbone,
+             image_size: int = DEFAULTS.image_size, memory_shots: str = ",".join(map(str, DEFAULTS.shots)), memory_episodes: int = 1,
              log=print) -> list[Figure]:
     task = load_task(task_name, data_dir)
     ctx = Context(task, Cache(cache_dir), backbone, image_size)

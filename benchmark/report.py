@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.leaderboard import HEADERS, display_rows, leaderboard
-from benchmark.stats import class_accuracy, mean_ci
+from benchmark.stats import class_accuracy, mean_ci, pm
 from tasks.errors import UserError
 
 # A report page per task setting: the same task, ways, queries and seed at every shots value.
@@ -53,7 +53,7 @@ def plot_accuracy_vs_shots(rows: pd.DataFrame, title: str, path: Path) -> None:
         stats = [mean_ci(g.loc[g["shots"] == k, "accuracy"]) for k in shots]
         mean = np.array([m for m, _ in stats]) * 100
         half = np.nan_to_num(np.array([h for _, h in stats]) * 100)
-        ax.plot(shots, mean, marker="o", color=colors[name], label=name)
+        ax.plot(shots, mean, marker="o", color=colors[name], label=_plain(name))
         ax.fill_between(shots, mean - half, mean + half, color=colors[name], alpha=0.2, linewidth=0)
         if len(shots) == 1:  # a band needs two points: show the interval as an error bar
             ax.errorbar(shots, mean, yerr=half, color=colors[name], capsize=4)
@@ -81,8 +81,8 @@ def plot_class_heatmap(per_class: dict[int, pd.DataFrame], title: str, path: Pat
         t = per_class[k].pivot(index="entry", columns="class", values="accuracy").reindex(index=methods, columns=classes)
         values = t.to_numpy(dtype=float) * 100
         image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=100, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        ax.set_xticks(range(len(classes)), [_plain(c) for c in classes], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(methods)), [_plain(m) for m in methods], fontsize=8)
         ax.set_title(f"{k}-shot", fontsize=9)
         if len(classes) * len(methods) <= 400:
             for (i, j), v in np.ndenumerate(values):
@@ -92,6 +92,11 @@ def plot_class_heatmap(per_class: dict[int, pd.DataFrame], title: str, path: Pat
     fig.colorbar(image, ax=list(axes), label="per-class accuracy % (mean over episodes)", shrink=0.8)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def _plain(text: str) -> str:
+    """A label as matplotlib shows it literally: `$` would start math mode (a class may be named anything)."""
+    return str(text).replace("$", r"\$")
 
 
 def _img(path: Path, alt: str) -> str:
@@ -115,11 +120,8 @@ def _class_table(per_class: dict[int, pd.DataFrame]) -> str:
         body = []
         for entry, g in t.groupby("entry", sort=True):
             cells = g.set_index("class")
-            row = "".join(
-                f"<td>{100 * cells.at[c, 'accuracy']:.1f} ± {100 * cells.at[c, 'ci95']:.1f}</td>"
-                if c in cells.index and not math.isnan(cells.at[c, "ci95"]) else
-                (f"<td>{100 * cells.at[c, 'accuracy']:.1f}</td>" if c in cells.index else "<td>–</td>")
-                for c in classes)
+            row = "".join(f"<td>{pm(cells.at[c, 'accuracy'], cells.at[c, 'ci95'], digits=1)}</td>"
+                          if c in cells.index else "<td>–</td>" for c in classes)
             body.append(f"<tr><td>{html.escape(entry)}</td>{row}</tr>")
         parts.append(f'<table class="per-class"><caption>per-class accuracy %, {k}-shot (mean ± 95% CI over the '
                      f'episodes that include the class)</caption><thead><tr>{head}</tr></thead>'

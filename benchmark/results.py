@@ -1,4 +1,8 @@
-"""Per-episode result rows in append-only CSV files, written under an exclusive file lock.
+"""Result rows in append-only CSV files, written under an exclusive file lock; one Schema object per table.
+
+A Schema (columns, key, version, what a valid row holds) serves the episode rows of `bench run` (EPISODES),
+the fixed-K rows (benchmark/fixedk.FIXED_K) and any other table that needs the same lock, checks and reuse
+rules. Every file is checked when read (Schema.check: one line naming file, line and column).
 
 Rows are appended in small batches, each as one write followed by fsync, so a killed run leaves only whole
 rows and a resumed run redoes just the episodes whose rows are missing. A row whose key is already in the
@@ -14,20 +18,134 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 
+from benchmark.cli import SEED_MAX
 from tasks.errors import UserError
+from tasks.files import atomic_write_bytes
 
-SCHEMA_VERSION = 1
-COLUMNS = [
-    "schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
-    "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds", "backbone", "image_size",
-    "git_commit", "versions", "timestamp",
-]
-# What identifies a row: the same key twice is a duplicate.
-KEY = ["task", "method", "config", "shots", "ways", "queries", "manifest", "episode"]
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A results table: its columns, what identifies a row (`key`), its version, and what a valid row holds.
+
+    `measurement` names what a user asks for (task, method, shots, ...), `unit` the column that counts the
+    repeats of a measurement (episode, seed); the rest of the key (`conditions`: data identity, backbone,
+    image size, preprocessing, method version and config, source) is what else determines a row: rows of the
+    same measurement under other conditions, or written by other code (`git_commit`), are never taken for
+    this run's (see `plan`).
+    """
+
+    name: str
+    version: int
+    columns: tuple[str, ...]
+    measurement: tuple[str, ...]
+    conditions: tuple[str, ...]
+    unit: str
+    unit_fractions: tuple[str, ...] = ()  # floats in [0, 1]
+    counts: dict = field(default_factory=dict)  # integer column -> smallest valid value
+    seconds: tuple[str, ...] = ("seconds",)
+    row_check: Callable | None = None  # (frame, path): checks across columns, after `check`
+
+    @property
+    def key(self) -> list[str]:
+        return list(self.measurement) + list(self.conditions) + [self.unit]
+
+    def check(self, frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+        """`frame` (read as text) with its numeric columns converted; a one-line UserError naming file, line and
+        column at the first value that cannot be a result."""
+        frame = frame.copy()
+
+        def fail(mask, column, why):
+            i = int(np.flatnonzero(np.asarray(mask))[0])
+            raise UserError(f"results file {path}, line {i + 2}: column {column} is {frame[column].iloc[i]!r}, {why}; "
+                            "correct or delete that row, or move the file away")
+
+        if "schema" in frame:
+            wrong = frame["schema"] != str(self.version)
+            if wrong.any():
+                fail(wrong, "schema", f"not this file's schema version {self.version}")
+        for column in self.unit_fractions:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            outside = ~((values >= 0) & (values <= 1))  # NaN and inf included
+            if outside.any():
+                fail(outside, column, "not a number in [0, 1]")
+            frame[column] = values.astype(float)
+        for column in self.seconds:
+            values = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
+            bad = (frame[column] != "") & ~(values >= 0)
+            if bad.any():
+                fail(bad, column, "not a number of seconds")
+            frame[column] = values.astype(float)
+        for column, low in self.counts.items():
+            high = SEED_MAX if column == "seed" else 2**31 - 1
+            values = []
+            for i, text in enumerate(frame[column].tolist()):
+                try:
+                    value = int(text)
+                except ValueError:
+                    value = None
+                if value is None or not low <= value <= high:
+                    fail(np.arange(len(frame)) == i, column, f"not an integer from {low} to {high}")
+                values.append(value)
+            frame[column] = np.array(values, dtype=np.int64)
+        if self.row_check is not None and len(frame):
+            self.row_check(frame, path)
+        return frame
+
+
+def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
+    """What EPISODES.check cannot see column by column: n_query = ways x queries, and as many classes and
+    per-class accuracies (each in [0, 1]) as ways."""
+    from benchmark.scoring import split_labels
+
+    def fail(i, column, why):
+        raise UserError(f"results file {path}, line {i + 2}: column {column} is {frame[column].iloc[i]!r}, {why}; "
+                        "correct or delete that row, or move the file away")
+
+    wrong = frame["n_query"] != frame["ways"] * frame["queries"]
+    if wrong.any():
+        fail(int(np.flatnonzero(wrong.to_numpy())[0]), "n_query", "not ways x queries")
+    for i, (ways, classes, accs) in enumerate(zip(frame["ways"].tolist(), frame["classes"], frame["class_accuracy"])):
+        if len(split_labels(classes)) != ways:
+            fail(i, "classes", f"which does not name {ways} classes (ways)")
+        values = accs.split("|")
+        if len(values) != ways:
+            fail(i, "class_accuracy", f"which does not hold {ways} values, one per class")
+        try:
+            if not all(0 <= float(v) <= 1 for v in values):
+                fail(i, "class_accuracy", "which holds a value outside [0, 1]")
+        except ValueError:
+            fail(i, "class_accuracy", "which holds a value that is not a number")
+
+
+EPISODES = Schema(
+    name="episode results",
+    version=2,
+    columns=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
+             "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
+             "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp"),
+    measurement=("task", "method", "shots", "ways", "queries", "manifest"),
+    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing"),
+    unit="episode",
+    unit_fractions=("accuracy", "macro_f1"),
+    counts={"shots": 1, "ways": 2, "queries": 1, "seed": 0, "episode": 0, "n_query": 1, "image_size": 1,
+            "method_version": 0},
+    row_check=check_episode_rows,
+)
+SCHEMA_VERSION = EPISODES.version
+COLUMNS = list(EPISODES.columns)
+KEY = EPISODES.key
+# The columns of schema 1 (before the key held the data identity, source, preprocessing and method version).
+COLUMNS_V1 = ["schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
+              "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds", "backbone", "image_size",
+              "git_commit", "versions", "timestamp"]
 
 
 @contextmanager
@@ -46,20 +164,35 @@ def locked(path: Path):
         os.close(fd)
 
 
-def _check_header(path: Path, header: list[str], columns: list[str] = COLUMNS) -> None:
-    if header != columns:
-        raise UserError(
-            f"results file {path} was written by an incompatible version (columns differ); "
-            "write to a new file with --out"
-        )
+@contextmanager
+def locked_if_present(path: Path):
+    """The lock for reading: a file that does not exist yet has nothing to read, and reading it must leave no
+    `.lock` behind (a run that fails before its first row leaves no debris)."""
+    if Path(path).exists():
+        with locked(Path(path)):
+            yield
+    else:
+        yield
 
 
-def read_results(path: Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
-    """All rows of a results CSV (empty frame when the file does not exist); `columns` is its schema (another
-    row format, e.g. the fixed-K protocol's, shares the locking and checks)."""
+def _check_header(path: Path, header: list[str], schema: Schema) -> None:
+    if header == list(schema.columns):
+        return
+    if schema is EPISODES and header == COLUMNS_V1:
+        raise UserError(f"results file {path} has schema 1, whose rows do not record their data identity, "
+                        f"preprocessing or method version; migrate it with `bench migrate {path} --data-dir DIR` "
+                        "(DIR: the data its rows were made on) or write to a new file with --out")
+    raise UserError(
+        f"results file {path} was written by an incompatible version (columns differ); write to a new file with --out"
+    )
+
+
+def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
+    """All rows of a results CSV of `schema` (an empty frame when the file does not exist), checked (see
+    Schema.check) and with numeric columns converted; text columns stay text."""
     path = Path(path)
     if not path.exists():
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in schema.columns})
     if path.is_dir():
         raise UserError(f"results path {path} is a directory; give a .csv file")
     try:
@@ -72,38 +205,39 @@ def read_results(path: Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
         raise UserError(f"results file {path} is not a text CSV; move it away or write to a new file with --out") \
             from None
     if header is None:
-        return pd.DataFrame(columns=columns)
-    _check_header(path, header, columns)
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in schema.columns})
+    _check_header(path, header, schema)
     if not text.endswith("\n"):  # a write cut short (a crash, a full disk): its row is not a result
         text = text[: text.rfind("\n") + 1]
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype={"config": str, "manifest": str, "git_commit": str,
-                                                      "classes": str, "class_accuracy": str})
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, ValueError) as exc:
         raise UserError(f"results file {path} is damaged ({str(exc).splitlines()[0]}); move it away or "
                         "write to a new file with --out") from None
-    return frame
+    return schema.check(frame, path)
 
 
-def check_results_path(path: Path, columns: list[str] = COLUMNS, manifests: bool = True) -> None:
-    """Before any work: the results file is readable and compatible (`columns`), and it (and, with `manifests`,
-    the manifests folder beside it) can be written (one-line UserError otherwise). Creates no results file."""
+def check_results_path(path: Path, schema: Schema = EPISODES) -> None:
+    """Before any work: the results file is readable and of `schema`, and it can be written beside (one-line
+    UserError otherwise). Creates nothing: a run that fails before its first row leaves no debris."""
     path = Path(path)
-    read_results(path, columns)
-    what = "it and its manifests/" if manifests else "it"
+    read_results(path, schema)
     try:
-        if manifests:
-            (path.parent / "manifests").mkdir(parents=True, exist_ok=True)
         if path.exists():
             with open(path, "a"):
                 pass
         else:
-            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+            folder = path.parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            if not folder.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(folder))
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"results path {path} is not writable: its folder cannot hold {what} "
-                        f"({exc.strerror}: {exc.filename}); choose another with --out") from None
+        raise UserError(f"results path {path} is not writable ({exc.strerror}: {exc.filename}); choose another "
+                        "with --out") from None
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -126,7 +260,7 @@ def _drop_torn_tail(path: Path) -> None:
           "write); removed it", file=sys.stderr)
 
 
-def _existing_keys(path: Path, key: list[str] = KEY) -> set[tuple[str, ...]]:
+def _existing_keys(path: Path, key: list[str]) -> set[tuple[str, ...]]:
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
@@ -134,9 +268,18 @@ def _existing_keys(path: Path, key: list[str] = KEY) -> set[tuple[str, ...]]:
         return {tuple(row[c] for c in cols) for row in reader if len(row) == len(header)}
 
 
-def append_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS, key: list[str] = KEY) -> None:
-    """Append whole rows under the lock: one write, then fsync. `columns` and `key`: the file's schema and what
-    identifies a row in it (see read_results)."""
+def _csv_text(rows: list[dict], columns, header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def append_rows(path: Path, rows: list[dict], schema: Schema = EPISODES) -> None:
+    """Append whole rows of `schema` under the lock: one write, then fsync. A row whose key is in the file
+    already is not written again."""
     if not rows:
         return
     path = Path(path)
@@ -144,22 +287,17 @@ def append_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS, key:
         new_file = not path.exists() or path.stat().st_size == 0
         if not new_file:
             with open(path, newline="") as f:
-                _check_header(path, next(csv.reader(f), []), columns)
+                _check_header(path, next(csv.reader(f), []), schema)
             _drop_torn_tail(path)
             # Another process running the same episodes (two identical commands at once) may have written
-            # some of these rows already: a (method, task, shots, episode, ...) key is recorded once.
-            existing = _existing_keys(path, key)
-            rows = [r for r in rows if tuple(str(r[c]) for c in key) not in existing]
+            # some of these rows already: a key is recorded once.
+            existing = _existing_keys(path, schema.key)
+            rows = [r for r in rows if tuple(str(r[c]) for c in schema.key) not in existing]
             if not rows:
                 return
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
         try:
             with open(path, "a", newline="") as f:
-                f.write(buf.getvalue())
+                f.write(_csv_text(rows, schema.columns, header=new_file))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
@@ -174,13 +312,106 @@ def matching(frame: pd.DataFrame, key: dict) -> pd.Series:
     return mask
 
 
-def recorded(path: Path, key: dict, column: str, columns: list[str] = COLUMNS) -> set[int]:
-    """The values of `column` (episode, seed) already recorded in `path` for the rows matching `key`."""
-    with locked(Path(path)):
-        frame = read_results(path, columns)
-    return set(frame.loc[matching(frame, key), column].astype(int))
+# ---------------------------------------------------------------------------------------------------------------
+# Which recorded rows a run may take as its own. A run asks for a measurement (task, method, shots, ...) under
+# conditions (data, backbone, image size, ...) with the code of one git commit. Rows of the measurement under
+# other conditions are another experiment, rows under the same conditions from another commit were made by
+# other code: neither is taken without the user saying so (`--fresh`, `--reuse-stale`).
+
+CONDITION_WORDS = {
+    "source": "with source dataset {!r}", "data": "on other data (data identity {})",
+    "method_version": "by method version {}", "config": "with method config {}", "backbone": "with backbone {}",
+    "image_size": "at image size {}", "preprocessing": "with image preprocessing {}",
+}
+
+
+def _most_common(values: pd.Series) -> str:
+    counts = values.astype(str).value_counts()
+    more = f" (and {len(counts) - 1} other value{'s' if len(counts) > 2 else ''})" if len(counts) > 1 else ""
+    return f"{counts.index[0]}{more}"
+
+
+def reusable_units(frame: pd.DataFrame, schema: Schema, measurement: dict, conditions: dict, commit: str,
+                   path: Path, what: str, reuse_stale: bool = False) -> set[int]:
+    """The units (episodes, seeds) of `measurement` recorded in `frame` that this run may take as done. Raises a
+    one-line UserError when the file holds rows of the measurement under other conditions (saying how many and
+    what differs) or, unless `reuse_stale`, rows under these conditions from another git commit."""
+    rows = frame[matching(frame, measurement)]
+    if rows.empty:
+        return set()
+    same = matching(rows, conditions)
+    other = rows[~same]
+    if len(other):
+        column = next(c for c in schema.conditions if (other[c].astype(str) != str(conditions[c])).any())
+        differ = other[other[column].astype(str) != str(conditions[column])]
+        words = CONDITION_WORDS.get(column, column + " {}")
+        raise UserError(f"{len(differ)} rows of {what} in {path} were made {words.format(_most_common(differ[column]))}"
+                        f", this run uses {conditions[column]}; --fresh sets the file's rows of {what} aside and "
+                        "recomputes, or write to another file with --out")
+    stale = rows["git_commit"].astype(str) != str(commit)
+    if stale.any() and not reuse_stale:
+        raise UserError(f"{int(stale.sum())} rows of {what} in {path} were made by other code (git commit "
+                        f"{_most_common(rows.loc[stale, 'git_commit'])}; this is {commit}); --reuse-stale keeps them "
+                        "(everything else matches), --fresh sets them aside and recomputes")
+    return set(rows[schema.unit].astype(int))
+
+
+SET_ASIDE_SUFFIX = ".set-aside.csv"
+
+
+def set_aside_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).stem + SET_ASIDE_SUFFIX)
+
+
+def set_aside(path: Path, schema: Schema, measurements: list[dict]) -> int:
+    """Under the lock: move every row of the given measurements out of `path` (rewritten atomically) into
+    `set_aside_path(path)` (appended); returns how many rows moved."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with locked(path):
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return 0
+            _check_header(path, header, schema)
+            lines = [row for row in reader if len(row) == len(header)]
+        pos = {c: header.index(c) for c in schema.columns}
+        wanted = [{pos[c]: str(v) for c, v in m.items()} for m in measurements]
+        moved = [row for row in lines if any(all(row[i] == v for i, v in m.items()) for m in wanted)]
+        if not moved:
+            return 0
+        kept = [row for row in lines if not any(all(row[i] == v for i, v in m.items()) for m in wanted)]
+
+        def text(rows, with_header):
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            if with_header:
+                writer.writerow(header)
+            writer.writerows(rows)
+            return buf.getvalue()
+
+        aside = set_aside_path(path)
+        try:
+            new = not aside.exists() or aside.stat().st_size == 0
+            with open(aside, "a", newline="") as f:
+                f.write(text(moved, new))
+                f.flush()
+                os.fsync(f.fileno())
+            atomic_write_bytes(path, text(kept, True).encode())
+        except OSError as exc:
+            raise UserError(f"cannot set rows of {path} aside into {aside} ({exc.strerror})") from None
+    return len(moved)
+
+
+def recorded(path: Path, key: dict, schema: Schema = EPISODES) -> set[int]:
+    """The units (episodes, seeds) recorded in `path` for the rows matching `key` (any subset of columns)."""
+    with locked_if_present(Path(path)):
+        frame = read_results(path, schema)
+    return set(frame.loc[matching(frame, key), schema.unit].astype(int))
 
 
 def done_episodes(path: Path, key: dict) -> set[int]:
-    """Episode numbers already recorded in `path` for the (task, method, config, shots, ...) in key."""
-    return recorded(path, key, "episode")
+    """Episode numbers recorded in `path` for the rows matching `key`."""
+    return recorded(path, key)

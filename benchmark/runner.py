@@ -13,16 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 from benchmark import __version__
+from benchmark.cli import DEFAULTS
 from benchmark.fastpath import chunked_results, supports_batches
-from benchmark.results import SCHEMA_VERSION, append_rows, check_results_path, done_episodes, read_results
+from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_results_path, locked_if_present, \
+    matching, read_results, reusable_units, set_aside, set_aside_path
+from benchmark.scoring import MethodFailed, ScoreError, score_episode
 from methods.base import Context
 from methods.cache import Cache
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.episodes import Episode, EpisodeSet
+from tasks.episodes import EpisodeSet
 from tasks.errors import UserError
 from tasks.registry import Task, load_task
 
@@ -72,25 +74,28 @@ class BenchConfig:
     """What `bench run` and `bench fixedk` both take; `results_suffix` tells their default files apart."""
 
     methods: list[MethodSpec]
-    task: str = "hirise-regions"
-    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    task: str = DEFAULTS.task
+    shots: list[int] = field(default_factory=lambda: list(DEFAULTS.shots))
     data_dir: Path = Path("data")
     cache_dir: Path | None = None
     out: Path | None = None
-    backbone: str = "efficientnet_lite0"
-    image_size: int = 128
-    source: str | None = None  # --source: the base pool every pre-training method uses
+    backbone: str = DEFAULTS.backbone
+    image_size: int = DEFAULTS.image_size
+    fresh: bool = False  # set the file's rows of these measurements aside and recompute them
+    reuse_stale: bool = False  # take rows made by another git commit when everything else matches
+    stop_on_failure: bool = False  # a failing method ends the run (else the others still run)
+    source: str | None = None  # --source: the base pool every pre-training method uses (tasks.registry.with_source)
     results_suffix = ""
 
     def results_path(self) -> Path:
-        return Path(self.out) if self.out else Path("results") / f"{file_stem(self.task)}{self.results_suffix}.csv"
+        return Path(self.out) if self.out else DEFAULTS.runs / f"{file_stem(self.task)}{self.results_suffix}.csv"
 
 
 @dataclass
 class RunConfig(BenchConfig):
-    ways: int = 5
-    queries: int = 15
-    episodes: int = 600
+    n_way: int = DEFAULTS.n_way
+    n_query: int = DEFAULTS.n_query
+    episodes: int = DEFAULTS.episodes
     seed: int = 0
 
 
@@ -123,120 +128,226 @@ def stream_id(episodes: EpisodeSet) -> str:
     return hashlib.sha256(episodes.stream.encode()).hexdigest()[:16]
 
 
-def save_manifest(episodes: EpisodeSet, path: Path) -> None:
+def manifest_path(folder: Path, task: Task, episodes: EpisodeSet) -> Path:
+    return folder / (f"{file_stem(task.name)}-{episodes.n_way}w{episodes.k_shot}s{episodes.n_query}q-"
+                     f"seed{episodes.seed}-{stream_id(episodes)}.npz")
+
+
+def save_manifest(episodes: EpisodeSet, path: Path, progress: Progress = SILENT) -> None:
     """Write the stream's manifest unless one as long or longer is there: a 10-episode run must not shrink the
-    manifest of the 600 episodes already in the results file (a stream's episode i never changes)."""
-    try:
-        if path.exists() and len(EpisodeSet.load(path)) >= len(episodes):
-            return
-    except (UserError, OSError, ValueError, KeyError):
-        pass  # unreadable or corrupt: write it anew
+    manifest of the 600 episodes already in the results file (a stream's episode i never changes). A damaged
+    one is redrawn from the seed and rewritten (atomically, like every manifest)."""
+    if path.exists():
+        try:
+            if len(EpisodeSet.load(path)) >= len(episodes):
+                return
+        except UserError as exc:
+            progress.log(f"warning: {exc}; rewriting it from the seed")
     episodes.save(path)
-
-
-def score_episode(episode: Episode, scores: np.ndarray, class_names) -> dict:
-    scores = np.asarray(scores)
-    expected = (len(episode.query_idx), episode.n_way)
-    if scores.shape != expected or not np.isfinite(scores).all():
-        raise RuntimeError(f"method returned scores of shape {scores.shape} (finite: {np.isfinite(scores).all()}); "
-                           f"expected finite {expected}")
-    pred = scores.argmax(axis=1)
-    truth = episode.query_y
-    per_class = [float((pred[truth == c] == c).mean()) for c in range(episode.n_way)]
-    return {
-        "classes": "|".join(class_names[c] for c in episode.classes),
-        "accuracy": float((pred == truth).mean()),
-        "macro_f1": float(f1_score(truth, pred, average="macro", labels=np.arange(episode.n_way), zero_division=0)),
-        "class_accuracy": "|".join(f"{a:.6g}" for a in per_class),
-        "n_query": len(truth),
-    }
 
 
 def method_config(method) -> str:
     return json.dumps(method.config(), sort_keys=True)
 
 
+def preprocessing_id() -> str:
+    """Names how pixels become a backbone's input: the image decoder's and the feature pipeline's versions."""
+    from methods.features import PREPROCESSING_VERSION
+    from tasks.imageio import DECODER_VERSION
+
+    return f"features{PREPROCESSING_VERSION}+decoder{DECODER_VERSION}"
+
+
+def source_id(task: Task) -> str:
+    """The dataset a task's methods pre-train on when it is not the task's own base pool ("" when it is)."""
+    source = getattr(task, "source", None) or ""
+    if not isinstance(source, str):
+        name = getattr(source, "name", type(source).__name__)
+        fingerprint = getattr(source, "fingerprint", None)
+        source = f"{name}@{fingerprint()}" if callable(fingerprint) else str(name)
+    return source
+
+
+def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
+    """What determines the rows of each method besides what was asked for (see benchmark/results.Schema). The
+    data identity is computed once per run."""
+    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": config.backbone,
+              "image_size": config.image_size, "preprocessing": preprocessing_id()}
+    return [{**shared, "method_version": method_version(method), "config": method_config(method)}
+            for method in methods]
+
+
+def method_version(method) -> int:
+    return int(getattr(type(method), "version", 1))
+
+
 @contextmanager
-def saved_on_exit(out: Path, rows: list[dict]):
-    """Append the finished episodes' rows when the block ends, also by Ctrl-C or an error in a later episode."""
+def blamed(label: str, stage: str, where: str = ""):
+    """Exceptions inside the block are the method's: MethodFailed naming it (Ctrl-C passes through, and so does a
+    UserError, which names the input at fault)."""
     try:
         yield
-    finally:
-        append_rows(out, rows)
+    except ScoreError as exc:
+        raise MethodFailed(label, stage, where, exc) from exc
+    except UserError:  # bad input (a corrupt image, a full cache folder) that names itself: not the method's
+        raise
+    except Exception as exc:
+        raise MethodFailed(label, stage, where, exc) from exc
 
 
-def run_benchmark(config: RunConfig, progress: Progress = SILENT) -> pd.DataFrame:
-    """Run (or resume) every method on the shared episodes; returns this run's rows."""
+@dataclass
+class Planned:
+    """One (method, shots) of a run: its key (measurement and conditions), the episodes to run, the episodes
+    whose rows are there already."""
+
+    spec: MethodSpec
+    method: object
+    k: int
+    key: dict
+    pending: list[int]
+    done: int
+
+
+def plan_run(out: Path, task: Task, methods, episode_sets: dict[int, EpisodeSet], config: RunConfig,
+             commit: str, progress: Progress) -> list[Planned]:
+    """Before any work: which rows of the results file this run takes as done (see results.reusable_units);
+    with `config.fresh`, the file's rows of these measurements are set aside first."""
+    keys = []
+    for (spec, method), cond in zip(methods, conditions(task, config, [m for _, m in methods])):
+        for k, episodes in episode_sets.items():
+            measurement = {"task": task.name, "method": spec.label, "shots": k, "ways": config.n_way,
+                           "queries": config.n_query, "manifest": stream_id(episodes)}
+            keys.append((spec, method, k, measurement, cond))
+    if config.fresh:
+        moved = set_aside(out, EPISODES, [m for *_, m, _ in keys])
+        if moved:
+            progress.log(f"--fresh: moved {moved} rows of this run's methods and shots from {out} to "
+                         f"{set_aside_path(out)}")
+    with locked_if_present(out):
+        frame = read_results(out)
+    plans = []
+    for spec, method, k, measurement, cond in keys:
+        n = len(episode_sets[k])
+        done = reusable_units(frame, EPISODES, measurement, cond, commit, out, f"{spec.label} {k}-shot",
+                              config.reuse_stale) & set(range(n))
+        plans.append(Planned(spec, method, k, {**measurement, **cond}, [i for i in range(n) if i not in done],
+                             len(done)))
+    return plans
+
+
+def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
+    """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
+    MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
+    the other methods still run."""
     task = load_task(config.task, config.data_dir, source=config.source)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
-    episode_sets = {k: task.episodes(config.ways, k, config.queries, config.episodes, config.seed)
+    episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
     out = config.results_path()
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
-    manifest_dir = out.parent / "manifests"
-    for k, episodes in episode_sets.items():
-        save_manifest(episodes, manifest_dir / f"{file_stem(task.name)}-{config.ways}w{k}s{config.queries}q-"
-                                               f"seed{config.seed}-{stream_id(episodes)}.npz")
+    commit = git_commit()
+    plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
+    del methods
+    manifests = Manifests(out.parent / "manifests", task, progress)
     cache = Cache(config.cache_dir)
-    common = {"backbone": config.backbone, "image_size": config.image_size, "git_commit": git_commit(),
-              "versions": versions()}
-    while methods:  # each method's prepared state (images, activations, models) goes before the next prepares
-        spec, method = methods.pop(0)
-        run_method(task, spec, method, episode_sets, config, cache, common, out, progress)
-        del method
+    common = {"git_commit": commit, "versions": versions()}
+    keys = [p.key for p in plans]
+    while plans:  # each method's prepared state (images, activations, models) goes before the next prepares
+        mine = [p for p in plans if p.spec is plans[0].spec]
+        plans = [p for p in plans if p.spec is not plans[0].spec]
+        try:
+            run_method(task, mine, episode_sets, config, cache, common, out, manifests, progress)
+        except MethodFailed as failure:
+            if failures is None or config.stop_on_failure:
+                raise
+            failures.append(failure)
+            progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
+        del mine
     frame = read_results(out)
-    labels = [spec.label for spec in config.methods]
-    manifests = [stream_id(e) for e in episode_sets.values()]
-    keep = (frame["task"] == task.name) & frame["method"].isin(labels) & frame["manifest"].isin(manifests) \
-        & (frame["episode"].astype(int) < config.episodes)
+    keep = pd.Series(False, index=frame.index)
+    for key in keys:
+        keep |= matching(frame, key)
+    keep &= frame["episode"].astype(int) < config.episodes
     return frame[keep].reset_index(drop=True)
 
 
-def run_method(task: Task, spec: MethodSpec, method, episode_sets: dict[int, EpisodeSet], config: RunConfig,
-               cache: Cache, common: dict, out: Path, progress: Progress) -> None:
+class Manifests:
+    """Writes a stream's manifest when its first rows are written (a run that fails before any episode leaves
+    no manifests/ folder)."""
+
+    def __init__(self, folder: Path, task: Task, progress: Progress):
+        self.folder, self.task, self.progress, self.saved = folder, task, progress, set()
+
+    def ensure(self, episodes: EpisodeSet) -> None:
+        if id(episodes) not in self.saved:
+            save_manifest(episodes, manifest_path(self.folder, self.task, episodes), self.progress)
+            self.saved.add(id(episodes))
+
+
+def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, EpisodeSet], config: RunConfig,
+               cache: Cache, common: dict, out: Path, manifests: Manifests, progress: Progress) -> None:
+    spec, method = plans[0].spec, plans[0].method
     prepared = False
-    for k, episodes in episode_sets.items():
-        key = {"task": task.name, "method": spec.label, "config": method_config(method), "shots": k,
-               "ways": config.ways, "queries": config.queries, "manifest": stream_id(episodes)}
-        done = done_episodes(out, key)
-        pending = [i for i in range(len(episodes)) if i not in done]
-        if done:
-            progress.log(f"{spec.label} {k}-shot: {len(done & set(range(len(episodes))))} episodes already in "
-                         f"{out}, {len(pending)} to run")
-        if not pending:
+    for plan in plans:
+        k, episodes = plan.k, episode_sets[plan.k]
+        if plan.done:
+            progress.log(f"{spec.label} {k}-shot: {plan.done} episodes already in {out}, {len(plan.pending)} to run")
+        if not plan.pending:
             continue
         if not prepared:
             started = time.perf_counter()
-            method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress))
+            with blamed(spec.label, "prepare"):
+                method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress))
             progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s")
             prepared = True
         rows, last_flush, batched = [], time.perf_counter(), supports_batches(method)
-        with progress.task(f"{spec.label} {k}-shot", len(pending)) as advance, saved_on_exit(out, rows):
-            for i, result, seconds in episode_results(method, episodes, pending, config.seed, task.class_names):
-                rows.append({"schema": SCHEMA_VERSION, **key, "seed": config.seed, "episode": i, **result,
+
+        def flush():
+            if rows:
+                manifests.ensure(episodes)
+                append_rows(out, rows)
+                rows.clear()
+
+        with progress.task(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
+            for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, task.class_names,
+                                                      spec.label):
+                rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
                              "seconds": round(seconds, 6), **common,
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
                 advance(1)
                 if (len(rows) >= FLUSH_EVERY_EPISODES and not batched) \
                         or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
-                    append_rows(out, rows)
-                    rows.clear()
+                    flush()
                     last_flush = time.perf_counter()
 
 
-def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names):
-    """Yields (episode, score_episode's dict, seconds). Methods with `predict_batch` answer chunks of episodes
-    at once (benchmark/fastpath.py; the same scores); their `seconds` is the chunk's time divided by its
-    episodes. The others fit and predict episode by episode; `seconds` is that episode's fit + predict."""
+@contextmanager
+def saved_on_exit(flush):
+    """Write the finished episodes' rows when the block ends, also by Ctrl-C or a failure in a later episode."""
+    try:
+        yield
+    finally:
+        flush()
+
+
+def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names, label: str = "method"):
+    """Yields (episode, scoring.score_episode's dict, seconds). Methods with `predict_batch` answer chunks of
+    episodes at once (benchmark/fastpath.py; the same scores); their `seconds` is the chunk's time divided by its
+    episodes. The others fit and predict episode by episode; `seconds` is that episode's fit + predict. What
+    the method raises or returns unscorable becomes MethodFailed."""
     if supports_batches(method):
-        yield from chunked_results(method, episodes, pending, class_names, time.perf_counter)
+        with blamed(label, "predict_batch", f" (episodes {pending[0]}-{pending[-1]})"):
+            yield from chunked_results(method, episodes, pending, class_names, time.perf_counter)
         return
     k = episodes.k_shot
     for i in pending:
         episode = episodes.episode(i)
         rng = np.random.default_rng([seed, k, i, 7919])
         started = time.perf_counter()
-        method.fit(episode.support_idx, episode.support_y, episode.n_way, rng)
-        scores = method.predict(episode.query_idx)
-        seconds = time.perf_counter() - started
-        yield i, score_episode(episode, scores, class_names), seconds
+        with blamed(label, "fit", f" on episode {i}"):
+            method.fit(episode.support_idx, episode.support_y, episode.n_way, rng)
+        with blamed(label, "predict", f" on episode {i}"):
+            scores = method.predict(episode.query_idx)
+            seconds = time.perf_counter() - started
+            result = score_episode(episode, scores, class_names)
+        yield i, result, seconds

@@ -1,5 +1,6 @@
 """Means with t-based 95% confidence intervals over episodes (scipy for the distribution), paired differences
-between methods on shared episodes, tie-aware ranks, per-class accuracy, and means over seeds."""
+between methods on shared episodes, tie-aware ranks, per-class accuracy, summaries over episodes or seeds, and
+the "mean ± CI" text every table prints: the one place these are computed."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,8 @@ import numpy as np
 import pandas as pd
 # scipy.special's t quantile is what scipy.stats.t.ppf computes, without importing scipy.stats (1.3 s)
 from scipy.special import stdtrit
+
+from benchmark.scoring import split_labels
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -114,12 +117,13 @@ def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 
 def class_accuracy(rows: pd.DataFrame, by: str = "method", confidence: float = 0.95) -> pd.DataFrame:
     """Mean per-class accuracy (recall) over the episodes a class appears in, per (`by`, class).
 
-    Reads the '|'-joined `classes` and `class_accuracy` columns of result rows (aligned: episode position i).
+    Reads the '|'-joined `classes` (names escaped, see scoring.join_labels) and `class_accuracy` columns of
+    result rows (aligned: episode position i).
     Columns: `by`, class, accuracy, ci95, episodes.
     """
     names, values, who = [], [], []
     for method, classes, accs in zip(rows[by], rows["classes"].astype(str), rows["class_accuracy"].astype(str)):
-        cs, vs = classes.split("|"), accs.split("|")
+        cs, vs = split_labels(classes), accs.split("|")
         if len(cs) != len(vs):
             raise ValueError(f"class_accuracy has {len(vs)} values for {len(cs)} classes ({classes!r})")
         names += cs
@@ -133,18 +137,45 @@ def class_accuracy(rows: pd.DataFrame, by: str = "method", confidence: float = 0
     return pd.DataFrame(records, columns=[by, "class", "accuracy", "ci95", "episodes"])
 
 
-def over_seeds(frame: pd.DataFrame, keys: list[str], metrics=("accuracy", "weighted_f1"),
-               confidence: float = 0.95) -> pd.DataFrame:
-    """The fixed-K protocol (K labelled images per class, the whole test set, repeated over seeds): one line
-    per `keys` group with, for each metric, its mean and t-based CI half-width over the seeds (one row per
-    seed in `frame`) and the number of seeds."""
-    if frame.duplicated(list(keys) + ["seed"]).any():
-        raise ValueError("over_seeds: one row per seed and group expected")
+def summarize(frame: pd.DataFrame, by: list[str], metrics=("accuracy",), count: str = "n", unique: str | None = None,
+              extra: dict | None = None, confidence: float = 0.95) -> pd.DataFrame:
+    """One line per `by` group: for each metric its mean and t-based CI half-width (`<metric>_ci95`), the number
+    of rows (`count`), and `extra` aggregations ({column: (source column, pandas aggregation)}). With `unique`
+    (episode, seed), each group must hold each of its values once (ValueError otherwise)."""
+    by = list(by)
+    if unique is not None and frame.duplicated(by + [unique]).any():
+        raise ValueError(f"summarize: one row per {unique} and group expected")
     records = []
-    for values, g in frame.groupby(list(keys), sort=True):
-        record = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+    for values, g in frame.groupby(by, sort=True):
+        record = dict(zip(by, values if isinstance(values, tuple) else (values,)))
         for metric in metrics:
             record[metric], record[f"{metric}_ci95"] = mean_ci(g[metric], confidence)
-        record["seeds"] = len(g)
+        record[count] = len(g)
+        for name, (column, how) in (extra or {}).items():
+            record[name] = g[column].agg(how)
         records.append(record)
     return pd.DataFrame(records)
+
+
+def summarize_episodes(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per (task, shots, ways, method): mean accuracy and macro-F1 with 95% CI, episodes, seconds."""
+    summary = summarize(rows, ["task", "shots", "ways", "method"], ("accuracy", "macro_f1"), count="episodes",
+                        extra={"seconds": ("seconds", "sum")})
+    for column in ("shots", "ways"):
+        summary[column] = summary[column].astype(int)
+    summary["seconds"] = summary["seconds"].astype(float)
+    return summary
+
+
+def pm(mean: float, half: float | None = None, signed: bool = False, digits: int = 2,
+       undefined: str | None = None) -> str:
+    """A fraction as a percentage with its CI half-width: "61.27 ± 1.20". "n/a" for an undefined mean; an
+    undefined half-width (one value) is left out, or written as `undefined`."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    text = f"{100 * mean:+.{digits}f}" if signed else f"{100 * mean:.{digits}f}"
+    if half is None:
+        return text
+    if math.isnan(half):
+        return text if undefined is None else f"{text} ± {undefined}"
+    return f"{text} ± {100 * half:.{digits}f}"

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from methods.backbones import DEFAULT_BACKBONE
-from methods.cache import Cache, cache_key
-from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array
+from methods.cache import Cache
+from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array, images_key
 from methods.progress import SILENT, Progress
 from tasks.registry import Task
 
@@ -44,7 +44,7 @@ class Context:
 
     def images_key(self) -> str:
         """Identifies what ctx.images() returns: methods put it in the keys of caches derived from images."""
-        return cache_key("images", self.task.table.fingerprint(), self.image_size)
+        return images_key(self.task.table, self.image_size)
 
     def base_images_key(self) -> str:
         """Identifies the base pool's images; what is trained on the base pool alone (SDFT's step 1) keys on

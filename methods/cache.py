@@ -2,6 +2,11 @@
 
 A cache file is only ever seen complete (written to a temporary file, then renamed). Each entry stores the
 SHA-256 of its payload; a truncated or altered file is reported in one line and recomputed.
+
+A cache folder that is a file (or lies under one) is refused in one line naming it. A cache folder that
+cannot be written (read-only, full disk, over quota, no permission) does not stop a run: the first failed
+write prints one line naming the folder and the reason, and the run goes on computing without storing
+anything more there (entries already in the folder are still read).
 """
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "marsfsl"))
+from tasks.datasets.content import default_cache_dir, use_digest_cache
+from tasks.errors import UserError
+
+DEFAULT_CACHE_DIR = default_cache_dir()
 
 
 def cache_key(*parts) -> str:
@@ -51,8 +59,15 @@ class Cache:
     def __init__(self, root: Path | str | None = None, enabled: bool = True):
         self.root = Path(root) if root is not None else DEFAULT_CACHE_DIR
         self.enabled = enabled
+        self.writable = enabled
         self.hits: list[str] = []
         self.misses: list[str] = []
+        if enabled:
+            blocker = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise UserError(f"cache folder {self.root} cannot be used: {blocker} is a file; pass --cache-dir "
+                                "with a folder (or set BENCH_CACHE_DIR), or move the file away")
+            use_digest_cache(self.root / "digests")  # content digests of dataset files live beside the rest
 
     def path(self, kind: str, key: str, ext: str) -> Path:
         return self.root / kind / f"{key}.{ext}"
@@ -61,16 +76,32 @@ class Cache:
         digest_path = path.with_name(path.name + ".sha256")
         if not path.exists():
             return None
-        data = path.read_bytes()
-        expected = digest_path.read_text().strip() if digest_path.exists() else None
+        try:
+            data = path.read_bytes()
+            expected = digest_path.read_text().strip() if digest_path.exists() else None
+        except OSError as exc:
+            _warn(f"cache file {path} cannot be read ({exc.strerror or exc}); recomputing it")
+            return None
         if expected != hashlib.sha256(data).hexdigest():
             _warn(f"cache file {path} is corrupt (checksum mismatch); recomputing it")
             return None
         return data
 
     def _write(self, path: Path, data: bytes) -> None:
-        atomic_write_bytes(path, data)
-        atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+        if not self.writable:
+            return
+        try:
+            atomic_write_bytes(path, data)
+            atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+        except OSError as exc:
+            for stale in (path, path.with_name(path.name + ".sha256")):  # never a payload without its checksum
+                try:
+                    stale.unlink()
+                except OSError:
+                    pass
+            self.writable = False
+            _warn(f"cannot write to cache folder {self.root} ({exc.strerror or exc}); computing without caching "
+                  "for the rest of this run (free space, fix its permissions or pass another --cache-dir)")
 
     def _cached(self, kind: str, key: str, ext: str) -> bytes | None:
         """The verified payload for key (a hit), or None if it is absent or corrupt (or the cache is off)."""
@@ -100,6 +131,20 @@ class Cache:
             buf = io.BytesIO()
             torch.save(state, buf)
             self._write(self.path(kind, key, "pt"), buf.getvalue())
+
+    def note(self, kind: str, key: str) -> dict | None:
+        """A small JSON record kept beside the entries (e.g. how long a step took here), or None. Not counted as
+        a hit: notes inform the user, they never stand in for a computation."""
+        data = self._read_verified(self.path(kind, key, "json")) if self.enabled else None
+        try:
+            value = json.loads(data) if data is not None else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put_note(self, kind: str, key: str, value: dict) -> None:
+        if self.enabled:
+            self._write(self.path(kind, key, "json"), json.dumps(value, sort_keys=True).encode())
 
     def array(self, kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached array for key, computing and storing it on a miss."""

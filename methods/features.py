@@ -1,7 +1,8 @@
 """Decoded image arrays and frozen backbone features for a whole dataset table, cached on disk.
 
-Images are decoded once into a pre-resized uint8 array (keyed by the table's fingerprint and the size), so
-decoding stays off every later critical path; features are keyed by that plus backbone and weights.
+Images are decoded once into a pre-resized uint8 array (keyed by the table's content fingerprint, the size and
+the decoder's version), so decoding stays off every later critical path; features are keyed by that plus
+backbone and weights.
 """
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from methods.backbones import DEFAULT_BACKBONE, create_backbone, normalize, weights_digest
 from methods.cache import Cache, cache_key
 from methods.progress import SILENT, Progress
 from tasks.datasets.base import ImageTable
-from tasks.errors import UserError
+from tasks.imageio import DECODER_VERSION, read_image
 
-PREPROCESSING_VERSION = 1  # bump when decoding/resizing changes, so caches are recomputed
+# Bump when decoding/resizing changes, so caches are recomputed (keys also hold tasks.imageio.DECODER_VERSION).
+# 2: decoding by tasks.imageio (16-bit and float images stretched, not saturated; EXIF orientation applied).
+PREPROCESSING_VERSION = 2
 # Bump when the arithmetic of forward passes changes (e.g. the thread policy): features and activations are
 # recomputed, so that a clean cache reproduces cached results bit for bit.
 NUMERICS_VERSION = 2
@@ -68,16 +71,10 @@ def inference_threads() -> int | None:
 
 
 def load_image(path: str, size: int) -> np.ndarray:
-    """(3, size, size) uint8: RGB (greyscale repeated), shorter side resized and centre-cropped."""
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.fit(img.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise UserError(f"image {path} does not exist; check the dataset folder") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = "is not an image" if isinstance(exc, UnidentifiedImageError) else "is corrupt or truncated"
-        raise UserError(f"image {path} {reason}; replace or remove it") from None
+    """(3, size, size) uint8: the file decoded by tasks.imageio (16-bit and float images stretched, EXIF
+    orientation applied), RGB (greyscale repeated), shorter side resized and centre-cropped."""
+    img = read_image(path, "RGB", "image")
+    array = np.asarray(ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR), dtype=np.uint8)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
@@ -91,9 +88,13 @@ def decode_images(paths, size: int, progress: Progress = SILENT, workers: int | 
     return out
 
 
+def images_key(table: ImageTable, size: int) -> str:
+    """Identifies the decoded image array of a table: its content fingerprint, the size and the decoder."""
+    return cache_key("images", table.fingerprint(), size, PREPROCESSING_VERSION, DECODER_VERSION)
+
+
 def image_array(table: ImageTable, size: int, cache: Cache, progress: Progress = SILENT) -> np.ndarray:
-    key = cache_key("images", table.fingerprint(), size, PREPROCESSING_VERSION)
-    return cache.array("images", key, lambda: decode_images(list(table.paths), size, progress))
+    return cache.array("images", images_key(table, size), lambda: decode_images(list(table.paths), size, progress))
 
 
 @torch.inference_mode()
@@ -134,8 +135,7 @@ def feature_extractor(backbone: str) -> torch.nn.Module:
 
 def features_key(table: ImageTable, backbone: str, image_size: int) -> str:
     """Identifies frozen features; caches derived from them (meta-trained heads) put it in their keys."""
-    return cache_key("features", table.fingerprint(), image_size, PREPROCESSING_VERSION, NUMERICS_VERSION, backbone,
-                     weights_digest(backbone))
+    return cache_key("features", images_key(table, image_size), NUMERICS_VERSION, backbone, weights_digest(backbone))
 
 
 def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BACKBONE,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import platform
 import time
 
 import numpy as np
@@ -31,6 +32,7 @@ from methods.cache import cache_key
 from methods.cosine import CosineClassifier
 from methods.features import NUMERICS_VERSION, run_model
 from methods.optim import Adam
+from methods.progress import SILENT, Progress
 from methods.registry import register_method
 from tasks.splits import scene_split
 
@@ -71,9 +73,39 @@ def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
     return train, val
 
 
+# Pace of step 1 where nothing was recorded yet: about 2.5 min per epoch over hirise-regions' 2,289 base images at
+# 128 px with efficientnet_lite0 on a 2-core CPU (measured for issue 11). Only for a first, rough forecast; every
+# run records its own time in the cache, and the next run's forecast uses that.
+REFERENCE_SECONDS_PER_IMAGE_EPOCH = 150.0 / 2289
+REFERENCE_IMAGE_SIZE = 128
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def step1_forecast(record: dict | None, n_images: int, opts: dict, image_size: int) -> str:
+    """The first line's forecast: from the last step 1 recorded on this machine, else a rough estimate."""
+    work = n_images * opts["epochs"]
+    if record and record.get("image_epochs", 0) > 0 and record.get("seconds", 0) > 0:
+        rate = record["seconds"] / record["image_epochs"]
+        return (f"the last step 1 on this machine took {_duration(record['seconds'])} ({record['images']} images, "
+                f"{record['epochs']} epochs), so expect up to {_duration(rate * work)} for {n_images} images, "
+                f"{opts['epochs']} epochs")
+    rough = REFERENCE_SECONDS_PER_IMAGE_EPOCH * work * (image_size / REFERENCE_IMAGE_SIZE) ** 2
+    return (f"no step 1 recorded on this machine yet; {n_images} images x up to {opts['epochs']} epochs take roughly "
+            f"{_duration(rough)} on a 2-core CPU")
+
+
+def step1_timing_key(backbone: str, image_size: int) -> str:
+    """Where step 1's duration on this machine is noted (per backbone and image size, which set its pace)."""
+    return cache_key("sdft-step1-time", platform.node(), backbone, image_size)
+
+
 def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups: np.ndarray, opts: dict,
-                seed: int, log) -> tuple[dict, list]:
-    """Fine-tune the whole backbone + linear head; returns (best state dict, per-epoch history)."""
+                seed: int, log, progress: Progress = SILENT) -> tuple[dict, list]:
+    """Fine-tune the whole backbone + linear head; returns (best state dict, per-epoch history). Each epoch
+    shows a bar of its batches (with an ETA) on `progress`."""
     gen = torch.Generator().manual_seed(seed)
     train, val = step1_split(labels, groups, opts["val_folds"], seed)
     y = torch.from_numpy(labels)
@@ -86,20 +118,24 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
         model.train()
         order = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
         total, count = 0.0, 0
-        for start in range(0, len(order), opts["batch_size"]):
-            batch = order[start : start + opts["batch_size"]]
-            if len(batch) < 2:  # batch norm needs two samples
-                continue
-            x = augment_batch(torch.from_numpy(images[batch.numpy()]).float() / 255.0, gen)
-            loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
+        starts = range(0, len(order), opts["batch_size"])
+        with progress.task(f"sdft step 1: epoch {epoch}/{opts['epochs']}, batches of {opts['batch_size']}",
+                           len(starts)) as advance:
+            for start in starts:
+                batch = order[start : start + opts["batch_size"]]
+                if len(batch) >= 2:  # batch norm needs two samples
+                    x = augment_batch(torch.from_numpy(images[batch.numpy()]).float() / 255.0, gen)
+                    loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    schedule.step()
+                    total += loss.item() * len(batch)
+                    count += len(batch)
+                advance(1)
         if len(val):
-            logits = run_model(model, images[val])
+            logits = run_model(model, images[val], progress=progress,
+                               description=f"sdft step 1: epoch {epoch} held-out images")
             acc = float((logits.argmax(1) == labels[val]).mean())
         else:
             acc = float("nan")
@@ -179,10 +215,17 @@ class SDFT(FewShotMethod):
             key = step1_key
 
             def compute():
+                timing = step1_timing_key(ctx.backbone, ctx.image_size)
+                forecast = step1_forecast(ctx.cache.note("timings", timing), len(base_idx), self.opts, ctx.image_size)
                 ctx.progress.log(f"sdft step 1: fine-tuning {ctx.backbone} on {len(base_idx)} base images, "
-                                 f"{len(base_classes)} classes (cached as {key})")
-                state, _ = train_step1(model, images()[base_idx], dense.astype(np.int64),
-                                       ctx.task.table.groups[base_idx], self.opts, ctx.seed, ctx.progress.log)
+                                 f"{len(base_classes)} classes (cached as {key}); {forecast}")
+                started = time.perf_counter()
+                state, history = train_step1(model, images()[base_idx], dense.astype(np.int64),
+                                             ctx.task.table.groups[base_idx], self.opts, ctx.seed, ctx.progress.log,
+                                             ctx.progress)
+                ctx.cache.put_note("timings", timing, {
+                    "seconds": time.perf_counter() - started, "images": len(base_idx), "epochs": len(history),
+                    "image_epochs": len(base_idx) * len(history)})
                 return state
 
             state, cached = ctx.cache.state_dict("sdft-step1", key, compute)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import UserError
+from tasks.files import atomic_write
 
 SAMPLER_VERSION = 1
 PARTITION_RESTARTS = 40
@@ -170,20 +171,27 @@ class EpisodeSet:
         return h.hexdigest()[:16]
 
     def save(self, path: Path) -> None:
+        """Write the manifest atomically (a temporary file beside it, fsync, rename): a killed run or a full disk
+        leaves the old manifest or none, never a truncated one."""
         meta = dict(task=self.task, stream=self.stream, n_way=self.n_way, k_shot=self.k_shot,
                     n_query=self.n_query, seed=self.seed, digest=self.digest)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, classes=self.classes, support=self.support, query=self.query, meta=json.dumps(meta))
+        atomic_write(Path(path), lambda f: np.savez(f, classes=self.classes, support=self.support, query=self.query,
+                                                   meta=json.dumps(meta)))
 
     @classmethod
     def load(cls, path: Path) -> "EpisodeSet":
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            digest = meta.pop("digest")
-            eps = cls(classes=z["classes"], support=z["support"], query=z["query"], **meta)
+        """The manifest at `path`; a one-line UserError naming it if it is truncated, damaged or not one."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                digest = meta.pop("digest")
+                eps = cls(classes=z["classes"], support=z["support"], query=z["query"], **meta)
+        except OSError as exc:
+            raise UserError(f"episode manifest {path} cannot be read ({exc.strerror or exc})") from None
+        except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, KeyError, TypeError: not a manifest
+            raise UserError(f"episode manifest {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
         if eps.digest != digest:
-            raise UserError(f"episode manifest {path} is corrupt (content hash mismatch); delete it to redraw")
+            raise UserError(f"episode manifest {path} is corrupt (content hash mismatch)")
         return eps
 
 

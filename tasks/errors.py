@@ -14,3 +14,14 @@ def closest(name: str, choices, n: int = 3) -> str:
 
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f"; did you mean {', '.join(matches)}?" if matches else ""
+
+
+def notice(message: str) -> str:
+    """Tell the user, in one line on stderr, a rule that was applied to their input (e.g. how a CSV was read).
+
+    Returns the line, so that the caller can also keep it (ImageTable.notices)."""
+    import sys
+
+    line = " ".join(str(message).split())
+    print(f"notice: {line}", file=sys.stderr)
+    return line

@@ -143,24 +143,11 @@ def fixed_k_sets(task: Task, k: int, seeds, cap: bool = False) -> list[FixedKSet
     return sets
 
 
-def score(test_y: np.ndarray, scores: np.ndarray, n_classes: int) -> dict:
-    from sklearn.metrics import f1_score
-
-    scores = np.asarray(scores)
-    if scores.shape != (len(test_y), n_classes) or not np.isfinite(scores).all():
-        raise RuntimeError(f"method returned scores of shape {scores.shape}; expected finite "
-                           f"{(len(test_y), n_classes)}")
-    pred = scores.argmax(axis=1)
-    labels = np.arange(n_classes)
-    return {"accuracy": float((pred == test_y).mean()),
-            "weighted_f1": float(f1_score(test_y, pred, average="weighted", labels=labels, zero_division=0)),
-            "macro_f1": float(f1_score(test_y, pred, average="macro", labels=labels, zero_division=0))}
-
-
 def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None, cap: bool = False) -> list[dict]:
+                prepare_seed: int = 0, progress=None, *, score, cap: bool = False) -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
-    pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds, draw and
+    pool); one dict per seed: seed, shots, n_train, n_test, seconds, what `score(test_y, scores, n_classes)`
+    returns (the harness's scorer, benchmark.scoring.score_fixed_k: accuracy, weighted_f1, macro_f1), draw and
     capped (fixed_k_draw's, the capped classes joined by `|`).
 
     The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the

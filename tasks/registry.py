@@ -31,16 +31,17 @@ class Task:
     def class_names(self) -> tuple[str, ...]:
         return self.table.class_names
 
-    def fingerprint(self) -> str:
-        """Keys caches: the table's fingerprint (file locations and times included) and the pools."""
-        return self._with_pools(self.table.fingerprint())
+    def fingerprint(self, cache_dir=None) -> str:
+        """Keys caches: the table's content fingerprint and the pools, not the task's name (a `folder:` task is
+        named by its folder's location, which must not split caches)."""
+        return self._with_pools(self.table.fingerprint(cache_dir), name="")
 
     def identity(self) -> str:
         """Names episode streams: the table's location-independent identity and the pools."""
         return self._with_pools(self.table.identity())
 
-    def _with_pools(self, table_hash: str) -> str:
-        h = hashlib.sha256(f"{self.name}\x00{table_hash}".encode())
+    def _with_pools(self, table_hash: str, name: str | None = None) -> str:
+        h = hashlib.sha256(f"{self.name if name is None else name}\x00{table_hash}".encode())
         h.update(np.asarray(self.base, np.int64).tobytes())
         h.update(np.asarray(self.target, np.int64).tobytes())
         return h.hexdigest()[:16]
@@ -103,28 +104,21 @@ PREFIXES = ("folder:", "csv:", "marsbench:")
 
 
 def user_table_task(spec: str, data_dir: Path) -> Task:
-    """`folder:PATH` or `csv:PATH`: the CSV's split column (base/target) if present, else a scene split."""
-    table = load_dataset(spec, data_dir)
-    splits = table.splits
-    if set(splits) <= {"base", "target"} and "target" in set(splits):
-        return Task(spec, f"{spec} (its own base/target split)", table,
-                    np.flatnonzero(splits == "base"), np.flatnonzero(splits == "target"))
-    return region_task(spec, table, f"{spec}, scene-disjoint 60/40 base/target split")
+    """`folder:PATH` or `csv:PATH`, named by the dataset's one spelling (tasks/datasets/generic.py): the CSV's
+    split column if it has one (base = base or train + val, target = target or test), else a scene split."""
+    from tasks.datasets.generic import split_pool
 
-
-def marsbench_task(spec: str, data_dir: Path) -> Task:
-    """`marsbench:PATH`: Mars-Bench's own splits, base = train + val, target = test (as DoMars16k)."""
     table = load_dataset(spec, data_dir)
-    splits = table.splits
-    return Task(spec, f"{spec} (Mars-Bench layout): base = train + val, target = test", table,
-                np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))
+    pools = np.array([split_pool(s) for s in table.splits], dtype=object)
+    if (pools == "target").any():
+        return Task(table.name, f"{table.name} (its own base/target split)", table,
+                    np.flatnonzero(pools == "base"), np.flatnonzero(pools == "target"))
+    return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
 def load_task(name: str, data_dir: Path | str, source: str | None = None) -> Task:
     """The task `name`; with `source`, the same task whose base pool is the source's images (see with_source)."""
-    if name.startswith("marsbench:"):
-        task = marsbench_task(name, Path(data_dir))
-    elif name.startswith(PREFIXES):
+    if name.startswith(PREFIXES):  # marsbench: as csv: with train/val/test, base = train + val, target = test
         task = user_table_task(name, Path(data_dir))
     elif name not in TASKS:
         raise UserError(f"unknown task {name!r}{closest(name, TASKS)}; known: {', '.join(TASKS)}, "
@@ -154,13 +148,12 @@ def with_source(task: Task, spec: str, data_dir: Path) -> Task:
     classes and groups renamed `SPEC/...` so that they never meet the task's), base = the source's rows,
     target = the task's target rows, unchanged, so the episodes are the same as without a source. Refuses a
     source that shares an image (by file content) with the task's dataset."""
-    from tasks.datasets.content import file_digests
-
     src_table, rows = source_rows(spec, Path(data_dir))
     if len(rows) == 0:
         raise UserError(f"--source {spec} has no images to pre-train on")
-    ours = dict(zip(file_digests(task.table.paths), task.table.paths))
-    shared = [(p, ours[d]) for p, d in zip(src_table.paths[rows], file_digests(src_table.paths[rows])) if d in ours]
+    ours = dict(zip(task.table.content_digests(), task.table.paths))
+    theirs = np.asarray(src_table.content_digests(), dtype=object)[rows]
+    shared = [(p, ours[d]) for p, d in zip(src_table.paths[rows], theirs) if d in ours]
     if shared:
         named = "; ".join(f"{p} = {q}" for p, q in shared[:3])
         raise UserError(f"--source {spec} shares {len(shared)} image(s) with task {task.name} (same file content): "

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.results import COLUMNS, SCHEMA_VERSION
+from benchmark.scoring import join_labels
 
 CLASSES = ("crater", "dark dune", "slope streak", "bright dune", "impact ejecta", "swiss cheese", "spider", "other")
 
@@ -36,12 +37,14 @@ def fake_rows(methods: dict[str, float], shots=(1, 5), episodes: int = 40, seed:
                 correct = rng.binomial(queries, np.clip(p, 0, 1))
                 recall = correct / queries
                 rows.append({
-                    "schema": SCHEMA_VERSION, "task": task, "method": name, "config": json.dumps({"x": 1}),
+                    "schema": SCHEMA_VERSION, "task": task, "source": "", "data": "d0", "method": name,
+                    "method_version": 1, "config": json.dumps({"x": 1}),
                     "shots": k, "ways": ways, "queries": queries, "seed": seed, "manifest": manifest, "episode": e,
-                    "classes": "|".join(CLASSES[c] for c in classes), "accuracy": float(recall.mean()),
+                    "classes": join_labels(CLASSES[c] for c in classes), "accuracy": float(recall.mean()),
                     "macro_f1": float(np.clip(recall.mean() - 0.01, 0, 1)),
                     "class_accuracy": "|".join(f"{a:.6g}" for a in recall), "n_query": ways * queries,
-                    "seconds": 0.01, "backbone": "efficientnet_lite0", "image_size": 128, "git_commit": "abc",
+                    "seconds": 0.01, "backbone": "efficientnet_lite0", "image_size": 128,
+                    "preprocessing": "features1+decoder1", "git_commit": "abc",
                     "versions": "marsfsl=0.1.0", "timestamp": "2025-01-01T00:00:00+00:00",
                 })
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -140,8 +140,9 @@ def test_more_ways_than_eligible_classes(folder, tmp_path, capsys):
       for value in ("0", "-1", "1,0", "five", "1;5", ",")],
     *[("--episodes", value, f"--episodes must be an integer from 1 to 100000, got '{value}'")
       for value in ("0", "-5", "many", "1e3", "100001")],
-    ("--seed", "-1", "--seed must be an integer >= 0, got '-1'"),
-    ("--seed", "x", "--seed must be an integer >= 0, got 'x'"),
+    ("--seed", "-1", "--seed must be an integer from 0 to 9223372036854775807, got '-1'"),
+    ("--seed", "x", "--seed must be an integer from 0 to 9223372036854775807, got 'x'"),
+    ("--seed", str(2**70), f"--seed must be an integer from 0 to 9223372036854775807, got '{2**70}'"),
     ("--image-size", "100000", "--image-size must be an integer from 16 to 1024, got '100000'"),
     ("--image-size", "0", "--image-size must be an integer from 16 to 1024, got '0'"),
     ("--threads", "0", "--threads must be a positive integer, got '0'"),
@@ -264,3 +265,34 @@ def test_too_few_scenes_for_the_scene_split(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "tiny", n_classes=2, per_class=2)
     line = one_line_error(capsys, run(tmp_path, f"folder:{data}", "--ways", "2"), tmp_path / "out.csv")
     assert f"folder dataset {data} has 4 scene(s)" in line and "which needs 5" in line
+
+
+# -- cache folder ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_cache_dir_that_is_a_file(folder, tmp_path, capsys, where):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a folder")
+    cache_dir = blocker if where == "file" else blocker / "sub"
+    argv = run(tmp_path, f"folder:{folder}")
+    argv[argv.index("--cache-dir") + 1] = cache_dir
+    line = one_line_error(capsys, argv, tmp_path / "out.csv")
+    assert line == (f"error: cache folder {cache_dir} cannot be used: {blocker} is a file; pass --cache-dir with a "
+                    "folder (or set BENCH_CACHE_DIR), or move the file away")
+
+
+@pytest.mark.parametrize("errno_, reason", [(30, "Read-only file system"), (28, "No space left on device")])
+def test_read_only_or_full_cache_folder_runs_without_caching(folder, tmp_path, capsys, monkeypatch, errno_, reason):
+    import methods.cache
+
+    def refuse(path, data):
+        raise OSError(errno_, reason)
+
+    monkeypatch.setattr(methods.cache, "atomic_write_bytes", refuse)
+    out = tmp_path / "out.csv"
+    assert main([str(a) for a in run(tmp_path, f"folder:{folder}", method="simpleshot")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("warning", "error", "internal"))]
+    assert err == [f"warning: cannot write to cache folder {tmp_path / 'cache'} ({reason}); computing without caching "
+                   "for the rest of this run (free space, fix its permissions or pass another --cache-dir)"]
+    assert len(out.read_text().splitlines()) == 1 + 3  # header and the three episodes
+    assert not list((tmp_path / "cache").rglob("*.npy"))

@@ -258,3 +258,134 @@ def test_cli_verify_real_hirise(real_data_dir, capsys):
     assert main(["data", "verify", "hirise-v1", "--data-dir", str(real_data_dir), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "3820 images, 161 groups" in out.replace("\n", " ")
+
+
+# --- user datasets: every rule refused or announced ------------------------------------------------------------
+
+def write_csv(root, rows, header="path,label,group,split"):
+    """root/labels.csv from (path, label, group, split) rows; images are generated for every path."""
+    lines = [header]
+    for i, row in enumerate(rows):
+        if not (root / row[0]).exists():
+            write_image(root / row[0], i % 5, i)
+        lines.append(",".join(row[: len(header.split(","))]))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def scenes(split_of=lambda g: "base" if g < 3 else "target", labels=("dunes", "craters")):
+    return [(f"img/{name}_{g}_{i}.png", name, f"{name}{g}", split_of(g)) for name in labels for g in range(5)
+            for i in range(2)]
+
+
+@pytest.mark.parametrize("base,target", [("train", "test"), ("Train", "TEST"), (" base ", "Target")])
+def test_csv_split_vocabularies_are_understood(tmp_path, capsys, base, target):
+    from tasks.registry import load_task
+
+    csv = write_csv(tmp_path, scenes(lambda g: base if g < 3 else target))
+    task = load_task(f"csv:{csv}", tmp_path)
+    assert len(task.base) == 12 and len(task.target) == 8
+    assert set(task.table.groups[task.target]) == {f"{c}{g}" for c in ("dunes", "craters") for g in (3, 4)}
+    err = capsys.readouterr().err
+    if base.strip().lower() == "train":
+        assert err.strip() == f"notice: CSV dataset {csv}: split column train/val/test: base pool = train + val, " \
+                              "target = test"
+    else:
+        assert err == ""
+
+
+def test_csv_train_val_test_gives_base_train_plus_val(tmp_path):
+    from tasks.registry import load_task
+
+    csv = write_csv(tmp_path, scenes(lambda g: ["train", "train", "val", "test", "test"][g]))
+    task = load_task(f"csv:{csv}", tmp_path)
+    assert set(task.table.splits[task.base]) == {"train", "val"} and set(task.table.splits[task.target]) == {"test"}
+
+
+@pytest.mark.parametrize("values,expected", [
+    (["base", "target", "holdout"], "split column holds 'base', 'holdout', 'target'; use base/target or "
+                                    "train/val/test"),
+    (["base", "target", ""], "split column holds '', 'base', 'target'"),
+    (["train", "target", "base"], "split column holds 'base', 'target', 'train'"),
+    (["train", "val", "train"], "split column holds only 'train', 'val', no target row (test)"),
+])
+def test_csv_unrecognised_splits_are_refused_listing_the_values(tmp_path, capsys, values, expected):
+    csv = write_csv(tmp_path, scenes(lambda g: values[min(g, len(values) - 1)]))
+    line = one_line_error(capsys, ["run", "--method", "protonet", "--task", f"csv:{csv}", "--quiet", "--out",
+                                   str(tmp_path / "o.csv")])
+    assert expected in line and f"CSV dataset {csv}" in line
+
+
+def test_csv_duplicate_paths_are_refused(tmp_path, capsys):
+    rows = scenes()
+    rows.append(("./" + rows[0][0], rows[0][1], "another-scene", "target"))  # the same file, spelled otherwise
+    csv = write_csv(tmp_path, rows)
+    with pytest.raises(UserError, match=r"lines 2 and 22 list the same image .*; list each image once"):
+        load_dataset(f"csv:{csv}", tmp_path)
+
+
+def test_csv_labels_are_stripped_with_a_notice_and_empty_or_case_twins_refused(tmp_path, capsys):
+    rows = [(p, (" " + label) if i % 2 else label, g, s) for i, (p, label, g, s) in enumerate(scenes())]
+    table = load_dataset(f"csv:{write_csv(tmp_path / 'spaces', rows)}", tmp_path)
+    assert table.class_names == ("craters", "dunes")  # ' craters' and 'craters' are one class
+    assert len(table.notices) == 1 and "surrounding spaces stripped from 10 label(s)" in table.notices[0]
+    assert capsys.readouterr().err.strip() == f"notice: {table.notices[0]}"
+    rows = [(p, label.title() if i == 0 else label, g, s) for i, (p, label, g, s) in enumerate(scenes())]
+    with pytest.raises(UserError, match=r"labels 'Dunes', 'dunes' differ only by case"):
+        load_dataset(f"csv:{write_csv(tmp_path / 'case', rows)}", tmp_path)
+    rows = [(p, " " if i == 3 else label, g, s) for i, (p, label, g, s) in enumerate(scenes())]
+    with pytest.raises(UserError, match=r"line 5 has an empty label \(1 row\(s\) in all\)"):
+        load_dataset(f"csv:{write_csv(tmp_path / 'empty', rows)}", tmp_path)
+
+
+def test_csv_empty_groups_make_own_scenes_with_a_notice(tmp_path, capsys):
+    rows = [(p, label, "" if i < 4 else g, s) for i, (p, label, g, s) in enumerate(scenes())]
+    table = load_dataset(f"csv:{write_csv(tmp_path, rows)}", tmp_path)
+    assert list(table.groups[:4]) == [r[0] for r in rows[:4]]  # each its own scene, named by its path
+    assert len(set(table.groups[:4])) == 4
+    assert table.notices == (f"CSV dataset {tmp_path / 'labels.csv'}: 4 row(s) have an empty group (first on "
+                             "line 2); each such image is its own scene",)
+
+
+def test_csv_missing_image_error_says_paths_are_relative_to_the_csv(tmp_path, monkeypatch):
+    write_csv(tmp_path / "set", scenes())
+    (tmp_path / "set" / "img" / "dunes_0_0.png").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"relative paths are read relative to the CSV's folder .*/set\)"):
+        load_dataset("csv:set/labels.csv", tmp_path)
+
+
+def test_csv_without_group_column_names_each_scene_by_its_relative_path(tmp_path):
+    csv = write_csv(tmp_path, scenes(), header="path,label")
+    table = load_dataset(f"csv:{csv}", tmp_path)
+    assert list(table.groups) == [r[0] for r in scenes()]
+
+
+def test_folder_ignores_hidden_files_macos_debris_and_empty_classes(tmp_path, capsys):
+    root = folder_like(tmp_path / "mine", per_class=6)
+    write_image(root / "dunes" / ".hidden.png", 0)
+    write_image(root / "dunes" / ".cache" / "thumb.png", 0)
+    write_image(root / "__MACOSX" / "dunes" / "._img0.png", 0)
+    write_image(root / "craters" / "__MACOSX" / "img0.png", 0)
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no images here")
+    table = load_dataset(f"folder:{root}", tmp_path)
+    assert table.class_names == ("craters", "dunes", "plains") and len(table) == 18
+    assert not any("MACOSX" in p or "/." in p for p in table.paths)
+    assert capsys.readouterr().err.strip() == f"notice: folder dataset {root}: class folder 'empty' holds no images; " \
+                                              "ignored"
+
+
+def test_folder_class_names_equal_up_to_case_are_refused(tmp_path):
+    root = folder_like(tmp_path / "mine", classes=("dunes", "Dunes", "plains"), per_class=6)
+    with pytest.raises(UserError, match=r"class folders 'Dunes', 'dunes' differ only by case"):
+        load_dataset(f"folder:{root}", tmp_path)
+
+
+def test_aid_skips_macos_debris(tmp_path):
+    data = aid_like(tmp_path)
+    base = next(p for p in (data / "aid-subset").rglob("*") if p.is_dir() and any(p.glob("*.jpg")))
+    write_image(base / "._resource-fork.jpg", 0)
+    write_image(base.parent / "__MACOSX" / "x.jpg", 0)
+    table = load_dataset("aid", data)
+    assert table.class_names == ("Airport", "Beach", "Desert") and len(table) == 9

@@ -159,12 +159,13 @@ def test_non_positive_sizes_are_user_errors(task, bad):
 
 def test_episode_streams_do_not_depend_on_where_the_data_lies_or_its_file_times(tmp_path):
     """Results from two machines merge only if their manifests agree: the same dataset copied elsewhere, with
-    new file times, must give the same stream id; the caches' fingerprint does see the change."""
+    new file times, must give the same stream id and share caches (the fingerprint hashes file contents, not
+    locations or times); new pixels under the same file names change the fingerprint but not the stream."""
     import os
     import shutil
 
     from benchmark.runner import stream_id
-    from fakes import hirise_v1_like
+    from fakes import hirise_v1_like, write_image
     from tasks.registry import load_task
 
     first = hirise_v1_like(tmp_path / "a", per_class={0: 12, 1: 12, 2: 12, 6: 12}, groups=6)
@@ -174,8 +175,12 @@ def test_episode_streams_do_not_depend_on_where_the_data_lies_or_its_file_times(
         os.utime(image, ns=(1, 1))
     one, two = load_task("hirise-regions", first), load_task("hirise-regions", os.path.relpath(second))
     assert one.table.paths[0] != two.table.paths[0]
-    assert one.fingerprint() != two.fingerprint()
+    assert one.fingerprint() == two.fingerprint()
     assert one.identity() == two.identity()
+    repainted = sorted((second / "hirise-v1" / "map-proj").iterdir())[0]
+    write_image(repainted, label=5, group=9, mode="L")
+    three = load_task("hirise-regions", second)
+    assert three.fingerprint() != one.fingerprint() and three.identity() == one.identity()
     e1, e2 = one.episodes(2, 1, 2, 5, seed=0), two.episodes(2, 1, 2, 5, seed=0)
     assert stream_id(e1) == stream_id(e2) and e1.digest == e2.digest
     relabelled = load_task("hirise-regions", first)

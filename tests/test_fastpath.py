@@ -7,6 +7,7 @@ from benchmark import fastpath
 from benchmark.fastpath import batch_scores, chunk_episodes, score_chunk, supports_batches
 from benchmark.results import read_results
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark, score_episode
+from benchmark.scoring import ScoreError
 from methods.base import Context
 from methods.cache import Cache
 from methods.nearest_mean import class_means, gather_rows, squared_norms
@@ -77,10 +78,10 @@ def test_chunk_scoring_equals_score_episode_on_random_and_tied_scores(tmp_path):
     results = score_chunk(episodes, list(range(len(episodes))), scores, task.class_names)
     for i, episode in enumerate(episodes):
         assert results[i] == score_episode(episode, scores[i], task.class_names)
-    with pytest.raises(RuntimeError, match="shape"):
+    with pytest.raises(ScoreError, match="shape"):
         score_chunk(episodes, [0, 1], scores[:1], task.class_names)
     scores[0, 0, 0] = np.nan
-    with pytest.raises(RuntimeError, match="finite"):
+    with pytest.raises(ScoreError, match="finite"):
         score_chunk(episodes, [0], scores[:1], task.class_names)
 
 
@@ -89,7 +90,7 @@ def test_harness_rows_are_the_same_on_both_paths(tmp_path, monkeypatch):
 
     def run(out):
         config = RunConfig(methods=[MethodSpec("protonet"), MethodSpec("simpleshot")], task=f"folder:{tmp_path / 'data'}",
-                           shots=[1, 2], ways=3, queries=2, episodes=25, data_dir=tmp_path,
+                           shots=[1, 2], n_way=3, n_query=2, episodes=25, data_dir=tmp_path,
                            cache_dir=tmp_path / "cache", out=out, image_size=32)
         run_benchmark(config)
         return read_results(out).drop(columns=["seconds", "timestamp"]).sort_values(["method", "shots", "episode"])

@@ -12,6 +12,7 @@ from benchmark.stats import mean_ci
 from fakes import domars16k_like
 from methods.cache import Cache
 from methods.registry import create_method
+from benchmark.scoring import score_fixed_k
 from tasks.protocols import PROTOCOL_VERSION, run_fixed_k
 from tasks.registry import load_task
 
@@ -90,7 +91,7 @@ def test_csv_numbers_equal_run_fixed_k(dirs, tmp_path):
     data, cache = dirs
     task = load_task("domars16k", data)
     for method, k in itertools.product(METHODS, SHOTS):
-        direct = run_fixed_k(task, create_method(method), k, SEEDS, Cache(cache), image_size=32)
+        direct = run_fixed_k(task, create_method(method), k, SEEDS, Cache(cache), image_size=32, score=score_fixed_k)
         written = sorted((r for r in rows if r["method"] == method and int(r["shots"]) == k),
                          key=lambda r: int(r["seed"]))
         assert [int(r["seed"]) for r in written] == [d["seed"] for d in direct]
@@ -169,3 +170,22 @@ def test_a_bench_run_results_file_is_refused(dirs, tmp_path, capsys):
     assert bench_fixedk(dirs, out) == 2
     assert "incompatible version" in capsys.readouterr().err
     assert out.read_text() == ",".join(RUN_COLUMNS) + "\n"
+
+
+def test_rows_at_another_image_size_or_from_other_code_are_not_this_runs(dirs, tmp_path, capsys):
+    out = tmp_path / "fk.csv"
+    assert bench_fixedk(dirs, out, methods=["protonet"], shots="1", seeds="0-1") == 0
+    assert bench_fixedk(dirs, out, "--image-size", "16", methods=["protonet"], shots="1", seeds="0-1") == 2
+    err = capsys.readouterr().err
+    assert "2 rows of protonet 1-shot" in err and "at image size 32, this run uses 16" in err
+    rows = read_rows(out)
+    for r in rows:
+        r["git_commit"] = "0123456789ab"
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert bench_fixedk(dirs, out, methods=["protonet"], shots="1", seeds="0-1") == 2
+    assert "made by other code" in capsys.readouterr().err
+    assert bench_fixedk(dirs, out, "--fresh", methods=["protonet"], shots="1", seeds="0-1") == 0
+    assert {r["git_commit"] for r in read_rows(out)} != {"0123456789ab"} and len(read_rows(out)) == 2

@@ -10,7 +10,8 @@ from fakes_marsbench import CLASSES, marsbench_like, write_annotation
 from tasks.datasets import load_dataset
 from tasks.datasets.marsbench import GROUP_RULES, group_rule
 from tasks.errors import UserError
-from tasks.protocols import fixed_k_draw, fixed_k_pools, fixed_k_sets, score
+from benchmark.scoring import score_fixed_k as score
+from tasks.protocols import fixed_k_draw, fixed_k_pools, fixed_k_sets
 from tasks.registry import load_task
 
 
@@ -34,7 +35,7 @@ def test_a_set_without_scene_names_gets_one_group_per_image_and_one_notice(tmp_p
     load_dataset(f"marsbench:{root}", tmp_path)
     assert len(set(table.groups)) == len(table)
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "give no source scene" in err
+    assert err.count("\n") == 1 and "give no source scene" in err and err.startswith("notice: ")
 
 
 @pytest.mark.parametrize("file_ids, rule, groups", [

@@ -110,6 +110,38 @@ def test_step1_runs_once_then_is_read_from_cache(tiny):
     assert any("cache hit" in m for m in logs) and not any("epoch" in m for m in logs)
 
 
+def test_step1_shows_batches_of_each_epoch_and_forecasts_from_the_last_run(tiny):
+    """A bar per epoch counts its batches (the CLI draws it with an ETA); the first line forecasts the time
+    from the last step 1 on this machine, recorded in the cache, or roughly from the image count."""
+    from contextlib import contextmanager
+
+    task, cache = tiny
+    logs, bars = [], []
+
+    class Recorder(Progress):
+        @contextmanager
+        def task(self, description, total):
+            bars.append([description, total, 0])
+            yield lambda n=1: bars[-1].__setitem__(2, bars[-1][2] + n)
+
+        def log(self, message):
+            logs.append(message)
+
+    opts = {**FAST, "epochs": 2, "patience": 5}
+    create_method("sdft", **opts).prepare(context(task, cache, progress=Recorder()))
+    epochs = [b for b in bars if b[0].startswith("sdft step 1: epoch") and "held-out" not in b[0]]
+    assert [b[0] for b in epochs] == ["sdft step 1: epoch 1/2, batches of 8", "sdft step 1: epoch 2/2, batches of 8"]
+    n_base = len(task.base)
+    assert all(1 < b[1] <= -(-n_base // 8) and b[2] == b[1] for b in epochs)  # every batch advances the bar
+    first = next(m for m in logs if m.startswith("sdft step 1: fine-tuning"))
+    assert f"on {n_base} base images" in first and "no step 1 recorded on this machine yet" in first
+    assert f"{n_base} images x up to 2 epochs take roughly" in first
+    logs.clear()
+    create_method("sdft", **opts).prepare(context(task, cache, progress=Recorder(), seed=1))  # another checkpoint
+    first = next(m for m in logs if m.startswith("sdft step 1: fine-tuning"))
+    assert "the last step 1 on this machine took" in first and f"({n_base} images, 2 epochs)" in first
+
+
 def test_sdft_predicts_in_eval_mode_without_query_labels_and_beats_chance(tiny):
     task, cache = tiny
     sdft = create_method("sdft", **FAST)

@@ -9,6 +9,7 @@ from methods.cache import Cache
 from methods.registry import create_method
 from tasks.datasets import load_dataset
 from tasks.errors import UserError
+from benchmark.scoring import score_fixed_k
 from tasks.protocols import fixed_k_pools, fixed_k_sets, protocol_base, run_fixed_k
 from tasks.registry import load_task, region_task
 from tasks.splits import class_split, scene_split
@@ -121,7 +122,7 @@ class AlwaysFirstClass(FewShotMethod):
 
 def test_run_fixed_k_scores_the_whole_test_split(domars_task, tmp_path):
     method = AlwaysFirstClass()
-    rows = run_fixed_k(domars_task, method, 2, [0, 1, 2], Cache(tmp_path / "cache"))
+    rows = run_fixed_k(domars_task, method, 2, [0, 1, 2], Cache(tmp_path / "cache"), score=score_fixed_k)
     pools = fixed_k_pools(domars_task)
     assert np.array_equal(method.base, protocol_base(domars_task, pools)) and method.fits == 3
     test_y = fixed_k_sets(domars_task, 2, [0])[0].test_y
@@ -134,6 +135,7 @@ def test_run_fixed_k_scores_the_whole_test_split(domars_task, tmp_path):
 
 
 def test_run_fixed_k_with_protonet_on_colour_coded_classes(domars_task, tmp_path):
-    rows = run_fixed_k(domars_task, create_method("protonet"), 2, [0, 1], Cache(tmp_path / "cache"), image_size=32)
+    rows = run_fixed_k(domars_task, create_method("protonet"), 2, [0, 1], Cache(tmp_path / "cache"), image_size=32,
+                      score=score_fixed_k)
     for r in rows:
         assert r["accuracy"] > 0.9 and r["weighted_f1"] > 0.9, r

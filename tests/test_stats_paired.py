@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from benchmark.stats import class_accuracy, compare_methods, mean_ci, over_seeds, paired_difference, tie_ranks
+from benchmark.stats import class_accuracy, compare_methods, mean_ci, paired_difference, summarize, tie_ranks
 
 
 def test_paired_difference_matches_scipy_paired_t_interval():
@@ -110,13 +110,13 @@ def test_class_accuracy_averages_over_episodes_containing_the_class():
         class_accuracy(pd.DataFrame({"method": ["m"], "classes": ["a|b"], "class_accuracy": ["1"]}))
 
 
-def test_over_seeds_for_the_fixed_k_protocol():
+def test_summarize_over_seeds_for_the_fixed_k_protocol():
     frame = pd.DataFrame({"method": ["m"] * 3 + ["n"] * 3, "k": [10] * 6, "seed": [0, 1, 2] * 2,
                           "accuracy": [0.7, 0.8, 0.75, 0.5, 0.5, 0.5], "weighted_f1": [0.6, 0.7, 0.8, 0.4, 0.5, 0.6]})
-    t = over_seeds(frame, ["method", "k"]).set_index("method")
+    t = summarize(frame, ["method", "k"], ("accuracy", "weighted_f1"), count="seeds", unique="seed").set_index("method")
     assert t.loc["m", "seeds"] == 3
     assert (t.loc["m", "accuracy"], t.loc["m", "accuracy_ci95"]) == pytest.approx(mean_ci([0.7, 0.8, 0.75]))
     assert t.loc["m", "weighted_f1_ci95"] == pytest.approx(sps.t.ppf(0.975, 2) * 0.1 / np.sqrt(3))
     assert t.loc["n", "accuracy_ci95"] == 0
     with pytest.raises(ValueError):
-        over_seeds(pd.concat([frame, frame.iloc[:1]]), ["method", "k"])
+        summarize(pd.concat([frame, frame.iloc[:1]]), ["method", "k"], count="seeds", unique="seed")

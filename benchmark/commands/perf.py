@@ -5,23 +5,23 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmark.cli import add_common, default_data_dir, positive_int
+from benchmark.cli import DEFAULTS, add_common, default_data_dir, positive_int
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("perf", help="measure throughput, warm start and memory (one table)")
-    p.add_argument("--task", default="hirise-regions")
+    p.add_argument("--task", default=DEFAULTS.task)
     p.add_argument("--episodes", type=positive_int("episodes"), default=600)
     p.add_argument("--extraction-images", type=positive_int("extraction-images"), default=512)
     p.add_argument("--warm-method", default="sdft")
     p.add_argument("--memory-method", action="append", default=None,
                    help="methods of the measured full run (default: every built-in method)")
-    p.add_argument("--memory-shots", default="1,5,10,20", help="shots of the measured full run")
+    p.add_argument("--memory-shots", default=",".join(map(str, DEFAULTS.shots)), help="shots of the measured full run")
     p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=1,
                    help="episodes per shots of the measured full run (memory peaks while a method prepares and "
                         "in its first episode at the most shots; later episodes reuse that memory)")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--image-size", type=positive_int("image-size"), default=128)
+    p.add_argument("--backbone", default=DEFAULTS.backbone)
+    p.add_argument("--image-size", type=positive_int("image-size"), default=DEFAULTS.image_size)
     add_common(p)
     p.set_defaults(handler=cmd_perf)
 

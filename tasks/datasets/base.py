@@ -14,9 +14,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from tasks.datasets.content import file_digests
 from tasks.errors import UserError, closest
 
 COLUMNS = ("path", "label", "group", "split")
+FINGERPRINT_VERSION = 2  # 1: absolute paths, sizes and file times
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +28,7 @@ class ImageTable:
     name: str
     frame: pd.DataFrame
     class_names: tuple[str, ...]
+    notices: tuple[str, ...] = ()  # one line each: rules applied while reading the dataset (already printed)
 
     def __post_init__(self):
         missing = [c for c in COLUMNS if c not in self.frame.columns]
@@ -55,7 +58,7 @@ class ImageTable:
         """Hash of what the rows are, wherever the dataset lies and whenever its files were written: each image's
         path relative to the folder holding them all, its label, group and split, and the class names. Episode
         streams are named by it, so the same dataset on two machines gives the same manifests and their results
-        merge; caches key on `fingerprint`, which also sees where the files are, their sizes and times."""
+        merge; caches key on `fingerprint`, which also sees what the files hold."""
         h = hashlib.sha256()
         h.update(self.name.encode())
         h.update("\x00".join(self.class_names).encode())
@@ -63,18 +66,26 @@ class ImageTable:
             h.update(f"{path}\x00{label}\x00{group}\x00{split}\n".encode())
         return h.hexdigest()[:16]
 
-    def fingerprint(self) -> str:
-        """Hash of everything that determines what the images are: paths, sizes, mtimes, labels, groups."""
-        h = hashlib.sha256()
-        h.update(self.name.encode())
+    def content_digests(self, cache_dir: Path | str | None = None) -> list[str]:
+        """SHA-256 of each image file's bytes, in row order (cached by path, size and time; see content.py)."""
+        try:
+            return file_digests(self.paths, cache_dir)
+        except FileNotFoundError as exc:
+            raise UserError(f"image {exc.filename} of dataset {self.name} no longer exists; check the dataset "
+                            "folder") from None
+        except OSError as exc:
+            raise UserError(f"image {exc.filename} of dataset {self.name} cannot be read ({exc.strerror})") from None
+
+    def fingerprint(self, cache_dir: Path | str | None = None) -> str:
+        """Keys caches (and results, as the data's identity): what the images are and what they hold, wherever
+        they lie and however their folder was spelled. Hashes the class names and, per row, the path relative
+        to the folder holding all images, label, group, split and the SHA-256 of the file's bytes; not the
+        table's name (a `folder:` name holds the folder's location) nor file times."""
+        h = hashlib.sha256(f"table-content-v{FINGERPRINT_VERSION}".encode())
         h.update("\x00".join(self.class_names).encode())
-        for path, label, group in zip(self.paths, self.labels, self.groups):
-            try:
-                st = os.stat(path)
-                stamp = f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
-            h.update(f"{path}\x00{label}\x00{group}\x00{stamp}\n".encode())
+        rows = zip(relative_paths(self.paths), self.labels, self.groups, self.splits, self.content_digests(cache_dir))
+        for path, label, group, split, digest in rows:
+            h.update(f"{path}\x00{label}\x00{group}\x00{split}\x00{digest}\n".encode())
         return h.hexdigest()[:16]
 
 
@@ -154,7 +165,7 @@ def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
     return spec.load(dataset_root(spec, Path(data_dir)))
 
 
-def table_from_rows(name: str, paths, labels, groups, class_names, splits=None) -> ImageTable:
+def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, notices=()) -> ImageTable:
     frame = pd.DataFrame(
         {
             "path": [str(p) for p in paths],
@@ -163,4 +174,4 @@ def table_from_rows(name: str, paths, labels, groups, class_names, splits=None) 
             "split": [str(s) for s in splits] if splits is not None else [""] * len(paths),
         }
     )
-    return ImageTable(name=name, frame=frame, class_names=tuple(class_names))
+    return ImageTable(name=name, frame=frame, class_names=tuple(class_names), notices=tuple(notices))

@@ -32,7 +32,7 @@ MIN_OVERLAP = 0.25
 
 def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(3744, 3744) uint8 scene stacked row by row from the 3 x 3 tiles, and (577, 4) crater boxes."""
-    from PIL import Image
+    from tasks.imageio import read_image
 
     root = Path(data_dir) / DATASET
     if not root.is_dir():
@@ -42,11 +42,9 @@ def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         row = []
         for c in range(3):
             path = root / "resized_CTX" / f"CTX{r}{c}_{TILE}.png"
-            try:
-                with Image.open(path) as img:
-                    row.append(np.asarray(img.convert("L"), dtype=np.uint8))
-            except FileNotFoundError:
-                raise UserError(f"CTX tile {path} is missing") from None
+            if not path.is_file():
+                raise UserError(f"CTX tile {path} is missing")
+            row.append(np.asarray(read_image(path, "L", "CTX tile"), dtype=np.uint8))
             if row[-1].shape != (TILE, TILE):
                 raise UserError(f"CTX tile {path} is {row[-1].shape}, expected {TILE} x {TILE}")
         rows.append(row)

@@ -21,14 +21,13 @@ Groups (source scenes), read from the file id, first rule that matches every fil
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tasks.datasets.base import ImageTable, table_from_rows
-from tasks.errors import UserError
+from tasks.errors import UserError, notice
 
 ANNOTATION = "annotation.csv"
 FEW_SHOT_DIR = "few_shot"
@@ -80,12 +79,10 @@ def group_rule(file_ids) -> tuple[str, list[str]]:
     return NO_SCENES, list(file_ids)
 
 
-def scene_notice(table: ImageTable) -> str | None:
-    """One line for a set whose file names give no source scene; None when they do."""
-    if getattr(table, "group_rule", None) != NO_SCENES:
-        return None
-    return (f"note: {table.name}: the file names give no source scene, so every image is its own group and "
-            "support and query may come from one scene")
+def scene_notice(name: str) -> str:
+    """The line for a set whose file names give no source scene."""
+    return (f"{name}: the file names give no source scene, so every image is its own group and support and "
+            "query may come from one scene")
 
 
 def image_path(root: Path, split: str, feature_name: str, file_id: str) -> Path:
@@ -93,7 +90,9 @@ def image_path(root: Path, split: str, feature_name: str, file_id: str) -> Path:
 
 
 def load_marsbench(root: Path) -> ImageTable:
-    root = Path(root)
+    from tasks.datasets.generic import canonical
+
+    root = canonical(root)
     if not root.is_dir():
         raise UserError(f"Mars-Bench set {root} does not exist; give the folder holding {ANNOTATION} and data/")
     frame = read_annotation(root / ANNOTATION, f"marsbench:PATH names the folder holding {ANNOTATION} and data/")
@@ -119,18 +118,21 @@ def load_marsbench(root: Path) -> ImageTable:
     present = sorted(names)
     dense = {label: i for i, label in enumerate(present)}
     rule, groups = group_rule(list(frame["file_id"]))
-    table = table_from_rows(f"marsbench:{root}", paths, [dense[int(v)] for v in frame["label"]], groups,
-                            [names[label] for label in present], frame["split"])
+    name = f"marsbench:{root}"
+    notices = ()
+    if rule == NO_SCENES:
+        line = scene_notice(name)
+        if line not in _NOTICED:  # once per process, not once per load (a --source loads the set again)
+            _NOTICED.add(line)
+            notices = (notice(line),)
+    table = table_from_rows(name, paths, [dense[int(v)] for v in frame["label"]], groups,
+                            [names[label] for label in present], frame["split"], notices=notices)
     object.__setattr__(table, "group_rule", rule)
     object.__setattr__(table, "marsbench_root", root)  # where fixed-K finds Mars-Bench's K-shot lists
-    notice = scene_notice(table)
-    if notice and str(root) not in _NOTICED:
-        _NOTICED.add(str(root))
-        print(notice, file=sys.stderr)
     return table
 
 
-_NOTICED: set[str] = set()  # a set's notice is printed once per process, not once per load
+_NOTICED: set[str] = set()
 
 
 def published_name(root: Path) -> str:

@@ -1,0 +1,30 @@
+"""Files written at once: a temporary file beside the target, fsync, rename. A crash, `kill -9` or a full disk
+leaves the old file or the new one, never a part of either (episode manifests, rewritten results files, and
+the cache's entries may all use it: everything may import tasks/)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Replace `path` by what `write(file)` writes into a binary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))

@@ -113,6 +113,9 @@ def test_bench_run_keeps_sources_apart_in_the_results(data, tmp_path):
         by_task.setdefault(r["task"], []).append(r)
     assert sorted(by_task) == ["hirise-regions", "hirise-regions+aid"]
     assert {r["manifest"] for r in rows} == {rows[0]["manifest"]}  # the same episodes: differences pair up
+    assert {r["source"] for r in by_task["hirise-regions"]} == {""}
+    assert {r["source"] for r in by_task["hirise-regions+aid"]} == {"aid"}
+    assert main(["leaderboard", str(out), "--format", "csv"]) == 0
 
 
 def test_sdft_step1_trains_on_the_source(data, tmp_path, monkeypatch):

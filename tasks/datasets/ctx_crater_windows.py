@@ -13,8 +13,8 @@ other tiles the target pool.
 
 The feature pipeline reads images by path, so the windows are written once as PNG files into a derived
 folder `<cache dir>/derived/ctx-craters-<key>/` (cache dir: BENCH_CACHE_DIR or ~/.cache/marsfsl), never
-into the data directory. The key hashes the rule's version and settings and the bytes of the scene's tiles
-and crater file, so a changed rule or scene makes a new folder; the folder is built in a temporary
+into the data directory. The key hashes the rule's version and settings, the image decoder's version and the
+bytes of the scene's tiles and crater file, so a changed rule, decoder or scene makes a new folder; the folder is built in a temporary
 sibling and renamed into place, so a reader never sees half of it.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tasks.datasets.base import ImageTable, table_from_rows
 from tasks.datasets.content import file_digests
 from tasks.datasets.ctx_murray import CLASSES, DATASET, TILE, TRAIN_X, load_ctx, window_truth
 from tasks.errors import UserError
+from tasks.imageio import DECODER_VERSION
 from tasks.windows import WindowGrid
 
 RULE_VERSION = 1
@@ -70,7 +71,7 @@ def derived_key(data_dir: Path) -> str:
     if missing:
         raise UserError(f"{missing[0]} is missing; set --data-dir or BENCH_DATA_DIR to the folder holding {DATASET}")
     settings = {"rule": RULE_VERSION, "window": WINDOW, "stride": STRIDE, "lattice": LATTICE,
-                "files": [f.name for f in files], "bytes": file_digests(files)}
+                "decoder": DECODER_VERSION, "files": [f.name for f in files], "bytes": file_digests(files)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -114,6 +114,8 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first method that fails (default: the other methods still run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--source", default=None, metavar="SPEC",
+                   help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
     add_common(p)
 
 
@@ -128,7 +130,8 @@ def benchmark_config(args) -> dict:
                 data_dir=Path(args.data_dir or default_data_dir()),
                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
-                fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug)
+                fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
+                source=args.source)
 
 
 def default_data_dir() -> str:

@@ -27,17 +27,18 @@ from methods.cache import Cache
 from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.protocols import DRAW_TAG, PROTOCOL_VERSION, FixedKPools, fixed_k_pools, fixed_k_sets, protocol_base
+from tasks.protocols import (DRAW_TAG, PROTOCOL_VERSION, FixedKPools, fixed_k_draw, fixed_k_pools, fixed_k_sets,
+                             protocol_base)
 from tasks.registry import Task, load_task
 
 FIXED_K = Schema(
     name="fixed-K results",
-    version=2,
+    version=3,  # 3: draw (random or Mars-Bench's K-shot list) and capped (classes with fewer than K images)
     columns=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
              "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-             "preprocessing", "git_commit", "versions", "timestamp"),
+             "preprocessing", "git_commit", "versions", "timestamp", "draw", "capped"),
     measurement=("protocol", "task", "method", "shots"),
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing"),
+    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "draw"),
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
@@ -51,6 +52,7 @@ PREDICT_CHUNK = 4096  # test images per predict call
 @dataclass
 class FixedKConfig(BenchConfig):
     seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    cap: bool = False  # at most K per class: a class with fewer training images gives all it has
     results_suffix = "-fixedk"
 
 
@@ -59,25 +61,27 @@ def read_fixedk(path: Path) -> pd.DataFrame:
     return read_results(path, FIXED_K)
 
 
-def check_shots_feasible(task: Task, shots: list[int], pools: FixedKPools | None = None) -> None:
+def check_shots_feasible(task: Task, shots: list[int], cap: bool = False, pools: FixedKPools | None = None) -> None:
     """Too many shots for a class fails here, before any method is prepared (no draws are made)."""
     for k in shots:
-        fixed_k_sets(task, k, seeds=[], pools=pools)
+        fixed_k_draw(task, k, cap, pools)
 
 
 def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None) -> list[dict]:
+                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None, cap: bool = False) -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
-    pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds.
+    pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds, draw and
+    capped (fixed_k_draw's, the capped classes joined by `|`).
 
     The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the
     test pool, so that nothing it pre-trains on is drawn or scored. `pools`: fixed_k_pools(task) where the
     caller has them.
     """
     pools = pools or fixed_k_pools(task)
-    sets = fixed_k_sets(task, k, seeds, pools)
+    draw = fixed_k_draw(task, k, cap, pools)
+    sets = fixed_k_sets(task, k, seeds, cap, pools)
     view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
-                pools.test)
+                pools.test, source=task.source)
     method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
                            progress or SILENT))
     n_classes = len(pools.classes)
@@ -90,21 +94,23 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
         scores = np.concatenate([method.predict(s.test_idx[i:i + PREDICT_CHUNK].copy())
                                  for i in range(0, len(s.test_idx), PREDICT_CHUNK)])
         rows.append({"seed": int(seed), "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
-                     **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6)})
+                     **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6),
+                     "draw": draw.draw, "capped": "|".join(draw.capped)})
     return rows
 
 
 def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
     """Run (or resume) every method at every shots on the seeds; returns the rows of this configuration. A failing
     method raises MethodFailed, or with a `failures` list is appended there while the others run."""
-    task = load_task(config.task, config.data_dir)
+    task = load_task(config.task, config.data_dir, source=config.source)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     pools = fixed_k_pools(task)  # once for every method and shots
-    check_shots_feasible(task, config.shots, pools)
+    check_shots_feasible(task, config.shots, config.cap, pools)
     out = config.results_path()
     check_results_path(out, FIXED_K)
     commit = git_commit()
-    keys = [({"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k}, cond)
+    keys = [({"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k},
+             {**cond, "draw": fixed_k_draw(task, k, config.cap).draw})
             for (spec, _), cond in zip(methods, conditions(task, config, [m for _, m in methods])) for k in config.shots]
     if config.fresh:
         moved = set_aside(out, FIXED_K, [m for m, _ in keys])
@@ -146,7 +152,7 @@ def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, d
     started = time.perf_counter()
     with blamed(spec.label, "the fixed-K protocol", f" at {k} shots"):
         results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress,
-                              pools=pools)
+                              pools=pools, cap=config.cap)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [{"schema": SCHEMA_VERSION, **key, **result, **provenance, "timestamp": timestamp} for result in results]
     append_rows(out, rows, FIXED_K)
@@ -160,5 +166,7 @@ def seeds(n: int) -> str:
 def summarize_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per (shots, method): accuracy and weighted-F1 mean with 95% CI over seeds, seeds, seconds (fit and
     predict, summed over the seeds), n_train and n_test."""
+    rows = rows.assign(capped=rows["capped"].astype(object).fillna("").astype(str), draw=rows["draw"].astype(str))
     return summarize(rows, ["shots", "method"], ("accuracy", "weighted_f1"), count="seeds", unique="seed",
-                     extra={"seconds": ("seconds", "sum"), "n_train": ("n_train", "max"), "n_test": ("n_test", "max")})
+                     extra={"seconds": ("seconds", "sum"), "n_train": ("n_train", "max"), "n_test": ("n_test", "max"),
+                            "draw": ("draw", "max"), "capped": ("capped", "max")})

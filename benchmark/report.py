@@ -145,7 +145,7 @@ figcaption { font-size: .85em; color: #555; }
 """
 
 
-def write_report(rows: pd.DataFrame, merged: dict, out_dir: Path) -> list[Path]:
+def write_report(rows: pd.DataFrame, merged: dict, out_dir: Path, extra_html: str = "") -> list[Path]:
     """Write the PNGs and report.html into out_dir; returns the paths written (report.html last)."""
     out_dir = Path(out_dir)
     try:
@@ -191,6 +191,7 @@ git commits: {html.escape(', '.join(commits))}; versions: {html.escape('; '.join
 written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>
 <ul class="sources">{sources}</ul>
 {''.join(sections)}
+{extra_html}
 </body></html>
 """
     report = out_dir / "report.html"

@@ -84,6 +84,7 @@ class BenchConfig:
     fresh: bool = False  # set the file's rows of these measurements aside and recompute them
     reuse_stale: bool = False  # take rows made by another git commit when everything else matches
     stop_on_failure: bool = False  # a failing method ends the run (else the others still run)
+    source: str | None = None  # --source: the base pool every pre-training method uses (tasks.registry.with_source)
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -238,7 +239,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
     MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
     the other methods still run."""
-    task = load_task(config.task, config.data_dir)
+    task = load_task(config.task, config.data_dir, source=config.source)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work

@@ -1,14 +1,17 @@
 """The fixed-K protocol (as Mars-Bench's few-shot evaluation): K labelled images per class, the whole test set.
 
-The protocol as data: which images are drawn and scored (running methods on them is the harness's job,
-benchmark/fixedk.py). Unlike N-way episodes, every class takes part at once: a method is fitted on K images of each class drawn
+Unlike N-way episodes, every class takes part at once: a method is fitted on K images of each class drawn
 from a training pool and scored on every image of a test pool, once per seed. The pools:
 - a table with `train` and `test` splits (DoMars16k's official split): those splits, as published;
 - otherwise the task's target pool, cut by scene into two halves (`scene_split` with 4 folds, 2 of them
   test: the best balanced of the 6 fold pairs), so no source scene is on both sides.
 The halves are fixed (split seed 0); a seed only changes which K images are drawn. Each class's images
 are drawn from their own generator, seeded by (seed, class): the K=5 draw is the first five of the K=10
-draw, so a shots curve compares nested training sets.
+draw, so a shots curve compares nested training sets. Two exceptions, both as Mars-Bench does:
+- a `marsbench:` set with its own `few_shot/<K>_shot.csv` trains on that list's `train` rows, the same
+  for every seed;
+- with `cap`, a class with fewer than K training images gives all it has (else that K is refused), and the
+  draw names the capped classes.
 """
 from __future__ import annotations
 
@@ -63,31 +66,77 @@ def protocol_base(task: Task, pools: FixedKPools) -> np.ndarray:
     return np.setdiff1d(task.base, np.concatenate([pools.train, pools.test]))
 
 
-def fixed_k_sets(task: Task, k: int, seeds, pools: FixedKPools | None = None) -> list[FixedKSet]:
-    """One (train_idx, train_y, test_idx, test_y) per seed; raises a one-line UserError if a class has fewer
-    than K training images. `pools`: fixed_k_pools(task) where the caller has them."""
+class FixedKDraw(NamedTuple):
+    """How the K training images per class are chosen for one K: `draw` is "random" (K per class, seeded) or
+    "marsbench-list" (Mars-Bench's own few_shot/<K>_shot.csv, the same for every seed); `capped` names the
+    classes that had fewer than K training images and gave all they had (only with cap=True)."""
+
+    draw: str
+    capped: tuple[str, ...]
+
+
+def marsbench_list(task: Task, k: int) -> np.ndarray | None:
+    """Table indices of Mars-Bench's K-shot training list when the task is a `marsbench:` set that has one."""
+    plain = getattr(task, "plain", None) or task  # a --source task keeps the set's rows first, same indices
+    root = getattr(plain.table, "marsbench_root", None)
+    if root is None:
+        return None
+    from tasks.datasets.marsbench import few_shot_train
+
+    return few_shot_train(plain.table, root, k)
+
+
+def fixed_k_draw(task: Task, k: int, cap: bool = False, pools: FixedKPools | None = None) -> FixedKDraw:
+    """What fixed_k_sets will draw at K; raises the one-line UserError for a class short of K images unless
+    `cap` (then such a class gives every training image it has, as Mars-Bench's K-shot lists do)."""
     if int(k) < 1:
         raise UserError(f"--shots must be a positive integer, got {k}")
+    if marsbench_list(task, k) is not None:
+        return FixedKDraw("marsbench-list", ())
     pools = pools or fixed_k_pools(task)
     labels = task.table.labels
-    by_class = [np.sort(pools.train[labels[pools.train] == c]) for c in pools.classes]
-    counts = [len(x) for x in by_class]
-    short = [f"{task.class_names[c]} ({n})" for c, n in zip(pools.classes, counts) if n < k]
-    if short:
+    counts = [int((labels[pools.train] == c).sum()) for c in pools.classes]
+    short = [(task.class_names[c], n) for c, n in zip(pools.classes, counts) if n < k]
+    if short and not cap:
         verb = "has" if len(short) == 1 else "have"
         advice = f"use --shots {min(counts)} or fewer" if min(counts) >= 1 else "use another task"
         raise UserError(f"task {task.name}: fixed-K with {k} shots needs {k} training images per class, but "
-                        f"{', '.join(short)} {verb} fewer in its training {pools.source}; {advice}")
+                        f"{', '.join(f'{name} ({n})' for name, n in short)} {verb} fewer in its training "
+                        f"{pools.source}; {advice}, or --cap to take all of a smaller class")
+    empty = [name for name, n in short if n == 0]
+    if empty:
+        raise UserError(f"task {task.name}: {', '.join(empty)} has no training image in its training {pools.source}; "
+                        "use another task")
+    return FixedKDraw("random", tuple(f"{name} ({n})" for name, n in short))
+
+
+def fixed_k_sets(task: Task, k: int, seeds, cap: bool = False, pools: FixedKPools | None = None) -> list[FixedKSet]:
+    """One (train_idx, train_y, test_idx, test_y) per seed; raises a one-line UserError if a class has fewer
+    than K training images, unless `cap` (at most K per class). A `marsbench:` set with Mars-Bench's own
+    few_shot/<K>_shot.csv trains on that list, the same for every seed (the seed then only seeds the method).
+    `pools`: fixed_k_pools(task) where the caller has them."""
+    pools = pools or fixed_k_pools(task)
+    draw = fixed_k_draw(task, k, cap, pools)
+    labels = task.table.labels
     position = {int(c): i for i, c in enumerate(pools.classes)}
     test_y = np.array([position[int(c)] for c in labels[pools.test]], dtype=np.int64)
+    listed = marsbench_list(task, k) if draw.draw == "marsbench-list" else None
+    if listed is not None:
+        unknown = sorted({task.class_names[c] for c in labels[listed]} - {task.class_names[c] for c in pools.classes})
+        if unknown:
+            raise UserError(f"task {task.name}: Mars-Bench's {k}-shot list holds class(es) {', '.join(unknown)} "
+                            "that the test split lacks")
+        order = np.argsort([position[int(c)] for c in labels[listed]], kind="stable")
+        train_idx = listed[order]
+        train_y = np.array([position[int(c)] for c in labels[train_idx]], dtype=np.int64)
+        return [FixedKSet(train_idx=train_idx.copy(), train_y=train_y.copy(), test_idx=pools.test.copy(),
+                          test_y=test_y) for _ in seeds]
+    by_class = [np.sort(pools.train[labels[pools.train] == c]) for c in pools.classes]
     sets = []
     for seed in seeds:
-        train_idx = np.concatenate([
-            np.random.default_rng(np.random.SeedSequence([int(seed), int(c), DRAW_TAG])).permutation(imgs)[:k]
-            for c, imgs in zip(pools.classes, by_class)])
-        sets.append(FixedKSet(train_idx=train_idx.astype(np.int64),
-                              train_y=np.repeat(np.arange(len(pools.classes)), k),
+        drawn = [np.random.default_rng(np.random.SeedSequence([int(seed), int(c), DRAW_TAG])).permutation(imgs)[:k]
+                 for c, imgs in zip(pools.classes, by_class)]
+        sets.append(FixedKSet(train_idx=np.concatenate(drawn).astype(np.int64),
+                              train_y=np.repeat(np.arange(len(pools.classes)), [len(d) for d in drawn]),
                               test_idx=pools.test.copy(), test_y=test_y))
     return sets
-
-

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 from tasks.datasets import ImageTable, load_dataset
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
@@ -29,6 +30,8 @@ class Task:
     table: ImageTable
     base: np.ndarray  # table indices methods may pre-train on (labels included)
     target: np.ndarray  # table indices episodes are drawn from
+    source: str = ""  # the --source whose images are the base pool ("" when the task's own)
+    plain: "Task | None" = None  # with a source: the same task without it, whose episodes these are
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -53,13 +56,16 @@ class Task:
         return PoolIndex(self.table.labels, self.table.groups, self.target)
 
     def episodes(self, n_way: int, k_shot: int, n_query: int, n_episodes: int, seed: int) -> EpisodeSet:
+        if self.plain is not None:  # the target rows lead the table: a source leaves every episode as it is
+            return self.plain.episodes(n_way, k_shot, n_query, n_episodes, seed)
         stream = f"{self.name}|{self.identity()}|{n_way}|{k_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
         return sample_episodes(self.name, stream, self.target_index(), n_way, k_shot, n_query, n_episodes,
                                seed, self.class_names)
 
 
+# name -> (description, make)
 TASKS = Registry("task", "marsfsl.tasks",
-                 hint=lambda reg: f"known: {', '.join(reg)}, or folder:PATH, csv:PATH")  # name -> (description, make)
+                 hint=lambda reg: f"known: {', '.join(reg)}, or folder:PATH, csv:PATH, marsbench:PATH")
 
 
 def register_task(name: str, description: str):
@@ -103,6 +109,19 @@ def make_domars16k(data_dir: Path) -> Task:
                 np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))
 
 
+@register_task("ctx-craters", "CTX crater / non-crater windows, grouped by CTX tile, base/target by tiles")
+def make_ctx_craters(data_dir: Path) -> Task:
+    from tasks.datasets.ctx_crater_windows import load_ctx_craters, tile_split
+
+    table = load_ctx_craters(data_dir)
+    base, target = tile_split(table)
+    return Task("ctx-craters", "CTX crater / non-crater windows; base = left tile column, target = 6 other tiles",
+                table, base, target)
+
+
+PREFIXES = ("folder:", "csv:", "marsbench:")
+
+
 def user_table_task(spec: str, data_dir: Path) -> Task:
     """`folder:PATH` or `csv:PATH`, named by the dataset's one spelling (tasks/datasets/generic.py): the CSV's
     split column if it has one (base = base or train + val, target = target or test), else a scene split."""
@@ -116,7 +135,54 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
     return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
-def load_task(name: str, data_dir: Path | str) -> Task:
-    if name.startswith(("folder:", "csv:")):
-        return user_table_task(name, Path(data_dir))
-    return TASKS.lookup(name)[1](Path(data_dir))
+def load_task(name: str, data_dir: Path | str, source: str | None = None) -> Task:
+    """The task `name`; with `source`, the same task whose base pool is the source's images (see with_source)."""
+    if name.startswith(PREFIXES):  # marsbench: as csv: with train/val/test, base = train + val, target = test
+        task = user_table_task(name, Path(data_dir))
+    else:
+        task = TASKS.lookup(name)[1](Path(data_dir))
+    return with_source(task, source, Path(data_dir)) if source else task
+
+
+def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
+    """(table, rows) a --source SPEC stands for: a task name's base pool, or every image of a dataset spec."""
+    if spec in TASKS:
+        task = TASKS.lookup(spec)[1](data_dir)
+        return task.table, np.asarray(task.base, dtype=np.int64)
+    try:
+        table = load_dataset(spec, data_dir)
+    except UserError as exc:
+        if str(exc).startswith("unknown dataset"):
+            raise UserError(f"--source {spec!r} is neither a task ({', '.join(TASKS)}) nor a dataset "
+                            "(hirise-v1, aid, ..., csv:PATH, folder:PATH, marsbench:PATH)") from None
+        raise
+    return table, np.arange(len(table), dtype=np.int64)
+
+
+def with_source(task: Task, spec: str, data_dir: Path) -> Task:
+    """`task` whose base pool is `spec`'s images: the table is the task's rows followed by the source's (their
+    classes and groups renamed `SPEC/...` so that they never meet the task's), base = the source's rows,
+    target = the task's target rows, unchanged, so the episodes are the same as without a source. Refuses a
+    source that shares an image (by file content) with the task's dataset."""
+    src_table, rows = source_rows(spec, Path(data_dir))
+    if len(rows) == 0:
+        raise UserError(f"--source {spec} has no images to pre-train on")
+    ours = dict(zip(task.table.content_digests(), task.table.paths))
+    theirs = np.asarray(src_table.content_digests(), dtype=object)[rows]
+    shared = [(p, ours[d]) for p, d in zip(src_table.paths[rows], theirs) if d in ours]
+    if shared:
+        named = "; ".join(f"{p} = {q}" for p, q in shared[:3])
+        raise UserError(f"--source {spec} shares {len(shared)} image(s) with task {task.name} (same file content): "
+                        f"{named}; choose a source without the task's images")
+    n = len(task.table)
+    src = src_table.frame.iloc[rows]
+    kept, dense = np.unique(src_table.labels[rows], return_inverse=True)
+    frame = pd.concat([task.table.frame, pd.DataFrame({
+        "path": src["path"].to_numpy(), "label": dense.astype(np.int64) + len(task.class_names),
+        "group": [f"{spec}/{g}" for g in src["group"]], "split": "",  # the source's splits mean nothing here
+    })], ignore_index=True)
+    classes = task.class_names + tuple(f"{spec}/{src_table.class_names[c]}" for c in kept)
+    table = ImageTable(name=f"{task.table.name}+{spec}", frame=frame, class_names=classes)
+    return Task(f"{task.name}+{spec}", f"{task.description}; base pool: {spec}", table,
+                np.arange(n, len(frame), dtype=np.int64), np.asarray(task.target, dtype=np.int64), source=spec,
+                plain=task)

@@ -10,6 +10,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("fixedk", help="fixed-K protocol: K images per class, the whole test pool, over seeds")
     add_benchmark_options(p, f"{DEFAULTS.runs}/<task>-fixedk.csv")
     p.add_argument("--seeds", type=seed_list, default=list(range(10)), help="draws to average over: 0-9 or 0,1,2")
+    p.add_argument("--cap", action="store_true", help="at most K per class: a class with fewer training images "
+                                                      "gives all it has (listed in the table and the rows)")
     p.set_defaults(handler=cmd_fixedk)
 
 
@@ -21,8 +23,13 @@ def fixedk_tables(task: str, summary):
     tables = []
     for shots, g in summary.groupby("shots", sort=True):
         n_test = int(g["n_test"].max())
-        table = Table(title=f"{task}: fixed-K {shots}-shot, {n_test} test images",
-                      caption="mean ± 95% CI over seeds")
+        notes = ["mean ± 95% CI over seeds"]
+        if "draw" in g and (g["draw"] == "marsbench-list").any():
+            notes.append(f"training images: Mars-Bench's {shots}-shot list, the same for every seed")
+        capped = sorted({c for value in g.get("capped", []) for c in str(value).split("|") if c and c != "nan"})
+        if capped:
+            notes.append(f"capped (fewer than {shots} training images, all taken): {', '.join(capped)}")
+        table = Table(title=f"{task}: fixed-K {shots}-shot, {n_test} test images", caption="; ".join(notes))
         for column, justify in (("method", "left"), ("accuracy %", "right"), ("weighted-F1 %", "right"),
                                 ("seeds", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)
@@ -44,13 +51,14 @@ def cmd_fixedk(args) -> int:
     from methods.features import thread_policy
 
     check_backbone(args.backbone)
-    config = FixedKConfig(**benchmark_config(args), seeds=args.seeds)
+    config = FixedKConfig(**benchmark_config(args), seeds=args.seeds, cap=args.cap)
     started = time.perf_counter()
     failures: list = []
     with thread_policy(torch.get_num_threads()):  # as `bench run`: features bit-identical for any core count
         rows = run_fixedk_benchmark(config, RichProgressReporter(enabled=not args.quiet), failures)
     printer = stdout if stdout.is_terminal else Console(width=180)  # a file or pipe gets unwrapped rows
     if len(rows):
-        for table in fixedk_tables(args.task, summarize_over_seeds(rows)):
+        for table in fixedk_tables(args.task + (f" (source {args.source})" if args.source else ""),
+                                   summarize_over_seeds(rows)):
             printer.print(table)
     return finish(config.results_path(), started, failures)

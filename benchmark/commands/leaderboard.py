@@ -11,6 +11,8 @@ def add_parser(sub) -> None:
                    default="table", help="table: rich tables in the terminal (default); csv, markdown, json: for "
                                          "papers and READMEs; summary: markdown, method x shots per task")
     p.add_argument("--out", default=None, help="write the csv/markdown/json output to this file instead of stdout")
+    p.add_argument("--fixedk", nargs="+", metavar="CSV", default=None,
+                   help="instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=cmd_leaderboard)
 
@@ -22,6 +24,8 @@ def cmd_leaderboard(args) -> int:
     from benchmark.leaderboard import FORMATS, leaderboard, load_results, print_tables, rich_tables
     from tasks.errors import UserError
 
+    if args.fixedk:
+        return cmd_published(args)
     rows, merged = load_results(args.csv)
     board = leaderboard(rows)
     if args.format == "table":
@@ -40,4 +44,25 @@ def cmd_leaderboard(args) -> int:
     console.print(f"{len(rows)} episode rows from {len(merged['files'])} file(s)"
                   + (f", {merged['duplicates']} duplicate rows dropped" if merged["duplicates"] else "")
                   + (f"; written to {args.out}" if args.out else ""), highlight=False)
+    return 0
+
+
+def cmd_published(args) -> int:
+    from benchmark.console import stdout
+    from benchmark.leaderboard import print_tables
+    from benchmark.published import comparison, markdown, rich_tables
+    from tasks.errors import UserError
+
+    if args.csv:
+        raise UserError("--fixedk takes the fixed-K files itself; give episode CSVs without --fixedk")
+    blocks = comparison(args.fixedk)
+    if args.format == "table" and not args.out:
+        print_tables(stdout, rich_tables(blocks))
+    elif args.format in ("table", "markdown"):
+        if args.out:
+            Path(args.out).write_text(markdown(blocks))
+        else:
+            stdout.print(markdown(blocks), highlight=False, markup=False)
+    else:
+        raise UserError("--fixedk shows a table or markdown; use --format table or markdown")
     return 0

@@ -33,6 +33,7 @@ def cmd_list(args) -> int:
     for name, (description, _) in TASKS.items():
         table.add_row(name, description)
     table.add_row("folder:PATH / csv:PATH", "your own labelled images (scene-disjoint 60/40 split)")
+    table.add_row("marsbench:PATH", "a set in Mars-Bench's layout (annotation.csv, data/<split>/<class>/)")
     stdout.print(table)
     table = Table(title="datasets")
     for col in ("name", "folder", "description"):

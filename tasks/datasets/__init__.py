@@ -11,3 +11,4 @@ from tasks.datasets.base import (  # noqa: F401
 )
 from tasks.datasets.generic import load_dataset  # noqa: F401
 from tasks.datasets import domars16k  # noqa: F401,E402
+from tasks.datasets import marsbench  # noqa: F401,E402  (registers the marsbench: prefix)

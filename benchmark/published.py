@@ -1,0 +1,116 @@
+"""Published numbers beside ours: Mars-Bench's few-shot weighted F1 (benchmark/reference/) next to marsfsl's
+fixed-K rows on the same dataset. Published rows are shown as such, with their source, and never enter a mean,
+a rank or a paired comparison."""
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.errors import UserError
+
+REFERENCE = Path(__file__).parent / "reference" / "marsbench-fewshot.csv"
+HEADERS = ["", "method / backbone", "weighted-F1 %", "seeds", "source"]
+
+
+def published_rows() -> pd.DataFrame:
+    return pd.read_csv(REFERENCE, dtype={"shots": int, "seeds": int})
+
+
+def published_name(task: str) -> str:
+    """Mars-Bench's name of the dataset a marsfsl task runs on ('' when it publishes nothing for it). Only sets in
+    Mars-Bench's own layout count: the built-in `domars16k` task reads the Zenodo folders, whose split was not
+    checked to be the one in Mars-Bench's annotation.csv."""
+    if task.startswith("marsbench:"):
+        from tasks.datasets.marsbench import published_name as folder_name
+
+        return folder_name(Path(task[len("marsbench:"):].split("+", 1)[0]))
+    return ""
+
+
+def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
+    """(title, lines) per (task, shots) of the fixed-K files whose dataset Mars-Bench publishes numbers for:
+    marsfsl's rows (mean ± 95% CI over seeds) first, then the published rows, each marked."""
+    from benchmark.fixedk import read_fixedk, summarize_over_seeds
+
+    frames = []
+    for path in fixedk_paths:
+        if not Path(path).is_file():
+            raise UserError(f"fixed-K results file {path} does not exist")
+        frames.append(read_fixedk(Path(path)))
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if rows.empty:
+        raise UserError("the fixed-K files hold no rows; run `bench fixedk` first")
+    for column, kind in (("shots", int), ("seed", int), ("accuracy", float), ("weighted_f1", float),
+                         ("seconds", float), ("n_train", int), ("n_test", int)):
+        rows[column] = rows[column].astype(kind)
+    reference = published_rows()
+    out = []
+    for task, g in rows.groupby("task", sort=True):
+        name = published_name(str(task))
+        theirs = reference[reference["dataset"] == name] if name else reference.iloc[:0]
+        summary = summarize_over_seeds(g.drop(columns=["task"]).assign(method=entries(g)))
+        for shots, s in summary.groupby("shots", sort=True):
+            lines = [["marsfsl", r["method"], pct(r["weighted_f1"], r["weighted_f1_ci95"]), str(r["seeds"]),
+                      "this run"] for _, r in s.sort_values("weighted_f1", ascending=False).iterrows()]
+            at_k = theirs[theirs["shots"] == shots]
+            lines += [["published", f"{r['backbone']} ({r['training']})", f"{100 * r['weighted_f1_mean']:.1f}",
+                       str(r["seeds"]), r["source"]] for _, r in at_k.iterrows()]
+            note = (f" beside Mars-Bench's published {name}" if len(at_k) else
+                    f" (Mars-Bench publishes no {shots}-shot number for {name})" if name else
+                    " (Mars-Bench publishes no numbers for this dataset)")
+            out.append((f"{task}: fixed-K {shots}-shot, weighted F1{note}", lines))
+    return out
+
+
+def entries(rows: pd.DataFrame) -> pd.Series:
+    """`method / backbone @ size px`, with the config's hash where one label ran with several configs (and draws),
+    so that every entry has one row per seed."""
+    label = rows["method"] + " / " + rows["backbone"].astype(str) + " @ " + rows["image_size"].astype(str) + " px"
+    variant = rows["config"].astype(str) + "|" + rows["draw"].astype(str)
+    several = variant.groupby(label).transform("nunique") > 1
+    tag = variant.map(lambda v: " [" + hashlib.sha256(v.encode()).hexdigest()[:6] + "]")
+    return label.where(~several, label + tag)
+
+
+def pct(mean: float, half: float) -> str:
+    return f"{100 * mean:.1f} ± {'n/a' if math.isnan(half) else f'{100 * half:.1f}'}"
+
+
+def rich_tables(blocks):
+    from rich.table import Table
+
+    tables = []
+    for title, lines in blocks:
+        table = Table(title=title, caption="marsfsl: mean ± 95% CI over seeds; published: Mars-Bench's mean, "
+                                           "not part of any marsfsl mean or rank")
+        for h in HEADERS:
+            table.add_column(h)
+        for line in lines:
+            table.add_row(*line)
+        tables.append(table)
+    return tables
+
+
+def markdown(blocks) -> str:
+    parts = []
+    for title, lines in blocks:
+        parts += [f"### {title}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+        parts += ["| " + " | ".join(line) + " |" for line in lines]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def html_section(blocks) -> str:
+    tables = []
+    for title, lines in blocks:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in lines)
+        tables.append(f'<table class="published"><caption>{html.escape(title)}</caption><thead><tr>{head}</tr>'
+                      f"</thead><tbody>{body}</tbody></table>")
+    return ('<section><h2>Fixed-K beside published numbers</h2><p class="note">marsfsl rows: mean ± 95% CI over '
+            "seeds. Published rows: Mars-Bench's own results (source given), other backbones and training; never "
+            f"part of a marsfsl mean or rank.</p>{''.join(tables)}</section>")

@@ -1,0 +1,139 @@
+"""--source SPEC: another labelled set as every pre-training method's base pool, on the same episodes."""
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import methods.protonet
+from benchmark.cli import main
+from fakes import aid_like, hirise_v1_like
+from methods.base import Context
+from methods.cache import Cache
+from methods.registry import create_method
+from tasks.errors import UserError
+from tasks.protocols import fixed_k_pools, protocol_base
+from tasks.registry import AID_TARGET_CLASSES, load_task
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("source") / "data"
+    hirise_v1_like(root, per_class={0: 10, 1: 10, 2: 10, 6: 10}, groups=5)
+    aid_like(root, classes=AID_TARGET_CLASSES + ("Forest", "Park"), per_class=3)  # 2 base, 10 target classes
+    return root
+
+
+def test_the_base_pool_is_the_source_and_the_episodes_are_unchanged(data):
+    plain = load_task("hirise-regions", data)
+    task = load_task("hirise-regions", data, source="aid")
+    aid = load_task("aid-classes", data)  # the same images, as a task
+    n = len(plain.table)
+    assert task.source == "aid" and plain.source == ""
+    assert np.array_equal(task.base, np.arange(n, n + len(aid.table))) and np.array_equal(task.target, plain.target)
+    assert sorted(task.table.paths[task.base]) == sorted(aid.table.paths)  # all of a dataset's images
+    assert task.table.frame.iloc[:n].equals(plain.table.frame)
+    assert not set(task.table.groups[task.base]) & set(plain.table.groups)
+    assert not set(task.table.labels[task.base]) & set(plain.table.labels)
+    for k in (1, 2):
+        a, b = plain.episodes(3, k, 2, 15, seed=4), task.episodes(3, k, 2, 15, seed=4)
+        assert a.digest == b.digest and a.stream == b.stream
+        assert np.array_equal(a.support, b.support) and np.array_equal(a.query, b.query)
+    assert len({plain.name, task.name, load_task("hirise-regions", data, source="aid-classes").name}) == 3
+    for other in ("aid-classes", None):
+        again = load_task("hirise-regions", data, source=other)
+        assert again.identity() != task.identity() and again.fingerprint() != task.fingerprint()
+
+
+def test_a_task_name_as_source_gives_its_base_pool(data):
+    task = load_task("hirise-regions", data, source="aid-classes")
+    aid = load_task("aid-classes", data)
+    assert sorted(task.table.paths[task.base]) == sorted(aid.table.paths[aid.base])
+
+
+def test_fixed_k_with_a_source_prepares_on_the_source(data):
+    task = load_task("hirise-regions", data, source="aid")
+    pools = fixed_k_pools(task)
+    assert np.array_equal(protocol_base(task, pools), task.base)
+    assert np.array_equal(np.sort(np.concatenate([pools.train, pools.test])), np.sort(task.target))
+
+
+def test_a_source_sharing_images_by_content_is_refused(data, tmp_path):
+    copy = tmp_path / "copy"
+    for i, path in enumerate(sorted((data / "hirise-v1" / "map-proj").iterdir())[:5]):
+        (copy / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, copy / ("a" if i % 2 else "b") / f"renamed{i}.png")  # other names, same bytes
+    with pytest.raises(UserError, match=r"--source folder:.* shares 5 image\(s\) with task hirise-regions") as exc:
+        load_task("hirise-regions", data, source=f"folder:{copy}")
+    assert "\n" not in str(exc.value) and "renamed0.png" in str(exc.value)
+    with pytest.raises(UserError, match="shares"):
+        load_task("hirise-regions", data, source="hirise-v1")
+
+
+def test_an_unknown_source_is_one_line(data):
+    with pytest.raises(UserError, match="--source 'nope' is neither a task"):
+        load_task("hirise-regions", data, source="nope")
+
+
+def test_simpleshot_and_protonet_prepare_on_the_source(data, tmp_path, monkeypatch):
+    task = load_task("hirise-regions", data, source="aid")
+    ctx = Context(task, Cache(tmp_path / "cache"), image_size=32)
+    simple = create_method("simpleshot")
+    simple.prepare(ctx)
+    features = torch.as_tensor(ctx.features())
+    assert torch.allclose(simple.base_mean, features[torch.as_tensor(task.base)].mean(0))
+    seen = {}
+    real = methods.protonet.train_embedding
+
+    def spy(features, labels, groups, base, *args, **kwargs):
+        seen["base"], seen["labels"] = np.asarray(base).copy(), np.asarray(labels)[base]
+        return real(features, labels, groups, base, *args, **kwargs)
+
+    monkeypatch.setattr(methods.protonet, "train_embedding", spy)
+    create_method("protonet", metatrain=True, steps=2, train_way=2, train_shots=1, train_queries=1).prepare(ctx)
+    assert np.array_equal(seen["base"], task.base)
+    assert set(seen["labels"]) == set(task.table.labels[task.base])
+
+
+def test_bench_run_keeps_sources_apart_in_the_results(data, tmp_path):
+    out = tmp_path / "r.csv"
+
+    def run(*extra):
+        return main(["run", "--task", "hirise-regions", "--method", "simpleshot", "--ways", "3", "--shots", "1",
+                     "--queries", "2", "--episodes", "4", "--image-size", "32", "--data-dir", str(data),
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet", *extra])
+
+    assert run() == 0 and run("--source", "aid") == 0 and run("--source", "aid") == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8  # the second --source aid run reused its rows; the plain run's were not reused
+    by_task = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    assert sorted(by_task) == ["hirise-regions", "hirise-regions+aid"]
+    assert {r["manifest"] for r in rows} == {rows[0]["manifest"]}  # the same episodes: differences pair up
+    assert {r["source"] for r in by_task["hirise-regions"]} == {""}
+    assert {r["source"] for r in by_task["hirise-regions+aid"]} == {"aid"}
+    assert main(["leaderboard", str(out), "--format", "csv"]) == 0
+
+
+def test_sdft_step1_trains_on_the_source(data, tmp_path, monkeypatch):
+    import methods.sdft
+
+    task = load_task("hirise-regions", data, source="aid")
+    seen = {}
+    real = methods.sdft.train_step1
+
+    def spy(model, images, labels, groups, *args, **kwargs):
+        seen.update(n=len(images), classes=len(set(labels.tolist())), groups=set(groups))
+        return real(model, images, labels, groups, *args, **kwargs)
+
+    monkeypatch.setattr(methods.sdft, "train_step1", spy)
+    sdft = create_method("sdft", epochs=1, batch_size=8, steps=2, val_folds=3)  # 3 images per AID class
+    ctx = Context(task, Cache(tmp_path / "cache"), image_size=32)
+    sdft.prepare(ctx)
+    assert seen["n"] == len(task.base) and seen["classes"] == len(set(task.table.labels[task.base]))
+    assert seen["groups"] == set(task.table.groups[task.base])
+    plain = Context(load_task("hirise-regions", data), Cache(tmp_path / "cache"), image_size=32)
+    assert sdft.step1_key(ctx) != sdft.step1_key(plain)

@@ -55,7 +55,10 @@ def split_pool(value: str) -> str:
 
 def canonical(path: Path) -> Path:
     """The one spelling of a dataset path: absolute, symlinks resolved, no trailing slash."""
-    return Path(os.path.realpath(Path(path).expanduser()))
+    try:
+        return Path(os.path.realpath(Path(path).expanduser()))
+    except ValueError as exc:  # a NUL byte in the path
+        raise UserError(f"dataset path {str(path)!r} is not a valid path ({exc})") from None
 
 
 def ignored(relative: Path) -> bool:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +22,7 @@ import torch
 
 from tasks.datasets.content import default_cache_dir, use_digest_cache
 from tasks.errors import UserError
+from tasks.files import atomic_write_bytes
 
 DEFAULT_CACHE_DIR = default_cache_dir()
 
@@ -32,21 +31,6 @@ def cache_key(*parts) -> str:
     """Stable hash of JSON-serialisable parts (dicts are sorted)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _warn(message: str) -> None:

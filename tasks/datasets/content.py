@@ -17,9 +17,10 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+from tasks.files import atomic_write_bytes
 
 DIGEST_CACHE_VERSION = 1
 _CHUNK = 1 << 20
@@ -69,22 +70,11 @@ def _load(path: Path) -> dict:
 
 def _store(path: Path, folder: str, files: dict) -> None:
     """Atomic write; any failure (read-only or full disk, a file in the way) leaves the cache as it was."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": DIGEST_CACHE_VERSION, "folder": folder, "files": files}, f)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write_bytes(path, json.dumps({"version": DIGEST_CACHE_VERSION, "folder": folder,
+                                             "files": files}).encode())
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def _resolve(paths) -> tuple[list[str], list[list]]:

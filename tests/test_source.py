@@ -86,14 +86,14 @@ def test_simpleshot_and_protonet_prepare_on_the_source(data, tmp_path, monkeypat
     seen = {}
     real = methods.protonet.train_embedding
 
-    def spy(features, labels, groups, base, *args, **kwargs):
-        seen["base"], seen["labels"] = np.asarray(base).copy(), np.asarray(labels)[base]
-        return real(features, labels, groups, base, *args, **kwargs)
+    def spy(features, index, *args, **kwargs):
+        seen["base"], seen["classes"] = index.pool.copy(), set(index.classes.tolist())
+        return real(features, index, *args, **kwargs)
 
     monkeypatch.setattr(methods.protonet, "train_embedding", spy)
     create_method("protonet", metatrain=True, steps=2, train_way=2, train_shots=1, train_queries=1).prepare(ctx)
     assert np.array_equal(seen["base"], task.base)
-    assert set(seen["labels"]) == set(task.table.labels[task.base])
+    assert seen["classes"] == set(task.table.labels[task.base].tolist())
 
 
 def test_bench_run_keeps_sources_apart_in_the_results(data, tmp_path):

@@ -96,6 +96,12 @@ class RunConfig(BenchConfig):
     n_query: int = DEFAULTS.n_query
     episodes: int = DEFAULTS.episodes
     seed: int = 0
+    split: str = DEFAULTS.splits[0]  # "target", or "validation": episodes from the base pool's validation slice (Task.validation)
+
+    def results_path(self) -> Path:
+        if self.out or self.split == DEFAULTS.splits[0]:
+            return super().results_path()
+        return DEFAULTS.runs / f"{file_stem(self.task)}-{self.split}{self.results_suffix}.csv"
 
 
 def file_stem(task: str) -> str:
@@ -238,7 +244,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
     MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
     the other methods still run."""
-    task = load_task(config.task, config.data_dir)
+    task = load_task(config.task, config.data_dir).split(config.split)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work

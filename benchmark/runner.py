@@ -350,8 +350,9 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
         rng = np.random.default_rng([seed, k, i, 7919])
         started = time.perf_counter()
         # copies: what a method does to its arguments never reaches the episode set or the scoring
+        named = {"classes": episode.classes.copy()} if getattr(method, "takes_classes", False) else {}
         with blamed(label, "fit", f" on episode {i}"):
-            method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng)
+            method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng, **named)
         with blamed(label, "predict", f" on episode {i}"):
             query, order = in_row_order(episode.query_idx)
             scores = in_query_order(method.predict(query), order)

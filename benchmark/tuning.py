@@ -173,7 +173,7 @@ def table_lines(table: pd.DataFrame, axes: list[str]) -> list[list[str]]:
     for _, r in table.iterrows():
         setting = ", ".join(f"{k}={r[k]}" for k in axes)
         delta = "best" if r["delta"] == 0 and math.isnan(r["delta_ci95"]) else pm(r["delta"], r["delta_ci95"], signed=True)
-        mark = ("chosen" if r["chosen"] else "") + (" (default)" if r["default"] else "")
+        mark = ", ".join(m for m, on in (("chosen", r["chosen"]), ("default", r["default"])) if on)
         lines.append([setting, pm(r["accuracy"], r["accuracy_ci95"]), str(int(r["episodes"])), delta,
-                      str(int(r["paired"])), pm(r["macro_f1"], r["macro_f1_ci95"]), mark.strip()])
+                      str(int(r["paired"])), pm(r["macro_f1"], r["macro_f1_ci95"]), mark])
     return lines

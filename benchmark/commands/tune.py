@@ -55,7 +55,7 @@ def cmd_tune(args) -> int:
     table = Table(title=f"{args.task}@validation: {args.ways}-way {args.shots}-shot, {args.method} "
                         f"(mean ± 95% CI over episodes; difference paired with the best)")
     for column in ("setting", "accuracy %", "episodes", "vs best %", "paired", "macro-F1 %", ""):
-        table.add_column(column, justify="left" if column in ("setting", "") else "right")
+        table.add_column(column, justify="left" if column in ("setting", "") else "right", no_wrap=column != "setting")
     for line in table_lines(tuned.table, axes):
         table.add_row(*line)
     stdout.print(table)

@@ -96,7 +96,7 @@ class RunConfig(BenchConfig):
     n_query: int = DEFAULTS.n_query
     episodes: int = DEFAULTS.episodes
     seed: int = 0
-    split: str = DEFAULTS.splits[0]  # "target", or "validation": episodes from the base pool's validation slice (Task.validation)
+    split: str = DEFAULTS.splits[0]  # or "validation": episodes from the base pool's slice (Task.validation)
 
     def results_path(self) -> Path:
         if self.out or self.split == DEFAULTS.splits[0]:

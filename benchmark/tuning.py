@@ -172,7 +172,8 @@ def table_lines(table: pd.DataFrame, axes: list[str]) -> list[list[str]]:
     lines = []
     for _, r in table.iterrows():
         setting = ", ".join(f"{k}={r[k]}" for k in axes)
-        delta = "best" if r["delta"] == 0 and math.isnan(r["delta_ci95"]) else pm(r["delta"], r["delta_ci95"], signed=True)
+        best = r["delta"] == 0 and math.isnan(r["delta_ci95"])
+        delta = "best" if best else pm(r["delta"], r["delta_ci95"], signed=True)
         mark = ", ".join(m for m, on in (("chosen", r["chosen"]), ("default", r["default"])) if on)
         lines.append([setting, pm(r["accuracy"], r["accuracy_ci95"]), str(int(r["episodes"])), delta,
                       str(int(r["paired"])), pm(r["macro_f1"], r["macro_f1_ci95"]), mark])

@@ -27,8 +27,8 @@ def classes(seed):
 
 
 def own_split(tmp_path):
-    return load_task(f"csv:{csv_like(tmp_path / 'csv', classes=('a', 'b', 'c'), groups=12, per_group=2, target_groups=4)}",
-                     tmp_path)
+    csv = csv_like(tmp_path / "csv", classes=("a", "b", "c"), groups=12, per_group=2, target_groups=4)
+    return load_task(f"csv:{csv}", tmp_path)
 
 
 def check_slice(task: Task) -> Task:

@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--queries", type=positive_int("queries"), default=DEFAULTS.n_query)
     p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=200)
     p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=0)
-    p.add_argument("--out", default=None, help=f"validation results CSV (default: {DEFAULTS.runs}/<task>-validation.csv)")
+    p.add_argument("--out", default=None,
+                   help=f"validation results CSV (default: {DEFAULTS.runs}/<task>-validation.csv)")
     p.add_argument("--table", default=None,
                    help=f"tuning table CSV (default: {DEFAULTS.runs}/<task>-tune-<method>-<K>shot.csv)")
     p.add_argument("--reuse-stale", action="store_true",

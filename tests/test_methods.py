@@ -23,7 +23,7 @@ FAST_OPTIONS = {
     "sdft-linear-head": SDFT_FAST,
     "finetune": dict(steps=5, head_lr=1e-2),
     "maml": dict(meta_steps=40, train_way=3, train_shots=2, train_queries=3),
-    "base-classifier": dict(epochs=8, batch_size=8, lr=3e-3, patience=8),  # its head must learn the tiny task
+    "base-classifier": dict(epochs=10, batch_size=16, lr=1e-3, patience=10),  # its head must learn the tiny task
 }
 WAYS, SHOTS, QUERIES, EPISODES = 4, 2, 3, 4
 MINE = ["baseline-pp", "simpleshot", "knn", "maml", "finetune"]

@@ -10,7 +10,6 @@ from benchmark.runner import RunConfig, MethodSpec, run_benchmark
 from fakes import csv_like, grouped_table
 from methods.base import Context, FewShotMethod
 from methods.cache import Cache
-from methods.registry import METHODS
 from tasks.episodes import EpisodeSet
 from tasks.registry import SPLITS, Task, load_task, region_task
 from tasks.splits import class_split
@@ -108,10 +107,18 @@ class BasePoolProbe(FewShotMethod):
         return np.zeros((len(query_idx), self.n_way))
 
 
-METHODS.register("test-base-pool-probe", BasePoolProbe)
+@pytest.fixture
+def probe(monkeypatch):
+    """`--method test-base-pool-probe` runs BasePoolProbe, for this test only (the registry stays as it is)."""
+    import benchmark.runner
+
+    real = benchmark.runner.create_method
+    monkeypatch.setattr(benchmark.runner, "create_method", lambda name, **options:
+                        BasePoolProbe() if name == "test-base-pool-probe" else real(name, **options))
+    BasePoolProbe.seen.clear()
 
 
-def test_validation_runs_pretrain_without_the_slice_and_draw_from_it(tmp_path, monkeypatch):
+def test_validation_runs_pretrain_without_the_slice_and_draw_from_it(tmp_path, monkeypatch, probe):
     monkeypatch.chdir(tmp_path)  # the default results file lies in ./runs
     csv = csv_like(tmp_path / "csv", classes=("a", "b", "c"), groups=12, per_group=2, target_groups=4)
     task = load_task(f"csv:{csv}", tmp_path)
@@ -137,7 +144,7 @@ def test_validation_runs_pretrain_without_the_slice_and_draw_from_it(tmp_path, m
     assert not BasePoolProbe.seen and again["accuracy"].tolist() == rows["accuracy"].tolist()
 
 
-def test_bench_run_split_validation_cli(tmp_path, capsys, monkeypatch):
+def test_bench_run_split_validation_cli(tmp_path, capsys, monkeypatch, probe):
     monkeypatch.chdir(tmp_path)
     csv = csv_like(tmp_path / "csv", classes=("a", "b", "c"), groups=12, per_group=2, target_groups=4)
     argv = ["run", "--method", "test-base-pool-probe", "--task", f"csv:{csv}", "--shots", "1", "--ways", "3",

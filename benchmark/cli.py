@@ -146,7 +146,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 # Each module in benchmark/commands/ defines add_parser(sub), which sets a `handler` default.
-COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "craters", "perf", "fixedk", "migrate"]
+COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "craters", "perf", "fixedk", "migrate",
+                   "tune"]
 FAILED = 3  # the exit status of a run in which a method failed (bad input: 2, a bug: 1)
 
 

@@ -18,6 +18,9 @@ class Defaults:
     episodes: int = 600
     backbone: str = "efficientnet_lite0"
     image_size: int = 128
+    # where episodes come from: tasks.registry.SPLITS, repeated here so that the CLI parses without importing
+    # tasks (tests/test_validation.py checks they agree)
+    splits: tuple[str, ...] = ("target", "validation")
     # A user's runs go here, the reference results that ship with the project stay in results/
     runs: Path = Path("runs")
     reference: Path = Path("results")

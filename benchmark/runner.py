@@ -97,6 +97,12 @@ class RunConfig(BenchConfig):
     n_query: int = DEFAULTS.n_query
     episodes: int = DEFAULTS.episodes
     seed: int = 0
+    split: str = DEFAULTS.splits[0]  # or "validation": episodes from the base pool's slice (Task.validation)
+
+    def results_path(self) -> Path:
+        if self.out or self.split == DEFAULTS.splits[0]:
+            return super().results_path()
+        return DEFAULTS.runs / f"{file_stem(self.task)}-{self.split}{self.results_suffix}.csv"
 
 
 def file_stem(task: str) -> str:
@@ -239,7 +245,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
     MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
     the other methods still run."""
-    task = load_task(config.task, config.data_dir, source=config.source)
+    task = load_task(config.task, config.data_dir, source=config.source, split=config.split)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
@@ -345,8 +351,9 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
         rng = np.random.default_rng([seed, k, i, 7919])
         started = time.perf_counter()
         # copies: what a method does to its arguments never reaches the episode set or the scoring
+        named = {"classes": episode.classes.copy()} if getattr(method, "takes_classes", False) else {}
         with blamed(label, "fit", f" on episode {i}"):
-            method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng)
+            method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng, **named)
         with blamed(label, "predict", f" on episode {i}"):
             query, order = in_row_order(episode.query_idx)
             scores = in_query_order(method.predict(query), order)

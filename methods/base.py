@@ -77,6 +77,7 @@ class Context:
     _base: np.ndarray = field(init=False, repr=False)
     _base_labels: np.ndarray = field(init=False, repr=False)
     _base_groups: np.ndarray = field(init=False, repr=False)
+    _episode_classes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self, task: Task) -> None:
         self.cache = copy.copy(self.cache)  # a method that reconfigures its cache reconfigures only its own
@@ -85,6 +86,7 @@ class Context:
         self._base = _owned(np.asarray(task.base, np.int64))
         self._base_labels = _owned(task.table.labels[self._base])
         self._base_groups = _owned(task.table.groups[self._base])
+        self._episode_classes = _owned(np.unique(task.table.labels[np.asarray(task.target, np.int64)]))
 
     def features(self) -> np.ndarray:
         """(n_rows, D) frozen ImageNet features of every row (cached; a fresh array on every call)."""
@@ -115,6 +117,11 @@ class Context:
         """The source scene of each base-pool row, in base_pool() order (a copy)."""
         return self._base_groups.copy()
 
+    def episode_classes(self) -> np.ndarray:
+        """The class ids (as base_pool() labels them) that this run's episodes draw from: the task's class list,
+        which a user knows before labelling anything; no row's label."""
+        return self._episode_classes.copy()
+
     def base_episodes(self) -> PoolIndex:
         """The base pool indexed for `tasks.episodes.sample_episode`: scene-disjoint N-way K-shot Q-query
         episodes over base rows, as the harness draws target episodes."""
@@ -136,6 +143,9 @@ class FewShotMethod:
     consumes: ClassVar[str] = "images"  # "features": frozen features from the cache; "images": pixels
     # Bump when the method's numbers change for the same options and episodes: results rows key on it.
     version: ClassVar[int] = 1
+    # True: `fit` also gets `classes=`, the episode's class ids in episode-label order (as base_pool() labels
+    # them): what the user who labelled the support knows. Which query is which class stays hidden.
+    takes_classes: ClassVar[bool] = False
 
     def prepare(self, ctx: Context) -> None:
         """Once per task and run, before any episode; may pre-train on ctx.base_pool() (and cache)."""

@@ -36,7 +36,7 @@ from methods.progress import SILENT, Progress
 from methods.registry import register_method
 from tasks.splits import scene_split
 
-STEP1_VERSION = 1
+STEP1_VERSION = 2  # 2: step 1's linear head is initialised from the run's seed
 STEP2_VERSION = 1
 
 # Defaults, chosen so that step 1 fits in minutes and a 600-episode 5-shot run in a few more on 2 cores:
@@ -209,7 +209,9 @@ class SDFT(FewShotMethod):
         if step1_key is not None:
             base_idx, base_labels = ctx.base_pool()
             base_classes, dense = np.unique(base_labels, return_inverse=True)
-            model.reset_classifier(len(base_classes))
+            with torch.random.fork_rng(devices=[]):  # the new head's initial weights come from the run's seed,
+                torch.manual_seed(ctx.seed)  # not from whatever drew on torch's global generator before
+                model.reset_classifier(len(base_classes))
             key = step1_key
 
             def compute():

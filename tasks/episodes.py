@@ -62,7 +62,10 @@ class PoolIndex:
         self.class_pos = class_pos
 
     def class_can_fill(self, c: int, k: int, q: int) -> bool:
-        """Whether some split of class c's groups puts >= k images on one side and >= q on the other."""
+        """Whether some split of class c's groups puts >= k images on one side and >= q on the other (False for
+        a class the pool does not hold)."""
+        if c not in self.class_pos:
+            return False
         sizes = self.counts[:, self.class_pos[c]]
         sizes = sizes[sizes > 0]
         total = int(sizes.sum())

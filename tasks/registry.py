@@ -7,7 +7,7 @@ points of group `marsfsl.tasks` add outside ones, as (description, function) pai
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,9 +18,12 @@ from tasks.datasets import ImageTable, load_dataset
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
 from tasks.errors import UserError
 from tasks.registry_base import Registry
-from tasks.splits import class_split, scene_split
+from tasks.splits import class_split, scene_split, validation_split
 
 SPLIT_SEED = 0  # the base/target split is fixed, whatever the episode seed
+VALIDATION_SEED = 0  # so is the validation slice carved out of the base pool
+SPLITS = ("target", "validation")  # where `bench run --split` draws episodes
+VALIDATION_SUFFIX = "@validation"  # a validation task's name: its rows and manifests can't pass for target ones
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +54,28 @@ class Task:
         h.update(np.asarray(self.base, np.int64).tobytes())
         h.update(np.asarray(self.target, np.int64).tobytes())
         return h.hexdigest()[:16]
+
+    def split(self, name: str) -> "Task":
+        """This task ("target") or its validation task ("validation")."""
+        if name == "target":
+            return self
+        if name == "validation":
+            return self.validation()
+        raise UserError(f"unknown split {name!r}; use one of: {', '.join(SPLITS)}")
+
+    def validation(self) -> "Task":
+        """The task whose episodes choose settings: target = a validation slice of this task's base pool,
+        base = the rest of the base pool less the slice's scenes (tasks.splits.validation_split). Named
+        `<name>@validation`, so its rows, manifests and caches are never those of the target episodes."""
+        if self.name.endswith(VALIDATION_SUFFIX):
+            raise UserError(f"task {self.name} is a validation task already")
+        if self.plain is not None:  # its episodes are the plain task's target episodes
+            raise UserError(f"task {self.name}: take the validation split before adding a source "
+                            "(load_task(name, data_dir, source=..., split='validation'))")
+        base, validation = validation_split(self.table.labels, self.table.groups, self.base, self.target,
+                                            VALIDATION_SEED)
+        return replace(self, name=self.name + VALIDATION_SUFFIX, description=f"{self.description}; validation "
+                       "slice of its base pool", base=base, target=validation)
 
     def target_index(self) -> PoolIndex:
         return PoolIndex(self.table.labels, self.table.groups, self.target)
@@ -135,12 +160,19 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
     return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
-def load_task(name: str, data_dir: Path | str, source: str | None = None) -> Task:
-    """The task `name`; with `source`, the same task whose base pool is the source's images (see with_source)."""
-    if name.startswith(PREFIXES):  # marsbench: as csv: with train/val/test, base = train + val, target = test
+def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = "target") -> Task:
+    """The task `name` (`NAME@validation`: NAME's validation task, Task.validation), its `split`, and with
+    `source` the same task whose base pool is the source's images (see with_source).
+
+    The split is taken before the source is added: a validation task's episodes then come from the validation
+    slice of the task's own base pool, never from its target pool."""
+    if name.endswith(VALIDATION_SUFFIX):
+        task = load_task(name[: -len(VALIDATION_SUFFIX)], data_dir).validation()
+    elif name.startswith(PREFIXES):  # marsbench: as csv: with train/val/test, base = train + val, target = test
         task = user_table_task(name, Path(data_dir))
     else:
         task = TASKS.lookup(name)[1](Path(data_dir))
+    task = task.split(split)
     return with_source(task, source, Path(data_dir)) if source else task
 
 

@@ -41,3 +41,59 @@ def class_split(labels: np.ndarray, class_names, target_classes) -> tuple[np.nda
     target_ids = [list(class_names).index(name) for name in target_classes]
     in_target = np.isin(np.asarray(labels), target_ids)
     return np.flatnonzero(~in_target), np.flatnonzero(in_target)
+
+
+def validation_split(labels: np.ndarray, groups: np.ndarray, base: np.ndarray, target: np.ndarray, seed: int,
+                     n_folds: int = 5, fills: tuple[tuple[int, int], ...] = ((1, 1), (5, 15)),
+                     max_share: float = 1 / 3) -> tuple[np.ndarray, np.ndarray]:
+    """(pre-training, validation) table indices, both inside `base`: the slice that settings are chosen on.
+
+    Where the task is class-disjoint (no target class among the base classes), whole base classes are held
+    out, as many in proportion as the task holds out for its target (at least 2). Otherwise one of `n_folds`
+    scene-disjoint folds of the base pool (`scene_split`, so each class keeps about its share); then, for each
+    (K, Q) of `fills` in turn, a class that can make K-shot Q-query scene-disjoint support/query parts in the
+    base pool but not in the slice gets more of its scenes, smallest first, until it can or the slice would
+    pass `max_share` of the base pool (landforms cluster in few scenes: HiRISE's bright dunes lie in 7 base
+    scenes, and no fold of five holds a 5-shot 15-query split of them). Either way
+    the pre-training pool leaves out every row that shares a scene (group) with the slice, so validation
+    episodes are scene-disjoint from what a method pre-trains on, as target episodes are. Of the target pool
+    only its class ids are read."""
+    from tasks.episodes import PoolIndex
+
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    base = np.sort(np.asarray(base, dtype=np.int64))
+    base_labels, base_groups = labels[base], groups[base]
+    base_classes = np.unique(base_labels)
+    target_classes = np.unique(labels[np.asarray(target, dtype=np.int64)])
+    if not len(np.intersect1d(base_classes, target_classes)):
+        share = len(target_classes) / (len(target_classes) + len(base_classes))
+        n_held = min(max(2, round(len(base_classes) * share)), len(base_classes) - 1)
+        if n_held < 2:
+            return base, base[:0]
+        held = np.random.default_rng(seed).choice(base_classes, size=n_held, replace=False)
+        in_validation = np.isin(base_labels, held)
+    else:
+        n_groups = len(np.unique(base_groups))
+        if n_groups < 2:
+            return base, base[:0]
+        _, held = scene_split(base_labels, base_groups, seed=seed, n_folds=min(n_folds, n_groups), target_folds=1)
+        chosen = set(base_groups[held])
+        whole = PoolIndex(labels, groups, base)
+        for k, q in fills:
+            for c in whole.eligible(k, q):
+                mine = base_groups[base_labels == c]
+                sizes = {g: int((mine == g).sum()) for g in np.unique(mine)}
+                spare = sorted((g for g in sizes if g not in chosen), key=lambda g: (sizes[g], g))
+                # a class's last scene outside the slice stays there: pre-training keeps some of every class;
+                # and the slice stops growing at `max_share` of the base pool
+                while len(spare) > 1 and not PoolIndex(labels, groups, base[np.isin(base_groups, list(chosen))]) \
+                        .class_can_fill(int(c), k, q):
+                    if np.isin(base_groups, list(chosen | {spare[0]})).sum() > max_share * len(base):
+                        break
+                    chosen.add(spare.pop(0))
+        chosen = np.array(sorted(chosen), dtype=object)
+        in_validation = np.isin(base_groups, chosen)
+    validation = base[in_validation]
+    in_validation_scene = np.isin(base_groups, np.unique(base_groups[in_validation]))
+    return base[~in_validation_scene], validation

@@ -23,6 +23,7 @@ FAST_OPTIONS = {
     "sdft-linear-head": SDFT_FAST,
     "finetune": dict(steps=5, head_lr=1e-2),
     "maml": dict(meta_steps=40, train_way=3, train_shots=2, train_queries=3),
+    "base-classifier": dict(epochs=10, batch_size=16, lr=1e-3, patience=10),  # its head must learn the tiny task
 }
 WAYS, SHOTS, QUERIES, EPISODES = 4, 2, 3, 4
 MINE = ["baseline-pp", "simpleshot", "knn", "maml", "finetune"]
@@ -45,7 +46,9 @@ def episodes(tiny):
 
 
 def run(method, episode, seed=0):
-    method.fit(episode.support_idx, episode.support_y, episode.n_way, np.random.default_rng([seed, episode.index]))
+    named = {"classes": episode.classes} if method.takes_classes else {}  # as the harness gives them
+    method.fit(episode.support_idx, episode.support_y, episode.n_way, np.random.default_rng([seed, episode.index]),
+               **named)
     return method.predict(episode.query_idx)
 
 
@@ -71,7 +74,7 @@ def test_every_builtin_method_beats_chance_with_well_formed_scores(name, tiny, e
     assert np.mean(accuracies) >= 0.6, f"{name}: {accuracies} (chance is {1 / WAYS})"
 
 
-@pytest.mark.parametrize("name", MINE + ["protonet", "linear-probe"])
+@pytest.mark.parametrize("name", MINE + ["protonet", "linear-probe", "base-classifier"])
 def test_predictions_follow_query_order_and_ignore_query_labels(name, tiny, episodes):
     task, ctx = tiny
     method = make(name)

@@ -137,3 +137,17 @@ def test_sdft_step1_trains_on_the_source(data, tmp_path, monkeypatch):
     assert seen["groups"] == set(task.table.groups[task.base])
     plain = Context(load_task("hirise-regions", data), Cache(tmp_path / "cache"), image_size=32)
     assert sdft.step1_key(ctx) != sdft.step1_key(plain)
+
+
+def test_validation_episodes_with_a_source_come_from_the_validation_slice(data):
+    """The split is taken before the source is added: with a source, validation episodes must still come from
+    the validation slice of the task's own base pool, never from its target pool."""
+    plain = load_task("hirise-regions", data)
+    val = load_task("hirise-regions", data, split="validation")
+    task = load_task("hirise-regions", data, source="aid", split="validation")
+    assert task.name.startswith("hirise-regions@validation")
+    # episodes are drawn from task.plain's target pool (Task.episodes): that must be the validation slice
+    assert task.plain.name == val.name and np.array_equal(task.plain.target, val.target)
+    assert len(val.target) and not set(val.target.tolist()) & set(plain.target.tolist())
+    with pytest.raises(UserError, match="validation split before adding a source"):
+        load_task("hirise-regions", data, source="aid").validation()

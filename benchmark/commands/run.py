@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     run.add_argument("--queries", type=positive_int("queries"), default=DEFAULTS.n_query)
     run.add_argument("--episodes", type=bounded_int("episodes", 1, MAX_EPISODES), default=DEFAULTS.episodes)
     run.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=0)
+    run.add_argument("--split", choices=DEFAULTS.splits, default=DEFAULTS.splits[0],
+                     help="where episodes come from: the target pool (default), or the validation slice of the base "
+                          "pool that settings are chosen on (task NAME@validation, rows in <task>-validation.csv)")
     run.add_argument("--threads", type=positive_int("threads"), default=None,
                      help="threads that extract features (whole batches each) and answer batched episodes (whole "
                           "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
@@ -34,7 +37,7 @@ def cmd_run(args) -> int:
 
     check_backbone(args.backbone)  # before any work, not when the first method prepares
     config = RunConfig(**benchmark_config(args), n_way=args.ways, n_query=args.queries, episodes=args.episodes,
-                       seed=args.seed)
+                       seed=args.seed, split=args.split)
     started = time.perf_counter()
     failures: list = []
     with thread_policy(args.threads or torch.get_num_threads()):

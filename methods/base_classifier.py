@@ -1,0 +1,65 @@
+"""The base classifier: SDFT's step-1 network with its own linear head, restricted to an episode's classes.
+
+A reference, not a few-shot learner: it shows what pre-training on the base pool alone gives. Step 1 is
+SDFT's (methods/sdft.py: the same training, the same cached checkpoint and cache key); per episode the
+support is used only for its class ids (`takes_classes`: the classes the user labelled), each of which must
+be a base class, and a query scores the head's logits of those classes. On a task whose episode classes are
+not among the base classes (aid-classes: class-disjoint) it refuses before training anything.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from methods.base import Context
+from methods.registry import register_method
+from methods.sdft import SDFT, STEP1_DEFAULTS
+from tasks.errors import UserError
+
+
+@register_method("base-classifier")
+class BaseClassifier(SDFT):
+    description = "Reference: SDFT's step-1 network and linear head on the base classes, restricted to the episode's"
+    option_defaults = dict(STEP1_DEFAULTS)  # step 1's options only: nothing is trained per episode
+    takes_classes = True
+
+    def __init__(self, **options):
+        unknown = set(options) - set(STEP1_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(STEP1_DEFAULTS)}")
+        super().__init__(**options)  # step 2's options stay at their defaults; only top_blocks=0 is used
+
+    def config(self) -> dict:
+        return {k: self.opts[k] for k in STEP1_DEFAULTS}
+
+    def prepare(self, ctx: Context) -> None:
+        base_labels = ctx.base_pool()[1]
+        self.base_classes = np.unique(base_labels)
+        outside = np.setdiff1d(ctx.episode_classes(), self.base_classes)
+        if len(outside):
+            raise UserError(f"base-classifier: task {ctx.task_name}'s episode classes are not all base classes "
+                            f"({len(outside)} are not); it only answers tasks whose classes were pre-trained on")
+        super().prepare(ctx)  # step 1 (cached) and the activations entering its top
+        state = ctx.cache.cached_state_dict("sdft-step1", self.step1_key(ctx))
+        if state is None or "classifier.weight" not in state:
+            raise UserError("base-classifier needs SDFT's step-1 checkpoint in the cache; run with a writable "
+                            "--cache-dir")
+        self.weight, self.bias = state["classifier.weight"].float(), state["classifier.bias"].float()
+        if self.weight.shape[0] != len(self.base_classes):
+            raise UserError(f"base-classifier: the cached step-1 head has {self.weight.shape[0]} classes, the base "
+                            f"pool {len(self.base_classes)}; clear the cache's sdft-step1 entry")
+
+    def fit(self, support_idx, support_y, n_way, rng, classes=None):
+        if classes is None:
+            raise UserError("base-classifier needs the episode's class ids, which this command does not give")
+        positions = np.searchsorted(self.base_classes, classes)
+        if np.any(positions >= len(self.base_classes)) or np.any(self.base_classes[np.minimum(
+                positions, len(self.base_classes) - 1)] != classes):
+            raise UserError("base-classifier: an episode class is not a base class")
+        self.rows = torch.from_numpy(positions.astype(np.int64))
+
+    def predict(self, query_idx):
+        self.top.eval()
+        with torch.inference_mode():
+            features = self.top(self.acts[query_idx]).flatten(1)
+            return (features @ self.weight[self.rows].T + self.bias[self.rows]).numpy()

@@ -96,6 +96,14 @@ def add_task_options(p: argparse.ArgumentParser, task_help: str = "") -> None:
     p.add_argument("--backbone", default=DEFAULTS.backbone, help=f"(default: {DEFAULTS.backbone})")
     p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=DEFAULTS.image_size,
                    help=f"(default: {DEFAULTS.image_size})")
+    add_device_option(p)
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """--device: where every network pass runs (methods/devices.py); every command that runs a network takes it."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where networks run: auto (the default) = the first accelerator torch sees, else the CPU; "
+                        "results and caches made on another device type are kept apart")
 
 
 def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -120,6 +128,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
 def benchmark_config(args) -> dict:
     """BenchConfig's fields from add_benchmark_options' arguments."""
     from benchmark.runner import MethodSpec
+    from methods.devices import resolve_device
 
     if args.fresh and args.reuse_stale:
         raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
@@ -128,7 +137,8 @@ def benchmark_config(args) -> dict:
                 data_dir=Path(args.data_dir or default_data_dir()),
                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
-                fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug)
+                fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
+                device=resolve_device(args.device))
 
 
 def default_data_dir() -> str:

@@ -23,6 +23,7 @@ from benchmark.scoring import MethodFailed, score_fixed_k
 from benchmark.stats import summarize
 from methods.backbones import DEFAULT_BACKBONE
 from methods.base import Context
+from methods.devices import CPU
 from methods.cache import Cache
 from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
@@ -32,15 +33,18 @@ from tasks.registry import Task, load_task
 
 FIXED_K = Schema(
     name="fixed-K results",
-    version=2,
+    version=3,
     columns=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
              "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-             "preprocessing", "git_commit", "versions", "timestamp"),
+             "preprocessing", "device", "git_commit", "versions", "timestamp"),
     measurement=("protocol", "task", "method", "shots"),
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing"),
+    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device"),
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
+    previous=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
+              "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
+              "preprocessing", "git_commit", "versions", "timestamp"),
 )
 SCHEMA_VERSION = FIXED_K.version
 COLUMNS = list(FIXED_K.columns)
@@ -66,7 +70,7 @@ def check_shots_feasible(task: Task, shots: list[int], pools: FixedKPools | None
 
 
 def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None) -> list[dict]:
+                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None, device=None) -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
     pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds.
 
@@ -79,7 +83,7 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
     view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
                 pools.test)
     method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
-                           progress or SILENT))
+                           progress or SILENT, device or CPU))
     n_classes = len(pools.classes)
     rows = []
     for seed, s in zip(seeds, sets):
@@ -146,7 +150,7 @@ def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, d
     started = time.perf_counter()
     with blamed(spec.label, "the fixed-K protocol", f" at {k} shots"):
         results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress,
-                              pools=pools)
+                              pools=pools, device=config.device)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [{"schema": SCHEMA_VERSION, **key, **result, **provenance, "timestamp": timestamp} for result in results]
     append_rows(out, rows, FIXED_K)

@@ -23,6 +23,7 @@ from benchmark.defaults import DEFAULTS
 from benchmark.runner import episode_results
 from methods.base import Context
 from methods.cache import Cache
+from methods.devices import CPU
 from methods.features import decode_images, feature_extractor, run_model, thread_policy, torch_threads
 from methods.backbones import normalize
 from methods.registry import create_method
@@ -98,7 +99,7 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
 
 
 def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int = 64,
-                          repeats: int = 2) -> tuple[float, float, str]:
+                          repeats: int = 2, device: torch.device = CPU) -> tuple[float, float, str]:
     """(suite images/s, raw forward images/s, how the raw figure ran) for the same images, best of `repeats`.
 
     Suite: what `bench run` does for an uncached table: decode + resize from the files (threads), then
@@ -107,10 +108,11 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
     (one process, all cores), so that the reference is the backbone's limit on this machine, not our layout."""
     from concurrent.futures import ThreadPoolExecutor
 
-    model = feature_extractor(backbone).eval()
+    model = feature_extractor(backbone).eval().to(device)
     workers = os.cpu_count() or 1
     images = decode_images(paths, image_size)
-    batches = [normalize(torch.from_numpy(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    batches = [normalize(torch.from_numpy(images[i : i + batch_size]).to(device))
+               for i in range(0, len(images), batch_size)]
 
     def forward(x):
         with torch.inference_mode():
@@ -118,10 +120,10 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
 
     suite, pooled, native = [], [], []
     with thread_policy(workers):
-        run_model(model, images[:batch_size], batch_size=batch_size)  # warm-up: oneDNN builds its kernels
+        run_model(model, images[:batch_size], batch_size=batch_size, device=device)  # warm-up: kernels are built
         for _ in range(repeats):
             started = time.perf_counter()
-            run_model(model, decode_images(paths, image_size), batch_size=batch_size)
+            run_model(model, decode_images(paths, image_size), batch_size=batch_size, device=device)
             suite.append(len(paths) / (time.perf_counter() - started))
             with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 started = time.perf_counter()
@@ -221,9 +223,9 @@ def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_
 def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: Path, episodes: int,
              extraction_images: int, warm_method: str, memory_methods: list[str], backbone: str = DEFAULTS.backbone,
              image_size: int = DEFAULTS.image_size, memory_shots: str = ",".join(map(str, DEFAULTS.shots)), memory_episodes: int = 1,
-             log=print) -> list[Figure]:
+             log=print, device: torch.device = CPU) -> list[Figure]:
     task = load_task(task_name, data_dir)
-    ctx = Context(task, Cache(cache_dir), backbone, image_size)
+    ctx = Context(task, Cache(cache_dir), backbone, image_size, device=device)
     log("features (cached after the first run) ...")
     features = torch.from_numpy(ctx.features())
     eps = task.episodes(5, 5, 15, episodes, seed=0)
@@ -233,14 +235,16 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
         figures = episode_figures(task, ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
 
     log(f"feature extraction of {extraction_images} images ...")
-    suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone)
+    suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone,
+                                            device=device)
     figures.append(Figure(f"extraction from files, {backbone} {image_size}px", suite,
                           "img/s", f"raw forward {raw:,.0f} img/s ({how})", suite / raw, "target >= 0.8x"))
 
     env = {**os.environ, "BENCH_DATA_DIR": str(data_dir)}
     if cache_dir:
         env["BENCH_CACHE_DIR"] = str(cache_dir)
-    common = ["run", "--task", task_name, "--quiet", "--backbone", backbone, "--image-size", str(image_size)]
+    common = ["run", "--task", task_name, "--quiet", "--backbone", backbone, "--image-size", str(image_size),
+              "--device", str(device)]
     warm = common + ["--method", warm_method, "--shots", "5", "--episodes", "1"]
     log(f"warm start of `bench run --method {warm_method} --shots 5` ...")
     bench_subprocess(warm + ["--out", str(work_dir / "warmup.csv")], env)  # makes sure the caches are warm

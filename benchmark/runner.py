@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from benchmark import __version__
 from benchmark.defaults import DEFAULTS
@@ -22,6 +23,7 @@ from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_resul
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
 from methods.base import Context
 from methods.cache import Cache
+from methods.devices import CPU, device_name
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
 from tasks.episodes import EpisodeSet
@@ -84,6 +86,7 @@ class BenchConfig:
     fresh: bool = False  # set the file's rows of these measurements aside and recompute them
     reuse_stale: bool = False  # take rows made by another git commit when everything else matches
     stop_on_failure: bool = False  # a failing method ends the run (else the others still run)
+    device: torch.device = CPU  # where every network pass runs (methods/devices.py); recorded in each row
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -171,7 +174,8 @@ def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
     """What determines the rows of each method besides what was asked for (see benchmark/results.Schema). The
     data identity is computed once per run."""
     shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": config.backbone,
-              "image_size": config.image_size, "preprocessing": preprocessing_id()}
+              "image_size": config.image_size, "preprocessing": preprocessing_id(),
+              "device": device_name(config.device)}
     return [{**shared, "method_version": method_version(method), "config": method_config(method)}
             for method in methods]
 
@@ -246,6 +250,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
     commit = git_commit()
     plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
+    progress.log(f"device: {config.device} (networks run there; rows record {device_name(config.device)})")
     del methods
     manifests = Manifests(out.parent / "manifests", task, progress)
     cache = Cache(config.cache_dir)
@@ -296,7 +301,8 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
         if not prepared:
             started = time.perf_counter()
             with blamed(spec.label, "prepare"):
-                method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress))
+                method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress,
+                                       config.device))
             progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s")
             prepared = True
         rows, last_flush, batched = [], time.perf_counter(), supports_batches(method)

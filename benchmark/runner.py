@@ -87,6 +87,8 @@ class BenchConfig:
     reuse_stale: bool = False  # take rows made by another git commit when everything else matches
     stop_on_failure: bool = False  # a failing method ends the run (else the others still run)
     device: torch.device = CPU  # where every network pass runs (methods/devices.py); recorded in each row
+    executor: str = "local"  # who answers the episodes: "local" (this process) or "ray" (benchmark/executors.py)
+    ray_address: str | None = None  # with "ray": a running instance ("auto", host:port); None starts a local one
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -254,19 +256,26 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     del methods
     manifests = Manifests(out.parent / "manifests", task, progress)
     cache = Cache(config.cache_dir)
+    executor = None
+    if config.executor == "ray":
+        from benchmark.executors import RayExecutor
+
+        executor = RayExecutor(config.ray_address, progress.log)
     common = {"git_commit": commit, "versions": versions()}
     keys = [p.key for p in plans]
     while plans:  # each method's prepared state (images, activations, models) goes before the next prepares
         mine = [p for p in plans if p.spec is plans[0].spec]
         plans = [p for p in plans if p.spec is not plans[0].spec]
         try:
-            run_method(task, mine, episode_sets, config, cache, common, out, manifests, progress)
+            run_method(task, mine, episode_sets, config, cache, common, out, manifests, progress, executor)
         except MethodFailed as failure:
             if failures is None or config.stop_on_failure:
                 raise
             failures.append(failure)
             progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
         del mine
+    if executor is not None:
+        progress.log(executor.summary())
     frame = read_results(out)
     keep = pd.Series(False, index=frame.index)
     for key in keys:
@@ -289,7 +298,10 @@ class Manifests:
 
 
 def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, EpisodeSet], config: RunConfig,
-               cache: Cache, common: dict, out: Path, manifests: Manifests, progress: Progress) -> None:
+               cache: Cache, common: dict, out: Path, manifests: Manifests, progress: Progress,
+               executor=None) -> None:
+    """Prepare the method once (here, in the driver), then answer each shots' pending episodes here or on
+    `executor`'s workers (benchmark/executors.py); either way only this process writes rows."""
     spec, method = plans[0].spec, plans[0].method
     prepared = False
     for plan in plans:
@@ -314,8 +326,8 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
                 rows.clear()
 
         with progress.task(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
-            for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, task.class_names,
-                                                      spec.label):
+            answer = episode_results if executor is None else executor.results
+            for i, result, seconds in answer(method, episodes, plan.pending, config.seed, task.class_names, spec.label):
                 rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
                              "seconds": round(seconds, 6), **common,
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})

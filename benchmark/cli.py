@@ -122,6 +122,12 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first method that fails (default: the other methods still run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="who answers the episodes (or seeds): this process (local, the default) or Ray workers "
+                        "(ray: the [ray] extra; the same rows)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: a running Ray instance ('auto': the one `ray start` runs on this "
+                        "machine, or HOST:PORT); default: start a local one sized to this machine")
     add_common(p)
 
 
@@ -130,6 +136,12 @@ def benchmark_config(args) -> dict:
     from benchmark.runner import MethodSpec
     from methods.devices import resolve_device
 
+    if args.ray_address and args.executor != "ray":
+        raise UserError("--ray-address needs --executor ray")
+    if args.executor == "ray":
+        from benchmark.executors import import_ray
+
+        import_ray()  # not installed: one line saying how, before any work
     if args.fresh and args.reuse_stale:
         raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
                         "would keep")
@@ -138,7 +150,7 @@ def benchmark_config(args) -> dict:
                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
                 fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
-                device=resolve_device(args.device))
+                device=resolve_device(args.device), executor=args.executor, ray_address=args.ray_address)
 
 
 def default_data_dir() -> str:

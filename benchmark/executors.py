@@ -78,6 +78,22 @@ def remote_answer(ray):
     return _remote
 
 
+def _fixed_k_chunk(method, k, seeds, sets, n_classes):
+    """On a worker: (fixed-K rows of these seeds, worker name, busy seconds)."""
+    import socket
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from benchmark.fixedk import fixed_k_rows
+
+    started = time.perf_counter()
+    with threadpool_limits(limits=1):
+        torch.set_num_threads(1)
+        rows = fixed_k_rows(method, k, seeds, sets, n_classes)
+    return rows, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
+
+
 def chunks_of(pending: list[int], workers: int) -> list[list[int]]:
     n = max(1, min(len(pending), workers * CHUNKS_PER_WORKER))
     size = -(-len(pending) // n)
@@ -103,11 +119,17 @@ class WorkerStats:
 def ray_results(ray, method_ref, episodes_ref, pending: list[int], workers: int, seed: int, class_names, label: str,
                 stats: WorkerStats):
     """Yields (episode, result, seconds) for `pending`, chunk by chunk in episode order, as workers finish them."""
-    from benchmark.scoring import MethodFailed
-
     chunks = chunks_of(pending, workers)
     answer = remote_answer(ray)
     refs = [answer.remote(method_ref, episodes_ref, chunk, seed, class_names, label) for chunk in chunks]
+    yield from in_order(ray, refs, chunks, label, stats)
+
+
+def in_order(ray, refs: list, chunks: list[list[int]], label: str, stats: WorkerStats):
+    """The items each ref's chunk returns, chunk by chunk in submission order, as workers finish them; a
+    method's exception fails the method (MethodFailed, or the UserError it raised), as on the local executor."""
+    from benchmark.scoring import MethodFailed
+
     position = {ref: n for n, ref in enumerate(refs)}
     done, next_out, waiting = {}, 0, list(refs)
     try:
@@ -161,6 +183,14 @@ class RayExecutor:
             self._episodes[id(episodes)] = (episodes, self.ray.put(episodes))
         yield from ray_results(self.ray, self._method[1], self._episodes[id(episodes)][1], list(pending),
                                self.workers, seed, tuple(class_names), label, self.stats)
+
+    def fixed_k_rows(self, method, k, seeds, sets, n_classes, label):
+        """benchmark.fixedk.fixed_k_rows for these seeds, in chunks of seeds on the workers, in seed order."""
+        method_ref = put_prepared(self.ray, method, label)
+        chunks = chunks_of(list(range(len(seeds))), self.workers)
+        remote = self.ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(_fixed_k_chunk)
+        refs = [remote.remote(method_ref, k, [seeds[i] for i in c], [sets[i] for i in c], n_classes) for c in chunks]
+        return list(in_order(self.ray, refs, [[seeds[i] for i in c] for c in chunks], label, self.stats))
 
     def summary(self) -> str:
         return self.stats.summary()

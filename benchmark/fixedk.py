@@ -70,7 +70,8 @@ def check_shots_feasible(task: Task, shots: list[int], pools: FixedKPools | None
 
 
 def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None, device=None) -> list[dict]:
+                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None, device=None,
+                executor=None, label: str = "method") -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
     pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds.
 
@@ -85,6 +86,13 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
     method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
                            progress or SILENT, device or CPU))
     n_classes = len(pools.classes)
+    if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), rows in seed order
+        return executor.fixed_k_rows(method, k, list(seeds), sets, n_classes, label)
+    return fixed_k_rows(method, k, seeds, sets, n_classes)
+
+
+def fixed_k_rows(method, k: int, seeds, sets, n_classes: int) -> list[dict]:
+    """Per seed: fit the prepared method on its draw and score its prediction of the whole test pool."""
     rows = []
     for seed, s in zip(seeds, sets):
         started = time.perf_counter()
@@ -120,17 +128,24 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
             & set(config.seeds) for m, c in keys]
     cache = Cache(config.cache_dir)
     provenance = {"git_commit": commit, "versions": versions()}
+    executor = None
+    if config.executor == "ray":
+        from benchmark.executors import RayExecutor
+
+        executor = RayExecutor(config.ray_address, progress.log)
     plans = list(zip(keys, done))
     for m, (spec, method) in enumerate(methods):
         try:
             for (measurement, cond), seeds_done in plans[m * len(config.shots):(m + 1) * len(config.shots)]:
                 run_pending_seeds(task, spec, method, measurement["shots"], {**measurement, **cond}, seeds_done,
-                                  config, cache, provenance, out, progress, pools)
+                                  config, cache, provenance, out, progress, pools, executor)
         except MethodFailed as failure:
             if failures is None or config.stop_on_failure:
                 raise
             failures.append(failure)
             progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
+    if executor is not None:
+        progress.log(executor.summary())
     frame = read_fixedk(out)
     keep = pd.Series(False, index=frame.index)
     for measurement, cond in keys:
@@ -141,7 +156,7 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
 
 def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, done: set[int], config: FixedKConfig,
                       cache: Cache, provenance: dict, out: Path, progress: Progress,
-                      pools: FixedKPools | None = None) -> None:
+                      pools: FixedKPools | None = None, executor=None) -> None:
     pending = [s for s in config.seeds if s not in done]
     if done:
         progress.log(f"{spec.label} {k}-shot: {seeds(len(done))} already in {out}, {len(pending)} to run")
@@ -150,7 +165,7 @@ def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, d
     started = time.perf_counter()
     with blamed(spec.label, "the fixed-K protocol", f" at {k} shots"):
         results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress,
-                              pools=pools, device=config.device)
+                              pools=pools, device=config.device, executor=executor, label=spec.label)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [{"schema": SCHEMA_VERSION, **key, **result, **provenance, "timestamp": timestamp} for result in results]
     append_rows(out, rows, FIXED_K)

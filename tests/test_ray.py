@@ -79,3 +79,21 @@ def test_without_ray_the_executor_says_how_to_install_it(data, tmp_path, capsys,
     assert run(data, tmp_path / "r.csv", tmp_path / "cache", "protonet", executor="ray") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install -e '.[ray]'" in err
+
+
+def test_fixedk_on_ray_equals_local(local_ray, data, tmp_path):
+    def fixedk(out, executor):
+        return main(["fixedk", "--task", f"folder:{data}", "--shots", "1", "--seeds", "0-5", "--image-size", "32",
+                     "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--method", "protonet",
+                     "--method", "finetune:steps=2", "--executor", executor])
+
+    assert fixedk(tmp_path / "local.csv", "local") == 0 and fixedk(tmp_path / "ray.csv", "ray") == 0
+    compared = ["method", "shots", "seed", "device", "config", "n_train", "n_test", "accuracy", "weighted_f1",
+                "macro_f1"]
+
+    def read(path):
+        with open(path, newline="") as f:
+            return sorted(tuple(r[c] for c in compared) for r in csv.DictReader(f))
+
+    local, spread = read(tmp_path / "local.csv"), read(tmp_path / "ray.csv")
+    assert len(local) == 2 * 6 and spread == local

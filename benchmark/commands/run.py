@@ -20,12 +20,6 @@ def add_parser(sub) -> None:
                      help="threads that extract features (whole batches each) and answer batched episodes (whole "
                           "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
                           "so results are bit-identical for any N")
-    run.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="who answers the episodes: this process (local, the default) or Ray workers (ray: the "
-                          "[ray] extra; rows are the same bits)")
-    run.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                     help="with --executor ray: a running Ray instance ('auto' finds the one `ray start` runs here, "
-                          "or HOST:PORT); default: start a local one sized to this machine")
     run.set_defaults(handler=cmd_run)
 
 
@@ -37,17 +31,10 @@ def cmd_run(args) -> int:
     from benchmark.stats import summarize_episodes
     from methods.backbones import check_backbone
     from methods.features import thread_policy
-    from tasks.errors import UserError
 
     check_backbone(args.backbone)  # before any work, not when the first method prepares
-    if args.ray_address and args.executor != "ray":
-        raise UserError("--ray-address needs --executor ray")
-    if args.executor == "ray":
-        from benchmark.executors import import_ray
-
-        import_ray()  # not installed: one line saying how, before any work
     config = RunConfig(**benchmark_config(args), n_way=args.ways, n_query=args.queries, episodes=args.episodes,
-                       seed=args.seed, executor=args.executor, ray_address=args.ray_address)
+                       seed=args.seed)
     started = time.perf_counter()
     failures: list = []
     with thread_policy(args.threads or torch.get_num_threads()):

@@ -52,46 +52,30 @@ def start_ray(address: str | None, log=print):
     return ray, workers
 
 
-def _answer_chunk(method, episodes, chunk, seed, class_names, label):
-    """On a worker: (rows' results [(episode, result, seconds)], worker name, busy seconds) for one chunk."""
+def _call(fn, *args):
+    """On a worker: (list(fn(*args)), worker name, busy seconds), on one intra-op thread (torch and BLAS) as the
+    local executor runs under thread_policy. `fn` comes from the caller (benchmark.runner.episode_results,
+    benchmark.fixedk.fixed_k_rows), so this module imports neither."""
     import socket
 
     import torch
     from threadpoolctl import threadpool_limits
 
-    from benchmark.runner import episode_results
-
     started = time.perf_counter()
     with threadpool_limits(limits=1):
         torch.set_num_threads(1)
-        answered = list(episode_results(method, episodes, list(chunk), seed, class_names, label))
-    return answered, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
+        out = list(fn(*args))
+    return out, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
 
 
 _remote = None
 
 
-def remote_answer(ray):
+def remote_call(ray):
     global _remote
     if _remote is None:
-        _remote = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(_answer_chunk)
+        _remote = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(_call)
     return _remote
-
-
-def _fixed_k_chunk(method, k, seeds, sets, n_classes):
-    """On a worker: (fixed-K rows of these seeds, worker name, busy seconds)."""
-    import socket
-
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from benchmark.fixedk import fixed_k_rows
-
-    started = time.perf_counter()
-    with threadpool_limits(limits=1):
-        torch.set_num_threads(1)
-        rows = fixed_k_rows(method, k, seeds, sets, n_classes)
-    return rows, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
 
 
 def chunks_of(pending: list[int], workers: int) -> list[list[int]]:
@@ -116,12 +100,13 @@ class WorkerStats:
         return f"ray: {len(parts)} worker(s) answered: " + "; ".join(parts)
 
 
-def ray_results(ray, method_ref, episodes_ref, pending: list[int], workers: int, seed: int, class_names, label: str,
-                stats: WorkerStats):
-    """Yields (episode, result, seconds) for `pending`, chunk by chunk in episode order, as workers finish them."""
+def ray_results(ray, answer, method_ref, episodes_ref, pending: list[int], workers: int, seed: int, class_names,
+                label: str, stats: WorkerStats):
+    """Yields answer's (episode, result, seconds) for `pending`, chunk by chunk in episode order, as workers
+    finish them."""
     chunks = chunks_of(pending, workers)
-    answer = remote_answer(ray)
-    refs = [answer.remote(method_ref, episodes_ref, chunk, seed, class_names, label) for chunk in chunks]
+    call = remote_call(ray)
+    refs = [call.remote(answer, method_ref, episodes_ref, chunk, seed, class_names, label) for chunk in chunks]
     yield from in_order(ray, refs, chunks, label, stats)
 
 
@@ -169,8 +154,10 @@ class RayExecutor:
     """What benchmark.runner.run_method calls instead of episode_results: the same (episode, result, seconds)
     stream, answered by Ray workers. The prepared method and each episode set go to the object store once."""
 
-    def __init__(self, address: str | None, log=print):
+    def __init__(self, address: str | None, log=print, answer=None):
+        """`answer`: benchmark.runner.episode_results (what each worker runs on its chunk of episodes)."""
         self.ray, self.workers = start_ray(address, log)
+        self.answer = answer
         self.stats = WorkerStats()
         self._method = (None, None)  # (method, its object-store reference)
         self._episodes: dict[int, tuple] = {}
@@ -181,15 +168,17 @@ class RayExecutor:
             self._episodes.clear()
         if id(episodes) not in self._episodes:
             self._episodes[id(episodes)] = (episodes, self.ray.put(episodes))
-        yield from ray_results(self.ray, self._method[1], self._episodes[id(episodes)][1], list(pending),
+        yield from ray_results(self.ray, self.answer, self._method[1], self._episodes[id(episodes)][1], list(pending),
                                self.workers, seed, tuple(class_names), label, self.stats)
 
-    def fixed_k_rows(self, method, k, seeds, sets, n_classes, label):
-        """benchmark.fixedk.fixed_k_rows for these seeds, in chunks of seeds on the workers, in seed order."""
+    def seed_rows(self, rows_of, method, k, seeds, sets, n_classes, label):
+        """rows_of(method, k, seeds, sets, n_classes) (benchmark.fixedk.fixed_k_rows) in chunks of seeds on the
+        workers; the rows in seed order."""
         method_ref = put_prepared(self.ray, method, label)
         chunks = chunks_of(list(range(len(seeds))), self.workers)
-        remote = self.ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(_fixed_k_chunk)
-        refs = [remote.remote(method_ref, k, [seeds[i] for i in c], [sets[i] for i in c], n_classes) for c in chunks]
+        call = remote_call(self.ray)
+        refs = [call.remote(rows_of, method_ref, k, [seeds[i] for i in c], [sets[i] for i in c], n_classes)
+                for c in chunks]
         return list(in_order(self.ray, refs, [[seeds[i] for i in c] for c in chunks], label, self.stats))
 
     def summary(self) -> str:

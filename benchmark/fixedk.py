@@ -87,7 +87,7 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
                            progress or SILENT, device or CPU))
     n_classes = len(pools.classes)
     if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), rows in seed order
-        return executor.fixed_k_rows(method, k, list(seeds), sets, n_classes, label)
+        return executor.seed_rows(fixed_k_rows, method, k, list(seeds), sets, n_classes, label)
     return fixed_k_rows(method, k, seeds, sets, n_classes)
 
 

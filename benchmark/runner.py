@@ -260,7 +260,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     if config.executor == "ray":
         from benchmark.executors import RayExecutor
 
-        executor = RayExecutor(config.ray_address, progress.log)
+        executor = RayExecutor(config.ray_address, progress.log, episode_results)
     common = {"git_commit": commit, "versions": versions()}
     keys = [p.key for p in plans]
     while plans:  # each method's prepared state (images, activations, models) goes before the next prepares

@@ -97,3 +97,16 @@ def test_fixedk_on_ray_equals_local(local_ray, data, tmp_path):
 
     local, spread = read(tmp_path / "local.csv"), read(tmp_path / "ray.csv")
     assert len(local) == 2 * 6 and spread == local
+
+
+def test_perf_row_of_ray_against_local_prints(local_ray, tmp_path):
+    from benchmark.perf import ray_figure
+    from methods.base import Context
+    from methods.cache import Cache
+    from test_sdft import make_tiny_task
+
+    task = make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=6, per_group=6)
+    figure = ray_figure(task, Context(task, Cache(tmp_path / "cache"), image_size=32), "sdft-no-step1", 12,
+                        shape=(3, 2, 3))
+    assert "Ray executor (2 local workers)" in figure.what and figure.value > 0 and figure.ratio > 0
+    assert "the same rows" in figure.note and "local executor" in figure.reference

@@ -22,6 +22,12 @@ def add_parser(sub) -> None:
                         "in its first episode at the most shots; later episodes reuse that memory)")
     p.add_argument("--backbone", default=DEFAULTS.backbone)
     p.add_argument("--image-size", type=positive_int("image-size"), default=DEFAULTS.image_size)
+    p.add_argument("--ray-method", default=None,
+                   help="method of the Ray-against-local row (default: sdft where its step 1 is cached, else "
+                        "sdft-no-step1; 'none' leaves the row out)")
+    p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=40)
+    p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=4,
+                   help="batches of SDFT step 1 timed against a bare training loop")
     add_device_option(p)
     add_common(p)
     p.set_defaults(handler=cmd_perf)
@@ -43,7 +49,8 @@ def cmd_perf(args) -> int:
                            args.memory_method or builtin_method_names(), args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes,
                            log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False),
-                           device=resolve_device(args.device))
+                           device=resolve_device(args.device), ray_method=args.ray_method,
+                           ray_episodes=args.ray_episodes, step1_batches=args.step1_batches)
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
                         f"{args.episodes} of them, on cached features")
     for column in ("measure", "value", "against", "ratio", "check"):

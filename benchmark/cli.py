@@ -138,10 +138,15 @@ def benchmark_config(args) -> dict:
 
     if args.ray_address and args.executor != "ray":
         raise UserError("--ray-address needs --executor ray")
+    # Ray's workers run on CPUs: there `auto` means the CPU, and an accelerator is refused below
+    device = resolve_device("cpu" if args.executor == "ray" and args.device.strip().lower() == "auto" else args.device)
     if args.executor == "ray":
         from benchmark.executors import import_ray
 
         import_ray()  # not installed: one line saying how, before any work
+        if device.type != "cpu":  # workers unpickle the prepared method's tensors where they were
+            raise UserError(f"--executor ray runs its workers on CPUs; with --device {args.device} ({device}) use "
+                            "--executor local, or --device cpu with Ray")
     if args.fresh and args.reuse_stale:
         raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
                         "would keep")
@@ -150,7 +155,7 @@ def benchmark_config(args) -> dict:
                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
                 fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
-                device=resolve_device(args.device), executor=args.executor, ray_address=args.ray_address)
+                device=device, executor=args.executor, ray_address=args.ray_address)
 
 
 def default_data_dir() -> str:

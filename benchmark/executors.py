@@ -42,8 +42,9 @@ def start_ray(address: str | None, log=print):
             if address:
                 ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING",
-                         log_to_driver=False)
+                # address="local": a new instance, never one that `ray start` happens to run on this machine
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                         logging_level="WARNING", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"--ray-address {address}" if address else "a local Ray instance"
             raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc}") from None

@@ -215,7 +215,8 @@ def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, worker
         local_rate = len(pending) / (time.perf_counter() - started)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
     try:
         executor = RayExecutor(None, log=lambda m: None, answer=episode_results)
         list(executor.results(method, eps, pending[:workers], 0, task.class_names, method_name))  # workers up

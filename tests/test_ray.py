@@ -20,7 +20,7 @@ COMPARED = [*KEY, "classes", "accuracy", "macro_f1", "class_accuracy", "n_query"
 @pytest.fixture(scope="module")
 def local_ray():
     tests = str(Path(__file__).resolve().parent)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": tests, "OMP_NUM_THREADS": "1"}})
     yield
     ray.shutdown()
@@ -110,3 +110,14 @@ def test_perf_row_of_ray_against_local_prints(local_ray, tmp_path):
                         shape=(3, 2, 3))
     assert "Ray executor (2 local workers)" in figure.what and figure.value > 0 and figure.ratio > 0
     assert "the same rows" in figure.note and "local executor" in figure.reference
+
+
+def test_ray_refuses_an_accelerator_in_one_line(data, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code = main(["run", "--task", f"folder:{data}", "--method", "protonet", "--executor", "ray", "--device", "cuda",
+                 "--out", str(tmp_path / "r.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--executor ray runs its workers on CPUs" in err

@@ -53,10 +53,29 @@ def start_ray(address: str | None, log=print):
     return ray, workers
 
 
-def _call(fn, *args):
-    """On a worker: (list(fn(*args)), worker name, busy seconds), on one intra-op thread (torch and BLAS) as the
-    local executor runs under thread_policy. `fn` comes from the caller (benchmark.runner.episode_results,
-    benchmark.fixedk.fixed_k_rows), so this module imports neither."""
+_held: dict[str, object] = {}  # in a worker: object-store refs already fetched -> their values
+HELD = 4  # values a worker keeps (a run's current method and episode sets)
+
+
+def _fetch(ref):
+    """ray.get(ref), once per worker process: a prepared method (SDFT's activations: tens of MB) is fetched and
+    unpickled once per worker, not once per chunk. Chunks use it as the local executor uses its one method
+    object for every episode (fit resets what an episode changes)."""
+    import ray
+
+    key = ref.hex()
+    if key not in _held:
+        while len(_held) >= HELD:
+            _held.pop(next(iter(_held)))
+        _held[key] = ray.get(ref)
+    return _held[key]
+
+
+def _call(fn, held: list, *args):
+    """On a worker: (list(fn(*values of held, *args)), worker name, busy seconds), on one intra-op thread (torch
+    and BLAS) as the local executor runs under thread_policy. `held`: object-store refs (in a list, so that Ray
+    hands them over unresolved and `_fetch` can keep their values). `fn` comes from the caller
+    (benchmark.runner.episode_results, benchmark.fixedk.fixed_k_rows), so this module imports neither."""
     import socket
 
     import torch
@@ -65,7 +84,7 @@ def _call(fn, *args):
     started = time.perf_counter()
     with threadpool_limits(limits=1):
         torch.set_num_threads(1)
-        out = list(fn(*args))
+        out = list(fn(*[_fetch(ref) for ref in held], *args))
     return out, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
 
 
@@ -107,7 +126,7 @@ def ray_results(ray, answer, method_ref, episodes_ref, pending: list[int], worke
     finish them."""
     chunks = chunks_of(pending, workers)
     call = remote_call(ray)
-    refs = [call.remote(answer, method_ref, episodes_ref, chunk, seed, class_names, label) for chunk in chunks]
+    refs = [call.remote(answer, [method_ref, episodes_ref], chunk, seed, class_names, label) for chunk in chunks]
     yield from in_order(ray, refs, chunks, label, stats)
 
 
@@ -178,7 +197,7 @@ class RayExecutor:
         method_ref = put_prepared(self.ray, method, label)
         chunks = chunks_of(list(range(len(seeds))), self.workers)
         call = remote_call(self.ray)
-        refs = [call.remote(rows_of, method_ref, k, [seeds[i] for i in c], [sets[i] for i in c], n_classes)
+        refs = [call.remote(rows_of, [method_ref], k, [seeds[i] for i in c], [sets[i] for i in c], n_classes)
                 for c in chunks]
         return list(in_order(self.ray, refs, [[seeds[i] for i in c] for c in chunks], label, self.stats))
 

@@ -148,3 +148,36 @@ def test_craters_run_takes_device(capsys):
     with pytest.raises(SystemExit):
         main(["craters", "run", "--help"])
     assert "--device" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["hirise-regions.csv", "ctx-craters.csv"])
+def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name):
+    """A schema-2 file (before --device) becomes the shipped schema-3 file: the same lines plus device=cpu."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from benchmark.commands.migrate import migrate_file
+
+    shipped = (Path(__file__).resolve().parents[1] / "results" / name).read_text().splitlines(keepends=True)
+    current = shipped[:1] + shipped[1:6]
+    reader = list(csv.DictReader(io.StringIO("".join(current))))
+    old_columns = [c for c in reader[0] if c != "device"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=old_columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in reader:
+        assert row["device"] == "cpu"
+        if "schema" in row:
+            row["schema"] = str(int(row["schema"]) - 1)
+        writer.writerow(row)
+    path = tmp_path / name
+    path.write_text(buf.getvalue())
+    if name == "hirise-regions.csv":
+        from benchmark.results import read_results
+
+        with pytest.raises(UserError, match="bench migrate"):
+            read_results(path)
+    assert "migrated from schema" in migrate_file(path, tmp_path / "no-data-needed")
+    assert path.read_text() == "".join(current)
+    assert "already current" in migrate_file(path, tmp_path / "no-data-needed")

@@ -161,6 +161,7 @@ class FeatureMethod(FewShotMethod):
     """A method over frozen backbone features: implement fit_features / predict_features."""
 
     consumes = "features"
+    device = CPU  # where self.features are; prepare sets ctx.device
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)

@@ -96,6 +96,14 @@ def add_task_options(p: argparse.ArgumentParser, task_help: str = "") -> None:
     p.add_argument("--backbone", default=DEFAULTS.backbone, help=f"(default: {DEFAULTS.backbone})")
     p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=DEFAULTS.image_size,
                    help=f"(default: {DEFAULTS.image_size})")
+    add_device_option(p)
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """--device: where every network pass runs (methods/devices.py); every command that runs a network takes it."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where networks run: auto (the default) = the first accelerator torch sees, else the CPU; "
+                        "results and caches made on another device type are kept apart")
 
 
 def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -116,13 +124,31 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--source", default=None, metavar="SPEC",
                    help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="who answers the episodes (or seeds): this process (local, the default) or Ray workers "
+                        "(ray: the [ray] extra; the same rows)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: a running Ray instance ('auto': the one `ray start` runs on this "
+                        "machine, or HOST:PORT); default: start a local one sized to this machine")
     add_common(p)
 
 
 def benchmark_config(args) -> dict:
     """BenchConfig's fields from add_benchmark_options' arguments."""
     from benchmark.runner import MethodSpec
+    from methods.devices import resolve_device
 
+    if args.ray_address and args.executor != "ray":
+        raise UserError("--ray-address needs --executor ray")
+    # Ray's workers run on CPUs: there `auto` means the CPU, and an accelerator is refused below
+    device = resolve_device("cpu" if args.executor == "ray" and args.device.strip().lower() == "auto" else args.device)
+    if args.executor == "ray":
+        from benchmark.executors import import_ray
+
+        import_ray()  # not installed: one line saying how, before any work
+        if device.type != "cpu":  # workers unpickle the prepared method's tensors where they were
+            raise UserError(f"--executor ray runs its workers on CPUs; with --device {args.device} ({device}) use "
+                            "--executor local, or --device cpu with Ray")
     if args.fresh and args.reuse_stale:
         raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
                         "would keep")
@@ -131,7 +157,7 @@ def benchmark_config(args) -> dict:
                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
                 fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
-                source=args.source)
+                source=args.source, device=device, executor=args.executor, ray_address=args.ray_address)
 
 
 def default_data_dir() -> str:

@@ -18,6 +18,7 @@ import torch
 
 from benchmark.scoring import score_episodes
 from methods.base import BatchedMethod
+from methods.devices import CPU, to_numpy
 from tasks.episodes import EpisodeSet
 
 CHUNK_BYTES = 24 * 2**20
@@ -58,10 +59,12 @@ def in_query_order(scores, order: np.ndarray):
 def batch_scores(method, episodes: EpisodeSet, indices) -> np.ndarray:
     """(len(indices), n_query, n_way) scores for the chosen episodes, in one batched call."""
     idx = np.asarray(indices, dtype=np.int64)
-    support = torch.from_numpy(episodes.support[idx])
+    device = getattr(method, "device", None) or CPU  # where the method's features are (methods/base.py)
+    support = torch.from_numpy(episodes.support[idx]).to(device)
     query, order = in_row_order(episodes.query[idx])
-    support_y = torch.arange(episodes.n_way).repeat_interleave(episodes.k_shot).expand(len(idx), -1)
-    scores = method.predict_batch(support, support_y, torch.from_numpy(query), episodes.n_way).float().numpy()
+    support_y = torch.arange(episodes.n_way, device=device).repeat_interleave(episodes.k_shot).expand(len(idx), -1)
+    scores = to_numpy(method.predict_batch(support, support_y, torch.from_numpy(query).to(device),
+                                           episodes.n_way).float())
     return in_query_order(scores, order)
 
 

@@ -23,6 +23,7 @@ from benchmark.scoring import MethodFailed, score_fixed_k
 from benchmark.stats import summarize
 from methods.backbones import DEFAULT_BACKBONE
 from methods.base import Context
+from methods.devices import CPU
 from methods.cache import Cache
 from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
@@ -33,15 +34,21 @@ from tasks.registry import Task, load_task
 
 FIXED_K = Schema(
     name="fixed-K results",
-    version=3,  # 3: draw (random or Mars-Bench's K-shot list) and capped (classes with fewer than K images)
+    # 3: device (where the networks ran), draw (random or Mars-Bench's K-shot list) and capped (classes with
+    # fewer than K images)
+    version=3,
     columns=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
              "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-             "preprocessing", "git_commit", "versions", "timestamp", "draw", "capped"),
+             "preprocessing", "device", "git_commit", "versions", "timestamp", "draw", "capped"),
     measurement=("protocol", "task", "method", "shots"),
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "draw"),
+    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
+                "draw"),
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
+    previous=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
+              "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
+              "preprocessing", "git_commit", "versions", "timestamp"),
 )
 SCHEMA_VERSION = FIXED_K.version
 COLUMNS = list(FIXED_K.columns)
@@ -68,7 +75,8 @@ def check_shots_feasible(task: Task, shots: list[int], cap: bool = False, pools:
 
 
 def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None, cap: bool = False) -> list[dict]:
+                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None, cap: bool = False,
+                device=None, executor=None, label: str = "method") -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
     pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds, draw and
     capped (fixed_k_draw's, the capped classes joined by `|`).
@@ -83,8 +91,17 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
     view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
                 pools.test, source=task.source)
     method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
-                           progress or SILENT))
+                           progress or SILENT, device or CPU))
     n_classes = len(pools.classes)
+    if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), rows in seed order
+        rows = executor.seed_rows(fixed_k_rows, method, k, list(seeds), sets, n_classes, label)
+    else:
+        rows = fixed_k_rows(method, k, seeds, sets, n_classes)
+    return [{**row, "draw": draw.draw, "capped": "|".join(draw.capped)} for row in rows]
+
+
+def fixed_k_rows(method, k: int, seeds, sets, n_classes: int) -> list[dict]:
+    """Per seed: fit the prepared method on its draw and score its prediction of the whole test pool."""
     rows = []
     for seed, s in zip(seeds, sets):
         started = time.perf_counter()
@@ -94,8 +111,7 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
         scores = np.concatenate([method.predict(s.test_idx[i:i + PREDICT_CHUNK].copy())
                                  for i in range(0, len(s.test_idx), PREDICT_CHUNK)])
         rows.append({"seed": int(seed), "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
-                     **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6),
-                     "draw": draw.draw, "capped": "|".join(draw.capped)})
+                     **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6)})
     return rows
 
 
@@ -122,17 +138,24 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
             & set(config.seeds) for m, c in keys]
     cache = Cache(config.cache_dir)
     provenance = {"git_commit": commit, "versions": versions()}
+    executor = None
+    if config.executor == "ray":
+        from benchmark.executors import RayExecutor
+
+        executor = RayExecutor(config.ray_address, progress.log)
     plans = list(zip(keys, done))
     for m, (spec, method) in enumerate(methods):
         try:
             for (measurement, cond), seeds_done in plans[m * len(config.shots):(m + 1) * len(config.shots)]:
                 run_pending_seeds(task, spec, method, measurement["shots"], {**measurement, **cond}, seeds_done,
-                                  config, cache, provenance, out, progress, pools)
+                                  config, cache, provenance, out, progress, pools, executor)
         except MethodFailed as failure:
             if failures is None or config.stop_on_failure:
                 raise
             failures.append(failure)
             progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
+    if executor is not None:
+        progress.log(executor.summary())
     frame = read_fixedk(out)
     keep = pd.Series(False, index=frame.index)
     for measurement, cond in keys:
@@ -143,7 +166,7 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
 
 def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, done: set[int], config: FixedKConfig,
                       cache: Cache, provenance: dict, out: Path, progress: Progress,
-                      pools: FixedKPools | None = None) -> None:
+                      pools: FixedKPools | None = None, executor=None) -> None:
     pending = [s for s in config.seeds if s not in done]
     if done:
         progress.log(f"{spec.label} {k}-shot: {seeds(len(done))} already in {out}, {len(pending)} to run")
@@ -152,7 +175,7 @@ def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, d
     started = time.perf_counter()
     with blamed(spec.label, "the fixed-K protocol", f" at {k} shots"):
         results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress,
-                              pools=pools, cap=config.cap)
+                              pools=pools, cap=config.cap, device=config.device, executor=executor, label=spec.label)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [{"schema": SCHEMA_VERSION, **key, **result, **provenance, "timestamp": timestamp} for result in results]
     append_rows(out, rows, FIXED_K)

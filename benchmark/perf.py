@@ -23,8 +23,9 @@ from benchmark.defaults import DEFAULTS
 from benchmark.runner import episode_results
 from methods.base import Context
 from methods.cache import Cache
+from methods.devices import CPU
 from methods.features import decode_images, feature_extractor, run_model, thread_policy, torch_threads
-from methods.backbones import normalize
+from methods.backbones import create_backbone, normalize
 from methods.registry import create_method
 from tasks.errors import UserError
 from tasks.registry import Task, load_task
@@ -98,7 +99,7 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
 
 
 def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int = 64,
-                          repeats: int = 2) -> tuple[float, float, str]:
+                          repeats: int = 2, device: torch.device = CPU) -> tuple[float, float, str]:
     """(suite images/s, raw forward images/s, how the raw figure ran) for the same images, best of `repeats`.
 
     Suite: what `bench run` does for an uncached table: decode + resize from the files (threads), then
@@ -107,10 +108,11 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
     (one process, all cores), so that the reference is the backbone's limit on this machine, not our layout."""
     from concurrent.futures import ThreadPoolExecutor
 
-    model = feature_extractor(backbone).eval()
+    model = feature_extractor(backbone).eval().to(device)
     workers = os.cpu_count() or 1
     images = decode_images(paths, image_size)
-    batches = [normalize(torch.from_numpy(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    batches = [normalize(torch.from_numpy(images[i : i + batch_size]).to(device))
+               for i in range(0, len(images), batch_size)]
 
     def forward(x):
         with torch.inference_mode():
@@ -118,10 +120,10 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
 
     suite, pooled, native = [], [], []
     with thread_policy(workers):
-        run_model(model, images[:batch_size], batch_size=batch_size)  # warm-up: oneDNN builds its kernels
+        run_model(model, images[:batch_size], batch_size=batch_size, device=device)  # warm-up: kernels are built
         for _ in range(repeats):
             started = time.perf_counter()
-            run_model(model, decode_images(paths, image_size), batch_size=batch_size)
+            run_model(model, decode_images(paths, image_size), batch_size=batch_size, device=device)
             suite.append(len(paths) / (time.perf_counter() - started))
             with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 started = time.perf_counter()
@@ -137,6 +139,105 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
     if max(pooled) >= max(native):
         return max(suite), max(pooled), f"{workers} workers x 1 thread"
     return max(suite), max(native), f"torch's {torch.get_num_threads()} threads"
+
+
+def step1_figure(images: np.ndarray, backbone: str, batch_size: int = 32, batches: int = 4, repeats: int = 2,
+                 device: torch.device = CPU) -> Figure:
+    """SDFT step 1's training throughput (methods/sdft.train_step1 on `batches` batches: augmentation, forward,
+    backward, AdamW, schedule) against a bare forward + backward + AdamW loop of the same backbone, batch size,
+    image size and batches, both under `bench run`'s thread policy (one intra-op thread; step 1 runs there).
+    The slice has one scene, so step 1 holds nothing out and runs its batches only. Best of `repeats`,
+    interleaved, after an untimed batch of each (oneDNN builds its kernels)."""
+    from torch.nn import functional as F
+
+    from methods.sdft import STEP1_DEFAULTS, train_step1
+
+    n = batch_size * batches
+    part = np.ascontiguousarray(images[:n])
+    if len(part) < 2 * batch_size:
+        raise UserError(f"bench perf: step 1's throughput needs {2 * batch_size} images, the task has {len(part)}")
+    labels = (np.arange(len(part)) % 10).astype(np.int64)
+    groups = np.full(len(part), "one scene", dtype=object)
+    opts = {**STEP1_DEFAULTS, "epochs": 1, "batch_size": batch_size}
+
+    def fresh():
+        model = create_backbone(backbone, pretrained=True)
+        model.reset_classifier(10)
+        return model.to(device)
+
+    def suite():
+        started = time.perf_counter()
+        train_step1(fresh(), part, labels, groups, opts, 0, lambda m: None, device=device)
+        return len(part) / (time.perf_counter() - started)
+
+    def bare():
+        model = fresh().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
+        y = torch.from_numpy(labels).to(device)
+        started = time.perf_counter()
+        for start in range(0, len(part), batch_size):
+            x = normalize(torch.from_numpy(part[start : start + batch_size]).to(device))
+            loss = F.cross_entropy(model(x), y[start : start + batch_size])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return len(part) / (time.perf_counter() - started)
+
+    ours, raw = [], []
+    with thread_policy(os.cpu_count() or 1):
+        train_step1(fresh(), part[: 2 * batch_size], labels[: 2 * batch_size], groups[: 2 * batch_size],
+                    {**opts}, 0, lambda m: None, device=device)  # warm-up
+        for r in range(repeats):
+            for side in ((suite, bare) if r % 2 == 0 else (bare, suite)):
+                (ours if side is suite else raw).append(side())
+    size = images.shape[-1]
+    return Figure(f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size}", max(ours), "img/s",
+                  f"bare forward+backward+AdamW {max(raw):,.1f} img/s", max(ours) / max(raw),
+                  f"{len(part)} images, one intra-op thread as in bench run; target >= 0.8x")
+
+
+def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, workers: int = 2,
+               shape: tuple[int, int, int] = (5, 5, 15)) -> Figure:
+    """Episodes/s of the Ray executor with `workers` local worker processes against the local executor on the
+    same prepared method and 5-way 5-shot episodes (Ray's start-up not counted; putting the prepared method in
+    the object store is), and whether their rows are the same."""
+    from benchmark.executors import RayExecutor, import_ray
+
+    ray = import_ray()
+    method = create_method(method_name)
+    method.prepare(ctx)
+    eps = task.episodes(*shape, episodes, seed=0)
+    pending = list(range(len(eps)))
+    with thread_policy(os.cpu_count() or 1):  # the local executor as `bench run` runs it
+        episode_results(method, eps, pending[:1], 0, task.class_names)  # warm-up
+        started = time.perf_counter()
+        local = list(episode_results(method, eps, pending, 0, task.class_names))
+        local_rate = len(pending) / (time.perf_counter() - started)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+    try:
+        executor = RayExecutor(None, log=lambda m: None, answer=episode_results)
+        list(executor.results(method, eps, pending[:workers], 0, task.class_names, method_name))  # workers up
+        started = time.perf_counter()
+        spread = list(executor.results(method, eps, pending, 0, task.class_names, method_name))
+        ray_rate = len(pending) / (time.perf_counter() - started)
+    finally:
+        if started_here:
+            ray.shutdown()
+    same = [(i, r["accuracy"], r["macro_f1"]) for i, r, _ in local] == \
+        [(i, r["accuracy"], r["macro_f1"]) for i, r, _ in spread]
+    return Figure(f"episodes/s, {method_name} {shape[1]}-shot, Ray executor ({executor.workers} local workers)", ray_rate,
+                  "ep/s", f"local executor {local_rate:,.2f} ep/s", ray_rate / local_rate,
+                  f"{len(pending)} episodes; {'the same rows' if same else 'ROWS DIFFER'}; target >= 0.8x")
+
+
+def sdft_step1_cached(ctx: Context) -> bool:
+    """Whether SDFT's step-1 checkpoint for this context is in the cache (else it costs a whole step 1)."""
+    from methods.sdft import SDFT
+
+    return ctx.cache.cached_state_dict("sdft-step1", SDFT().step1_key(ctx)) is not None
 
 
 # Run in the child: the CLI, with a note on stderr of when the first episode finished (wall clock) and of the
@@ -221,9 +322,10 @@ def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_
 def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: Path, episodes: int,
              extraction_images: int, warm_method: str, memory_methods: list[str], backbone: str = DEFAULTS.backbone,
              image_size: int = DEFAULTS.image_size, memory_shots: str = ",".join(map(str, DEFAULTS.shots)), memory_episodes: int = 1,
-             log=print) -> list[Figure]:
+             log=print, device: torch.device = CPU, ray_method: str | None = None, ray_episodes: int = 40,
+             step1_batches: int = 4) -> list[Figure]:
     task = load_task(task_name, data_dir)
-    ctx = Context(task, Cache(cache_dir), backbone, image_size)
+    ctx = Context(task, Cache(cache_dir), backbone, image_size, device=device)
     log("features (cached after the first run) ...")
     features = torch.from_numpy(ctx.features())
     eps = task.episodes(5, 5, 15, episodes, seed=0)
@@ -233,14 +335,28 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
         figures = episode_figures(task, ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
 
     log(f"feature extraction of {extraction_images} images ...")
-    suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone)
+    suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone,
+                                            device=device)
     figures.append(Figure(f"extraction from files, {backbone} {image_size}px", suite,
                           "img/s", f"raw forward {raw:,.0f} img/s ({how})", suite / raw, "target >= 0.8x"))
+
+    log(f"SDFT step 1 training throughput on {step1_batches} batches ...")
+    figures.append(step1_figure(ctx.images(), backbone, batches=step1_batches, device=device))
+
+    if ray_method is None:  # SDFT itself where its step 1 is cached; else its step 2 on the ImageNet backbone
+        ray_method = "sdft" if sdft_step1_cached(ctx) else "sdft-no-step1"
+    if ray_method != "none":
+        log(f"Ray executor against the local executor, {ray_method}, {ray_episodes} episodes ...")
+        figure = ray_figure(task, ctx, ray_method, ray_episodes)
+        if ray_method == "sdft-no-step1":
+            figure.note += " (sdft's step-1 checkpoint is not cached: its step 2 without step 1 instead)"
+        figures.append(figure)
 
     env = {**os.environ, "BENCH_DATA_DIR": str(data_dir)}
     if cache_dir:
         env["BENCH_CACHE_DIR"] = str(cache_dir)
-    common = ["run", "--task", task_name, "--quiet", "--backbone", backbone, "--image-size", str(image_size)]
+    common = ["run", "--task", task_name, "--quiet", "--backbone", backbone, "--image-size", str(image_size),
+              "--device", str(device)]
     warm = common + ["--method", warm_method, "--shots", "5", "--episodes", "1"]
     log(f"warm start of `bench run --method {warm_method} --shots 5` ...")
     bench_subprocess(warm + ["--out", str(work_dir / "warmup.csv")], env)  # makes sure the caches are warm

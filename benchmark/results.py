@@ -52,6 +52,8 @@ class Schema:
     counts: dict = field(default_factory=dict)  # integer column -> smallest valid value
     seconds: tuple[str, ...] = ("seconds",)
     row_check: Callable | None = None  # (frame, path): checks across columns, after `check`
+    # The columns of the previous version, whose rows `bench migrate` brings to this one (it adds `device`: cpu).
+    previous: tuple[str, ...] = ()
 
     @property
     def key(self) -> list[str]:
@@ -127,17 +129,21 @@ def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
 
 EPISODES = Schema(
     name="episode results",
-    version=2,
+    version=3,
     columns=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
              "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
-             "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp"),
+             "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp"),
     measurement=("task", "method", "shots", "ways", "queries", "manifest"),
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing"),
+    # device: a GPU's numbers differ from a CPU's in the last bits (methods/devices.py), so they never mix
+    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device"),
     unit="episode",
     unit_fractions=("accuracy", "macro_f1"),
     counts={"shots": 1, "ways": 2, "queries": 1, "seed": 0, "episode": 0, "n_query": 1, "image_size": 1,
             "method_version": 0},
     row_check=check_episode_rows,
+    previous=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
+              "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
+              "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp"),
 )
 SCHEMA_VERSION = EPISODES.version
 COLUMNS = list(EPISODES.columns)
@@ -178,6 +184,10 @@ def locked_if_present(path: Path):
 def _check_header(path: Path, header: list[str], schema: Schema) -> None:
     if header == list(schema.columns):
         return
+    if schema.previous and header == list(schema.previous):
+        raise UserError(f"results file {path} has schema {schema.version - 1}, whose rows do not record the device "
+                        f"they were made on; migrate it with `bench migrate {path}` (its rows were made on the CPU) "
+                        "or write to a new file with --out")
     if schema is EPISODES and header == COLUMNS_V1:
         raise UserError(f"results file {path} has schema 1, whose rows do not record their data identity, "
                         f"preprocessing or method version; migrate it with `bench migrate {path} --data-dir DIR` "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from benchmark import __version__
 from benchmark.defaults import DEFAULTS
@@ -22,6 +23,7 @@ from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_resul
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
 from methods.base import Context
 from methods.cache import Cache
+from methods.devices import CPU, device_name
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
 from tasks.episodes import EpisodeSet
@@ -85,6 +87,9 @@ class BenchConfig:
     reuse_stale: bool = False  # take rows made by another git commit when everything else matches
     stop_on_failure: bool = False  # a failing method ends the run (else the others still run)
     source: str | None = None  # --source: the base pool every pre-training method uses (tasks.registry.with_source)
+    device: torch.device = CPU  # where every network pass runs (methods/devices.py); recorded in each row
+    executor: str = "local"  # who answers the episodes: "local" (this process) or "ray" (benchmark/executors.py)
+    ray_address: str | None = None  # with "ray": a running instance ("auto", host:port); None starts a local one
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -178,7 +183,8 @@ def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
     """What determines the rows of each method besides what was asked for (see benchmark/results.Schema). The
     data identity is computed once per run."""
     shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": config.backbone,
-              "image_size": config.image_size, "preprocessing": preprocessing_id()}
+              "image_size": config.image_size, "preprocessing": preprocessing_id(),
+              "device": device_name(config.device)}
     return [{**shared, "method_version": method_version(method), "config": method_config(method)}
             for method in methods]
 
@@ -253,22 +259,30 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
     commit = git_commit()
     plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
+    progress.log(f"device: {config.device} (networks run there; rows record {device_name(config.device)})")
     del methods
     manifests = Manifests(out.parent / "manifests", task, progress)
     cache = Cache(config.cache_dir)
+    executor = None
+    if config.executor == "ray":
+        from benchmark.executors import RayExecutor
+
+        executor = RayExecutor(config.ray_address, progress.log, episode_results)
     common = {"git_commit": commit, "versions": versions()}
     keys = [p.key for p in plans]
     while plans:  # each method's prepared state (images, activations, models) goes before the next prepares
         mine = [p for p in plans if p.spec is plans[0].spec]
         plans = [p for p in plans if p.spec is not plans[0].spec]
         try:
-            run_method(task, mine, episode_sets, config, cache, common, out, manifests, progress)
+            run_method(task, mine, episode_sets, config, cache, common, out, manifests, progress, executor)
         except MethodFailed as failure:
             if failures is None or config.stop_on_failure:
                 raise
             failures.append(failure)
             progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
         del mine
+    if executor is not None:
+        progress.log(executor.summary())
     frame = read_results(out)
     keep = pd.Series(False, index=frame.index)
     for key in keys:
@@ -291,7 +305,10 @@ class Manifests:
 
 
 def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, EpisodeSet], config: RunConfig,
-               cache: Cache, common: dict, out: Path, manifests: Manifests, progress: Progress) -> None:
+               cache: Cache, common: dict, out: Path, manifests: Manifests, progress: Progress,
+               executor=None) -> None:
+    """Prepare the method once (here, in the driver), then answer each shots' pending episodes here or on
+    `executor`'s workers (benchmark/executors.py); either way only this process writes rows."""
     spec, method = plans[0].spec, plans[0].method
     prepared = False
     for plan in plans:
@@ -303,7 +320,8 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
         if not prepared:
             started = time.perf_counter()
             with blamed(spec.label, "prepare"):
-                method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress))
+                method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress,
+                                       config.device))
             progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s")
             prepared = True
         rows, last_flush, batched = [], time.perf_counter(), supports_batches(method)
@@ -315,8 +333,8 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
                 rows.clear()
 
         with progress.task(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
-            for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, task.class_names,
-                                                      spec.label):
+            answer = episode_results if executor is None else executor.results
+            for i, result, seconds in answer(method, episodes, plan.pending, config.seed, task.class_names, spec.label):
                 rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
                              "seconds": round(seconds, 6), **common,
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})

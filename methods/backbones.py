@@ -61,8 +61,8 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float input of the backbone."""
     x = images_uint8.float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)  # on the batch's device: no silent CPU pass
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -20,6 +20,7 @@ import torch
 
 from methods.backbones import DEFAULT_BACKBONE
 from methods.cache import Cache
+from methods.devices import CPU, to_numpy
 from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array, images_key
 from methods.progress import SILENT, Progress
 from methods.registry import recorded_config
@@ -70,6 +71,9 @@ class Context:
     image_size: int = DEFAULT_IMAGE_SIZE
     seed: int = 0
     progress: Progress = field(default=SILENT)
+    # Where the method's network passes run (methods/devices.py): its modules and the tensors they read go
+    # there once; scores come back to the CPU as numpy. Not label data: the harness sets it from --device.
+    device: torch.device = CPU
     task_name: str = field(init=False)
     task_key: str = field(init=False)  # identifies the task (rows, labels and pools) for cache keys
     n_rows: int = field(init=False)
@@ -90,11 +94,11 @@ class Context:
 
     def features(self) -> np.ndarray:
         """(n_rows, D) frozen ImageNet features of every row (cached; a fresh array on every call)."""
-        return frozen_features(self._rows, self.cache, self.backbone, self.image_size, self.progress)
+        return frozen_features(self._rows, self.cache, self.backbone, self.image_size, self.progress, self.device)
 
     def features_key(self) -> str:
         """Identifies what ctx.features() returns, for the keys of caches derived from features."""
-        return features_key(self._rows, self.backbone, self.image_size)
+        return features_key(self._rows, self.backbone, self.image_size, self.device)
 
     def images(self) -> np.ndarray:
         """(n_rows, 3, S, S) uint8 of every row (cached; a fresh array on every call)."""
@@ -167,17 +171,20 @@ class FeatureMethod(FewShotMethod):
     """A method over frozen backbone features: implement fit_features / predict_features."""
 
     consumes = "features"
+    device = CPU  # where self.features are; prepare sets ctx.device
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
-        self.features = torch.from_numpy(ctx.features())
+        self.device = ctx.device
+        self.features = torch.from_numpy(ctx.features()).to(ctx.device)  # all rows, sent once
 
     def fit(self, support_idx, support_y, n_way, rng):
-        self.fit_features(self.features[support_idx], torch.as_tensor(support_y), n_way, rng)
+        self.fit_features(self.features[torch.as_tensor(support_idx, device=self.device)],
+                          torch.as_tensor(support_y, device=self.device), n_way, rng)
 
     def predict(self, query_idx):
         with torch.inference_mode():
-            return self.predict_features(self.features[query_idx]).float().numpy()
+            return to_numpy(self.predict_features(self.features[torch.as_tensor(query_idx, device=self.device)]).float())
 
     def fit_features(self, x: torch.Tensor, y: torch.Tensor, n_way: int, rng: np.random.Generator) -> None:
         raise NotImplementedError

@@ -29,7 +29,7 @@ class BaselinePP(FeatureMethod):
 
     def fit_features(self, x, y, n_way, rng):
         gen = torch_generator(rng)
-        self.head = CosineClassifier(x.shape[1], n_way, scale=self.scale, learn_scale=self.learn_scale)
+        self.head = CosineClassifier(x.shape[1], n_way, scale=self.scale, learn_scale=self.learn_scale).to(x.device)
         with torch.no_grad():
             self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=gen))
         opt = torch.optim.Adam([p for p in self.head.parameters() if p.requires_grad], lr=self.lr,

@@ -15,6 +15,7 @@ import torch
 
 from methods.backbones import DEFAULT_BACKBONE, create_backbone, normalize, weights_digest
 from methods.cache import Cache, cache_key
+from methods.devices import device_key, to_numpy
 from methods.progress import SILENT, Progress
 from tasks.datasets.base import ImageTable
 from tasks.imageio import DECODER_VERSION, fit_square, read_image
@@ -96,18 +97,26 @@ def image_array(table: ImageTable, size: int, cache: Cache, progress: Progress =
 
 @torch.inference_mode()
 def run_model(module: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
-              progress: Progress = SILENT, description: str = "extracting features") -> np.ndarray:
+              progress: Progress = SILENT, description: str = "extracting features",
+              device: torch.device | None = None) -> np.ndarray:
     """Apply `module` in eval mode to uint8 images in batches; returns float32 outputs flattened per image.
 
-    Under thread_policy(N), N worker threads each run whole batches on one intra-op thread: the batches and
-    the arithmetic within them do not depend on N, so neither do the outputs."""
+    With `device` the module is moved there and each uint8 batch is sent there once (a quarter of the bytes
+    of its float copy); the outputs come back to the CPU as numpy. Under thread_policy(N), N worker threads
+    each run whole batches on one intra-op thread: the batches and the arithmetic within them do not depend
+    on N, so neither do the outputs."""
     was_training = module.training
+    if device is not None:
+        module.to(device)
     module.eval()
     starts = range(0, len(images), batch_size)
 
     def forward(start: int) -> np.ndarray:
         with torch.inference_mode():
-            return module(normalize(torch.from_numpy(images[start : start + batch_size]))).float().numpy()
+            batch = torch.from_numpy(np.asarray(images[start : start + batch_size]))
+            if device is not None:
+                batch = batch.to(device)
+            return to_numpy(module(normalize(batch)).float())
 
     chunks = []
     with progress.task(description, len(images)) as advance:
@@ -130,19 +139,23 @@ def feature_extractor(backbone: str) -> torch.nn.Module:
     return model
 
 
-def features_key(table: ImageTable, backbone: str, image_size: int) -> str:
-    """Identifies frozen features; caches derived from them (meta-trained heads) put it in their keys."""
-    return cache_key("features", images_key(table, image_size), NUMERICS_VERSION, backbone, weights_digest(backbone))
+def features_key(table: ImageTable, backbone: str, image_size: int, device: torch.device | None = None) -> str:
+    """Identifies frozen features; caches derived from them (meta-trained heads) put it in their keys. The
+    device type is part of it off the CPU (methods/devices.py says why)."""
+    return cache_key("features", images_key(table, image_size), NUMERICS_VERSION, backbone, weights_digest(backbone),
+                     *device_key(device))
 
 
 def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BACKBONE,
-                    image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = SILENT) -> np.ndarray:
-    """(n_images, D) float32 pooled features of the ImageNet backbone for every image of the table."""
-    key = features_key(table, backbone, image_size)
+                    image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = SILENT,
+                    device: torch.device | None = None) -> np.ndarray:
+    """(n_images, D) float32 pooled features of the ImageNet backbone for every image of the table, computed
+    on `device` (default: the CPU)."""
+    key = features_key(table, backbone, image_size, device)
 
     def compute():
         images = image_array(table, image_size, cache, progress)
         return run_model(feature_extractor(backbone), images, progress=progress,
-                         description=f"{backbone} features")
+                         description=f"{backbone} features", device=device)
 
     return cache.array("features", key, compute)

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from methods.augment import dihedral
 from methods.backbones import create_backbone, normalize
 from methods.base import Context, FewShotMethod, torch_generator
+from methods.devices import to_numpy
 from methods.registry import register_method
 
 TRAIN_CHUNK = 25  # support images per forward-backward pass when batch norm is frozen (5-way 5-shot: one pass)
@@ -47,17 +48,19 @@ class FineTune(FewShotMethod):
         self.images = ctx.images()
         self.model = create_backbone(ctx.backbone, pretrained=True)
         self.model.reset_classifier(0)  # pooled features; the head is separate and new per episode
-        self.initial_state = copy.deepcopy(self.model.state_dict())
+        self.initial_state = copy.deepcopy(self.model.state_dict())  # on the CPU; loading it copies to the device
+        self.device = ctx.device
+        self.model.to(ctx.device)
 
     def fit(self, support_idx, support_y, n_way, rng):
         gen = torch_generator(rng)
         self.model.load_state_dict(self.initial_state)
-        self.head = nn.Linear(self.model.num_features, n_way)
-        with torch.no_grad():
+        self.head = nn.Linear(self.model.num_features, n_way).to(self.device)
+        with torch.no_grad():  # drawn on the CPU generator: the same head on any device
             self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=gen))
             self.head.bias.zero_()
-        x = torch.from_numpy(self.images[np.asarray(support_idx)])
-        y = torch.as_tensor(support_y, dtype=torch.long)
+        x = torch.from_numpy(self.images[np.asarray(support_idx)]).to(self.device)  # uint8, sent once
+        y = torch.as_tensor(support_y, dtype=torch.long, device=self.device)
         opt = torch.optim.Adam([{"params": self.model.parameters(), "lr": self.lr},
                                 {"params": self.head.parameters(), "lr": self.head_lr}])
         self.model.train(not self.freeze_bn and len(x) > 1)  # batch norm needs two samples to train
@@ -87,5 +90,5 @@ class FineTune(FewShotMethod):
         with torch.inference_mode():
             for start in range(0, len(query_idx), self.batch_size):
                 batch = torch.from_numpy(self.images[np.asarray(query_idx[start : start + self.batch_size])])
-                out.append(self.head(self.model(normalize(batch))))
-        return torch.cat(out).float().numpy()
+                out.append(self.head(self.model(normalize(batch.to(self.device)))))
+        return to_numpy(torch.cat(out).float())

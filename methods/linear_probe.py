@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from methods.base import FeatureMethod
+from methods.devices import to_numpy
 from methods.registry import register_method
 
 
@@ -24,10 +25,10 @@ class LinearProbe(FeatureMethod):
         from sklearn.preprocessing import StandardScaler
 
         self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter))
-        self.model.fit(x.numpy(), y.numpy())
+        self.model.fit(to_numpy(x), to_numpy(y))  # scikit-learn runs on the CPU whatever --device says
 
     def predict_features(self, x):
-        scores = self.model.decision_function(x.numpy()).astype(np.float32)
+        scores = self.model.decision_function(to_numpy(x)).astype(np.float32)
         if scores.ndim == 1:  # binary: scikit-learn returns the positive class's score only
             scores = np.stack([-scores, scores], axis=1)
         return torch.from_numpy(scores)

@@ -71,7 +71,7 @@ def expand_init(params: dict, n_way: int) -> dict:
     """The initial parameters for an n_way episode: output unit c starts from stored row c % rows (a tied
     head stores one row, shared by every class)."""
     weight, bias = last_layer(params)
-    units = torch.arange(n_way) % params[weight].shape[0]
+    units = torch.arange(n_way, device=params[weight].device) % params[weight].shape[0]
     return {**params, weight: params[weight][units], bias: params[bias][units]}
 
 
@@ -90,11 +90,14 @@ def meta_train(head: nn.Module, x_all: torch.Tensor, index: PoolIndex, opts: dic
     params = {k: v.requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.Adam(params.values(), lr=opts["meta_lr"])
 
+    device = x_all.device  # the head's parameters are there too; each episode's indices and labels go there
+
     def task_loss(p, ep):
-        s_y = torch.from_numpy(ep.support_y)
-        adapted = adapt(head, expand_init(p, n_way), x_all[ep.support_idx], s_y, opts["inner_steps"], opts["inner_lr"],
+        s_idx, s_y, q_idx, q_y = (torch.from_numpy(a).to(device) for a in (ep.support_idx, ep.support_y,
+                                                                          ep.query_idx, ep.query_y))
+        adapted = adapt(head, expand_init(p, n_way), x_all[s_idx], s_y, opts["inner_steps"], opts["inner_lr"],
                         opts["first_order"])
-        return F.cross_entropy(functional_call(head, adapted, (x_all[ep.query_idx],)), torch.from_numpy(ep.query_y))
+        return F.cross_entropy(functional_call(head, adapted, (x_all[q_idx],)), q_y)
 
     for step in range(opts["meta_steps"]):
         episodes = [sample_episode(index, n_way, opts["train_shots"], opts["train_queries"], rng, eligible)
@@ -132,7 +135,7 @@ class MAML(FeatureMethod):
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
         base_idx, _ = ctx.base_pool()
-        base = self.features[torch.as_tensor(base_idx)]
+        base = self.features[torch.as_tensor(base_idx, device=ctx.device)]
         mean, std = base.mean(0), base.std(0).clamp_min(1e-6)
         self.features = (self.features - mean) / std / self.features.shape[1] ** 0.5
         dim = self.features.shape[1]
@@ -146,10 +149,14 @@ class MAML(FeatureMethod):
                 for p in self.head.parameters():
                     bound = 1 / p.shape[-1] ** 0.5 if p.ndim == 2 else 0.0
                     p.uniform_(-bound, bound, generator=gen) if bound else p.zero_()
+            self.head.to(ctx.device)  # initialised on the CPU, where `gen` draws
             ctx.progress.log(f"maml: meta-training the head on base-pool episodes (cached as {key})")
-            return meta_train(self.head, self.features, ctx.base_episodes(), self.opts, rng, ctx.progress.log)
+            state = meta_train(self.head, self.features, ctx.base_episodes(), self.opts, rng, ctx.progress.log)
+            return {k: v.cpu() for k, v in state.items()}
 
-        self.init, self.cached = ctx.cache.state_dict("maml", key, compute)
+        init, self.cached = ctx.cache.state_dict("maml", key, compute)
+        self.head.to(ctx.device)
+        self.init = {k: v.to(ctx.device) for k, v in init.items()}
         if self.cached:
             ctx.progress.log(f"maml: cache hit ({key}), skipping meta-training")
 

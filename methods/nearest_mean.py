@@ -62,8 +62,10 @@ def squared_norms(features: torch.Tensor) -> torch.Tensor:
 def gather_rows(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """features[idx] (idx of any shape) in this thread's reused buffer: valid until its next call."""
     held = getattr(_local, "buffer", None)
-    if held is None or held.shape[0] < idx.numel() or held.shape[1] != features.shape[1]:
-        held = _local.buffer = torch.empty(idx.numel(), features.shape[1], dtype=features.dtype)
+    if held is None or held.shape[0] < idx.numel() or held.shape[1] != features.shape[1] \
+            or held.device != features.device:
+        held = _local.buffer = torch.empty(idx.numel(), features.shape[1], dtype=features.dtype,
+                                           device=features.device)
     out = torch.index_select(features, 0, idx.reshape(-1), out=held[: idx.numel()])
     return out.view(*idx.shape, features.shape[1])
 
@@ -72,7 +74,7 @@ class NearestClassMean(BatchedMethod):
     """Scores = negative squared distances from the query rows to the support rows' class means."""
 
     def fit_features(self, x, y, n_way, rng):
-        self.protos = class_means(x, torch.arange(len(y)), y, n_way)
+        self.protos = class_means(x, torch.arange(len(y), device=x.device), y, n_way)
 
     def predict_features(self, x):
         return neg_sq_distances(x, self.protos)

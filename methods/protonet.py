@@ -12,6 +12,7 @@ from torch import nn
 
 from methods.base import Context
 from methods.cache import cache_key
+from methods.devices import CPU, cpu_state, to_numpy
 from methods.nearest_mean import NearestClassMean, neg_sq_distances
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
@@ -26,23 +27,26 @@ def prototypes(x: torch.Tensor, y: torch.Tensor, n_way: int) -> torch.Tensor:
 
 
 def train_embedding(features: np.ndarray, index: PoolIndex, n_way: int, n_shot: int, n_query: int, steps: int,
-                    lr: float, rng: np.random.Generator) -> nn.Module:
-    """Episodic prototypical training of a linear embedding on episodes of the base pool (`index`)."""
+                    lr: float, rng: np.random.Generator, device: torch.device = CPU) -> nn.Module:
+    """Episodic prototypical training of a linear embedding on episodes of the base pool (`index`), on
+    `device` (the features are sent there once; each episode's labels are sent as it is drawn)."""
     eligible = index.eligible(n_shot, n_query)
     if len(eligible) < 2:
         raise UserError(f"protonet meta-training needs two base-pool classes with {n_shot}+{n_query} images in "
                         "separate scenes; lower train_shots/train_queries or run without metatrain")
     n_way = min(n_way, len(eligible))
-    x_all = torch.from_numpy(features)
+    x_all = torch.from_numpy(features).to(device)
     embed = nn.Linear(x_all.shape[1], x_all.shape[1])
     nn.init.eye_(embed.weight)
     nn.init.zeros_(embed.bias)
+    embed.to(device)
     opt = torch.optim.Adam(embed.parameters(), lr=lr)
     for _ in range(steps):
         ep = sample_episode(index, n_way, n_shot, n_query, rng, eligible)
-        s, q = embed(x_all[ep.support_idx]), embed(x_all[ep.query_idx])
-        logits = neg_sq_distances(q, prototypes(s, torch.from_numpy(ep.support_y), n_way))
-        loss = nn.functional.cross_entropy(logits / x_all.shape[1] ** 0.5, torch.from_numpy(ep.query_y))
+        s_idx, q_idx = (torch.from_numpy(i).to(device) for i in (ep.support_idx, ep.query_idx))
+        s, q = embed(x_all[s_idx]), embed(x_all[q_idx])
+        logits = neg_sq_distances(q, prototypes(s, torch.from_numpy(ep.support_y).to(device), n_way))
+        loss = nn.functional.cross_entropy(logits / x_all.shape[1] ** 0.5, torch.from_numpy(ep.query_y).to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -70,12 +74,13 @@ class ProtoNet(NearestClassMean):
         key = cache_key("protonet-embed", ctx.task_key, ctx.features_key(), self.config(), ctx.seed)
 
         def train():
-            embed = train_embedding(self.features.numpy(), ctx.base_episodes(), self.train_way, self.train_shots,
-                                    self.train_queries, self.steps, self.lr, np.random.default_rng([ctx.seed, 17]))
-            return embed.state_dict()
+            embed = train_embedding(to_numpy(self.features), ctx.base_episodes(), self.train_way, self.train_shots,
+                                    self.train_queries, self.steps, self.lr, np.random.default_rng([ctx.seed, 17]),
+                                    ctx.device)
+            return cpu_state(embed.state_dict())
 
         state, _ = ctx.cache.state_dict("protonet", key, train)
-        self.embed = nn.Linear(self.features.shape[1], self.features.shape[1])
+        self.embed = nn.Linear(self.features.shape[1], self.features.shape[1]).to(ctx.device)
         self.embed.load_state_dict(state)
         self.embed.eval()
         with torch.inference_mode():

@@ -30,6 +30,7 @@ from methods.backbones import create_backbone, head_top, split_top, weights_dige
 from methods.base import Context, FewShotMethod
 from methods.cache import cache_key
 from methods.cosine import CosineClassifier
+from methods.devices import CPU, cpu_state, device_key, to_numpy
 from methods.features import NUMERICS_VERSION, run_model
 from methods.optim import Adam
 from methods.progress import SILENT, Progress
@@ -94,18 +95,21 @@ def step1_forecast(record: dict | None, n_images: int, opts: dict, image_size: i
             f"{_duration(rough)} on a 2-core CPU")
 
 
-def step1_timing_key(backbone: str, image_size: int) -> str:
-    """Where step 1's duration on this machine is noted (per backbone and image size, which set its pace)."""
-    return cache_key("sdft-step1-time", platform.node(), backbone, image_size)
+def step1_timing_key(backbone: str, image_size: int, device: torch.device = CPU) -> str:
+    """Where step 1's duration on this machine is noted (per backbone, image size and device, which set its pace)."""
+    return cache_key("sdft-step1-time", platform.node(), backbone, image_size, *device_key(device))
 
 
 def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups: np.ndarray, opts: dict,
-                seed: int, log, progress: Progress = SILENT) -> tuple[dict, list]:
-    """Fine-tune the whole backbone + linear head; returns (best state dict, per-epoch history). Each epoch
-    shows a bar of its batches (with an ETA) on `progress`."""
+                seed: int, log, progress: Progress = SILENT, device: torch.device = CPU) -> tuple[dict, list]:
+    """Fine-tune the whole backbone + linear head on `device`; returns (best state dict, on the CPU;
+    per-epoch history). Each uint8 batch is sent to the device once and augmented there (the augmentation's
+    random draws stay on the CPU generator, so they are the same on any device). Each epoch shows a bar of its
+    batches (with an ETA) on `progress`."""
     gen = torch.Generator().manual_seed(seed)
     train, val = step1_split(labels, groups, opts["val_folds"], seed)
-    y = torch.from_numpy(labels)
+    model.to(device)
+    y = torch.from_numpy(labels).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
     steps_per_epoch = max(1, int(np.ceil(len(train) / opts["batch_size"])))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts["epochs"] * steps_per_epoch)
@@ -121,8 +125,8 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
             for start in starts:
                 batch = order[start : start + opts["batch_size"]]
                 if len(batch) >= 2:  # batch norm needs two samples
-                    x = augment_batch(torch.from_numpy(images[batch.numpy()]).float() / 255.0, gen)
-                    loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch])
+                    x = augment_batch(torch.from_numpy(images[batch.numpy()]).to(device).float() / 255.0, gen)
+                    loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch.to(device)])
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -132,7 +136,7 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
                 advance(1)
         if len(val):
             logits = run_model(model, images[val], progress=progress,
-                               description=f"sdft step 1: epoch {epoch} held-out images")
+                               description=f"sdft step 1: epoch {epoch} held-out images", device=device)
             acc = float((logits.argmax(1) == labels[val]).mean())
         else:
             acc = float("nan")
@@ -147,7 +151,7 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
             if stale >= opts["patience"] and epoch < opts["epochs"]:
                 log(f"sdft step 1: early stop after epoch {epoch}, best held-out accuracy {best_acc:.3f}")
                 break
-    return best_state, history
+    return cpu_state(best_state), history
 
 
 @register_method("sdft")
@@ -173,13 +177,13 @@ class SDFT(FewShotMethod):
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
         return cache_key("sdft-step1", STEP1_VERSION, ctx.task_key, ctx.base_images_key(), ctx.backbone,
-                         weights_digest(ctx.backbone), step1, ctx.seed)
+                         weights_digest(ctx.backbone), step1, ctx.seed, *device_key(ctx.device))
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
         source = self.step1_key(ctx) if self.use_step1 else f"imagenet-{weights_digest(ctx.backbone)}"
         key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, source, ctx.images_key(), ctx.backbone,
-                        self.opts["top_blocks"])
+                        self.opts["top_blocks"], *device_key(ctx.device))
         top, acts = None, None
         if self.opts["top_blocks"] == 0:  # warm: the cached top and activations, without timm or any image
             state = ctx.cache.cached_state_dict("sdft-top", key)
@@ -192,11 +196,12 @@ class SDFT(FewShotMethod):
         if top is None:
             top, acts = self.cut_network(ctx, source if self.use_step1 else None, key)
             if self.opts["top_blocks"] == 0:
-                state = top.state_dict()
+                state = cpu_state(top.state_dict())
                 ctx.cache.put_state_dict("sdft-top", key, state)
                 top = head_top(state)  # the same modules as on the warm path
-        self.acts = torch.from_numpy(acts)
-        self.top = top.eval()
+        self.device = ctx.device
+        self.acts = torch.from_numpy(acts).to(ctx.device)  # every image's activations, sent once
+        self.top = top.to(ctx.device).eval()
         self.top_state = copy.deepcopy(top.state_dict())
         with torch.inference_mode():
             self.feature_dim = int(top(self.acts[:1]).flatten(1).shape[1])
@@ -215,14 +220,14 @@ class SDFT(FewShotMethod):
             key = step1_key
 
             def compute():
-                timing = step1_timing_key(ctx.backbone, ctx.image_size)
+                timing = step1_timing_key(ctx.backbone, ctx.image_size, ctx.device)
                 forecast = step1_forecast(ctx.cache.note("timings", timing), len(base_idx), self.opts, ctx.image_size)
                 ctx.progress.log(f"sdft step 1: fine-tuning {ctx.backbone} on {len(base_idx)} base images, "
                                  f"{len(base_classes)} classes (cached as {key}); {forecast}")
                 started = time.perf_counter()
                 state, history = train_step1(model, images()[base_idx], dense.astype(np.int64),
                                              ctx.base_groups(), self.opts, ctx.seed, ctx.progress.log,
-                                             ctx.progress)
+                                             ctx.progress, ctx.device)
                 ctx.cache.put_note("timings", timing, {
                     "seconds": time.perf_counter() - started, "images": len(base_idx), "epochs": len(history),
                     "image_epochs": len(base_idx) * len(history)})
@@ -235,19 +240,20 @@ class SDFT(FewShotMethod):
         model.reset_classifier(0)
         bottom, top = split_top(model, self.opts["top_blocks"])
         acts = ctx.cache.array("sdft-acts", acts_key, lambda: run_model(
-            bottom, images(), progress=ctx.progress, description="sdft: activations entering the top"))
+            bottom, images(), progress=ctx.progress, description="sdft: activations entering the top",
+            device=ctx.device))
         return top, acts
 
     def make_head(self, n_way: int) -> nn.Module:
         if self.head == "cosine":
-            return CosineClassifier(self.feature_dim, n_way, scale=self.opts["scale"])
-        return nn.Linear(self.feature_dim, n_way)
+            return CosineClassifier(self.feature_dim, n_way, scale=self.opts["scale"]).to(self.device)
+        return nn.Linear(self.feature_dim, n_way).to(self.device)
 
     def fit(self, support_idx, support_y, n_way, rng):
         self.top.load_state_dict(self.top_state)
         self.top.eval()  # batch norm keeps step-1 statistics (see module docstring)
-        x = self.acts[support_idx]
-        y = torch.as_tensor(support_y)
+        x = self.acts[torch.as_tensor(support_idx, device=self.device)]
+        y = torch.as_tensor(support_y, device=self.device)
         self.classifier = self.make_head(n_way)
         with torch.no_grad():
             features = self.top(x).flatten(1)
@@ -270,7 +276,7 @@ class SDFT(FewShotMethod):
         self.top.eval()
         self.classifier.eval()
         with torch.inference_mode():
-            return self.classifier(self.top(self.acts[query_idx]).flatten(1)).numpy()
+            return to_numpy(self.classifier(self.top(self.acts[torch.as_tensor(query_idx, device=self.device)]).flatten(1)))
 
 
 @register_method("sdft-no-step1")

@@ -29,7 +29,7 @@ class SimpleShot(NearestClassMean):
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
         base_idx, _ = ctx.base_pool()
-        self.base_mean = self.features[torch.as_tensor(base_idx)].mean(0)
+        self.base_mean = self.features[torch.as_tensor(base_idx, device=self.device)].mean(0)
         self.features = self.transform(self.features)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:

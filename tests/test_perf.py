@@ -27,14 +27,14 @@ def test_bench_perf_prints_one_table(tmp_path, capsys):
     pytest.importorskip("easyfsl")
     make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=10, per_group=8)
     code = main(["perf", "--task", f"folder:{tmp_path / 'data'}", "--episodes", "5", "--extraction-images", "8",
-                 "--memory-shots", "1",
+                 "--memory-shots", "1", "--ray-method", "none", "--step1-batches", "2",
                  "--image-size", "32", "--warm-method", "protonet", "--memory-method", "protonet",
                  "--cache-dir", str(tmp_path / "cache")])
     out = capsys.readouterr().out
     assert code == 0
     rows = [line for line in out.splitlines() if line.startswith("│")]  # unwrapped when not a terminal
     for measure in ("episodes/s, protonet", "episodes/s, simpleshot", "episodes/s, linear-probe",
-                    "extraction from files", "warm start", "peak memory"):
+                    "extraction from files", "warm start", "peak memory", "SDFT step 1 training"):
         assert sum(measure in row for row in rows) == 1, measure
     assert "same accuracy as easyfsl in all 5 episodes" in out
     warm = next(row for row in rows if "warm start" in row)

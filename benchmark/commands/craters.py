@@ -133,6 +133,7 @@ def cmd_run(args) -> int:
     from benchmark.results import append_rows, check_results_path, read_results
     from benchmark.runner import MethodSpec
     from methods.cache import Cache
+    from methods.devices import device_name, resolve_device
     from methods.features import thread_policy
     from methods.registry import method_info
     from tasks.datasets.ctx_murray import load_ctx, window_truth
@@ -141,6 +142,7 @@ def cmd_run(args) -> int:
     from tasks.windows import WindowGrid
 
     data_dir = _data_dir(args)
+    device = resolve_device(args.device)
     specs = [MethodSpec.parse(m) for m in (args.method or DEFAULT_METHODS)]
     for spec in specs:
         method_info(spec.name)
@@ -173,7 +175,7 @@ def cmd_run(args) -> int:
     def key(spec, k, seed, smoothing, strength) -> tuple:
         values = {"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing, "strength": strength,
                   "method_seed": args.method_seed, "window": grid.window, "stride": grid.stride,
-                  "image_size": args.image_size}
+                  "image_size": args.image_size, "device": device_name(device)}
         return tuple(str(values[c]) for c in CRATERS.key)
 
     def recorded() -> set[tuple]:
@@ -198,7 +200,7 @@ def cmd_run(args) -> int:
                     result = map_scene(spec, task, scene, grid, points, cache, args.backbone, args.image_size,
                                        args.method_seed,
                                        "none", None, work / f"map-{spec.label}-k{k}-seed{seed}" if example else None,
-                                       progress, preview=1200)
+                                       progress, preview=1200, device=device)
                     seconds = time.perf_counter() - started
                     progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
                                  f"({json.dumps(result.summary['timings'])})")
@@ -210,7 +212,8 @@ def cmd_run(args) -> int:
                                      "strength": strength, **scores,
                                      "method_seed": args.method_seed, "map_seconds": round(seconds, 2),
                                      "prepare_seconds": result.summary["timings"]["prepare_s"],
-                                     "window": grid.window, "stride": grid.stride, "image_size": args.image_size})
+                                     "window": grid.window, "stride": grid.stride, "image_size": args.image_size,
+                                     "device": device_name(device)})
                         progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
                                      f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
                     append_rows(out_csv, rows, CRATERS)

@@ -42,4 +42,12 @@ def cmd_list(args) -> int:
         spec = dataset_spec(name)
         table.add_row(name, spec.folder, spec.description)
     stdout.print(table)
+    from methods.devices import available_devices, resolve_device
+
+    table = Table(title=f"devices (--device auto picks {resolve_device('auto')}; rows record the device type)")
+    for col in ("device", "what"):
+        table.add_column(col)
+    for name, what in available_devices():
+        table.add_row(name, what)
+    stdout.print(table)
     return 0

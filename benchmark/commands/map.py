@@ -71,6 +71,7 @@ def cmd_map(args) -> int:
     from benchmark.runner import MethodSpec
     from methods.backbones import check_backbone
     from methods.cache import Cache
+    from methods.devices import resolve_device
     from methods.features import thread_policy
     from methods.registry import method_info
     from tasks.errors import UserError
@@ -99,7 +100,8 @@ def cmd_map(args) -> int:
     with thread_policy(args.threads or torch.get_num_threads()):
         result = map_scene(spec, task, scene, grid, points, Cache(args.cache_dir) if args.cache_dir else Cache(),
                            args.backbone, args.image_size, args.seed, args.smooth, args.smooth_strength,
-                           Path(args.out), progress, args.preview, classified=classified)
+                           Path(args.out), progress, args.preview, classified=classified,
+                           device=resolve_device(args.device))
     fractions = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.summary["area_fraction"].items())
     unclassified = result.summary["unclassified_windows"]
     if unclassified:

@@ -9,6 +9,8 @@ Schema 1 rows do not record the data identity, source, preprocessing or method v
 - preprocessing: the current pipeline's, which the rows' own numbers attest only if rerunning reproduces them
   (benchmark/reference.sh does for the shipped reference rows); `--preprocessing` names another.
 Every other field keeps its text, so the numbers stay byte-identical. The file is rewritten atomically.
+Schema 2 rows (episode or fixed-K) do not record the device: every one was made on the CPU (there was no
+`--device`), so migrating them adds `device` = cpu and changes nothing else.
 `--refresh-data` recomputes the data identity of a current-schema file (after a change in how the identity
 is computed, not in the data). Running it again changes nothing.
 """
@@ -34,7 +36,9 @@ def add_parser(sub) -> None:
 
 def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, refresh_data: bool = False) -> str:
     """Migrate one file in place (under its lock); returns what was done, in a few words."""
-    from benchmark.results import COLUMNS, COLUMNS_V1, EPISODES, locked, read_results
+    from benchmark.fixedk import FIXED_K
+    from benchmark.mapping.craters import CRATERS
+    from benchmark.results import COLUMNS_V1, EPISODES, locked, read_results
     from tasks.files import atomic_write_bytes
     from benchmark.runner import preprocessing_id
     from tasks.errors import UserError
@@ -48,33 +52,48 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = [r for r in reader if None not in r.values() and None not in r]
-        if header == COLUMNS_V1:
-            pass
-        elif header == COLUMNS:
-            if not refresh_data:
-                return "already current (nothing to do)"
-        else:
-            raise UserError(f"results file {path} is not an episode-results file of a known schema")
+        schema = next((s for s in (EPISODES, FIXED_K, CRATERS) if header in (list(s.columns), list(s.previous))), None)
+        if schema is None and header == COLUMNS_V1:
+            schema = EPISODES
+        if schema is None:
+            raise UserError(f"results file {path} is not an episode-results, fixed-K or crater-scores file of a known schema")
+        current = header == list(schema.columns)
+        if current and not refresh_data:
+            return "already current (nothing to do)"
         identities = {}
-        for task in sorted({r["task"] for r in rows}):
-            try:
-                identities[task] = load_task(task, data_dir).fingerprint()
-            except UserError as exc:
-                raise UserError(f"cannot migrate {path}: its task {task} does not load from --data-dir {data_dir} "
-                                f"({exc}); give the data its rows were made on") from None
+        if header == COLUMNS_V1 or refresh_data:
+            for task in sorted({r["task"] for r in rows}):
+                try:
+                    identities[task] = load_task(task, data_dir).fingerprint()
+                except UserError as exc:
+                    raise UserError(f"cannot migrate {path}: its task {task} does not load from --data-dir "
+                                    f"{data_dir} ({exc}); give the data its rows were made on") from None
         pre = preprocessing or preprocessing_id()
         for r in rows:
             if header == COLUMNS_V1:
-                r.update(schema=str(EPISODES.version), source="", method_version="1", preprocessing=pre)
-            r["data"] = identities[r["task"]]
+                r.update(source="", method_version="1", preprocessing=pre)
+            if not current:  # rows from before --device were all made on the CPU
+                r.update(device="cpu")
+                if schema is FIXED_K:  # and drew K per class at random, capping nothing (no --cap, no K-shot lists)
+                    r.update(draw="random", capped="")
+                if "schema" in schema.columns:
+                    r["schema"] = str(schema.version)
+            if identities:
+                r["data"] = identities[r["task"]]
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=list(schema.columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_bytes(path, buf.getvalue().encode())
-    read_results(path)  # the migrated file is a valid one
-    what = "refreshed the data identity of" if header == COLUMNS else "migrated from schema 1:"
-    return f"{what} {len(rows)} rows ({', '.join(f'{t}: data {d}' for t, d in identities.items())})"
+    read_results(path, schema)  # the migrated file is a valid one
+    if current:
+        what = "refreshed the data identity of"
+    elif header == COLUMNS_V1:
+        what = "migrated from schema 1:"
+    else:
+        what = f"migrated from schema {schema.version - 1} (device: cpu):"
+    data = f" ({', '.join(f'{t}: data {d}' for t, d in identities.items())})" if identities else ""
+    return f"{what} {len(rows)} rows{data}"
 
 
 def cmd_migrate(args) -> int:

@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmark.cli import DEFAULTS, add_common, default_data_dir, positive_int
+from benchmark.cli import DEFAULTS, add_common, add_device_option, default_data_dir, positive_int
 
 
 def add_parser(sub) -> None:
@@ -22,6 +22,13 @@ def add_parser(sub) -> None:
                         "in its first episode at the most shots; later episodes reuse that memory)")
     p.add_argument("--backbone", default=DEFAULTS.backbone)
     p.add_argument("--image-size", type=positive_int("image-size"), default=DEFAULTS.image_size)
+    p.add_argument("--ray-method", default=None,
+                   help="method of the Ray-against-local row (default: sdft where its step 1 is cached, else "
+                        "sdft-no-step1; 'none' leaves the row out)")
+    p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=40)
+    p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=4,
+                   help="batches of SDFT step 1 timed against a bare training loop")
+    add_device_option(p)
     add_common(p)
     p.set_defaults(handler=cmd_perf)
 
@@ -32,6 +39,7 @@ def cmd_perf(args) -> int:
 
     from benchmark.console import console, stdout
     from benchmark.perf import run_perf
+    from methods.devices import resolve_device
     from methods.registry import builtin_method_names
 
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
@@ -39,7 +47,10 @@ def cmd_perf(args) -> int:
                            Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
                            args.extraction_images, args.warm_method,
                            args.memory_method or builtin_method_names(), args.backbone,
-                           args.image_size, args.memory_shots, args.memory_episodes, log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False))
+                           args.image_size, args.memory_shots, args.memory_episodes,
+                           log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False),
+                           device=resolve_device(args.device), ray_method=args.ray_method,
+                           ray_episodes=args.ray_episodes, step1_batches=args.step1_batches)
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
                         f"{args.episodes} of them, on cached features")
     for column in ("measure", "value", "against", "ratio", "check"):

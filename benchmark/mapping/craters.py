@@ -140,18 +140,21 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
 # The per-seed rows of `bench craters run` (results/ctx-craters.csv), appended under benchmark.results' lock.
 CRATERS = Schema(
     name="crater map scores",
-    version=1,
+    version=2,
     columns=("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
              "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
-             "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size"),
+             "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device"),
     measurement=("method", "shots", "smoothing", "strength"),
-    conditions=("method_seed", "window", "stride", "image_size"),
+    conditions=("method_seed", "window", "stride", "image_size", "device"),
     unit="seed",
     unit_fractions=("precision", "recall", "f1", "predicted_crater_fraction", "strict_precision", "strict_recall",
                     "strict_f1"),
     counts={"shots": 1, "seed": 0, "tp": 0, "fp": 0, "fn": 0, "positives": 0, "scored": 0, "ambiguous": 0,
             "method_seed": 0, "window": 1, "stride": 1, "image_size": 1},
     seconds=("map_seconds", "prepare_seconds"),
+    previous=("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
+              "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
+              "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size"),
 )
 
 

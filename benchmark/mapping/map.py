@@ -10,6 +10,7 @@ import numpy as np
 
 from benchmark.mapping import gis
 from benchmark.mapping.context import MapContext
+from methods.devices import CPU
 from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
@@ -83,7 +84,7 @@ class MapResult:
 def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache, backbone: str,
               image_size: int, seed: int = 0, smoothing: str = "none", strength: float | None = None,
               out: Path | None = None, progress: Progress = SILENT, preview: int = 1600,
-              chunk: int = 2048, classified: np.ndarray | None = None) -> MapResult:
+              chunk: int = 2048, classified: np.ndarray | None = None, device=None) -> MapResult:
     """Prepare the method on the base task, fit it on the labelled windows, classify every window with at least
     MIN_VALID_FRACTION valid pixels, smooth, and (with `out`) write label_map.png, overlay.png,
     probabilities.npy, labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json."""
@@ -93,7 +94,7 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
     if classified is None:
         classified = classified_windows(scene, grid, points)
     method = create_method(method_spec.name, **method_spec.options)
-    ctx = MapContext(task, cache, backbone, image_size, seed, progress, scene=scene, grid=grid)
+    ctx = MapContext(task, cache, backbone, image_size, seed, progress, device or CPU, scene=scene, grid=grid)
     timings = {}
     started = time.perf_counter()
     method.prepare(ctx)

@@ -1,0 +1,205 @@
+"""Executors: who answers a prepared method's episodes. `local` is benchmark.runner's own loop; `ray` spreads
+chunks of episodes over Ray workers (one machine or a cluster) and leaves everything else to the driver.
+
+The unit of work is (method, shots, a chunk of episodes). The driver prepares each method once (features,
+SDFT's step-1 checkpoint and activations, meta-trained heads: computed or read from the driver's cache), puts
+the prepared method and each episode set into Ray's object store once, and submits the chunks. A worker gets
+them from the object store, so it needs neither the data, nor the cache folder, nor any recomputation: only
+this code and its packages (the same versions; `bench run` records the driver's). Each worker runs torch on
+one intra-op thread, as the local executor does under `thread_policy`, so its rows are the same bits.
+
+A worker process that dies (killed, out of memory, its machine gone) is retried by Ray (`max_retries`); an
+exception a method raises is not retried but fails the method as on the local executor. Only the driver writes
+the results file (the same lock, resume and rows as `local`), chunk by chunk in episode order.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+
+from tasks.errors import UserError
+
+INSTALL = "Ray is not installed; install it with `pip install -e '.[ray]'` (or `pip install \"ray==2.*\"`)"
+CHUNKS_PER_WORKER = 4  # enough chunks to balance uneven workers, few enough to amortise each task's start
+RETRIES = 3  # Ray resubmits a chunk whose worker process died this many times
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError(INSTALL) from None
+    return ray
+
+
+def start_ray(address: str | None, log=print):
+    """Connect to the Ray instance at `address` ('auto': the one `ray start` runs here), or start a local one
+    sized to the machine; an instance this process already holds is used as it is. Returns (ray, workers)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            else:
+                # address="local": a new instance, never one that `ray start` happens to run on this machine
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                         logging_level="WARNING", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"--ray-address {address}" if address else "a local Ray instance"
+            raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    log(f"ray: {workers} worker slots ({'cluster at ' + address if address else 'local instance'})")
+    return ray, workers
+
+
+_held: dict[str, object] = {}  # in a worker: object-store refs already fetched -> their values
+HELD = 4  # values a worker keeps (a run's current method and episode sets)
+
+
+def _fetch(ref):
+    """ray.get(ref), once per worker process: a prepared method (SDFT's activations: tens of MB) is fetched and
+    unpickled once per worker, not once per chunk. Chunks use it as the local executor uses its one method
+    object for every episode (fit resets what an episode changes)."""
+    import ray
+
+    key = ref.hex()
+    if key not in _held:
+        while len(_held) >= HELD:
+            _held.pop(next(iter(_held)))
+        _held[key] = ray.get(ref)
+    return _held[key]
+
+
+def _call(fn, held: list, *args):
+    """On a worker: (list(fn(*values of held, *args)), worker name, busy seconds), on one intra-op thread (torch
+    and BLAS) as the local executor runs under thread_policy. `held`: object-store refs (in a list, so that Ray
+    hands them over unresolved and `_fetch` can keep their values). `fn` comes from the caller
+    (benchmark.runner.episode_results, benchmark.fixedk.fixed_k_rows), so this module imports neither."""
+    import socket
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    started = time.perf_counter()
+    with threadpool_limits(limits=1):
+        torch.set_num_threads(1)
+        out = list(fn(*[_fetch(ref) for ref in held], *args))
+    return out, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
+
+
+_remote = None
+
+
+def remote_call(ray):
+    global _remote
+    if _remote is None:
+        _remote = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(_call)
+    return _remote
+
+
+def chunks_of(pending: list[int], workers: int) -> list[list[int]]:
+    n = max(1, min(len(pending), workers * CHUNKS_PER_WORKER))
+    size = -(-len(pending) // n)
+    return [pending[i : i + size] for i in range(0, len(pending), size)]
+
+
+class WorkerStats:
+    """Episodes and busy seconds of each worker, for the run summary."""
+
+    def __init__(self):
+        self.episodes, self.seconds = defaultdict(int), defaultdict(float)
+
+    def add(self, worker: str, episodes: int, seconds: float) -> None:
+        self.episodes[worker] += episodes
+        self.seconds[worker] += seconds
+
+    def summary(self) -> str:
+        parts = [f"{w} {self.episodes[w]} episodes at {self.episodes[w] / max(self.seconds[w], 1e-9):.1f} ep/s"
+                 for w in sorted(self.episodes)]
+        return f"ray: {len(parts)} worker(s) answered: " + "; ".join(parts)
+
+
+def ray_results(ray, answer, method_ref, episodes_ref, pending: list[int], workers: int, seed: int, class_names,
+                label: str, stats: WorkerStats):
+    """Yields answer's (episode, result, seconds) for `pending`, chunk by chunk in episode order, as workers
+    finish them."""
+    chunks = chunks_of(pending, workers)
+    call = remote_call(ray)
+    refs = [call.remote(answer, [method_ref, episodes_ref], chunk, seed, class_names, label) for chunk in chunks]
+    yield from in_order(ray, refs, chunks, label, stats)
+
+
+def in_order(ray, refs: list, chunks: list[list[int]], label: str, stats: WorkerStats):
+    """The items each ref's chunk returns, chunk by chunk in submission order, as workers finish them; a
+    method's exception fails the method (MethodFailed, or the UserError it raised), as on the local executor."""
+    from benchmark.scoring import MethodFailed
+
+    position = {ref: n for n, ref in enumerate(refs)}
+    done, next_out, waiting = {}, 0, list(refs)
+    try:
+        while next_out < len(refs):
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                try:
+                    answered, worker, busy = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, UserError):
+                        raise cause from None
+                    raise MethodFailed(label, "a Ray worker", f" (episodes {chunks[position[ref]][0]}-"
+                                       f"{chunks[position[ref]][-1]})", cause or exc) from None
+                except ray.exceptions.WorkerCrashedError as exc:
+                    raise MethodFailed(label, "a Ray worker", f": its process died {RETRIES + 1} times", exc) from None
+                stats.add(worker, len(answered), busy)
+                done[position[ref]] = answered
+            while next_out in done:
+                yield from done.pop(next_out)
+                next_out += 1
+    finally:
+        for ref in waiting:
+            ray.cancel(ref, force=True)
+
+
+def put_prepared(ray, method, label: str):
+    """The prepared method in Ray's object store; a method whose state cannot be sent is a one-line error."""
+    try:
+        return ray.put(method)
+    except Exception as exc:  # pickling fails in many ways (locks, open files, lambdas)
+        raise UserError(f"method {label}: its prepared state cannot be sent to Ray workers ({type(exc).__name__}: "
+                        f"{exc}); run it with --executor local") from None
+
+
+class RayExecutor:
+    """What benchmark.runner.run_method calls instead of episode_results: the same (episode, result, seconds)
+    stream, answered by Ray workers. The prepared method and each episode set go to the object store once."""
+
+    def __init__(self, address: str | None, log=print, answer=None):
+        """`answer`: benchmark.runner.episode_results (what each worker runs on its chunk of episodes)."""
+        self.ray, self.workers = start_ray(address, log)
+        self.answer = answer
+        self.stats = WorkerStats()
+        self._method = (None, None)  # (method, its object-store reference)
+        self._episodes: dict[int, tuple] = {}
+
+    def results(self, method, episodes, pending, seed, class_names, label):
+        if self._method[0] is not method:
+            self._method = (method, put_prepared(self.ray, method, label))
+            self._episodes.clear()
+        if id(episodes) not in self._episodes:
+            self._episodes[id(episodes)] = (episodes, self.ray.put(episodes))
+        yield from ray_results(self.ray, self.answer, self._method[1], self._episodes[id(episodes)][1], list(pending),
+                               self.workers, seed, tuple(class_names), label, self.stats)
+
+    def seed_rows(self, rows_of, method, k, seeds, sets, n_classes, label):
+        """rows_of(method, k, seeds, sets, n_classes) (benchmark.fixedk.fixed_k_rows) in chunks of seeds on the
+        workers; the rows in seed order."""
+        method_ref = put_prepared(self.ray, method, label)
+        chunks = chunks_of(list(range(len(seeds))), self.workers)
+        call = remote_call(self.ray)
+        refs = [call.remote(rows_of, [method_ref], k, [seeds[i] for i in c], [sets[i] for i in c], n_classes)
+                for c in chunks]
+        return list(in_order(self.ray, refs, [[seeds[i] for i in c] for c in chunks], label, self.stats))
+
+    def summary(self) -> str:
+        return self.stats.summary()

@@ -1,0 +1,123 @@
+"""The Ray executor on a local Ray instance of two worker processes (started once, for this module only):
+rows identical to the local executor's; a worker killed mid-run is retried and every row is there once."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.results import KEY
+import fakes_ray  # noqa: F401  (registers the die-once plugin method)
+from fakes_reliability import make_folder_dataset
+
+ray = pytest.importorskip("ray")
+
+COMPARED = [*KEY, "classes", "accuracy", "macro_f1", "class_accuracy", "n_query"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    tests = str(Path(__file__).resolve().parent)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests, "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("ray") / "data", per_class=16)
+
+
+def run(data, out, cache, *methods, executor="local", episodes=8):
+    argv = ["run", "--task", f"folder:{data}", "--shots", "1,2", "--ways", "3", "--queries", "2", "--episodes",
+            str(episodes), "--image-size", "32", "--quiet", "--cache-dir", str(cache), "--out", str(out),
+            "--executor", executor]
+    for m in methods:
+        argv += ["--method", m]
+    return main(argv)
+
+
+def rows(path: Path) -> list[tuple]:
+    with open(path, newline="") as f:
+        return sorted(tuple(r[c] for c in COMPARED) for r in csv.DictReader(f))
+
+
+def test_ray_rows_equal_local_rows(local_ray, data, tmp_path, capsys):
+    methods = ("protonet", "finetune:steps=2")
+    assert run(data, tmp_path / "local.csv", tmp_path / "cache", *methods) == 0
+    assert run(data, tmp_path / "ray.csv", tmp_path / "cache", *methods, executor="ray") == 0
+    local, spread = rows(tmp_path / "local.csv"), rows(tmp_path / "ray.csv")
+    assert len(local) == 2 * 2 * 8 and spread == local
+    err = capsys.readouterr().err
+    assert "ray: 2 worker slots" in err and "worker(s) answered" in err and "ep/s" in err
+
+
+def test_a_killed_worker_is_retried_and_every_row_is_there_once(local_ray, data, tmp_path):
+    marker = tmp_path / "killed"
+    assert run(data, tmp_path / "ray.csv", tmp_path / "cache", f"die-once:marker={marker}", executor="ray",
+               episodes=12) == 0
+    assert marker.exists()  # a worker process did die
+    assert run(data, tmp_path / "local.csv", tmp_path / "cache", f"die-once:marker={marker}", episodes=12) == 0
+    killed, local = rows(tmp_path / "ray.csv"), rows(tmp_path / "local.csv")
+    assert len(killed) == 2 * 12 and len(set(killed)) == len(killed) and killed == local
+
+
+def test_without_ray_the_executor_says_how_to_install_it(data, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("no ray")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    assert run(data, tmp_path / "r.csv", tmp_path / "cache", "protonet", executor="ray") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install -e '.[ray]'" in err
+
+
+def test_fixedk_on_ray_equals_local(local_ray, data, tmp_path):
+    def fixedk(out, executor):
+        return main(["fixedk", "--task", f"folder:{data}", "--shots", "1", "--seeds", "0-5", "--image-size", "32",
+                     "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--method", "protonet",
+                     "--method", "finetune:steps=2", "--executor", executor])
+
+    assert fixedk(tmp_path / "local.csv", "local") == 0 and fixedk(tmp_path / "ray.csv", "ray") == 0
+    compared = ["method", "shots", "seed", "device", "config", "n_train", "n_test", "accuracy", "weighted_f1",
+                "macro_f1"]
+
+    def read(path):
+        with open(path, newline="") as f:
+            return sorted(tuple(r[c] for c in compared) for r in csv.DictReader(f))
+
+    local, spread = read(tmp_path / "local.csv"), read(tmp_path / "ray.csv")
+    assert len(local) == 2 * 6 and spread == local
+
+
+def test_perf_row_of_ray_against_local_prints(local_ray, tmp_path):
+    from benchmark.perf import ray_figure
+    from methods.base import Context
+    from methods.cache import Cache
+    from test_sdft import make_tiny_task
+
+    task = make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=6, per_group=6)
+    figure = ray_figure(task, Context(task, Cache(tmp_path / "cache"), image_size=32), "sdft-no-step1", 12,
+                        shape=(3, 2, 3))
+    assert "Ray executor (2 local workers)" in figure.what and figure.value > 0 and figure.ratio > 0
+    assert "the same rows" in figure.note and "local executor" in figure.reference
+
+
+def test_ray_refuses_an_accelerator_in_one_line(data, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code = main(["run", "--task", f"folder:{data}", "--method", "protonet", "--executor", "ray", "--device", "cuda",
+                 "--out", str(tmp_path / "r.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--executor ray runs its workers on CPUs" in err

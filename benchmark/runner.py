@@ -259,7 +259,6 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
     commit = git_commit()
     plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
-    progress.log(f"device: {config.device} (networks run there; rows record {device_name(config.device)})")
     del methods
     manifests = Manifests(out.parent / "manifests", task, progress)
     cache = Cache(config.cache_dir)
@@ -322,7 +321,8 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
             with blamed(spec.label, "prepare"):
                 method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress,
                                        config.device))
-            progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s")
+            progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows record "
+                         f"{device_name(config.device)})")
             prepared = True
         rows, last_flush, batched = [], time.perf_counter(), supports_batches(method)
 

@@ -158,6 +158,8 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
 class SDFT(FewShotMethod):
     description = "Stepwise deep feature transfer: ImageNet -> base pool (linear head) -> support (cosine head, top fine-tuned)"
     consumes = "images"
+    # 2: step 1's head is seeded (STEP1_VERSION 2), so rows of version 1 came from another step-1 network
+    version = 2
     use_step1 = True
     head = "cosine"
     option_defaults = {**STEP1_DEFAULTS, **STEP2_DEFAULTS}  # its **options: the registry checks their types
@@ -282,6 +284,7 @@ class SDFT(FewShotMethod):
 @register_method("sdft-no-step1")
 class SDFTNoStep1(SDFT):
     description = "SDFT ablation: ImageNet backbone straight to step 2 (no Mars base-pool fine-tuning)"
+    version = 1  # no step 1: the seeded step-1 head changes nothing here
     use_step1 = False
 
 

@@ -22,7 +22,7 @@ class RichProgressReporter(Progress):
         self.enabled = enabled
 
     @contextmanager
-    def task(self, description: str, total: int):
+    def bar(self, description: str, total: int):
         if not self.enabled:
             yield lambda n=1: None
             return

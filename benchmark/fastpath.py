@@ -62,7 +62,7 @@ def batch_scores(method, episodes: EpisodeSet, indices) -> np.ndarray:
     device = getattr(method, "device", None) or CPU  # where the method's features are (methods/base.py)
     support = torch.from_numpy(episodes.support[idx]).to(device)
     query, order = in_row_order(episodes.query[idx])
-    support_y = torch.arange(episodes.n_way, device=device).repeat_interleave(episodes.k_shot).expand(len(idx), -1)
+    support_y = torch.arange(episodes.n_way, device=device).repeat_interleave(episodes.n_shot).expand(len(idx), -1)
     scores = to_numpy(method.predict_batch(support, support_y, torch.from_numpy(query).to(device),
                                            episodes.n_way).float())
     return in_query_order(scores, order)

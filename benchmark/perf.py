@@ -75,7 +75,7 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
 
     class SameEpisodes(TaskSampler):
         def __init__(self, episodes):  # TaskSampler's own __init__ would index the dataset for random draws
-            self.n_way, self.n_shot, self.n_query, self.n_tasks = (episodes.n_way, episodes.k_shot,
+            self.n_way, self.n_shot, self.n_query, self.n_tasks = (episodes.n_way, episodes.n_shot,
                                                                    episodes.n_query, len(episodes))
             self.episodes = episodes
 

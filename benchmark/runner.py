@@ -140,7 +140,7 @@ def stream_id(episodes: EpisodeSet) -> str:
 
 
 def manifest_path(folder: Path, task: Task, episodes: EpisodeSet) -> Path:
-    return folder / (f"{file_stem(task.name)}-{episodes.n_way}w{episodes.k_shot}s{episodes.n_query}q-"
+    return folder / (f"{file_stem(task.name)}-{episodes.n_way}w{episodes.n_shot}s{episodes.n_query}q-"
                      f"seed{episodes.seed}-{stream_id(episodes)}.npz")
 
 
@@ -332,7 +332,7 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
                 append_rows(out, rows)
                 rows.clear()
 
-        with progress.task(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
+        with progress.bar(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
             answer = episode_results if executor is None else executor.results
             for i, result, seconds in answer(method, episodes, plan.pending, config.seed, task.class_names, spec.label):
                 rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
@@ -363,7 +363,7 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
         with blamed(label, "predict_batch", f" (episodes {pending[0]}-{pending[-1]})"):
             yield from chunked_results(method, episodes, pending, class_names, time.perf_counter)
         return
-    k = episodes.k_shot
+    k = episodes.n_shot
     for i in pending:
         episode = episodes.episode(i)
         rng = np.random.default_rng([seed, k, i, 7919])

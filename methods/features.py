@@ -79,7 +79,7 @@ def load_image(path: str, size: int) -> np.ndarray:
 def decode_images(paths, size: int, progress: Progress = SILENT, workers: int | None = None) -> np.ndarray:
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     workers = workers or min(4, os.cpu_count() or 1)
-    with progress.task(f"decoding {len(paths)} images", len(paths)) as advance, ThreadPoolExecutor(workers) as pool:
+    with progress.bar(f"decoding {len(paths)} images", len(paths)) as advance, ThreadPoolExecutor(workers) as pool:
         for i, array in enumerate(pool.map(lambda p: load_image(p, size), paths, chunksize=32)):
             out[i] = array
             advance(1)
@@ -119,7 +119,7 @@ def run_model(module: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
             return to_numpy(module(normalize(batch)).float())
 
     chunks = []
-    with progress.task(description, len(images)) as advance:
+    with progress.bar(description, len(images)) as advance:
         if _inference_threads is None:
             for start in starts:
                 chunks.append(forward(start))

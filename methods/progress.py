@@ -9,7 +9,7 @@ class Progress:
     """Silent by default; the CLI passes one that draws rich progress bars and prints status lines."""
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def bar(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n=1: None
 
     def log(self, message: str) -> None:

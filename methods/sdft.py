@@ -120,7 +120,7 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
         order = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
         total, count = 0.0, 0
         starts = range(0, len(order), opts["batch_size"])
-        with progress.task(f"sdft step 1: epoch {epoch}/{opts['epochs']}, batches of {opts['batch_size']}",
+        with progress.bar(f"sdft step 1: epoch {epoch}/{opts['epochs']}, batches of {opts['batch_size']}",
                            len(starts)) as advance:
             for start in starts:
                 batch = order[start : start + opts["batch_size"]]

@@ -143,7 +143,7 @@ class EpisodeSet:
     task: str
     stream: str  # identifies the episode stream: task fingerprint, pool, N, K, Q, seed, sampler version
     n_way: int
-    k_shot: int
+    n_shot: int
     n_query: int
     seed: int
     classes: np.ndarray  # (E, N)
@@ -158,7 +158,7 @@ class EpisodeSet:
             index=i,
             classes=self.classes[i],
             support_idx=self.support[i],
-            support_y=np.repeat(np.arange(self.n_way), self.k_shot),
+            support_y=np.repeat(np.arange(self.n_way), self.n_shot),
             query_idx=self.query[i],
             query_y=np.repeat(np.arange(self.n_way), self.n_query),
         )
@@ -176,7 +176,8 @@ class EpisodeSet:
     def save(self, path: Path) -> None:
         """Write the manifest atomically (a temporary file beside it, fsync, rename): a killed run or a full disk
         leaves the old manifest or none, never a truncated one."""
-        meta = dict(task=self.task, stream=self.stream, n_way=self.n_way, k_shot=self.k_shot,
+        # the manifest format keeps its key `k_shot` (files written before the rename stay readable)
+        meta = dict(task=self.task, stream=self.stream, n_way=self.n_way, k_shot=self.n_shot,
                     n_query=self.n_query, seed=self.seed, digest=self.digest)
         atomic_write(Path(path), lambda f: np.savez(f, classes=self.classes, support=self.support, query=self.query,
                                                    meta=json.dumps(meta)))
@@ -187,6 +188,7 @@ class EpisodeSet:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
+                meta["n_shot"] = meta.pop("k_shot")
                 digest = meta.pop("digest")
                 eps = cls(classes=z["classes"], support=z["support"], query=z["query"], **meta)
         except OSError as exc:
@@ -239,7 +241,7 @@ def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int
     episodes = [sample_episode(index, n_way, k, q, episode_rng(seed, n_way, k, q, i), eligible, i)
                 for i in range(n_episodes)]
     return EpisodeSet(
-        task=task, stream=stream, n_way=n_way, k_shot=k, n_query=q, seed=seed,
+        task=task, stream=stream, n_way=n_way, n_shot=k, n_query=q, seed=seed,
         classes=np.stack([e.classes for e in episodes]),
         support=np.stack([e.support_idx for e in episodes]),
         query=np.stack([e.query_idx for e in episodes]),

@@ -80,11 +80,11 @@ class Task:
     def target_index(self) -> PoolIndex:
         return PoolIndex(self.table.labels, self.table.groups, self.target)
 
-    def episodes(self, n_way: int, k_shot: int, n_query: int, n_episodes: int, seed: int) -> EpisodeSet:
+    def episodes(self, n_way: int, n_shot: int, n_query: int, n_episodes: int, seed: int) -> EpisodeSet:
         if self.plain is not None:  # the target rows lead the table: a source leaves every episode as it is
-            return self.plain.episodes(n_way, k_shot, n_query, n_episodes, seed)
-        stream = f"{self.name}|{self.identity()}|{n_way}|{k_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
-        return sample_episodes(self.name, stream, self.target_index(), n_way, k_shot, n_query, n_episodes,
+            return self.plain.episodes(n_way, n_shot, n_query, n_episodes, seed)
+        stream = f"{self.name}|{self.identity()}|{n_way}|{n_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
+        return sample_episodes(self.name, stream, self.target_index(), n_way, n_shot, n_query, n_episodes,
                                seed, self.class_names)
 
 

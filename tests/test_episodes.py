@@ -150,9 +150,9 @@ def test_infeasible_request_suggests_alternatives():
     assert all(2 in ep.classes for ep in episodes)
 
 
-@pytest.mark.parametrize("bad", [dict(n_way=1), dict(k_shot=0), dict(n_query=0), dict(n_episodes=0)])
+@pytest.mark.parametrize("bad", [dict(n_way=1), dict(n_shot=0), dict(n_query=0), dict(n_episodes=0)])
 def test_non_positive_sizes_are_user_errors(task, bad):
-    args = dict(n_way=2, k_shot=1, n_query=1, n_episodes=3, seed=0) | bad
+    args = dict(n_way=2, n_shot=1, n_query=1, n_episodes=3, seed=0) | bad
     with pytest.raises(UserError):
         task.episodes(**args)
 

@@ -120,7 +120,7 @@ def test_step1_shows_batches_of_each_epoch_and_forecasts_from_the_last_run(tiny)
 
     class Recorder(Progress):
         @contextmanager
-        def task(self, description, total):
+        def bar(self, description, total):
             bars.append([description, total, 0])
             yield lambda n=1: bars[-1].__setitem__(2, bars[-1][2] + n)
 

@@ -87,7 +87,7 @@ def cmd_verify(args) -> int:
     started = time.perf_counter()
     table = load_dataset(args.name, Path(args.data_dir or default_data_dir()))
     progress = RichProgressReporter(enabled=not args.quiet)
-    with progress.task(f"decoding {len(table)} images", len(table)) as advance:
+    with progress.bar(f"decoding {len(table)} images", len(table)) as advance:
         problems = verify_images(list(table.paths), args.image_size, advance)
     if problems:
         more = f" (and {len(problems) - 1} more unreadable images)" if len(problems) > 1 else ""

@@ -41,7 +41,7 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
     method.fit(ctx.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
     fitted = time.perf_counter()
     probs = np.full((ctx.grid.n, n_way), np.nan, np.float32)
-    with progress.task(f"classifying {len(targets)} windows", len(targets)) as advance:
+    with progress.bar(f"classifying {len(targets)} windows", len(targets)) as advance:
         for start in range(0, len(targets), chunk):
             windows = targets[start : start + chunk]
             scores = check_scores(method.predict(ctx.window_indices(windows)), (len(windows), n_way), what,

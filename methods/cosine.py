@@ -17,7 +17,10 @@ class CosineClassifier(nn.Module):
 
     @torch.no_grad()
     def init_from_prototypes(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """"Pretraining" of the head: each class weight is the mean of its L2-normalised support features."""
+        """"Pretraining" of the head: each class weight is the mean of its L2-normalised support features.
+
+        A per-class mean rather than nearest_mean.class_means: the two round differently, and this one made
+        the shipped sdft-no-step1 rows (method version 1), which the current code reproduces."""
         normed = F.normalize(x, dim=-1)
         for c in range(self.weight.shape[0]):
             self.weight[c] = normed[y == c].mean(0)

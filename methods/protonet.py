@@ -13,17 +13,13 @@ from torch import nn
 from methods.base import Context
 from methods.cache import cache_key
 from methods.devices import CPU, cpu_state, to_numpy
-from methods.nearest_mean import NearestClassMean, neg_sq_distances
+from methods.nearest_mean import NearestClassMean, class_means, neg_sq_distances
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
 from tasks.errors import UserError
 
-
-def prototypes(x: torch.Tensor, y: torch.Tensor, n_way: int) -> torch.Tensor:
-    """(..., n_way, D) class means; x (..., n, D), y (..., n) in 0..n_way-1, batched over leading dims, as a
-    one-hot product (meta-training; episodes use nearest_mean.class_means)."""
-    onehot = nn.functional.one_hot(y, n_way).to(x.dtype)  # (..., n, N)
-    return onehot.transpose(-1, -2) @ x / onehot.sum(-2).unsqueeze(-1)
+# 2: class means through nearest_mean.class_means (other rounding than the one-hot product of version 1)
+EMBED_VERSION = 2
 
 
 def train_embedding(features: np.ndarray, index: PoolIndex, n_way: int, n_shot: int, n_query: int, steps: int,
@@ -45,7 +41,8 @@ def train_embedding(features: np.ndarray, index: PoolIndex, n_way: int, n_shot: 
         ep = sample_episode(index, n_way, n_shot, n_query, rng, eligible)
         s_idx, q_idx = (torch.from_numpy(i).to(device) for i in (ep.support_idx, ep.query_idx))
         s, q = embed(x_all[s_idx]), embed(x_all[q_idx])
-        logits = neg_sq_distances(q, prototypes(s, torch.from_numpy(ep.support_y).to(device), n_way))
+        support_y = torch.from_numpy(ep.support_y).to(device)
+        logits = neg_sq_distances(q, class_means(s, torch.arange(len(support_y), device=device), support_y, n_way))
         loss = nn.functional.cross_entropy(logits / x_all.shape[1] ** 0.5, torch.from_numpy(ep.query_y).to(device))
         opt.zero_grad()
         loss.backward()
@@ -71,7 +68,7 @@ class ProtoNet(NearestClassMean):
         super().prepare(ctx)
         if not self.metatrain:
             return
-        key = cache_key("protonet-embed", ctx.task_key, ctx.features_key(), self.config(), ctx.seed)
+        key = cache_key("protonet-embed", EMBED_VERSION, ctx.task_key, ctx.features_key(), self.config(), ctx.seed)
 
         def train():
             embed = train_embedding(to_numpy(self.features), ctx.base_episodes(), self.train_way, self.train_shots,

@@ -32,6 +32,7 @@ from methods.cache import cache_key
 from methods.cosine import CosineClassifier
 from methods.devices import CPU, cpu_state, device_key, to_numpy
 from methods.features import NUMERICS_VERSION, run_model
+from methods.nearest_mean import class_means
 from methods.optim import Adam
 from methods.progress import SILENT, Progress
 from methods.registry import register_method
@@ -262,7 +263,7 @@ class SDFT(FewShotMethod):
             if isinstance(self.classifier, CosineClassifier):
                 self.classifier.init_from_prototypes(features, y)
             else:  # same "pretraining" for the ablation: weights = class means, zero bias
-                self.classifier.weight.copy_(torch.stack([features[y == c].mean(0) for c in range(n_way)]))
+                self.classifier.weight.copy_(class_means(features, torch.arange(len(y), device=y.device), y, n_way))
                 self.classifier.bias.zero_()
         opt = Adam([  # torch.optim.Adam's arithmetic without importing torch._dynamo (methods/optim.py)
             {"params": self.top.parameters(), "lr": self.opts["lr_top"]},

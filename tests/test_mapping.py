@@ -374,7 +374,7 @@ def test_without_the_gis_extra_gis_files_say_how_to_install_it(tmp_path, capsys,
 @pytest.mark.slow
 def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, capsys):
     """bench craters run on the CTX block (coarse windows, a tiny base task): rows appended under the lock, a
-    second identical run maps nothing and appends nothing."""
+    second identical run maps nothing and appends nothing, --fresh sets the old rows aside."""
     folder_like(tmp_path / "base", per_class=6)
     args = ["craters", "run", "--method", "protonet", "--shots", "3", "--seeds", "0,1", "--window", "128", "--stride",
             "128", "--image-size", "32", "--task", f"folder:{tmp_path / 'base'}", "--data-dir", str(real_data_dir),
@@ -389,6 +389,10 @@ def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, cap
     assert main(args) == 0
     assert (tmp_path / "out" / "ctx.csv").read_text() == rows
     assert "map in" not in capsys.readouterr().err
+    # --fresh recomputes, and the rows it replaces move aside: results are never deleted
+    assert main(args + ["--fresh"]) == 0
+    assert (tmp_path / "out" / "ctx.set-aside.csv").read_text() == rows
+    assert (tmp_path / "out" / "ctx.csv").read_text().count("\n") == 1 + 2 * 2
 
 
 def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):

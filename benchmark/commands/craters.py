@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
     run.add_argument("--out", default="results/ctx-craters", help="appends to OUT.csv, writes OUT.md")
     run.add_argument("--threads", type=positive_int("threads"), default=None)
-    run.add_argument("--fresh", action="store_true", help="delete OUT.csv first instead of resuming it")
+    run.add_argument("--fresh", action="store_true",
+                     help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv")
     run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=cmd_run)
@@ -120,17 +121,46 @@ def cmd_score(args) -> int:
     return 0
 
 
+def smoothed_scores(probabilities, grid, boxes, smoothings, progress):
+    """(smoothing, strength, score_labels' scores) of one map under each smoothing."""
+    from benchmark.mapping.craters import CLASSES, score_labels
+    from benchmark.mapping.smoothing import smooth
+
+    out = []
+    for smoothing, strength in smoothings:
+        labels_grid = smooth(probabilities, smoothing, strength if smoothing != "none" else None)
+        scores = score_labels(grid, boxes, labels_grid, CLASSES.index("crater"))
+        progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
+                     f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
+        out.append((smoothing, strength, scores))
+    return out
+
+
+def write_table(path: Path, out_csv: Path, wanted: set[tuple], labels: list[str], meta: dict) -> None:
+    """The markdown table of the rows whose key is in `wanted` (the file may hold other settings' rows too),
+    methods in command-line order, then shots, smoothing (none before mrf) and seed; printed as well."""
+    from benchmark.mapping.craters import CRATERS, markdown, summarize_craters
+    from benchmark.results import read_results
+
+    frame = read_results(out_csv, CRATERS)
+    frame = frame[[tuple(str(v) for v in row) in wanted for row in frame[CRATERS.key].itertuples(index=False)]]
+    rank = {"method": {label: i for i, label in enumerate(labels)}, "smoothing": {"none": 0, "mrf": 1}}
+    frame = frame.sort_values(["method", "shots", "smoothing", "seed"],
+                              key=lambda c: c.map(lambda v: rank[c.name].get(v, len(rank[c.name])))
+                              if c.name in rank else c).reset_index(drop=True)
+    path.write_text(markdown(frame, summarize_craters(frame), meta))
+    print(path.read_text())
+
+
 def cmd_run(args) -> int:
     import torch
 
     from benchmark.console import RichProgressReporter
-    from benchmark.mapping.craters import (CLASSES, CRATERS, draw_points, markdown, regions, score_labels,
-                                           summarize_craters, write_scene)
+    from benchmark.mapping.craters import CLASSES, CRATERS, draw_points, regions, write_scene
     from benchmark.mapping.map import map_scene
     from benchmark.mapping.points import read_points, write_points
     from benchmark.mapping.scene import Scene
-    from benchmark.mapping.smoothing import smooth
-    from benchmark.results import append_rows, check_results_path, read_results
+    from benchmark.results import append_rows, check_results_path, read_results, set_aside, set_aside_path
     from benchmark.runner import MethodSpec
     from methods.cache import Cache
     from methods.devices import device_name, resolve_device
@@ -151,8 +181,6 @@ def cmd_run(args) -> int:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {args.out}: its folder cannot be created ({exc.strerror})") from None
-    if args.fresh and out_csv.exists():
-        out_csv.unlink()
     check_results_path(out_csv, CRATERS)
     work = Path(args.work)
     scene_path = write_scene(data_dir, work)
@@ -171,6 +199,11 @@ def cmd_run(args) -> int:
             "n_seeds": len(args.seeds), "method_seed": args.method_seed, "csv": str(out_csv),
             "command": " ".join(["bench"] + sys.argv[1:])}
     smoothings = (("none", 0.0), ("mrf", float(args.beta)))
+    if args.fresh:  # never delete results: the rows this command recomputes move aside
+        moved = set_aside(out_csv, CRATERS, [{"method": spec.label, "shots": k, "smoothing": s, "strength": b}
+                                             for spec in specs for k in args.shots for s, b in smoothings])
+        if moved:
+            progress.log(f"--fresh: moved {moved} rows from {out_csv} to {set_aside_path(out_csv)}")
 
     def key(spec, k, seed, smoothing, strength) -> tuple:
         values = {"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing, "strength": strength,
@@ -193,7 +226,8 @@ def cmd_run(args) -> int:
                     xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
                     write_points(points_path, xy, labels)
                     points = read_points(points_path, grid, list(CLASSES))
-                    example = args.example and (spec.label, k, seed) == (specs[-1].label, max(args.shots), args.seeds[0])
+                    example = args.example and (spec.label, k, seed) == (specs[-1].label, max(args.shots),
+                                                                         args.seeds[0])
                     started = time.perf_counter()
                     # the draw seed picks the labelled windows; the method's own seed (pre-training, e.g. SDFT's
                     # step 1) stays fixed, so every draw adapts the same pre-trained model
@@ -204,27 +238,16 @@ def cmd_run(args) -> int:
                     seconds = time.perf_counter() - started
                     progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
                                  f"({json.dumps(result.summary['timings'])})")
-                    rows = []
-                    for smoothing, strength in smoothings:
-                        labels_grid = smooth(result.probabilities, smoothing, strength if smoothing != "none" else None)
-                        scores = score_labels(grid, boxes, labels_grid, CLASSES.index("crater"))
-                        rows.append({"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing,
-                                     "strength": strength, **scores,
-                                     "method_seed": args.method_seed, "map_seconds": round(seconds, 2),
-                                     "prepare_seconds": result.summary["timings"]["prepare_s"],
-                                     "window": grid.window, "stride": grid.stride, "image_size": args.image_size,
-                                     "device": device_name(device)})
-                        progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
-                                     f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
+                    rows = [{"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing,
+                             "strength": strength, **scores, "method_seed": args.method_seed,
+                             "map_seconds": round(seconds, 2),
+                             "prepare_seconds": result.summary["timings"]["prepare_s"],
+                             "window": grid.window, "stride": grid.stride, "image_size": args.image_size,
+                             "device": device_name(device)}
+                            for smoothing, strength, scores in smoothed_scores(result.probabilities, grid, boxes,
+                                                                               smoothings, progress)]
                     append_rows(out_csv, rows, CRATERS)
-    # the table shows this command's rows only (the file may hold other settings' rows too)
-    frame = read_results(out_csv, CRATERS)
-    wanted = {key(spec, k, seed, s, b) for spec in specs for k in args.shots for seed in args.seeds for s, b in smoothings}
-    frame = frame[[tuple(str(v) for v in row) in wanted for row in frame[CRATERS.key].itertuples(index=False)]]
-    order = {s.label: i for i, s in enumerate(specs)}
-    smoothing_order = {"none": 0, "mrf": 1}
-    frame = frame.sort_values(["method", "shots", "smoothing", "seed"], key=lambda c: c.map(lambda m: order.get(m, len(order))) if c.name ==
-                              "method" else c.map(smoothing_order) if c.name == "smoothing" else c).reset_index(drop=True)
-    Path(f"{args.out}.md").write_text(markdown(frame, summarize_craters(frame), meta))
-    print(Path(f"{args.out}.md").read_text())
+    wanted = {key(spec, k, seed, s, b)
+              for spec in specs for k in args.shots for seed in args.seeds for s, b in smoothings}
+    write_table(Path(f"{args.out}.md"), out_csv, wanted, [spec.label for spec in specs], meta)
     return 0

@@ -73,7 +73,7 @@ def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
 
 
 # Pace of step 1 where nothing was recorded yet: about 2.5 min per epoch over hirise-regions' 2,289 base images at
-# 128 px with efficientnet_lite0 on a 2-core CPU (measured for issue 11). Only for a first, rough forecast; every
+# 128 px with efficientnet_lite0 on a 2-core CPU (README, Performance). Only for a first, rough forecast; every
 # run records its own time in the cache, and the next run's forecast uses that.
 REFERENCE_SECONDS_PER_IMAGE_EPOCH = 150.0 / 2289
 REFERENCE_IMAGE_SIZE = 128

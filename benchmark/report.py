@@ -15,6 +15,7 @@ import pandas as pd
 from benchmark.leaderboard import HEADERS, display_rows, leaderboard
 from benchmark.stats import class_accuracy, mean_ci, pm
 from tasks.errors import UserError
+from tasks.files import atomic_output, atomic_write_text
 
 # A report page per task setting: the same task, ways, queries and seed at every shots value.
 FAMILY = ["task", "ways", "queries", "seed"]
@@ -31,7 +32,8 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, format="png", metadata={"Software": None})
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
 
 
 def _colors(names: list[str]) -> dict[str, tuple]:
@@ -195,5 +197,5 @@ written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>
 </body></html>
 """
     report = out_dir / "report.html"
-    report.write_text(page, encoding="utf-8")
+    atomic_write_text(report, page)
     return written + [report]

@@ -24,6 +24,7 @@ from benchmark.stats import compare_methods, pm
 from methods.progress import SILENT, Progress
 from methods.registry import create_method, method_info, option_names
 from tasks.errors import UserError, closest
+from tasks.files import atomic_write_text
 
 CHOICE_RULE = ("highest mean accuracy; the default setting stays when the 95% CI of its paired difference to "
                "that setting includes zero")
@@ -156,7 +157,7 @@ def tune(config: TuneConfig, progress: Progress = SILENT) -> Tuned:
     written = table.assign(task=f"{config.task}@{VALIDATION}", shots=config.shots, ways=config.n_way,
                            queries=config.n_query, seed=config.seed, rule=CHOICE_RULE)
     try:
-        written.to_csv(path, index=False)
+        atomic_write_text(path, written.to_csv(index=False))
     except OSError as exc:
         raise UserError(f"cannot write the tuning table {path} ({exc.strerror}); choose another with --table") from None
     return Tuned(table, chosen, default, run.results_path())

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.cli import add_common, add_task_options, default_data_dir, int_list, positive_int, seed_list
+from tasks.files import atomic_write_text
 
 DEFAULT_METHODS = ["protonet", "linear-probe"]
 
@@ -148,7 +149,7 @@ def write_table(path: Path, out_csv: Path, wanted: set[tuple], labels: list[str]
     frame = frame.sort_values(["method", "shots", "smoothing", "seed"],
                               key=lambda c: c.map(lambda v: rank[c.name].get(v, len(rank[c.name])))
                               if c.name in rank else c).reset_index(drop=True)
-    path.write_text(markdown(frame, summarize_craters(frame), meta))
+    atomic_write_text(path, markdown(frame, summarize_craters(frame), meta))
     print(path.read_text())
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from tasks.files import atomic_write_text
 
 
 def add_parser(sub) -> None:
@@ -36,7 +37,7 @@ def cmd_leaderboard(args) -> int:
         text = FORMATS[args.format](board)
         if args.out:
             try:
-                Path(args.out).write_text(text)
+                atomic_write_text(Path(args.out), text)
             except OSError as exc:
                 raise UserError(f"cannot write {args.out} ({exc.strerror})") from None
         else:
@@ -60,7 +61,7 @@ def cmd_published(args) -> int:
         print_tables(stdout, rich_tables(blocks))
     elif args.format in ("table", "markdown"):
         if args.out:
-            Path(args.out).write_text(markdown(blocks))
+            atomic_write_text(Path(args.out), markdown(blocks))
         else:
             stdout.print(markdown(blocks), highlight=False, markup=False)
     else:

@@ -39,6 +39,7 @@ from benchmark.stats import pm as stats_pm
 from tasks.datasets.ctx_murray import CLASSES, DATASET, RIM_BAND, TRAIN_X, load_ctx, window_truth
 from tasks.errors import UserError
 from tasks.windows import WindowGrid
+from tasks.files import atomic_output
 
 
 def regions(grid: WindowGrid) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +85,10 @@ def write_scene(data_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "ctx-scene.png"
     if not path.exists():
-        Image.fromarray(scene).save(path)
-    np.savetxt(out / "craters.txt", boxes, fmt="%.4f")
+        with atomic_output(path) as tmp:
+            Image.fromarray(scene).save(tmp)
+    with atomic_output(out / "craters.txt") as tmp:
+        np.savetxt(tmp, boxes, fmt="%.4f")
     return path
 
 
@@ -134,7 +137,8 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
     out.paste(image, (0, 0))
     out.paste(legend, (0, image.size[1]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path, optimize=True)
+    with atomic_output(path) as tmp:
+        out.save(tmp, optimize=True)
 
 
 # The per-seed rows of `bench craters run` (results/ctx-craters.csv), appended under benchmark.results' lock.

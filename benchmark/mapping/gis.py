@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmark.mapping.scene import apply_geotransform, import_rasterio
 from tasks.windows import WindowGrid
+from tasks.files import atomic_output
 
 LABEL_NODATA = 255
 TILE = 512
@@ -69,8 +70,9 @@ def _write_rasters(out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs
     from rasterio.windows import Window
 
     n_classes = len(class_names)
-    with rasterio.open(out / "labels.tif", "w", **_profile(scene, 1, "uint8", LABEL_NODATA)) as lab_dst, \
-            rasterio.open(out / "probabilities.tif", "w", **_profile(scene, n_classes, "float32", np.nan)) as prob_dst:
+    with atomic_output(out / "labels.tif") as lab_path, atomic_output(out / "probabilities.tif") as prob_path, \
+            rasterio.open(lab_path, "w", **_profile(scene, 1, "uint8", LABEL_NODATA)) as lab_dst, \
+            rasterio.open(prob_path, "w", **_profile(scene, n_classes, "float32", np.nan)) as prob_dst:
         lab_dst.write_colormap(1, {c: _hex_rgba(colours[c]) for c in range(n_classes)})
         lab_dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)))
         lab_dst.update_tags(1, **{f"CLASS_{c}": name for c, name in enumerate(class_names)})
@@ -131,12 +133,10 @@ def write_polygons(path: Path, scene, grid: WindowGrid, labels: np.ndarray, prob
         ids.append(int(value))
     ids = np.asarray(ids, np.int64)
     geoms = shapely.transform(np.asarray(geoms, dtype=object), grid_to_map) if geoms else np.empty(0, object)
-    if path.exists():
-        path.unlink()
     cls = region_class[ids] if len(ids) else np.empty(0, np.int64)
-    with warnings.catch_warnings():  # a layer without a CRS is what a scene without georeferencing gives
+    with warnings.catch_warnings(), atomic_output(path) as tmp:  # no CRS: a scene without georeferencing
         warnings.simplefilter("ignore", UserWarning)
-        pyogrio.raw.write(path, shapely.to_wkb(geoms) if len(geoms) else np.empty(0, object),
+        pyogrio.raw.write(tmp, shapely.to_wkb(geoms) if len(geoms) else np.empty(0, object),
                           [cls.astype(np.int32), np.asarray([class_names[c] for c in cls], dtype=object),
                            mean_prob[ids].astype(np.float64), windows[ids].astype(np.int32),
                            shapely.area(geoms).astype(np.float64) if len(geoms) else np.empty(0)],

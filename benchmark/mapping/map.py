@@ -19,6 +19,7 @@ from benchmark.scoring import check_scores
 from methods.progress import SILENT, Progress
 from tasks.errors import UserError
 from tasks.windows import WindowGrid
+from tasks.files import atomic_output
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -127,8 +128,9 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
         t0 = time.perf_counter()
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "probabilities.npy", probs)
-        np.save(out / "labels.npy", labels.astype(np.int16))
+        for name, array in (("probabilities.npy", probs), ("labels.npy", labels.astype(np.int16))):
+            with atomic_output(out / name) as tmp:
+                np.save(tmp, array)
         title = f"{method_spec.label}, window {grid.window} stride {grid.stride}, smoothing {smoothing}"
         files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, preview, title=title)
         timings["write_s"] = time.perf_counter() - t0

@@ -13,6 +13,7 @@ Every problem is a one-line UserError naming the file and the row or feature.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from tasks.errors import UserError, closest
 from tasks.windows import WindowGrid
+from tasks.files import atomic_write_text
 
 VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"})
 COVER_FRACTION = 0.5  # a polygon selects the windows whose cells it covers by more than this fraction
@@ -217,10 +219,9 @@ def _samples(path: Path, grid: WindowGrid, xs, ys, names, where, classes, min_pe
 
 
 def write_points(path: str | Path, xy: np.ndarray, labels) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["x", "y", "label"])
-        for (x, y), label in zip(np.asarray(xy), labels):
-            writer.writerow([f"{x:g}", f"{y:g}", label])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")  # csv's own default, as the file was written before
+    writer.writerow(["x", "y", "label"])
+    for (x, y), label in zip(np.asarray(xy), labels):
+        writer.writerow([f"{x:g}", f"{y:g}", label])
+    atomic_write_text(Path(path), buf.getvalue())

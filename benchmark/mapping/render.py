@@ -8,6 +8,7 @@ import numpy as np
 
 from benchmark.mapping.points import Points
 from tasks.windows import WindowGrid
+from tasks.files import atomic_output, atomic_write_text
 
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
@@ -64,12 +65,13 @@ def render_maps(out: Path, scene, grid: WindowGrid, labels: np.ndarray, class_na
                                marker="o", facecolor=colours[c], edgecolor="white", linewidth=0.8)
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
                    title=title or None, title_fontsize=8)
-        fig.savefig(out / name, dpi=dpi)
+        with atomic_output(out / name) as tmp:
+            fig.savefig(tmp, dpi=dpi)
         plt.close(fig)
         written.append(name)
     return written
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    path.write_text(json.dumps(summary, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    atomic_write_text(path, json.dumps(summary, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
                     + "\n")

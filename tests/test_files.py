@@ -1,0 +1,25 @@
+"""Outputs written at once: a writer that fails leaves the old file (or none) and no partial file beside it."""
+import numpy as np
+import pytest
+
+from tasks.files import atomic_output, atomic_write_text
+
+
+def test_a_failed_write_leaves_the_old_output_and_no_partial_file(tmp_path):
+    target = tmp_path / "out" / "labels.npy"
+    with atomic_output(target) as tmp:
+        assert tmp.suffix == ".npy" and tmp.parent == target.parent  # writers pick the format by the suffix
+        np.save(tmp, np.arange(3))
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            np.save(tmp, np.arange(5))
+            raise RuntimeError("killed half way")
+    assert np.load(target).tolist() == [0, 1, 2]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["labels.npy"]
+
+
+def test_atomic_text_replaces_the_whole_file(tmp_path):
+    path = tmp_path / "table.md"
+    atomic_write_text(path, "a much longer first version\n")
+    atomic_write_text(path, "short\n")
+    assert path.read_text() == "short\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]

@@ -51,8 +51,6 @@ FIXED_K = Schema(
               "preprocessing", "git_commit", "versions", "timestamp"),
 )
 SCHEMA_VERSION = FIXED_K.version
-COLUMNS = list(FIXED_K.columns)
-KEY = FIXED_K.key
 PREDICT_CHUNK = 4096  # test images per predict call
 
 

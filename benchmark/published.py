@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import html
-import math
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark.stats import pm
 from tasks.errors import UserError
 
 REFERENCE = Path(__file__).parent / "reference" / "marsbench-fewshot.csv"
@@ -54,7 +54,7 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
         theirs = reference[reference["dataset"] == name] if name else reference.iloc[:0]
         summary = summarize_over_seeds(g.drop(columns=["task"]).assign(method=entries(g)))
         for shots, s in summary.groupby("shots", sort=True):
-            lines = [["marsfsl", r["method"], pct(r["weighted_f1"], r["weighted_f1_ci95"]), str(r["seeds"]),
+            lines = [["marsfsl", r["method"], pm(r["weighted_f1"], r["weighted_f1_ci95"], digits=1, undefined="n/a"), str(r["seeds"]),
                       "this run"] for _, r in s.sort_values("weighted_f1", ascending=False).iterrows()]
             at_k = theirs[theirs["shots"] == shots]
             lines += [["published", f"{r['backbone']} ({r['training']})", f"{100 * r['weighted_f1_mean']:.1f}",
@@ -74,10 +74,6 @@ def entries(rows: pd.DataFrame) -> pd.Series:
     several = variant.groupby(label).transform("nunique") > 1
     tag = variant.map(lambda v: " [" + hashlib.sha256(v.encode()).hexdigest()[:6] + "]")
     return label.where(~several, label + tag)
-
-
-def pct(mean: float, half: float) -> str:
-    return f"{100 * mean:.1f} ± {'n/a' if math.isnan(half) else f'{100 * half:.1f}'}"
 
 
 def rich_tables(blocks):

@@ -278,7 +278,7 @@ def _existing_keys(path: Path, key: list[str]) -> set[tuple[str, ...]]:
         return {tuple(row[c] for c in cols) for row in reader if len(row) == len(header)}
 
 
-def _csv_text(rows: list[dict], columns, header: bool) -> str:
+def csv_text(rows: list[dict], columns, header: bool) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     if header:
@@ -307,7 +307,7 @@ def append_rows(path: Path, rows: list[dict], schema: Schema = EPISODES) -> None
                 return
         try:
             with open(path, "a", newline="") as f:
-                f.write(_csv_text(rows, schema.columns, header=new_file))
+                f.write(csv_text(rows, schema.columns, header=new_file))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:

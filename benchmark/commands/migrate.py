@@ -17,7 +17,6 @@ is computed, not in the data). Running it again changes nothing.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 from benchmark.cli import add_common, default_data_dir
@@ -38,7 +37,7 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     """Migrate one file in place (under its lock); returns what was done, in a few words."""
     from benchmark.fixedk import FIXED_K
     from benchmark.mapping.craters import CRATERS
-    from benchmark.results import COLUMNS_V1, EPISODES, locked, read_results
+    from benchmark.results import COLUMNS_V1, EPISODES, csv_text, locked, read_results
     from tasks.files import atomic_write_bytes
     from benchmark.runner import preprocessing_id
     from tasks.errors import UserError
@@ -80,11 +79,7 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
                     r["schema"] = str(schema.version)
             if identities:
                 r["data"] = identities[r["task"]]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(schema.columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(path, buf.getvalue().encode())
+        atomic_write_bytes(path, csv_text(rows, schema.columns, header=True).encode())
     read_results(path, schema)  # the migrated file is a valid one
     if current:
         what = "refreshed the data identity of"

@@ -128,11 +128,3 @@ def file_digests(paths, cache_dir: Path | str | None = None) -> list[str]:
         if changed:
             _store(cache_file, folder, files)
     return out  # type: ignore[return-value]
-
-
-def content_digest(relative_paths, digests) -> str:
-    """One hash of (relative path, content digest) pairs in table order."""
-    h = hashlib.sha256()
-    for rel, digest in zip(relative_paths, digests):
-        h.update(f"{rel}\x00{digest}\n".encode())
-    return h.hexdigest()

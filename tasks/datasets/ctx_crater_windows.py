@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.datasets.base import ImageTable, table_from_rows
-from tasks.datasets.content import file_digests
+from tasks.datasets.content import default_cache_dir, file_digests
 from tasks.datasets.ctx_murray import CLASSES, DATASET, TILE, TRAIN_X, load_ctx, window_truth
 from tasks.errors import UserError
 from tasks.imageio import DECODER_VERSION
@@ -39,10 +39,6 @@ RULE_VERSION = 1
 WINDOW, STRIDE, LATTICE = 64, 32, 64
 SCENE = 3 * TILE
 MANIFEST = "windows.json"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "marsfsl"))
 
 
 def select_windows(grid: WindowGrid, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -420,3 +420,10 @@ def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
 
     with pytest.raises(ScoreError, match="method nan returned 1 non-finite scores"):
         classify_windows(NaNMethod(), ctx, points, np.random.default_rng(0), what="method nan")
+
+
+def test_the_crater_command_defaults_are_the_crater_rule_s_grid():
+    from benchmark.commands.craters import GRID, SCORED_PART
+    from tasks.datasets.ctx_murray import STRIDE, TILE, TRAIN_X, WINDOW
+
+    assert GRID == (WINDOW, STRIDE) and SCORED_PART == (TRAIN_X, 0, 3 * TILE, 3 * TILE)

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.cli import add_common, add_task_options, default_data_dir, int_list, positive_int, seed_list
+from benchmark.defaults import DEFAULTS
 from tasks.files import atomic_write_text
+
+# tasks.datasets.ctx_murray's WINDOW, STRIDE and (TRAIN_X, 0, 3 TILE, 3 TILE), written out so that `bench` starts
+# without importing the datasets (tests/test_mapping.py checks they are equal)
+GRID = (64, 32)
+SCORED_PART = (1248, 0, 3744, 3744)
 
 DEFAULT_METHODS = ["protonet", "linear-probe"]
 
@@ -27,8 +33,8 @@ def add_parser(sub) -> None:
 
     def common(q, grid=True):
         if grid:
-            q.add_argument("--window", type=positive_int("window"), default=64)
-            q.add_argument("--stride", type=positive_int("stride"), default=32)
+            q.add_argument("--window", type=positive_int("window"), default=GRID[0])
+            q.add_argument("--stride", type=positive_int("stride"), default=GRID[1])
         add_common(q)
 
     run = verbs.add_parser("run", help="build samples, map, score; append rows to OUT.csv, write OUT.md")
@@ -41,7 +47,7 @@ def add_parser(sub) -> None:
     run.add_argument("--method-seed", type=int, default=0, help="the methods' seed (pre-training, fitting)")
     add_task_options(run, "base task the methods pre-train on")
     run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
-    run.add_argument("--out", default="results/ctx-craters", help="appends to OUT.csv, writes OUT.md")
+    run.add_argument("--out", default=str(DEFAULTS.reference / "ctx-craters"), help="appends to OUT.csv, writes OUT.md")
     run.add_argument("--threads", type=positive_int("threads"), default=None)
     run.add_argument("--fresh", action="store_true",
                      help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv")
@@ -58,7 +64,7 @@ def add_parser(sub) -> None:
     common(score, grid=False)
     score.add_argument("--map", required=True)
     score.add_argument("--figure", default=None, help="also draw hits, false alarms and misses into this PNG")
-    score.add_argument("--crop", type=_crop, default=[1248, 0, 3744, 3744],
+    score.add_argument("--crop", type=_crop, default=list(SCORED_PART),
                        help="x0,y0,x1,y1 of the part to draw (default: the scored two thirds)")
     score.add_argument("--size", type=positive_int("size"), default=1000, help="longest side of the figure in pixels")
     score.set_defaults(handler=cmd_score)

@@ -30,13 +30,13 @@ import numpy as np
 
 from tasks.datasets.base import ImageTable, table_from_rows
 from tasks.datasets.content import default_cache_dir, file_digests
-from tasks.datasets.ctx_murray import CLASSES, DATASET, TILE, TRAIN_X, load_ctx, window_truth
+from tasks.datasets.ctx_murray import CLASSES, DATASET, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, window_truth
 from tasks.errors import UserError
 from tasks.imageio import DECODER_VERSION
 from tasks.windows import WindowGrid
 
 RULE_VERSION = 1
-WINDOW, STRIDE, LATTICE = 64, 32, 64
+LATTICE = 64
 SCENE = 3 * TILE
 MANIFEST = "windows.json"
 

@@ -26,6 +26,7 @@ DATASET = "ctx-murray-craters"
 TILE = 1248
 TRAIN_X = TILE  # samples come from windows wholly left of this column, scores from windows wholly right of it
 CLASSES = ("crater", "non-crater")
+WINDOW, STRIDE = 64, 32  # the grid the crater scoring maps with (and the ctx-craters task is cut from)
 RIM_BAND = (0.8, 1.2)
 MIN_OVERLAP = 0.25
 

@@ -116,6 +116,7 @@ def fixed_k_rows(method, k: int, seeds, sets, n_classes: int) -> list[dict]:
 def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
     """Run (or resume) every method at every shots on the seeds; returns the rows of this configuration. A failing
     method raises MethodFailed, or with a `failures` list is appended there while the others run."""
+    cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
     task = load_task(config.task, config.data_dir, source=config.source)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     pools = fixed_k_pools(task)  # once for every method and shots
@@ -134,7 +135,6 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
         frame = read_fixedk(out)
     done = [reusable_units(frame, FIXED_K, m, c, commit, out, f"{m['method']} {m['shots']}-shot", config.reuse_stale)
             & set(config.seeds) for m, c in keys]
-    cache = Cache(config.cache_dir)
     provenance = {"git_commit": commit, "versions": versions()}
     executor = None
     if config.executor == "ray":

@@ -324,8 +324,9 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
              image_size: int = DEFAULTS.image_size, memory_shots: str = ",".join(map(str, DEFAULTS.shots)), memory_episodes: int = 1,
              log=print, device: torch.device = CPU, ray_method: str | None = None, ray_episodes: int = 40,
              step1_batches: int = 4) -> list[Figure]:
+    cache = Cache(cache_dir)  # first: the digest cache follows it
     task = load_task(task_name, data_dir)
-    ctx = Context(task, Cache(cache_dir), backbone, image_size, device=device)
+    ctx = Context(task, cache, backbone, image_size, device=device)
     log("features (cached after the first run) ...")
     features = torch.from_numpy(ctx.features())
     eps = task.episodes(5, 5, 15, episodes, seed=0)

@@ -251,6 +251,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
     MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
     the other methods still run."""
+    cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
     task = load_task(config.task, config.data_dir, source=config.source, split=config.split)
     methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
@@ -261,7 +262,6 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
     del methods
     manifests = Manifests(out.parent / "manifests", task, progress)
-    cache = Cache(config.cache_dir)
     executor = None
     if config.executor == "ray":
         from benchmark.executors import RayExecutor

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from methods.base import Context
+from methods.devices import to_numpy
 from methods.registry import register_method
 from methods.sdft import SDFT, STEP1_DEFAULTS
 from tasks.errors import UserError
@@ -44,7 +45,9 @@ class BaseClassifier(SDFT):
         if state is None or "classifier.weight" not in state:
             raise UserError("base-classifier needs SDFT's step-1 checkpoint in the cache; run with a writable "
                             "--cache-dir")
-        self.weight, self.bias = state["classifier.weight"].float(), state["classifier.bias"].float()
+        # the head goes where the activations are (--device)
+        self.weight = state["classifier.weight"].float().to(self.device)
+        self.bias = state["classifier.bias"].float().to(self.device)
         if self.weight.shape[0] != len(self.base_classes):
             raise UserError(f"base-classifier: the cached step-1 head has {self.weight.shape[0]} classes, the base "
                             f"pool {len(self.base_classes)}; clear the cache's sdft-step1 entry")
@@ -56,10 +59,10 @@ class BaseClassifier(SDFT):
         if np.any(positions >= len(self.base_classes)) or np.any(self.base_classes[np.minimum(
                 positions, len(self.base_classes) - 1)] != classes):
             raise UserError("base-classifier: an episode class is not a base class")
-        self.rows = torch.from_numpy(positions.astype(np.int64))
+        self.rows = torch.from_numpy(positions.astype(np.int64)).to(self.device)
 
     def predict(self, query_idx):
         self.top.eval()
         with torch.inference_mode():
             features = self.top(self.acts[query_idx]).flatten(1)
-            return (features @ self.weight[self.rows].T + self.bias[self.rows]).numpy()
+            return to_numpy(features @ self.weight[self.rows].T + self.bias[self.rows])

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or what a plain open() would give a new file (mkstemp's are 0600)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Replace `path` by what `write(file)` writes into a binary file."""
     path = Path(path)
@@ -20,6 +30,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -23,3 +23,19 @@ def test_atomic_text_replaces_the_whole_file(tmp_path):
     atomic_write_text(path, "a much longer first version\n")
     atomic_write_text(path, "short\n")
     assert path.read_text() == "short\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_a_rewritten_file_keeps_its_permissions_and_a_new_one_gets_the_umask(tmp_path):
+    import os
+
+    old = tmp_path / "kept.csv"
+    old.write_text("a\n")
+    old.chmod(0o640)
+    atomic_write_text(old, "b\n")
+    assert old.stat().st_mode & 0o777 == 0o640
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.csv", "c\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

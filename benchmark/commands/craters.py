@@ -194,8 +194,8 @@ def cmd_run(args) -> int:
     pixels, boxes = load_ctx(data_dir)
     scene = Scene(str(scene_path), pixels)
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride)
+    cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
     task = load_task(args.task, data_dir)
-    cache = Cache(args.cache_dir) if args.cache_dir else Cache()
     progress = RichProgressReporter(enabled=not args.quiet)
     crater, ambiguous = window_truth(grid, boxes)
     _, scored = regions(grid)

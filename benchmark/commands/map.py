@@ -88,6 +88,7 @@ def cmd_map(args) -> int:
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride or max(1, args.window // 2))
     points = read_points(args.labels, grid, classes, scene=scene, label_field=args.label_field)
     classified = classified_windows(scene, grid, points)
+    cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
     task = load_task(args.task, Path(args.data_dir or default_data_dir()))
     progress = RichProgressReporter(enabled=not args.quiet)
     progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
@@ -98,7 +99,7 @@ def cmd_map(args) -> int:
     elif scene.crs_wkt is None:
         progress.log("the scene has a geotransform but no CRS: the GIS outputs have its coordinates and no CRS")
     with thread_policy(args.threads or torch.get_num_threads()):
-        result = map_scene(spec, task, scene, grid, points, Cache(args.cache_dir) if args.cache_dir else Cache(),
+        result = map_scene(spec, task, scene, grid, points, cache,
                            args.backbone, args.image_size, args.seed, args.smooth, args.smooth_strength,
                            Path(args.out), progress, args.preview, classified=classified,
                            device=resolve_device(args.device))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tasks.files import atomic_write_bytes
 
-DIGEST_CACHE_VERSION = 1
+DIGEST_CACHE_VERSION = 2  # 2: stamps hold the ctime
 _CHUNK = 1 << 20
 
 # In-process memory of digests, keyed like the disk cache: repeated fingerprints in one run only stat.
@@ -54,7 +54,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _stamp(st: os.stat_result) -> list:
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+    # ctime too: a file rewritten in place with its mtime restored (rsync --inplace -t, touch -r) keeps inode,
+    # size and mtime, but no user tool can set its ctime
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _load(path: Path) -> dict:
@@ -117,8 +119,8 @@ def file_digests(paths, cache_dir: Path | str | None = None) -> list[str]:
         for i in members:
             name, stamp = os.path.basename(resolved[i]), stamps[i]
             entry = files.get(name)
-            if isinstance(entry, list) and len(entry) == 4 and entry[:3] == stamp:
-                digest = entry[3]
+            if isinstance(entry, list) and len(entry) == len(stamp) + 1 and entry[:-1] == stamp:
+                digest = entry[-1]
             else:
                 digest = file_sha256(resolved[i])
                 files[name] = [*stamp, digest]

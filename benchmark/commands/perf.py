@@ -5,13 +5,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmark.cli import DEFAULTS, add_common, add_device_option, default_data_dir, positive_int
+from benchmark.cli import DEFAULTS, add_common, add_task_options, default_data_dir, positive_int
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("perf", help="measure throughput, warm start and memory (one table)")
-    p.add_argument("--task", default=DEFAULTS.task)
-    p.add_argument("--episodes", type=positive_int("episodes"), default=600)
+    add_task_options(p)
+    p.add_argument("--episodes", type=positive_int("episodes"), default=DEFAULTS.episodes)
     p.add_argument("--extraction-images", type=positive_int("extraction-images"), default=512)
     p.add_argument("--warm-method", default="sdft")
     p.add_argument("--memory-method", action="append", default=None,
@@ -20,15 +20,12 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=1,
                    help="episodes per shots of the measured full run (memory peaks while a method prepares and "
                         "in its first episode at the most shots; later episodes reuse that memory)")
-    p.add_argument("--backbone", default=DEFAULTS.backbone)
-    p.add_argument("--image-size", type=positive_int("image-size"), default=DEFAULTS.image_size)
     p.add_argument("--ray-method", default=None,
                    help="method of the Ray-against-local row (default: sdft where its step 1 is cached, else "
                         "sdft-no-step1; 'none' leaves the row out)")
     p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=40)
     p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=4,
                    help="batches of SDFT step 1 timed against a bare training loop")
-    add_device_option(p)
     add_common(p)
     p.set_defaults(handler=cmd_perf)
 
@@ -37,7 +34,7 @@ def cmd_perf(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from benchmark.console import console, stdout
+    from benchmark.console import RichProgressReporter, stdout
     from benchmark.perf import run_perf
     from methods.devices import resolve_device
     from methods.registry import builtin_method_names
@@ -48,7 +45,7 @@ def cmd_perf(args) -> int:
                            args.extraction_images, args.warm_method,
                            args.memory_method or builtin_method_names(), args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes,
-                           log=lambda m: console.print(f"[dim]{m}[/dim]", highlight=False),
+                           log=RichProgressReporter(enabled=False).log,
                            device=resolve_device(args.device), ray_method=args.ray_method,
                            ray_episodes=args.ray_episodes, step1_batches=args.step1_batches)
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "

@@ -23,6 +23,7 @@ class BaseClassifier(SDFT):
     description = "Reference: SDFT's step-1 network and linear head on the base classes, restricted to the episode's"
     option_defaults = dict(STEP1_DEFAULTS)  # step 1's options only: nothing is trained per episode
     takes_classes = True
+    refusal_hint = ""
 
     def __init__(self, **options):
         unknown = set(options) - set(STEP1_DEFAULTS)
@@ -53,13 +54,7 @@ class BaseClassifier(SDFT):
                             f"pool {len(self.base_classes)}; clear the cache's sdft-step1 entry")
 
     def fit(self, support_idx, support_y, n_way, rng, classes=None):
-        if classes is None:
-            raise UserError("base-classifier needs the episode's class ids, which this command does not give")
-        positions = np.searchsorted(self.base_classes, classes)
-        if np.any(positions >= len(self.base_classes)) or np.any(self.base_classes[np.minimum(
-                positions, len(self.base_classes) - 1)] != classes):
-            raise UserError("base-classifier: an episode class is not a base class")
-        self.rows = torch.from_numpy(positions.astype(np.int64)).to(self.device)
+        self.rows = torch.from_numpy(self.base_rows(classes).astype(np.int64)).to(self.device)
 
     def predict(self, query_idx):
         self.top.eval()

@@ -36,6 +36,7 @@ from methods.nearest_mean import class_means
 from methods.optim import Adam
 from methods.progress import SILENT, Progress
 from methods.registry import register_method
+from tasks.errors import UserError
 from tasks.splits import scene_split
 
 STEP1_VERSION = 2  # 2: step 1's linear head is initialised from the run's seed
@@ -60,6 +61,19 @@ STEP2_DEFAULTS = dict(
     lr_top=1e-4,  # "low learning rate" for the backbone's top
     lr_head=1e-3,
     scale=10.0,  # initial cosine scale, learnable
+)
+# Step-2 options added after reference rows were recorded (README, "SDFT's second step, chosen on validation"):
+# at these values the code computes exactly what it did before they existed, so config() leaves them out and
+# those rows keep their result key.
+STEP2_LATER = dict(
+    # WiSE-FT-style weight-space mix of step 1 and step 0 before step 2: mix * step-1 weights + (1 - mix) *
+    # ImageNet weights (batch-norm statistics too). 1: step 1's network, 0: ImageNet's.
+    mix=1.0,
+    # Where every episode class is a base class: the step-1 linear head's log-probabilities of the episode's
+    # classes, times `fuse`, are added to the cosine head's at prediction. Elsewhere (class-disjoint tasks,
+    # bench map and fixed-K, which give no class ids) it is refused unless 0.
+    fuse=0.0,
+    label_smoothing=0.0,  # of step 2's cross-entropy on the support
 )
 
 
@@ -155,6 +169,17 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
     return cpu_state(best_state), history
 
 
+def mix_weights(model: nn.Module, start: nn.Module, mix: float) -> None:
+    """In place: model's floating-point weights and buffers become mix * model's + (1 - mix) * start's (the
+    classifier excepted: the two networks' heads differ); integer buffers (batch counts) stay model's."""
+    start_state = start.state_dict()
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if name.startswith("classifier.") or not value.is_floating_point():
+                continue
+            value.mul_(mix).add_(start_state[name].to(value.device, value.dtype), alpha=1.0 - mix)
+
+
 @register_method("sdft")
 class SDFT(FewShotMethod):
     description = "Stepwise deep feature transfer: ImageNet -> base pool (linear head) -> support (cosine head, top fine-tuned)"
@@ -163,19 +188,31 @@ class SDFT(FewShotMethod):
     version = 2
     use_step1 = True
     head = "cosine"
-    option_defaults = {**STEP1_DEFAULTS, **STEP2_DEFAULTS}  # its **options: the registry checks their types
+    option_defaults = {**STEP1_DEFAULTS, **STEP2_DEFAULTS, **STEP2_LATER}  # the registry checks their types
+    # fit gets the episode's class ids (what the user who labelled the support knows): `fuse` needs them
+    takes_classes = True
 
     def __init__(self, **options):
-        unknown = set(options) - set(STEP1_DEFAULTS) - set(STEP2_DEFAULTS)
+        known = {**STEP1_DEFAULTS, **STEP2_DEFAULTS, **STEP2_LATER}
+        unknown = set(options) - set(known)
         if unknown:
-            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: "
-                            f"{', '.join(sorted({**STEP1_DEFAULTS, **STEP2_DEFAULTS}))}")
-        self.opts = {**STEP1_DEFAULTS, **STEP2_DEFAULTS, **options}
-        for key, default in {**STEP1_DEFAULTS, **STEP2_DEFAULTS}.items():
+            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        self.opts = {**known, **options}
+        for key, default in known.items():
             self.opts[key] = type(default)(self.opts[key])
+        if not 0.0 <= self.opts["mix"] <= 1.0:
+            raise UserError(f"{self.name}: mix={self.opts['mix']} is outside 0..1 (1: step 1's weights, 0: ImageNet's)")
+        if self.opts["fuse"] < 0 or not 0.0 <= self.opts["label_smoothing"] < 1.0:
+            raise UserError(f"{self.name}: fuse must be >= 0 and label_smoothing in [0, 1)")
+        if not self.use_step1 and (self.opts["mix"] != 1.0 or self.opts["fuse"] != 0.0):
+            raise UserError(f"{self.name}: mix and fuse act on step 1's network; this method has no step 1")
 
     def config(self) -> dict:
-        return {"step1": self.use_step1, "head": self.head, **self.opts}
+        config = {"step1": self.use_step1, "head": self.head, **self.opts}
+        for key, default in STEP2_LATER.items():
+            if config[key] == default:
+                del config[key]
+        return config
 
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
@@ -185,7 +222,8 @@ class SDFT(FewShotMethod):
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
         source = self.step1_key(ctx) if self.use_step1 else f"imagenet-{weights_digest(ctx.backbone)}"
-        key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, source, ctx.images_key(), ctx.backbone,
+        network = source if self.opts["mix"] == 1.0 else f"{source}-mix{self.opts['mix']!r}"
+        key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, network, ctx.images_key(), ctx.backbone,
                         self.opts["top_blocks"], *device_key(ctx.device))
         top, acts = None, None
         if self.opts["top_blocks"] == 0:  # warm: the cached top and activations, without timm or any image
@@ -208,6 +246,37 @@ class SDFT(FewShotMethod):
         self.top_state = copy.deepcopy(top.state_dict())
         with torch.inference_mode():
             self.feature_dim = int(top(self.acts[:1]).flatten(1).shape[1])
+        self.base_log_probs = None
+        if self.opts["fuse"] > 0:
+            self.base_log_probs = self.base_head_log_probs(ctx)
+
+    def base_head_log_probs(self, ctx: Context) -> torch.Tensor:
+        """Every image's log-probabilities under step 1's linear head, over all base classes, from the
+        untouched top of the network step 2 starts from."""
+        self.base_classes = np.unique(ctx.base_pool()[1])
+        state = ctx.cache.cached_state_dict("sdft-step1", self.step1_key(ctx))
+        if state is None or "classifier.weight" not in state:
+            raise UserError(f"{self.name}: fuse needs step 1's checkpoint in the cache; run with a writable --cache-dir")
+        weight = state["classifier.weight"].float().to(self.device)
+        bias = state["classifier.bias"].float().to(self.device)
+        with torch.inference_mode():
+            logits = torch.cat([self.top(chunk).flatten(1) @ weight.T + bias for chunk in self.acts.split(1024)])
+        return torch.log_softmax(logits, dim=1)
+
+    refusal_hint = "; use fuse=0"  # what a user whose episodes `fuse` cannot serve should do
+
+    def base_rows(self, classes) -> np.ndarray:
+        """Positions of the episode's classes among the base classes; a one-line refusal where one is not."""
+        if classes is None:
+            raise UserError(f"{self.name}: needs the episode's class ids, which this command does not give"
+                            f"{self.refusal_hint}")
+        classes = np.asarray(classes)
+        positions = np.searchsorted(self.base_classes, classes)
+        found = self.base_classes[np.minimum(positions, len(self.base_classes) - 1)] == classes
+        if not found.all():
+            raise UserError(f"{self.name}: needs every episode class to be a base class (this task's are not)"
+                            f"{self.refusal_hint}")
+        return positions
 
     def cut_network(self, ctx: Context, step1_key: str | None, acts_key: str) -> tuple[nn.Module, np.ndarray]:
         """(top, activations entering it for every image) of the step-1 network cached under `step1_key` (trained
@@ -240,6 +309,8 @@ class SDFT(FewShotMethod):
             if cached:
                 ctx.progress.log(f"sdft step 1: cache hit ({key}), skipping training")
             model.load_state_dict(state)
+            if self.opts["mix"] != 1.0:
+                mix_weights(model, create_backbone(ctx.backbone, pretrained=True), self.opts["mix"])
         model.reset_classifier(0)
         bottom, top = split_top(model, self.opts["top_blocks"])
         acts = ctx.cache.array("sdft-acts", acts_key, lambda: run_model(
@@ -252,7 +323,10 @@ class SDFT(FewShotMethod):
             return CosineClassifier(self.feature_dim, n_way, scale=self.opts["scale"]).to(self.device)
         return nn.Linear(self.feature_dim, n_way).to(self.device)
 
-    def fit(self, support_idx, support_y, n_way, rng):
+    def fit(self, support_idx, support_y, n_way, rng, classes=None):
+        self.fused_rows = None
+        if self.base_log_probs is not None:
+            self.fused_rows = torch.as_tensor(self.base_rows(classes), device=self.device)
         self.top.load_state_dict(self.top_state)
         self.top.eval()  # batch norm keeps step-1 statistics (see module docstring)
         x = self.acts[torch.as_tensor(support_idx, device=self.device)]
@@ -270,7 +344,8 @@ class SDFT(FewShotMethod):
             {"params": self.classifier.parameters(), "lr": self.opts["lr_head"]},
         ])
         for _ in range(self.opts["steps"]):
-            loss = F.cross_entropy(self.classifier(self.top(x).flatten(1)), y)
+            loss = F.cross_entropy(self.classifier(self.top(x).flatten(1)), y,
+                                   label_smoothing=self.opts["label_smoothing"])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -278,8 +353,12 @@ class SDFT(FewShotMethod):
     def predict(self, query_idx):
         self.top.eval()
         self.classifier.eval()
+        query = torch.as_tensor(query_idx, device=self.device)
         with torch.inference_mode():
-            return to_numpy(self.classifier(self.top(self.acts[torch.as_tensor(query_idx, device=self.device)]).flatten(1)))
+            scores = self.classifier(self.top(self.acts[query]).flatten(1))
+            if self.fused_rows is not None:
+                scores = torch.log_softmax(scores, dim=1) + self.opts["fuse"] * self.base_log_probs[query][:, self.fused_rows]
+            return to_numpy(scores)
 
 
 @register_method("sdft-no-step1")

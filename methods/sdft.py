@@ -74,6 +74,10 @@ STEP2_LATER = dict(
     # bench map and fixed-K, which give no class ids) it is refused unless 0.
     fuse=0.0,
     label_smoothing=0.0,  # of step 2's cross-entropy on the support
+    # 8: every image is also seen in its 7 other dihedral views (90-degree rotations, mirrored): the support
+    # trains step 2 on all 8 views of each image, and a query's scores are the mean over its own 8 views
+    # (each query alone: nothing is learnt from the query set). 1: the image as it is.
+    views=1,
 )
 
 
@@ -169,6 +173,12 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
     return cpu_state(best_state), history
 
 
+def dihedral_view(images: np.ndarray, view: int) -> np.ndarray:
+    """View 0-7 of (N, C, H, W) images: `view % 4` quarter turns, then mirrored left-right when view >= 4."""
+    turned = np.rot90(images, view % 4, axes=(2, 3))
+    return np.ascontiguousarray(turned[..., ::-1] if view >= 4 else turned)
+
+
 def mix_weights(model: nn.Module, start: nn.Module, mix: float) -> None:
     """In place: model's floating-point weights and buffers become mix * model's + (1 - mix) * start's (the
     classifier excepted: the two networks' heads differ); integer buffers (batch counts) stay model's."""
@@ -204,6 +214,8 @@ class SDFT(FewShotMethod):
             raise UserError(f"{self.name}: mix={self.opts['mix']} is outside 0..1 (1: step 1's weights, 0: ImageNet's)")
         if self.opts["fuse"] < 0 or not 0.0 <= self.opts["label_smoothing"] < 1.0:
             raise UserError(f"{self.name}: fuse must be >= 0 and label_smoothing in [0, 1)")
+        if self.opts["views"] not in (1, 8):
+            raise UserError(f"{self.name}: views={self.opts['views']}: 1 (the image) or 8 (its dihedral views)")
         if not self.use_step1 and (self.opts["mix"] != 1.0 or self.opts["fuse"] != 0.0):
             raise UserError(f"{self.name}: mix and fuse act on step 1's network; this method has no step 1")
 
@@ -223,6 +235,8 @@ class SDFT(FewShotMethod):
         super().prepare(ctx)
         source = self.step1_key(ctx) if self.use_step1 else f"imagenet-{weights_digest(ctx.backbone)}"
         network = source if self.opts["mix"] == 1.0 else f"{source}-mix{self.opts['mix']!r}"
+        if self.opts["views"] != 1:
+            network = f"{network}-views{self.opts['views']}"
         key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, network, ctx.images_key(), ctx.backbone,
                         self.opts["top_blocks"], *device_key(ctx.device))
         top, acts = None, None
@@ -242,6 +256,7 @@ class SDFT(FewShotMethod):
                 top = head_top(state)  # the same modules as on the warm path
         self.device = ctx.device
         self.acts = torch.from_numpy(acts).to(ctx.device)  # every image's activations, sent once
+        self.n_images = len(self.acts) // self.opts["views"]  # view v of image i is row v * n_images + i
         self.top = top.to(ctx.device).eval()
         self.top_state = copy.deepcopy(top.state_dict())
         with torch.inference_mode():
@@ -261,7 +276,8 @@ class SDFT(FewShotMethod):
         bias = state["classifier.bias"].float().to(self.device)
         with torch.inference_mode():
             logits = torch.cat([self.top(chunk).flatten(1) @ weight.T + bias for chunk in self.acts.split(1024)])
-        return torch.log_softmax(logits, dim=1)
+            log_probs = torch.log_softmax(logits, dim=1)
+        return log_probs.reshape(self.opts["views"], self.n_images, -1).mean(0)  # a query's views, averaged
 
     refusal_hint = "; use fuse=0"  # what a user whose episodes `fuse` cannot serve should do
 
@@ -313,9 +329,11 @@ class SDFT(FewShotMethod):
                 mix_weights(model, create_backbone(ctx.backbone, pretrained=True), self.opts["mix"])
         model.reset_classifier(0)
         bottom, top = split_top(model, self.opts["top_blocks"])
-        acts = ctx.cache.array("sdft-acts", acts_key, lambda: run_model(
-            bottom, images(), progress=ctx.progress, description="sdft: activations entering the top",
-            device=ctx.device))
+        views = self.opts["views"]
+        acts = ctx.cache.array("sdft-acts", acts_key, lambda: np.concatenate([run_model(
+            bottom, dihedral_view(images(), view) if view else images(), progress=ctx.progress,
+            description="sdft: activations entering the top" + (f", view {view + 1}/{views}" if views > 1 else ""),
+            device=ctx.device) for view in range(views)]))
         return top, acts
 
     def make_head(self, n_way: int) -> nn.Module:
@@ -329,8 +347,8 @@ class SDFT(FewShotMethod):
             self.fused_rows = torch.as_tensor(self.base_rows(classes), device=self.device)
         self.top.load_state_dict(self.top_state)
         self.top.eval()  # batch norm keeps step-1 statistics (see module docstring)
-        x = self.acts[torch.as_tensor(support_idx, device=self.device)]
-        y = torch.as_tensor(support_y, device=self.device)
+        x = self.acts[self.view_rows(support_idx)]
+        y = torch.as_tensor(support_y, device=self.device).repeat(self.opts["views"])
         self.classifier = self.make_head(n_way)
         with torch.no_grad():
             features = self.top(x).flatten(1)
@@ -350,12 +368,18 @@ class SDFT(FewShotMethod):
             loss.backward()
             opt.step()
 
+    def view_rows(self, idx) -> torch.Tensor:
+        """Rows of self.acts holding every view of images `idx`, view by view (view 0: the images as they are)."""
+        idx = torch.as_tensor(idx, device=self.device)
+        return torch.cat([idx + view * self.n_images for view in range(self.opts["views"])])
+
     def predict(self, query_idx):
         self.top.eval()
         self.classifier.eval()
         query = torch.as_tensor(query_idx, device=self.device)
         with torch.inference_mode():
-            scores = self.classifier(self.top(self.acts[query]).flatten(1))
+            per_view = self.classifier(self.top(self.acts[self.view_rows(query_idx)]).flatten(1))
+            scores = per_view.reshape(self.opts["views"], len(query), -1).mean(0)
             if self.fused_rows is not None:
                 scores = torch.log_softmax(scores, dim=1) + self.opts["fuse"] * self.base_log_probs[query][:, self.fused_rows]
             return to_numpy(scores)

@@ -96,3 +96,51 @@ def test_label_smoothing_changes_step2_and_stays_deterministic(tiny):
     smoothed = scores("sdft", task, cache, label_smoothing=0.2)
     np.testing.assert_array_equal(smoothed, scores("sdft", task, cache, label_smoothing=0.2))
     assert not np.array_equal(smoothed, scores("sdft", task, cache))
+
+
+def test_dihedral_views_are_the_eight_distinct_turns_and_mirrors():
+    from methods.sdft import dihedral_view
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 3, 5, 5), dtype=np.uint8)
+    views = [dihedral_view(images, v) for v in range(8)]
+    np.testing.assert_array_equal(views[0], images)
+    np.testing.assert_array_equal(views[1][0, 0], np.rot90(images[0, 0]))
+    np.testing.assert_array_equal(views[4][0, 0], images[0, 0][:, ::-1])
+    assert len({v.tobytes() for v in views}) == 8
+
+
+def test_views_8_trains_on_every_view_and_scores_a_turned_query_as_its_original(tmp_path):
+    """A query's score is the mean over its 8 dihedral views, so an image and its quarter turn (the same
+    orbit) score the same; the support trains on all its views."""
+    from PIL import Image
+
+    from tasks.datasets import table_from_rows
+    from tasks.registry import Task
+    from tests.fakes_methods import class_image
+
+    paths, labels, groups, pool = [], [], [], []
+    for c in range(3):
+        for g in range(4):
+            for i in range(3):
+                image = class_image(c, g, i, 32)
+                for turned in (False, True) if (g == 3 and i == 0) else (False,):
+                    path = tmp_path / f"c{c}_g{g}_{i}{'_turned' if turned else ''}.png"
+                    Image.fromarray(np.ascontiguousarray(np.rot90(image)) if turned else image).save(path)
+                    paths.append(path), labels.append(c), groups.append(f"s{c}-{g}"), pool.append(g < 2)
+    table = table_from_rows("turned", paths, labels, groups, ["a", "b", "c"])
+    task = Task("turned", "", table, np.flatnonzero(pool), np.flatnonzero(~np.asarray(pool)))
+    method = create_method("sdft", **FAST, views=8)
+    method.prepare(make_context(task, tmp_path / "cache"))
+    assert len(method.acts) == 8 * len(paths)
+    support = np.flatnonzero(np.asarray(groups) == "s0-2").tolist() + np.flatnonzero(
+        np.asarray(groups) == "s1-2").tolist() + np.flatnonzero(np.asarray(groups) == "s2-2").tolist()
+    method.fit(np.asarray(support), np.asarray([labels[i] for i in support]), 3, np.random.default_rng(0),
+               classes=np.arange(3))
+    originals = [paths.index(tmp_path / f"c{c}_g3_0.png") for c in range(3)]
+    turned = [paths.index(tmp_path / f"c{c}_g3_0_turned.png") for c in range(3)]
+    np.testing.assert_allclose(method.predict(np.asarray(originals)), method.predict(np.asarray(turned)),
+                               rtol=1e-4, atol=1e-4)
+    plain = create_method("sdft", **FAST)
+    plain.prepare(make_context(task, tmp_path / "cache"))
+    plain.fit(np.asarray(support), np.asarray([labels[i] for i in support]), 3, np.random.default_rng(0))
+    assert not np.allclose(plain.predict(np.asarray(originals)), plain.predict(np.asarray(turned)), atol=1e-4)

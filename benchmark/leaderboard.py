@@ -267,6 +267,52 @@ def to_summary(board: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
+def to_sources(rows: pd.DataFrame, versus: str | None = None) -> str:
+    """Markdown: each method at each K with each --source (task `T+SPEC`) beside its rows without one (task T),
+    on the same episodes (a source leaves a task's episode stream as it is), with the paired difference to
+    the method's no-source rows and, with `versus`, to that method's no-source rows (e.g. sdft-no-step1:
+    ImageNet straight to the target)."""
+    from benchmark.stats import mean_ci, paired_difference
+
+    rows = rows.copy()
+    sources = rows["source"].fillna("").astype(str)
+    rows["target"] = [t[: len(t) - len(s) - 1] if s and t.endswith("+" + s) else t
+                      for t, s in zip(rows["task"], sources)]
+    rows["source_name"] = sources.where(sources != "", "none")
+    if versus and not rows["entry"].eq(versus).any():
+        raise UserError(f"--versus {versus}: no rows of that method in these files")
+    parts = []
+    for (target, ways, queries, shots), g in rows.groupby(["target", "ways", "queries", "shots"], sort=True):
+        if g["source_name"].eq("none").sum() == 0:
+            continue
+        if g["manifest"].nunique() > 1:
+            raise UserError(f"{target} {shots}-shot: its rows with and without a source come from different "
+                            f"episode streams; they cannot be paired")
+        if not parts:
+            parts.append(f"**{target}**: {ways}-way, {queries} queries per class; accuracy %, mean ± 95% CI "
+                         "(episodes); Δ: paired difference in points on the episodes both answered, ± 95% CI (pairs)\n")
+            parts.append("| method | K | source | accuracy % | Δ vs no source | "
+                         + (f"Δ vs `{versus}` (no source) |" if versus else "").rstrip())
+            parts.append("|:---|---:|:---|---:|---:|" + ("---:|" if versus else ""))
+        by_episode = {key: part.set_index("episode")["accuracy"]
+                      for key, part in g.groupby(["entry", "source_name"])}
+        for (entry, source), acc in sorted(by_episode.items(), key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1])):
+            mean, half = mean_ci(acc.to_numpy())
+            cells = [f"`{entry}`", str(int(shots)), source, f"{pm(mean, half)} ({len(acc)})"]
+            for reference in [(entry, "none")] + ([(versus, "none")] if versus else []):
+                other = by_episode.get(reference)
+                if other is None or reference == (entry, source):
+                    cells.append("–")
+                    continue
+                a, b = acc.align(other, join="inner")
+                d, dh, n = paired_difference(a.to_numpy(), b.to_numpy())
+                cells.append(f"{pm(d, dh, signed=True)} ({n})")
+            parts.append("| " + " | ".join(cells) + " |")
+    if not parts:
+        raise UserError("no rows with and without a --source on the same task; --format sources compares them")
+    return "\n".join(parts) + "\n"
+
+
 def to_csv(board: pd.DataFrame) -> str:
     return board.to_csv(index=False, lineterminator="\n")
 

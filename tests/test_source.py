@@ -151,3 +151,31 @@ def test_validation_episodes_with_a_source_come_from_the_validation_slice(data):
     assert len(val.target) and not set(val.target.tolist()) & set(plain.target.tolist())
     with pytest.raises(UserError, match="validation split before adding a source"):
         load_task("hirise-regions", data, source="aid").validation()
+
+
+def test_leaderboard_sources_pairs_each_source_with_no_source(data, tmp_path, capsys):
+    out = tmp_path / "r.csv"
+
+    def run(*extra):
+        return main(["run", "--task", "hirise-regions", "--method", "simpleshot", "--method", "protonet", "--ways",
+                     "3", "--shots", "1", "--queries", "2", "--episodes", "6", "--image-size", "32", "--data-dir",
+                     str(data), "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet", *extra])
+
+    assert run() == 0 and run("--source", "aid") == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    acc = {(r["task"], r["method"], int(r["episode"])): float(r["accuracy"]) * 100 for r in rows}
+    capsys.readouterr()
+    assert main(["leaderboard", str(out), "--format", "sources", "--versus", "protonet"]) == 0
+    text = capsys.readouterr().out
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): line for line in text.splitlines()
+             if line.startswith("| `")}
+    assert set(lines) == {(f"`{m}`", "1", s) for m in ("simpleshot", "protonet") for s in ("none", "aid")}
+    # protonet ignores the base pool: its aid rows are its no-source rows, a difference of exactly 0
+    assert "+0.00 ± 0.00 (6)" in lines[("`protonet`", "1", "aid")]
+    expected = np.mean([acc[("hirise-regions+aid", "simpleshot", i)] - acc[("hirise-regions", "simpleshot", i)]
+                        for i in range(6)])
+    cells = [c.strip() for c in lines[("`simpleshot`", "1", "aid")].strip("|").split("|")]
+    assert cells[4].startswith(f"{expected:+.2f}") and cells[4].endswith("(6)")
+    assert main(["leaderboard", str(out), "--format", "sources", "--versus", "nosuch"]) == 2
+    assert main(["leaderboard", str(out), "--versus", "protonet"]) == 2

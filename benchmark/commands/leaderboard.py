@@ -8,9 +8,12 @@ from tasks.files import atomic_write_text
 def add_parser(sub) -> None:
     p = sub.add_parser("leaderboard", help="merge result CSVs and rank methods (paired differences, tied ranks)")
     p.add_argument("csv", nargs="*", metavar="CSV", help="results files to merge (default: results/*.csv)")
-    p.add_argument("--format", choices=["table", "csv", "markdown", "json", "summary"],
+    p.add_argument("--format", choices=["table", "csv", "markdown", "json", "summary", "sources"],
                    default="table", help="table: rich tables in the terminal (default); csv, markdown, json: for "
-                                         "papers and READMEs; summary: markdown, method x shots per task")
+                                         "papers and READMEs; summary: markdown, method x shots per task; sources: "
+                                         "markdown, each --source beside no source, paired")
+    p.add_argument("--versus", default=None, metavar="METHOD",
+                   help="with --format sources: also the paired difference to METHOD's rows without a source")
     p.add_argument("--out", default=None, help="write the csv/markdown/json output to this file instead of stdout")
     p.add_argument("--fixedk", nargs="+", metavar="CSV", default=None,
                    help="instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)")
@@ -22,19 +25,21 @@ def cmd_leaderboard(args) -> int:
     import sys
 
     from benchmark.console import console, stdout
-    from benchmark.leaderboard import FORMATS, leaderboard, load_results, print_tables, rich_tables
+    from benchmark.leaderboard import FORMATS, leaderboard, load_results, print_tables, rich_tables, to_sources
     from tasks.errors import UserError
 
     if args.fixedk:
         return cmd_published(args)
     rows, merged = load_results(args.csv)
+    if args.versus and args.format != "sources":
+        raise UserError("--versus goes with --format sources")
     board = leaderboard(rows)
     if args.format == "table":
         if args.out:
             raise UserError("--out needs --format csv, markdown, json or summary")
         print_tables(stdout, rich_tables(board))
     else:
-        text = FORMATS[args.format](board)
+        text = to_sources(rows, args.versus) if args.format == "sources" else FORMATS[args.format](board)
         if args.out:
             try:
                 atomic_write_text(Path(args.out), text)

@@ -106,6 +106,12 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
                         "results and caches made on another device type are kept apart")
 
 
+def add_source_option(p: argparse.ArgumentParser) -> None:
+    """--source: the base pool every pre-training method uses instead of --task's (tasks.registry.with_source)."""
+    p.add_argument("--source", default=None, metavar="SPEC",
+                   help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
+
+
 def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     """The options `bench run` and `bench fixedk` share (methods, task, shots, features, results policy)."""
     p.add_argument("--method", action="append", required=True, metavar="NAME[:key=value,...]",
@@ -122,8 +128,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first method that fails (default: the other methods still run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--source", default=None, metavar="SPEC",
-                   help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
+    add_source_option(p)
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="who answers the episodes (or seeds): this process (local, the default) or Ray workers "
                         "(ray: the [ray] extra; the same rows)")

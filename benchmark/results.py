@@ -54,6 +54,14 @@ class Schema:
     row_check: Callable | None = None  # (frame, path): checks across columns, after `check`
     # The columns of the previous version, whose rows `bench migrate` brings to this one (it adds `device`: cpu).
     previous: tuple[str, ...] = ()
+    # What the previous version's rows lack, and what `bench migrate` fills in: the error that asks for it says so.
+    previous_lacks: str = "the device they were made on; migrate it with `bench migrate {path}` (its rows were made " \
+                          "on the CPU)"
+    earlier: tuple[tuple[str, ...], ...] = ()  # columns of versions before `previous` that `bench migrate` reads too
+
+    def older(self) -> list[list[str]]:
+        """The headers of the previous version, then of earlier ones, that `bench migrate` brings to this one."""
+        return [list(self.previous), *map(list, self.earlier)] if self.previous else []
 
     @property
     def key(self) -> list[str]:
@@ -184,10 +192,10 @@ def locked_if_present(path: Path):
 def _check_header(path: Path, header: list[str], schema: Schema) -> None:
     if header == list(schema.columns):
         return
-    if schema.previous and header == list(schema.previous):
-        raise UserError(f"results file {path} has schema {schema.version - 1}, whose rows do not record the device "
-                        f"they were made on; migrate it with `bench migrate {path}` (its rows were made on the CPU) "
-                        "or write to a new file with --out")
+    if header in schema.older():
+        lacks = schema.previous_lacks.replace("{path}", str(path))
+        raise UserError(f"results file {path} has schema {schema.version - 1 - schema.older().index(header)}, whose "
+                        f"rows do not record {lacks} or write to a new file with --out")
     if schema is EPISODES and header == COLUMNS_V1:
         raise UserError(f"results file {path} has schema 1, whose rows do not record their data identity, "
                         f"preprocessing or method version; migrate it with `bench migrate {path} --data-dir DIR` "

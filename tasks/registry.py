@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from tasks.datasets import ImageTable, load_dataset
+from tasks.datasets.content import file_digests
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
 from tasks.errors import UserError
 from tasks.registry_base import Registry
@@ -160,9 +161,11 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
     return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
-def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = "target") -> Task:
+def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = "target",
+              keep_out: Sequence[Path | str] = ()) -> Task:
     """The task `name` (`NAME@validation`: NAME's validation task, Task.validation), its `split`, and with
-    `source` the same task whose base pool is the source's images (see with_source).
+    `source` the same task whose base pool is the source's images (see with_source; `keep_out`: files the
+    source must not hold either, such as a scene being mapped).
 
     The split is taken before the source is added: a validation task's episodes then come from the validation
     slice of the task's own base pool, never from its target pool."""
@@ -173,7 +176,7 @@ def load_task(name: str, data_dir: Path | str, source: str | None = None, split:
     else:
         task = TASKS.lookup(name)[1](Path(data_dir))
     task = task.split(split)
-    return with_source(task, source, Path(data_dir)) if source else task
+    return with_source(task, source, Path(data_dir), keep_out) if source else task
 
 
 def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
@@ -191,21 +194,26 @@ def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
     return table, np.arange(len(table), dtype=np.int64)
 
 
-def with_source(task: Task, spec: str, data_dir: Path) -> Task:
+def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path | str] = ()) -> Task:
     """`task` whose base pool is `spec`'s images: the table is the task's rows followed by the source's (their
     classes and groups renamed `SPEC/...` so that they never meet the task's), base = the source's rows,
     target = the task's target rows, unchanged, so the episodes are the same as without a source. Refuses a
-    source that shares an image (by file content) with the task's dataset."""
+    source that shares an image (by file content) with the task's dataset or with a `keep_out` file."""
     src_table, rows = source_rows(spec, Path(data_dir))
     if len(rows) == 0:
         raise UserError(f"--source {spec} has no images to pre-train on")
     ours = dict(zip(task.table.content_digests(), task.table.paths))
+    try:
+        ours.update(zip(file_digests(keep_out), map(str, keep_out)))
+    except OSError as exc:
+        raise UserError(f"{exc.filename} cannot be read ({exc.strerror})") from None
     theirs = np.asarray(src_table.content_digests(), dtype=object)[rows]
     shared = [(p, ours[d]) for p, d in zip(src_table.paths[rows], theirs) if d in ours]
     if shared:
         named = "; ".join(f"{p} = {q}" for p, q in shared[:3])
-        raise UserError(f"--source {spec} shares {len(shared)} image(s) with task {task.name} (same file content): "
-                        f"{named}; choose a source without the task's images")
+        what = f"task {task.name}" + (" or the scene being mapped" if len(keep_out) else "")
+        raise UserError(f"--source {spec} shares {len(shared)} image(s) with {what} (same file content): "
+                        f"{named}; choose a source without these images")
     n = len(task.table)
     src = src_table.frame.iloc[rows]
     kept, dense = np.unique(src_table.labels[rows], return_inverse=True)

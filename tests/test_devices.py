@@ -150,9 +150,11 @@ def test_craters_run_takes_device(capsys):
     assert "--device" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["hirise-regions.csv", "ctx-craters.csv"])
-def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name):
-    """A schema-2 file (before --device) becomes the shipped schema-3 file: the same lines plus device=cpu."""
+@pytest.mark.parametrize("name, dropped", [("hirise-regions.csv", ("device",)),
+                                           ("ctx-craters.csv", ("device", "source")), ("ctx-craters.csv", ("source",))])
+def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name, dropped):
+    """A file from before --device (and, for crater scores, before --source) becomes the shipped file: the same
+    lines plus device=cpu (and an empty source)."""
     import csv
     import io
     from pathlib import Path
@@ -162,22 +164,25 @@ def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name):
     shipped = (Path(__file__).resolve().parents[1] / "results" / name).read_text().splitlines(keepends=True)
     current = shipped[:1] + shipped[1:6]
     reader = list(csv.DictReader(io.StringIO("".join(current))))
-    old_columns = [c for c in reader[0] if c != "device"]
+    old_columns = [c for c in reader[0] if c not in dropped]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=old_columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in reader:
-        assert row["device"] == "cpu"
+        assert row["device"] == "cpu" and row["source"] == ""
         if "schema" in row:
             row["schema"] = str(int(row["schema"]) - 1)
         writer.writerow(row)
     path = tmp_path / name
     path.write_text(buf.getvalue())
-    if name == "hirise-regions.csv":
-        from benchmark.results import read_results
+    from benchmark.mapping.craters import CRATERS
+    from benchmark.results import EPISODES, read_results
 
-        with pytest.raises(UserError, match="bench migrate"):
-            read_results(path)
-    assert "migrated from schema" in migrate_file(path, tmp_path / "no-data-needed")
+    with pytest.raises(UserError, match="bench migrate") as exc:
+        read_results(path, CRATERS if name == "ctx-craters.csv" else EPISODES)
+    version = 3 - len(dropped)  # each dropped column is one schema back
+    assert "\n" not in str(exc.value) and f"has schema {version}," in str(exc.value)
+    assert ("source" if "source" in dropped else "device") in str(exc.value)
+    assert f"migrated from schema {version} " in migrate_file(path, tmp_path / "no-data-needed")
     assert path.read_text() == "".join(current)
     assert "already current" in migrate_file(path, tmp_path / "no-data-needed")

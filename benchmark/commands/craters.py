@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cli import add_common, add_task_options, default_data_dir, int_list, positive_int, seed_list
+from benchmark.cli import (add_common, add_source_option, add_task_options, default_data_dir, int_list, positive_int,
+                           seed_list)
 from benchmark.defaults import DEFAULTS
 from tasks.files import atomic_write_text
 
@@ -46,6 +47,7 @@ def add_parser(sub) -> None:
     run.add_argument("--beta", type=float, default=1.0, help="the MRF's weight for the smoothed rows")
     run.add_argument("--method-seed", type=int, default=0, help="the methods' seed (pre-training, fitting)")
     add_task_options(run, "base task the methods pre-train on")
+    add_source_option(run)
     run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
     run.add_argument("--out", default=str(DEFAULTS.reference / "ctx-craters"), help="appends to OUT.csv, writes OUT.md")
     run.add_argument("--threads", type=positive_int("threads"), default=None)
@@ -168,12 +170,12 @@ def cmd_run(args) -> int:
     from benchmark.mapping.points import read_points, write_points
     from benchmark.mapping.scene import Scene
     from benchmark.results import append_rows, check_results_path, read_results, set_aside, set_aside_path
-    from benchmark.runner import MethodSpec
+    from benchmark.runner import MethodSpec, source_id
     from methods.cache import Cache
     from methods.devices import device_name, resolve_device
     from methods.features import thread_policy
     from methods.registry import method_info
-    from tasks.datasets.ctx_murray import load_ctx, window_truth
+    from tasks.datasets.ctx_murray import load_ctx, tile_paths, window_truth
     from tasks.errors import UserError
     from tasks.registry import load_task
     from tasks.windows import WindowGrid
@@ -195,19 +197,22 @@ def cmd_run(args) -> int:
     scene = Scene(str(scene_path), pixels)
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride)
     cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
-    task = load_task(args.task, data_dir)
+    # a source must not hold the scene or its tiles (by file content)
+    task = load_task(args.task, data_dir, source=args.source, keep_out=[*tile_paths(data_dir), scene_path])
+    source = source_id(task)
     progress = RichProgressReporter(enabled=not args.quiet)
     crater, ambiguous = window_truth(grid, boxes)
     _, scored = regions(grid)
     meta = {"window": grid.window, "stride": grid.stride, "windows": grid.n, "image_size": args.image_size,
-            "task": task.name, "backbone": args.backbone, "scored": int(scored.sum()),
+            "task": task.name, "source": source, "backbone": args.backbone, "scored": int(scored.sum()),
             "positives": int((scored & crater).sum()), "ambiguous": int((scored & ambiguous).sum()),
             "negatives": int((scored & ~crater & ~ambiguous).sum()), "beta": args.beta,
             "n_seeds": len(args.seeds), "method_seed": args.method_seed, "csv": str(out_csv),
             "command": " ".join(["bench"] + sys.argv[1:])}
     smoothings = (("none", 0.0), ("mrf", float(args.beta)))
     if args.fresh:  # never delete results: the rows this command recomputes move aside
-        moved = set_aside(out_csv, CRATERS, [{"method": spec.label, "shots": k, "smoothing": s, "strength": b}
+        moved = set_aside(out_csv, CRATERS, [{"method": spec.label, "shots": k, "smoothing": s, "strength": b,
+                                              "source": source}
                                              for spec in specs for k in args.shots for s, b in smoothings])
         if moved:
             progress.log(f"--fresh: moved {moved} rows from {out_csv} to {set_aside_path(out_csv)}")
@@ -215,7 +220,7 @@ def cmd_run(args) -> int:
     def key(spec, k, seed, smoothing, strength) -> tuple:
         values = {"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing, "strength": strength,
                   "method_seed": args.method_seed, "window": grid.window, "stride": grid.stride,
-                  "image_size": args.image_size, "device": device_name(device)}
+                  "image_size": args.image_size, "device": device_name(device), "source": source}
         return tuple(str(values[c]) for c in CRATERS.key)
 
     def recorded() -> set[tuple]:
@@ -250,7 +255,7 @@ def cmd_run(args) -> int:
                              "map_seconds": round(seconds, 2),
                              "prepare_seconds": result.summary["timings"]["prepare_s"],
                              "window": grid.window, "stride": grid.stride, "image_size": args.image_size,
-                             "device": device_name(device)}
+                             "device": device_name(device), "source": source}
                             for smoothing, strength, scores in smoothed_scores(result.probabilities, grid, boxes,
                                                                                smoothings, progress)]
                     append_rows(out_csv, rows, CRATERS)

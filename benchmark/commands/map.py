@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmark.cli import add_common, add_task_options, default_data_dir, positive_int
+from benchmark.cli import add_common, add_source_option, add_task_options, default_data_dir, positive_int
 from benchmark.mapping.smoothing import SMOOTHERS
 
 
@@ -50,6 +50,7 @@ def add_parser(sub) -> None:
                    help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows "
                         "(default 1)")
     add_task_options(p, "base task the method pre-trains on (its base pool); windows are resized to --image-size")
+    add_source_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", type=positive_int("preview"), default=1600,
                    help="longest side of the PNG figures in pixels")
@@ -89,7 +90,9 @@ def cmd_map(args) -> int:
     points = read_points(args.labels, grid, classes, scene=scene, label_field=args.label_field)
     classified = classified_windows(scene, grid, points)
     cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
-    task = load_task(args.task, Path(args.data_dir or default_data_dir()))
+    # a source must not hold the scene itself (by file content); a scene GDAL reads from elsewhere cannot be checked
+    task = load_task(args.task, Path(args.data_dir or default_data_dir()), source=args.source,
+                     keep_out=[args.scene] if Path(args.scene).is_file() else [])
     progress = RichProgressReporter(enabled=not args.quiet)
     progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
                  f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "

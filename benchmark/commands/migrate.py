@@ -10,7 +10,9 @@ Schema 1 rows do not record the data identity, source, preprocessing or method v
   (benchmark/reference.sh does for the shipped reference rows); `--preprocessing` names another.
 Every other field keeps its text, so the numbers stay byte-identical. The file is rewritten atomically.
 Schema 2 rows (episode or fixed-K) do not record the device: every one was made on the CPU (there was no
-`--device`), so migrating them adds `device` = cpu and changes nothing else.
+`--device`), so migrating them adds `device` = cpu and changes nothing else. Crater-score rows of schema 1
+lack the device and of schema 2 the source: `bench craters` had no `--source`, so it is empty (the base task's
+own base pool).
 `--refresh-data` recomputes the data identity of a current-schema file (after a change in how the identity
 is computed, not in the data). Running it again changes nothing.
 """
@@ -51,7 +53,7 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = [r for r in reader if None not in r.values() and None not in r]
-        schema = next((s for s in (EPISODES, FIXED_K, CRATERS) if header in (list(s.columns), list(s.previous))), None)
+        schema = next((s for s in (EPISODES, FIXED_K, CRATERS) if header in (list(s.columns), *s.older())), None)
         if schema is None and header == COLUMNS_V1:
             schema = EPISODES
         if schema is None:
@@ -60,7 +62,7 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         if current and not refresh_data:
             return "already current (nothing to do)"
         identities = {}
-        if header == COLUMNS_V1 or refresh_data:
+        if (header == COLUMNS_V1 or refresh_data) and "data" in schema.columns:
             for task in sorted({r["task"] for r in rows}):
                 try:
                     identities[task] = load_task(task, data_dir).fingerprint()
@@ -72,7 +74,9 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
             if header == COLUMNS_V1:
                 r.update(source="", method_version="1", preprocessing=pre)
             if not current:  # rows from before --device were all made on the CPU
-                r.update(device="cpu")
+                r.setdefault("device", "cpu")
+                if schema is CRATERS:  # and before --source on bench craters, pre-trained on the base task's own pool
+                    r.setdefault("source", "")
                 if schema is FIXED_K:  # and drew K per class at random, capping nothing (no --cap, no K-shot lists)
                     r.update(draw="random", capped="")
                 if "schema" in schema.columns:
@@ -86,7 +90,8 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     elif header == COLUMNS_V1:
         what = "migrated from schema 1:"
     else:
-        what = f"migrated from schema {schema.version - 1} (device: cpu):"
+        added = ", ".join(f"{c}: {rows[0][c] or 'empty'}" for c in schema.columns if c not in header) if rows else ""
+        what = f"migrated from schema {schema.version - 1 - schema.older().index(header)} ({added}):"
     data = f" ({', '.join(f'{t}: data {d}' for t, d in identities.items())})" if identities else ""
     return f"{what} {len(rows)} rows{data}"
 

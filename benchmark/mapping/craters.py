@@ -142,23 +142,26 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
 
 
 # The per-seed rows of `bench craters run` (results/ctx-craters.csv), appended under benchmark.results' lock.
+V2_COLUMNS = ("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
+              "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
+              "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device")
 CRATERS = Schema(
     name="crater map scores",
-    version=2,
-    columns=("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
-             "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
-             "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device"),
+    # 3: source (the --source the methods pre-trained on; "" = the base task's own base pool)
+    version=3,
+    columns=V2_COLUMNS + ("source",),
     measurement=("method", "shots", "smoothing", "strength"),
-    conditions=("method_seed", "window", "stride", "image_size", "device"),
+    conditions=("method_seed", "window", "stride", "image_size", "device", "source"),
     unit="seed",
     unit_fractions=("precision", "recall", "f1", "predicted_crater_fraction", "strict_precision", "strict_recall",
                     "strict_f1"),
     counts={"shots": 1, "seed": 0, "tp": 0, "fp": 0, "fn": 0, "positives": 0, "scored": 0, "ambiguous": 0,
             "method_seed": 0, "window": 1, "stride": 1, "image_size": 1},
     seconds=("map_seconds", "prepare_seconds"),
-    previous=("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
-              "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
-              "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size"),
+    previous=V2_COLUMNS,
+    previous_lacks="the source they pre-trained on; migrate it with `bench migrate {path}` (its rows had none: "
+                   "`bench craters` had no --source)",
+    earlier=(V2_COLUMNS[:-1],),  # schema 1: before --device, every map ran on the CPU
 )
 
 
@@ -178,7 +181,9 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
         "",
         f"Scene: the 3 x 3 Murray-Lab CTX tiles of `{DATASET}` stacked into 3744 x 3744 px (~95 m/px). "
         f"Windows of {meta['window']} px every {meta['stride']} px ({meta['windows']} windows), resized to "
-        f"{meta['image_size']} px; base task `{meta['task']}`; backbone {meta['backbone']}.",
+        f"{meta['image_size']} px; base task `{meta['task']}`"
+        + (f" (pre-training base pool: `--source {meta['source']}`)" if meta.get("source") else "")
+        + f"; backbone {meta['backbone']}.",
         "",
         f"Samples: K crater and K non-crater windows drawn per seed from windows wholly in the left third "
         f"(x < {TRAIN_X}); scored on the {meta['scored']} windows wholly in the right two thirds: "

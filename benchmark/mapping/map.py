@@ -15,6 +15,7 @@ from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
+from benchmark.runner import source_id
 from benchmark.scoring import check_scores
 from methods.progress import SILENT, Progress
 from tasks.errors import UserError
@@ -113,7 +114,8 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
     summary = {
         "scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
         **georeferencing(scene),
-        "method": method_spec.label, "method_config": method.config(), "task": task.name, "backbone": backbone,
+        "method": method_spec.label, "method_config": method.config(), "task": task.name,
+        "source": source_id(task) or None, "backbone": backbone,
         "image_size": image_size, "seed": seed, "window": grid.window, "stride": grid.stride,
         "grid_shape": list(grid.shape), "windows": grid.n, "window_x0": grid.xs, "window_y0": grid.ys,
         "unclassified_windows": int((~classified).sum()), "min_valid_fraction": MIN_VALID_FRACTION,

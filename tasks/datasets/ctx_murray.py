@@ -31,6 +31,11 @@ RIM_BAND = (0.8, 1.2)
 MIN_OVERLAP = 0.25
 
 
+def tile_paths(data_dir: Path) -> list[Path]:
+    """The 3 x 3 tile files, row by row."""
+    return [Path(data_dir) / DATASET / "resized_CTX" / f"CTX{r}{c}_{TILE}.png" for r in range(3) for c in range(3)]
+
+
 def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(3744, 3744) uint8 scene stacked row by row from the 3 x 3 tiles, and (577, 4) crater boxes."""
     from tasks.imageio import read_image
@@ -38,11 +43,12 @@ def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     root = Path(data_dir) / DATASET
     if not root.is_dir():
         raise UserError(f"{root} not found; set --data-dir or BENCH_DATA_DIR to the folder holding {DATASET}")
+    paths = iter(tile_paths(data_dir))
     rows = []
     for r in range(3):
         row = []
         for c in range(3):
-            path = root / "resized_CTX" / f"CTX{r}{c}_{TILE}.png"
+            path = next(paths)
             if not path.is_file():
                 raise UserError(f"CTX tile {path} is missing")
             row.append(np.asarray(read_image(path, "L", "CTX tile"), dtype=np.uint8))

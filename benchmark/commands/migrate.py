@@ -40,7 +40,8 @@ from benchmark.cli import add_common, default_data_dir
 
 def add_parser(sub) -> None:
     p = sub.add_parser("migrate", help="bring results files of an older schema to the current one")
-    p.add_argument("csv", nargs="+", metavar="CSV", help="episode-results files to migrate in place")
+    p.add_argument("csv", nargs="+", metavar="CSV",
+                   help="results files (episode, fixed-K or crater-score) to migrate in place")
     p.add_argument("--preprocessing", default=None,
                    help="preprocessing the rows were made with (default: the current pipeline's)")
     p.add_argument("--refresh-data", action="store_true",

@@ -340,6 +340,7 @@ CONDITION_WORDS = {
     "source": "with source dataset {!r}", "data": "on other data (data identity {})",
     "method_version": "by method version {}", "config": "with method config {}", "backbone": "with backbone {}",
     "image_size": "at image size {}", "preprocessing": "with image preprocessing {}",
+    "scene": "on another scene (scene identity {})",
 }
 
 

@@ -180,11 +180,16 @@ def source_id(task: Task) -> str:
 
 
 def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
-    """What determines the rows of each method besides what was asked for (see benchmark/results.Schema). The
-    data identity is computed once per run."""
-    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": config.backbone,
-              "image_size": config.image_size, "preprocessing": preprocessing_id(),
-              "device": device_name(config.device)}
+    """What determines the rows of each method besides what was asked for (see benchmark/results.Schema)."""
+    return method_conditions(task, config.backbone, config.image_size, config.device, methods)
+
+
+def method_conditions(task: Task, backbone: str, image_size: int, device: torch.device, methods) -> list[dict]:
+    """Per method: the source, data identity, backbone, image size, preprocessing, device, method version and
+    config its rows on `task` are made under (every command that runs methods keys its rows on these). The data
+    identity is computed once per call."""
+    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": backbone, "image_size": image_size,
+              "preprocessing": preprocessing_id(), "device": device_name(device)}
     return [{**shared, "method_version": method_version(method), "config": method_config(method)}
             for method in methods]
 

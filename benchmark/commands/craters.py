@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
     run.add_argument("--threads", type=positive_int("threads"), default=None)
     run.add_argument("--fresh", action="store_true",
                      help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv")
+    run.add_argument("--reuse-stale", action="store_true",
+                     help="take rows made by another git commit when everything else about them matches")
     run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=cmd_run)
@@ -169,22 +171,27 @@ def cmd_run(args) -> int:
     from benchmark.mapping.map import map_scene
     from benchmark.mapping.points import read_points, write_points
     from benchmark.mapping.scene import Scene
-    from benchmark.results import append_rows, check_results_path, read_results, set_aside, set_aside_path
-    from benchmark.runner import MethodSpec, source_id
+    from benchmark.results import append_rows, check_results_path, locked_if_present, read_results, \
+        reusable_units, set_aside, set_aside_path
+    from benchmark.runner import MethodSpec, git_commit, method_conditions
+    from methods.backbones import check_backbone
     from methods.cache import Cache
-    from methods.devices import device_name, resolve_device
+    from methods.devices import resolve_device
     from methods.features import thread_policy
-    from methods.registry import method_info
-    from tasks.datasets.ctx_murray import load_ctx, tile_paths, window_truth
+    from methods.registry import create_method
+    from tasks.datasets.ctx_murray import load_ctx, scene_identity, tile_paths, window_truth
     from tasks.errors import UserError
     from tasks.registry import load_task
     from tasks.windows import WindowGrid
 
+    if args.fresh and args.reuse_stale:
+        raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
+                        "would keep")
     data_dir = _data_dir(args)
     device = resolve_device(args.device)
+    check_backbone(args.backbone)
     specs = [MethodSpec.parse(m) for m in (args.method or DEFAULT_METHODS)]
-    for spec in specs:
-        method_info(spec.name)
+    methods = [create_method(spec.name, **spec.options) for spec in specs]  # bad names and options: before any work
     out_csv = Path(f"{args.out}.csv")
     try:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -199,40 +206,55 @@ def cmd_run(args) -> int:
     cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
     # a source must not hold the scene or its tiles (by file content)
     task = load_task(args.task, data_dir, source=args.source, keep_out=[*tile_paths(data_dir), scene_path])
-    source = source_id(task)
+    task_name = (task.plain or task).name
     progress = RichProgressReporter(enabled=not args.quiet)
     crater, ambiguous = window_truth(grid, boxes)
     _, scored = regions(grid)
+    smoothings = (("none", 0.0), ("mrf", float(args.beta)))
+    # a row's key: what was asked (task, source, method, K, smoothing), what else determines it (as bench run's
+    # rows: runner.method_conditions; and the scene, grid and methods' seed), and the draw's seed
+    scene_id = scene_identity(data_dir)
+    measurements, conditions = [], []
+    for spec, cond in zip(specs, method_conditions(task, args.backbone, args.image_size, device, methods)):
+        for k in args.shots:
+            for smoothing, strength in smoothings:
+                measurements.append({"task": task_name, "source": cond["source"], "method": spec.label, "shots": k,
+                                     "smoothing": smoothing, "strength": strength})
+                conditions.append({**{c: cond[c] for c in CRATERS.conditions if c in cond}, "scene": scene_id,
+                                   "method_seed": args.method_seed, "window": grid.window, "stride": grid.stride})
+    del methods
+    source = measurements[0]["source"] if measurements else ""
     meta = {"window": grid.window, "stride": grid.stride, "windows": grid.n, "image_size": args.image_size,
-            "task": task.name, "source": source, "backbone": args.backbone, "scored": int(scored.sum()),
+            "task": task_name, "source": source, "backbone": args.backbone, "scored": int(scored.sum()),
             "positives": int((scored & crater).sum()), "ambiguous": int((scored & ambiguous).sum()),
             "negatives": int((scored & ~crater & ~ambiguous).sum()), "beta": args.beta,
             "n_seeds": len(args.seeds), "method_seed": args.method_seed, "csv": str(out_csv),
             "command": " ".join(["bench"] + sys.argv[1:])}
-    smoothings = (("none", 0.0), ("mrf", float(args.beta)))
     if args.fresh:  # never delete results: the rows this command recomputes move aside
-        moved = set_aside(out_csv, CRATERS, [{"method": spec.label, "shots": k, "smoothing": s, "strength": b,
-                                              "source": source}
-                                             for spec in specs for k in args.shots for s, b in smoothings])
+        moved = set_aside(out_csv, CRATERS, measurements)
         if moved:
             progress.log(f"--fresh: moved {moved} rows from {out_csv} to {set_aside_path(out_csv)}")
+    commit = git_commit()
+    with locked_if_present(out_csv):
+        frame = read_results(out_csv, CRATERS)
+    # before any work: rows of these measurements under other conditions, or (unless --reuse-stale) from other
+    # code, are refused in one line, as bench run does (results.reusable_units)
+    done = {}
+    for m, c in zip(measurements, conditions):
+        what = f"{m['method']} K={m['shots']} smoothing {m['smoothing']}"
+        done[m["method"], m["shots"], m["smoothing"]] = reusable_units(frame, CRATERS, m, c, commit, out_csv, what,
+                                                                       args.reuse_stale)
+    key_of = {(m["method"], m["shots"], m["smoothing"]): {**m, **c} for m, c in zip(measurements, conditions)}
 
-    def key(spec, k, seed, smoothing, strength) -> tuple:
-        values = {"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing, "strength": strength,
-                  "method_seed": args.method_seed, "window": grid.window, "stride": grid.stride,
-                  "image_size": args.image_size, "device": device_name(device), "source": source}
+    def key(spec, k, seed, smoothing) -> tuple:
+        values = {**key_of[spec.label, k, smoothing], "seed": seed}
         return tuple(str(values[c]) for c in CRATERS.key)
 
-    def recorded() -> set[tuple]:
-        frame = read_results(out_csv, CRATERS)
-        return {tuple(str(v) for v in row) for row in frame[CRATERS.key].itertuples(index=False)}
-
-    done = recorded()
     with thread_policy(args.threads or torch.get_num_threads()):
         for spec in specs:
             for k in args.shots:
                 for seed in args.seeds:
-                    if all(key(spec, k, seed, s, b) in done for s, b in smoothings):
+                    if all(seed in done[spec.label, k, s] for s, _ in smoothings):
                         continue
                     points_path = work / f"points-k{k}-seed{seed}.csv"
                     xy, labels = draw_points(grid, boxes, k, np.random.default_rng([seed, k]))
@@ -250,16 +272,12 @@ def cmd_run(args) -> int:
                     seconds = time.perf_counter() - started
                     progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
                                  f"({json.dumps(result.summary['timings'])})")
-                    rows = [{"method": spec.label, "shots": k, "seed": seed, "smoothing": smoothing,
-                             "strength": strength, **scores, "method_seed": args.method_seed,
+                    rows = [{**key_of[spec.label, k, smoothing], "seed": seed, **scores,
                              "map_seconds": round(seconds, 2),
-                             "prepare_seconds": result.summary["timings"]["prepare_s"],
-                             "window": grid.window, "stride": grid.stride, "image_size": args.image_size,
-                             "device": device_name(device), "source": source}
+                             "prepare_seconds": result.summary["timings"]["prepare_s"], "git_commit": commit}
                             for smoothing, strength, scores in smoothed_scores(result.probabilities, grid, boxes,
                                                                                smoothings, progress)]
                     append_rows(out_csv, rows, CRATERS)
-    wanted = {key(spec, k, seed, s, b)
-              for spec in specs for k in args.shots for seed in args.seeds for s, b in smoothings}
+    wanted = {key(spec, k, seed, s) for spec in specs for k in args.shots for seed in args.seeds for s, _ in smoothings}
     write_table(Path(f"{args.out}.md"), out_csv, wanted, [spec.label for spec in specs], meta)
     return 0

@@ -1,4 +1,4 @@
-"""`bench migrate`: bring episode-results files of schema 1 to the current schema, deriving only what can be.
+"""`bench migrate`: bring results files of an older schema to the current schema, deriving only what can be.
 
 Schema 1 rows do not record the data identity, source, preprocessing or method version. Of these:
 - source: schema 1 had none (methods pre-trained on the task's own base pool): empty;
@@ -10,15 +10,29 @@ Schema 1 rows do not record the data identity, source, preprocessing or method v
   (benchmark/reference.sh does for the shipped reference rows); `--preprocessing` names another.
 Every other field keeps its text, so the numbers stay byte-identical. The file is rewritten atomically.
 Schema 2 rows (episode or fixed-K) do not record the device: every one was made on the CPU (there was no
-`--device`), so migrating them adds `device` = cpu and changes nothing else. Crater-score rows of schema 1
-lack the device and of schema 2 the source: `bench craters` had no `--source`, so it is empty (the base task's
-own base pool).
+`--device`), so migrating them adds `device` = cpu and changes nothing else.
+
+Crater-score rows (`bench craters run`) of schema 1 lack the device, of schema 2 also the source (`bench
+craters` had neither option: cpu, empty), and of schemas 1-3 the base task, backbone, data and scene identity,
+preprocessing, method version and config. Nothing in such a file says which task or backbone made it, so
+the user states them: `--task NAME --backbone NAME` (the command that made the rows, as the file's .md
+records it); without them the file is refused. Then, per row:
+- data: the fingerprint of that task (with the row's source) loaded from `--data-dir`; scene: the identity of
+  the CTX tiles and crater file there (tasks.datasets.ctx_murray.scene_identity); a task or scene that does
+  not load is refused;
+- method version: a method still at version 1 has never changed its numbers (methods/base.py: a change bumps
+  it), so 1; a method at a later version may have made the rows at any earlier one, so its version is refused
+  unless stated, `--method-version NAME=V`;
+- config: the method's config for the row's label (its options, the rest at their defaults) under this code:
+  a default that changes a method's numbers bumps its version, so at the version stated it is what made them;
+- git commit: `unrecorded` (a rerun takes these rows only with --reuse-stale; see results.reusable_units).
 `--refresh-data` recomputes the data identity of a current-schema file (after a change in how the identity
 is computed, not in the data). Running it again changes nothing.
 """
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.cli import add_common, default_data_dir
@@ -26,16 +40,34 @@ from benchmark.cli import add_common, default_data_dir
 
 def add_parser(sub) -> None:
     p = sub.add_parser("migrate", help="bring results files of an older schema to the current one")
-    p.add_argument("csv", nargs="+", metavar="CSV", help="episode-results files to migrate in place")
+    p.add_argument("csv", nargs="+", metavar="CSV",
+                   help="results files (episode, fixed-K or crater-score) to migrate in place")
     p.add_argument("--preprocessing", default=None,
                    help="preprocessing the rows were made with (default: the current pipeline's)")
     p.add_argument("--refresh-data", action="store_true",
                    help="recompute the data identity of current-schema rows from --data-dir")
+    p.add_argument("--task", default=None,
+                   help="crater-score files of schema 1-3: the base task their rows pre-trained on (the .md names it)")
+    p.add_argument("--backbone", default=None,
+                   help="crater-score files of schema 1-3: the backbone their rows were made with (their .md names it)")
+    p.add_argument("--method-version", action="append", default=[], metavar="NAME=V",
+                   help="crater-score files of schema 1-3: the version of method NAME that made its rows (needed for a "
+                        "method now past version 1)")
     add_common(p)
     p.set_defaults(handler=cmd_migrate)
 
 
-def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, refresh_data: bool = False) -> str:
+@dataclass(frozen=True)
+class CraterFacts:
+    """What the user states about the rows of an old crater-score file: nothing in the rows says it."""
+
+    task: str | None = None
+    backbone: str | None = None
+    method_versions: dict = field(default_factory=dict)  # method name -> version
+
+
+def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, refresh_data: bool = False,
+                 facts: CraterFacts = CraterFacts()) -> str:
     """Migrate one file in place (under its lock); returns what was done, in a few words."""
     from benchmark.fixedk import FIXED_K
     from benchmark.mapping.craters import CRATERS
@@ -62,21 +94,24 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         if current and not refresh_data:
             return "already current (nothing to do)"
         identities = {}
-        if (header == COLUMNS_V1 or refresh_data) and "data" in schema.columns:
+        pre = preprocessing or preprocessing_id()
+        if schema is CRATERS:
+            if current:
+                crater_identities(path, rows, data_dir)
+            else:
+                old_crater_rows(path, rows, data_dir, facts, pre, schema.version - 1 - schema.older().index(header))
+        elif (header == COLUMNS_V1 or refresh_data) and "data" in schema.columns:
             for task in sorted({r["task"] for r in rows}):
                 try:
                     identities[task] = load_task(task, data_dir).fingerprint()
                 except UserError as exc:
                     raise UserError(f"cannot migrate {path}: its task {task} does not load from --data-dir "
                                     f"{data_dir} ({exc}); give the data its rows were made on") from None
-        pre = preprocessing or preprocessing_id()
         for r in rows:
             if header == COLUMNS_V1:
                 r.update(source="", method_version="1", preprocessing=pre)
             if not current:  # rows from before --device were all made on the CPU
                 r.setdefault("device", "cpu")
-                if schema is CRATERS:  # and before --source on bench craters, pre-trained on the base task's own pool
-                    r.setdefault("source", "")
                 if schema is FIXED_K:  # and drew K per class at random, capping nothing (no --cap, no K-shot lists)
                     r.update(draw="random", capped="")
                 if "schema" in schema.columns:
@@ -90,17 +125,101 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     elif header == COLUMNS_V1:
         what = "migrated from schema 1:"
     else:
-        added = ", ".join(f"{c}: {rows[0][c] or 'empty'}" for c in schema.columns if c not in header) if rows else ""
+        per_method = ("method_version", "config") if schema is CRATERS else ()
+        added = ", ".join(f"{c}: {rows[0][c] or 'empty'}" for c in schema.columns
+                          if c not in header and c not in per_method) if rows else ""
+        if per_method and rows:  # one per method, the config at its defaults for the label (module docstring)
+            added += ", method versions: " + ", ".join(sorted({f"{r['method']} {r['method_version']}" for r in rows}))
         what = f"migrated from schema {schema.version - 1 - schema.older().index(header)} ({added}):"
     data = f" ({', '.join(f'{t}: data {d}' for t, d in identities.items())})" if identities else ""
     return f"{what} {len(rows)} rows{data}"
+
+
+UNRECORDED_COMMIT = "unrecorded"
+
+
+def crater_identities(path: Path, rows: list[dict], data_dir: Path) -> None:
+    """Set each crater row's data identity (its task with its source) and scene identity from `data_dir`."""
+    from tasks.datasets.ctx_murray import scene_identity
+    from tasks.errors import UserError
+    from tasks.registry import load_task
+
+    try:
+        scene = scene_identity(data_dir)
+        data = {(t, s): load_task(t, data_dir, source=s or None).fingerprint()
+                for t, s in sorted({(r["task"], r["source"]) for r in rows})}
+    except UserError as exc:
+        raise UserError(f"cannot migrate {path}: its rows' data does not load from --data-dir {data_dir} ({exc}); "
+                        "give the data its rows were made on") from None
+    for r in rows:
+        r.update(data=data[r["task"], r["source"]], scene=scene)
+
+
+def old_crater_rows(path: Path, rows: list[dict], data_dir: Path, facts: CraterFacts, preprocessing: str,
+                    version: int) -> None:
+    """Fill what crater rows of schema 1-3 do not record, from the stated facts (see the module docstring)."""
+    from benchmark.runner import MethodSpec, method_config, method_version
+    from methods.backbones import check_backbone
+    from methods.registry import create_method
+    from tasks.errors import UserError
+    from tasks.registry import load_task
+
+    if not facts.task or not facts.backbone:
+        raise UserError(f"cannot migrate {path}: its crater rows (schema {version}) do not record the base task or "
+                        "backbone that made them; state both with --task NAME --backbone NAME (its .md names them)")
+    check_backbone(facts.backbone)
+    labels = sorted({r["method"] for r in rows})
+    names = {MethodSpec.parse(label).name for label in labels}
+    unknown = sorted(set(facts.method_versions) - names)
+    if unknown:
+        raise UserError(f"--method-version names {', '.join(unknown)}, which made no row of {path} (its methods: "
+                        f"{', '.join(sorted(names))})")
+    made = {}
+    for label in labels:
+        spec = MethodSpec.parse(label)
+        try:
+            method = create_method(spec.name, **spec.options)
+        except UserError as exc:
+            raise UserError(f"cannot migrate {path}: its method {label} does not load ({exc})") from None
+        current = method_version(method)
+        stated = facts.method_versions.get(spec.name)
+        if stated is None and current != 1:
+            raise UserError(f"cannot migrate {path}: method {spec.name} is at version {current} and its rows do not "
+                            f"say which version made them; state it with --method-version {spec.name}=V")
+        if stated is not None and not 1 <= stated <= current:
+            raise UserError(f"--method-version {spec.name}={stated}: {spec.name} has versions 1 to {current}")
+        made[label] = {"method_version": str(stated or 1), "config": method_config(method)}
+    try:
+        task = load_task(facts.task, data_dir)
+    except UserError as exc:
+        raise UserError(f"cannot migrate {path}: --task {facts.task} does not load from --data-dir {data_dir} "
+                        f"({exc}); give the data its rows were made on") from None
+    for r in rows:
+        r.setdefault("device", "cpu")  # before --device, every map ran on the CPU
+        r.setdefault("source", "")  # before --source, the methods pre-trained on the task's own base pool
+        r.update(task=task.name, backbone=facts.backbone, preprocessing=preprocessing, git_commit=UNRECORDED_COMMIT,
+                 **made[r["method"]])
+    crater_identities(path, rows, data_dir)
+
+
+def parse_method_versions(items: list[str]) -> dict:
+    from tasks.errors import UserError
+
+    versions = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit():
+            raise UserError(f"--method-version {item}: use NAME=V, V a version number (e.g. sdft=1)")
+        versions[name.strip()] = int(value)
+    return versions
 
 
 def cmd_migrate(args) -> int:
     from benchmark.console import console
 
     data_dir = Path(args.data_dir or default_data_dir())
+    facts = CraterFacts(args.task, args.backbone, parse_method_versions(args.method_version))
     for path in args.csv:
-        console.print(f"{path}: {migrate_file(Path(path), data_dir, args.preprocessing, args.refresh_data)}",
+        console.print(f"{path}: {migrate_file(Path(path), data_dir, args.preprocessing, args.refresh_data, facts)}",
                       highlight=False)
     return 0

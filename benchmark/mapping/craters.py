@@ -145,23 +145,30 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
 V2_COLUMNS = ("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
               "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
               "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device")
+V3_COLUMNS = V2_COLUMNS + ("source",)
 CRATERS = Schema(
     name="crater map scores",
-    # 3: source (the --source the methods pre-trained on; "" = the base task's own base pool)
-    version=3,
-    columns=V2_COLUMNS + ("source",),
-    measurement=("method", "shots", "smoothing", "strength"),
-    conditions=("method_seed", "window", "stride", "image_size", "device", "source"),
+    # 4: what else determines a row, as `bench run`'s rows hold it (runner.method_conditions): the base task,
+    # its data identity, the CTX scene's identity (tiles and crater file), backbone, preprocessing, method
+    # version and config; and the git commit that made it (other code: refused unless --reuse-stale)
+    version=4,
+    columns=V3_COLUMNS + ("task", "data", "scene", "backbone", "preprocessing", "method_version", "config",
+                          "git_commit"),
+    # task and source: what the methods pre-train on, as asked (`--task`, `--source`)
+    measurement=("task", "source", "method", "shots", "smoothing", "strength"),
+    conditions=("data", "scene", "backbone", "image_size", "preprocessing", "method_version", "config",
+                "method_seed", "window", "stride", "device"),
     unit="seed",
     unit_fractions=("precision", "recall", "f1", "predicted_crater_fraction", "strict_precision", "strict_recall",
                     "strict_f1"),
     counts={"shots": 1, "seed": 0, "tp": 0, "fp": 0, "fn": 0, "positives": 0, "scored": 0, "ambiguous": 0,
-            "method_seed": 0, "window": 1, "stride": 1, "image_size": 1},
+            "method_seed": 0, "window": 1, "stride": 1, "image_size": 1, "method_version": 0},
     seconds=("map_seconds", "prepare_seconds"),
-    previous=V2_COLUMNS,
-    previous_lacks="the source they pre-trained on; migrate it with `bench migrate {path}` (its rows had none: "
-                   "`bench craters` had no --source)",
-    earlier=(V2_COLUMNS[:-1],),  # schema 1: before --device, every map ran on the CPU
+    previous=V3_COLUMNS,
+    previous_lacks="the base task, backbone, data identity, preprocessing, method version and config that made "
+                   "them; migrate it with `bench migrate {path} --task NAME --backbone NAME --data-dir DIR` (the "
+                   "task and backbone its .md names, DIR the data they were made on)",
+    earlier=(V2_COLUMNS, V2_COLUMNS[:-1]),  # 2: before --source; 1: before --device (every map on the CPU)
 )
 
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from tasks.datasets.base import ImageTable, table_from_rows
 from tasks.datasets.content import default_cache_dir, file_digests
-from tasks.datasets.ctx_murray import CLASSES, DATASET, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, window_truth
+from tasks.datasets.ctx_murray import CLASSES, DATASET, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, scene_files, \
+    window_truth
 from tasks.errors import UserError
 from tasks.imageio import DECODER_VERSION
 from tasks.windows import WindowGrid
@@ -53,12 +54,6 @@ def select_windows(grid: WindowGrid, boxes: np.ndarray) -> tuple[np.ndarray, np.
     labels = np.where(crater[idx], CLASSES.index("crater"), CLASSES.index("non-crater"))
     tiles = np.array([f"CTX{r}{c}" for r, c in zip(ty[idx], tx[idx])], dtype=object)
     return idx, labels, tiles
-
-
-def scene_files(data_dir: Path) -> list[Path]:
-    root = Path(data_dir) / DATASET
-    return [root / "resized_CTX" / f"CTX{r}{c}_{TILE}.png" for r in range(3) for c in range(3)] + \
-        [root / "selected_craters_XY.txt"]
 
 
 def derived_key(data_dir: Path) -> str:

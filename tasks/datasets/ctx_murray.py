@@ -15,6 +15,7 @@ non-crater terrain, as the catalogue does.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,26 @@ MIN_OVERLAP = 0.25
 def tile_paths(data_dir: Path) -> list[Path]:
     """The 3 x 3 tile files, row by row."""
     return [Path(data_dir) / DATASET / "resized_CTX" / f"CTX{r}{c}_{TILE}.png" for r in range(3) for c in range(3)]
+
+
+def scene_files(data_dir: Path) -> list[Path]:
+    """Every file the scene and its truth come from: the tiles, then the crater boxes."""
+    return tile_paths(data_dir) + [Path(data_dir) / DATASET / "selected_craters_XY.txt"]
+
+
+def scene_identity(data_dir: Path) -> str:
+    """The scene's identity for results rows: the names and bytes (SHA-256) of scene_files, wherever they lie.
+    A changed tile or crater file is another scene, whose scores are never taken for this one's."""
+    from tasks.datasets.content import file_digests
+
+    files = scene_files(data_dir)
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} is missing; set --data-dir or BENCH_DATA_DIR to the folder holding {DATASET}")
+    h = hashlib.sha256()
+    for f, digest in zip(files, file_digests(files)):
+        h.update(f"{f.name}\x00{digest}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -3,10 +3,15 @@ chunks of episodes over Ray workers (one machine or a cluster) and leaves everyt
 
 The unit of work is (method, shots, a chunk of episodes). The driver prepares each method once (features,
 SDFT's step-1 checkpoint and activations, meta-trained heads: computed or read from the driver's cache), puts
-the prepared method and each episode set into Ray's object store once, and submits the chunks. A worker gets
-them from the object store, so it needs neither the data, nor the cache folder, nor any recomputation: only
-this code and its packages (the same versions; `bench run` records the driver's). Each worker runs torch on
-one intra-op thread, as the local executor does under `thread_policy`, so its rows are the same bits.
+the prepared method and each episode set's query-blind view (tasks.episodes.BlindEpisodes) into Ray's object
+store once, and submits the chunks. A worker gets them from the object store, so it needs neither the data,
+nor the cache folder, nor any recomputation: only this code and its packages (the same versions; `bench run`
+records the driver's). Each worker runs torch on one intra-op thread, as the local executor does under
+`thread_policy`, so its rows are the same bits.
+
+Workers answer, the driver scores: a worker, where plugin code runs, receives supports, support labels and
+query rows (ascending, so their order says nothing of their classes) and returns scores; the query labels
+(the EpisodeSet, fixed-K's test labels) never leave the driver, which scores what comes back.
 
 A worker process that dies (killed, out of memory, its machine gone) is retried by Ray (`max_retries`); an
 exception a method raises is not retried but fails the method as on the local executor. Only the driver writes
@@ -18,7 +23,9 @@ import os
 import time
 from collections import defaultdict
 
+from tasks.episodes import BlindEpisodes
 from tasks.errors import UserError
+from tasks.protocols import BlindFixedKSet
 
 INSTALL = "Ray is not installed; install it with `pip install -e '.[ray]'` (or `pip install \"ray==2.*\"`)"
 CHUNKS_PER_WORKER = 4  # enough chunks to balance uneven workers, few enough to amortise each task's start
@@ -54,7 +61,7 @@ def start_ray(address: str | None, log=print):
 
 
 _held: dict[str, object] = {}  # in a worker: object-store refs already fetched -> their values
-HELD = 4  # values a worker keeps (a run's current method and episode sets)
+HELD = 4  # values a worker keeps (a run's current method and query-blind episode views)
 
 
 def _fetch(ref):
@@ -75,7 +82,7 @@ def _call(fn, held: list, *args):
     """On a worker: (list(fn(*values of held, *args)), worker name, busy seconds), on one intra-op thread (torch
     and BLAS) as the local executor runs under thread_policy. `held`: object-store refs (in a list, so that Ray
     hands them over unresolved and `_fetch` can keep their values). `fn` comes from the caller
-    (benchmark.runner.episode_results, benchmark.fixedk.fixed_k_rows), so this module imports neither."""
+    (benchmark.runner.episode_answers, benchmark.fixedk.fixed_k_answers), so this module imports neither."""
     import socket
 
     import torch
@@ -120,13 +127,13 @@ class WorkerStats:
         return f"ray: {len(parts)} worker(s) answered: " + "; ".join(parts)
 
 
-def ray_results(ray, answer, method_ref, episodes_ref, pending: list[int], workers: int, seed: int, class_names,
-                label: str, stats: WorkerStats):
-    """Yields answer's (episode, result, seconds) for `pending`, chunk by chunk in episode order, as workers
-    finish them."""
+def ray_answers(ray, answer, method_ref, blind_ref, pending: list[int], workers: int, seed: int, label: str,
+                stats: WorkerStats):
+    """Yields what answer(method, blind view, chunk, seed, label) yields for `pending`, chunk by chunk in episode
+    order, as workers finish them."""
     chunks = chunks_of(pending, workers)
     call = remote_call(ray)
-    refs = [call.remote(answer, [method_ref, episodes_ref], chunk, seed, class_names, label) for chunk in chunks]
+    refs = [call.remote(answer, [method_ref, blind_ref], chunk, seed, label) for chunk in chunks]
     yield from in_order(ray, refs, chunks, label, stats)
 
 
@@ -151,7 +158,7 @@ def in_order(ray, refs: list, chunks: list[list[int]], label: str, stats: Worker
                                        f"{chunks[position[ref]][-1]})", cause or exc) from None
                 except ray.exceptions.WorkerCrashedError as exc:
                     raise MethodFailed(label, "a Ray worker", f": its process died {RETRIES + 1} times", exc) from None
-                stats.add(worker, len(answered), busy)
+                stats.add(worker, len(chunks[position[ref]]), busy)
                 done[position[ref]] = answered
             while next_out in done:
                 yield from done.pop(next_out)
@@ -171,33 +178,40 @@ def put_prepared(ray, method, label: str):
 
 
 class RayExecutor:
-    """What benchmark.runner.run_method calls instead of episode_results: the same (episode, result, seconds)
-    stream, answered by Ray workers. The prepared method and each episode set go to the object store once."""
+    """What benchmark.runner.episode_results asks instead of answering episodes itself: the same answers, in
+    the same order, from Ray workers. The prepared method and each query-blind episode view go to the object
+    store once; the caller scores."""
 
     def __init__(self, address: str | None, log=print, answer=None):
-        """`answer`: benchmark.runner.episode_results (what each worker runs on its chunk of episodes)."""
+        """`answer`: benchmark.runner.episode_answers (what each worker runs on its chunk of episodes)."""
         self.ray, self.workers = start_ray(address, log)
         self.answer = answer
         self.stats = WorkerStats()
         self._method = (None, None)  # (method, its object-store reference)
         self._episodes: dict[int, tuple] = {}
 
-    def results(self, method, episodes, pending, seed, class_names, label):
+    def answers(self, method, blind, pending, seed, label):
+        """self.answer(method, blind, pending, seed, label)'s answers, computed on the workers. `blind`: a
+        tasks.episodes.BlindEpisodes, all of the episodes that a worker receives."""
+        if not isinstance(blind, BlindEpisodes):  # an EpisodeSet here would hand workers the query labels
+            raise TypeError(f"Ray workers take a BlindEpisodes view, not a {type(blind).__name__}")
         if self._method[0] is not method:
             self._method = (method, put_prepared(self.ray, method, label))
             self._episodes.clear()
-        if id(episodes) not in self._episodes:
-            self._episodes[id(episodes)] = (episodes, self.ray.put(episodes))
-        yield from ray_results(self.ray, self.answer, self._method[1], self._episodes[id(episodes)][1], list(pending),
-                               self.workers, seed, tuple(class_names), label, self.stats)
+        if id(blind) not in self._episodes:
+            self._episodes[id(blind)] = (blind, self.ray.put(blind))
+        yield from ray_answers(self.ray, self.answer, self._method[1], self._episodes[id(blind)][1], list(pending),
+                               self.workers, seed, label, self.stats)
 
-    def seed_rows(self, rows_of, method, k, seeds, sets, n_classes, label):
-        """rows_of(method, k, seeds, sets, n_classes) (benchmark.fixedk.fixed_k_rows) in chunks of seeds on the
-        workers; the rows in seed order."""
+    def seed_answers(self, answer, method, k, seeds, sets, n_classes, label):
+        """answer(method, k, seeds, sets, n_classes) (benchmark.fixedk.fixed_k_answers) in chunks of seeds on
+        the workers, in seed order. `sets`: tasks.protocols.BlindFixedKSet (no test labels)."""
+        if not all(isinstance(s, BlindFixedKSet) for s in sets):
+            raise TypeError("Ray workers take BlindFixedKSet draws (no test labels)")
         method_ref = put_prepared(self.ray, method, label)
         chunks = chunks_of(list(range(len(seeds))), self.workers)
         call = remote_call(self.ray)
-        refs = [call.remote(rows_of, [method_ref], k, [seeds[i] for i in c], [sets[i] for i in c], n_classes)
+        refs = [call.remote(answer, [method_ref], k, [seeds[i] for i in c], [sets[i] for i in c], n_classes)
                 for c in chunks]
         return list(in_order(self.ray, refs, [[seeds[i] for i in c] for c in chunks], label, self.stats))
 

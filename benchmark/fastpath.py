@@ -6,8 +6,9 @@ predict give for each episode alone (tests/test_fastpath.py checks it); methods/
 protonet and simpleshot do it. The harness asks the class, never inspects how its fit is written.
 
 Chunks are sized so that the rows one chunk reads take about CHUNK_BYTES. The run's worker threads
-(thread_policy) compute whole chunks side by side, and the main thread scores each chunk as a whole
-(`score_chunk`, through benchmark/scoring.py like every other scorer).
+(thread_policy) compute whole chunks side by side from the query-blind view (tasks.episodes.BlindEpisodes),
+and whoever holds the episode set scores each chunk as a whole (`score_chunk`, through benchmark/scoring.py
+like every other scorer).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from benchmark.scoring import score_episodes
 from methods.base import BatchedMethod
 from methods.devices import CPU, to_numpy
-from tasks.episodes import EpisodeSet
+from tasks.episodes import BlindEpisodes, EpisodeSet
 
 CHUNK_BYTES = 24 * 2**20
 
@@ -29,24 +30,15 @@ def supports_batches(method) -> bool:
     return isinstance(method, BatchedMethod)
 
 
-def chunk_episodes(episodes: EpisodeSet, dim: int) -> int:
+def chunk_episodes(episodes: EpisodeSet | BlindEpisodes, dim: int) -> int:
     """Episodes per chunk for rows of `dim` float32 values."""
     per_episode = (episodes.support.shape[1] + episodes.query.shape[1]) * dim * 4
     return int(max(1, CHUNK_BYTES // per_episode))
 
 
-def in_row_order(query_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the query's rows in ascending row order along the last axis, the order that sorts them).
-
-    The sampler lays a query out class by class: a method that saw that order could answer from positions
-    alone. Rows in table order say nothing of their classes that the rows themselves do not."""
-    order = np.argsort(query_idx, axis=-1, kind="stable")
-    return np.take_along_axis(query_idx, order, -1), order
-
-
 def in_query_order(scores, order: np.ndarray):
-    """Scores answered for in_row_order's rows, put back in the episode's query order (as given where their
-    shape does not fit: scoring then names the problem)."""
+    """Scores answered for tasks.episodes.in_row_order's rows, put back in the episode's query order (as given
+    where their shape does not fit: scoring then names the problem)."""
     scores = np.asarray(scores)
     if scores.shape[: order.ndim] != order.shape or scores.ndim != order.ndim + 1:
         return scores
@@ -56,16 +48,15 @@ def in_query_order(scores, order: np.ndarray):
 
 
 @torch.inference_mode()
-def batch_scores(method, episodes: EpisodeSet, indices) -> np.ndarray:
-    """(len(indices), n_query, n_way) scores for the chosen episodes, in one batched call."""
+def batch_scores(method, blind: BlindEpisodes, indices) -> np.ndarray:
+    """(len(indices), n_query, n_way) scores for the chosen episodes of the query-blind view, in one batched
+    call; a query's scores in the view's order (ascending rows)."""
     idx = np.asarray(indices, dtype=np.int64)
     device = getattr(method, "device", None) or CPU  # where the method's features are (methods/base.py)
-    support = torch.from_numpy(episodes.support[idx]).to(device)
-    query, order = in_row_order(episodes.query[idx])
-    support_y = torch.arange(episodes.n_way, device=device).repeat_interleave(episodes.n_shot).expand(len(idx), -1)
-    scores = to_numpy(method.predict_batch(support, support_y, torch.from_numpy(query).to(device),
-                                           episodes.n_way).float())
-    return in_query_order(scores, order)
+    support = torch.from_numpy(blind.support[idx]).to(device)
+    query = torch.from_numpy(blind.query[idx]).to(device)
+    support_y = torch.arange(blind.n_way, device=device).repeat_interleave(blind.n_shot).expand(len(idx), -1)
+    return to_numpy(method.predict_batch(support, support_y, query, blind.n_way).float())
 
 
 def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names, what: str = "the method") -> list[dict]:
@@ -76,9 +67,9 @@ def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names, 
     return score_episodes(scores, truth, episodes.classes[indices], class_names, what)
 
 
-def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_names, clock, workers: int | None = None):
-    """Yields (episode, score dict, seconds) chunk by chunk, in order; `seconds` is the time the chunk's scores
-    took divided by its episodes (scoring them is not counted, as on the one-by-one path).
+def chunked_answers(method, blind: BlindEpisodes, pending: list[int], clock, workers: int | None = None):
+    """Yields (chunk's episodes, batch_scores of the chunk, seconds per episode) chunk by chunk, in order;
+    `seconds` is the time the chunk's scores took divided by its episodes.
 
     With `workers` > 1 (default: thread_policy's worker count), that many threads compute whole chunks side by
     side, each on one intra-op thread: a chunk's scores do not depend on which thread
@@ -86,12 +77,12 @@ def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_name
     from methods.features import inference_threads
 
     workers = max(1, int(workers or inference_threads() or 1))
-    size = chunk_episodes(episodes, method.batch_row_floats())
+    size = chunk_episodes(blind, method.batch_row_floats())
     chunks = [pending[start : start + size] for start in range(0, len(pending), size)]
 
     def timed_scores(chunk):
         started = clock()
-        scores = batch_scores(method, episodes, chunk)
+        scores = batch_scores(method, blind, chunk)
         return scores, (clock() - started) / len(chunk)
 
     if workers == 1 or len(chunks) == 1:
@@ -102,7 +93,7 @@ def chunked_results(method, episodes: EpisodeSet, pending: list[int], class_name
         answered = pool.map(timed_scores, chunks)
     try:
         for chunk, (scores, seconds) in zip(chunks, answered):
-            yield from ((i, r, seconds) for i, r in zip(chunk, score_chunk(episodes, chunk, scores, class_names)))
+            yield chunk, scores, seconds
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -28,8 +28,8 @@ from methods.cache import Cache
 from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.protocols import (DRAW_TAG, PROTOCOL_VERSION, FixedKPools, fixed_k_draw, fixed_k_pools, fixed_k_sets,
-                             protocol_base)
+from tasks.protocols import (DRAW_TAG, PROTOCOL_VERSION, BlindFixedKSet, FixedKPools, fixed_k_draw, fixed_k_pools,
+                             fixed_k_sets, protocol_base)
 from tasks.registry import Task, load_task
 
 FIXED_K = Schema(
@@ -91,26 +91,30 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
     method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
                            progress or SILENT, device or CPU))
     n_classes = len(pools.classes)
-    if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), rows in seed order
-        rows = executor.seed_rows(fixed_k_rows, method, k, list(seeds), sets, n_classes, label)
+    blind = [s.blind() for s in sets]  # all that fit and predict see, here or on a Ray worker
+    if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), in seed order
+        answers = executor.seed_answers(fixed_k_answers, method, k, list(seeds), blind, n_classes, label)
     else:
-        rows = fixed_k_rows(method, k, seeds, sets, n_classes)
+        answers = fixed_k_answers(method, k, seeds, blind, n_classes)
+    rows = [{"seed": seed, "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
+             **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(seconds, 6)}
+            for (seed, scores, seconds), s in zip(answers, sets)]
     return [{**row, "draw": draw.draw, "capped": "|".join(draw.capped)} for row in rows]
 
 
-def fixed_k_rows(method, k: int, seeds, sets, n_classes: int) -> list[dict]:
-    """Per seed: fit the prepared method on its draw and score its prediction of the whole test pool."""
-    rows = []
+def fixed_k_answers(method, k: int, seeds, sets: list[BlindFixedKSet], n_classes: int) -> list[tuple]:
+    """Per seed: fit the prepared method on its draw and predict the whole test pool; (seed, (n_test, n_classes)
+    scores, seconds of fit and predict). The caller, which holds the test labels, scores them."""
+    answers = []
     for seed, s in zip(seeds, sets):
         started = time.perf_counter()
-        # copies: what a method does to its arguments never reaches the draw or the scoring
+        # copies: what a method does to its arguments never reaches the draw
         method.fit(s.train_idx.copy(), s.train_y.copy(), n_classes,
                    np.random.default_rng([int(seed), int(k), DRAW_TAG, 1]))
         scores = np.concatenate([method.predict(s.test_idx[i:i + PREDICT_CHUNK].copy())
                                  for i in range(0, len(s.test_idx), PREDICT_CHUNK)])
-        rows.append({"seed": int(seed), "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
-                     **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(time.perf_counter() - started, 6)})
-    return rows
+        answers.append((int(seed), scores, time.perf_counter() - started))
+    return answers
 
 
 def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:

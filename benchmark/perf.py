@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmark.defaults import DEFAULTS
-from benchmark.runner import episode_results
+from benchmark.runner import episode_answers, episode_results
 from methods.base import Context
 from methods.cache import Cache
 from methods.devices import CPU
@@ -218,10 +218,10 @@ def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, worker
         ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR",
                  log_to_driver=False)
     try:
-        executor = RayExecutor(None, log=lambda m: None, answer=episode_results)
-        list(executor.results(method, eps, pending[:workers], 0, task.class_names, method_name))  # workers up
+        executor = RayExecutor(None, log=lambda m: None, answer=episode_answers)
+        list(episode_results(method, eps, pending[:workers], 0, task.class_names, method_name, executor))  # warm
         started = time.perf_counter()
-        spread = list(executor.results(method, eps, pending, 0, task.class_names, method_name))
+        spread = list(episode_results(method, eps, pending, 0, task.class_names, method_name, executor))
         ray_rate = len(pending) / (time.perf_counter() - started)
     finally:
         if started_here:

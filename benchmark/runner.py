@@ -17,7 +17,7 @@ import torch
 
 from benchmark import __version__
 from benchmark.defaults import DEFAULTS
-from benchmark.fastpath import chunked_results, in_query_order, in_row_order, supports_batches
+from benchmark.fastpath import chunked_answers, in_query_order, score_chunk, supports_batches
 from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_results_path, locked_if_present, \
     matching, read_results, reusable_units, set_aside, set_aside_path
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
@@ -26,7 +26,7 @@ from methods.cache import Cache
 from methods.devices import CPU, device_name
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
-from tasks.episodes import EpisodeSet
+from tasks.episodes import BlindEpisodes, EpisodeSet, in_row_order
 from tasks.errors import UserError
 from tasks.registry import Task, load_task
 
@@ -271,7 +271,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     if config.executor == "ray":
         from benchmark.executors import RayExecutor
 
-        executor = RayExecutor(config.ray_address, progress.log, episode_results)
+        executor = RayExecutor(config.ray_address, progress.log, episode_answers)
     common = {"git_commit": commit, "versions": versions()}
     keys = [p.key for p in plans]
     while plans:  # each method's prepared state (images, activations, models) goes before the next prepares
@@ -338,8 +338,8 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
                 rows.clear()
 
         with progress.bar(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
-            answer = episode_results if executor is None else executor.results
-            for i, result, seconds in answer(method, episodes, plan.pending, config.seed, task.class_names, spec.label):
+            for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, task.class_names,
+                                                      spec.label, executor):
                 rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
                              "seconds": round(seconds, 6), **common,
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
@@ -359,27 +359,63 @@ def saved_on_exit(flush):
         flush()
 
 
-def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names, label: str = "method"):
-    """Yields (episode, scoring.score_episode's dict, seconds). Methods with `predict_batch` answer chunks of
-    episodes at once (benchmark/fastpath.py; the same scores); their `seconds` is the chunk's time divided by its
-    episodes. The others fit and predict episode by episode; `seconds` is that episode's fit + predict. What
-    the method raises or returns unscorable becomes MethodFailed."""
+def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names, label: str = "method",
+                    executor=None):
+    """Yields (episode, scoring.score_episode's dict, seconds). The method answers the episodes' query-blind view
+    (episode_answers: here, or on `executor`'s workers, which receive nothing else), and this process, which
+    holds the episode set, scores what it answered. What the method raises or returns unscorable becomes
+    MethodFailed."""
+    blind = episodes.blind()
+    answers = (episode_answers(method, blind, pending, seed, label) if executor is None
+               else executor.answers(method, blind, pending, seed, label))
+    for answered in answers:
+        chunk = list(answered.episodes)
+        with blamed(label, answered.stage, answered.where):
+            if answered.batched:
+                scores = in_query_order(answered.scores, in_row_order(episodes.query[chunk])[1])
+                results = score_chunk(episodes, chunk, scores, class_names)
+            else:
+                scores = in_query_order(answered.scores, in_row_order(episodes.query[chunk[0]])[1])
+                results = [score_episode(episodes.episode(chunk[0]), scores, class_names)]
+        yield from ((i, result, answered.seconds) for i, result in zip(chunk, results))
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A method's scores for one episode (fit + predict) or a chunk of episodes (predict_batch), before the
+    harness scores them: for the query rows of the blind view (ascending), as the method saw them."""
+
+    episodes: tuple[int, ...]
+    scores: np.ndarray  # (n_query, n_way); batched: (len(episodes), n_query, n_way)
+    seconds: float  # each episode's
+    batched: bool
+    where: str  # names the episodes in an error
+
+    @property
+    def stage(self) -> str:
+        return "predict_batch" if self.batched else "predict"
+
+
+def episode_answers(method, blind: BlindEpisodes, pending: list[int], seed: int, label: str = "method"):
+    """Yields Answered for `pending`, in order: what runs where the method runs (this process, a Ray worker),
+    from the query-blind view alone. Methods with `predict_batch` answer chunks of episodes at once
+    (benchmark/fastpath.py; the same scores), `seconds` being the chunk's time divided by its episodes; the
+    others fit and predict episode by episode, `seconds` being that episode's fit + predict."""
     if supports_batches(method):
-        with blamed(label, "predict_batch", f" (episodes {pending[0]}-{pending[-1]})"):
-            yield from chunked_results(method, episodes, pending, class_names, time.perf_counter)
+        where = f" (episodes {pending[0]}-{pending[-1]})"
+        with blamed(label, "predict_batch", where):
+            for chunk, scores, seconds in chunked_answers(method, blind, pending, time.perf_counter):
+                yield Answered(tuple(chunk), scores, seconds, True, where)
         return
-    k = episodes.n_shot
+    k = blind.n_shot
     for i in pending:
-        episode = episodes.episode(i)
+        episode = blind.episode(i)
         rng = np.random.default_rng([seed, k, i, 7919])
         started = time.perf_counter()
-        # copies: what a method does to its arguments never reaches the episode set or the scoring
+        # copies: what a method does to its arguments never reaches the episodes or the scoring
         named = {"classes": episode.classes.copy()} if getattr(method, "takes_classes", False) else {}
         with blamed(label, "fit", f" on episode {i}"):
             method.fit(episode.support_idx.copy(), episode.support_y.copy(), episode.n_way, rng, **named)
         with blamed(label, "predict", f" on episode {i}"):
-            query, order = in_row_order(episode.query_idx)
-            scores = in_query_order(method.predict(query), order)
-            seconds = time.perf_counter() - started
-            result = score_episode(episode, scores, class_names)
-        yield i, result, seconds
+            scores = np.asarray(method.predict(episode.query_idx.copy()))
+        yield Answered((i,), scores, time.perf_counter() - started, False, f" on episode {i}")

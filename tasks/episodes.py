@@ -166,6 +166,13 @@ class EpisodeSet:
     def __iter__(self):
         return (self.episode(i) for i in range(len(self)))
 
+    def blind(self) -> "BlindEpisodes":
+        """The query-blind view of these episodes (made once per set): what answering them needs."""
+        view = self.__dict__.get("_blind")
+        if view is None:
+            view = self.__dict__["_blind"] = BlindEpisodes.of(self)  # frozen: memoised beside the fields
+        return view
+
     @property
     def digest(self) -> str:
         h = hashlib.sha256(self.stream.encode())
@@ -198,6 +205,63 @@ class EpisodeSet:
         if eps.digest != digest:
             raise UserError(f"episode manifest {path} is corrupt (content hash mismatch)")
         return eps
+
+
+def in_row_order(query_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the query's rows in ascending row order along the last axis, the order that sorts them).
+
+    The sampler lays a query out class by class: a method that saw that order could answer from positions
+    alone. Rows in table order say nothing of their classes that the rows themselves do not."""
+    order = np.argsort(query_idx, axis=-1, kind="stable")
+    return np.take_along_axis(query_idx, order, -1), order
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    out = np.array(array, copy=True)  # shares memory with nothing of the episode set's
+    out.flags.writeable = False
+    return out
+
+
+@dataclass(frozen=True)
+class BlindEpisode:
+    """One episode as a method may see it: its classes, its support (rows and labels) and its query's rows in
+    ascending row order. It has no query labels, and the order of its query rows does not give them."""
+
+    index: int
+    classes: np.ndarray  # (N,) dataset label ids, in episode-label order
+    support_idx: np.ndarray  # (N*K,)
+    support_y: np.ndarray  # (N*K,) episode labels 0..N-1
+    query_idx: np.ndarray  # (N*Q,) ascending
+
+    @property
+    def n_way(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True, eq=False)
+class BlindEpisodes:
+    """What answering an EpisodeSet needs and nothing from which its query labels can be read: the episodes'
+    classes and supports, and each query's rows in ascending row order (in an EpisodeSet a query's position is
+    its label). Whatever runs a method's fit and predict (this process, or a Ray worker that receives only
+    this) answers from it; whoever holds the EpisodeSet scores. Arrays are read-only copies."""
+
+    n_way: int
+    n_shot: int
+    classes: np.ndarray  # (E, N)
+    support: np.ndarray  # (E, N*K), class by class as support_y says
+    query: np.ndarray  # (E, N*Q), each row ascending
+
+    @classmethod
+    def of(cls, episodes: EpisodeSet) -> "BlindEpisodes":
+        return cls(n_way=int(episodes.n_way), n_shot=int(episodes.n_shot), classes=_owned(episodes.classes),
+                   support=_owned(episodes.support), query=_owned(in_row_order(episodes.query)[0]))
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def episode(self, i: int) -> BlindEpisode:
+        return BlindEpisode(index=i, classes=self.classes[i], support_idx=self.support[i],
+                            support_y=np.repeat(np.arange(self.n_way), self.n_shot), query_idx=self.query[i])
 
 
 def episode_rng(seed: int, n_way: int, k: int, q: int, i: int) -> np.random.Generator:

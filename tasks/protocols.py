@@ -29,6 +29,15 @@ HALF_FOLDS, HALF_TEST_FOLDS = 4, 2
 DRAW_TAG = 4211  # separates these generators from the episode sampler's
 
 
+class BlindFixedKSet(NamedTuple):
+    """One seed's draw as a method may see it: its training rows and labels and the test rows, in the test pool's
+    order (table order, never class by class); not the test labels."""
+
+    train_idx: np.ndarray
+    train_y: np.ndarray
+    test_idx: np.ndarray
+
+
 class FixedKSet(NamedTuple):
     """One seed's draw: table indices and protocol labels (0..C-1, positions in FixedKPools.classes)."""
 
@@ -36,6 +45,10 @@ class FixedKSet(NamedTuple):
     train_y: np.ndarray
     test_idx: np.ndarray
     test_y: np.ndarray
+
+    def blind(self) -> BlindFixedKSet:
+        """What fitting and predicting need (copies): whoever holds this set scores with its test_y."""
+        return BlindFixedKSet(self.train_idx.copy(), self.train_y.copy(), self.test_idx.copy())
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmark import fastpath
-from benchmark.fastpath import batch_scores, chunk_episodes, score_chunk, supports_batches
+from benchmark.fastpath import batch_scores, chunk_episodes, in_query_order, score_chunk, supports_batches
 from benchmark.results import read_results
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark, score_episode
 from benchmark.scoring import ScoreError
@@ -12,6 +12,7 @@ from methods.base import Context
 from methods.cache import Cache
 from methods.nearest_mean import class_means, gather_rows, squared_norms
 from methods.registry import create_method
+from tasks.episodes import in_row_order
 from test_sdft import make_tiny_task
 
 
@@ -32,11 +33,13 @@ def test_batched_episodes_match_one_by_one(tmp_path, name, monkeypatch):
     episodes = task.episodes(3, 2, 3, 40, seed=0)
     monkeypatch.setattr(fastpath, "CHUNK_BYTES", 1)  # one episode per chunk ...
     assert chunk_episodes(episodes, method.features.shape[1]) == 1
-    one_per_chunk = batch_scores(method, episodes, [7])
+    blind = episodes.blind()  # what the method answers from: queries in ascending row order
+    one_per_chunk = batch_scores(method, blind, [7])
     monkeypatch.undo()  # ... and all 40 in one
-    assert chunk_episodes(episodes, method.features.shape[1]) >= 40
-    batched = batch_scores(method, episodes, list(range(len(episodes))))
+    assert chunk_episodes(blind, method.features.shape[1]) >= 40
+    batched = batch_scores(method, blind, list(range(len(episodes))))
     np.testing.assert_array_equal(one_per_chunk[0], batched[7])
+    batched = in_query_order(batched, in_row_order(episodes.query)[1])  # as the harness puts them back
     results = score_chunk(episodes, list(range(len(episodes))), batched, task.class_names)
     for i, episode in enumerate(episodes):
         method.fit(episode.support_idx, episode.support_y, episode.n_way, np.random.default_rng(0))
@@ -111,8 +114,8 @@ def test_batching_is_declared_by_the_class_not_detected():
         type("Changed", (ProtoNet,), {"predict_features": lambda self, x: -x})
 
 
-def test_worker_threads_give_the_same_results_in_the_same_order(tmp_path, monkeypatch):
-    from benchmark.fastpath import chunked_results
+def test_worker_threads_give_the_same_scores_in_the_same_order(tmp_path, monkeypatch):
+    from benchmark.fastpath import chunked_answers
 
     task = make_tiny_task(tmp_path / "data", n_classes=4, groups_per_class=5)
     method = create_method("protonet")
@@ -120,6 +123,6 @@ def test_worker_threads_give_the_same_results_in_the_same_order(tmp_path, monkey
     episodes = task.episodes(3, 2, 3, 50, seed=0)
     monkeypatch.setattr(fastpath, "CHUNK_BYTES", 3 * 15 * method.features.shape[1] * 4)  # 3 episodes a chunk
     pending = [i for i in range(50) if i % 7]
-    one = [(i, r) for i, r, _ in chunked_results(method, episodes, pending, task.class_names, lambda: 0.0, workers=1)]
-    three = [(i, r) for i, r, _ in chunked_results(method, episodes, pending, task.class_names, lambda: 0.0, workers=3)]
-    assert [i for i, _ in one] == pending and one == three
+    one = [(c, s.tobytes()) for c, s, _ in chunked_answers(method, episodes.blind(), pending, lambda: 0.0, workers=1)]
+    three = [(c, s.tobytes()) for c, s, _ in chunked_answers(method, episodes.blind(), pending, lambda: 0.0, workers=3)]
+    assert [i for c, _ in one for i in c] == pending and one == three

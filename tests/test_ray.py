@@ -3,6 +3,8 @@ rows identical to the local executor's; a worker killed mid-run is retried and e
 from __future__ import annotations
 
 import csv
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,48 @@ def test_ray_refuses_an_accelerator_in_one_line(data, tmp_path, capsys, monkeypa
                  "--out", str(tmp_path / "r.csv")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "--executor ray runs its workers on CPUs" in err
+
+
+def spied(report: Path) -> list[dict]:
+    return [json.loads(line) for line in report.read_text().splitlines()]
+
+
+def test_workers_receive_no_query_labels_and_the_driver_scores(local_ray, data, tmp_path):
+    report = tmp_path / "ray.jsonl"
+    assert run(data, tmp_path / "ray.csv", tmp_path / "cache", f"label-spy:report={report}",
+               f"label-spy-batched:report={report}", executor="ray", episodes=4) == 0
+    seen = spied(report)
+    assert {s["stage"] for s in seen} == {"fit", "predict", "predict_batch"}
+    assert all(s["pid"] != os.getpid() for s in seen)  # answered on the workers
+    assert [s for s in seen if s["found"]] == []
+    assert all("BlindEpisodes" in s["held"] for s in seen)  # what the executor holds was searched
+    assert len(rows(tmp_path / "ray.csv")) == 2 * 2 * 4  # and the driver scored every episode
+
+    fixed = tmp_path / "fixedk.jsonl"
+    assert main(["fixedk", "--task", f"folder:{data}", "--shots", "1", "--seeds", "0-3", "--image-size", "32",
+                 "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "fixedk.csv"),
+                 "--method", f"label-spy:report={fixed}", "--executor", "ray"]) == 0
+    seen = spied(fixed)
+    assert {s["stage"] for s in seen} == {"fit", "predict"} and all(s["pid"] != os.getpid() for s in seen)
+    assert [s for s in seen if s["found"]] == []
+
+
+def test_the_spy_does_find_labels_in_the_process_that_holds_them(data, tmp_path):
+    """The search above can succeed: in the driver's own process (the local executor) it finds the episode
+    set, which is why untrusted plugins belong on workers (docs/adding-a-method.md)."""
+    report = tmp_path / "local.jsonl"
+    assert run(data, tmp_path / "local.csv", tmp_path / "cache", f"label-spy:report={report}", episodes=2) == 0
+    seen = spied(report)
+    assert seen and all(s["pid"] == os.getpid() for s in seen)
+    assert all(any("EpisodeSet" in f for f in s["found"]) for s in seen)
+
+
+def test_the_executor_refuses_an_episode_set(local_ray, data, tmp_path):
+    from benchmark.executors import RayExecutor
+    from methods.registry import create_method
+    from tasks.registry import load_task
+
+    episodes = load_task(f"folder:{data}", tmp_path).episodes(3, 1, 2, 2, seed=0)
+    executor = RayExecutor(None, log=lambda message: None)
+    with pytest.raises(TypeError, match="BlindEpisodes"):
+        next(executor.answers(create_method("protonet"), episodes, [0], 0, "protonet"))

@@ -62,9 +62,7 @@ STEP2_DEFAULTS = dict(
     lr_head=1e-3,
     scale=10.0,  # initial cosine scale, learnable
 )
-# Step-2 options added after reference rows were recorded (README, "SDFT's second step, chosen on validation"):
-# at these values the code computes exactly what it did before they existed, so config() leaves them out and
-# those rows keep their result key.
+# Step-2 options added after reference rows were recorded, chosen on validation episodes (docs/tuning.md).
 STEP2_LATER = dict(
     # WiSE-FT-style weight-space mix of step 1 and step 0 before step 2: mix * step-1 weights + (1 - mix) *
     # ImageNet weights (batch-norm statistics too). 1: step 1's network, 0: ImageNet's.
@@ -79,6 +77,9 @@ STEP2_LATER = dict(
     # (each query alone: nothing is learnt from the query set). 1: the image as it is.
     views=1,
 )
+# The values at which the code computes what it did before these options existed: config() leaves an option
+# out only at this value, whatever its default, so that a row keyed without it was made at this value.
+BEFORE_STEP2_LATER = dict(mix=1.0, fuse=0.0, label_smoothing=0.0, views=1)
 
 
 def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,8 +222,8 @@ class SDFT(FewShotMethod):
 
     def config(self) -> dict:
         config = {"step1": self.use_step1, "head": self.head, **self.opts}
-        for key, default in STEP2_LATER.items():
-            if config[key] == default:
+        for key, value in BEFORE_STEP2_LATER.items():
+            if config[key] == value:
                 del config[key]
         return config
 

@@ -46,6 +46,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every folder (deepest first): what a folder written in a temporary
+    place and renamed into place needs, so that after a crash the renamed folder never holds a truncated file."""
+    folders = []
+    for here, _, files in os.walk(root):
+        folders.append(here)
+        for name in files:
+            fd = os.open(os.path.join(here, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for here in reversed(folders):
+        fd = os.open(here, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """For writers that want a file name (matplotlib, Pillow, numpy, GDAL): a temporary path beside `path`

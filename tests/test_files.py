@@ -39,3 +39,27 @@ def test_a_rewritten_file_keeps_its_permissions_and_a_new_one_gets_the_umask(tmp
     finally:
         os.umask(umask)
     assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_fsync_tree_syncs_every_file_and_folder(tmp_path, monkeypatch):
+    import os
+
+    from tasks.files import fsync_tree
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "one.png").write_bytes(b"1")
+    (tmp_path / "a" / "b" / "two.png").write_bytes(b"2")
+    synced, real_fsync, real_open = [], os.fsync, os.open
+    names = {}
+
+    def opening(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        names[fd] = os.path.relpath(path, tmp_path)
+        return fd
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(names[fd]), real_fsync(fd)))
+    fsync_tree(tmp_path / "a")
+    assert set(synced) == {"a", "a/b", "a/one.png", "a/b/two.png"}
+    assert synced.index("a/b") < synced.index("a")  # deepest folder first, after every file
+    assert all(synced.index(f) < synced.index("a/b") for f in ("a/one.png", "a/b/two.png"))

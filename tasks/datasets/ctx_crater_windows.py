@@ -33,6 +33,7 @@ from tasks.datasets.content import default_cache_dir, file_digests
 from tasks.datasets.ctx_murray import CLASSES, DATASET, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, scene_files, \
     window_truth
 from tasks.errors import UserError
+from tasks.files import fsync_tree
 from tasks.imageio import DECODER_VERSION
 from tasks.windows import WindowGrid
 
@@ -87,6 +88,7 @@ def materialise(data_dir: Path, cache_dir: Path | None = None) -> Path:
             Image.fromarray(scene[y:y + WINDOW, x:x + WINDOW]).save(tmp / name)
             rows.append({"file": name, "label": int(label), "group": str(tile), "x0": int(x), "y0": int(y)})
         (tmp / MANIFEST).write_text(json.dumps({"classes": list(CLASSES), "rows": rows}))
+        fsync_tree(tmp)  # the rename below must never publish a folder whose files are not on disk yet
         try:
             os.rename(tmp, folder)
         except OSError:  # another process finished the same folder first: theirs is identical

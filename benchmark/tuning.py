@@ -63,7 +63,8 @@ class Grid:
 
     def specs(self) -> tuple[list[MethodSpec], MethodSpec]:
         """(every method spec to run, the default's spec among them). Points whose recorded config is the same
-        (`knn:k=5` where 5 is k's default) are run once; the default setting is always among them."""
+        (`knn:k=1` where 1 is k's default) are run once, under the default's own label (`knn`), so that rows an
+        earlier tuning run or `bench run --split validation` made of the default are reused, not run again."""
         default = MethodSpec(self.method.name, dict(self.method.options))
         keys = [k for k, _ in self.axes]
         points = [MethodSpec(self.method.name, {**self.method.options, **dict(zip(keys, values))})
@@ -73,9 +74,6 @@ class Grid:
             config = repr(sorted(create_method(spec.name, **spec.options).config().items()))  # checks each value
             if config not in seen:
                 seen[config] = spec
-            elif spec is not default and seen[config] is default:
-                seen[config] = spec  # named by its grid value: the table then lists the value tried
-                default = spec
         specs = list(seen.values())
         return specs, default
 

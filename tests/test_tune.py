@@ -116,4 +116,22 @@ def test_grid_values_are_checked_and_duplicates_refused():
     with pytest.raises(UserError, match="set twice"):
         Grid.parse("knn:k=3", ["k=1,2"])
     specs, default = Grid.parse("knn", ["k=1,3"]).specs()
-    assert [s.label for s in specs] == ["knn:k=1", "knn:k=3"] and default.label == "knn:k=1"  # k=1 is the default
+    assert [s.label for s in specs] == ["knn", "knn:k=3"] and default.label == "knn"  # k=1 is the default
+
+
+def test_a_grid_point_equal_to_the_default_reuses_the_defaults_rows(tmp_path, capsys):
+    """`--grid k=1,3` where 1 is the default runs k=1 as the default's own label, so the default's rows from an
+    earlier tune (or `bench run --split validation`) are reused rather than run again under another name."""
+    csv = make_csv(tmp_path / "data")
+    argv = tune_argv(tmp_path, csv)
+    assert main(argv) == 0
+    first = pd.read_csv(csv.parent / "table.csv")
+    grid = argv.index("--grid")
+    again = argv[:grid] + ["--grid", "k=1,7"] + argv[grid + 2:]
+    assert main(again) == 0
+    second = pd.read_csv(csv.parent / "table.csv")
+    assert set(second["method"]) == {"knn", "knn:k=7"}
+    default = lambda t: t[t["method"] == "knn"][["accuracy", "episodes"]].to_numpy()
+    assert (default(first) == default(second)).all()
+    rows = pd.read_csv(csv.parent / "validation.csv")
+    assert rows["method"].value_counts().to_dict() == {"knn": 6, "knn:k=3": 6, "knn:k=5": 6, "knn:k=7": 6}

@@ -208,3 +208,11 @@ def test_shipped_crater_rows_say_what_their_md_says():
     versions = dict(frame.groupby("method")["method_version"].first())
     assert versions == {"protonet": 1, "linear-probe": 1, "sdft": 1}
     assert set(frame["git_commit"]) == {"unrecorded"}
+
+
+def test_out_naming_the_csv_or_the_table_means_the_same_stem():
+    from benchmark.commands.craters import out_stem
+
+    assert out_stem("runs/ctx") == "runs/ctx"
+    assert out_stem("runs/ctx.csv") == out_stem("runs/ctx.md") == out_stem("runs/ctx.CSV") == "runs/ctx"
+    assert out_stem("runs/ctx.v2") == "runs/ctx.v2"  # any other dot is part of the name

@@ -163,6 +163,12 @@ def write_table(path: Path, out_csv: Path, wanted: set[tuple], labels: list[str]
     print(path.read_text())
 
 
+def out_stem(out: str) -> str:
+    """OUT of `--out OUT` (rows in OUT.csv, the table in OUT.md): a user who names either file means OUT."""
+    path = Path(out)
+    return str(path.with_suffix("")) if path.suffix.lower() in (".csv", ".md") else out
+
+
 def cmd_run(args) -> int:
     import torch
 
@@ -192,6 +198,7 @@ def cmd_run(args) -> int:
     check_backbone(args.backbone)
     specs = [MethodSpec.parse(m) for m in (args.method or DEFAULT_METHODS)]
     methods = [create_method(spec.name, **spec.options) for spec in specs]  # bad names and options: before any work
+    args.out = out_stem(args.out)
     out_csv = Path(f"{args.out}.csv")
     try:
         out_csv.parent.mkdir(parents=True, exist_ok=True)

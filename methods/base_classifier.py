@@ -35,23 +35,12 @@ class BaseClassifier(SDFT):
         return {k: self.opts[k] for k in STEP1_DEFAULTS}
 
     def prepare(self, ctx: Context) -> None:
-        base_labels = ctx.base_pool()[1]
-        self.base_classes = np.unique(base_labels)
-        outside = np.setdiff1d(ctx.episode_classes(), self.base_classes)
+        outside = np.setdiff1d(ctx.episode_classes(), np.unique(ctx.base_pool()[1]))
         if len(outside):
             raise UserError(f"base-classifier: task {ctx.task_name}'s episode classes are not all base classes "
                             f"({len(outside)} are not); it only answers tasks whose classes were pre-trained on")
         super().prepare(ctx)  # step 1 (cached) and the activations entering its top
-        state = ctx.cache.cached_state_dict("sdft-step1", self.step1_key(ctx))
-        if state is None or "classifier.weight" not in state:
-            raise UserError("base-classifier needs SDFT's step-1 checkpoint in the cache; run with a writable "
-                            "--cache-dir")
-        # the head goes where the activations are (--device)
-        self.weight = state["classifier.weight"].float().to(self.device)
-        self.bias = state["classifier.bias"].float().to(self.device)
-        if self.weight.shape[0] != len(self.base_classes):
-            raise UserError(f"base-classifier: the cached step-1 head has {self.weight.shape[0]} classes, the base "
-                            f"pool {len(self.base_classes)}; clear the cache's sdft-step1 entry")
+        self.weight, self.bias = self.step1_head(ctx)  # where the activations are (--device)
 
     def fit(self, support_idx, support_y, n_way, rng, classes=None):
         self.rows = torch.from_numpy(self.base_rows(classes).astype(np.int64)).to(self.device)

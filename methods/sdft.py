@@ -266,15 +266,25 @@ class SDFT(FewShotMethod):
         if self.opts["fuse"] > 0:
             self.base_log_probs = self.base_head_log_probs(ctx)
 
-    def base_head_log_probs(self, ctx: Context) -> torch.Tensor:
-        """Every image's log-probabilities under step 1's linear head, over all base classes, from the
-        untouched top of the network step 2 starts from."""
+    def step1_head(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 1's linear head (weight, bias) from the cached checkpoint, on the activations' device; sets
+        self.base_classes (the head's rows, in order)."""
         self.base_classes = np.unique(ctx.base_pool()[1])
         state = ctx.cache.cached_state_dict("sdft-step1", self.step1_key(ctx))
         if state is None or "classifier.weight" not in state:
-            raise UserError(f"{self.name}: fuse needs step 1's checkpoint in the cache; run with a writable --cache-dir")
+            raise UserError(f"{self.name} needs SDFT's step-1 checkpoint in the cache; run with a writable "
+                            f"--cache-dir")
         weight = state["classifier.weight"].float().to(self.device)
         bias = state["classifier.bias"].float().to(self.device)
+        if weight.shape[0] != len(self.base_classes):
+            raise UserError(f"{self.name}: the cached step-1 head has {weight.shape[0]} classes, the base pool "
+                            f"{len(self.base_classes)}; clear the cache's sdft-step1 entry")
+        return weight, bias
+
+    def base_head_log_probs(self, ctx: Context) -> torch.Tensor:
+        """Every image's log-probabilities under step 1's linear head, over all base classes, from the
+        untouched top of the network step 2 starts from."""
+        weight, bias = self.step1_head(ctx)
         with torch.inference_mode():
             logits = torch.cat([self.top(chunk).flatten(1) @ weight.T + bias for chunk in self.acts.split(1024)])
             log_probs = torch.log_softmax(logits, dim=1)

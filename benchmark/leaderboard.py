@@ -281,14 +281,17 @@ def to_sources(rows: pd.DataFrame, versus: str | None = None) -> str:
     rows["source_name"] = sources.where(sources != "", "none")
     if versus and not rows["entry"].eq(versus).any():
         raise UserError(f"--versus {versus}: no rows of that method in these files")
-    parts = []
+    parts, titled = [], None
     for (target, ways, queries, shots), g in rows.groupby(["target", "ways", "queries", "shots"], sort=True):
         if g["source_name"].eq("none").sum() == 0:
             continue
         if g["manifest"].nunique() > 1:
             raise UserError(f"{target} {shots}-shot: its rows with and without a source come from different "
                             f"episode streams; they cannot be paired")
-        if not parts:
+        if titled != (target, ways, queries):  # one table per target task and setting
+            titled = (target, ways, queries)
+            if parts:
+                parts.append("")
             parts.append(f"**{target}**: {ways}-way, {queries} queries per class; accuracy %, mean ± 95% CI "
                          "(episodes); Δ: paired difference in points on the episodes both answered, ± 95% CI (pairs)\n")
             parts.append("| method | K | source | accuracy % | Δ vs no source | "

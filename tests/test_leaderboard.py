@@ -157,3 +157,23 @@ def test_without_files_it_takes_the_episode_results_in_results_and_skips_other_t
     assert "10 episode rows from 1 file(s)" in captured.err and "fake-task" in captured.out
     assert main(["leaderboard", "results/ctx-craters.csv"]) == 2  # named explicitly: refused, in one line
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_sources_format_titles_each_target_task():
+    """--format sources: rows of two target tasks get a table each, under their own title."""
+    import pandas as pd
+
+    from benchmark.leaderboard import to_sources
+
+    frames = []
+    for task in ("alpha", "beta"):
+        for source in ("", "aid"):
+            frame = fake_rows({"m": 0.6}, shots=(1,), episodes=4)
+            frame["task"] = f"{task}+{source}" if source else task
+            frame["source"] = source
+            frame["entry"] = frame["method"]
+            frames.append(frame)
+    text = to_sources(pd.concat(frames, ignore_index=True))
+    assert text.count("**alpha**") == 1 and text.count("**beta**") == 1
+    assert text.count("| method | K | source |") == 2
+    assert text.index("**beta**") > text.index("| `m` | 1 | aid |")

@@ -422,15 +422,3 @@ def set_aside(path: Path, schema: Schema, measurements: list[dict]) -> int:
         except OSError as exc:
             raise UserError(f"cannot set rows of {path} aside into {aside} ({exc.strerror})") from None
     return len(moved)
-
-
-def recorded(path: Path, key: dict, schema: Schema = EPISODES) -> set[int]:
-    """The units (episodes, seeds) recorded in `path` for the rows matching `key` (any subset of columns)."""
-    with locked_if_present(Path(path)):
-        frame = read_results(path, schema)
-    return set(frame.loc[matching(frame, key), schema.unit].astype(int))
-
-
-def done_episodes(path: Path, key: dict) -> set[int]:
-    """Episode numbers recorded in `path` for the rows matching `key`."""
-    return recorded(path, key)

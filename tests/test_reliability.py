@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
-from benchmark.results import COLUMNS, KEY, SCHEMA_VERSION, append_rows, done_episodes, read_results
+from benchmark.results import COLUMNS, KEY, SCHEMA_VERSION, append_rows, matching, read_results
 from fakes_reliability import (bench, bench_popen, line_count, make_folder_dataset, read_rows, run_args,
                                stable)
 from methods.cache import Cache
@@ -115,6 +115,12 @@ def test_ctrl_c_keeps_finished_episodes_and_resume_completes(data, tmp_path, mon
     monkeypatch.setattr(LinearProbe, "fit_features", original)
     assert main(quick_argv(data, out, cache)) == 0
     assert stable(assert_whole(out, 30)) == stable(read_rows(tmp_path / "ref.csv"))
+
+
+def done_episodes(path, key: dict) -> set[int]:
+    """Episode numbers recorded in `path` for the rows matching `key`."""
+    frame = read_results(path)
+    return set(frame.loc[matching(frame, key), "episode"].astype(int))
 
 
 def test_a_partial_last_line_is_ignored_then_cut_off(data, tmp_path, capsys):

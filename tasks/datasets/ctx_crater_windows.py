@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from tasks.datasets.base import ImageTable, table_from_rows
-from tasks.datasets.content import default_cache_dir, file_digests
-from tasks.datasets.ctx_murray import CLASSES, DATASET, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, scene_files, \
+from tasks.datasets.content import default_cache_dir
+from tasks.datasets.ctx_murray import CLASSES, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, scene_identity, \
     window_truth
-from tasks.errors import UserError
 from tasks.files import fsync_tree
 from tasks.imageio import DECODER_VERSION
 from tasks.windows import WindowGrid
@@ -58,12 +57,8 @@ def select_windows(grid: WindowGrid, boxes: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def derived_key(data_dir: Path) -> str:
-    files = scene_files(data_dir)
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise UserError(f"{missing[0]} is missing; set --data-dir or BENCH_DATA_DIR to the folder holding {DATASET}")
     settings = {"rule": RULE_VERSION, "window": WINDOW, "stride": STRIDE, "lattice": LATTICE,
-                "decoder": DECODER_VERSION, "files": [f.name for f in files], "bytes": file_digests(files)}
+                "decoder": DECODER_VERSION, "scene": scene_identity(data_dir)}  # tiles' and crater file's bytes
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

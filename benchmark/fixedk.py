@@ -18,11 +18,10 @@ import pandas as pd
 
 from benchmark.results import Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
     reusable_units, set_aside, set_aside_path
-from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, git_commit, versions
+from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, git_commit, method_context, versions
 from benchmark.scoring import MethodFailed, score_fixed_k
 from benchmark.stats import summarize
 from methods.backbones import DEFAULT_BACKBONE
-from methods.base import Context
 from methods.devices import CPU
 from methods.cache import Cache
 from methods.features import DEFAULT_IMAGE_SIZE
@@ -30,6 +29,7 @@ from methods.progress import SILENT, Progress
 from methods.registry import create_method
 from tasks.protocols import (DRAW_TAG, PROTOCOL_VERSION, BlindFixedKSet, FixedKPools, fixed_k_draw, fixed_k_pools,
                              fixed_k_sets, protocol_base)
+from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 
 FIXED_K = Schema(
@@ -88,18 +88,27 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
     sets = fixed_k_sets(task, k, seeds, cap, pools)
     view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
                 pools.test, source=task.source)
-    method.prepare(Context(view, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, prepare_seed,
-                           progress or SILENT, device or CPU))
+    handles = RowHandles.of_table(task.table)
+    method.prepare(method_context(view, method, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE,
+                                  prepare_seed, progress or SILENT, device or CPU, handles))
     n_classes = len(pools.classes)
-    blind = [s.blind() for s in sets]  # all that fit and predict see, here or on a Ray worker
+    blind = [s.blind(handles) for s in sets]  # all that fit and predict see, here or on a Ray worker
     if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), in seed order
         answers = executor.seed_answers(fixed_k_answers, method, k, list(seeds), blind, n_classes, label)
     else:
         answers = fixed_k_answers(method, k, seeds, blind, n_classes)
     rows = [{"seed": seed, "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
-             **score_fixed_k(s.test_y, scores, n_classes), "seconds": round(seconds, 6)}
+             **score_fixed_k(s.test_y, in_test_order(scores, s.test_order(handles)), n_classes),
+             "seconds": round(seconds, 6)}
             for (seed, scores, seconds), s in zip(answers, sets)]
     return [{**row, "draw": draw.draw, "capped": "|".join(draw.capped)} for row in rows]
+
+
+def in_test_order(scores, order: np.ndarray):
+    """Scores answered for the blind set's test rows (ascending handles) in the draw's test order (as given
+    where their length does not fit: scoring names the problem)."""
+    scores = np.asarray(scores)
+    return scores[order] if scores.ndim >= 1 and len(scores) == len(order) else scores
 
 
 def fixed_k_answers(method, k: int, seeds, sets: list[BlindFixedKSet], n_classes: int) -> list[tuple]:

@@ -21,13 +21,14 @@ from benchmark.fastpath import chunked_answers, in_query_order, score_chunk, sup
 from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_results_path, locked_if_present, \
     matching, read_results, reusable_units, set_aside, set_aside_path
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
-from methods.base import Context
+from methods.base import Context, handed
 from methods.cache import Cache
 from methods.devices import CPU, device_name
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
 from tasks.episodes import BlindEpisodes, EpisodeSet, in_row_order
 from tasks.errors import UserError
+from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 
 FLUSH_EVERY_EPISODES = 20  # one-by-one methods; batched ones (fastpath) answer ~50 episodes in milliseconds,
@@ -198,6 +199,24 @@ def method_version(method) -> int:
     return int(getattr(type(method), "version", 1))
 
 
+def method_cache(cache: Cache, method) -> Cache:
+    """The cache folder a method writes to: `<cache>/methods/<the package of its class>`. The built-ins share one
+    (SDFT's variants and base-classifier read one step-1 checkpoint); a plugin gets its own. None of the
+    harness's entries (the dataset's digests, images and features in row order) lie under it."""
+    package = type(method).__module__.split(".")[0] or "unnamed"
+    return cache.folder("methods", package)
+
+
+def method_context(task: Task, method, cache: Cache, backbone: str, image_size: int, seed: int = 0,
+                   progress: Progress = SILENT, device: torch.device = CPU, handles: RowHandles | None = None) -> Context:
+    """The Context `method` is prepared with: the arrays it consumes, in handle order, computed with the
+    harness's `cache`; its own cache folder (method_cache)."""
+    given = handed(task, cache, backbone, image_size, getattr(type(method), "consumes", "images"), progress, device,
+                   handles)
+    return Context.of(given, method_cache(cache, method), backbone=backbone, image_size=image_size, seed=seed,
+                      progress=progress, device=device)
+
+
 @contextmanager
 def blamed(label: str, stage: str, where: str = ""):
     """Exceptions inside the block are the method's: MethodFailed naming it (Ctrl-C passes through, and so does a
@@ -314,6 +333,7 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
     """Prepare the method once (here, in the driver), then answer each shots' pending episodes here or on
     `executor`'s workers (benchmark/executors.py); either way only this process writes rows."""
     spec, method = plans[0].spec, plans[0].method
+    handles = RowHandles.of_table(task.table)
     prepared = False
     for plan in plans:
         k, episodes = plan.k, episode_sets[plan.k]
@@ -324,8 +344,8 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
         if not prepared:
             started = time.perf_counter()
             with blamed(spec.label, "prepare"):
-                method.prepare(Context(task, cache, config.backbone, config.image_size, config.seed, progress,
-                                       config.device))
+                method.prepare(method_context(task, method, cache, config.backbone, config.image_size, config.seed,
+                                              progress, config.device, handles))
             progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows record "
                          f"{device_name(config.device)})")
             prepared = True
@@ -339,7 +359,7 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
 
         with progress.bar(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
             for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, task.class_names,
-                                                      spec.label, executor):
+                                                      spec.label, executor, handles):
                 rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
                              "seconds": round(seconds, 6), **common,
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
@@ -360,22 +380,23 @@ def saved_on_exit(flush):
 
 
 def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names, label: str = "method",
-                    executor=None):
+                    executor=None, handles: RowHandles | None = None):
     """Yields (episode, scoring.score_episode's dict, seconds). The method answers the episodes' query-blind view
     (episode_answers: here, or on `executor`'s workers, which receive nothing else), and this process, which
     holds the episode set, scores what it answered. What the method raises or returns unscorable becomes
     MethodFailed."""
-    blind = episodes.blind()
+    blind = episodes.blind(handles)
+    query = episodes.query if handles is None else handles.of_rows(episodes.query)
     answers = (episode_answers(method, blind, pending, seed, label) if executor is None
                else executor.answers(method, blind, pending, seed, label))
     for answered in answers:
         chunk = list(answered.episodes)
         with blamed(label, answered.stage, answered.where):
             if answered.batched:
-                scores = in_query_order(answered.scores, in_row_order(episodes.query[chunk])[1])
+                scores = in_query_order(answered.scores, in_row_order(query[chunk])[1])
                 results = score_chunk(episodes, chunk, scores, class_names)
             else:
-                scores = in_query_order(answered.scores, in_row_order(episodes.query[chunk[0]])[1])
+                scores = in_query_order(answered.scores, in_row_order(query[chunk[0]])[1])
                 results = [score_episode(episodes.episode(chunk[0]), scores, class_names)]
         yield from ((i, result, answered.seconds) for i, result in zip(chunk, results))
 

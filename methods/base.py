@@ -1,12 +1,14 @@
 """A few-shot method: prepare once per task, then per episode fit on the support set and predict the query.
 
-The harness hands a method a sealed `Context` in `prepare`: the data of every row (decoded images, frozen
-features), the base pool (its rows, labels and groups, and scene-disjoint episodes drawn from it), the cache,
-backbone, image size, seed and progress. The context holds no task, no table and nothing else from which
-the labels of target rows can be reached; every array it returns is the method's own copy. Per episode
-`fit` gets copies of the support's rows and labels and `predict` a copy of the query's rows (never its
-labels), and the harness scores the returned scores itself, so no method can score itself or change what
-another method sees. docs/adding-a-method.md says what is and is not in scope of this boundary.
+The harness hands a method a sealed `Context` in `prepare`: arrays of every row (decoded images or frozen
+features), the base pool (its rows, labels and groups, and scene-disjoint episodes drawn from it), a cache
+folder of the method's own, backbone, image size, seed and progress. Rows are addressed by handles
+(tasks/handles.py): numbers whose value and order say nothing about a row's class or scene. The context holds
+no task, no table, no file path and nothing from which the labels of target rows can be reached; every array
+it returns is the method's own copy. Per episode `fit` gets copies of the support's handles and labels and
+`predict` the query's handles in ascending order (never its labels), and the harness scores the returned
+scores itself, so no method can score itself or change what another method sees. docs/adding-a-method.md
+says what is and is not in scope of this boundary.
 """
 from __future__ import annotations
 
@@ -19,21 +21,25 @@ import pandas as pd
 import torch
 
 from methods.backbones import DEFAULT_BACKBONE
-from methods.cache import Cache
+from methods.cache import Cache, cache_key
 from methods.devices import CPU, to_numpy
 from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array, images_key
 from methods.progress import SILENT, Progress
 from methods.registry import recorded_config
 from tasks.datasets import ImageTable
 from tasks.episodes import PoolIndex
+from tasks.errors import UserError
+from tasks.handles import HANDLES_VERSION, RowHandles
 from tasks.registry import Task
+
+CONSUMES = ("images", "features", "both")
 
 
 @dataclass(frozen=True, eq=False)
 class RowFiles(ImageTable):
     """The image files of a task's rows, in row order, without labels, groups or splits: what decoding images
     and extracting features need. It answers `fingerprint()` and `identity()` with the task table's own, so
-    that images and features share their cache entries with the table's."""
+    that images and features share their cache entries with the table's. Only the harness holds one."""
 
     table_fingerprint: str = ""
     table_identity: str = ""
@@ -59,13 +65,57 @@ def _owned(array: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Handed:
+    """Everything a Context gives a method, as plain values and arrays in handle order: what the harness hands
+    over in-process, and what it writes for a sandboxed method (benchmark/sandbox.py)."""
+
+    task_key: str  # identifies the task (rows, labels and pools) for cache keys
+    n_rows: int
+    base: np.ndarray  # handles of the base pool, in the task's base-pool order
+    base_labels: np.ndarray
+    base_groups: np.ndarray
+    episode_classes: np.ndarray
+    keys: dict  # features / images / base_images: the cache keys of the arrays below
+    features: np.ndarray | None = None  # (n_rows, D) in handle order, when the method consumes features
+    images: np.ndarray | None = None  # (n_rows, 3, S, S) uint8 in handle order, when it consumes images
+
+
+def handed(task: Task, cache: Cache, backbone: str, image_size: int, consumes: str, progress: Progress = SILENT,
+           device: torch.device = CPU, handles: RowHandles | None = None) -> Handed:
+    """What the harness hands a method for `task`: arrays computed (or read from `cache`) here, where the image
+    files are, and put in handle order; nothing of the table comes along."""
+    if consumes not in CONSUMES:
+        raise UserError(f"a method's `consumes` must be one of {', '.join(CONSUMES)}, got {consumes!r}")
+    handles = handles if handles is not None else RowHandles.of_table(task.table)
+    rows = RowFiles.of(task.table)
+    base = np.asarray(task.base, np.int64)
+    # Caches derived from these arrays key on what they hold, in handle order; what trains on the base pool
+    # alone sees the same images in the same base-pool order as before handles, so it keeps its key.
+    keys = {"features": cache_key("by-handle", HANDLES_VERSION, features_key(rows, backbone, image_size, device)),
+            "images": cache_key("by-handle", HANDLES_VERSION, images_key(rows, image_size)),
+            "base_images": images_key(rows, image_size)}
+    features = images = None
+    if consumes in ("features", "both"):
+        features = handles.in_handle_order(frozen_features(rows, cache, backbone, image_size, progress, device))
+    if consumes in ("images", "both"):
+        images = handles.in_handle_order(image_array(rows, image_size, cache, progress))
+    return Handed(task_key=task.fingerprint(), n_rows=len(task.table), base=handles.of_rows(base),
+                  base_labels=task.table.labels[base], base_groups=task.table.groups[base],
+                  episode_classes=np.unique(task.table.labels[np.asarray(task.target, np.int64)]), keys=keys,
+                  features=features, images=images)
+
+
 @dataclass(eq=False)
 class Context:
-    """What a method may use besides an episode, built by the harness from a task that it does not keep.
+    """What a method may use besides an episode: the arrays and base pool the harness hands over.
 
-    `Context(task, cache, ...)` takes the task only to copy out the base pool and the label-free row files."""
+    `Context.of(handed(...), cache, ...)` takes them as the harness hands them (benchmark/runner.method_context,
+    and a sandboxed method, benchmark/sandbox.py). `Context(task, cache, ...)` computes them from a task it does
+    not keep (`consumes`: which arrays the method reads) with handles equal to row numbers, for tools and tests
+    that address rows by row number; the harness never hands a method such a context."""
 
-    task: InitVar[Task]
+    task: InitVar[Task | None]
     cache: Cache
     backbone: str = DEFAULT_BACKBONE
     image_size: int = DEFAULT_IMAGE_SIZE
@@ -74,65 +124,76 @@ class Context:
     # Where the method's network passes run (methods/devices.py): its modules and the tensors they read go
     # there once; scores come back to the CPU as numpy. Not label data: the harness sets it from --device.
     device: torch.device = CPU
-    task_name: str = field(init=False)
-    task_key: str = field(init=False)  # identifies the task (rows, labels and pools) for cache keys
+    consumes: InitVar[str] = "both"
+    given: InitVar[Handed | None] = None
+    task_key: str = field(init=False)
     n_rows: int = field(init=False)
-    _rows: RowFiles = field(init=False, repr=False)
-    _base: np.ndarray = field(init=False, repr=False)
-    _base_labels: np.ndarray = field(init=False, repr=False)
-    _base_groups: np.ndarray = field(init=False, repr=False)
-    _episode_classes: np.ndarray = field(init=False, repr=False)
+    _handed: Handed = field(init=False, repr=False)
 
-    def __post_init__(self, task: Task) -> None:
+    def __post_init__(self, task: Task | None, consumes: str, given: Handed | None) -> None:
         self.cache = copy.copy(self.cache)  # a method that reconfigures its cache reconfigures only its own
-        self.task_name, self.task_key, self.n_rows = task.name, task.fingerprint(), len(task.table)
-        self._rows = RowFiles.of(task.table)
-        self._base = _owned(np.asarray(task.base, np.int64))
-        self._base_labels = _owned(task.table.labels[self._base])
-        self._base_groups = _owned(task.table.groups[self._base])
-        self._episode_classes = _owned(np.unique(task.table.labels[np.asarray(task.target, np.int64)]))
+        if given is None:
+            given = handed(task, self.cache, self.backbone, self.image_size, consumes, self.progress, self.device,
+                           RowHandles.identity(len(task.table)))
+        self._handed = Handed(**{name: _owned(value) if isinstance(value, np.ndarray) else value
+                                 for name, value in vars(given).items()})
+        self.task_key, self.n_rows = given.task_key, given.n_rows
+
+    @classmethod
+    def of(cls, given: Handed, cache: Cache, **settings) -> "Context":
+        return cls(None, cache, given=given, **settings)
+
+    def _array(self, name: str) -> np.ndarray:
+        value = getattr(self._handed, name)
+        if value is None:
+            raise RuntimeError(f"this method asked for ctx.{name}() but its class does not declare it reads them; set "
+                            f"`consumes = \"{name}\"` (or \"both\") on the method class")
+        return value.copy()
 
     def features(self) -> np.ndarray:
-        """(n_rows, D) frozen ImageNet features of every row (cached; a fresh array on every call)."""
-        return frozen_features(self._rows, self.cache, self.backbone, self.image_size, self.progress, self.device)
+        """(n_rows, D) frozen ImageNet features of every row, in handle order (a fresh array on every call)."""
+        return self._array("features")
 
     def features_key(self) -> str:
         """Identifies what ctx.features() returns, for the keys of caches derived from features."""
-        return features_key(self._rows, self.backbone, self.image_size, self.device)
+        return self._handed.keys["features"]
 
     def images(self) -> np.ndarray:
-        """(n_rows, 3, S, S) uint8 of every row (cached; a fresh array on every call)."""
-        return image_array(self._rows, self.image_size, self.cache, self.progress)
+        """(n_rows, 3, S, S) uint8 of every row, in handle order (a fresh array on every call)."""
+        return self._array("images")
 
     def images_key(self) -> str:
         """Identifies what ctx.images() returns: methods put it in the keys of caches derived from images."""
-        return images_key(self._rows, self.image_size)
+        return self._handed.keys["images"]
 
     def base_images_key(self) -> str:
-        """Identifies the base pool's images; what is trained on the base pool alone (SDFT's step 1) keys on
-        it, so that a context with more images (a scene's windows in `bench map`) shares those caches."""
-        return self.images_key()
+        """Identifies the base pool's images in base_pool() order; what is trained on the base pool alone (SDFT's
+        step 1) keys on it, so that a context with more images (a scene's windows in `bench map`) shares those
+        caches."""
+        return self._handed.keys["base_images"]
 
     def base_pool(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, labels) of the base pool: copies of the method's own. Labels are the table's class ids."""
-        return self._base.copy(), self._base_labels.copy()
+        """(handles, labels) of the base pool: copies of the method's own. Labels are the table's class ids. The
+        base pool keeps the task's own order, which says nothing its labels and groups do not."""
+        return self._handed.base.copy(), self._handed.base_labels.copy()
 
     def base_groups(self) -> np.ndarray:
         """The source scene of each base-pool row, in base_pool() order (a copy)."""
-        return self._base_groups.copy()
+        return self._handed.base_groups.copy()
 
     def episode_classes(self) -> np.ndarray:
         """The class ids (as base_pool() labels them) that this run's episodes draw from: the task's class list,
         which a user knows before labelling anything; no row's label."""
-        return self._episode_classes.copy()
+        return self._handed.episode_classes.copy()
 
     def base_episodes(self) -> PoolIndex:
         """The base pool indexed for `tasks.episodes.sample_episode`: scene-disjoint N-way K-shot Q-query
-        episodes over base rows, as the harness draws target episodes."""
+        episodes over base handles, as the harness draws target episodes."""
         labels = np.full(self.n_rows, -1, np.int64)
         groups = np.full(self.n_rows, "", dtype=object)
-        labels[self._base], groups[self._base] = self._base_labels, self._base_groups
-        return PoolIndex(labels, groups, self._base.copy())
+        base = self._handed.base
+        labels[base], groups[base] = self._handed.base_labels, self._handed.base_groups
+        return PoolIndex(labels, groups, base.copy())
 
 
 def torch_generator(rng: np.random.Generator) -> torch.Generator:

@@ -10,6 +10,7 @@ anything more there (entries already in the folder are still read).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -52,6 +53,13 @@ class Cache:
                 raise UserError(f"cache folder {self.root} cannot be used: {blocker} is a file; pass --cache-dir "
                                 "with a folder (or set BENCH_CACHE_DIR), or move the file away")
             use_digest_cache(self.root / "digests")  # content digests of dataset files live beside the rest
+
+    def folder(self, *parts: str) -> "Cache":
+        """A cache like this one under a sub-folder (it leaves the dataset-digest cache where it is)."""
+        sub = copy.copy(self)
+        sub.root = self.root.joinpath(*parts)
+        sub.hits, sub.misses = [], []
+        return sub
 
     def path(self, kind: str, key: str, ext: str) -> Path:
         return self.root / kind / f"{key}.{ext}"

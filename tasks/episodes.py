@@ -166,12 +166,10 @@ class EpisodeSet:
     def __iter__(self):
         return (self.episode(i) for i in range(len(self)))
 
-    def blind(self) -> "BlindEpisodes":
-        """The query-blind view of these episodes (made once per set): what answering them needs."""
-        view = self.__dict__.get("_blind")
-        if view is None:
-            view = self.__dict__["_blind"] = BlindEpisodes.of(self)  # frozen: memoised beside the fields
-        return view
+    def blind(self, handles=None) -> "BlindEpisodes":
+        """The query-blind view of these episodes: what answering them needs; with `handles`
+        (tasks.handles.RowHandles), rows are given as the handles methods address them by."""
+        return BlindEpisodes.of(self, handles)
 
     @property
     def digest(self) -> str:
@@ -252,9 +250,13 @@ class BlindEpisodes:
     query: np.ndarray  # (E, N*Q), each row ascending
 
     @classmethod
-    def of(cls, episodes: EpisodeSet) -> "BlindEpisodes":
+    def of(cls, episodes: EpisodeSet, handles=None) -> "BlindEpisodes":
+        """`handles` (tasks.handles.RowHandles): the view addresses rows by their handles, as methods do."""
+        support, query = episodes.support, episodes.query
+        if handles is not None:
+            support, query = handles.of_rows(support), handles.of_rows(query)
         return cls(n_way=int(episodes.n_way), n_shot=int(episodes.n_shot), classes=_owned(episodes.classes),
-                   support=_owned(episodes.support), query=_owned(in_row_order(episodes.query)[0]))
+                   support=_owned(support), query=_owned(in_row_order(query)[0]))
 
     def __len__(self) -> int:
         return len(self.classes)

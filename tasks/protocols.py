@@ -46,9 +46,18 @@ class FixedKSet(NamedTuple):
     test_idx: np.ndarray
     test_y: np.ndarray
 
-    def blind(self) -> BlindFixedKSet:
-        """What fitting and predicting need (copies): whoever holds this set scores with its test_y."""
-        return BlindFixedKSet(self.train_idx.copy(), self.train_y.copy(), self.test_idx.copy())
+    def blind(self, handles=None) -> BlindFixedKSet:
+        """What fitting and predicting need (copies): whoever holds this set scores with its test_y. With
+        `handles` (tasks.handles.RowHandles), rows are handles and the test rows are in ascending handle order
+        (`test_order` puts scores answered in that order back in test_idx's)."""
+        if handles is None:
+            return BlindFixedKSet(self.train_idx.copy(), self.train_y.copy(), self.test_idx.copy())
+        return BlindFixedKSet(handles.of_rows(self.train_idx), self.train_y.copy(),
+                              np.sort(handles.of_rows(self.test_idx)))
+
+    def test_order(self, handles) -> np.ndarray:
+        """For each row of test_idx, its position in blind(handles).test_idx."""
+        return np.argsort(np.argsort(handles.of_rows(self.test_idx), kind="stable"), kind="stable")
 
 
 @dataclass(frozen=True, eq=False)

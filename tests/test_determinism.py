@@ -44,7 +44,7 @@ def test_one_and_two_threads_give_identical_results_and_caches(data, tmp_path):
     rows1, cache1 = results[1]
     rows2, cache2 = results[2]
     assert len(rows1) == 3 * 2 * 12 and rows1 == rows2
-    assert any(k.startswith("features/") for k in cache1) and any(k.startswith("protonet/") for k in cache1)
+    assert any(k.startswith("features/") for k in cache1) and any(k.startswith("methods/methods/protonet/") for k in cache1)
     assert cache1.keys() == cache2.keys()
     for name in cache1:  # features computed with 1 and with 2 threads, and the trained embedding: same bits
         assert cache1[name] == cache2[name], name

@@ -153,6 +153,8 @@ def record(roots: dict) -> None:
 class Walker(FewShotMethod):
     """Records every integer or text array reachable from what it is handed; answers class 0."""
 
+    consumes = "both"
+
     def prepare(self, ctx):
         super().prepare(ctx)
         record({"ctx": ctx, "self": self, **api_results(ctx)})
@@ -171,6 +173,8 @@ class Walker(FewShotMethod):
 class Vandal(FeatureMethod):
     """Writes into everything it can reach from what it is handed (not through module globals, which any
     import reaches), reassigns the context's attributes, and rewrites its episode arguments."""
+
+    consumes = "both"
 
     def prepare(self, ctx):
         super().prepare(ctx)

@@ -135,6 +135,9 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="with --executor ray: a running Ray instance ('auto': the one `ray start` runs on this "
                         "machine, or HOST:PORT); default: start a local one sized to this machine")
+    p.add_argument("--isolate", action="store_true",
+                   help="run every method in a bubblewrap sandbox (no network, no data, caches, results or home; "
+                        "a fresh fork per episode): for untrusted plugins (docs/adding-a-method.md)")
     add_common(p)
 
 
@@ -154,6 +157,12 @@ def benchmark_config(args) -> dict:
         if device.type != "cpu":  # workers unpickle the prepared method's tensors where they were
             raise UserError(f"--executor ray runs its workers on CPUs; with --device {args.device} ({device}) use "
                             "--executor local, or --device cpu with Ray")
+    if args.isolate:
+        if args.executor == "ray":
+            raise UserError("--isolate runs each method in a sandbox on this machine; use it with --executor local")
+        from benchmark.sandbox import bwrap
+
+        bwrap()  # missing or unable to start: one line saying how, before any work
     if args.fresh and args.reuse_stale:
         raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
                         "would keep")
@@ -162,7 +171,8 @@ def benchmark_config(args) -> dict:
                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
                 fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
-                source=args.source, device=device, executor=args.executor, ray_address=args.ray_address)
+                source=args.source, device=device, executor=args.executor, ray_address=args.ray_address,
+                isolate=args.isolate)
 
 
 def default_data_dir() -> str:

@@ -18,12 +18,14 @@ import pandas as pd
 
 from benchmark.results import Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
     reusable_units, set_aside, set_aside_path
-from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, git_commit, method_context, versions
+from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, created_methods, git_commit, make_executor, \
+    method_cache, method_context, versions
 from benchmark.scoring import MethodFailed, score_fixed_k
 from benchmark.stats import summarize
 from methods.backbones import DEFAULT_BACKBONE
 from methods.devices import CPU
 from methods.cache import Cache
+from methods.base import handed
 from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
@@ -89,12 +91,19 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None =
     view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
                 pools.test, source=task.source)
     handles = RowHandles.of_table(task.table)
-    method.prepare(method_context(view, method, cache, backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE,
-                                  prepare_seed, progress or SILENT, device or CPU, handles))
+    backbone, image_size, device = backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, device or CPU
+    if hasattr(executor, "prepare"):  # prepared in its sandbox (benchmark/sandbox.py)
+        given = handed(view, cache, backbone, image_size, type(method).consumes, progress or SILENT, device, handles)
+        executor.prepare(method, given, method_cache(cache, method).root, backbone, image_size, prepare_seed,
+                         str(device))
+    else:
+        method.prepare(method_context(view, method, cache, backbone, image_size, prepare_seed, progress or SILENT,
+                                      device, handles))
     n_classes = len(pools.classes)
     blind = [s.blind(handles) for s in sets]  # all that fit and predict see, here or on a Ray worker
     if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), in seed order
-        answers = executor.seed_answers(fixed_k_answers, method, k, list(seeds), blind, n_classes, label)
+        extra = {"draw_tag": DRAW_TAG, "chunk": PREDICT_CHUNK} if hasattr(executor, "prepare") else {}
+        answers = executor.seed_answers(fixed_k_answers, method, k, list(seeds), blind, n_classes, label, **extra)
     else:
         answers = fixed_k_answers(method, k, seeds, blind, n_classes)
     rows = [{"seed": seed, "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
@@ -131,11 +140,11 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     method raises MethodFailed, or with a `failures` list is appended there while the others run."""
     cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
     task = load_task(config.task, config.data_dir, source=config.source)
-    methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     pools = fixed_k_pools(task)  # once for every method and shots
     check_shots_feasible(task, config.shots, config.cap, pools)
     out = config.results_path()
     check_results_path(out, FIXED_K)
+    methods = created_methods(config, cache, out)
     commit = git_commit()
     keys = [({"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k},
              {**cond, "draw": fixed_k_draw(task, k, config.cap).draw})
@@ -149,11 +158,7 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     done = [reusable_units(frame, FIXED_K, m, c, commit, out, f"{m['method']} {m['shots']}-shot", config.reuse_stale)
             & set(config.seeds) for m, c in keys]
     provenance = {"git_commit": commit, "versions": versions()}
-    executor = None
-    if config.executor == "ray":
-        from benchmark.executors import RayExecutor
-
-        executor = RayExecutor(config.ray_address, progress.log)
+    executor = make_executor(config, cache, out, progress)
     plans = list(zip(keys, done))
     for m, (spec, method) in enumerate(methods):
         try:

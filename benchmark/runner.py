@@ -91,6 +91,7 @@ class BenchConfig:
     device: torch.device = CPU  # where every network pass runs (methods/devices.py); recorded in each row
     executor: str = "local"  # who answers the episodes: "local" (this process) or "ray" (benchmark/executors.py)
     ray_address: str | None = None  # with "ray": a running instance ("auto", host:port); None starts a local one
+    isolate: bool = False  # every method prepared and answered in a sandbox (benchmark/sandbox.py)
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -277,20 +278,16 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     the other methods still run."""
     cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
     task = load_task(config.task, config.data_dir, source=config.source, split=config.split)
-    methods = [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
     out = config.results_path()
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
+    methods = created_methods(config, cache, out)
     commit = git_commit()
     plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
     del methods
     manifests = Manifests(out.parent / "manifests", task, progress)
-    executor = None
-    if config.executor == "ray":
-        from benchmark.executors import RayExecutor
-
-        executor = RayExecutor(config.ray_address, progress.log, episode_answers)
+    executor = make_executor(config, cache, out, progress)
     common = {"git_commit": commit, "versions": versions()}
     keys = [p.key for p in plans]
     while plans:  # each method's prepared state (images, activations, models) goes before the next prepares
@@ -312,6 +309,53 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
         keep |= matching(frame, key)
     keep &= frame["episode"].astype(int) < config.episodes
     return frame[keep].reset_index(drop=True)
+
+
+def hidden_paths(config: BenchConfig, cache: Cache, out: Path) -> list[Path]:
+    """What a sandboxed method must never see: the data, the results (and manifests) folder, the harness's
+    cache and the user's home."""
+    return [Path(config.data_dir), Path(out).resolve().parent, cache.root, Path.home()]
+
+
+def created_methods(config: BenchConfig, cache: Cache, out: Path) -> list[tuple]:
+    """(spec, method) of each --method: created here, or under --isolate in a sandbox that describes it (no code
+    of the method runs in this process)."""
+    if not config.isolate:
+        return [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
+    from benchmark.sandbox import Placement, describe_isolated
+
+    place = Placement(True, cache.folder("methods", "describe").root, tuple(hidden_paths(config, cache, out)),
+                      str(config.device))
+    return [(spec, describe_isolated(spec.name, spec.options, place)) for spec in config.methods]
+
+
+def make_executor(config: BenchConfig, cache: Cache, out: Path, progress: Progress):
+    if config.isolate:
+        from benchmark.sandbox import SandboxExecutor
+
+        return SandboxExecutor(hidden_paths(config, cache, out), Answered, progress)
+    if config.executor == "ray":
+        from benchmark.executors import RayExecutor
+
+        return RayExecutor(config.ray_address, progress.log, episode_answers)
+    return None
+
+
+def prepare(method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress, executor,
+            handles: RowHandles, label: str) -> None:
+    """Prepare `method` for `task`: here, or in its sandbox where the executor prepares methods."""
+    started = time.perf_counter()
+    with blamed(label, "prepare"):
+        if hasattr(executor, "prepare"):
+            given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress,
+                           config.device, handles)
+            executor.prepare(method, given, method_cache(cache, method).root, config.backbone, config.image_size, seed,
+                             str(config.device))
+        else:
+            method.prepare(method_context(task, method, cache, config.backbone, config.image_size, seed, progress,
+                                          config.device, handles))
+    progress.log(f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows record "
+                 f"{device_name(config.device)})")
 
 
 class Manifests:
@@ -342,12 +386,7 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
         if not plan.pending:
             continue
         if not prepared:
-            started = time.perf_counter()
-            with blamed(spec.label, "prepare"):
-                method.prepare(method_context(task, method, cache, config.backbone, config.image_size, config.seed,
-                                              progress, config.device, handles))
-            progress.log(f"{spec.label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows record "
-                         f"{device_name(config.device)})")
+            prepare(method, task, cache, config, config.seed, progress, executor, handles, spec.label)
             prepared = True
         rows, last_flush, batched = [], time.perf_counter(), supports_batches(method)
 

@@ -36,8 +36,8 @@ from tasks.registry import Task, load_task
 
 FIXED_K = Schema(
     name="fixed-K results",
-    # 3: device (where the networks ran), draw (random or Mars-Bench's K-shot list) and capped (classes with
-    # fewer than K images)
+    # device: where the networks ran; draw: random or Mars-Bench's K-shot list; capped: classes with fewer than
+    # K images. Files of the previous version lack these three; `bench migrate` fills them in.
     version=3,
     columns=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
              "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",

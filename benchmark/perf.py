@@ -233,6 +233,17 @@ def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, worker
                   f"{len(pending)} episodes; {'the same rows' if same else 'ROWS DIFFER'}; target >= 0.8x")
 
 
+def ray_missing() -> str | None:
+    """Why the Ray row cannot be measured here (Ray is not installed: the `[ray]` extra), or None."""
+    from benchmark.executors import import_ray
+
+    try:
+        import_ray()
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def sdft_step1_cached(ctx: Context) -> bool:
     """Whether SDFT's step-1 checkpoint for this context is in the cache (else it costs a whole step 1)."""
     from methods.sdft import SDFT

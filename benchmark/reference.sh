@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the reference results in results/ (hirise-regions.csv, aid-classes.csv) and their leaderboard.
-# Resumable: run it again after an interruption. Episode counts per method are as the README states.
+# Resumable: run it again after an interruption. Episode counts per method are as docs/reproducing.md states.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_DATA_DIR="${BENCH_DATA_DIR:-../shared/data}"
@@ -30,4 +30,4 @@ R="--quiet --task hirise-regions --out results/hirise-regions.csv --reuse-stale"
 $bench run $R --method base-classifier --method protonet:metatrain=true --shots 1,5,10,20 --episodes 600
 files="results/hirise-regions.csv results/aid-classes.csv"
 $bench leaderboard $files --format markdown --out results/leaderboard.md   # paired differences and ranks
-$bench leaderboard $files --format summary --out results/summary.md        # the README's method x shots tables
+$bench leaderboard $files --format summary --out results/summary.md        # the method x shots tables of README.md

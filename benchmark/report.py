@@ -43,18 +43,22 @@ def _colors(names: list[str]) -> dict[str, tuple]:
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
-def plot_accuracy_vs_shots(rows: pd.DataFrame, title: str, path: Path) -> None:
-    """One line per method entry: mean accuracy over episodes at each shots value, with its 95% CI as a band."""
+def plot_accuracy_vs_shots(rows: pd.DataFrame, title: str, path: Path):
+    """One line per method entry: mean accuracy over episodes at each shots value, with its 95% CI as a band.
+    The y axis spans the means (within 0-100 %), not the bands: a cell of two or three episodes has a CI
+    wider than the whole scale, and would flatten every other line. Returns the matplotlib figure."""
     names = sorted(rows["entry"].unique())
     colors = _colors(names)
-    fig = _figure(7, 4.5)
+    fig = _figure(8.5, 4.5)
     ax = fig.add_subplot()
+    means = []
     for name in names:
         g = rows[rows["entry"] == name]
         shots = sorted(g["shots"].unique())
         stats = [mean_ci(g.loc[g["shots"] == k, "accuracy"]) for k in shots]
         mean = np.array([m for m, _ in stats]) * 100
         half = np.nan_to_num(np.array([h for _, h in stats]) * 100)
+        means += list(mean)
         ax.plot(shots, mean, marker="o", color=colors[name], label=_plain(name))
         ax.fill_between(shots, mean - half, mean + half, color=colors[name], alpha=0.2, linewidth=0)
         if len(shots) == 1:  # a band needs two points: show the interval as an error bar
@@ -67,8 +71,10 @@ def plot_accuracy_vs_shots(rows: pd.DataFrame, title: str, path: Path) -> None:
     ax.set_ylabel("accuracy % (mean, 95% CI band)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_ylim(max(0.0, min(means) - 5), min(100.0, max(means) + 5))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the lines, never over them
     _save(fig, path)
+    return fig
 
 
 def plot_class_heatmap(per_class: dict[int, pd.DataFrame], title: str, path: Path) -> None:

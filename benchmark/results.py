@@ -156,7 +156,8 @@ EPISODES = Schema(
 SCHEMA_VERSION = EPISODES.version
 COLUMNS = list(EPISODES.columns)
 KEY = EPISODES.key
-# The columns of schema 1 (before the key held the data identity, source, preprocessing and method version).
+# The columns of schema 1 files, which lack the data identity, source, preprocessing and method version
+# (`bench migrate` reads them).
 COLUMNS_V1 = ["schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
               "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds", "backbone", "image_size",
               "git_commit", "versions", "timestamp"]

@@ -21,7 +21,7 @@ from tasks.datasets.base import ImageTable
 from tasks.imageio import DECODER_VERSION, fit_square, read_image
 
 # Bump when decoding/resizing changes, so caches are recomputed (keys also hold tasks.imageio.DECODER_VERSION).
-# 2: decoding by tasks.imageio (16-bit and float images stretched, not saturated; EXIF orientation applied).
+# Decoding is tasks.imageio's: 16-bit and float images stretched, not saturated; EXIF orientation applied.
 PREPROCESSING_VERSION = 2
 # Bump when the arithmetic of forward passes changes (e.g. the thread policy): features and activations are
 # recomputed, so that a clean cache reproduces cached results bit for bit.

@@ -18,7 +18,8 @@ from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
 from tasks.errors import UserError
 
-# 2: class means through nearest_mean.class_means (other rounding than the one-hot product of version 1)
+# Keys meta-trained embeddings: bump when their arithmetic changes (class means come from
+# nearest_mean.class_means, whose rounding another way of averaging would not reproduce)
 EMBED_VERSION = 2
 
 

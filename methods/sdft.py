@@ -39,7 +39,9 @@ from methods.registry import register_method
 from tasks.errors import UserError
 from tasks.splits import scene_split
 
-STEP1_VERSION = 2  # 2: step 1's linear head is initialised from the run's seed
+# Keys step-1 checkpoints: bump when step 1 makes another network from the same inputs (its linear head is
+# drawn from the run's seed, so a checkpoint depends on nothing but its key).
+STEP1_VERSION = 2
 STEP2_VERSION = 1
 
 # Defaults, chosen so that step 1 fits in minutes and a 600-episode 5-shot run in a few more on 2 cores:
@@ -54,15 +56,16 @@ STEP1_DEFAULTS = dict(
 STEP2_DEFAULTS = dict(
     # The "top" fine-tuned in step 2: the final 1x1 convolution (conv_head) and its batch norm, plus the last
     # `top_blocks` MBConv stages. 0: an episode costs a third of top_blocks=1's time for accuracy within
-    # noise of it (README, "SDFT defaults and why", has the figures), and activations entering conv_head
-    # can be cached once per image.
+    # noise of it (docs/methods-reference.md, "SDFT: defaults and why", has the figures), and activations
+    # entering conv_head can be cached once per image.
     top_blocks=0,
-    steps=20,  # full-batch Adam steps on the support set; fewer or more were within noise (README)
+    steps=20,  # full-batch Adam steps on the support set; fewer or more were within noise (docs/methods-reference.md)
     lr_top=1e-4,  # "low learning rate" for the backbone's top
     lr_head=1e-3,
     scale=10.0,  # initial cosine scale, learnable
 )
-# Step-2 options added after reference rows were recorded, chosen on validation episodes (docs/tuning.md).
+# Step-2 options beyond the paper's, chosen per task on validation episodes (docs/tuning.md); at their defaults
+# step 2 is the paper's.
 STEP2_LATER = dict(
     # WiSE-FT-style weight-space mix of step 1 and step 0 before step 2: mix * step-1 weights + (1 - mix) *
     # ImageNet weights (batch-norm statistics too). 1: step 1's network, 0: ImageNet's.
@@ -77,8 +80,8 @@ STEP2_LATER = dict(
     # (each query alone: nothing is learnt from the query set). 1: the image as it is.
     views=1,
 )
-# The values at which the code computes what it did before these options existed: config() leaves an option
-# out only at this value, whatever its default, so that a row keyed without it was made at this value.
+# The values at which these options leave the paper's step 2 unchanged: config() leaves an option out only at
+# this value, whatever its default, so that a row keyed without it was made at this value.
 BEFORE_STEP2_LATER = dict(mix=1.0, fuse=0.0, label_smoothing=0.0, views=1)
 
 
@@ -92,7 +95,7 @@ def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
 
 
 # Pace of step 1 where nothing was recorded yet: about 2.5 min per epoch over hirise-regions' 2,289 base images at
-# 128 px with efficientnet_lite0 on a 2-core CPU (README, Performance). Only for a first, rough forecast; every
+# 128 px with efficientnet_lite0 on a 2-core CPU (docs/performance.md). Only for a first, rough forecast; every
 # run records its own time in the cache, and the next run's forecast uses that.
 REFERENCE_SECONDS_PER_IMAGE_EPOCH = 150.0 / 2289
 REFERENCE_IMAGE_SIZE = 128
@@ -195,7 +198,7 @@ def mix_weights(model: nn.Module, start: nn.Module, mix: float) -> None:
 class SDFT(FewShotMethod):
     description = "Stepwise deep feature transfer: ImageNet -> base pool (linear head) -> support (cosine head, top fine-tuned)"
     consumes = "images"
-    # 2: step 1's head is seeded (STEP1_VERSION 2), so rows of version 1 came from another step-1 network
+    # Moves with STEP1_VERSION: a row made from another step-1 network is another measurement
     version = 2
     use_step1 = True
     head = "cosine"
@@ -399,7 +402,7 @@ class SDFT(FewShotMethod):
 @register_method("sdft-no-step1")
 class SDFTNoStep1(SDFT):
     description = "SDFT ablation: ImageNet backbone straight to step 2 (no Mars base-pool fine-tuning)"
-    version = 1  # no step 1: the seeded step-1 head changes nothing here
+    version = 1  # no step 1, so STEP1_VERSION does not concern it
     use_step1 = False
 
 

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.errors import UserError
 
-DECODER_VERSION = 2  # 1: PIL convert straight to 8 bits (saturated 16-bit and float images)
+DECODER_VERSION = 2  # bump when decoding changes: caches keyed by it are recomputed
 STRETCH_PERCENTILES = (0.5, 99.5)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"})
 _EIGHT_BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa",

@@ -188,7 +188,7 @@ def test_migrate_states_its_facts_on_the_command_line(data, tmp_path, capsys):
 
 
 def test_shipped_crater_rows_say_what_their_md_says():
-    """results/ctx-craters.csv was migrated with the facts of results/ctx-craters.md (README): its base task,
+    """results/ctx-craters.csv was migrated with the facts of results/ctx-craters.md (docs/mapping.md): its base task,
     backbone, image size and grid, and its command's method labels (no options: default configs)."""
     root = Path(__file__).resolve().parents[1] / "results"
     md = (root / "ctx-craters.md").read_text()

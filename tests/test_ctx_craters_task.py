@@ -100,11 +100,11 @@ def test_real_ctx_craters_counts_and_feasibility(real_data_dir, tmp_path, monkey
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
     task = load_task("ctx-craters", real_data_dir)
     crater = task.table.labels == task.class_names.index("crater")
-    # the counts the README gives: 2,266 windows; base 80 crater / 672 not, target 168 / 1,346
+    # the counts docs/transfer.md gives: 2,266 windows; base 80 crater / 672 not, target 168 / 1,346
     assert len(task.table) == 2266
     assert (int(crater[task.base].sum()), int((~crater[task.base]).sum())) == (80, 672)
     assert (int(crater[task.target].sum()), int((~crater[task.target]).sum())) == (168, 1346)
-    for k in (1, 5, 20):  # the README's 2-way K-shot 15-query episodes are drawable on tiles
+    for k in (1, 5, 20):  # docs/transfer.md's 2-way K-shot 15-query episodes are drawable on tiles
         episodes = task.episodes(2, k, 15, 50, 0)
         groups = task.table.groups
         assert all(not set(groups[e.support_idx]) & set(groups[e.query_idx]) for e in episodes)

@@ -321,7 +321,7 @@ def test_binary_scores():
 
 @pytest.mark.slow
 def test_real_hirise_dunes_map(real_data_dir, tmp_path, capsys):
-    """The README's HiRISE example: every labelled window is mapped back to its label, dunes are a minority."""
+    """docs/mapping.md's HiRISE example: every labelled window is mapped back to its label, dunes are a minority."""
     from pathlib import Path
 
     scene = real_data_dir / "hirise-browse" / "ESP_073481_1350_RED.NOMAP.browse.jpg"

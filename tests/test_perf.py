@@ -1,4 +1,6 @@
 """`bench perf` prints its table on a tiny generated task (a smoke test: figures, not timings, are checked)."""
+import sys
+
 import pytest
 
 from benchmark.cli import main
@@ -23,11 +25,13 @@ def test_protonet_matches_easyfsl_on_the_same_features_and_episodes(tmp_path):
     assert list(ours) == list(theirs)
 
 
-def test_bench_perf_prints_one_table(tmp_path, capsys):
+def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
+    """An install without the [ray] extra (`import ray` fails) gets every other row and a note for the Ray row."""
     pytest.importorskip("easyfsl")
+    monkeypatch.setitem(sys.modules, "ray", None)
     make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=10, per_group=8)
     code = main(["perf", "--task", f"folder:{tmp_path / 'data'}", "--episodes", "5", "--extraction-images", "8",
-                 "--memory-shots", "1", "--ray-method", "none", "--step1-batches", "2",
+                 "--memory-shots", "1", "--step1-batches", "2",
                  "--image-size", "32", "--warm-method", "protonet", "--memory-method", "protonet",
                  "--cache-dir", str(tmp_path / "cache")])
     out = capsys.readouterr().out
@@ -39,6 +43,16 @@ def test_bench_perf_prints_one_table(tmp_path, capsys):
     assert "same accuracy as easyfsl in all 5 episodes" in out
     warm = next(row for row in rows if "warm start" in row)
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode
+    assert not any("Ray executor" in row for row in rows)
+    assert "No Ray row: Ray is not installed" in " ".join(out.split())  # the table's caption says why
+
+
+def test_bench_perf_ray_method_named_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = main(["perf", "--task", f"folder:{tmp_path / 'missing'}", "--ray-method", "sdft"])  # before any work
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--ray-method sdft" in err and "pip install -e '.[ray]'" in err
 
 
 def test_child_peak_memory_is_its_own_not_the_parents():

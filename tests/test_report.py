@@ -34,6 +34,18 @@ def report(tmp_path):
     return out, rows
 
 
+def test_accuracy_axis_spans_the_means_not_a_two_episode_band(tmp_path):
+    from benchmark.report import plot_accuracy_vs_shots
+
+    rows = pd.DataFrame({"entry": ["tight"] * 40 + ["two episodes"] * 4,
+                         "shots": [1] * 20 + [5] * 20 + [1, 1, 5, 5],
+                         "accuracy": [0.60, 0.62] * 10 + [0.70, 0.72] * 10 + [0.2, 1.0, 0.5, 1.0]})
+    fig = plot_accuracy_vs_shots(rows, "t", tmp_path / "a.png")
+    low, high = fig.axes[0].get_ylim()
+    assert (low, high) == (55.0, 80.0)  # the means 61, 71, 60 and 75, 5 points either side; the bands run off
+    assert (tmp_path / "a.png").is_file()
+
+
 def test_report_writes_plots_and_a_self_contained_page(report):
     out, _ = report
     pngs = sorted(p.name for p in out.glob("*.png"))

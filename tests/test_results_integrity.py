@@ -1,6 +1,6 @@
-"""Results that cannot go stale, mix or block a rerun (issue 11, items 1, 2, 5, 6 and 8).
+"""Results that cannot go stale, mix or block a rerun.
 
-Every case here printed old numbers, mixed rows, crashed or stopped other methods before:
+Each case here would otherwise print old numbers, mix rows, crash or stop other methods:
 - rows made at another image size, with another backbone, on other pixels or by other code are never taken
   for the current result (the run refuses in one line; --fresh recomputes, --reuse-stale accepts other code);
 - the leaderboard never averages rows of different keys into one entry;
@@ -192,7 +192,7 @@ def test_a_truncated_manifest_is_named_and_rewritten(data, tmp_path, capsys):
     out = tmp_path / "r.csv"
     assert run(data, out) == 0
     [manifest] = (tmp_path / "manifests").glob("*.npz")
-    manifest.write_bytes(manifest.read_bytes()[:100])  # kill -9 or a full disk in mid-write (before: np.savez)
+    manifest.write_bytes(manifest.read_bytes()[:100])  # kill -9 or a full disk in mid-write
     capsys.readouterr()
     assert run(data, out, episodes=6) == 0
     err = capsys.readouterr().err.replace("\n", "")  # status lines are wrapped to the terminal

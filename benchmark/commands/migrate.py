@@ -110,7 +110,7 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         for r in rows:
             if header == COLUMNS_V1:
                 r.update(source="", method_version="1", preprocessing=pre)
-            if not current:  # rows from before --device were all made on the CPU
+            if not current:  # a file without a device column holds CPU rows only
                 r.setdefault("device", "cpu")
                 if schema is FIXED_K:  # and drew K per class at random, capping nothing (no --cap, no K-shot lists)
                     r.update(draw="random", capped="")
@@ -195,8 +195,8 @@ def old_crater_rows(path: Path, rows: list[dict], data_dir: Path, facts: CraterF
         raise UserError(f"cannot migrate {path}: --task {facts.task} does not load from --data-dir {data_dir} "
                         f"({exc}); give the data its rows were made on") from None
     for r in rows:
-        r.setdefault("device", "cpu")  # before --device, every map ran on the CPU
-        r.setdefault("source", "")  # before --source, the methods pre-trained on the task's own base pool
+        r.setdefault("device", "cpu")  # a file without a device column holds CPU maps only
+        r.setdefault("source", "")  # without a source column, the methods pre-trained on the task's own base pool
         r.update(task=task.name, backbone=facts.backbone, preprocessing=preprocessing, git_commit=UNRECORDED_COMMIT,
                  **made[r["method"]])
     crater_identities(path, rows, data_dir)

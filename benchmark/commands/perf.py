@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
                         "in its first episode at the most shots; later episodes reuse that memory)")
     p.add_argument("--ray-method", default=None,
                    help="method of the Ray-against-local row (default: sdft where its step 1 is cached, else "
-                        "sdft-no-step1; 'none' leaves the row out)")
+                        "sdft-no-step1, and no row where Ray is not installed; 'none' leaves the row out)")
     p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=40)
     p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=4,
                    help="batches of SDFT step 1 timed against a bare training loop")
@@ -35,21 +35,29 @@ def cmd_perf(args) -> int:
     from rich.table import Table
 
     from benchmark.console import RichProgressReporter, stdout
-    from benchmark.perf import run_perf
+    from benchmark.perf import ray_missing, run_perf
     from methods.devices import resolve_device
     from methods.registry import builtin_method_names
+    from tasks.errors import UserError
 
+    log = RichProgressReporter(enabled=False).log
+    ray_method, left_out = args.ray_method, None
+    if ray_method != "none" and (left_out := ray_missing()):  # before any work
+        if ray_method is not None:  # asked for by name: a one-line error; the default row is left out, said so
+            raise UserError(f"--ray-method {ray_method}: {left_out}")
+        ray_method = "none"
+        log(f"no Ray row: {left_out}")
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
         figures = run_perf(args.task, Path(args.data_dir or default_data_dir()),
                            Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
                            args.extraction_images, args.warm_method,
                            args.memory_method or builtin_method_names(), args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes,
-                           log=RichProgressReporter(enabled=False).log,
-                           device=resolve_device(args.device), ray_method=args.ray_method,
+                           log=log, device=resolve_device(args.device), ray_method=ray_method,
                            ray_episodes=args.ray_episodes, step1_batches=args.step1_batches)
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
-                        f"{args.episodes} of them, on cached features")
+                        f"{args.episodes} of them, on cached features",
+                  caption=f"No Ray row: {left_out}" if left_out else None)
     for column in ("measure", "value", "against", "ratio", "check"):
         table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
     for f in figures:

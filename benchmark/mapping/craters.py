@@ -148,7 +148,7 @@ V2_COLUMNS = ("method", "shots", "seed", "smoothing", "strength", "precision", "
 V3_COLUMNS = V2_COLUMNS + ("source",)
 CRATERS = Schema(
     name="crater map scores",
-    # 4: what else determines a row, as `bench run`'s rows hold it (runner.method_conditions): the base task,
+    # A row holds what else determines it, as `bench run`'s rows do (runner.method_conditions): the base task,
     # its data identity, the CTX scene's identity (tiles and crater file), backbone, preprocessing, method
     # version and config; and the git commit that made it (other code: refused unless --reuse-stale)
     version=4,
@@ -168,7 +168,7 @@ CRATERS = Schema(
     previous_lacks="the base task, backbone, data identity, preprocessing, method version and config that made "
                    "them; migrate it with `bench migrate {path} --task NAME --backbone NAME --data-dir DIR` (the "
                    "task and backbone its .md names, DIR the data they were made on)",
-    earlier=(V2_COLUMNS, V2_COLUMNS[:-1]),  # 2: before --source; 1: before --device (every map on the CPU)
+    earlier=(V2_COLUMNS, V2_COLUMNS[:-1]),  # 2: no source column; 1: no device either (every map on the CPU)
 )
 
 

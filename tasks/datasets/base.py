@@ -19,7 +19,7 @@ from tasks.errors import UserError
 from tasks.registry_base import Registry
 
 COLUMNS = ("path", "label", "group", "split")
-FINGERPRINT_VERSION = 2  # 1: absolute paths, sizes and file times
+FINGERPRINT_VERSION = 2  # bump when what a fingerprint hashes changes (content, not paths or file times)
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tasks.files import atomic_write_bytes
 
-DIGEST_CACHE_VERSION = 2  # 2: stamps hold the ctime
+DIGEST_CACHE_VERSION = 2  # bump when a stamp's fields change (they hold the ctime)
 _CHUNK = 1 << 20
 
 # In-process memory of digests, keyed like the disk cache: repeated fingerprints in one run only stat.

@@ -374,11 +374,13 @@ class Manifests:
 def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, EpisodeSet], config: RunConfig,
                cache: Cache, common: dict, out: Path, manifests: Manifests, progress: Progress,
                executor=None) -> None:
-    """Prepare the method once (here, in the driver), then answer each shots' pending episodes here or on
-    `executor`'s workers (benchmark/executors.py); either way only this process writes rows."""
+    """Prepare the method once (here, in the driver, or in its sandbox), then answer each shots' pending episodes
+    here or on `executor`'s workers (benchmark/executors.py); either way only this process writes rows. Where
+    the method runs in this process, a few of the episodes it answered are answered again by a fresh process
+    afterwards (check_answers_again)."""
     spec, method = plans[0].spec, plans[0].method
     handles = RowHandles.of_table(task.table)
-    prepared = False
+    prepared, kept = False, {}
     for plan in plans:
         k, episodes = plan.k, episode_sets[plan.k]
         if plan.done:
@@ -388,25 +390,85 @@ def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, Episode
         if not prepared:
             prepare(method, task, cache, config, config.seed, progress, executor, handles, spec.label)
             prepared = True
-        rows, last_flush, batched = [], time.perf_counter(), supports_batches(method)
+        kept[k] = dict.fromkeys(episodes_to_check(plan.pending, config.seed, k))
+        answer_plan(plan, method, episodes, task.class_names, config, common, out, manifests, progress, executor,
+                    handles, kept[k])
+    if prepared and not hasattr(executor, "prepare"):
+        check_answers_again(spec, method, task, cache, config, episode_sets, kept, handles, out, progress)
 
-        def flush():
-            if rows:
-                manifests.ensure(episodes)
-                append_rows(out, rows)
-                rows.clear()
 
-        with progress.bar(f"{spec.label} {k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
-            for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, task.class_names,
-                                                      spec.label, executor, handles):
-                rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
-                             "seconds": round(seconds, 6), **common,
-                             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-                advance(1)
-                if (len(rows) >= FLUSH_EVERY_EPISODES and not batched) \
-                        or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
-                    flush()
-                    last_flush = time.perf_counter()
+def answer_plan(plan: Planned, method, episodes: EpisodeSet, class_names, config: RunConfig, common: dict, out: Path,
+                manifests: Manifests, progress: Progress, executor, handles: RowHandles, kept: dict) -> None:
+    """Answer, score and append the plan's pending episodes; the scores of the episodes in `kept` go there."""
+    rows, last_flush = [], time.perf_counter()
+    batched = supports_batches(method) or bool(getattr(type(method), "batched", False))
+
+    def flush():
+        if rows:
+            manifests.ensure(episodes)
+            append_rows(out, rows)
+            rows.clear()
+
+    with progress.bar(f"{plan.spec.label} {plan.k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
+        for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, class_names,
+                                                  plan.spec.label, executor, handles, kept):
+            rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
+                         "seconds": round(seconds, 6), **common,
+                         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            advance(1)
+            if (len(rows) >= FLUSH_EVERY_EPISODES and not batched) \
+                    or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
+                flush()
+                last_flush = time.perf_counter()
+
+
+CHECKED_EPISODES = 3  # per method and shots: the last episode answered, and others drawn from the seed
+
+
+def episodes_to_check(pending: list[int], seed: int, k: int) -> list[int]:
+    """Which of this run's episodes a fresh process answers again: the last one (a method that remembers earlier
+    episodes has seen the most before it) and others drawn from the seed."""
+    if not pending:
+        return []
+    others = [i for i in pending[:-1]]
+    drawn = np.random.default_rng([seed, k, 2718]).permutation(len(others))[:CHECKED_EPISODES - 1]
+    return sorted({pending[-1], *(others[j] for j in drawn)})
+
+
+def check_answers_again(spec: MethodSpec, method, task: Task, cache: Cache, config: RunConfig,
+                        episode_sets: dict[int, EpisodeSet], kept: dict, handles: RowHandles, out: Path,
+                        progress: Progress) -> None:
+    """A method's answer to an episode depends on that episode and its prepared state, never on the episodes it
+    answered before. A fresh process prepared like this one (from the method's cache) answers the kept episodes
+    again; where any scores differ, this run's rows of the method are set aside and the method fails."""
+    from benchmark.sandbox import answered_again, episode_request, same_answers, settings_meta
+
+    batched = supports_batches(method)
+    takes_classes = bool(getattr(type(method), "takes_classes", False))
+    requests, first = {}, {}
+    for k, chosen in kept.items():
+        blind = episode_sets[k].blind(handles)
+        for i, scores in chosen.items():
+            if scores is not None:
+                requests[(k, i)] = episode_request(blind, i, config.seed, batched, takes_classes)
+                first[(k, i)] = scores
+    if not requests:
+        return
+    meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, config.seed, str(config.device))
+    given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress, config.device,
+                   handles)
+    with blamed(spec.label, "the check that answers do not depend on earlier episodes"):
+        again = answered_again(meta, given, method_cache(cache, method).root, requests)
+    changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
+    if changed:
+        k, i = changed[0]
+        measurements = [{"task": task.name, "method": spec.label, "shots": kk} for kk in kept]
+        moved = set_aside(out, EPISODES, measurements)
+        raise MethodFailed(spec.label, "the check of its answers", "", ScoreError(
+            f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
+            f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows were "
+            f"moved to {set_aside_path(out)}"))
+    progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same answers")
 
 
 @contextmanager
@@ -419,11 +481,12 @@ def saved_on_exit(flush):
 
 
 def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names, label: str = "method",
-                    executor=None, handles: RowHandles | None = None):
+                    executor=None, handles: RowHandles | None = None, kept: dict | None = None):
     """Yields (episode, scoring.score_episode's dict, seconds). The method answers the episodes' query-blind view
     (episode_answers: here, or on `executor`'s workers, which receive nothing else), and this process, which
     holds the episode set, scores what it answered. What the method raises or returns unscorable becomes
-    MethodFailed."""
+    MethodFailed. `kept`: {episode: None}; the scores answered for those episodes are put there (as answered, for
+    the blind view's query order)."""
     blind = episodes.blind(handles)
     query = episodes.query if handles is None else handles.of_rows(episodes.query)
     answers = (episode_answers(method, blind, pending, seed, label) if executor is None
@@ -437,6 +500,9 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
             else:
                 scores = in_query_order(answered.scores, in_row_order(query[chunk[0]])[1])
                 results = [score_episode(episodes.episode(chunk[0]), scores, class_names)]
+        for j, i in enumerate(chunk):
+            if kept is not None and i in kept:
+                kept[i] = np.array(answered.scores[j] if answered.batched else answered.scores, copy=True)
         yield from ((i, result, answered.seconds) for i, result in zip(chunk, results))
 
 

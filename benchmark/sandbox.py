@@ -156,8 +156,9 @@ class MethodProcess:
                                      list(place.hidden), place.device)
             argv = prefix + argv
         else:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()),
-                                                                           os.environ.get("PYTHONPATH", "")]))}
+            entries = [str(module_location(m)[1]) for m in ["benchmark", *meta.get("modules", [])]]
+            entries += [str(Path.cwd()), os.environ.get("PYTHONPATH", "")]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(filter(None, entries)))}
         if fork:
             argv.append("--fork")
         self.proc = subprocess.Popen(argv, pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, stdout=2,

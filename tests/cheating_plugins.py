@@ -1,0 +1,226 @@
+"""Plugins that try to top the leaderboard without learning, as a plugin author who read our code would.
+
+Each answers from something other than the images it is handed, and falls back to a constant answer (class 0,
+exactly chance on balanced queries) where its trick finds nothing:
+- `cheat-rows`: a query gets the label of the support whose row number (handle) is nearest to it;
+- `cheat-paths`: looks for image paths in everything reachable from the context and matches folders;
+- `cheat-memory-features` / `cheat-memory-rows`: remember the class of every support image seen in earlier
+  episodes, keyed by its features or by its row number, and answer queries seen before from that memory;
+- `cheat-manifests`: reads the episode manifests beside the results file (`out=` names it) and finds its
+  episode's query layout there;
+- `cheat-disk`: re-reads the data set from disk (`data=` names it), ranks its files by digest as the harness
+  ranks rows, and answers each query with its folder;
+- `cheat-gc`: searches the interpreter's objects for the harness's episode set and row handles.
+tests/test_cheating_plugins.py runs them in-process and under --isolate.
+"""
+from __future__ import annotations
+
+import gc
+import glob
+import hashlib
+import os
+import types
+import warnings
+
+import numpy as np
+
+from methods.base import FewShotMethod
+from methods.registry import register_method
+
+
+class Cheat(FewShotMethod):
+    consumes = "features"
+
+    def prepare(self, ctx):
+        self.features = ctx.features()
+
+    def fit(self, support_idx, support_y, n_way, rng, **named):
+        self.support_idx, self.support_y, self.n_way = np.asarray(support_idx), np.asarray(support_y), n_way
+        self.classes = named.get("classes")
+
+    def constant(self, n: int) -> np.ndarray:
+        scores = np.zeros((n, self.n_way), np.float32)
+        scores[:, 0] = 1
+        return scores
+
+    def one_hot(self, labels) -> np.ndarray:
+        return np.eye(self.n_way, dtype=np.float32)[np.asarray(labels, np.int64)]
+
+
+@register_method("cheat-rows")
+class RowNeighbour(Cheat):
+    def predict(self, query_idx):
+        nearest = np.abs(np.asarray(query_idx)[:, None] - self.support_idx[None, :]).argmin(1)
+        return self.one_hot(self.support_y[nearest])
+
+
+def reachable_strings(roots, limit: int = 200_000) -> list[str]:
+    """Every str reachable from roots by attributes, items, closures and our functions' globals."""
+    seen, found, stack = set(), [], list(roots)
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (types.ModuleType, type(None), int, float, bool, bytes)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            found.append(obj)
+            continue
+        if isinstance(obj, np.ndarray):
+            if obj.dtype == object:
+                stack.extend(obj.ravel().tolist())
+            continue
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+            continue
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+            continue
+        if isinstance(obj, types.FunctionType):
+            stack.extend(c.cell_contents for c in obj.__closure__ or () if _filled(c))
+            if obj.__module__ and obj.__module__.split(".")[0] in ("methods", "benchmark", "tasks"):
+                stack.append({k: v for k, v in obj.__globals__.items() if not k.startswith("__")})
+        if isinstance(obj, types.MethodType):
+            stack.extend([obj.__self__, obj.__func__])
+        for name in dir(type(obj)):
+            member = getattr(type(obj), name, None)
+            if isinstance(member, property) and name not in ("T", "mT", "real", "imag"):
+                try:
+                    stack.append(getattr(obj, name))
+                except Exception:
+                    pass
+        try:
+            stack.extend(vars(obj).values())
+        except TypeError:
+            pass
+    return found
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+@register_method("cheat-paths")
+class PathReader(Cheat):
+    def prepare(self, ctx):
+        super().prepare(ctx)
+        paths = [s for s in reachable_strings([ctx, self]) if os.path.isfile(s)]
+        # a list of one path per row, as the context once kept them, read in the order the rows are numbered
+        self.folders = [os.path.basename(os.path.dirname(p)) for p in paths] if len(paths) == ctx.n_rows else None
+
+    def predict(self, query_idx):
+        if self.folders is None:
+            return self.constant(len(query_idx))
+        known = {self.folders[s]: y for s, y in zip(self.support_idx, self.support_y)}
+        return self.one_hot([known.get(self.folders[q], 0) for q in query_idx])
+
+
+MEMORY: dict = {}  # module-global: survives a fresh instance of the method in the same process
+
+
+class Memory(Cheat):
+    takes_classes = True
+
+    def key(self, i):
+        raise NotImplementedError
+
+    def fit(self, support_idx, support_y, n_way, rng, **named):
+        super().fit(support_idx, support_y, n_way, rng, **named)
+        for i, y in zip(self.support_idx, self.support_y):
+            MEMORY[self.key(i)] = int(self.classes[y])
+
+    def predict(self, query_idx):
+        position = {int(c): j for j, c in enumerate(self.classes)}
+        return self.one_hot([position.get(MEMORY.get(self.key(q)), 0) for q in query_idx])
+
+
+@register_method("cheat-memory-features")
+class FeatureMemory(Memory):
+    def key(self, i):
+        return ("features", hashlib.sha256(self.features[int(i)].tobytes()).hexdigest())
+
+
+@register_method("cheat-memory-rows")
+class RowMemory(Memory):
+    def key(self, i):
+        return ("row", int(i))
+
+
+@register_method("cheat-manifests")
+class ManifestReader(Cheat):
+    """Finds its episode in the manifests beside the results file by its support rows (taking the rows it is
+    handed for table rows) and answers from the query layout there (class by class)."""
+
+    def __init__(self, out: str = ""):
+        self.out = out
+
+    def predict(self, query_idx):
+        for path in glob.glob(os.path.join(os.path.dirname(self.out) or ".", "manifests", "*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    support, query = z["support"], z["query"]
+            except (OSError, ValueError, KeyError):
+                continue
+            match = np.flatnonzero((support == self.support_idx[None, :]).all(1)) if support.shape[1:] == \
+                self.support_idx.shape else []
+            if len(match):
+                layout = query[match[0]]
+                per_class = len(layout) // self.n_way
+                label = {int(r): j // per_class for j, r in enumerate(layout)}
+                return self.one_hot([label.get(int(q), 0) for q in query_idx])
+        return self.constant(len(query_idx))
+
+
+@register_method("cheat-disk")
+class DiskReader(Cheat):
+    """Re-reads the data set (`data=`), ranks its files by SHA-256 as the harness ranks rows into handles, and
+    answers each query with the folder its file lies in."""
+
+    def __init__(self, data: str = ""):
+        self.data = data
+
+    def prepare(self, ctx):
+        super().prepare(ctx)
+        files = sorted(glob.glob(os.path.join(self.data, "*", "*")))
+        ranked = []
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    ranked.append((hashlib.sha256(f.read()).hexdigest(), os.path.basename(os.path.dirname(path))))
+            except OSError:
+                pass
+        ranked.sort()
+        self.folders = [folder for _, folder in ranked] if len(ranked) == ctx.n_rows else None
+
+    predict = PathReader.predict
+
+
+@register_method("cheat-gc")
+class GarbageSearcher(Cheat):
+    """Finds the harness's episode sets and row handles among the interpreter's objects and reads the query
+    layout of its episode there."""
+
+    def predict(self, query_idx):
+        from tasks.episodes import EpisodeSet
+        from tasks.handles import RowHandles
+
+        with warnings.catch_warnings():  # isinstance() on every object wakes deprecated torch aliases
+            warnings.simplefilter("ignore")
+            objects = [o for o in gc.get_objects() if isinstance(o, (RowHandles, EpisodeSet))]
+        handles = [o for o in objects if isinstance(o, RowHandles) and len(o) == len(self.features)]
+        for episodes in (o for o in objects if isinstance(o, EpisodeSet)):
+            for handle_map in handles or [None]:
+                support = episodes.support if handle_map is None else handle_map.of_rows(episodes.support)
+                match = np.flatnonzero((support == self.support_idx[None, :]).all(1)) \
+                    if support.shape[1:] == self.support_idx.shape else []
+                if len(match):
+                    layout = episodes.query[match[0]]
+                    if handle_map is not None:
+                        layout = handle_map.of_rows(layout)
+                    label = {int(r): j // episodes.n_query for j, r in enumerate(layout)}
+                    return self.one_hot([label.get(int(q), 0) for q in query_idx])
+        return self.constant(len(query_idx))

@@ -1,0 +1,121 @@
+"""Plugins that try to score without learning (tests/cheating_plugins.py) score chance or are refused.
+
+On 3-way pure noise, where no method can beat chance by learning, and on a class-sorted set of images that a
+real method separates: in-process, the plugins that use row numbers, paths, memory across episodes and the
+manifests beside the results; under --isolate all of them, also re-reading the data set from disk and searching
+the interpreter's objects. Each probe is shown to win where the harness numbers rows by table order, which it
+did before handles.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cheating_plugins  # noqa: F401  (registers the cheating plugins)
+from benchmark.results import read_results
+from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from fakes_methods import class_image
+from tasks.handles import RowHandles
+
+WAYS, QUERIES, EPISODES = 3, 5, 24
+CHANCE = 1 / WAYS
+BAND = CHANCE + 2.5 * np.sqrt(CHANCE * (1 - CHANCE) / (WAYS * QUERIES * EPISODES))  # a generous upper band
+IN_PROCESS = ["cheat-rows", "cheat-paths", "cheat-memory-features", "cheat-memory-rows", "cheat-manifests"]
+OUT_OF_PROCESS = ["cheat-disk", "cheat-gc"]  # they leave what they are handed: only --isolate stops them
+
+
+def dataset(root, kind: str):
+    """Class-by-class folders of 3 classes x 24 images: pure noise, or class colours and stripes."""
+    rng = np.random.default_rng(7)
+    for c, name in enumerate("abc"):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) if kind == "noise" else class_image(c, i, i, 32)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    return dataset(tmp_path_factory.mktemp("noise") / "data", "noise")
+
+
+@pytest.fixture(scope="module")
+def stripes(tmp_path_factory):
+    return dataset(tmp_path_factory.mktemp("stripes") / "data", "stripes")
+
+
+def probe_spec(name: str, data, out) -> str:
+    return {"cheat-manifests": f"cheat-manifests:out={out}", "cheat-disk": f"cheat-disk:data={data}"}.get(name, name)
+
+
+def run_probes(names, data, tmp_path, isolate=False, cache=None):
+    """{probe: mean accuracy, or the failure's message}; rows of a refused probe must not be in the file."""
+    out = tmp_path / "runs" / "probes.csv"
+    cheating_plugins.MEMORY.clear()
+    honest = run_benchmark(RunConfig(methods=[MethodSpec.parse("protonet")], task=f"folder:{data}", shots=[1],
+                                     n_way=WAYS, n_query=QUERIES, episodes=EPISODES, image_size=32, data_dir=data,
+                                     cache_dir=cache or tmp_path / "cache", out=out))
+    assert len(honest) == EPISODES  # the manifests beside the results are there for the probes to read
+    failures = []
+    config = RunConfig(methods=[MethodSpec.parse(probe_spec(n, data, out)) for n in names], task=f"folder:{data}",
+                       shots=[1], n_way=WAYS, n_query=QUERIES, episodes=EPISODES, image_size=32, data_dir=data,
+                       cache_dir=cache or tmp_path / "cache", out=out, isolate=isolate)
+    frame = run_benchmark(config, failures=failures)
+    outcome = {f.label.split(":")[0]: str(f) for f in failures}
+    for method, rows in frame.groupby("method"):
+        outcome.setdefault(method.split(":")[0], float(rows["accuracy"].mean()))
+    kept = read_results(out)
+    for name, result in outcome.items():
+        if isinstance(result, str):
+            assert not kept["method"].str.startswith(name).any(), f"{name}'s rows stayed in the file"
+    return outcome
+
+
+def assert_chance_or_refused(outcome: dict, names):
+    for name in names:
+        result = outcome[name]
+        if isinstance(result, str):
+            assert "answers depend on earlier episodes" in result or "failed" in result, result
+        else:
+            assert result <= BAND, f"{name} scored {result:.3f} (chance {CHANCE:.3f}, band {BAND:.3f})"
+
+
+@pytest.mark.parametrize("kind", ["noise", "stripes"])
+def test_in_process_probes_score_chance_or_are_refused(kind, noise, stripes, tmp_path):
+    data = noise if kind == "noise" else stripes
+    outcome = run_probes(IN_PROCESS, data, tmp_path)
+    assert_chance_or_refused(outcome, IN_PROCESS)
+    for name in ("cheat-memory-features", "cheat-memory-rows"):  # memory wins where it is not checked
+        assert "answers depend on earlier episodes" in str(outcome[name]), outcome[name]
+
+
+def test_the_probes_win_where_rows_are_numbered_in_table_order(noise, tmp_path, monkeypatch):
+    """The probes are real: with handles equal to row numbers (the numbering before handles), rows and
+    manifests give the classes away on pure noise."""
+    monkeypatch.setattr(RowHandles, "of_table", classmethod(lambda cls, table, cache_dir=None:
+                                                             cls.identity(len(table))))
+    outcome = run_probes(["cheat-rows", "cheat-manifests"], noise, tmp_path)
+    assert outcome["cheat-rows"] > 0.8 and outcome["cheat-manifests"] > 0.9, outcome
+
+
+def test_leaving_what_it_is_handed_in_process(noise, tmp_path):
+    """What a plugin reaches by leaving what it is handed (docs/adding-a-method.md). In-process, re-reading the
+    data set from disk wins (--isolate is the answer); searching the interpreter's objects finds the episodes,
+    but the fresh process that answers episodes again holds none, so the method is refused."""
+    outcome = run_probes(OUT_OF_PROCESS, noise, tmp_path)
+    assert outcome["cheat-disk"] > 0.9, outcome
+    assert "answers depend on earlier episodes" in str(outcome["cheat-gc"]), outcome
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+@pytest.mark.parametrize("kind", ["noise", "stripes"])
+def test_isolated_probes_score_chance_or_are_refused(kind, noise, stripes, tmp_path):
+    data = noise if kind == "noise" else stripes
+    outcome = run_probes(IN_PROCESS + OUT_OF_PROCESS, data, tmp_path, isolate=True)
+    assert_chance_or_refused(outcome, IN_PROCESS + OUT_OF_PROCESS)
+    for name in ("cheat-memory-features", "cheat-memory-rows"):  # a fresh fork per episode: nothing to remember
+        assert not isinstance(outcome[name], str), outcome[name]

@@ -159,8 +159,12 @@ def test_map_context_indices_follow_the_base_table(tmp_path):
     n_base = len(task.table)
     images = ctx.images()
     assert len(images) == n_base + grid.n
-    assert np.array_equal(images[n_base + 3], ctx.window_images()[3])
+    handle = ctx.window_indices([3])[0]  # window 3 of the grid, by the handle a method addresses it by
+    assert np.array_equal(images[handle], ctx.window_images()[3])
+    assert np.array_equal(ctx.features()[handle], ctx.window_features()[3])
     assert ctx.features().shape == (n_base + grid.n, 1280)
+    order = ctx.window_indices() - n_base  # handles of the windows in grid order: no longer the grid order
+    assert sorted(order) == list(range(grid.n)) and not np.array_equal(order, np.arange(grid.n))
     assert ctx.images_key() != ctx.base_images_key()
     other = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=WindowGrid(scene.height, scene.width, 64, 32))
     assert other.images_key() != ctx.images_key() and other.features_key() != ctx.features_key()

@@ -7,6 +7,7 @@ or read window by window from a raster), so memory is O(windows x feature size),
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from benchmark.mapping.scene import RasterScene, Scene
 from methods.base import Context
 from methods.backbones import weights_digest
-from methods.cache import cache_key
+from methods.cache import Cache, cache_key
 from methods.devices import device_key
 from methods.features import NUMERICS_VERSION, PREPROCESSING_VERSION, feature_extractor, run_model
 from tasks.windows import WindowGrid
@@ -86,20 +87,37 @@ class ConcatImages:
 class MapContext(Context):
     """Context for mapping: the base task for pre-training, plus the scene's windows after the base table.
 
-    Window i of the grid has index n_rows + i in images() and features()."""
+    Windows are addressed by handles too: window handle n_rows + h is the window at position `window_order()[h]`
+    of the grid, an order drawn from a digest of the scene's content and the grid, which no method is handed, so
+    that a handle says nothing about where its window lies (neighbouring windows share their landform)."""
 
     scene: Scene | RasterScene | None = None
     grid: WindowGrid | None = None
+    window_cache: Cache | None = None  # where window features are cached (default: the context's cache)
 
     @property
     def n_base(self) -> int:
         return self.n_rows
 
+    def window_order(self) -> np.ndarray:
+        """The grid position of each window handle."""
+        order = self.__dict__.get("_window_order")
+        if order is None:
+            seed = f"{self.scene.fingerprint()}:{self.grid.digest()}"
+            digests = [hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(self.grid.n)]
+            order = self.__dict__["_window_order"] = np.array(sorted(range(self.grid.n), key=digests.__getitem__),
+                                                              dtype=np.int64)
+        return order
+
     def window_indices(self, windows=None) -> np.ndarray:
+        """The handles of grid positions `windows` (default: all, in grid order)."""
         windows = np.arange(self.grid.n) if windows is None else np.asarray(windows)
-        return self.n_base + windows
+        handle_of = np.empty(self.grid.n, np.int64)
+        handle_of[self.window_order()] = np.arange(self.grid.n)
+        return self.n_base + handle_of[windows]
 
     def window_images(self) -> WindowImages:
+        """The windows' pixels in grid order."""
         x0, y0 = self.grid.origins()
         return WindowImages(self.scene, x0, y0, self.grid.window, self.image_size)
 
@@ -107,7 +125,8 @@ class MapContext(Context):
         return [MAP_VERSION, self.scene.fingerprint(), self.grid.digest(), self.image_size, PREPROCESSING_VERSION]
 
     def window_features(self) -> np.ndarray:
-        """(n_windows, D) frozen ImageNet features of the grid's windows, cached per scene, grid and size."""
+        """(n_windows, D) frozen ImageNet features of the grid's windows in grid order, cached per scene, grid and
+        size."""
         key = cache_key("map-features", *self._scene_key(), NUMERICS_VERSION, self.backbone,
                         weights_digest(self.backbone), *device_key(self.device))
 
@@ -115,20 +134,20 @@ class MapContext(Context):
             return run_model(feature_extractor(self.backbone), self.window_images(), progress=self.progress,
                              description=f"{self.backbone} features of {self.grid.n} windows", device=self.device)
 
-        return self.cache.array("map-features", key, compute)
+        return (self.window_cache or self.cache).array("map-features", key, compute)
 
     def features(self) -> np.ndarray:
-        return np.concatenate([super().features(), self.window_features()])
+        return np.concatenate([super().features(), self.window_features()[self.window_order()]])
 
     def features_key(self) -> str:
-        return cache_key("map-features", super().features_key(), *self._scene_key())
+        return cache_key("map-features", super().features_key(), *self._scene_key(), "by-handle")
 
     def images(self) -> ConcatImages:
-        return ConcatImages(super().images(), self.window_images())
+        x0, y0 = self.grid.origins()
+        order = self.window_order()
+        windows = WindowImages(self.scene, np.asarray(x0)[order], np.asarray(y0)[order], self.grid.window,
+                               self.image_size)
+        return ConcatImages(super().images(), windows)
 
     def images_key(self) -> str:
-        return cache_key("map-images", super().images_key(), *self._scene_key())
-
-    def base_images_key(self) -> str:
-        """images_key() of the base table alone: what pre-training on the base pool depends on."""
-        return super().images_key()
+        return cache_key("map-images", super().images_key(), *self._scene_key(), "by-handle")

@@ -10,15 +10,17 @@ import numpy as np
 
 from benchmark.mapping import gis
 from benchmark.mapping.context import MapContext
+from methods.base import handed
 from methods.devices import CPU
 from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
-from benchmark.runner import source_id
+from benchmark.runner import method_cache, source_id
 from benchmark.scoring import check_scores
 from methods.progress import SILENT, Progress
 from tasks.errors import UserError
+from tasks.handles import RowHandles
 from tasks.windows import WindowGrid
 from tasks.files import atomic_output
 
@@ -43,6 +45,8 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
     method.fit(ctx.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
     fitted = time.perf_counter()
     probs = np.full((ctx.grid.n, n_way), np.nan, np.float32)
+    handles = ctx.window_indices(targets)
+    targets = targets[np.argsort(handles, kind="stable")]  # asked in handle order: positions say nothing
     with progress.bar(f"classifying {len(targets)} windows", len(targets)) as advance:
         for start in range(0, len(targets), chunk):
             windows = targets[start : start + chunk]
@@ -96,7 +100,11 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
     if classified is None:
         classified = classified_windows(scene, grid, points)
     method = create_method(method_spec.name, **method_spec.options)
-    ctx = MapContext(task, cache, backbone, image_size, seed, progress, device or CPU, scene=scene, grid=grid)
+    device = device or CPU
+    given = handed(task, cache, backbone, image_size, type(method).consumes, progress, device,
+                   RowHandles.identity(len(task.table)))  # base rows: labelled, their numbers say nothing of windows
+    ctx = MapContext.of(given, method_cache(cache, method), backbone=backbone, image_size=image_size, seed=seed,
+                        progress=progress, device=device, scene=scene, grid=grid, window_cache=cache)
     timings = {}
     started = time.perf_counter()
     method.prepare(ctx)

@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,13 +21,14 @@ import torch
 
 from benchmark.defaults import DEFAULTS
 from benchmark.runner import episode_answers, episode_results
-from methods.base import Context
+from methods.base import Context, handed
 from methods.cache import Cache
 from methods.devices import CPU
 from methods.features import decode_images, feature_extractor, run_model, thread_policy, torch_threads
 from methods.backbones import create_backbone, normalize
 from methods.registry import create_method
 from tasks.errors import UserError
+from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 
 
@@ -302,7 +303,7 @@ def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_
     methods = {}
     for name in ("protonet", "simpleshot", "linear-probe"):
         methods[name] = create_method(name)
-        methods[name].prepare(dataclasses.replace(ctx, task=task))  # each method its own sealed view
+        methods[name].prepare(ctx.fresh())  # each method its own sealed view
     easy_rates, rates, accuracies = [], {name: [] for name in methods}, {}
     sides = ["easyfsl", *methods]
     for r in range(repeats):
@@ -334,10 +335,12 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
              extraction_images: int, warm_method: str, memory_methods: list[str], backbone: str = DEFAULTS.backbone,
              image_size: int = DEFAULTS.image_size, memory_shots: str = ",".join(map(str, DEFAULTS.shots)), memory_episodes: int = 1,
              log=print, device: torch.device = CPU, ray_method: str | None = None, ray_episodes: int = 40,
-             step1_batches: int = 4) -> list[Figure]:
+             step1_batches: int = 4, sandbox_episodes: int = 20) -> list[Figure]:
     cache = Cache(cache_dir)  # first: the digest cache follows it
     task = load_task(task_name, data_dir)
-    ctx = Context(task, cache, backbone, image_size, device=device)
+    # rows addressed by row number (the episode sets here are in rows); the built-ins' own cache folder
+    given = handed(task, cache, backbone, image_size, "both", device=device, handles=RowHandles.identity(len(task.table)))
+    ctx = Context.of(given, cache.folder("methods", "methods"), backbone=backbone, image_size=image_size, device=device)
     log("features (cached after the first run) ...")
     features = torch.from_numpy(ctx.features())
     eps = task.episodes(5, 5, 15, episodes, seed=0)
@@ -364,6 +367,13 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
             figure.note += " (sdft's step-1 checkpoint is not cached: its step 2 without step 1 instead)"
         figures.append(figure)
 
+    if shutil.which("bwrap"):
+        for name in ("protonet", ray_method if ray_method != "none" else "sdft-no-step1"):
+            log(f"--isolate against the local executor, {name}, {sandbox_episodes} episodes ...")
+            figures += sandbox_figures(task, cache, name, sandbox_episodes, backbone, image_size, device)
+    else:
+        log("no --isolate rows: bubblewrap (bwrap) is not installed")
+
     env = {**os.environ, "BENCH_DATA_DIR": str(data_dir)}
     if cache_dir:
         env["BENCH_CACHE_DIR"] = str(cache_dir)
@@ -386,3 +396,44 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
                           f"{memory_episodes}", peak / 1e9, "GB", "", None,
                           f"VmHWM of the child ({peak / 2**30:.2f} GiB); it ran {seconds:.0f} s; target < 4 GB"))
     return figures
+
+
+def sandbox_figures(task: Task, cache: Cache, method_name: str, episodes: int, backbone: str, image_size: int,
+                    device: torch.device = CPU, shape: tuple[int, int, int] = (5, 5, 15)) -> list[Figure]:
+    """What `--isolate` costs for one method: its start-up (describe, prepare in the sandbox, a second process
+    prepared from the cache) against preparing it here, and its episodes per second (a fresh fork per episode)
+    against the local executor on the same episodes; and whether their answers agree."""
+    from benchmark.runner import Answered, method_cache, method_context
+    from benchmark.sandbox import Placement, SandboxExecutor, describe_isolated, same_answers
+
+    handles = RowHandles.of_table(task.table)
+    blind = task.episodes(*shape, episodes, seed=0).blind(handles)
+    pending = list(range(episodes))
+    method = create_method(method_name)
+    started = time.perf_counter()
+    method.prepare(method_context(task, method, cache, backbone, image_size, 0, device=device, handles=handles))
+    local_start = time.perf_counter() - started
+    with thread_policy(1):
+        started = time.perf_counter()
+        local = [a.scores for a in episode_answers(method, blind, pending, 0, method_name)]
+        local_rate = episodes / (time.perf_counter() - started)
+    hidden = [cache.root, Path.home()]
+    started = time.perf_counter()
+    proxy = describe_isolated(method_name, {}, Placement(True, cache.folder("methods", "describe").root,
+                                                         tuple(hidden), str(device)))
+    executor = SandboxExecutor(hidden, Answered)
+    given = handed(task, cache, backbone, image_size, type(proxy).consumes, device=device, handles=handles)
+    executor.prepare(proxy, given, method_cache(cache, proxy).root, backbone, image_size, 0, str(device))
+    start = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        isolated = [a.scores for a in executor.answers(proxy, blind, pending, 0, method_name)]
+        rate = episodes / (time.perf_counter() - started)
+    finally:
+        executor.close()
+    same = all(same_answers(a if a.ndim == 2 else a[0], b if b.ndim == 2 else b[0]) for a, b in zip(local, isolated))
+    return [Figure(f"--isolate start-up, {method_name} (describe, prepare, serve)", start, "s",
+                   f"prepared here in {local_start:.1f} s", None, "bubblewrap sandbox; caches warm"),
+            Figure(f"episodes/s under --isolate, {method_name} {shape[1]}-shot (a fresh fork per episode)", rate, "ep/s",
+                   f"local executor {local_rate:,.2f} ep/s", rate / local_rate,
+                   f"{episodes} episodes; {'the same answers' if same else 'ANSWERS DIFFER'}")]

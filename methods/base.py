@@ -143,6 +143,11 @@ class Context:
     def of(cls, given: Handed, cache: Cache, **settings) -> "Context":
         return cls(None, cache, given=given, **settings)
 
+    def fresh(self) -> "Context":
+        """Another context with what this one was handed: each method its own sealed view."""
+        return Context.of(self._handed, self.cache, backbone=self.backbone, image_size=self.image_size,
+                          seed=self.seed, progress=self.progress, device=self.device)
+
     def _array(self, name: str) -> np.ndarray:
         value = getattr(self._handed, name)
         if value is None:

@@ -37,7 +37,7 @@ class BaseClassifier(SDFT):
     def prepare(self, ctx: Context) -> None:
         outside = np.setdiff1d(ctx.episode_classes(), np.unique(ctx.base_pool()[1]))
         if len(outside):
-            raise UserError(f"base-classifier: task {ctx.task_name}'s episode classes are not all base classes "
+            raise UserError("base-classifier: this task's episode classes are not all base classes "
                             f"({len(outside)} are not); it only answers tasks whose classes were pre-trained on")
         super().prepare(ctx)  # step 1 (cached) and the activations entering its top
         self.weight, self.bias = self.step1_head(ctx)  # where the activations are (--device)

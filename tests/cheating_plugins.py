@@ -224,3 +224,33 @@ class GarbageSearcher(Cheat):
                     label = {int(r): j // episodes.n_query for j, r in enumerate(layout)}
                     return self.one_hot([label.get(int(q), 0) for q in query_idx])
         return self.constant(len(query_idx))
+
+
+@register_method("sandbox-prober")
+class SandboxProber(Cheat):
+    """Fails, naming what it reached: any of `paths` (separated by `|`) that exists, a network interface other
+    than loopback, an environment variable of the harness, or a file an earlier episode wrote."""
+
+    def __init__(self, paths: str = ""):
+        self.paths = [p for p in paths.split("|") if p]
+
+    def prepare(self, ctx):
+        super().prepare(ctx)
+        import socket
+
+        reached = [p for p in self.paths if os.path.exists(p)]
+        reached += [name for name in ("BENCH_DATA_DIR", "BENCH_CACHE_DIR") if name in os.environ]
+        reached += [f"network interface {name}" for _, name in socket.if_nameindex() if name != "lo"]
+        if reached:
+            raise RuntimeError("reached " + ", ".join(reached))
+        self.note = f"/tmp/marsfsl-left-behind-{os.getpid()}"
+
+    def predict(self, query_idx):
+        if os.path.exists(self.note):
+            raise RuntimeError("a file written by an earlier episode is still there")
+        try:
+            with open(self.note, "w") as f:
+                f.write("x")
+        except OSError:
+            pass
+        return self.constant(len(query_idx))

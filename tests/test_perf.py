@@ -1,4 +1,5 @@
 """`bench perf` prints its table on a tiny generated task (a smoke test: figures, not timings, are checked)."""
+import shutil
 import sys
 
 import pytest
@@ -44,6 +45,11 @@ def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
     warm = next(row for row in rows if "warm start" in row)
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode
     assert not any("Ray executor" in row for row in rows)
+    if shutil.which("bwrap"):  # the sandbox's start-up and per-episode cost, side by side with local
+        for measure in ("--isolate start-up, protonet", "episodes/s under --isolate, protonet",
+                        "--isolate start-up, sdft-no-step1", "episodes/s under --isolate, sdft-no-step1"):
+            assert sum(measure in row for row in rows) == 1, measure
+        assert "ANSWERS DIFFER" not in out
     assert "No Ray row: Ray is not installed" in " ".join(out.split())  # the table's caption says why
 
 

@@ -1,0 +1,85 @@
+"""`--isolate`: every method in a bubblewrap sandbox (benchmark/sandbox.py), with the same rows as in-process."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import cheating_plugins  # noqa: F401  (registers sandbox-prober)
+from benchmark.cli import main
+from benchmark.results import read_results
+from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from fakes_methods import make_task
+from tasks.errors import UserError
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+VARYING = ["seconds", "timestamp", "isolated"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A class-by-class folder data set (the generated colour/stripe images, one folder per class)."""
+    root = tmp_path_factory.mktemp("isolate") / "data"
+    task = make_task(root / "flat", n_classes=3, groups_per_class=4, per_group=3)
+    for path, label in zip(task.table.paths, task.table.labels):
+        target = root / "set" / f"class{label}" / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return root / "set"
+
+
+def config(data, tmp_path, methods, isolate, out="rows.csv", **kw):
+    return RunConfig(methods=[MethodSpec.parse(m) for m in methods], task=f"folder:{data}", shots=[1, 2], n_way=3,
+                     n_query=3, episodes=4, image_size=32, data_dir=data, cache_dir=tmp_path / "cache",
+                     out=tmp_path / out, isolate=isolate, **kw)
+
+
+@needs_bwrap
+def test_builtins_give_the_same_rows_isolated(data, tmp_path):
+    methods = ["protonet", "sdft:epochs=1,batch_size=8,steps=5,val_folds=2"]
+    local = run_benchmark(config(data, tmp_path, methods, False, "local.csv"))
+    isolated = run_benchmark(config(data, tmp_path, methods, True, "isolated.csv"))
+    assert len(local) == len(isolated) == 2 * 2 * 4
+    assert (isolated["isolated"].astype(str) == "yes").all() and (local["isolated"].astype(str) == "no").all()
+    key = ["method", "shots", "episode"]
+    pd.testing.assert_frame_equal(local.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
+                                  isolated.drop(columns=VARYING).sort_values(key).reset_index(drop=True))
+
+
+@needs_bwrap
+def test_the_sandbox_holds_no_data_results_cache_home_network_or_memory(data, tmp_path):
+    secrets = [str(data), str(tmp_path), str(Path.home()), str(Path(data).parent)]
+    spec = "sandbox-prober:paths=" + "|".join(secrets)
+    failures = []
+    run_benchmark(config(data, tmp_path, [spec], False), failures=failures)  # in-process it reaches them all
+    assert failures and "reached" in str(failures[0]), failures
+    failures = []
+    rows = run_benchmark(config(data, tmp_path, [spec], True, "isolated.csv"), failures=failures)
+    assert not failures, failures
+    assert len(rows) == 2 * 4
+
+
+def test_isolate_without_bubblewrap_is_one_line(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    code = main(["run", "--task", f"folder:{data}", "--method", "protonet", "--isolate", "--data-dir", str(data),
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r.csv"), "--image-size", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "apt-get install bubblewrap" in err[0], err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_isolate_refuses_ray(data, tmp_path, capsys):
+    code = main(["run", "--task", f"folder:{data}", "--method", "protonet", "--isolate", "--executor", "ray",
+                 "--data-dir", str(data), "--out", str(tmp_path / "r.csv")])
+    assert code == 2 and "--executor local" in capsys.readouterr().err
+
+
+@needs_bwrap
+def test_a_plugin_failing_in_its_sandbox_is_named_and_the_others_run(data, tmp_path):
+    failures = []
+    rows = run_benchmark(config(data, tmp_path, ["sandbox-prober:paths=/", "protonet"], True), failures=failures)
+    assert len(failures) == 1 and "sandbox-prober" in str(failures[0]) and "reached /" in str(failures[0])
+    assert set(rows["method"]) == {"protonet"}
+    assert set(read_results(tmp_path / "rows.csv")["method"]) == {"protonet"}

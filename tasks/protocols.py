@@ -88,8 +88,9 @@ class FixedKDraw(NamedTuple):
     capped: tuple[str, ...]
 
 
-def marsbench_list(task: Task, k: int) -> np.ndarray | None:
-    """Table indices of Mars-Bench's K-shot training list when the task is a `marsbench:` set that has one."""
+def marsbench_list(task: Task, k: int):
+    """Mars-Bench's K-shot training list (tasks.datasets.marsbench.KShotList: table rows, capped classes) when the
+    task is a `marsbench:` set that has one, else None."""
     plain = getattr(task, "plain", None) or task  # a --source task keeps the set's rows first, same indices
     root = getattr(plain.table, "marsbench_root", None)
     if root is None:
@@ -104,8 +105,9 @@ def fixed_k_draw(task: Task, k: int, cap: bool = False, pools: FixedKPools | Non
     `cap` (then such a class gives every training image it has, as Mars-Bench's K-shot lists do)."""
     if int(k) < 1:
         raise UserError(f"--shots must be a positive integer, got {k}")
-    if marsbench_list(task, k) is not None:
-        return FixedKDraw("marsbench-list", ())
+    listed = marsbench_list(task, k)
+    if listed is not None:  # its classes short of K are Mars-Bench's own caps: named, not refused
+        return FixedKDraw("marsbench-list", listed.capped)
     pools = pools or fixed_k_pools(task)
     labels = task.table.labels
     counts = [int((labels[pools.train] == c).sum()) for c in pools.classes]
@@ -133,7 +135,7 @@ def fixed_k_sets(task: Task, k: int, seeds, cap: bool = False, pools: FixedKPool
     labels = task.table.labels
     position = {int(c): i for i, c in enumerate(pools.classes)}
     test_y = np.array([position[int(c)] for c in labels[pools.test]], dtype=np.int64)
-    listed = marsbench_list(task, k) if draw.draw == "marsbench-list" else None
+    listed = marsbench_list(task, k).rows if draw.draw == "marsbench-list" else None
     if listed is not None:
         unknown = sorted({task.class_names[c] for c in labels[listed]} - {task.class_names[c] for c in pools.classes})
         if unknown:

@@ -137,9 +137,11 @@ def make_domars16k(data_dir: Path) -> Task:
 
 @register_task("ctx-craters", "CTX crater / non-crater windows, grouped by CTX tile, base/target by tiles")
 def make_ctx_craters(data_dir: Path) -> Task:
+    from tasks.datasets.copies import identify_copies
     from tasks.datasets.ctx_crater_windows import load_ctx_craters, tile_split
 
-    table = load_ctx_craters(data_dir)
+    # copies of a window in two tiles become one scene, named by one tile, so tile_split keeps them on one side
+    table = identify_copies(load_ctx_craters(data_dir))
     base, target = tile_split(table)
     return Task("ctx-craters", "CTX crater / non-crater windows; base = left tile column, target = 6 other tiles",
                 table, base, target)

@@ -212,12 +212,15 @@ PREFIX_LOADERS = {"folder": load_folder, "csv": load_csv}
 
 
 def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
-    """Load a registered dataset, or `folder:PATH` / `csv:PATH` for a user's own labelled images."""
+    """Load a registered dataset, or `folder:PATH` / `csv:PATH` for a user's own labelled images; byte-identical
+    copies of one image are one scene, or refused (tasks/datasets/copies.py)."""
+    from tasks.datasets.copies import identify_copies
+
     for prefix, loader in PREFIX_LOADERS.items():
         if name.startswith(prefix + ":"):
             if not name[len(prefix) + 1 :].strip():
                 raise UserError(f"{name!r} names no {prefix}; give one, e.g. {prefix}:/path/to/my-images"
                                 f"{'.csv' if prefix == 'csv' else ''}")
-            return loader(Path(name[len(prefix) + 1 :]).expanduser())
+            return identify_copies(loader(Path(name[len(prefix) + 1 :]).expanduser()))
     spec = dataset_spec(name)
-    return spec.load(dataset_root(spec, Path(data_dir)))
+    return identify_copies(spec.load(dataset_root(spec, Path(data_dir))))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError
+from tasks.errors import UserError, notice_once
 from tasks.files import atomic_write
 
 SAMPLER_VERSION = 1
@@ -291,6 +291,20 @@ def feasibility_error(task: str, index: PoolIndex, n_way: int, k: int, q: int, c
     )
 
 
+def undrawable(index: PoolIndex, k: int, q: int, class_names) -> list[str]:
+    """Each class of the pool that no K-shot Q-query episode can draw, and why ("name (why)")."""
+    out = []
+    for c in index.classes:
+        if index.class_can_fill(int(c), k, q):
+            continue
+        sizes = index.counts[:, index.class_pos[c]]
+        n, scenes = int(sizes.sum()), int((sizes > 0).sum())
+        why = (f"{n} image(s), fewer than K + Q = {k + q}" if n < k + q else
+               f"{n} images in {scenes} scene(s), which split into no {k} + {q} scene-disjoint parts")
+        out.append(f"{class_names[int(c)]} ({why})")
+    return out
+
+
 def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int, q: int, n_episodes: int,
                     seed: int, class_names) -> EpisodeSet:
     for name, value in (("ways", n_way), ("shots", k), ("queries", q), ("episodes", n_episodes)):
@@ -302,6 +316,9 @@ def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int
     if problem:
         raise UserError(problem)
     eligible = index.eligible(k, q)
+    left_out = undrawable(index, k, q, class_names)
+    if left_out:
+        notice_once(f"task {task}: no {k}-shot {q}-query episode can draw {'; '.join(left_out)}")
     episodes = [sample_episode(index, n_way, k, q, episode_rng(seed, n_way, k, q, i), eligible, i)
                 for i in range(n_episodes)]
     return EpisodeSet(

@@ -79,6 +79,20 @@ def protocol_base(task: Task, pools: FixedKPools) -> np.ndarray:
     return np.setdiff1d(task.base, np.concatenate([pools.train, pools.test]))
 
 
+def pretraining_pool(task: Task, pools: FixedKPools) -> str:
+    """What `protocol_base` is, in words, for the table's header."""
+    base = protocol_base(task, pools)
+    if task.source:
+        return f"pre-training pool: --source {task.source} ({len(base)} images)"
+    if not len(base):
+        return "pre-training pool: none (every image of the task is drawn from or scored)"
+    if pools.source == "splits":
+        splits = sorted({str(s) for s in task.table.splits[base]})
+        return (f"pre-training pool: the {' + '.join(splits)} split ({len(base)} images), neither drawn from nor "
+                "scored")
+    return f"pre-training pool: the task's base pool ({len(base)} images), outside the two scene halves"
+
+
 class FixedKDraw(NamedTuple):
     """How the K training images per class are chosen for one K: `draw` is "random" (K per class, seeded) or
     "marsbench-list" (Mars-Bench's own few_shot/<K>_shot.csv, the same for every seed); `capped` names the

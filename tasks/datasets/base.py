@@ -30,6 +30,7 @@ class ImageTable:
     frame: pd.DataFrame
     class_names: tuple[str, ...]
     notices: tuple[str, ...] = ()  # one line each: rules applied while reading the dataset (already printed)
+    scenes: str = ""  # what the groups name (tasks/datasets/scenes.py): '' when each group is only an image
 
     def __post_init__(self):
         missing = [c for c in COLUMNS if c not in self.frame.columns]
@@ -148,7 +149,7 @@ def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:
     return root
 
 
-def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, notices=()) -> ImageTable:
+def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, notices=(), scenes: str = "") -> ImageTable:
     frame = pd.DataFrame(
         {
             "path": [str(p) for p in paths],
@@ -157,4 +158,4 @@ def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, 
             "split": [str(s) for s in splits] if splits is not None else [""] * len(paths),
         }
     )
-    return ImageTable(name=name, frame=frame, class_names=tuple(class_names), notices=tuple(notices))
+    return ImageTable(name=name, frame=frame, class_names=tuple(class_names), notices=tuple(notices), scenes=scenes)

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import fields, replace
 
 from tasks.datasets.base import ImageTable, relative_paths
-from tasks.errors import UserError, notice
+from tasks.errors import UserError, notice_once
 
 TEST_SPLITS = frozenset({"test", "target"})  # the split values whose images are scored, never trained on
 SHOWN = 3  # copies named in a notice
@@ -83,16 +83,3 @@ def merged_groups(groups: list[str], sets: list[list[int]]) -> list[str]:
         for other in roots[1:]:
             parent[other] = roots[0]
     return [root(g) for g in groups]
-
-
-_NOTICED: set[str] = set()
-
-
-def notice_once(line: str) -> str:
-    """Print `line` as a notice the first time in this process (a task loads its dataset again for a source, a
-    validation task, a migration); returns the line as printed, either way."""
-    line = " ".join(line.split())
-    if line not in _NOTICED:
-        _NOTICED.add(line)
-        notice(line)
-    return line

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.datasets.base import ImageTable, dataset_root, dataset_spec, table_from_rows
+from tasks.datasets.scenes import namespace_of
 from tasks.errors import UserError, notice
 from tasks.imageio import IMAGE_SUFFIXES
 
@@ -138,12 +139,13 @@ def load_csv(path: Path) -> ImageTable:
             groups = [g or own[i] for i, g in enumerate(groups)]
     else:
         groups = own
+    scenes = namespace_of(frame["group"].str.strip()) if "group" in frame.columns else ""
     splits = None
     if "split" in frame.columns:
         splits = read_splits(what, list(frame["split"]), notices)
     else:
         check_scenes(what, groups)  # no split column: the scene split makes one
-    return table_from_rows(f"csv:{path}", files, labels, groups, classes, splits, notices=notices)
+    return table_from_rows(f"csv:{path}", files, labels, groups, classes, splits, notices=notices, scenes=scenes)
 
 
 def clean_column(what: str, column: str, values: list[str], notices: list) -> list[str]:

@@ -127,7 +127,8 @@ def load_marsbench(root: Path) -> ImageTable:
             _NOTICED.add(line)
             notices = (notice(line),)
     table = table_from_rows(name, paths, [dense[int(v)] for v in frame["label"]], groups,
-                            [names[label] for label in present], frame["split"], notices=notices)
+                            [names[label] for label in present], frame["split"], notices=notices,
+                            scenes="" if rule == NO_SCENES else rule)
     object.__setattr__(table, "group_rule", rule)
     object.__setattr__(table, "marsbench_root", root)  # where fixed-K finds Mars-Bench's K-shot lists
     return table

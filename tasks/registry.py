@@ -193,6 +193,32 @@ def load_task(name: str, data_dir: Path | str, source: str | None = None, split:
     return with_source(task, source, Path(data_dir), keep_out, image_size=image_size, disjoint=source_disjoint)
 
 
+def earlier_fingerprints(task: Task) -> set[str]:
+    """The data identity `task`'s data had under each earlier way of computing it (tasks/datasets/base.py,
+    FINGERPRINT_VERSION): `bench migrate --refresh-data` takes a row's recorded identity as proof that its data
+    is unchanged only if it is the current one or one of these.
+
+    Version 1 hashed the task's name, each image's path as loaded, its label and group, and the file's size and
+    modification time; it can be recomputed only where the files lie as they did (same folder, same times).
+    Version 2 of a task with a source hashed each image's path relative to the folder holding the task's and the
+    source's images (for a derived task, the cache folder's location entered it); likewise."""
+    import os
+
+    table = task.table
+    earlier = {task._with_pools(replace(table, parts=()).fingerprint(), name="")} if table.parts else set()
+    h = hashlib.sha256()
+    h.update(table.name.encode())
+    h.update("\x00".join(table.class_names).encode())
+    for path, label, group in zip(table.paths, table.labels, table.groups):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{path}\x00{label}\x00{group}\x00{stamp}\n".encode())
+    return {task._with_pools(h.hexdigest()[:16]), *earlier}
+
+
 def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
     """(table, rows) a --source SPEC stands for: a task name's base pool, or every image of a dataset spec."""
     if spec in TASKS:
@@ -236,7 +262,8 @@ def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path |
         "group": [f"{spec}/{g}" for g in src["group"]], "split": "",  # the source's splits mean nothing here
     })], ignore_index=True)
     classes = task.class_names + tuple(f"{spec}/{src_table.class_names[c]}" for c in kept)
-    table = ImageTable(name=f"{task.table.name}+{spec}", frame=frame, class_names=classes)
+    table = ImageTable(name=f"{task.table.name}+{spec}", frame=frame, class_names=classes,
+                       parts=(task.table, src_table))
     return Task(f"{task.name}+{spec}", f"{task.description}; base pool: {spec}", table,
                 np.arange(n, len(frame), dtype=np.int64), np.asarray(task.target, dtype=np.int64), source=spec,
                 plain=task, overlap=overlap)

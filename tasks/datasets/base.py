@@ -86,7 +86,7 @@ class ImageTable:
         they lie and however their folder was spelled. Hashes the class names and, per row, the path relative
         to the folder holding all images, label, group, split and the SHA-256 of the file's bytes; not the
         table's name (a `folder:` name holds the folder's location) nor file times. A joined table hashes its
-        parts' fingerprints and, per row, its label, group, split and digest instead of paths."""
+        parts' fingerprints and, per row, its label and digest instead of paths."""
         if self.parts:
             return self._joined_fingerprint(cache_dir)
         h = hashlib.sha256(f"table-content-v{FINGERPRINT_VERSION}".encode())
@@ -97,12 +97,13 @@ class ImageTable:
         return h.hexdigest()[:16]
 
     def _joined_fingerprint(self, cache_dir=None) -> str:
+        # the parts' fingerprints hold their classes, groups and splits; the rows say which images were taken
+        # and their labels (class and group names here are prefixed with the source's spec: a folder's path)
         h = hashlib.sha256(f"table-joined-v{FINGERPRINT_VERSION}".encode())
         for part in self.parts:
             h.update(f"{part.fingerprint(cache_dir)}\n".encode())
-        h.update("\x00".join(self.class_names).encode())
-        for label, group, split, digest in zip(self.labels, self.groups, self.splits, self.content_digests(cache_dir)):
-            h.update(f"{label}\x00{group}\x00{split}\x00{digest}\n".encode())
+        for label, digest in zip(self.labels, self.content_digests(cache_dir)):
+            h.update(f"{label}\x00{digest}\n".encode())
         return h.hexdigest()[:16]
 
 

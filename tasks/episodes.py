@@ -291,18 +291,21 @@ def feasibility_error(task: str, index: PoolIndex, n_way: int, k: int, q: int, c
     )
 
 
-def undrawable(index: PoolIndex, k: int, q: int, class_names) -> list[str]:
-    """Each class of the pool that no K-shot Q-query episode can draw, and why ("name (why)")."""
-    out = []
+def undrawable(index: PoolIndex, k: int, q: int, class_names) -> tuple[list[str], list[str]]:
+    """The classes of the pool that no Q-query episode can draw at any K, and those that K-shot Q-query episodes
+    cannot draw, with why ("name (why)")."""
+    never, here = [], []
     for c in index.classes:
         if index.class_can_fill(int(c), k, q):
             continue
         sizes = index.counts[:, index.class_pos[c]]
         n, scenes = int(sizes.sum()), int((sizes > 0).sum())
-        why = (f"{n} image(s), fewer than K + Q = {k + q}" if n < k + q else
-               f"{n} images in {scenes} scene(s), which split into no {k} + {q} scene-disjoint parts")
-        out.append(f"{class_names[int(c)]} ({why})")
-    return out
+        at_all = index.class_can_fill(int(c), 1, q)
+        shots = str(k) if at_all else "1"
+        why = (f"{n} image(s), fewer than {shots} + {q}" if n < int(shots) + q else
+               f"{n} images in {scenes} scene(s), which split into no {shots} + {q} scene-disjoint parts")
+        (here if at_all else never).append(f"{class_names[int(c)]} ({why}{'' if at_all else ' at any K'})")
+    return never, here
 
 
 def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int, q: int, n_episodes: int,
@@ -316,9 +319,11 @@ def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int
     if problem:
         raise UserError(problem)
     eligible = index.eligible(k, q)
-    left_out = undrawable(index, k, q, class_names)
-    if left_out:
-        notice_once(f"task {task}: no {k}-shot {q}-query episode can draw {'; '.join(left_out)}")
+    never, here = undrawable(index, k, q, class_names)
+    if never:  # the same line for every K: printed once a run
+        notice_once(f"task {task}: no {q}-query episode can draw {'; '.join(never)}")
+    if here:
+        notice_once(f"task {task}: no {k}-shot {q}-query episode can draw {'; '.join(here)}")
     episodes = [sample_episode(index, n_way, k, q, episode_rng(seed, n_way, k, q, i), eligible, i)
                 for i in range(n_episodes)]
     return EpisodeSet(

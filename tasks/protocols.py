@@ -9,7 +9,7 @@ The halves are fixed (split seed 0); a seed only changes which K images are draw
 are drawn from their own generator, seeded by (seed, class): the K=5 draw is the first five of the K=10
 draw, so a shots curve compares nested training sets. Two exceptions, both as Mars-Bench does:
 - a `marsbench:` set with its own `few_shot/<K>_shot.csv` trains on that list's `train` rows, the same
-  for every seed;
+  for every seed (a class with fewer than K training images is then all in the list, and named as capped);
 - with `cap`, a class with fewer than K training images gives all it has (else that K is refused), and the
   draw names the capped classes.
 """

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from benchmark.cli import main
 from fakes import csv_like, folder_like, hirise_v1_like, write_image
 from fakes_marsbench import marsbench_like, write_annotation
 from fakes_reliability import make_folder_dataset, read_rows
+from PIL import Image
+
+from benchmark.cli import main
 from methods.base import FewShotMethod
 from methods.registry import register_method
 from tasks.datasets import load_dataset
@@ -37,6 +37,11 @@ class ProbeIdentity(FewShotMethod):
 
     def predict(self, query_idx):
         return np.eye(self.n_way)[np.asarray(query_idx) % self.n_way]
+
+
+def annotation_rows(root: Path) -> list[list[str]]:
+    with open(root / "annotation.csv", newline="") as f:
+        return list(csv.reader(f))[1:]
 
 
 def error_line(capsys) -> str:
@@ -90,7 +95,7 @@ def test_a_copy_or_a_link_in_another_class_is_refused_naming_both(tmp_path, caps
 
 def test_a_test_image_copied_into_train_is_refused_and_train_val_copies_are_one_scene(tmp_path, capsys):
     root = marsbench_like(tmp_path / "set")
-    rows = list(csv.reader(open(root / "annotation.csv")))[1:]
+    rows = annotation_rows(root)
     test_row = next(r for r in rows if r[3] == "test" and r[1] == "aec")
     shutil.copy(root / "data" / "test" / "aec" / test_row[0], root / "data" / "train" / "aec" / "copied.png")
     write_annotation(root / "annotation.csv", [tuple(r) for r in rows] + [("copied.png", "aec", "0", "train")])
@@ -214,7 +219,8 @@ def test_a_source_tasks_fingerprint_does_not_depend_on_where_the_folders_lie(hir
 
 def test_classes_no_episode_can_draw_are_named_once_with_why(tmp_path, capsys):
     rows = ["path,label,group,split"]
-    for label, name, n, scenes in (("a", "alpha", 6, 6), ("b", "beta", 6, 6), ("c", "gamma", 3, 3), ("d", "delta", 6, 1)):
+    for label, name, n, scenes in (("a", "alpha", 6, 6), ("b", "beta", 6, 6), ("c", "gamma", 2, 2),
+                                   ("d", "delta", 6, 1), ("e", "eps", 4, 4)):
         for i in range(n):
             write_image(tmp_path / "img" / f"{label}{i}.png", ord(label), i)
             rows.append(f"img/{label}{i}.png,{name},{label}{i % scenes},{'target' if i % 2 else 'base'}")
@@ -222,18 +228,20 @@ def test_classes_no_episode_can_draw_are_named_once_with_why(tmp_path, capsys):
     task = load_task(f"csv:{tmp_path / 't.csv'}", tmp_path)
     task = type(task)(task.name, task.description, task.table, task.base, np.arange(len(task.table)))
     capsys.readouterr()
-    task.episodes(2, 2, 2, 5, seed=0)
-    task.episodes(2, 2, 2, 5, seed=1)
+    for k, seed in ((1, 0), (2, 0), (2, 1)):  # a run at 1 and 2 shots, then the 2-shot one again
+        task.episodes(2, k, 2, 5, seed=seed)
     err = " ".join(capsys.readouterr().err.split())
-    assert err.count("can draw") == 1
-    assert "no 2-shot 2-query episode can draw delta (6 images in 1 scene(s), which split into no 2 + 2 " \
-           "scene-disjoint parts); gamma (3 image(s), fewer than K + Q = 4)" in err
+    assert err.count("can draw") == 1  # once, though three episode sets were drawn
+    assert "no 2-query episode can draw delta (6 images in 1 scene(s), which split into no 1 + 2 scene-disjoint " \
+           "parts at any K); gamma (2 image(s), fewer than 1 + 2 at any K)" in err
+    task.episodes(2, 3, 2, 5, seed=0)
+    assert "no 3-shot 2-query episode can draw eps (4 image(s), fewer than 3 + 2)" in capsys.readouterr().err
 
 
 # -- Mars-Bench K-shot lists --------------------------------------------------------------------------------------
 
 def shot_list(root: Path, per_class: dict, extra=()) -> None:
-    rows = list(csv.reader(open(root / "annotation.csv")))[1:]
+    rows = annotation_rows(root)
     picked = [tuple(r) for r in rows if r[3] != "train"]
     for name, n in per_class.items():
         picked += [tuple(r) for r in rows if r[3] == "train" and r[1] == name][:n]
@@ -252,7 +260,7 @@ def test_a_k_shot_list_with_wrong_counts_is_refused_naming_each_class(tmp_path):
 def test_a_k_shot_list_naming_one_image_twice_is_refused(tmp_path):
     root = marsbench_like(tmp_path / "set")
     task = load_task(f"marsbench:{root}", tmp_path)
-    rows = [r for r in csv.reader(open(root / "annotation.csv"))][1:]
+    rows = annotation_rows(root)
     twice = next(tuple(r) for r in rows if r[3] == "train" and r[1] == "aec")
     shot_list(root, {"aec": 1, "cra": 2, "smo": 2}, extra=[twice])
     with pytest.raises(UserError, match=rf"lists train/aec/{twice[0]} twice"):
@@ -314,7 +322,7 @@ def test_refresh_data_gives_rows_of_an_earlier_identity_the_current_one(tmp_path
     assert run_rows(data, out) == 0
     rows = read_rows(out)
     task = load_task(f"folder:{data}", tmp_path)
-    old = sorted(earlier_fingerprints(task))[0]  # what the first way of computing it gave for these files
+    old = min(earlier_fingerprints(task))  # what the first way of computing it gave for these files
     text = out.read_text().replace(rows[0]["data"], old)
     out.write_text(text)
     assert main(["migrate", str(out), "--refresh-data", "--data-dir", str(tmp_path)]) == 0

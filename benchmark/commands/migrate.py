@@ -76,10 +76,9 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     from benchmark.fixedk import FIXED_K
     from benchmark.mapping.craters import CRATERS
     from benchmark.results import COLUMNS_V1, EPISODES, csv_text, locked, read_results
-    from tasks.files import atomic_write_bytes
     from benchmark.runner import preprocessing_id
     from tasks.errors import UserError
-    from tasks.registry import load_task
+    from tasks.files import atomic_write_bytes
 
     path = Path(path)
     if not path.is_file():

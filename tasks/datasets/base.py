@@ -33,7 +33,7 @@ class ImageTable:
     scenes: str = ""  # what the groups name (tasks/datasets/scenes.py): '' when each group is only an image
     # a table joined from others (a task's and its source's), fingerprinted by theirs: their images may lie in
     # folders far apart (a data folder, the cache's derived windows), whose paths must not enter its identity
-    parts: tuple["ImageTable", ...] = ()
+    parts: tuple[ImageTable, ...] = ()
 
     def __post_init__(self):
         missing = [c for c in COLUMNS if c not in self.frame.columns]

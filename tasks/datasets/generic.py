@@ -16,7 +16,9 @@ its own group (scene), named by its path relative to PATH.
 CSV datasets (columns `path,label` and optionally `group,split`):
 - paths are relative to the CSV's folder (or absolute); a missing file is refused, naming the first one and
   that folder. The same image listed twice (after resolving `./`, `..` and symlinks) is refused: it would land
-  in the support and the query of one episode, or in both pools.
+  in the support and the query of one episode, or in both pools. Files with the same bytes under other names
+  are one image too (tasks/datasets/copies.py, for every reader): one scene, or refused across classes or
+  across the test split.
 - labels: surrounding spaces are stripped (notice); an empty label is refused; two labels equal up to case
   (`Crater`, `crater`) are refused, since they are either one class spelled twice or two classes no reader
   can tell apart.

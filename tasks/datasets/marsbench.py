@@ -7,7 +7,9 @@ The layout, as Mars-Bench's classification loaders read it (`marsbench/data/clas
   (the integer class id) and `split` (`train`, `val` or `test`);
 - each image at `PATH/data/<split>/<feature_name>/<file_id>`;
 - optionally `PATH/few_shot/<K>_shot.csv`, the same columns: Mars-Bench's K-shot run reads *all* its splits
-  from that file instead of annotation.csv, its `train` rows being the K images per class.
+  from that file instead of annotation.csv, its `train` rows being the K images per class. Such a list must hold
+  exactly K distinct training images of every class, or all of a smaller class (named as capped): otherwise it
+  is refused (check_k_shot_list).
 
 Groups (source scenes), read from the file id, first rule that matches every file of the set:
 - `<CTX product id>_CX<x>_CY<y>.<ext>` (DoMars16k): the CTX product id;

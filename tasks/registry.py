@@ -7,6 +7,7 @@ points of group `marsfsl.tasks` add outside ones, as (description, function) pai
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -202,8 +203,6 @@ def earlier_fingerprints(task: Task) -> set[str]:
     modification time; it can be recomputed only where the files lie as they did (same folder, same times).
     Version 2 of a task with a source hashed each image's path relative to the folder holding the task's and the
     source's images (for a derived task, the cache folder's location entered it); likewise."""
-    import os
-
     table = task.table
     earlier = {task._with_pools(replace(table, parts=()).fingerprint(), name="")} if table.parts else set()
     h = hashlib.sha256()

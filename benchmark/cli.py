@@ -110,6 +110,9 @@ def add_source_option(p: argparse.ArgumentParser) -> None:
     """--source: the base pool every pre-training method uses instead of --task's (tasks.registry.with_source)."""
     p.add_argument("--source", default=None, metavar="SPEC",
                    help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
+    p.add_argument("--source-disjoint", action="store_true",
+                   help="refuse a --source that holds a scene of the target pool (by HiRISE observation, CTX product, "
+                        "MSL sol or a CSV's group column; without it: a notice with the count)")
 
 
 def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -171,8 +174,8 @@ def benchmark_config(args) -> dict:
                 cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
                 fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
-                source=args.source, device=device, executor=args.executor, ray_address=args.ray_address,
-                isolate=args.isolate)
+                source=args.source, source_disjoint=args.source_disjoint, device=device, executor=args.executor,
+                ray_address=args.ray_address, isolate=args.isolate)
 
 
 def default_data_dir() -> str:

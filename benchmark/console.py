@@ -35,10 +35,12 @@ class RichProgressReporter(Progress):
         console.print(f"[dim]{message}[/dim]", highlight=False)
 
 
-def results_tables(summary: pd.DataFrame) -> list[Table]:
+def results_tables(summary: pd.DataFrame, notes=()) -> list[Table]:
+    """A table per (task, shots, ways); `notes`: lines about the task's data for each table's caption."""
     tables = []
     for (task, shots, ways), g in summary.groupby(["task", "shots", "ways"], sort=True):
-        table = Table(title=f"{task}: {ways}-way {shots}-shot (mean ± 95% CI over episodes)")
+        table = Table(title=f"{task}: {ways}-way {shots}-shot (mean ± 95% CI over episodes)",
+                      caption="; ".join(notes) or None)
         for column, justify in (("method", "left"), ("accuracy %", "right"), ("macro-F1 %", "right"),
                                 ("episodes", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)

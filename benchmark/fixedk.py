@@ -28,9 +28,8 @@ from methods.cache import Cache
 from methods.base import handed
 from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
-from methods.registry import create_method
 from tasks.protocols import (DRAW_TAG, PROTOCOL_VERSION, BlindFixedKSet, FixedKPools, fixed_k_draw, fixed_k_pools,
-                             fixed_k_sets, protocol_base)
+                             fixed_k_sets, pretraining_pool, protocol_base)
 from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 
@@ -139,7 +138,8 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     """Run (or resume) every method at every shots on the seeds; returns the rows of this configuration. A failing
     method raises MethodFailed, or with a `failures` list is appended there while the others run."""
     cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
-    task = load_task(config.task, config.data_dir, source=config.source)
+    task = load_task(config.task, config.data_dir, source=config.source, image_size=config.image_size,
+                     source_disjoint=config.source_disjoint)
     pools = fixed_k_pools(task)  # once for every method and shots
     check_shots_feasible(task, config.shots, config.cap, pools)
     out = config.results_path()
@@ -177,7 +177,9 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     for measurement, cond in keys:
         keep |= matching(frame, {**measurement, **cond})
     keep &= frame["seed"].astype(int).isin(config.seeds)
-    return frame[keep].reset_index(drop=True)
+    rows = frame[keep].reset_index(drop=True)
+    rows.attrs["notes"] = [pretraining_pool(task, pools), *task.notes()]  # for the tables' header
+    return rows
 
 
 def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, done: set[int], config: FixedKConfig,

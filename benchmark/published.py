@@ -62,6 +62,9 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
             note = (f" beside Mars-Bench's published {name}" if len(at_k) else
                     f" (Mars-Bench publishes no {shots}-shot number for {name})" if name else
                     " (Mars-Bench publishes no numbers for this dataset)")
+            capped = sorted({c for value in s["capped"] for c in str(value).split("|") if c and c != "nan"})
+            if capped:  # such a class trained on fewer than K images: the row is not a plain K-shot number
+                note += f"; capped (fewer than {shots} training images, all taken): {', '.join(capped)}"
             out.append((f"{task}: fixed-K {shots}-shot, weighted F1{note}", lines))
     return out
 

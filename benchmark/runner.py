@@ -88,6 +88,7 @@ class BenchConfig:
     reuse_stale: bool = False  # take rows made by another git commit when everything else matches
     stop_on_failure: bool = False  # a failing method ends the run (else the others still run)
     source: str | None = None  # --source: the base pool every pre-training method uses (tasks.registry.with_source)
+    source_disjoint: bool = False  # refuse a source that holds a scene of the target pool
     device: torch.device = CPU  # where every network pass runs (methods/devices.py); recorded in each row
     executor: str = "local"  # who answers the episodes: "local" (this process) or "ray" (benchmark/executors.py)
     ray_address: str | None = None  # with "ray": a running instance ("auto", host:port); None starts a local one
@@ -277,7 +278,8 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
     the other methods still run."""
     cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
-    task = load_task(config.task, config.data_dir, source=config.source, split=config.split)
+    task = load_task(config.task, config.data_dir, source=config.source, split=config.split,
+                     image_size=config.image_size, source_disjoint=config.source_disjoint)
     episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
     out = config.results_path()
@@ -308,7 +310,9 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     for key in keys:
         keep |= matching(frame, key)
     keep &= frame["episode"].astype(int) < config.episodes
-    return frame[keep].reset_index(drop=True)
+    rows = frame[keep].reset_index(drop=True)
+    rows.attrs["notes"] = task.notes()  # for the tables' header
+    return rows
 
 
 def hidden_paths(config: BenchConfig, cache: Cache, out: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError
+from tasks.errors import UserError, notice_once
 from tasks.files import atomic_write
 
 SAMPLER_VERSION = 1
@@ -293,6 +293,23 @@ def feasibility_error(task: str, index: PoolIndex, n_way: int, k: int, q: int, c
     )
 
 
+def undrawable(index: PoolIndex, k: int, q: int, class_names) -> tuple[list[str], list[str]]:
+    """The classes of the pool that no Q-query episode can draw at any K, and those that K-shot Q-query episodes
+    cannot draw, with why ("name (why)")."""
+    never, here = [], []
+    for c in index.classes:
+        if index.class_can_fill(int(c), k, q):
+            continue
+        sizes = index.counts[:, index.class_pos[c]]
+        n, scenes = int(sizes.sum()), int((sizes > 0).sum())
+        at_all = index.class_can_fill(int(c), 1, q)
+        shots = str(k) if at_all else "1"
+        why = (f"{n} image(s), fewer than {shots} + {q}" if n < int(shots) + q else
+               f"{n} images in {scenes} scene(s), which split into no {shots} + {q} scene-disjoint parts")
+        (here if at_all else never).append(f"{class_names[int(c)]} ({why}{'' if at_all else ' at any K'})")
+    return never, here
+
+
 def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int, q: int, n_episodes: int,
                     seed: int, class_names) -> EpisodeSet:
     for name, value in (("ways", n_way), ("shots", k), ("queries", q), ("episodes", n_episodes)):
@@ -304,6 +321,11 @@ def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int
     if problem:
         raise UserError(problem)
     eligible = index.eligible(k, q)
+    never, here = undrawable(index, k, q, class_names)
+    if never:  # the same line for every K: printed once a run
+        notice_once(f"task {task}: no {q}-query episode can draw {'; '.join(never)}")
+    if here:
+        notice_once(f"task {task}: no {k}-shot {q}-query episode can draw {'; '.join(here)}")
     episodes = [sample_episode(index, n_way, k, q, episode_rng(seed, n_way, k, q, i), eligible, i)
                 for i in range(n_episodes)]
     return EpisodeSet(

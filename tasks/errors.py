@@ -25,3 +25,16 @@ def notice(message: str) -> str:
     line = " ".join(str(message).split())
     print(f"notice: {line}", file=sys.stderr)
     return line
+
+
+_NOTICED: set[str] = set()
+
+
+def notice_once(message: str) -> str:
+    """`notice`, printed the first time in this process only (a task loads its dataset again for a source, a
+    validation task or a migration; a run draws episodes once per shots); returns the line either way."""
+    line = " ".join(str(message).split())
+    if line not in _NOTICED:
+        _NOTICED.add(line)
+        notice(line)
+    return line

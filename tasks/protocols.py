@@ -9,7 +9,7 @@ The halves are fixed (split seed 0); a seed only changes which K images are draw
 are drawn from their own generator, seeded by (seed, class): the K=5 draw is the first five of the K=10
 draw, so a shots curve compares nested training sets. Two exceptions, both as Mars-Bench does:
 - a `marsbench:` set with its own `few_shot/<K>_shot.csv` trains on that list's `train` rows, the same
-  for every seed;
+  for every seed (a class with fewer than K training images is then all in the list, and named as capped);
 - with `cap`, a class with fewer than K training images gives all it has (else that K is refused), and the
   draw names the capped classes.
 """
@@ -88,6 +88,20 @@ def protocol_base(task: Task, pools: FixedKPools) -> np.ndarray:
     return np.setdiff1d(task.base, np.concatenate([pools.train, pools.test]))
 
 
+def pretraining_pool(task: Task, pools: FixedKPools) -> str:
+    """What `protocol_base` is, in words, for the table's header."""
+    base = protocol_base(task, pools)
+    if task.source:
+        return f"pre-training pool: --source {task.source} ({len(base)} images)"
+    if not len(base):
+        return "pre-training pool: none (every image of the task is drawn from or scored)"
+    if pools.source == "splits":
+        splits = sorted({str(s) for s in task.table.splits[base]})
+        return (f"pre-training pool: the {' + '.join(splits)} split ({len(base)} images), neither drawn from nor "
+                "scored")
+    return f"pre-training pool: the task's base pool ({len(base)} images), outside the two scene halves"
+
+
 class FixedKDraw(NamedTuple):
     """How the K training images per class are chosen for one K: `draw` is "random" (K per class, seeded) or
     "marsbench-list" (Mars-Bench's own few_shot/<K>_shot.csv, the same for every seed); `capped` names the
@@ -97,8 +111,9 @@ class FixedKDraw(NamedTuple):
     capped: tuple[str, ...]
 
 
-def marsbench_list(task: Task, k: int) -> np.ndarray | None:
-    """Table indices of Mars-Bench's K-shot training list when the task is a `marsbench:` set that has one."""
+def marsbench_list(task: Task, k: int):
+    """Mars-Bench's K-shot training list (tasks.datasets.marsbench.KShotList: table rows, capped classes) when the
+    task is a `marsbench:` set that has one, else None."""
     plain = getattr(task, "plain", None) or task  # a --source task keeps the set's rows first, same indices
     root = getattr(plain.table, "marsbench_root", None)
     if root is None:
@@ -113,8 +128,9 @@ def fixed_k_draw(task: Task, k: int, cap: bool = False, pools: FixedKPools | Non
     `cap` (then such a class gives every training image it has, as Mars-Bench's K-shot lists do)."""
     if int(k) < 1:
         raise UserError(f"--shots must be a positive integer, got {k}")
-    if marsbench_list(task, k) is not None:
-        return FixedKDraw("marsbench-list", ())
+    listed = marsbench_list(task, k)
+    if listed is not None:  # its classes short of K are Mars-Bench's own caps: named, not refused
+        return FixedKDraw("marsbench-list", listed.capped)
     pools = pools or fixed_k_pools(task)
     labels = task.table.labels
     counts = [int((labels[pools.train] == c).sum()) for c in pools.classes]
@@ -142,7 +158,7 @@ def fixed_k_sets(task: Task, k: int, seeds, cap: bool = False, pools: FixedKPool
     labels = task.table.labels
     position = {int(c): i for i, c in enumerate(pools.classes)}
     test_y = np.array([position[int(c)] for c in labels[pools.test]], dtype=np.int64)
-    listed = marsbench_list(task, k) if draw.draw == "marsbench-list" else None
+    listed = marsbench_list(task, k).rows if draw.draw == "marsbench-list" else None
     if listed is not None:
         unknown = sorted({task.class_names[c] for c in labels[listed]} - {task.class_names[c] for c in pools.classes})
         if unknown:

@@ -7,6 +7,7 @@ points of group `marsfsl.tasks` add outside ones, as (description, function) pai
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,12 +17,14 @@ import pandas as pd
 
 from tasks.datasets import ImageTable, load_dataset
 from tasks.datasets.content import file_digests
+from tasks.datasets.scenes import SceneOverlap, scene_overlap
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
-from tasks.errors import UserError
+from tasks.errors import UserError, notice_once
 from tasks.registry_base import Registry
 from tasks.splits import class_split, scene_split, validation_split
 
 SPLIT_SEED = 0  # the base/target split is fixed, whatever the episode seed
+PIXEL_CHECK_SIZE = 128  # where no image size is given, a source's pixels are compared at the default one
 VALIDATION_SEED = 0  # so is the validation slice carved out of the base pool
 SPLITS = ("target", "validation")  # where `bench run --split` draws episodes
 VALIDATION_SUFFIX = "@validation"  # a validation task's name: its rows and manifests can't pass for target ones
@@ -36,6 +39,7 @@ class Task:
     target: np.ndarray  # table indices episodes are drawn from
     source: str = ""  # the --source whose images are the base pool ("" when the task's own)
     plain: "Task | None" = None  # with a source: the same task without it, whose episodes these are
+    overlap: SceneOverlap | None = None  # with a source: the target scenes it also holds (None: not comparable)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -55,6 +59,11 @@ class Task:
         h.update(np.asarray(self.base, np.int64).tobytes())
         h.update(np.asarray(self.target, np.int64).tobytes())
         return h.hexdigest()[:16]
+
+    def notes(self) -> list[str]:
+        """Lines a results table's header carries about the task's data: with a source, how many target scenes
+        it also holds (where the two name scenes alike)."""
+        return [self.overlap.header()] if self.overlap is not None else []
 
     def split(self, name: str) -> "Task":
         """This task ("target") or its validation task ("validation")."""
@@ -137,9 +146,11 @@ def make_domars16k(data_dir: Path) -> Task:
 
 @register_task("ctx-craters", "CTX crater / non-crater windows, grouped by CTX tile, base/target by tiles")
 def make_ctx_craters(data_dir: Path) -> Task:
+    from tasks.datasets.copies import identify_copies
     from tasks.datasets.ctx_crater_windows import load_ctx_craters, tile_split
 
-    table = load_ctx_craters(data_dir)
+    # copies of a window in two tiles become one scene, named by one tile, so tile_split keeps them on one side
+    table = identify_copies(load_ctx_craters(data_dir))
     base, target = tile_split(table)
     return Task("ctx-craters", "CTX crater / non-crater windows; base = left tile column, target = 6 other tiles",
                 table, base, target)
@@ -162,10 +173,12 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
 
 
 def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = "target",
-              keep_out: Sequence[Path | str] = ()) -> Task:
+              keep_out: Sequence[Path | str] = (), image_size: int = PIXEL_CHECK_SIZE,
+              source_disjoint: bool = False) -> Task:
     """The task `name` (`NAME@validation`: NAME's validation task, Task.validation), its `split`, and with
     `source` the same task whose base pool is the source's images (see with_source; `keep_out`: files the
-    source must not hold either, such as a scene being mapped).
+    source must not hold either, such as a scene being mapped; `image_size`: the size at which the source's
+    decoded pixels are compared with the task's; `source_disjoint`: refuse a source holding a target scene).
 
     The split is taken before the source is added: a validation task's episodes then come from the validation
     slice of the task's own base pool, never from its target pool."""
@@ -176,7 +189,33 @@ def load_task(name: str, data_dir: Path | str, source: str | None = None, split:
     else:
         task = TASKS.lookup(name)[1](Path(data_dir))
     task = task.split(split)
-    return with_source(task, source, Path(data_dir), keep_out) if source else task
+    if not source:
+        return task
+    return with_source(task, source, Path(data_dir), keep_out, image_size=image_size, disjoint=source_disjoint)
+
+
+def earlier_fingerprints(task: Task) -> set[str]:
+    """The data identity `task`'s data had under each earlier way of computing it (tasks/datasets/base.py,
+    FINGERPRINT_VERSION): `bench migrate --refresh-data` takes a row's recorded identity as proof that its data
+    is unchanged only if it is the current one or one of these.
+
+    Version 1 hashed the task's name, each image's path as loaded, its label and group, and the file's size and
+    modification time; it can be recomputed only where the files lie as they did (same folder, same times).
+    Version 2 of a task with a source hashed each image's path relative to the folder holding the task's and the
+    source's images (for a derived task, the cache folder's location entered it); likewise."""
+    table = task.table
+    earlier = {task._with_pools(replace(table, parts=()).fingerprint(), name="")} if table.parts else set()
+    h = hashlib.sha256()
+    h.update(table.name.encode())
+    h.update("\x00".join(table.class_names).encode())
+    for path, label, group in zip(table.paths, table.labels, table.groups):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{path}\x00{label}\x00{group}\x00{stamp}\n".encode())
+    return {task._with_pools(h.hexdigest()[:16]), *earlier}
 
 
 def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
@@ -194,14 +233,43 @@ def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
     return table, np.arange(len(table), dtype=np.int64)
 
 
-def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path | str] = ()) -> Task:
+def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path | str] = (),
+                image_size: int = PIXEL_CHECK_SIZE, disjoint: bool = False) -> Task:
     """`task` whose base pool is `spec`'s images: the table is the task's rows followed by the source's (their
     classes and groups renamed `SPEC/...` so that they never meet the task's), base = the source's rows,
-    target = the task's target rows, unchanged, so the episodes are the same as without a source. Refuses a
-    source that shares an image (by file content) with the task's dataset or with a `keep_out` file."""
+    target = the task's target rows, unchanged, so the episodes are the same as without a source.
+
+    Refuses a source that shares an image with the task's dataset (or a `keep_out` file), by file content or by
+    decoded pixels at `image_size`; near-identical images are a notice with their count. A source that holds
+    scenes of the target pool (tasks/datasets/scenes.py) is a notice, refused when `disjoint`."""
     src_table, rows = source_rows(spec, Path(data_dir))
     if len(rows) == 0:
         raise UserError(f"--source {spec} has no images to pre-train on")
+    check_shared_files(task, spec, src_table, rows, keep_out)
+    check_shared_pixels(task, spec, src_table, rows, image_size)
+    overlap = scene_overlap(spec, task.table, task.target, src_table, rows)
+    if overlap is not None and overlap.shared:
+        if disjoint:
+            raise UserError(f"{overlap.line(task.name)}; --source-disjoint refuses it: choose a source without "
+                            "these scenes")
+        notice_once(f"{overlap.line(task.name)}; --source-disjoint refuses such a source")
+    n = len(task.table)
+    src = src_table.frame.iloc[rows]
+    kept, dense = np.unique(src_table.labels[rows], return_inverse=True)
+    frame = pd.concat([task.table.frame, pd.DataFrame({
+        "path": src["path"].to_numpy(), "label": dense.astype(np.int64) + len(task.class_names),
+        "group": [f"{spec}/{g}" for g in src["group"]], "split": "",  # the source's splits mean nothing here
+    })], ignore_index=True)
+    classes = task.class_names + tuple(f"{spec}/{src_table.class_names[c]}" for c in kept)
+    table = ImageTable(name=f"{task.table.name}+{spec}", frame=frame, class_names=classes,
+                       parts=(task.table, src_table))
+    return Task(f"{task.name}+{spec}", f"{task.description}; base pool: {spec}", table,
+                np.arange(n, len(frame), dtype=np.int64), np.asarray(task.target, dtype=np.int64), source=spec,
+                plain=task, overlap=overlap)
+
+
+def check_shared_files(task: Task, spec: str, src_table: ImageTable, rows: np.ndarray, keep_out) -> None:
+    """Refuse a source holding a file of the task's dataset or a `keep_out` file (same bytes)."""
     ours = dict(zip(task.table.content_digests(), task.table.paths))
     try:
         ours.update(zip(file_digests(keep_out), map(str, keep_out)))
@@ -214,15 +282,25 @@ def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path |
         what = f"task {task.name}" + (" or the scene being mapped" if len(keep_out) else "")
         raise UserError(f"--source {spec} shares {len(shared)} image(s) with {what} (same file content): "
                         f"{named}; choose a source without these images")
-    n = len(task.table)
-    src = src_table.frame.iloc[rows]
-    kept, dense = np.unique(src_table.labels[rows], return_inverse=True)
-    frame = pd.concat([task.table.frame, pd.DataFrame({
-        "path": src["path"].to_numpy(), "label": dense.astype(np.int64) + len(task.class_names),
-        "group": [f"{spec}/{g}" for g in src["group"]], "split": "",  # the source's splits mean nothing here
-    })], ignore_index=True)
-    classes = task.class_names + tuple(f"{spec}/{src_table.class_names[c]}" for c in kept)
-    table = ImageTable(name=f"{task.table.name}+{spec}", frame=frame, class_names=classes)
-    return Task(f"{task.name}+{spec}", f"{task.description}; base pool: {spec}", table,
-                np.arange(n, len(frame), dtype=np.int64), np.asarray(task.target, dtype=np.int64), source=spec,
-                plain=task)
+
+
+def check_shared_pixels(task: Task, spec: str, src_table: ImageTable, rows: np.ndarray, size: int) -> None:
+    """Refuse a source holding one of the task's images with other bytes but the same pixels at `size` (a
+    re-encoded copy); a notice counts the source's images that are near-identical to one of the task's."""
+    from tasks.datasets.pixels import NEAR_RMS, THUMB, near_pairs, pixel_signatures
+
+    ours, our_thumbs = pixel_signatures(task.table.paths, task.table.content_digests(), size)
+    theirs, their_thumbs = pixel_signatures(src_table.paths[rows],
+                                            np.asarray(src_table.content_digests(), dtype=object)[rows], size)
+    where = dict(zip(ours, task.table.paths))
+    shared = [(p, where[d]) for p, d in zip(src_table.paths[rows], theirs) if d in where]
+    if shared:
+        named = "; ".join(f"{p} = {q}" for p, q in shared[:3])
+        raise UserError(f"--source {spec} holds {len(shared)} image(s) of task {task.name} with the same pixels at "
+                        f"{size} px in other bytes (re-encoded copies): {named}; choose a source without these images")
+    near = near_pairs(our_thumbs, their_thumbs)
+    if near:
+        i, j = near[0]
+        notice_once(f"--source {spec} holds {len(near)} image(s) nearly identical to one of task {task.name}'s "
+                    f"({THUMB}x{THUMB} thumbnails within {NEAR_RMS:g} grey levels), e.g. {src_table.paths[rows][j]} ~ "
+                    f"{task.table.paths[i]}: resized or lossy copies would put the task's images in pre-training")

@@ -122,8 +122,8 @@ def test_rows_with_another_backbone_are_refused(data, tmp_path, capsys):
 def test_rows_of_other_pixels_under_the_same_file_names_are_refused(data, tmp_path, capsys):
     out = tmp_path / "r.csv"
     assert run(data, out) == 0
-    for path in sorted(data.rglob("*.png")):  # every image replaced, names and labels unchanged
-        Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(path)
+    for i, path in enumerate(sorted(data.rglob("*.png"))):  # every image replaced, names and labels unchanged
+        Image.fromarray(np.full((16, 16, 3), 7 + i, np.uint8)).save(path)  # (other images, not copies of one)
     capsys.readouterr()
     assert run(data, out) == 2
     line = one_line(capsys)

@@ -136,5 +136,5 @@ def test_run_fixed_k_scores_the_whole_test_split(domars_task, tmp_path):
 
 def test_run_fixed_k_with_protonet_on_colour_coded_classes(domars_task, tmp_path):
     rows = run_fixed_k(domars_task, create_method("protonet"), 2, [0, 1], Cache(tmp_path / "cache"), image_size=32)
-    for r in rows:
-        assert r["accuracy"] > 0.9 and r["weighted_f1"] > 0.9, r
+    for r in rows:  # chance: 1/3; the test images are other images than the training ones, not copies of them
+        assert r["accuracy"] > 0.8 and r["weighted_f1"] > 0.8, r

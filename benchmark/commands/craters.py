@@ -212,7 +212,8 @@ def cmd_run(args) -> int:
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride)
     cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
     # a source must not hold the scene or its tiles (by file content)
-    task = load_task(args.task, data_dir, source=args.source, keep_out=[*tile_paths(data_dir), scene_path])
+    task = load_task(args.task, data_dir, source=args.source, keep_out=[*tile_paths(data_dir), scene_path],
+                     image_size=args.image_size, source_disjoint=args.source_disjoint)
     task_name = (task.plain or task).name
     progress = RichProgressReporter(enabled=not args.quiet)
     crater, ambiguous = window_truth(grid, boxes)

@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=cmd_fixedk)
 
 
-def fixedk_tables(task: str, summary):
+def fixedk_tables(task: str, summary, notes=()):
     from rich.table import Table
 
     from benchmark.stats import pm
@@ -23,13 +23,13 @@ def fixedk_tables(task: str, summary):
     tables = []
     for shots, g in summary.groupby("shots", sort=True):
         n_test = int(g["n_test"].max())
-        notes = ["mean ± 95% CI over seeds"]
+        lines = ["mean ± 95% CI over seeds", *notes]
         if "draw" in g and (g["draw"] == "marsbench-list").any():
-            notes.append(f"training images: Mars-Bench's {shots}-shot list, the same for every seed")
+            lines.append(f"training images: Mars-Bench's {shots}-shot list, the same for every seed")
         capped = sorted({c for value in g.get("capped", []) for c in str(value).split("|") if c and c != "nan"})
         if capped:
-            notes.append(f"capped (fewer than {shots} training images, all taken): {', '.join(capped)}")
-        table = Table(title=f"{task}: fixed-K {shots}-shot, {n_test} test images", caption="; ".join(notes))
+            lines.append(f"capped (fewer than {shots} training images, all taken): {', '.join(capped)}")
+        table = Table(title=f"{task}: fixed-K {shots}-shot, {n_test} test images", caption="; ".join(lines))
         for column, justify in (("method", "left"), ("accuracy %", "right"), ("weighted-F1 %", "right"),
                                 ("seeds", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)
@@ -59,6 +59,6 @@ def cmd_fixedk(args) -> int:
     printer = stdout if stdout.is_terminal else Console(width=180)  # a file or pipe gets unwrapped rows
     if len(rows):
         for table in fixedk_tables(args.task + (f" (source {args.source})" if args.source else ""),
-                                   summarize_over_seeds(rows)):
+                                   summarize_over_seeds(rows), rows.attrs.get("notes", ())):
             printer.print(table)
     return finish(config.results_path(), started, failures)

@@ -92,7 +92,8 @@ def cmd_map(args) -> int:
     cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
     # a source must not hold the scene itself (by file content); a scene GDAL reads from elsewhere cannot be checked
     task = load_task(args.task, Path(args.data_dir or default_data_dir()), source=args.source,
-                     keep_out=[args.scene] if Path(args.scene).is_file() else [])
+                     keep_out=[args.scene] if Path(args.scene).is_file() else [], image_size=args.image_size,
+                     source_disjoint=args.source_disjoint)
     progress = RichProgressReporter(enabled=not args.quiet)
     progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
                  f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "

@@ -27,7 +27,11 @@ records it); without them the file is refused. Then, per row:
   a default that changes a method's numbers bumps its version, so at the version stated it is what made them;
 - git commit: `unrecorded` (a rerun takes these rows only with --reuse-stale; see results.reusable_units).
 `--refresh-data` recomputes the data identity of a current-schema file (after a change in how the identity
-is computed, not in the data). Running it again changes nothing.
+is computed, not in the data). It does so only where the data is unchanged: a row's recorded identity must be
+the one the data in `--data-dir` gives now, or the one it gave under an earlier way of computing it
+(tasks.registry.earlier_fingerprints); a crater row's scene identity must be the scene's now. Otherwise the
+images, labels or scenes changed since the rows were made, and the file is refused, untouched, in one line.
+Running it again changes nothing.
 """
 from __future__ import annotations
 
@@ -72,10 +76,9 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     from benchmark.fixedk import FIXED_K
     from benchmark.mapping.craters import CRATERS
     from benchmark.results import COLUMNS_V1, EPISODES, csv_text, locked, read_results
-    from tasks.files import atomic_write_bytes
     from benchmark.runner import preprocessing_id
     from tasks.errors import UserError
-    from tasks.registry import load_task
+    from tasks.files import atomic_write_bytes
 
     path = Path(path)
     if not path.is_file():
@@ -97,16 +100,11 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         pre = preprocessing or preprocessing_id()
         if schema is CRATERS:
             if current:
-                crater_identities(path, rows, data_dir)
+                crater_identities(path, rows, data_dir, refresh=True)
             else:
                 old_crater_rows(path, rows, data_dir, facts, pre, schema.version - 1 - schema.older().index(header))
         elif (header == COLUMNS_V1 or refresh_data) and "data" in schema.columns:
-            for task in sorted({r["task"] for r in rows}):
-                try:
-                    identities[task] = load_task(task, data_dir).fingerprint()
-                except UserError as exc:
-                    raise UserError(f"cannot migrate {path}: its task {task} does not load from --data-dir "
-                                    f"{data_dir} ({exc}); give the data its rows were made on") from None
+            identities = task_identities(path, rows, data_dir, refresh=current)
         for r in rows:
             if header == COLUMNS_V1:
                 r.update(source="", method_version="1", preprocessing=pre)
@@ -138,19 +136,62 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
 UNRECORDED_COMMIT = "unrecorded"
 
 
-def crater_identities(path: Path, rows: list[dict], data_dir: Path) -> None:
-    """Set each crater row's data identity (its task with its source) and scene identity from `data_dir`."""
+def task_identities(path: Path, rows: list[dict], data_dir: Path, refresh: bool) -> dict[str, str]:
+    """The data identity of each task the rows name (`TASK+SOURCE` with its source), loaded from `data_dir`; with
+    `refresh`, only where the rows' data is unchanged (check_unchanged)."""
+    from tasks.errors import UserError
+    from tasks.registry import load_task
+
+    identities = {}
+    for name in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == name]
+        source = mine[0].get("source") or None
+        plain = name[: -len(f"+{source}")] if source and name.endswith(f"+{source}") else name
+        try:
+            task = load_task(plain, data_dir, source=source)
+        except UserError as exc:
+            raise UserError(f"cannot migrate {path}: its task {name} does not load from --data-dir {data_dir} ({exc}); "
+                            "give the data its rows were made on") from None
+        if refresh:  # a refresh keeps rows only where their data is what the files hold now
+            check_unchanged(path, mine, task, data_dir)
+        identities[name] = task.fingerprint()
+    return identities
+
+
+def check_unchanged(path: Path, rows: list[dict], task, data_dir: Path, scene: str | None = None) -> None:
+    """Refuse to refresh rows of `task` made on other data than `data_dir` holds now (module docstring)."""
+    from tasks.errors import UserError
+    from tasks.registry import earlier_fingerprints
+
+    identity = task.fingerprint()
+    known = {identity, *earlier_fingerprints(task)}
+    stale = [r for r in rows if r["data"] not in known or (scene is not None and r["scene"] != scene)]
+    if stale:
+        what = (f"data identity {stale[0]['data']}, the data now gives {identity}" if stale[0]["data"] not in known
+                else f"scene identity {stale[0]['scene']}, the scene now gives {scene}")
+        raise UserError(f"cannot refresh {path}: {len(stale)} row(s) of task {task.name} were made on other data than "
+                        f"--data-dir {data_dir} holds now ({what}: an image, label or scene changed); rerun them "
+                        "(the same command with --fresh) or give the data they were made on")
+
+
+def crater_identities(path: Path, rows: list[dict], data_dir: Path, refresh: bool = False) -> None:
+    """Set each crater row's data identity (its task with its source) and scene identity from `data_dir`; with
+    `refresh`, only where the rows' data and scene are unchanged (check_unchanged)."""
     from tasks.datasets.ctx_murray import scene_identity
     from tasks.errors import UserError
     from tasks.registry import load_task
 
     try:
         scene = scene_identity(data_dir)
-        data = {(t, s): load_task(t, data_dir, source=s or None).fingerprint()
-                for t, s in sorted({(r["task"], r["source"]) for r in rows})}
+        tasks = {(t, s): load_task(t, data_dir, source=s or None) for t, s in sorted({(r["task"], r["source"])
+                                                                                   for r in rows})}
     except UserError as exc:
         raise UserError(f"cannot migrate {path}: its rows' data does not load from --data-dir {data_dir} ({exc}); "
                         "give the data its rows were made on") from None
+    if refresh:
+        for (t, s), task in tasks.items():
+            check_unchanged(path, [r for r in rows if (r["task"], r["source"]) == (t, s)], task, data_dir, scene)
+    data = {key: task.fingerprint() for key, task in tasks.items()}
     for r in rows:
         r.update(data=data[r["task"], r["source"]], scene=scene)
 

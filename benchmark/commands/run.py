@@ -43,6 +43,6 @@ def cmd_run(args) -> int:
     with thread_policy(args.threads or torch.get_num_threads()):
         rows = run_benchmark(config, RichProgressReporter(enabled=not args.quiet), failures)
     if len(rows):
-        for table in results_tables(summarize_episodes(rows)):
+        for table in results_tables(summarize_episodes(rows), rows.attrs.get("notes", ())):
             stdout.print(table)
     return finish(config.results_path(), started, failures)

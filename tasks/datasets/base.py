@@ -30,6 +30,10 @@ class ImageTable:
     frame: pd.DataFrame
     class_names: tuple[str, ...]
     notices: tuple[str, ...] = ()  # one line each: rules applied while reading the dataset (already printed)
+    scenes: str = ""  # what the groups name (tasks/datasets/scenes.py): '' when each group is only an image
+    # a table joined from others (a task's and its source's), fingerprinted by theirs: their images may lie in
+    # folders far apart (a data folder, the cache's derived windows), whose paths must not enter its identity
+    parts: tuple[ImageTable, ...] = ()
 
     def __post_init__(self):
         missing = [c for c in COLUMNS if c not in self.frame.columns]
@@ -81,12 +85,25 @@ class ImageTable:
         """Keys caches (and results, as the data's identity): what the images are and what they hold, wherever
         they lie and however their folder was spelled. Hashes the class names and, per row, the path relative
         to the folder holding all images, label, group, split and the SHA-256 of the file's bytes; not the
-        table's name (a `folder:` name holds the folder's location) nor file times."""
+        table's name (a `folder:` name holds the folder's location) nor file times. A joined table hashes its
+        parts' fingerprints and, per row, its label and digest instead of paths."""
+        if self.parts:
+            return self._joined_fingerprint(cache_dir)
         h = hashlib.sha256(f"table-content-v{FINGERPRINT_VERSION}".encode())
         h.update("\x00".join(self.class_names).encode())
         rows = zip(relative_paths(self.paths), self.labels, self.groups, self.splits, self.content_digests(cache_dir))
         for path, label, group, split, digest in rows:
             h.update(f"{path}\x00{label}\x00{group}\x00{split}\x00{digest}\n".encode())
+        return h.hexdigest()[:16]
+
+    def _joined_fingerprint(self, cache_dir=None) -> str:
+        # the parts' fingerprints hold their classes, groups and splits; the rows say which images were taken
+        # and their labels (class and group names here are prefixed with the source's spec: a folder's path)
+        h = hashlib.sha256(f"table-joined-v{FINGERPRINT_VERSION}".encode())
+        for part in self.parts:
+            h.update(f"{part.fingerprint(cache_dir)}\n".encode())
+        for label, digest in zip(self.labels, self.content_digests(cache_dir)):
+            h.update(f"{label}\x00{digest}\n".encode())
         return h.hexdigest()[:16]
 
 
@@ -148,7 +165,7 @@ def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:
     return root
 
 
-def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, notices=()) -> ImageTable:
+def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, notices=(), scenes: str = "") -> ImageTable:
     frame = pd.DataFrame(
         {
             "path": [str(p) for p in paths],
@@ -157,4 +174,4 @@ def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, 
             "split": [str(s) for s in splits] if splits is not None else [""] * len(paths),
         }
     )
-    return ImageTable(name=name, frame=frame, class_names=tuple(class_names), notices=tuple(notices))
+    return ImageTable(name=name, frame=frame, class_names=tuple(class_names), notices=tuple(notices), scenes=scenes)

@@ -78,7 +78,7 @@ def load_domars16k(root: Path) -> ImageTable:
     present = sorted(set(labels))
     dense = {label: i for i, label in enumerate(present)}
     return table_from_rows("domars16k", paths, [dense[label] for label in labels], groups,
-                           [CODES[label] for label in present], splits)
+                           [CODES[label] for label in present], splits, scenes="ctx-product")
 
 
 ARCHIVE = ZenodoArchive(

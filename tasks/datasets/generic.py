@@ -16,7 +16,9 @@ its own group (scene), named by its path relative to PATH.
 CSV datasets (columns `path,label` and optionally `group,split`):
 - paths are relative to the CSV's folder (or absolute); a missing file is refused, naming the first one and
   that folder. The same image listed twice (after resolving `./`, `..` and symlinks) is refused: it would land
-  in the support and the query of one episode, or in both pools.
+  in the support and the query of one episode, or in both pools. Files with the same bytes under other names
+  are one image too (tasks/datasets/copies.py, for every reader): one scene, or refused across classes or
+  across the test split.
 - labels: surrounding spaces are stripped (notice); an empty label is refused; two labels equal up to case
   (`Crater`, `crater`) are refused, since they are either one class spelled twice or two classes no reader
   can tell apart.
@@ -37,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.datasets.base import ImageTable, dataset_root, dataset_spec, table_from_rows
+from tasks.datasets.scenes import namespace_of
 from tasks.errors import UserError, notice
 from tasks.imageio import IMAGE_SUFFIXES
 
@@ -138,12 +141,13 @@ def load_csv(path: Path) -> ImageTable:
             groups = [g or own[i] for i, g in enumerate(groups)]
     else:
         groups = own
+    scenes = namespace_of(frame["group"].str.strip()) if "group" in frame.columns else ""
     splits = None
     if "split" in frame.columns:
         splits = read_splits(what, list(frame["split"]), notices)
     else:
         check_scenes(what, groups)  # no split column: the scene split makes one
-    return table_from_rows(f"csv:{path}", files, labels, groups, classes, splits, notices=notices)
+    return table_from_rows(f"csv:{path}", files, labels, groups, classes, splits, notices=notices, scenes=scenes)
 
 
 def clean_column(what: str, column: str, values: list[str], notices: list) -> list[str]:
@@ -212,12 +216,15 @@ PREFIX_LOADERS = {"folder": load_folder, "csv": load_csv}
 
 
 def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
-    """Load a registered dataset, or `folder:PATH` / `csv:PATH` for a user's own labelled images."""
+    """Load a registered dataset, or `folder:PATH` / `csv:PATH` for a user's own labelled images; byte-identical
+    copies of one image are one scene, or refused (tasks/datasets/copies.py)."""
+    from tasks.datasets.copies import identify_copies
+
     for prefix, loader in PREFIX_LOADERS.items():
         if name.startswith(prefix + ":"):
             if not name[len(prefix) + 1 :].strip():
                 raise UserError(f"{name!r} names no {prefix}; give one, e.g. {prefix}:/path/to/my-images"
                                 f"{'.csv' if prefix == 'csv' else ''}")
-            return loader(Path(name[len(prefix) + 1 :]).expanduser())
+            return identify_copies(loader(Path(name[len(prefix) + 1 :]).expanduser()))
     spec = dataset_spec(name)
-    return spec.load(dataset_root(spec, Path(data_dir)))
+    return identify_copies(spec.load(dataset_root(spec, Path(data_dir))))

@@ -59,7 +59,8 @@ def load_hirise_v1(root: Path) -> ImageTable:
         paths.append(path)
         labels.append(dense[label])
         groups.append(observation_id(name))
-    return table_from_rows("hirise-v1", paths, labels, groups, [HIRISE_V1_CLASSES[c] for c in present])
+    return table_from_rows("hirise-v1", paths, labels, groups, [HIRISE_V1_CLASSES[c] for c in present],
+                           scenes="hirise-observation")
 
 
 HIRISE_V1 = register_dataset(

@@ -7,7 +7,9 @@ The layout, as Mars-Bench's classification loaders read it (`marsbench/data/clas
   (the integer class id) and `split` (`train`, `val` or `test`);
 - each image at `PATH/data/<split>/<feature_name>/<file_id>`;
 - optionally `PATH/few_shot/<K>_shot.csv`, the same columns: Mars-Bench's K-shot run reads *all* its splits
-  from that file instead of annotation.csv, its `train` rows being the K images per class.
+  from that file instead of annotation.csv, its `train` rows being the K images per class. Such a list must hold
+  exactly K distinct training images of every class, or all of a smaller class (named as capped): otherwise it
+  is refused (check_k_shot_list).
 
 Groups (source scenes), read from the file id, first rule that matches every file of the set:
 - `<CTX product id>_CX<x>_CY<y>.<ext>` (DoMars16k): the CTX product id;
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -126,7 +129,8 @@ def load_marsbench(root: Path) -> ImageTable:
             _NOTICED.add(line)
             notices = (notice(line),)
     table = table_from_rows(name, paths, [dense[int(v)] for v in frame["label"]], groups,
-                            [names[label] for label in present], frame["split"], notices=notices)
+                            [names[label] for label in present], frame["split"], notices=notices,
+                            scenes="" if rule == NO_SCENES else rule)
     object.__setattr__(table, "group_rule", rule)
     object.__setattr__(table, "marsbench_root", root)  # where fixed-K finds Mars-Bench's K-shot lists
     return table
@@ -145,9 +149,18 @@ def few_shot_file(root: Path, k: int) -> Path:
     return Path(root) / FEW_SHOT_DIR / f"{int(k)}_shot.csv"
 
 
-def few_shot_train(table: ImageTable, root: Path, k: int) -> np.ndarray | None:
-    """Table indices of Mars-Bench's own K-shot training list (the `train` rows of few_shot/<K>_shot.csv), or
-    None when the set has no such file. Every listed image must be a training image of the table."""
+class KShotList(NamedTuple):
+    """Mars-Bench's K-shot training list of a set: table rows, and the classes with fewer than K training images
+    that it takes whole ("name (n)")."""
+
+    rows: np.ndarray
+    capped: tuple[str, ...]
+
+
+def few_shot_train(table: ImageTable, root: Path, k: int) -> KShotList | None:
+    """Mars-Bench's own K-shot training list (the `train` rows of few_shot/<K>_shot.csv), or None when the set has
+    no such file. Every listed image must be a training image of the table, and the list must mean its name
+    (check_k_shot_list)."""
     path = few_shot_file(root, k)
     if not path.is_file():
         return None
@@ -163,7 +176,39 @@ def few_shot_train(table: ImageTable, root: Path, k: int) -> np.ndarray | None:
             raise UserError(f"Mars-Bench set: {path} lists train/{c}/{f}, which is not a training image in "
                             f"{Path(root) / ANNOTATION}")
         rows.append(index[("train", c, f)])
-    return np.asarray(rows, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    return KShotList(rows, check_k_shot_list(table, path, int(k), rows))
+
+
+def check_k_shot_list(table: ImageTable, path: Path, k: int, rows: np.ndarray) -> tuple[str, ...]:
+    """A K-shot list holds K distinct training images of every class, or all of a class that has fewer (returned
+    as capped, "name (n)"); anything else is a one-line UserError naming each class and its count. Distinct by
+    content: two files with the same bytes are one image."""
+    digests = table.content_digests()
+    seen: dict[str, int] = {}
+    for r in rows:
+        if digests[r] in seen:
+            first = seen[digests[r]]
+            same = "twice" if first == r else f"and {short(table, r)}, which hold the same bytes (one image)"
+            raise UserError(f"Mars-Bench set: {path} lists {short(table, first)} {same}; a {k}-shot list holds {k} "
+                            "distinct training images of every class")
+        seen[digests[r]] = r
+    train = np.flatnonzero(table.splits == "train")
+    have = {c: len({digests[i] for i in train if table.labels[i] == c}) for c in np.unique(table.labels[train])}
+    listed = {c: int((table.labels[rows] == c).sum()) for c in have}
+    wrong = [c for c in have if listed[c] != min(k, have[c])]
+    if wrong:
+        counts = ", ".join(f"{listed[c]} of {table.class_names[c]}" + (f" (which has {have[c]})" if have[c] < k else "")
+                           for c in wrong)
+        raise UserError(f"Mars-Bench set: {path} is not a {k}-shot list: it holds {counts}; a {k}-shot list holds "
+                        f"exactly {k} distinct training images of every class (all of a class with fewer)")
+    return tuple(f"{table.class_names[c]} ({have[c]})" for c in have if have[c] < k)
+
+
+def short(table: ImageTable, row: int) -> str:
+    """split/class/file of a table row, as a Mars-Bench list names it."""
+    p = Path(table.paths[row])
+    return f"{table.splits[row]}/{p.parent.name}/{p.name}"
 
 
 def _register() -> None:

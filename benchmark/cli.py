@@ -197,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        from benchmark.interrupts import recording_sigint
+
+        with recording_sigint():  # a plugin's KeyboardInterrupt is its failure, the user's Ctrl-C stops the run
+            return args.handler(args)
     except UserError as exc:
         if debug:
             raise

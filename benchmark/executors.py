@@ -88,10 +88,21 @@ def _call(fn, held: list, *args):
     import torch
     from threadpoolctl import threadpool_limits
 
+    from benchmark.interrupts import by_user, recording_sigint
+    from benchmark.scoring import Escaped
+
     started = time.perf_counter()
-    with threadpool_limits(limits=1):
+    # recording SIGINT: a KeyboardInterrupt the method raises is its failure here too, not a cancelled task
+    with threadpool_limits(limits=1), recording_sigint():
         torch.set_num_threads(1)
-        out = list(fn(*[_fetch(ref) for ref in held], *args))
+        try:
+            out = list(fn(*[_fetch(ref) for ref in held], *args))
+        except KeyboardInterrupt as exc:
+            if by_user():
+                raise
+            raise Escaped.of(exc) from None
+        except SystemExit as exc:
+            raise Escaped.of(exc) from None
     return out, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
 
 

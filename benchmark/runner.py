@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import time
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark import __version__
+from benchmark import __version__, interrupts
 from benchmark.defaults import DEFAULTS
 from benchmark.fastpath import chunked_answers, in_query_order, score_chunk, supports_batches
 from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_results_path, locked_if_present, \
@@ -25,7 +24,8 @@ from methods.base import Context
 from methods.cache import Cache
 from methods.devices import CPU, device_name
 from methods.progress import SILENT, Progress
-from methods.registry import create_method
+from methods.registry import config_text, create_method
+from methods.registry import method_version as registered_version
 from tasks.episodes import BlindEpisodes, EpisodeSet, in_row_order
 from tasks.errors import UserError
 from tasks.registry import Task, load_task
@@ -158,7 +158,7 @@ def save_manifest(episodes: EpisodeSet, path: Path, progress: Progress = SILENT)
 
 
 def method_config(method) -> str:
-    return json.dumps(method.config(), sort_keys=True)
+    return config_text(method)  # a config() that JSON cannot hold is refused, naming the method
 
 
 def preprocessing_id() -> str:
@@ -195,20 +195,25 @@ def method_conditions(task: Task, backbone: str, image_size: int, device: torch.
 
 
 def method_version(method) -> int:
-    return int(getattr(type(method), "version", 1))
+    return registered_version(method)  # a version that is no integer is refused, naming the method
 
 
 @contextmanager
 def blamed(label: str, stage: str, where: str = ""):
-    """Exceptions inside the block are the method's: MethodFailed naming it (Ctrl-C passes through, and so does a
-    UserError, which names the input at fault)."""
+    """Exceptions inside the block are the method's: MethodFailed naming it. So are SystemExit (a plugin's
+    sys.exit must not end the run) and a KeyboardInterrupt that no SIGINT caused (benchmark/interrupts.py);
+    the user's Ctrl-C passes through, and so does a UserError, which names the input at fault."""
     try:
         yield
     except ScoreError as exc:
         raise MethodFailed(label, stage, where, exc) from exc
     except UserError:  # bad input (a corrupt image, a full cache folder) that names itself: not the method's
         raise
-    except Exception as exc:
+    except KeyboardInterrupt as exc:
+        if interrupts.by_user():
+            raise
+        raise MethodFailed(label, stage, where, exc) from exc
+    except (Exception, SystemExit) as exc:
         raise MethodFailed(label, stage, where, exc) from exc
 
 

@@ -46,6 +46,8 @@ FIXED_K = Schema(
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
+    outcome=("n_train", "n_test", "accuracy", "weighted_f1", "macro_f1"),
+    shown_by="`bench leaderboard --fixedk {path}` shows it",
     previous=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
               "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
               "preprocessing", "git_commit", "versions", "timestamp"),
@@ -144,7 +146,7 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     if config.executor == "ray":
         from benchmark.executors import RayExecutor
 
-        executor = RayExecutor(config.ray_address, progress.log)
+        executor = RayExecutor(config.ray_address, progress.log, timeout=config.ray_timeout)
     plans = list(zip(keys, done))
     for m, (spec, method) in enumerate(methods):
         try:

@@ -49,6 +49,9 @@ class MethodSpec:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise UserError(f"bad method option {item!r} in --method {text}; use NAME:key=value,key=value")
+            if key.strip() in options:  # which one was meant? (the last silently winning hid a typo)
+                raise UserError(f"--method {text} gives option {key.strip()} twice; give each option once (to run "
+                                "both settings, repeat --method)")
             options[key.strip()] = _parse_value(value.strip())
         return cls(name.strip(), options)
 
@@ -90,6 +93,7 @@ class BenchConfig:
     device: torch.device = CPU  # where every network pass runs (methods/devices.py); recorded in each row
     executor: str = "local"  # who answers the episodes: "local" (this process) or "ray" (benchmark/executors.py)
     ray_address: str | None = None  # with "ray": a running instance ("auto", host:port); None starts a local one
+    ray_timeout: float = DEFAULTS.ray_timeout  # seconds ray_address may take to answer, else a one-line error
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -276,7 +280,7 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     if config.executor == "ray":
         from benchmark.executors import RayExecutor
 
-        executor = RayExecutor(config.ray_address, progress.log, episode_answers)
+        executor = RayExecutor(config.ray_address, progress.log, episode_answers, config.ray_timeout)
     common = {"git_commit": commit, "versions": versions()}
     keys = [p.key for p in plans]
     while plans:  # each method's prepared state (images, activations, models) goes before the next prepares

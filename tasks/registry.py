@@ -200,6 +200,10 @@ def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path |
     target = the task's target rows, unchanged, so the episodes are the same as without a source. Refuses a
     source that shares an image (by file content) with the task's dataset or with a `keep_out` file."""
     src_table, rows = source_rows(spec, Path(data_dir))
+    # A dataset source is recorded by its table's name (`folder:` and `csv:` with the absolute, resolved path;
+    # a registered dataset's canonical name), not as typed: `folder:data` from two working folders is two
+    # sources, and `folder:./data/` from one is the same as `folder:/abs/data`.
+    spec = spec if spec in TASKS else src_table.name
     if len(rows) == 0:
         raise UserError(f"--source {spec} has no images to pre-train on")
     ours = dict(zip(task.table.content_digests(), task.table.paths))

@@ -69,7 +69,6 @@ class Schema:
     # whose last field matches is a row saved without a final newline (by an editor), not a write cut short.
     # "": no column tells, and such a line is taken for a write cut short.
     whole_row_end: str = ""
-    shown_by: str = ""  # the command that shows such a file ({path}: the file), for a file given to the wrong one
 
     def older(self) -> list[list[str]]:
         """The headers of the previous version, then of earlier ones, that `bench migrate` brings to this one."""
@@ -188,7 +187,6 @@ EPISODES = Schema(
     row_check=check_episode_rows,
     outcome=("classes", "accuracy", "macro_f1", "class_accuracy", "n_query"),
     whole_row_end=TIMESTAMP,
-    shown_by="`bench leaderboard {path}` shows it",
     previous=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
               "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
               "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp"),
@@ -200,6 +198,17 @@ KEY = EPISODES.key
 COLUMNS_V1 = ["schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
               "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds", "backbone", "image_size",
               "git_commit", "versions", "timestamp"]
+
+
+# The tables marsfsl writes, each told by a column no other table has (in every version), and the command that
+# shows one: a file given where another table is read is named as such, not as an incompatible version. (Their
+# Schemas live in modules that import this one; tests/test_small_inputs.py checks the columns against them.)
+TABLES = (
+    ("episode results", "episode", "`bench leaderboard {path}` shows it"),
+    ("fixed-K results", "weighted_f1", "`bench leaderboard --fixedk {path}` shows it"),
+    ("crater map scores", "smoothing", "`bench craters run --out STEM` appends to such a file (STEM.csv) and writes "
+                                       "STEM.md beside it"),
+)
 
 
 @contextmanager
@@ -240,31 +249,12 @@ def _check_header(path: Path, header: list[str], schema: Schema) -> None:
         raise UserError(f"results file {path} has schema 1, whose rows do not record their data identity, "
                         f"preprocessing or method version; migrate it with `bench migrate {path} --data-dir DIR` "
                         "(DIR: the data its rows were made on) or write to a new file with --out")
-    other = _other_schema(header, schema)
-    if other is not None:
-        shown = f"; {other.shown_by.format(path=path)}" if other.shown_by else ""
-        raise UserError(f"results file {path} holds {other.name}, not {schema.name}{shown}")
+    for name, column, shown_by in TABLES:  # another table's file, of any of its versions
+        if name != schema.name and column in header:
+            raise UserError(f"results file {path} holds {name}, not {schema.name}; {shown_by.format(path=path)}")
     raise UserError(
         f"results file {path} was written by an incompatible version (columns differ); write to a new file with --out"
     )
-
-
-def _other_schema(header: list[str], schema: Schema) -> Schema | None:
-    """The table other than `schema` whose header (current or older) `header` is: a fixed-K file given where
-    episode results are read, or the reverse, is named as such rather than as an incompatible version."""
-    known = [EPISODES]
-    try:  # imported here: both modules import this one
-        from benchmark.fixedk import FIXED_K
-        from benchmark.mapping.craters import CRATERS
-
-        known += [FIXED_K, CRATERS]
-    except ImportError:
-        pass
-    for other in known:
-        if other is not schema and (header == list(other.columns) or header in other.older()
-                                    or (other is EPISODES and header == COLUMNS_V1)):
-            return other
-    return None
 
 
 def regular_file_problem(path: Path) -> str | None:

@@ -176,6 +176,19 @@ def test_a_fixed_k_file_where_episode_results_are_read_and_the_reverse(tmp_path,
         "shows it")
 
 
+def test_each_table_is_told_by_a_column_only_it_has():
+    from benchmark.fixedk import FIXED_K
+    from benchmark.mapping.craters import CRATERS
+    from benchmark.results import COLUMNS_V1, EPISODES, TABLES
+
+    schemas = {s.name: s for s in (EPISODES, FIXED_K, CRATERS)}
+    assert {name for name, _, _ in TABLES} == set(schemas)
+    for name, column, _ in TABLES:
+        for schema in schemas.values():
+            headers = [list(schema.columns), *schema.older()] + ([COLUMNS_V1] if schema is EPISODES else [])
+            assert all((column in header) == (schema.name == name) for header in headers), (name, schema.name)
+
+
 def test_migrate_on_a_folder_says_it_is_a_folder(tmp_path, capsys):
     assert one_line_error(capsys, ["migrate", tmp_path]) == (
         f"error: results path {tmp_path} is a directory; give the results files in it (e.g. {tmp_path}/*.csv)")

@@ -164,7 +164,6 @@ CRATERS = Schema(
     counts={"shots": 1, "seed": 0, "tp": 0, "fp": 0, "fn": 0, "positives": 0, "scored": 0, "ambiguous": 0,
             "method_seed": 0, "window": 1, "stride": 1, "image_size": 1, "method_version": 0},
     seconds=("map_seconds", "prepare_seconds"),
-    shown_by="`bench craters run --out STEM` appends to such a file (STEM.csv) and writes STEM.md beside it",
     previous=V3_COLUMNS,
     previous_lacks="the base task, backbone, data identity, preprocessing, method version and config that made "
                    "them; migrate it with `bench migrate {path} --task NAME --backbone NAME --data-dir DIR` (the "

@@ -38,6 +38,33 @@ def positive_int(name: str):
     return convert
 
 
+def positive_float(name: str):
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (0 < value < float("inf")):
+            raise argparse.ArgumentTypeError(f"--{name} must be a positive number, got {text!r}")
+        return value
+
+    return convert
+
+
+def file_path(name: str):
+    """argparse type: a file's path; one that ends in a separator names a folder (`Path` would drop the slash
+    and write a file named like the folder)."""
+
+    def convert(text: str) -> str:
+        if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+            folder = text.rstrip("/" + os.sep) or text
+            raise argparse.ArgumentTypeError(f"--{name} {text} names a folder; give a file, e.g. "
+                                             f"{Path(folder) / 'results.csv'}")
+        return text
+
+    return convert
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -122,7 +149,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     add_task_options(p)
     p.add_argument("--shots", type=int_list, default=list(DEFAULTS.shots),
                    help=f"labelled images per class, e.g. {','.join(map(str, DEFAULTS.shots))} (the default)")
-    p.add_argument("--out", default=None, help=f"results CSV (default: {out_default})")
+    p.add_argument("--out", type=file_path("out"), default=None, help=f"results CSV (default: {out_default})")
     p.add_argument("--fresh", action="store_true",
                    help="set the results file's rows of these methods and shots aside (into NAME.set-aside.csv) "
                         "and compute them anew")
@@ -141,6 +168,9 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--isolate", action="store_true",
                    help="run every method in a bubblewrap sandbox (no network, no data, caches, results or home; "
                         "a fresh fork per episode): for untrusted plugins (docs/adding-a-method.md)")
+    p.add_argument("--ray-timeout", type=positive_float("ray-timeout"), default=None, metavar="SECONDS",
+                   help="with --ray-address: how long it may take to answer before the run stops with an error "
+                        f"(default: {DEFAULTS.ray_timeout:g})")
     add_common(p)
 
 
@@ -151,6 +181,8 @@ def benchmark_config(args) -> dict:
 
     if args.ray_address and args.executor != "ray":
         raise UserError("--ray-address needs --executor ray")
+    if args.ray_timeout is not None and not args.ray_address:
+        raise UserError("--ray-timeout goes with --ray-address (a local Ray instance is started, not reached)")
     # Ray's workers run on CPUs: there `auto` means the CPU, and an accelerator is refused below
     device = resolve_device("cpu" if args.executor == "ray" and args.device.strip().lower() == "auto" else args.device)
     if args.executor == "ray":
@@ -175,7 +207,7 @@ def benchmark_config(args) -> dict:
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
                 fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
                 source=args.source, source_disjoint=args.source_disjoint, device=device, executor=args.executor,
-                ray_address=args.ray_address, isolate=args.isolate)
+                ray_address=args.ray_address, ray_timeout=args.ray_timeout or DEFAULTS.ray_timeout, isolate=args.isolate)
 
 
 def default_data_dir() -> str:
@@ -210,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        from benchmark.interrupts import recording_sigint
+
+        with recording_sigint():  # a plugin's KeyboardInterrupt is its failure, the user's Ctrl-C stops the run
+            return args.handler(args)
     except UserError as exc:
         if debug:
             raise

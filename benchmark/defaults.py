@@ -24,6 +24,8 @@ class Defaults:
     # A user's runs go here, the reference results that ship with the project stay in results/
     runs: Path = Path("runs")
     reference: Path = Path("results")
+    # seconds a --ray-address may take to accept a connection before the run stops with an error (--ray-timeout)
+    ray_timeout: float = 30.0
 
 
 DEFAULTS = Defaults()

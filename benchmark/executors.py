@@ -23,6 +23,7 @@ import os
 import time
 from collections import defaultdict
 
+from benchmark.defaults import DEFAULTS
 from tasks.episodes import BlindEpisodes
 from tasks.errors import UserError
 from tasks.protocols import BlindFixedKSet
@@ -30,6 +31,7 @@ from tasks.protocols import BlindFixedKSet
 INSTALL = "Ray is not installed; install it with `pip install -e '.[ray]'` (or `pip install \"ray==2.*\"`)"
 CHUNKS_PER_WORKER = 4  # enough chunks to balance uneven workers, few enough to amortise each task's start
 RETRIES = 3  # Ray resubmits a chunk whose worker process died this many times
+CONNECT_TIMEOUT = DEFAULTS.ray_timeout  # seconds --ray-address may take to accept a connection (--ray-timeout)
 
 
 def import_ray():
@@ -40,11 +42,14 @@ def import_ray():
     return ray
 
 
-def start_ray(address: str | None, log=print):
+def start_ray(address: str | None, log=print, timeout: float = CONNECT_TIMEOUT):
     """Connect to the Ray instance at `address` ('auto': the one `ray start` runs here), or start a local one
-    sized to the machine; an instance this process already holds is used as it is. Returns (ray, workers)."""
+    sized to the machine; an instance this process already holds is used as it is. Returns (ray, workers).
+    An address where nothing answers within `timeout` seconds is a one-line error (see wait_for_address)."""
     ray = import_ray()
     if not ray.is_initialized():
+        if address:
+            wait_for_address(address, timeout)
         try:
             if address:
                 ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -58,6 +63,50 @@ def start_ray(address: str | None, log=print):
     workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     log(f"ray: {workers} worker slots ({'cluster at ' + address if address else 'local instance'})")
     return ray, workers
+
+
+def bootstrap_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) that connecting to `address` starts with: HOST:PORT, ray://HOST:PORT (Ray Client), or for
+    'auto' the instance `ray start` recorded on this machine; None where there is nothing to probe ('local',
+    'auto' with no instance recorded: Ray itself says so at once)."""
+    text = address.strip()
+    if text == "auto":
+        try:  # Ray's own lookup of the recorded instance; private, so any failure leaves the check to Ray
+            from ray._private.services import canonicalize_bootstrap_address
+
+            text = canonicalize_bootstrap_address("auto") or ""
+        except Exception:
+            return None
+    text = text.removeprefix("ray://")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def wait_for_address(address: str, timeout: float) -> None:
+    """Return once something accepts a connection at `address`'s endpoint, trying again until `timeout` seconds
+    have passed; then a one-line UserError. Ray's own connect retries an address where nothing listens for
+    minutes, printing warnings, so the run would look hung."""
+    import socket
+
+    endpoint = bootstrap_endpoint(address)
+    if endpoint is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection(endpoint, timeout=max(0.05, min(left, 5.0))):
+                return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if time.monotonic() + 0.5 > deadline:
+            break
+        time.sleep(0.5)
+    raise UserError(f"--ray-address {address}: nothing answers at {endpoint[0]}:{endpoint[1]} within {timeout:g} s "
+                    f"({reason}); start Ray there (`ray start --head`), correct the address, or wait longer with "
+                    "--ray-timeout SECONDS")
 
 
 _held: dict[str, object] = {}  # in a worker: object-store refs already fetched -> their values
@@ -88,10 +137,21 @@ def _call(fn, held: list, *args):
     import torch
     from threadpoolctl import threadpool_limits
 
+    from benchmark.interrupts import by_user, recording_sigint
+    from benchmark.scoring import Escaped
+
     started = time.perf_counter()
-    with threadpool_limits(limits=1):
+    # recording SIGINT: a KeyboardInterrupt the method raises is its failure here too, not a cancelled task
+    with threadpool_limits(limits=1), recording_sigint():
         torch.set_num_threads(1)
-        out = list(fn(*[_fetch(ref) for ref in held], *args))
+        try:
+            out = list(fn(*[_fetch(ref) for ref in held], *args))
+        except KeyboardInterrupt as exc:
+            if by_user():
+                raise
+            raise Escaped.of(exc) from None
+        except SystemExit as exc:
+            raise Escaped.of(exc) from None
     return out, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - started
 
 
@@ -182,9 +242,10 @@ class RayExecutor:
     the same order, from Ray workers. The prepared method and each query-blind episode view go to the object
     store once; the caller scores."""
 
-    def __init__(self, address: str | None, log=print, answer=None):
-        """`answer`: benchmark.runner.episode_answers (what each worker runs on its chunk of episodes)."""
-        self.ray, self.workers = start_ray(address, log)
+    def __init__(self, address: str | None, log=print, answer=None, timeout: float = CONNECT_TIMEOUT):
+        """`answer`: benchmark.runner.episode_answers (what each worker runs on its chunk of episodes);
+        `timeout`: seconds `address` may take to answer (start_ray)."""
+        self.ray, self.workers = start_ray(address, log, timeout)
         self.answer = answer
         self.stats = WorkerStats()
         self._method = (None, None)  # (method, its object-store reference)

@@ -47,6 +47,7 @@ FIXED_K = Schema(
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
+    outcome=("n_train", "n_test", "accuracy", "weighted_f1", "macro_f1"),
     previous=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
               "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
               "preprocessing", "git_commit", "versions", "timestamp"),

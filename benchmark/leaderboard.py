@@ -38,8 +38,8 @@ def default_paths() -> list[str]:
     the reference results that ship with the project (results/*.csv). Those folders also hold other tables
     (fixed-K rows, the CTX crater scores) and rows set aside by --fresh: only episode-result files are taken."""
     for folder in (DEFAULTS.runs, DEFAULTS.reference):
-        found = [p for p in sorted(glob.glob(str(folder / "*.csv")))
-                 if has_episode_header(Path(p)) and not p.endswith(SET_ASIDE_SUFFIX)]
+        found = [p for p in sorted(glob.glob(str(folder / "*.csv")))  # a named pipe there is no file to read
+                 if Path(p).is_file() and has_episode_header(Path(p)) and not p.endswith(SET_ASIDE_SUFFIX)]
         if found:
             return found
     raise UserError(f"no results files given and no episode results in {DEFAULTS.runs}/ or {DEFAULTS.reference}/; "

@@ -38,7 +38,7 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
 
     frames = []
     for path in fixedk_paths:
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise UserError(f"fixed-K results file {path} does not exist")
         frames.append(read_fixedk(Path(path)))
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -2,12 +2,15 @@
 
 A Schema (columns, key, version, what a valid row holds) serves the episode rows of `bench run` (EPISODES),
 the fixed-K rows (benchmark/fixedk.FIXED_K) and any other table that needs the same lock, checks and reuse
-rules. Every file is checked when read (Schema.check: one line naming file, line and column).
+rules. Every file is checked when read (Schema.check: one line naming file, line and column; two rows of
+one key with different outcomes are refused, naming both lines). A results path must be a regular file: a
+named pipe or a device is refused before it is opened.
 
 Rows are appended in small batches, each as one write followed by fsync, so a killed run leaves only whole
 rows and a resumed run redoes just the episodes whose rows are missing. A row whose key is already in the
 file is not written again (two identical runs at once), and a partial last line (a write cut short by a
-crash or a full disk) is ignored when reading and cut off before the next append.
+crash or a full disk) is ignored when reading and cut off before the next append; a whole last row that
+lacks only its newline (Schema.whole_row_end tells them apart) is kept.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import csv
 import fcntl
 import io
 import os
+import re
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -58,6 +63,12 @@ class Schema:
     previous_lacks: str = "the device they were made on; migrate it with `bench migrate {path}` (its rows were made " \
                           "on the CPU)"
     earlier: tuple[tuple[str, ...], ...] = ()  # columns of versions before `previous` that `bench migrate` reads too
+    # What a row measured: two rows of one key that differ here contradict each other (see `check`).
+    outcome: tuple[str, ...] = ()
+    # What the last column of a whole row looks like (a regular expression): a last line without its newline
+    # whose last field matches is a row saved without a final newline (by an editor), not a write cut short.
+    # "": no column tells, and such a line is taken for a write cut short.
+    whole_row_end: str = ""
 
     def older(self) -> list[list[str]]:
         """The headers of the previous version, then of earlier ones, that `bench migrate` brings to this one."""
@@ -107,7 +118,29 @@ class Schema:
             frame[column] = np.array(values, dtype=np.int64)
         if self.row_check is not None and len(frame):
             self.row_check(frame, path)
+        self.check_contradictions(frame, path)
         return frame
+
+    def check_contradictions(self, frame: pd.DataFrame, path: Path) -> None:
+        """Two rows of one key are one measurement recorded twice: with different outcomes, one is wrong, and
+        nothing here can tell which (bench leaderboard refuses them too), so the file is refused."""
+        if not self.outcome or len(frame) < 2:
+            return
+        repeated = frame[frame.duplicated(self.key, keep=False)]
+        if repeated.empty:
+            return
+        clash = repeated.drop_duplicates(self.key + list(self.outcome))
+        clash = clash[clash.duplicated(self.key, keep=False)]
+        if clash.empty:
+            return
+        first = clash.iloc[0]
+        same = clash[(clash[self.key] == first[self.key]).all(axis=1)]
+        a, b = same.index[:2]
+        column = next(c for c in self.outcome if frame.at[a, c] != frame.at[b, c])
+        what = " ".join(f"{c} {frame.at[a, c]}" for c in (*self.measurement, self.unit) if c != "manifest")
+        raise UserError(f"results file {path}, lines {a + 2} and {b + 2}: two rows of the same measurement ({what}) "
+                        f"with different {column} ({frame.at[a, column]} and {frame.at[b, column]}); delete the wrong "
+                        "one, or move the file away")
 
 
 def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
@@ -135,6 +168,9 @@ def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
             fail(i, "class_accuracy", "which holds a value that is not a number")
 
 
+# A row's timestamp as the harness writes it: datetime.now(timezone.utc).isoformat(timespec="seconds").
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)"
+
 EPISODES = Schema(
     name="episode results",
     version=3,
@@ -149,6 +185,8 @@ EPISODES = Schema(
     counts={"shots": 1, "ways": 2, "queries": 1, "seed": 0, "episode": 0, "n_query": 1, "image_size": 1,
             "method_version": 0},
     row_check=check_episode_rows,
+    outcome=("classes", "accuracy", "macro_f1", "class_accuracy", "n_query"),
+    whole_row_end=TIMESTAMP,
     previous=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
               "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
               "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp"),
@@ -161,6 +199,17 @@ KEY = EPISODES.key
 COLUMNS_V1 = ["schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
               "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds", "backbone", "image_size",
               "git_commit", "versions", "timestamp"]
+
+
+# The tables marsfsl writes, each told by a column no other table has (in every version), and the command that
+# shows one: a file given where another table is read is named as such, not as an incompatible version. (Their
+# Schemas live in modules that import this one; tests/test_small_inputs.py checks the columns against them.)
+TABLES = (
+    ("episode results", "episode", "`bench leaderboard {path}` shows it"),
+    ("fixed-K results", "weighted_f1", "`bench leaderboard --fixedk {path}` shows it"),
+    ("crater map scores", "smoothing", "`bench craters run --out STEM` appends to such a file (STEM.csv) and writes "
+                                       "STEM.md beside it"),
+)
 
 
 @contextmanager
@@ -201,9 +250,40 @@ def _check_header(path: Path, header: list[str], schema: Schema) -> None:
         raise UserError(f"results file {path} has schema 1, whose rows do not record their data identity, "
                         f"preprocessing or method version; migrate it with `bench migrate {path} --data-dir DIR` "
                         "(DIR: the data its rows were made on) or write to a new file with --out")
+    for name, column, shown_by in TABLES:  # another table's file, of any of its versions
+        if name != schema.name and column in header:
+            raise UserError(f"results file {path} holds {name}, not {schema.name}; {shown_by.format(path=path)}")
     raise UserError(
         f"results file {path} was written by an incompatible version (columns differ); write to a new file with --out"
     )
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why an existing `path` cannot be read as a results file (None: it can, or it does not exist). A named
+    pipe or a device is refused before it is opened: reading one waits for a writer that never comes."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"is {kind}, not a regular file"
+
+
+def _whole_row(line: str, header: list[str], schema: Schema) -> bool:
+    """Whether `line`, the file's last line, which lacks its newline, is a whole row (see Schema.whole_row_end)."""
+    if not schema.whole_row_end or not line:
+        return False
+    try:
+        fields = next(csv.reader([line]), [])
+    except csv.Error:
+        return False
+    return len(fields) == len(header) and re.fullmatch(schema.whole_row_end, fields[-1]) is not None
 
 
 def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
@@ -212,8 +292,9 @@ def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return pd.DataFrame({c: pd.Series(dtype=object) for c in schema.columns})
-    if path.is_dir():
-        raise UserError(f"results path {path} is a directory; give a .csv file")
+    problem = regular_file_problem(path)
+    if problem:
+        raise UserError(f"results path {path} {problem}; give a .csv file")
     try:
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
@@ -226,8 +307,12 @@ def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
     if header is None:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in schema.columns})
     _check_header(path, header, schema)
-    if not text.endswith("\n"):  # a write cut short (a crash, a full disk): its row is not a result
-        text = text[: text.rfind("\n") + 1]
+    if not text.endswith("\n"):
+        cut = text.rfind("\n") + 1
+        if cut and not _whole_row(text[cut:], header, schema):  # a write cut short (a crash, a full disk)
+            text = text[:cut]
+        else:  # a whole row, or the header alone, saved without its newline
+            text += "\n"
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, ValueError) as exc:
@@ -259,9 +344,10 @@ def check_results_path(path: Path, schema: Schema = EPISODES) -> None:
                         "with --out") from None
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Under the lock: a file that does not end in a newline ends in a row whose write was cut short; cut it off
-    so that the next row starts on a line of its own."""
+def _drop_torn_tail(path: Path, schema: Schema) -> None:
+    """Under the lock, in a file whose header `append_rows` checked: a file that does not end in a newline ends
+    in a row whose write was cut short; cut it off so that the next row starts on a line of its own. A whole
+    row (see Schema.whole_row_end), or the header alone, saved without its newline gets one instead."""
     with open(path, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
         if size == 0:
@@ -272,11 +358,18 @@ def _drop_torn_tail(path: Path) -> None:
         f.seek(0)
         data = f.read()
         keep = data.rfind(b"\n") + 1
-        f.truncate(keep)
+        tail = data[keep:].decode(errors="replace")
+        if keep == 0 or _whole_row(tail, list(schema.columns), schema):
+            f.write(b"\n")
+            torn = False
+        else:
+            f.truncate(keep)
+            torn = True
         f.flush()
         os.fsync(f.fileno())
-    print(f"warning: results file {path} ended in a partial row ({size - keep} bytes, from an interrupted "
-          "write); removed it", file=sys.stderr)
+    if torn:
+        print(f"warning: results file {path} ended in a partial row ({size - keep} bytes, from an interrupted "
+              "write); removed it", file=sys.stderr)
 
 
 def _existing_keys(path: Path, key: list[str]) -> set[tuple[str, ...]]:
@@ -307,7 +400,7 @@ def append_rows(path: Path, rows: list[dict], schema: Schema = EPISODES) -> None
         if not new_file:
             with open(path, newline="") as f:
                 _check_header(path, next(csv.reader(f), []), schema)
-            _drop_torn_tail(path)
+            _drop_torn_tail(path, schema)
             # Another process running the same episodes (two identical commands at once) may have written
             # some of these rows already: a key is recorded once.
             existing = _existing_keys(path, schema.key)

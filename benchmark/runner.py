@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import time
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark import __version__
+from benchmark import __version__, interrupts
 from benchmark.defaults import DEFAULTS
 from benchmark.fastpath import chunked_answers, in_query_order, score_chunk, supports_batches
 from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_results_path, locked_if_present, \
@@ -25,7 +24,8 @@ from methods.base import Context, handed
 from methods.cache import Cache
 from methods.devices import CPU, device_name
 from methods.progress import SILENT, Progress
-from methods.registry import create_method
+from methods.registry import config_text, create_method
+from methods.registry import method_version as registered_version
 from tasks.episodes import BlindEpisodes, EpisodeSet, in_row_order
 from tasks.errors import UserError
 from tasks.handles import RowHandles
@@ -50,6 +50,9 @@ class MethodSpec:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise UserError(f"bad method option {item!r} in --method {text}; use NAME:key=value,key=value")
+            if key.strip() in options:  # which one was meant? (the last silently winning hid a typo)
+                raise UserError(f"--method {text} gives option {key.strip()} twice; give each option once (to run "
+                                "both settings, repeat --method)")
             options[key.strip()] = _parse_value(value.strip())
         return cls(name.strip(), options)
 
@@ -93,6 +96,7 @@ class BenchConfig:
     executor: str = "local"  # who answers the episodes: "local" (this process) or "ray" (benchmark/executors.py)
     ray_address: str | None = None  # with "ray": a running instance ("auto", host:port); None starts a local one
     isolate: bool = False  # every method prepared and answered in a sandbox (benchmark/sandbox.py)
+    ray_timeout: float = DEFAULTS.ray_timeout  # seconds ray_address may take to answer, else a one-line error
     results_suffix = ""
 
     def results_path(self) -> Path:
@@ -161,7 +165,7 @@ def save_manifest(episodes: EpisodeSet, path: Path, progress: Progress = SILENT)
 
 
 def method_config(method) -> str:
-    return json.dumps(method.config(), sort_keys=True)
+    return config_text(method)  # a config() that JSON cannot hold is refused, naming the method
 
 
 def preprocessing_id() -> str:
@@ -198,7 +202,7 @@ def method_conditions(task: Task, backbone: str, image_size: int, device: torch.
 
 
 def method_version(method) -> int:
-    return int(getattr(type(method), "version", 1))
+    return registered_version(method)  # a version that is no integer is refused, naming the method
 
 
 def method_cache(cache: Cache, method) -> Cache:
@@ -221,15 +225,20 @@ def method_context(task: Task, method, cache: Cache, backbone: str, image_size: 
 
 @contextmanager
 def blamed(label: str, stage: str, where: str = ""):
-    """Exceptions inside the block are the method's: MethodFailed naming it (Ctrl-C passes through, and so does a
-    UserError, which names the input at fault)."""
+    """Exceptions inside the block are the method's: MethodFailed naming it. So are SystemExit (a plugin's
+    sys.exit must not end the run) and a KeyboardInterrupt that no SIGINT caused (benchmark/interrupts.py);
+    the user's Ctrl-C passes through, and so does a UserError, which names the input at fault."""
     try:
         yield
     except ScoreError as exc:
         raise MethodFailed(label, stage, where, exc) from exc
     except UserError:  # bad input (a corrupt image, a full cache folder) that names itself: not the method's
         raise
-    except Exception as exc:
+    except KeyboardInterrupt as exc:
+        if interrupts.by_user():
+            raise
+        raise MethodFailed(label, stage, where, exc) from exc
+    except (Exception, SystemExit) as exc:
         raise MethodFailed(label, stage, where, exc) from exc
 
 
@@ -341,7 +350,7 @@ def make_executor(config: BenchConfig, cache: Cache, out: Path, progress: Progre
     if config.executor == "ray":
         from benchmark.executors import RayExecutor
 
-        return RayExecutor(config.ray_address, progress.log, episode_answers)
+        return RayExecutor(config.ray_address, progress.log, episode_answers, config.ray_timeout)
     return None
 
 

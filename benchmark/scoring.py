@@ -7,7 +7,8 @@ is its plain mean over the classes, weighted F1 its mean weighted by `true` (`f1
 These are the operations scikit-learn does, in the same order, so the numbers are the same bits
 (tests/test_scoring.py checks it), at microseconds per episode instead of a millisecond.
 
-Scores are checked once, here: their shape and that every value is finite; a failure names the method.
+Scores are checked once, here: their shape, that they are real numbers and that every value is finite; a failure
+names the method.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def check_scores(scores, expected: tuple[int, ...], what: str = "", axes: str = 
     if scores.shape != tuple(expected):
         raise ScoreError(f"{what} scores of shape {tuple(scores.shape)}; expected {tuple(expected)}"
                          + (f" ({axes})" if axes else ""))
-    if not np.issubdtype(scores.dtype, np.number):
-        raise ScoreError(f"{what} scores of type {scores.dtype}; expected numbers")
+    if not (np.issubdtype(scores.dtype, np.integer) or np.issubdtype(scores.dtype, np.floating)):
+        # complex scores have no order: argmax would rank them by their real part and drop the rest silently
+        raise ScoreError(f"{what} scores of type {scores.dtype}; expected real numbers")
     finite = np.isfinite(scores)
     if not finite.all():
         bad = scores[~finite]
@@ -162,6 +164,37 @@ class MethodFailed(UserError):
     """A method raised, or returned scores that cannot be scored; names the method, the stage and the episode."""
 
     def __init__(self, label: str, stage: str, where: str, exc: BaseException):
-        detail = str(exc) if isinstance(exc, ScoreError) else f"{type(exc).__name__}: {exc}"
-        super().__init__(f"method {label} failed in {stage}{where}: {detail}")
+        super().__init__(f"method {label} failed in {stage}{where}: {describe(exc)}")
         self.label = label
+
+    def __reduce__(self):
+        # rebuilt from its message: it travels from a Ray worker, where the method failed, to the driver, which
+        # reports it (the default, MethodFailed(*args), cannot rebuild it from the message alone)
+        return _rebuilt_failure, (type(self), str(self), self.label)
+
+
+def _rebuilt_failure(cls, message: str, label: str) -> MethodFailed:
+    failure = cls.__new__(cls)
+    UserError.__init__(failure, message)
+    failure.label = label
+    return failure
+
+
+def describe(exc: BaseException) -> str:
+    """What a method raised, in a MethodFailed's words."""
+    if isinstance(exc, (ScoreError, Escaped)):
+        return str(exc)
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, SystemExit):
+        detail += " (it tried to end the process; a method returns scores or raises)"
+    return detail
+
+
+class Escaped(Exception):
+    """A SystemExit or KeyboardInterrupt that method code raised in a Ray worker outside benchmark.runner.blamed,
+    as an ordinary exception: Ray would take the one for the worker's exit (and retry the task on a new
+    worker) and the other for the task's cancellation. Its message describes the original."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Escaped":
+        return cls(describe(exc))

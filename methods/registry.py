@@ -8,7 +8,9 @@ setting of a float option), which keys its result rows.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import numbers
 import weakref
 from dataclasses import dataclass
 
@@ -171,11 +173,56 @@ def create_method(name: str, **options):
                                 f"{', '.join(defaults) or 'none'}")
         options = {key: convert_option(name, key, value, expected_type(info.cls, key, defaults[key]))
                    for key, value in options.items()}
+    given = ",".join(f"{k}={v}" for k, v in options.items())
     try:
         method = info.cls(**options)
     except (TypeError, ValueError) as exc:
-        given = ",".join(f"{k}={v}" for k, v in options.items())
         raise UserError(f"bad option for method {name} ({given}): {exc}") from None
+    except UserError:
+        raise
+    except (Exception, SystemExit) as exc:  # the plugin's own code: named, and it must not end the run
+        raise UserError(f"method {name} failed when built{f' ({given})' if given else ''}: {type(exc).__name__}"
+                        f"{f': {exc}' if str(exc) else ''}; fix or uninstall that method") from None
     config = {k: v for k, v in (defaults or {}).items() if v is not inspect.Parameter.empty}
     _remember(method, {**config, **options})
     return method
+
+
+VERSION_MAX = 2**31 - 1  # results files check method_version as such an integer
+
+
+def method_version(method) -> int:
+    """The class's `version` (results rows key on it), or a one-line UserError naming the method when it is not
+    an integer from 0 to VERSION_MAX (a text or a float would key rows that no later run can match)."""
+    version = getattr(type(method), "version", 1)
+    if isinstance(version, numbers.Integral) and not isinstance(version, bool) and 0 <= version <= VERSION_MAX:
+        return int(version)
+    raise UserError(f"method {_name(method)}: its version is {version!r}, not an integer from 0 to {VERSION_MAX}; "
+                    "set the class attribute `version` to one (e.g. version = 2), or uninstall that method")
+
+
+def config_text(method) -> str:
+    """`method.config()` as the JSON text its results rows key on (keys sorted), or a one-line UserError naming
+    the method when config() fails or returns something JSON cannot hold exactly."""
+    name = _name(method)
+    try:
+        config = method.config()
+    except (Exception, SystemExit) as exc:
+        raise UserError(f"method {name}: config() failed ({type(exc).__name__}: {exc}); fix or uninstall that "
+                        "method") from None
+    if not isinstance(config, dict):
+        raise UserError(f"method {name}: config() returned a {type(config).__name__}, not a dict of its options")
+    try:
+        return json.dumps(config, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"method {name}: config() returned {_short(config)}, which is not JSON ({exc}); its values "
+                        "must be numbers (finite), text, true/false, null, or lists and dicts of these") from None
+
+
+def _name(method) -> str:
+    return getattr(method, "name", "") or type(method).__name__
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -90,7 +90,16 @@ def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
     n_groups = len(np.unique(groups))
     if n_groups < 4:
         return np.arange(len(labels)), np.arange(0)
-    train, val = scene_split(labels, groups, seed=seed, n_folds=min(folds, n_groups), target_folds=1)
+    n_folds = min(folds, n_groups)
+    # the folds are stratified by class (scene_split): at least one class must have an image in every fold
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    if counts.max() < n_folds:
+        fewer = f"use sdft:val_folds={counts.max()} or fewer, or " if counts.max() >= 2 else ""
+        raise UserError(f"sdft step 1 holds out 1 of val_folds={folds} scene-disjoint folds of the base pool (its "
+                        f"{n_groups} scenes) to stop early, which needs a class with at least {n_folds} base-pool "
+                        f"images; the largest has {counts.max()} ({len(labels)} images in {int((counts > 0).sum())} "
+                        f"classes): {fewer}give a larger base pool")
+    train, val = scene_split(labels, groups, seed=seed, n_folds=n_folds, target_folds=1)
     return train, val
 
 
@@ -218,6 +227,9 @@ class SDFT(FewShotMethod):
             raise UserError(f"{self.name}: mix={self.opts['mix']} is outside 0..1 (1: step 1's weights, 0: ImageNet's)")
         if self.opts["fuse"] < 0 or not 0.0 <= self.opts["label_smoothing"] < 1.0:
             raise UserError(f"{self.name}: fuse must be >= 0 and label_smoothing in [0, 1)")
+        if self.opts["val_folds"] < 2:
+            raise UserError(f"{self.name}: val_folds={self.opts['val_folds']}: step 1 holds out 1 of val_folds "
+                            "folds of the base pool, so it needs at least 2")
         if self.opts["views"] not in (1, 8):
             raise UserError(f"{self.name}: views={self.opts['views']}: 1 (the image) or 8 (its dihedral views)")
         if not self.use_step1 and (self.opts["mix"] != 1.0 or self.opts["fuse"] != 0.0):

@@ -243,6 +243,10 @@ def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path |
     decoded pixels at `image_size`; near-identical images are a notice with their count. A source that holds
     scenes of the target pool (tasks/datasets/scenes.py) is a notice, refused when `disjoint`."""
     src_table, rows = source_rows(spec, Path(data_dir))
+    # A dataset source is recorded by its table's name (`folder:` and `csv:` with the absolute, resolved path;
+    # a registered dataset's canonical name), not as typed: `folder:data` from two working folders is two
+    # sources, and `folder:./data/` from one is the same as `folder:/abs/data`.
+    spec = spec if spec in TASKS else src_table.name
     if len(rows) == 0:
         raise UserError(f"--source {spec} has no images to pre-train on")
     check_shared_files(task, spec, src_table, rows, keep_out)

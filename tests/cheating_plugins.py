@@ -206,7 +206,11 @@ class GarbageSearcher(Cheat):
 
     def predict(self, query_idx):
         from tasks.episodes import EpisodeSet
-        from tasks.handles import RowHandles
+
+        try:
+            from tasks.handles import RowHandles
+        except ImportError:  # a harness that numbers rows by table order
+            RowHandles = type(None)
 
         with warnings.catch_warnings():  # isinstance() on every object wakes deprecated torch aliases
             warnings.simplefilter("ignore")

@@ -109,3 +109,22 @@ class BatchedLabelSpy(Spy, ProtoNet):
     def predict_batch(self, support_idx, support_y, query_idx, n_way):
         self.look("predict_batch")
         return super().predict_batch(support_idx, support_y, query_idx, n_way)
+
+
+@register_method("exits-in-fit")
+class ExitsInFit(FewShotMethod):
+    description = "test only: calls sys.exit(0) in fit (in a Ray worker, Ray would take it for the worker's exit)"
+
+    def fit(self, support_idx, support_y, n_way, rng):
+        raise SystemExit(0)
+
+    def predict(self, query_idx):
+        raise AssertionError("never reached")
+
+
+@register_method("interrupts-in-fit")
+class InterruptsInFit(ExitsInFit):
+    description = "test only: raises KeyboardInterrupt in fit (in a Ray worker, Ray would take it for a cancel)"
+
+    def fit(self, support_idx, support_y, n_way, rng):
+        raise KeyboardInterrupt

@@ -168,7 +168,8 @@ def test_a_bench_run_results_file_is_refused(dirs, tmp_path, capsys):
     out = tmp_path / "episodes.csv"
     out.write_text(",".join(RUN_COLUMNS) + "\n")
     assert bench_fixedk(dirs, out) == 2
-    assert "incompatible version" in capsys.readouterr().err
+    assert f"results file {out} holds episode results, not fixed-K results; `bench leaderboard {out}` shows it" \
+        in capsys.readouterr().err
     assert out.read_text() == ",".join(RUN_COLUMNS) + "\n"
 
 

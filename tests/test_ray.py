@@ -101,6 +101,25 @@ def test_fixedk_on_ray_equals_local(local_ray, data, tmp_path):
     assert len(local) == 2 * 6 and spread == local
 
 
+@pytest.mark.parametrize("command", ["run", "fixedk"])
+def test_exit_or_keyboard_interrupt_on_a_worker_fails_that_method_only(local_ray, data, tmp_path, capsys, command):
+    """On a worker as on the driver: named in one line, the other method runs, exit 3 (not `internal error`, a
+    worker restarted four times, or a cancelled task)."""
+    out = tmp_path / "r.csv"
+    for method, detail in (("exits-in-fit", "SystemExit: 0 (it tried to end the process; a method returns scores "
+                                            "or raises)"), ("interrupts-in-fit", "KeyboardInterrupt")):
+        argv = [command, "--task", f"folder:{data}", "--shots", "1", "--image-size", "32", "--quiet", "--cache-dir",
+                str(tmp_path / "cache"), "--out", str(out), "--method", method, "--method", "protonet",
+                "--executor", "ray"]
+        argv += ["--seeds", "0-3"] if command == "fixedk" else ["--ways", "3", "--queries", "2", "--episodes", "4"]
+        assert main(argv) == 3
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "internal"))]
+        assert len(err) == 1 and err[0].startswith(f"error: method {method} failed in ") and \
+            err[0].endswith(f": {detail}"), err
+    with open(out, newline="") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"protonet"}
+
+
 def test_perf_row_of_ray_against_local_prints(local_ray, tmp_path):
     from benchmark.perf import ray_figure
     from methods.base import Context

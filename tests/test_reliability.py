@@ -104,7 +104,7 @@ def test_ctrl_c_keeps_finished_episodes_and_resume_completes(data, tmp_path, mon
     def interrupted(self, *args):
         calls.append(1)
         if len(calls) == 27:  # after one flush of 20 rows, 6 more finished episodes
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C (a KeyboardInterrupt raised here is the method's)
         return original(self, *args)
 
     monkeypatch.setattr(LinearProbe, "fit_features", interrupted)

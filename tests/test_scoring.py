@@ -42,7 +42,9 @@ def test_episode_scores_are_scikit_learns_and_class_recalls():
 @pytest.mark.parametrize("scores,match", [
     (np.zeros((6, 2)), r"scores of shape \(6, 2\); expected \(6, 3\)"),
     (np.full((6, 3), np.inf), "18 non-finite scores"),
-    (np.array([["a"] * 3] * 6), "expected numbers"),
+    (np.array([["a"] * 3] * 6), "expected real numbers"),
+    (np.zeros((6, 3)) + 1j, "scores of type complex128; expected real numbers"),
+    (np.zeros((6, 3), bool), "scores of type bool; expected real numbers"),
 ])
 def test_unscorable_scores_are_named(scores, match):
     with pytest.raises(ScoreError, match=match):

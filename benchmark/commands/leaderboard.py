@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+from benchmark.cli import file_path
 from tasks.files import atomic_write_text
 
 
@@ -14,7 +16,8 @@ def add_parser(sub) -> None:
                                          "markdown, each --source beside no source, paired")
     p.add_argument("--versus", default=None, metavar="METHOD",
                    help="with --format sources: also the paired difference to METHOD's rows without a source")
-    p.add_argument("--out", default=None, help="write the csv/markdown/json output to this file instead of stdout")
+    p.add_argument("--out", type=file_path("out"), default=None,
+                   help="write the csv/markdown/json output to this file instead of stdout")
     p.add_argument("--fixedk", nargs="+", metavar="CSV", default=None,
                    help="instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

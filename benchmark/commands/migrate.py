@@ -75,14 +75,17 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     """Migrate one file in place (under its lock); returns what was done, in a few words."""
     from benchmark.fixedk import FIXED_K
     from benchmark.mapping.craters import CRATERS
-    from benchmark.results import COLUMNS_V1, EPISODES, csv_text, locked, read_results
+    from benchmark.results import COLUMNS_V1, EPISODES, csv_text, locked, read_results, regular_file_problem
     from benchmark.runner import preprocessing_id
     from tasks.errors import UserError
     from tasks.files import atomic_write_bytes
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"results file {path} does not exist")
+    problem = regular_file_problem(path) or ("" if path.is_file() else "does not exist")
+    if problem == "is a directory":
+        raise UserError(f"results path {path} is a directory; give the results files in it (e.g. {path}/*.csv)")
+    if problem:
+        raise UserError(f"results file {path} {problem}")
     with locked(path):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from benchmark.cli import DEFAULTS, SEED_MAX, add_common, add_task_options, bounded_int, default_data_dir, \
-    positive_int
+    file_path, positive_int
 
 MAX_EPISODES = 100_000
 
@@ -22,9 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--queries", type=positive_int("queries"), default=DEFAULTS.n_query)
     p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=200)
     p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=0)
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=file_path("out"), default=None,
                    help=f"validation results CSV (default: {DEFAULTS.runs}/<task>-validation.csv)")
-    p.add_argument("--table", default=None,
+    p.add_argument("--table", type=file_path("table"), default=None,
                    help=f"tuning table CSV (default: {DEFAULTS.runs}/<task>-tune-<method>-<K>shot.csv)")
     p.add_argument("--reuse-stale", action="store_true",
                    help="take rows made by another git commit when everything else about them matches")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import UserError, closest
+from tasks.labels import check_class_names
 from tasks.windows import WindowGrid
 from tasks.files import atomic_write_text
 
@@ -187,7 +188,10 @@ def _covered_windows(shape, grid: WindowGrid, cells_x: np.ndarray, cells_y: np.n
 def _samples(path: Path, grid: WindowGrid, xs, ys, names, where, classes, min_per_class) -> Points:
     if not names:
         raise UserError(f"labels file {path} has no points")
+    # labels a reader cannot tell apart (`Crater` and `crater`, a zero-width space) are refused, as in datasets
+    check_class_names(f"labels file {path}", "labels", names)
     if classes:
+        check_class_names("--classes", "names", classes)
         for ref, name in zip(where, names):
             if name not in classes:
                 raise UserError(f"{path} {ref}: unknown label {name!r}{closest(name, classes)}; "

@@ -20,8 +20,9 @@ CSV datasets (columns `path,label` and optionally `group,split`):
   are one image too (tasks/datasets/copies.py, for every reader): one scene, or refused across classes or
   across the test split.
 - labels: surrounding spaces are stripped (notice); an empty label is refused; two labels equal up to case
-  (`Crater`, `crater`) are refused, since they are either one class spelled twice or two classes no reader
-  can tell apart.
+  (`Crater`, `crater`), Unicode form or spacing are refused, since they are either one class spelled twice or
+  two classes no reader can tell apart; so is a label (or class folder) holding a character that does not
+  show, such as a zero-width space (tasks/labels.py).
 - group (the source scene): surrounding spaces are stripped (notice); an empty group cell makes that image its
   own scene, with a notice; without a group column every image is its own scene. Such a scene is named by
   the image's path relative to the CSV's folder.
@@ -33,7 +34,6 @@ CSV datasets (columns `path,label` and optionally `group,split`):
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +41,7 @@ import pandas as pd
 from tasks.datasets.base import ImageTable, dataset_root, dataset_spec, table_from_rows
 from tasks.datasets.scenes import namespace_of
 from tasks.errors import UserError, notice
+from tasks.labels import check_class_names
 from tasks.imageio import IMAGE_SUFFIXES
 
 IGNORED_FOLDERS = frozenset({"__MACOSX"})
@@ -171,12 +172,9 @@ def check_duplicates(what: str, files: list[Path], line: dict) -> None:
 
 
 def check_case(what: str, kind: str, names) -> None:
-    """Refuse class names equal up to case: one class spelled two ways, or two classes nobody can tell apart."""
-    by_fold = Counter(n.casefold() for n in names)
-    clash = sorted(n for n in names if by_fold[n.casefold()] > 1)
-    if clash:
-        raise UserError(f"{what}: {kind} {', '.join(repr(c) for c in clash)} differ only by case; spell each class "
-                        "one way (rename or merge them)")
+    """Refuse class names equal up to case (or Unicode form, or spacing), and names holding a character that
+    does not show: one class spelled two ways, or two classes nobody can tell apart (tasks/labels.py)."""
+    check_class_names(what, kind, names)
 
 
 def read_splits(what: str, values: list[str], notices: list) -> list[str]:

@@ -155,6 +155,8 @@ def answered_in_fork(method, request: dict, channel: Channel) -> None:
     if pid == 0:
         os.close(read_end)
         try:
+            for fd in (channel.reader.fileno(), channel.fd_out):  # the harness's pipes stay the server's
+                os.close(fd)
             reply_to(method, request, Channel(os.open(os.devnull, os.O_RDONLY), write_end))
         finally:
             os._exit(0)
@@ -162,12 +164,50 @@ def answered_in_fork(method, request: dict, channel: Channel) -> None:
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
     _, status = os.waitpid(pid, 0)
+    sweep()
     if not data:
         channel.send({"error": f"the method's process ended without answering (wait status {status})"})
         return
     view = memoryview(data)
     while view:
         view = view[os.write(channel.fd_out, view):]
+
+
+def sweep() -> None:
+    """After an episode's fork: nothing it started or left in the sandbox's shared kernel state survives for the
+    next one. Every other process of the sandbox is killed (a daemon the fork left), and its System V shared
+    memory, semaphores and message queues and its POSIX message queues are removed (the file systems are
+    read-only; these are the sandbox's own namespaces)."""
+    import ctypes
+    import signal
+
+    try:
+        with open("/proc/1/comm") as f:
+            sandboxed = f.read().strip() == "bwrap"  # this process's own PID namespace, under bubblewrap's init
+    except OSError:
+        sandboxed = False
+    mine = {os.getpid(), os.getppid(), 1}
+    for name in os.listdir("/proc") if sandboxed else ():
+        if name.isdigit() and int(name) not in mine:
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+    libc = ctypes.CDLL(None, use_errno=True)
+    for table, remove in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+        try:
+            with open(f"/proc/sysvipc/{table}") as f:
+                ids = [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
+        except OSError:
+            ids = []
+        for ipc_id in ids:  # IPC_RMID = 0; semctl takes a semaphore number before it
+            remove(ipc_id, 0, 0) if table == "sem" else remove(ipc_id, 0, None)
+    if os.path.isdir("/dev/mqueue"):
+        for name in os.listdir("/dev/mqueue"):
+            try:
+                os.unlink(os.path.join("/dev/mqueue", name))
+            except OSError:
+                pass
 
 
 def seal(channel: Channel) -> None:

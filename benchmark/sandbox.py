@@ -87,19 +87,20 @@ def sandbox_argv(modules: list[str], handed: Path, cache: Path, writable_cache: 
         args += ["--ro-bind", str(prefix), str(prefix)]
     if Path(sys.prefix) != Path(sys.prefix).resolve():
         args += ["--ro-bind", str(Path(sys.prefix).resolve()), str(Path(sys.prefix))]
-    path_entries = []
+    path_entries, bound = [], [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
     for module in dict.fromkeys(["benchmark", "methods", "tasks", *modules]):
         code, entry = module_location(module)
         args += ["--ro-bind", str(code), str(code)]
         path_entries.append(str(entry))
-    bound = [Path(a) for a in args[1:]]
+        bound.append(code)
+    bound += [Path(a) for a in ("/usr", "/etc") if os.path.isdir(a)]
     for secret in hidden:  # a folder the user keeps inside a bound one (data inside the venv): hidden again
         secret = Path(secret).resolve()
         if any(secret != b and b in secret.parents for b in bound):
             args += ["--tmpfs", str(secret)]
     args += ["--ro-bind", str(handed), "/handed", "--bind" if writable_cache else "--ro-bind", str(cache), "/cache"]
-    if not writable_cache:
-        args += ["--remount-ro", "/tmp"]  # a fork that wrote a file could leave it for the next
+    if not writable_cache:  # serving: a fork that wrote a file could leave it for the next
+        args += ["--mqueue", "/dev/mqueue", "--remount-ro", "/tmp", "--remount-ro", "/dev"]
     if device.startswith("cuda"):
         for name in sorted(os.listdir("/dev")):
             if name.startswith("nvidia"):
@@ -192,7 +193,7 @@ class MethodProcess:
         """Scores and seconds for one request (benchmark/method_child.answer)."""
         data = (json.dumps(message) + "\n").encode()
         try:
-            os.write(self._request_w, data) if len(data) < 65536 else _write_all(self._request_w, data)
+            _write_all(self._request_w, data)
         except BrokenPipeError:
             pass  # the reply says why
         header, payload = self.reply()

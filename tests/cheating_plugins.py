@@ -258,3 +258,55 @@ class SandboxProber(Cheat):
         except OSError:
             pass
         return self.constant(len(query_idx))
+
+
+@register_method("cheat-memory-shm")
+class SharedMemory(FeatureMemory):
+    """Remembers supports, keyed by features, in System V shared memory: a segment outlives the process (and
+    the fork) that wrote it."""
+
+    KEY, SIZE = 0x6D617273, 1 << 20
+
+    @classmethod
+    def segment(cls):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+        shmid = libc.shmget(cls.KEY, cls.SIZE, 0o1000 | 0o600)  # IPC_CREAT
+        address = libc.shmat(shmid, None, 0) if shmid >= 0 else None
+        return None if address in (None, ctypes.c_void_p(-1).value) else address
+
+    def shared(self) -> dict:
+        import ctypes
+        import json
+
+        address = self.segment()
+        raw = ctypes.string_at(address, self.SIZE).split(b"\0", 1)[0] if address else b""
+        return json.loads(raw) if raw else {}
+
+    def fit(self, support_idx, support_y, n_way, rng, **named):
+        import ctypes
+        import json
+
+        Cheat.fit(self, support_idx, support_y, n_way, rng, **named)
+        memory = self.shared()
+        memory.update({self.key(i)[1]: int(self.classes[y]) for i, y in zip(self.support_idx, self.support_y)})
+        address = self.segment()
+        if address:
+            data = json.dumps(memory).encode()[: self.SIZE - 1] + b"\0"
+            ctypes.memmove(address, data, len(data))
+
+    def predict(self, query_idx):
+        memory, position = self.shared(), {int(c): j for j, c in enumerate(self.classes)}
+        return self.one_hot([position.get(memory.get(self.key(q)[1]), 0) for q in query_idx])
+
+    @classmethod
+    def remove(cls) -> None:
+        """Remove the segment from this machine (tests clean up after an in-process run)."""
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        shmid = libc.shmget(cls.KEY, cls.SIZE, 0o600)
+        if shmid >= 0:
+            libc.shmctl(shmid, 0, None)

@@ -25,6 +25,7 @@ CHANCE = 1 / WAYS
 BAND = CHANCE + 2.5 * np.sqrt(CHANCE * (1 - CHANCE) / (WAYS * QUERIES * EPISODES))  # a generous upper band
 IN_PROCESS = ["cheat-rows", "cheat-paths", "cheat-memory-features", "cheat-memory-rows", "cheat-manifests"]
 OUT_OF_PROCESS = ["cheat-disk", "cheat-gc"]  # they leave what they are handed: only --isolate stops them
+SANDBOX_ONLY = ["cheat-memory-shm"]  # memory kept in the kernel's shared memory: the sandbox sweeps it
 
 
 def dataset(root, kind: str):
@@ -102,6 +103,17 @@ def test_the_probes_win_where_rows_are_numbered_in_table_order(noise, tmp_path, 
     assert outcome["cheat-rows"] > 0.8 and outcome["cheat-manifests"] > 0.9, outcome
 
 
+def test_shared_memory_outlives_a_process_but_not_a_sandboxed_episode(noise, tmp_path):
+    """In-process, memory kept in System V shared memory is there for the fresh process that answers again too,
+    but that process remembers every episode where the run remembered only the earlier ones, so they answer
+    differently and the method is refused; under --isolate every episode's fork leaves nothing behind (above)."""
+    try:
+        outcome = run_probes(SANDBOX_ONLY, noise, tmp_path)
+    finally:
+        cheating_plugins.SharedMemory.remove()
+    assert "answers depend on earlier episodes" in str(outcome["cheat-memory-shm"]), outcome
+
+
 def test_leaving_what_it_is_handed_in_process(noise, tmp_path):
     """What a plugin reaches by leaving what it is handed (docs/adding-a-method.md). In-process, re-reading the
     data set from disk wins (--isolate is the answer); searching the interpreter's objects finds the episodes,
@@ -112,10 +124,8 @@ def test_leaving_what_it_is_handed_in_process(noise, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
-@pytest.mark.parametrize("kind", ["noise", "stripes"])
-def test_isolated_probes_score_chance_or_are_refused(kind, noise, stripes, tmp_path):
-    data = noise if kind == "noise" else stripes
-    outcome = run_probes(IN_PROCESS + OUT_OF_PROCESS, data, tmp_path, isolate=True)
-    assert_chance_or_refused(outcome, IN_PROCESS + OUT_OF_PROCESS)
-    for name in ("cheat-memory-features", "cheat-memory-rows"):  # a fresh fork per episode: nothing to remember
+def test_isolated_probes_score_chance_or_are_refused(noise, tmp_path):
+    outcome = run_probes(IN_PROCESS + OUT_OF_PROCESS + SANDBOX_ONLY, noise, tmp_path, isolate=True)
+    assert_chance_or_refused(outcome, IN_PROCESS + OUT_OF_PROCESS + SANDBOX_ONLY)
+    for name in ("cheat-memory-features", "cheat-memory-rows", "cheat-memory-shm"):  # nothing to remember
         assert not isinstance(outcome[name], str), outcome[name]

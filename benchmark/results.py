@@ -51,6 +51,7 @@ class Schema:
     unit_fractions: tuple[str, ...] = ()  # floats in [0, 1]
     counts: dict = field(default_factory=dict)  # integer column -> smallest valid value
     seconds: tuple[str, ...] = ("seconds",)
+    flags: tuple[str, ...] = ()  # columns holding 0 or 1
     row_check: Callable | None = None  # (frame, path): checks across columns, after `check`
     # The columns of the previous version, whose rows `bench migrate` brings to this one (it adds `device`: cpu).
     previous: tuple[str, ...] = ()
@@ -105,6 +106,11 @@ class Schema:
                     fail(np.arange(len(frame)) == i, column, f"not an integer from {low} to {high}")
                 values.append(value)
             frame[column] = np.array(values, dtype=np.int64)
+        for column in self.flags:
+            bad = ~frame[column].isin(["0", "1"])
+            if bad.any():
+                fail(bad, column, "not 0 or 1")
+            frame[column] = (frame[column] == "1").astype(np.int64)
         if self.row_check is not None and len(frame):
             self.row_check(frame, path)
         return frame
@@ -135,23 +141,34 @@ def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
             fail(i, "class_accuracy", "which holds a value that is not a number")
 
 
+# What every results table (episodes: schema 4, fixed-K: 4, crater scores: 5) gained at once, after its other
+# columns: `weights`, the digest of the backbone weights' content (methods.backbones.weights_digest; rows
+# before it hold only the backbone's name), and `transductive`, 1 where the method reads its query's
+# features (methods.base.FewShotMethod.transductive). Both are conditions of a row's key: two checkpoints of
+# one architecture never share rows. `bench migrate` fills them in for older files (the built-in backbone's
+# digest; 0, as no method was transductive before).
+WEIGHTS_COLUMNS = ("weights", "transductive")
+WEIGHTS_LACK = "the digest of their backbone's weights or whether their method is transductive"
+EPISODES_V3 = ("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
+               "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query",
+               "seconds", "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp")
 EPISODES = Schema(
     name="episode results",
-    version=3,
-    columns=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
-             "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
-             "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp"),
+    version=4,
+    columns=EPISODES_V3 + WEIGHTS_COLUMNS,
     measurement=("task", "method", "shots", "ways", "queries", "manifest"),
     # device: a GPU's numbers differ from a CPU's in the last bits (methods/devices.py), so they never mix
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device"),
+    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
+                *WEIGHTS_COLUMNS),
     unit="episode",
     unit_fractions=("accuracy", "macro_f1"),
     counts={"shots": 1, "ways": 2, "queries": 1, "seed": 0, "episode": 0, "n_query": 1, "image_size": 1,
             "method_version": 0},
+    flags=("transductive",),
     row_check=check_episode_rows,
-    previous=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
-              "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
-              "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp"),
+    previous=EPISODES_V3,
+    previous_lacks=f"{WEIGHTS_LACK}; migrate it with `bench migrate {{path}}`",
+    earlier=(tuple(c for c in EPISODES_V3 if c != "device"),),  # 2: before --device (every row on the CPU)
 )
 SCHEMA_VERSION = EPISODES.version
 COLUMNS = list(EPISODES.columns)
@@ -340,7 +357,8 @@ CONDITION_WORDS = {
     "source": "with source dataset {!r}", "data": "on other data (data identity {})",
     "method_version": "by method version {}", "config": "with method config {}", "backbone": "with backbone {}",
     "image_size": "at image size {}", "preprocessing": "with image preprocessing {}",
-    "scene": "on another scene (scene identity {})",
+    "scene": "on another scene (scene identity {})", "weights": "with other backbone weights (digest {})",
+    "transductive": "with transductive {}",
 }
 
 

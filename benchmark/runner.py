@@ -185,13 +185,22 @@ def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
 
 
 def method_conditions(task: Task, backbone: str, image_size: int, device: torch.device, methods) -> list[dict]:
-    """Per method: the source, data identity, backbone, image size, preprocessing, device, method version and
-    config its rows on `task` are made under (every command that runs methods keys its rows on these). The data
-    identity is computed once per call."""
-    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": backbone, "image_size": image_size,
-              "preprocessing": preprocessing_id(), "device": device_name(device)}
-    return [{**shared, "method_version": method_version(method), "config": method_config(method)}
-            for method in methods]
+    """Per method: the source, data identity, backbone (its name and its weights' digest), image size,
+    preprocessing, device, method version and config, and whether it is transductive, that its rows on `task`
+    are made under (every command that runs methods keys its rows on these). The data identity is computed
+    once per call."""
+    from methods.backbones import backbone_name, weights_digest
+
+    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": backbone_name(backbone),
+              "weights": weights_digest(backbone), "image_size": image_size, "preprocessing": preprocessing_id(),
+              "device": device_name(device)}
+    return [{**shared, "method_version": method_version(method), "config": method_config(method),
+             "transductive": int(is_transductive(method))} for method in methods]
+
+
+def is_transductive(method) -> bool:
+    """Whether the method reads its query's features (methods.base.FewShotMethod.transductive)."""
+    return bool(getattr(type(method), "transductive", False))
 
 
 def method_version(method) -> int:

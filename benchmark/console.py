@@ -36,15 +36,19 @@ class RichProgressReporter(Progress):
 
 
 def results_tables(summary: pd.DataFrame) -> list[Table]:
+    from benchmark.leaderboard import TRANSDUCTIVE_NOTE, marked
+
     tables = []
     for (task, shots, ways), g in summary.groupby(["task", "shots", "ways"], sort=True):
-        table = Table(title=f"{task}: {ways}-way {shots}-shot (mean ± 95% CI over episodes)")
+        transductive = g["transductive"].astype(bool) if "transductive" in g else pd.Series(False, index=g.index)
+        table = Table(title=f"{task}: {ways}-way {shots}-shot (mean ± 95% CI over episodes)",
+                      caption=TRANSDUCTIVE_NOTE if transductive.any() else None)
         for column, justify in (("method", "left"), ("accuracy %", "right"), ("macro-F1 %", "right"),
                                 ("episodes", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)
-        for _, r in g.sort_values("accuracy", ascending=False).iterrows():
-            table.add_row(r["method"], pm(r["accuracy"], r["accuracy_ci95"]), pm(r["macro_f1"], r["macro_f1_ci95"]),
-                          str(r["episodes"]), f"{r['seconds']:.1f}")
+        for i, r in g.sort_values("accuracy", ascending=False).iterrows():
+            table.add_row(marked(r["method"], transductive[i]), pm(r["accuracy"], r["accuracy_ci95"]),
+                          pm(r["macro_f1"], r["macro_f1_ci95"]), str(r["episodes"]), f"{r['seconds']:.1f}")
         tables.append(table)
     return tables
 

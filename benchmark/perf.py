@@ -110,8 +110,10 @@ EASYFSL = {
     "tim": ("TIM", {"feature_normalization": 2, "fine_tuning_steps": 1000, "fine_tuning_lr": 1e-4,
                     "cross_entropy_weight": 0.1, "marginal_entropy_weight": 1.0, "conditional_entropy_weight": 0.1,
                     "temperature": 15.0}),
-    "pt-map": ("PTMAP", {"fine_tuning_steps": 20, "fine_tuning_lr": 0.2, "lambda_regularization": 10.0,
-                         "power_factor": 0.5}),
+    # L2 before its power transform: easyfsl has no normalisation after it, and raw features' squared distances
+    # (hundreds) underflow exp(-10 d) to 0, leaving it at chance
+    "pt-map": ("PTMAP", {"feature_normalization": 2, "fine_tuning_steps": 20, "fine_tuning_lr": 0.2,
+                         "lambda_regularization": 10.0, "power_factor": 0.5}),
 }
 
 

@@ -20,7 +20,7 @@ import hashlib
 import importlib
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -112,7 +112,7 @@ def weights_digest(spec: str) -> str:
     return _state_digest(weights, stat.st_size, stat.st_mtime_ns)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
@@ -127,12 +127,12 @@ def tensors_digest(state: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _state_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is read again
     return tensors_digest(read_state_dict(path))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pretrained_digest(arch: str) -> str:
     return tensors_digest(_timm_model(arch, PRETRAINED).state_dict())
 

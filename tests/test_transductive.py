@@ -157,7 +157,7 @@ def test_pt_map_transport_plans_have_the_balanced_marginals():
 
 
 def test_the_power_transform_is_an_option_of_the_nearest_mean_methods(tiny):
-    task, ctx = tiny
+    _, ctx = tiny
     for name in ("protonet", "simpleshot"):
         plain, powered = create_method(name), create_method(name, power=0.5)
         assert "power" not in plain.config() and powered.config()["power"] == 0.5  # old rows keep their key

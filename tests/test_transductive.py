@@ -272,3 +272,22 @@ def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsy
         assert "transductive" in line
     protonet = next(line for line in listed.splitlines() if " protonet " in line)
     assert " inductive " in protonet and "transductive" not in protonet
+
+
+def test_fixed_k_rows_and_tables_mark_a_transductive_method(tmp_path, capsys):
+    import csv
+
+    from benchmark.cli import main
+    from fakes import domars16k_like
+
+    data = domars16k_like(tmp_path / "data", products=4, per_product=2)
+    out = tmp_path / "k.csv"
+    assert main(["fixedk", "--task", "domars16k", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"),
+                 "--image-size", "32", "--shots", "1", "--seeds", "0-1", "--out", str(out), "--quiet",
+                 "--method", "bd-cspn", "--method", "protonet"]) == 0
+    shown = capsys.readouterr().out
+    assert "bd-cspn (transductive)" in shown and "protonet (transductive)" not in shown and "whole test pool" in shown
+    with open(out, newline="") as f:
+        assert {(r["method"], r["transductive"]) for r in csv.DictReader(f)} == {("bd-cspn", "1"), ("protonet", "0")}
+    assert main(["leaderboard", "--fixedk", str(out), "--format", "markdown"]) == 0
+    assert "bd-cspn (transductive) / efficientnet_lite0" in capsys.readouterr().out

@@ -118,12 +118,33 @@ IMAGE_SIZES = (16, 1024)  # decoded images are held in memory: (n, 3, S, S) byte
 
 
 def add_task_options(p: argparse.ArgumentParser, task_help: str = "") -> None:
-    """--task, --backbone, --image-size: what every command that runs methods on a task's images takes."""
+    """--task, --backbone, --weights, --image-size: what every command that runs methods on a task's images
+    takes (`resolve_backbone` turns them into the backbone's spec and an image size)."""
     p.add_argument("--task", default=DEFAULTS.task, help=f"{task_help} (default: {DEFAULTS.task})".strip())
-    p.add_argument("--backbone", default=DEFAULTS.backbone, help=f"(default: {DEFAULTS.backbone})")
-    p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=DEFAULTS.image_size,
-                   help=f"(default: {DEFAULTS.image_size})")
+    p.add_argument("--backbone", default=DEFAULTS.backbone,
+                   help=f"a built-in backbone (default: {DEFAULTS.backbone}) or timm:NAME, any timm architecture, "
+                        "with --weights")
+    p.add_argument("--weights", default=None, metavar="FILE|pretrained",
+                   help="with --backbone timm:NAME: a state dict or safetensors file of that architecture, or "
+                        "`pretrained` (timm downloads its own weights)")
+    p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=None,
+                   help=f"(default: {DEFAULTS.image_size}; a timm backbone: its pretrained config's input size)")
     add_device_option(p)
+
+
+def resolve_backbone(args) -> None:
+    """args.backbone becomes the backbone's spec (methods.backbones.backbone_spec: checked, its weights named)
+    and args.image_size, if not given, the backbone's default, before any command runs."""
+    if not hasattr(args, "weights") or not hasattr(args, "backbone"):
+        return
+    from methods.backbones import backbone_spec, default_image_size
+
+    args.backbone = backbone_spec(args.backbone, args.weights)
+    if args.image_size is None:
+        args.image_size = default_image_size(args.backbone, DEFAULTS.image_size)
+        low, high = IMAGE_SIZES
+        if not low <= args.image_size <= high:
+            raise UserError(f"{args.backbone}'s input size is {args.image_size}; give --image-size from {low} to {high}")
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
@@ -242,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        resolve_backbone(args)
         from benchmark.interrupts import recording_sigint
 
         with recording_sigint():  # a plugin's KeyboardInterrupt is its failure, the user's Ctrl-C stops the run

@@ -37,16 +37,20 @@ class RichProgressReporter(Progress):
 
 def results_tables(summary: pd.DataFrame, notes=()) -> list[Table]:
     """A table per (task, shots, ways); `notes`: lines about the task's data for each table's caption."""
+    from benchmark.leaderboard import TRANSDUCTIVE_NOTE, marked
+
     tables = []
     for (task, shots, ways), g in summary.groupby(["task", "shots", "ways"], sort=True):
+        transductive = g["transductive"].astype(bool) if "transductive" in g else pd.Series(False, index=g.index)
+        caption = [*notes, *([TRANSDUCTIVE_NOTE] if transductive.any() else [])]
         table = Table(title=f"{task}: {ways}-way {shots}-shot (mean ± 95% CI over episodes)",
-                      caption="; ".join(notes) or None)
+                      caption="; ".join(caption) or None)
         for column, justify in (("method", "left"), ("accuracy %", "right"), ("macro-F1 %", "right"),
                                 ("episodes", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)
-        for _, r in g.sort_values("accuracy", ascending=False).iterrows():
-            table.add_row(r["method"], pm(r["accuracy"], r["accuracy_ci95"]), pm(r["macro_f1"], r["macro_f1_ci95"]),
-                          str(r["episodes"]), f"{r['seconds']:.1f}")
+        for i, r in g.sort_values("accuracy", ascending=False).iterrows():
+            table.add_row(marked(r["method"], transductive[i]), pm(r["accuracy"], r["accuracy_ci95"]),
+                          pm(r["macro_f1"], r["macro_f1_ci95"]), str(r["episodes"]), f"{r['seconds']:.1f}")
         tables.append(table)
     return tables
 

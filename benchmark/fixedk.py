@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.results import Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
+from benchmark.results import WEIGHTS_COLUMNS, WEIGHTS_LACK, Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
     reusable_units, set_aside, set_aside_path
 from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, created_methods, git_commit, make_executor, \
     method_cache, method_context, versions
@@ -33,27 +33,32 @@ from tasks.protocols import (DRAW_TAG, PROTOCOL_VERSION, BlindFixedKSet, FixedKP
 from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 
+FIXED_V3 = ("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
+            "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
+            "preprocessing", "device", "git_commit", "versions", "timestamp", "draw", "capped")
 FIXED_K = Schema(
     name="fixed-K results",
     # device: where the networks ran; draw: random or Mars-Bench's K-shot list; capped: classes with fewer than
-    # K images. Files of the previous version lack these three; `bench migrate` fills them in.
-    version=3,
-    columns=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
-             "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-             "preprocessing", "device", "git_commit", "versions", "timestamp", "draw", "capped"),
+    # K images (files of version 2 lack these three); results.WEIGHTS_COLUMNS (files of version 3 lack them).
+    # `bench migrate` fills them in.
+    version=4,
+    columns=FIXED_V3 + WEIGHTS_COLUMNS,
     measurement=("protocol", "task", "method", "shots"),
     conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
-                "draw"),
+                "draw", *WEIGHTS_COLUMNS),
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
     outcome=("n_train", "n_test", "accuracy", "weighted_f1", "macro_f1"),
-    previous=("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
+    flags=("transductive", "isolated"),
+    previous=FIXED_V3,
+    previous_lacks=f"{WEIGHTS_LACK}; migrate it with `bench migrate {{path}}`",
+    earlier=(("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
               "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-              "preprocessing", "git_commit", "versions", "timestamp"),
+              "preprocessing", "git_commit", "versions", "timestamp"),),  # 2: before device, draw and capped
 )
 SCHEMA_VERSION = FIXED_K.version
-PREDICT_CHUNK = 4096  # test images per predict call
+PREDICT_CHUNK = 4096  # test images per predict call (a transductive method gets the whole pool, its query)
 
 
 @dataclass
@@ -129,8 +134,9 @@ def fixed_k_answers(method, k: int, seeds, sets: list[BlindFixedKSet], n_classes
         # copies: what a method does to its arguments never reaches the draw
         method.fit(s.train_idx.copy(), s.train_y.copy(), n_classes,
                    np.random.default_rng([int(seed), int(k), DRAW_TAG, 1]))
-        scores = np.concatenate([method.predict(s.test_idx[i:i + PREDICT_CHUNK].copy())
-                                 for i in range(0, len(s.test_idx), PREDICT_CHUNK)])
+        chunk = len(s.test_idx) if getattr(method, "transductive", False) else PREDICT_CHUNK  # its query: the pool
+        scores = np.concatenate([method.predict(s.test_idx[i:i + chunk].copy())
+                                 for i in range(0, len(s.test_idx), max(chunk, 1))])
         answers.append((int(seed), scores, time.perf_counter() - started))
     return answers
 
@@ -211,4 +217,5 @@ def summarize_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.assign(capped=rows["capped"].astype(object).fillna("").astype(str), draw=rows["draw"].astype(str))
     return summarize(rows, ["shots", "method"], ("accuracy", "weighted_f1"), count="seeds", unique="seed",
                      extra={"seconds": ("seconds", "sum"), "n_train": ("n_train", "max"), "n_test": ("n_test", "max"),
-                            "draw": ("draw", "max"), "capped": ("capped", "max")})
+                            "draw": ("draw", "max"), "capped": ("capped", "max"),
+                            "transductive": ("transductive", "max")})

@@ -12,6 +12,10 @@ Merging rules:
   is shown as one entry per value, named by what differs (`protonet [image_size=32]`, `protonet [config
   3f2a1c]`), never averaged into one.
 The merged rows are sorted by KEY, so the leaderboard does not depend on the order or split of the files.
+
+Transductive methods (rows with `transductive` = 1: they read their episode's unlabelled query features) are
+ranked with the others and marked in every table (`marked`); `inductive_only` leaves them out, and
+`to_transductive` puts the best transductive method of each task and shots beside the best inductive one.
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def has_episode_header(path: Path) -> bool:
 
     try:
         with open(path, newline="") as f:
-            return next(csv.reader(f), []) in (COLUMNS, COLUMNS_V1, list(EPISODES.previous))
+            return next(csv.reader(f), []) in (COLUMNS, COLUMNS_V1, *EPISODES.older())
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
 
@@ -157,11 +161,37 @@ def load_results(paths: list[str] | None) -> tuple[pd.DataFrame, dict]:
     return frame, {"files": [str(p) for p in files], "rows": read, "duplicates": dropped}
 
 
+TRANSDUCTIVE_MARK = " (transductive)"
+TRANSDUCTIVE_NOTE = ("(transductive): the method also reads the unlabelled features of its episode's query set "
+                     "(never their labels); the others answer each query alone")  # a table caption
+
+
+def transductive_note(query: str = "its episode's query set") -> str:
+    """TRANSDUCTIVE_NOTE as a sentence, the query named as the table's protocol has it."""
+    return "(Transductive): the method also reads the unlabelled features of " + query + \
+        " (never their labels); the others answer each query alone."
+
+
+def marked(name: str, transductive) -> str:
+    """A method's name as tables show it: transductive ones carry TRANSDUCTIVE_MARK."""
+    return f"{name}{TRANSDUCTIVE_MARK}" if bool(transductive) else name
+
+
+def inductive_only(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of inductive methods (`bench leaderboard --inductive-only`)."""
+    kept = rows[rows["transductive"].astype(int) == 0]
+    if kept.empty:
+        raise UserError("--inductive-only leaves no rows: every row is of a transductive method")
+    return kept.reset_index(drop=True)
+
+
 def leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per (task, ways, shots, queries, episode stream, method entry), sorted; see stats.compare_methods."""
+    """One line per (task, ways, shots, queries, episode stream, method entry), sorted; see stats.compare_methods.
+    `transductive`: whether the entry's rows are a transductive method's."""
     parts = []
     for (task, ways, shots, queries, manifest), g in rows.groupby(STREAM, sort=True):
         table = compare_methods(g, by="entry")
+        table["transductive"] = table["entry"].map(g.groupby("entry")["transductive"].max().astype(bool))
         seeds = sorted(set(g["seed"]))
         table.insert(0, "task", task)
         table.insert(1, "ways", int(ways))
@@ -183,7 +213,7 @@ def display_rows(board: pd.DataFrame) -> dict[tuple, tuple[str, list[list[str]]]
         lines = []
         for i, r in enumerate(g.itertuples(index=False)):
             best = i == 0  # compare_methods puts the best (rank 1, highest mean) first
-            lines.append([str(r.rank), r.method, pm(r.accuracy, r.accuracy_ci95),
+            lines.append([str(r.rank), marked(r.method, r.transductive), pm(r.accuracy, r.accuracy_ci95),
                           "best" if best else pm(r.delta, r.delta_ci95, signed=True), str(r.paired),
                           pm(r.macro_f1, r.macro_f1_ci95), str(r.episodes)])
         out[key] = (title, lines)
@@ -198,8 +228,11 @@ def rich_tables(board: pd.DataFrame) -> list:
 
     tables = []
     for title, lines in display_rows(board).values():
-        table = Table(title=title, caption="mean ± 95% CI over episodes; Δ: mean paired difference to the best on "
-                                           "the episodes both answered (pairs); equal ranks: the paired CI includes 0")
+        caption = ("mean ± 95% CI over episodes; Δ: mean paired difference to the best on the episodes both "
+                   "answered (pairs); equal ranks: the paired CI includes 0")
+        if any(TRANSDUCTIVE_MARK in line[1] for line in lines):
+            caption += "; " + TRANSDUCTIVE_NOTE
+        table = Table(title=title, caption=caption)
         for header in HEADERS:
             table.add_column(header, justify="left" if header == "method" else "right")
         for line in lines:
@@ -231,7 +264,8 @@ def to_markdown(board: pd.DataFrame) -> str:
             parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |")
         parts.append("")
     parts.append("Mean ± 95% CI over episodes. Δ: mean paired difference in accuracy to the best method on the "
-                 "episodes both answered (pairs), ± its 95% CI. Methods whose paired CI includes 0 share a rank.")
+                 "episodes both answered (pairs), ± its 95% CI. Methods whose paired CI includes 0 share a rank."
+                 + (" " + transductive_note() if board["transductive"].any() else ""))
     return "\n".join(parts) + "\n"
 
 
@@ -248,6 +282,7 @@ def to_summary(board: pd.DataFrame) -> str:
         widest = max(shots, key=lambda k: ((g["shots"] == k).sum(), -k))
         at = {r.method: r.accuracy for r in g[g["shots"] == widest].itertuples(index=False)}
         methods = sorted(set(g["method"]), key=lambda m: (-at.get(m, -1.0), m))
+        transductive = set(g.loc[g["transductive"], "method"])
 
         def cell(m, k):
             r = cells.get((m, k))
@@ -261,9 +296,10 @@ def to_summary(board: pd.DataFrame) -> str:
         parts.append("| method | " + " | ".join(f"{k}-shot" for k in shots) + " |")
         parts.append("|:---|" + "---:|" * len(shots))
         for m in methods:
-            parts.append(f"| `{m}` | " + " | ".join(cell(m, k) for k in shots) + " |")
+            parts.append(f"| {marked(f'`{m}`', m in transductive)} | " + " | ".join(cell(m, k) for k in shots) + " |")
         parts.append("")
-    parts.append("Bold: rank 1 in that column (the paired 95% CI of its difference to the best includes 0); –: not run.")
+    parts.append("Bold: rank 1 in that column (the paired 95% CI of its difference to the best includes 0); –: not run."
+                 + (" " + transductive_note() if board["transductive"].any() else ""))
     return "\n".join(parts) + "\n"
 
 
@@ -313,6 +349,40 @@ def to_sources(rows: pd.DataFrame, versus: str | None = None) -> str:
             parts.append("| " + " | ".join(cells) + " |")
     if not parts:
         raise UserError("no rows with and without a --source on the same task; --format sources compares them")
+    return "\n".join(parts) + "\n"
+
+
+def to_transductive(rows: pd.DataFrame) -> str:
+    """Markdown: per task, ways, queries and shots, the best transductive method (highest mean accuracy) against
+    the best inductive one, as the paired difference on the episodes both answered with its 95% CI."""
+    from benchmark.stats import mean_ci, paired_difference
+
+    parts = ["Best transductive against best inductive method per task and K: accuracy %, mean ± 95% CI "
+             "(episodes); Δ = transductive - inductive, paired over the episodes both answered, ± 95% CI (pairs). "
+             "Both are the best of their kind on these very episodes, so Δ carries that selection.\n",
+             "| task | K | best transductive | accuracy % | best inductive | accuracy % | Δ points |",
+             "|:---|---:|:---|---:|:---|---:|---:|"]
+    found = False
+    for (task, ways, shots, queries, _), g in rows.groupby(STREAM, sort=True):
+        by_entry = {entry: part.set_index("episode")["accuracy"] for entry, part in g.groupby("entry")}
+        kind = g.groupby("entry")["transductive"].max().astype(bool)
+        best = {}
+        for side in (True, False):
+            entries = [e for e in by_entry if kind[e] == side]
+            if entries:
+                best[side] = max(entries, key=lambda e: (by_entry[e].mean(), e))
+        if len(best) < 2:
+            continue
+        found = True
+        a, b = by_entry[best[True]].align(by_entry[best[False]], join="inner")
+        d, dh, n = paired_difference(a.to_numpy(), b.to_numpy())
+        cells = [f"{task} ({ways}-way, {queries} q)", str(int(shots))]
+        for side in (True, False):
+            mean, half = mean_ci(by_entry[best[side]].to_numpy())
+            cells += [f"`{best[side]}`", f"{pm(mean, half)} ({len(by_entry[best[side]])})"]
+        parts.append("| " + " | ".join(cells) + f" | {pm(d, dh, signed=True)} ({n}) |")
+    if not found:
+        raise UserError("--format transductive needs rows of transductive and inductive methods on the same episodes")
     return "\n".join(parts) + "\n"
 
 

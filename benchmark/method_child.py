@@ -75,7 +75,8 @@ def describe(method) -> dict:
     cls = type(method)
     return {"config": method.config(), "version": getattr(cls, "version", 1),
             "consumes": getattr(cls, "consumes", "images"), "takes_classes": bool(getattr(cls, "takes_classes", False)),
-            "batched": isinstance(method, BatchedMethod), "module": cls.__module__}
+            "batched": isinstance(method, BatchedMethod), "transductive": bool(getattr(cls, "transductive", False)),
+            "module": cls.__module__}
 
 
 def prepared_method(meta: dict, given, cache_dir: str, channel: Channel, writable: bool):

@@ -2,6 +2,8 @@
 
 - Episode throughput on cached features (the harness's path: vectorised where the method allows) against
   easyfsl 1.5's PrototypicalNetworks with its episodic evaluation loop, on the same features and episodes.
+- Each transductive method against easyfsl 1.5's implementation of it (`EASYFSL`), on the same features and
+  episodes: episodes per second and the paired difference in accuracy.
 - Feature extraction (decode, resize, batch, forward) against the raw forward pass on decoded tensors.
 - Warm start: a `bench run` subprocess to its first finished episode, caches warm.
 - Peak resident memory of a `bench run` subprocess on the task.
@@ -25,7 +27,7 @@ from methods.base import Context, handed
 from methods.cache import Cache
 from methods.devices import CPU
 from methods.features import decode_images, feature_extractor, run_model, thread_policy, torch_threads
-from methods.backbones import create_backbone, normalize
+from methods.backbones import backbone_cli_args, create_backbone, normalize
 from methods.registry import create_method
 from tasks.errors import UserError
 from tasks.handles import RowHandles
@@ -97,6 +99,66 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
         acc = np.array([correct / total for correct, total in
                         (evaluate_on_one_task(model, *task[:4]) for task in loader)])
     return len(episodes) / seconds, acc
+
+
+# Our transductive methods beside easyfsl 1.5's: the class, and its options set to our defaults where easyfsl has
+# them (feature preprocessing included: `base_mean` stands for the base pool's mean feature). What easyfsl does
+# otherwise is docs/methods.md's account of the differences.
+EASYFSL = {
+    "bd-cspn": ("BDCSPN", {"feature_normalization": 2}),
+    "laplacianshot": ("LaplacianShot", {"feature_centering": "base_mean", "feature_normalization": 2, "knn": 3,
+                                        "lambda_regularization": 0.7, "inference_steps": 20}),
+    "tim": ("TIM", {"feature_normalization": 2, "fine_tuning_steps": 1000, "fine_tuning_lr": 1e-4,
+                    "cross_entropy_weight": 0.1, "marginal_entropy_weight": 1.0, "conditional_entropy_weight": 0.1,
+                    "temperature": 15.0}),
+    # L2 before its power transform: easyfsl has no normalisation after it, and raw features' squared distances
+    # (hundreds) underflow exp(-10 d) to 0, leaving it at chance
+    "pt-map": ("PTMAP", {"feature_normalization": 2, "fine_tuning_steps": 20, "fine_tuning_lr": 0.2,
+                         "lambda_regularization": 10.0, "power_factor": 0.5}),
+}
+
+
+def easyfsl_transductive(name: str, features: torch.Tensor, base_mean: torch.Tensor, episodes,
+                         threads: int | None = None) -> tuple[float, np.ndarray]:
+    """(episodes per second, per-episode accuracies) of easyfsl's implementation of `name` (EASYFSL), one
+    episode at a time as easyfsl evaluates: process_support_set, then the query's forward pass."""
+    _easyfsl()
+    import easyfsl.methods
+
+    cls, options = EASYFSL[name]
+    options = {k: base_mean if v == "base_mean" else v for k, v in options.items()}
+    model = getattr(easyfsl.methods, cls)(**options).eval()
+    accuracies = []
+    with torch_threads(threads), torch.no_grad():
+        started = time.perf_counter()
+        for e in episodes:
+            model.process_support_set(features[e.support_idx], torch.from_numpy(e.support_y))
+            predicted = model(features[e.query_idx]).argmax(-1).numpy()
+            accuracies.append(float((predicted == e.query_y).mean()))
+        seconds = time.perf_counter() - started
+    return len(episodes) / seconds, np.array(accuracies)
+
+
+def transductive_figures(task: Task, ctx: Context, features: torch.Tensor, eps) -> list[Figure]:
+    """Per transductive method: our episodes/s (the harness's batched path) against easyfsl's, and the paired
+    difference in accuracy, ours - easyfsl's, on the same episodes."""
+    from benchmark.stats import paired_difference
+
+    base_idx, _ = ctx.base_pool()
+    base_mean = features[torch.as_tensor(base_idx)].mean(0)
+    figures = []
+    for name, (cls, _) in EASYFSL.items():
+        method = create_method(name)
+        method.prepare(dataclasses.replace(ctx, task=task))
+        rate, ours = harness_throughput(method, eps, task.class_names)
+        # one thread: its tensors are small, and more threads only contend (measured: 20x slower on a busy machine)
+        easy_rate, theirs = easyfsl_transductive(name, features, base_mean, eps, 1)
+        d, half, n = paired_difference(ours, theirs)
+        figures.append(Figure(f"episodes/s, {name} (transductive)", rate, "ep/s",
+                              f"easyfsl {cls} {easy_rate:,.1f} ep/s", rate / easy_rate,
+                              f"accuracy, ours - easyfsl: {100 * d:+.2f} ± {100 * half:.2f} points over {n} "
+                              "paired episodes (docs/methods.md says why they differ)"))
+    return figures
 
 
 def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int = 64,
@@ -335,7 +397,7 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
              extraction_images: int, warm_method: str, memory_methods: list[str], backbone: str = DEFAULTS.backbone,
              image_size: int = DEFAULTS.image_size, memory_shots: str = ",".join(map(str, DEFAULTS.shots)), memory_episodes: int = 1,
              log=print, device: torch.device = CPU, ray_method: str | None = None, ray_episodes: int = 40,
-             step1_batches: int = 4, sandbox_episodes: int = 20) -> list[Figure]:
+             step1_batches: int = 4, sandbox_episodes: int = 20, transductive_episodes: int = 100) -> list[Figure]:
     cache = Cache(cache_dir)  # first: the digest cache follows it
     task = load_task(task_name, data_dir)
     # rows addressed by row number (the episode sets here are in rows); the built-ins' own cache folder
@@ -348,6 +410,9 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
     log(f"episode throughput over {episodes} episodes ...")
     with thread_policy(os.cpu_count() or 1):  # both sides under the threading that `bench run` uses
         figures = episode_figures(task, ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
+        if transductive_episodes:
+            log(f"transductive methods against easyfsl's, {transductive_episodes} episodes ...")
+            figures += transductive_figures(task, ctx, features, task.episodes(5, 5, 15, transductive_episodes, seed=0))
 
     log(f"feature extraction of {extraction_images} images ...")
     suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone,
@@ -377,7 +442,7 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
     env = {**os.environ, "BENCH_DATA_DIR": str(data_dir)}
     if cache_dir:
         env["BENCH_CACHE_DIR"] = str(cache_dir)
-    common = ["run", "--task", task_name, "--quiet", "--backbone", backbone, "--image-size", str(image_size),
+    common = ["run", "--task", task_name, "--quiet", *backbone_cli_args(backbone), "--image-size", str(image_size),
               "--device", str(device)]
     warm = common + ["--method", warm_method, "--shots", "5", "--episodes", "1"]
     log(f"warm start of `bench run --method {warm_method} --shots 5` ...")

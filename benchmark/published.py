@@ -70,10 +70,13 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
 
 
 def entries(rows: pd.DataFrame) -> pd.Series:
-    """`method / backbone @ size px`, with the config's hash where one label ran with several configs (and draws),
-    so that every entry has one row per seed."""
-    label = rows["method"] + " / " + rows["backbone"].astype(str) + " @ " + rows["image_size"].astype(str) + " px"
-    variant = rows["config"].astype(str) + "|" + rows["draw"].astype(str)
+    """`method / backbone @ size px` (transductive methods marked), with a hash where one label ran with several
+    configs, draws or backbone weights, so that every entry has one row per seed."""
+    from benchmark.leaderboard import TRANSDUCTIVE_MARK
+
+    method = rows["method"].where(rows["transductive"].astype(int) == 0, rows["method"] + TRANSDUCTIVE_MARK)
+    label = method + " / " + rows["backbone"].astype(str) + " @ " + rows["image_size"].astype(str) + " px"
+    variant = rows["config"].astype(str) + "|" + rows["draw"].astype(str) + "|" + rows["weights"].astype(str)
     several = variant.groupby(label).transform("nunique") > 1
     tag = variant.map(lambda v: " [" + hashlib.sha256(v.encode()).hexdigest()[:6] + "]")
     return label.where(~several, label + tag)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Reproduces the reference results in results/ (hirise-regions.csv, aid-classes.csv) and their leaderboard.
+# Reproduces the reference results in results/ (hirise-regions.csv, aid-classes.csv, the transductive methods'
+# rows of ctx-craters-transfer.csv and ctx-craters.csv) and their leaderboard.
 # Resumable: run it again after an interruption. Episode counts per method are as docs/reproducing.md states.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_DATA_DIR="${BENCH_DATA_DIR:-../shared/data}"
 bench=".venv/bin/bench"
 F="--method protonet --method linear-probe --method simpleshot --method knn --method baseline-pp --method maml"
+# The transductive methods (docs/methods.md): they also read their episode's unlabelled query features.
+T="--method bd-cspn --method laplacianshot --method tim --method pt-map"
 # SDFT's step-2 setting chosen per task on validation episodes (docs/tuning.md, "SDFT's second step").
 declare -A TUNED=([hirise-regions]="sdft:fuse=0.5" [aid-classes]="sdft:mix=0.75")
 # Into results/ (a user's runs go to runs/). Rows made by an earlier commit are kept (--reuse-stale) when
@@ -13,6 +16,7 @@ declare -A TUNED=([hirise-regions]="sdft:fuse=0.5" [aid-classes]="sdft:mix=0.75"
 for task in hirise-regions aid-classes; do
     R="--quiet --task $task --out results/$task.csv --reuse-stale"
     $bench run $R $F --shots 1,5,10,20 --episodes 600
+    $bench run $R $T --shots 1,5,10,20 --episodes 600
     $bench run $R --method sdft --method "${TUNED[$task]}" --shots 5,1 --episodes 600
     $bench run $R --method sdft --method "${TUNED[$task]}" --shots 10,20 --episodes 200
     $bench run $R --method sdft-no-step1 --method sdft-linear-head --shots 5 --episodes 600
@@ -28,6 +32,13 @@ done
 # protonet meta-trained on base-pool episodes, the tuned protonet for region transfer (docs/tuning.md).
 R="--quiet --task hirise-regions --out results/hirise-regions.csv --reuse-stale"
 $bench run $R --method base-classifier --method protonet:metatrain=true --shots 1,5,10,20 --episodes 600
+# The CTX crater windows as 2-way episodes (the chain table's file, README), and the crater maps of the scene
+# (results/ctx-craters.md): every method of the shipped table with the transductive ones beside them.
+$bench run --quiet --task ctx-craters --ways 2 --out results/ctx-craters-transfer.csv --reuse-stale $T \
+    --shots 1,5,10,20 --episodes 600
+$bench craters run --method protonet --method linear-probe --method sdft $T --shots 5,20 --seeds 0-9 --quiet \
+    --reuse-stale
 files="results/hirise-regions.csv results/aid-classes.csv"
 $bench leaderboard $files --format markdown --out results/leaderboard.md   # paired differences and ranks
-$bench leaderboard $files --format summary --out results/summary.md        # the method x shots tables of README.md
+$bench leaderboard $files --format summary --out results/summary.md        # the README's method x shots tables
+$bench leaderboard $files results/ctx-craters-transfer.csv --format transductive --out results/transductive.md

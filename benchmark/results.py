@@ -56,6 +56,7 @@ class Schema:
     unit_fractions: tuple[str, ...] = ()  # floats in [0, 1]
     counts: dict = field(default_factory=dict)  # integer column -> smallest valid value
     seconds: tuple[str, ...] = ("seconds",)
+    flags: tuple[str, ...] = ()  # columns holding 0 or 1
     row_check: Callable | None = None  # (frame, path): checks across columns, after `check`
     # The columns of the previous version, whose rows `bench migrate` brings to this one (it adds `device`: cpu).
     previous: tuple[str, ...] = ()
@@ -116,6 +117,11 @@ class Schema:
                     fail(np.arange(len(frame)) == i, column, f"not an integer from {low} to {high}")
                 values.append(value)
             frame[column] = np.array(values, dtype=np.int64)
+        for column in self.flags:
+            bad = ~frame[column].isin(["0", "1"])
+            if bad.any():
+                fail(bad, column, "not 0 or 1")
+            frame[column] = (frame[column] == "1").astype(np.int64)
         if self.row_check is not None and len(frame):
             self.row_check(frame, path)
         self.check_contradictions(frame, path)
@@ -171,25 +177,39 @@ def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
 # A row's timestamp as the harness writes it: datetime.now(timezone.utc).isoformat(timespec="seconds").
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)"
 
+# What every results table (episodes: schema 4, fixed-K: 4, crater scores: 5) gained at once, after its other
+# columns: `weights`, the digest of the backbone weights' content (methods.backbones.weights_digest; rows
+# before it hold only the backbone's name); `transductive`, 1 where the method reads its query's features
+# (methods.base.FewShotMethod.transductive); `isolated`, 1 where the method ran in a sandbox (`--isolate`,
+# benchmark/sandbox.py). All three are conditions of a row's key: two checkpoints of one architecture never
+# share rows, and an isolated run never takes rows made in the harness's process for its own. `bench migrate`
+# fills them in for older files (the built-in backbone's digest; 0, as no method was transductive or isolated
+# before).
+WEIGHTS_COLUMNS = ("weights", "transductive", "isolated")
+WEIGHTS_LACK = ("the digest of their backbone's weights, whether their method is transductive or whether it ran "
+                "isolated")
+EPISODES_V3 = ("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
+               "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query",
+               "seconds", "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp")
 EPISODES = Schema(
     name="episode results",
-    version=3,
-    columns=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
-             "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
-             "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp"),
+    version=4,
+    columns=EPISODES_V3 + WEIGHTS_COLUMNS,
     measurement=("task", "method", "shots", "ways", "queries", "manifest"),
     # device: a GPU's numbers differ from a CPU's in the last bits (methods/devices.py), so they never mix
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device"),
+    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
+                *WEIGHTS_COLUMNS),
     unit="episode",
     unit_fractions=("accuracy", "macro_f1"),
     counts={"shots": 1, "ways": 2, "queries": 1, "seed": 0, "episode": 0, "n_query": 1, "image_size": 1,
             "method_version": 0},
+    flags=("transductive", "isolated"),
     row_check=check_episode_rows,
     outcome=("classes", "accuracy", "macro_f1", "class_accuracy", "n_query"),
-    whole_row_end=TIMESTAMP,
-    previous=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
-              "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds",
-              "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp"),
+    whole_row_end="[01]",  # the last column is a flag: a write cut short leaves it empty
+    previous=EPISODES_V3,
+    previous_lacks=f"{WEIGHTS_LACK}; migrate it with `bench migrate {{path}}`",
+    earlier=(tuple(c for c in EPISODES_V3 if c != "device"),),  # 2: before --device (every row on the CPU)
 )
 SCHEMA_VERSION = EPISODES.version
 COLUMNS = list(EPISODES.columns)
@@ -434,7 +454,8 @@ CONDITION_WORDS = {
     "source": "with source dataset {!r}", "data": "on other data (data identity {})",
     "method_version": "by method version {}", "config": "with method config {}", "backbone": "with backbone {}",
     "image_size": "at image size {}", "preprocessing": "with image preprocessing {}",
-    "scene": "on another scene (scene identity {})",
+    "scene": "on another scene (scene identity {})", "weights": "with other backbone weights (digest {})",
+    "transductive": "with transductive {}",
 }
 
 

@@ -188,17 +188,27 @@ def source_id(task: Task) -> str:
 
 def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
     """What determines the rows of each method besides what was asked for (see benchmark/results.Schema)."""
-    return method_conditions(task, config.backbone, config.image_size, config.device, methods)
+    return method_conditions(task, config.backbone, config.image_size, config.device, methods, config.isolate)
 
 
-def method_conditions(task: Task, backbone: str, image_size: int, device: torch.device, methods) -> list[dict]:
-    """Per method: the source, data identity, backbone, image size, preprocessing, device, method version and
-    config its rows on `task` are made under (every command that runs methods keys its rows on these). The data
-    identity is computed once per call."""
-    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": backbone, "image_size": image_size,
-              "preprocessing": preprocessing_id(), "device": device_name(device)}
-    return [{**shared, "method_version": method_version(method), "config": method_config(method)}
-            for method in methods]
+def method_conditions(task: Task, backbone: str, image_size: int, device: torch.device, methods,
+                      isolated: bool = False) -> list[dict]:
+    """Per method: the source, data identity, backbone (its name and its weights' digest), image size,
+    preprocessing, device, method version and config, whether it is transductive and whether it runs isolated
+    (--isolate), that its rows on `task` are made under (every command that runs methods keys its rows on
+    these). The data identity is computed once per call."""
+    from methods.backbones import backbone_name, weights_digest
+
+    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": backbone_name(backbone),
+              "weights": weights_digest(backbone), "image_size": image_size, "preprocessing": preprocessing_id(),
+              "device": device_name(device)}
+    return [{**shared, "method_version": method_version(method), "config": method_config(method),
+             "transductive": int(is_transductive(method)), "isolated": int(isolated)} for method in methods]
+
+
+def is_transductive(method) -> bool:
+    """Whether the method reads its query's features (methods.base.FewShotMethod.transductive)."""
+    return bool(getattr(type(method), "transductive", False))
 
 
 def method_version(method) -> int:

@@ -255,6 +255,7 @@ class IsolatedMethod:
     consumes = "images"
     takes_classes = False
     batched = False
+    transductive = False
 
     def __init__(self, name: str, options: dict, description: dict):
         self.name, self.options, self._config = name, dict(options), dict(description["config"])
@@ -279,6 +280,7 @@ def describe_isolated(name: str, options: dict, place: Placement) -> IsolatedMet
     cls = type(f"Isolated[{name}]", (IsolatedMethod,), {
         "version": version, "consumes": str(header.get("consumes", "images")),
         "takes_classes": bool(header.get("takes_classes")), "batched": bool(header.get("batched")),
+        "transductive": bool(header.get("transductive")),
         "__module__": str(header.get("module", "plugin"))})
     return cls(name, options, header)
 
@@ -358,7 +360,8 @@ class SandboxExecutor:
         out = []
         for seed, s in zip(seeds, sets):
             message = {"op": "fixedk", "train": s.train_idx.tolist(), "train_y": s.train_y.tolist(),
-                       "test": s.test_idx.tolist(), "n_classes": int(n_classes), "chunk": int(chunk),
+                       "test": s.test_idx.tolist(), "n_classes": int(n_classes),
+                       "chunk": max(1, len(s.test_idx)) if method.transductive else int(chunk),  # its query: the pool
                        "rng": [int(seed), int(k), int(draw_tag), 1]}
             scores, seconds = self._request(message)
             out.append((int(seed), scores, seconds))

@@ -158,9 +158,13 @@ def summarize(frame: pd.DataFrame, by: list[str], metrics=("accuracy",), count: 
 
 
 def summarize_episodes(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per (task, shots, ways, method): mean accuracy and macro-F1 with 95% CI, episodes, seconds."""
+    """One line per (task, shots, ways, method): mean accuracy and macro-F1 with 95% CI, episodes, seconds, and
+    whether the method is transductive."""
+    extra = {"seconds": ("seconds", "sum")}
+    if "transductive" in rows:
+        extra["transductive"] = ("transductive", "max")
     summary = summarize(rows, ["task", "shots", "ways", "method"], ("accuracy", "macro_f1"), count="episodes",
-                        extra={"seconds": ("seconds", "sum")})
+                        extra=extra)
     for column in ("shots", "ways"):
         summary[column] = summary[column].astype(int)
     summary["seconds"] = summary["seconds"].astype(float)

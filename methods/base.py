@@ -216,6 +216,10 @@ class FewShotMethod:
     # True: `fit` also gets `classes=`, the episode's class ids in episode-label order (as base_pool() labels
     # them): what the user who labelled the support knows. Which query is which class stays hidden.
     takes_classes: ClassVar[bool] = False
+    # True: `predict` uses the features of the whole query it is given (its own episode's, never their labels
+    # nor another episode's rows), so the harness hands it an episode's whole query at once (a fixed-K test
+    # pool, a scene's windows) and every row and table marks its results as transductive.
+    transductive: ClassVar[bool] = False
 
     def prepare(self, ctx: Context) -> None:
         """Once per task and run, before any episode; may pre-train on ctx.base_pool() (and cache)."""

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from methods.backbones import DEFAULT_BACKBONE, create_backbone, normalize, weights_digest
+from methods.backbones import DEFAULT_BACKBONE, backbone_name, create_backbone, normalize, weights_digest
 from methods.cache import Cache, cache_key
 from methods.devices import device_key, to_numpy
 from methods.progress import SILENT, Progress
@@ -142,8 +142,8 @@ def feature_extractor(backbone: str) -> torch.nn.Module:
 def features_key(table: ImageTable, backbone: str, image_size: int, device: torch.device | None = None) -> str:
     """Identifies frozen features; caches derived from them (meta-trained heads) put it in their keys. The
     device type is part of it off the CPU (methods/devices.py says why)."""
-    return cache_key("features", images_key(table, image_size), NUMERICS_VERSION, backbone, weights_digest(backbone),
-                     *device_key(device))
+    return cache_key("features", images_key(table, image_size), NUMERICS_VERSION, backbone_name(backbone),
+                     weights_digest(backbone), *device_key(device))
 
 
 def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BACKBONE,
@@ -156,6 +156,6 @@ def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BAC
     def compute():
         images = image_array(table, image_size, cache, progress)
         return run_model(feature_extractor(backbone), images, progress=progress,
-                         description=f"{backbone} features", device=device)
+                         description=f"{backbone_name(backbone)} features", device=device)
 
     return cache.array("features", key, compute)

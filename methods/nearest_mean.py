@@ -12,6 +12,10 @@ rows itself:
   on the batch it sits in).
 Averaging straight out of the matrix is about three times faster than gathering the support rows and
 averaging them with a one-hot product (docs/method-notes.md).
+
+`power` > 0 applies PT-MAP's power transform to every row first (methods/transductive.power_transform: a
+per-row transform, so the method stays inductive); 0, the default, leaves the features as they are and out of
+the method's config, so rows made before the option existed keep their key.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import weakref
 import torch
 from torch.nn import functional as F
 
-from methods.base import BatchedMethod
+from methods.base import BatchedMethod, Context
 
 _local = threading.local()
 _norms: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # id(features) -> (features, their squared norms)
@@ -70,8 +74,29 @@ def gather_rows(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.view(*idx.shape, features.shape[1])
 
 
+def check_power(power: float) -> float:
+    if float(power) < 0:
+        raise ValueError(f"power must be 0 (no power transform) or positive, got {power}")
+    return float(power)
+
+
 class NearestClassMean(BatchedMethod):
     """Scores = negative squared distances from the query rows to the support rows' class means."""
+
+    power = 0.0  # subclasses set it from their `power` option
+
+    def prepare(self, ctx: Context) -> None:
+        super().prepare(ctx)
+        if self.power > 0:
+            from methods.transductive import power_transform
+
+            self.features = power_transform(self.features, self.power)
+
+    def config(self) -> dict:
+        config = super().config()
+        if config.get("power") == 0.0:  # the value at which it computes what it did before the option existed
+            del config["power"]
+        return config
 
     def fit_features(self, x, y, n_way, rng):
         self.protos = class_means(x, torch.arange(len(y), device=x.device), y, n_way)

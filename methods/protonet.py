@@ -13,7 +13,7 @@ from torch import nn
 from methods.base import Context
 from methods.cache import cache_key
 from methods.devices import CPU, cpu_state, to_numpy
-from methods.nearest_mean import NearestClassMean, class_means, neg_sq_distances
+from methods.nearest_mean import NearestClassMean, check_power, class_means, neg_sq_distances
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
 from tasks.errors import UserError
@@ -53,10 +53,11 @@ def train_embedding(features: np.ndarray, index: PoolIndex, n_way: int, n_shot: 
 
 @register_method("protonet")
 class ProtoNet(NearestClassMean):
-    description = "Nearest class mean of frozen features (squared Euclidean); metatrain=True adds base-pool episodic training"
+    description = ("Nearest class mean of frozen features (squared Euclidean); metatrain=True adds base-pool episodic "
+                   "training, power=0.5 PT-MAP's power transform")
 
     def __init__(self, metatrain: bool = False, steps: int = 2000, lr: float = 1e-4, train_way: int = 5,
-                 train_shots: int = 5, train_queries: int = 10):
+                 train_shots: int = 5, train_queries: int = 10, power: float = 0.0):
         if not isinstance(metatrain, bool):
             raise ValueError(f"metatrain must be true or false, got {metatrain!r}")
         if min(int(steps), int(train_way) - 1, int(train_shots), int(train_queries)) < 1 or float(lr) <= 0:
@@ -64,6 +65,7 @@ class ProtoNet(NearestClassMean):
         self.metatrain, self.steps, self.lr = metatrain, int(steps), float(lr)
         self.train_way, self.train_shots, self.train_queries = int(train_way), int(train_shots), int(train_queries)
         self.embed = None
+        self.power = check_power(power)
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)

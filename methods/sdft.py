@@ -26,7 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from methods.augment import augment_batch
-from methods.backbones import create_backbone, head_top, split_top, weights_digest
+from methods.backbones import backbone_name, check_splittable, create_backbone, split_top, top_from_state, \
+    weights_digest
 from methods.base import Context, FewShotMethod
 from methods.cache import cache_key
 from methods.cosine import CosineClassifier
@@ -244,7 +245,7 @@ class SDFT(FewShotMethod):
 
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
-        return cache_key("sdft-step1", STEP1_VERSION, ctx.task_key, ctx.base_images_key(), ctx.backbone,
+        return cache_key("sdft-step1", STEP1_VERSION, ctx.task_key, ctx.base_images_key(), backbone_name(ctx.backbone),
                          weights_digest(ctx.backbone), step1, ctx.seed, *device_key(ctx.device))
 
     def prepare(self, ctx: Context) -> None:
@@ -253,13 +254,13 @@ class SDFT(FewShotMethod):
         network = source if self.opts["mix"] == 1.0 else f"{source}-mix{self.opts['mix']!r}"
         if self.opts["views"] != 1:
             network = f"{network}-views{self.opts['views']}"
-        key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, network, ctx.images_key(), ctx.backbone,
-                        self.opts["top_blocks"], *device_key(ctx.device))
+        key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, network, ctx.images_key(),
+                        backbone_name(ctx.backbone), self.opts["top_blocks"], *device_key(ctx.device))
         top, acts = None, None
         if self.opts["top_blocks"] == 0:  # warm: the cached top and activations, without timm or any image
             state = ctx.cache.cached_state_dict("sdft-top", key)
             acts = ctx.cache.cached_array("sdft-acts", key) if state is not None else None
-            top = head_top(state) if acts is not None else None
+            top = top_from_state(ctx.backbone, state) if acts is not None else None
             if top is not None:
                 ctx.progress.log(f"sdft step 1: cache hit ({source}), skipping training; the top and the activations "
                                  f"entering it are cached too ({key})" if self.use_step1 else
@@ -269,7 +270,7 @@ class SDFT(FewShotMethod):
             if self.opts["top_blocks"] == 0:
                 state = cpu_state(top.state_dict())
                 ctx.cache.put_state_dict("sdft-top", key, state)
-                top = head_top(state)  # the same modules as on the warm path
+                top = top_from_state(ctx.backbone, state)  # the same modules as on the warm path
         self.device = ctx.device
         self.acts = torch.from_numpy(acts).to(ctx.device)  # every image's activations, sent once
         self.n_images = len(self.acts) // self.opts["views"]  # view v of image i is row v * n_images + i
@@ -325,6 +326,7 @@ class SDFT(FewShotMethod):
         on a miss), or of step 0's without it."""
         images = functools.cache(ctx.images)  # decoded or loaded only if something below is not cached
         model = create_backbone(ctx.backbone, pretrained=True)
+        check_splittable(model)  # before step 1 trains a network it cannot cut
         if step1_key is not None:
             base_idx, base_labels = ctx.base_pool()
             base_classes, dense = np.unique(base_labels, return_inverse=True)
@@ -334,9 +336,9 @@ class SDFT(FewShotMethod):
             key = step1_key
 
             def compute():
-                timing = step1_timing_key(ctx.backbone, ctx.image_size, ctx.device)
+                timing = step1_timing_key(backbone_name(ctx.backbone), ctx.image_size, ctx.device)
                 forecast = step1_forecast(ctx.cache.note("timings", timing), len(base_idx), self.opts, ctx.image_size)
-                ctx.progress.log(f"sdft step 1: fine-tuning {ctx.backbone} on {len(base_idx)} base images, "
+                ctx.progress.log(f"sdft step 1: fine-tuning {backbone_name(ctx.backbone)} on {len(base_idx)} base images, "
                                  f"{len(base_classes)} classes (cached as {key}); {forecast}")
                 started = time.perf_counter()
                 state, history = train_step1(model, images()[base_idx], dense.astype(np.int64),

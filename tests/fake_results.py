@@ -19,10 +19,10 @@ def manifest_of(task: str, ways: int, shots: int, queries: int, seed: int) -> st
 
 def fake_rows(methods: dict[str, float], shots=(1, 5), episodes: int = 40, seed: int = 0, ways: int = 5,
               queries: int = 15, task: str = "fake-task", noise: float = 0.05, episode_sd: float = 0.1,
-              class_bias: dict[str, float] | None = None) -> pd.DataFrame:
+              class_bias: dict[str, float] | None = None, transductive=()) -> pd.DataFrame:
     """Rows for every method x shots x episode. An episode has a shared difficulty (so methods are paired), each
     method a mean `methods[name]` (+2 points per extra shot) and its own noise; per-class recalls are multiples
-    of 1/queries whose mean is the episode's accuracy."""
+    of 1/queries whose mean is the episode's accuracy. Methods named in `transductive` are marked so."""
     rng = np.random.default_rng(seed)
     class_bias = class_bias or {}
     rows = []
@@ -46,6 +46,7 @@ def fake_rows(methods: dict[str, float], shots=(1, 5), episodes: int = 40, seed:
                     "seconds": 0.01, "backbone": "efficientnet_lite0", "image_size": 128,
                     "preprocessing": "features1+decoder1", "git_commit": "abc",
                     "versions": "marsfsl=0.1.0", "timestamp": "2025-01-01T00:00:00+00:00",
+                    "weights": "w0", "transductive": int(name in transductive),
                 })
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -15,7 +15,7 @@ import benchmark.runner
 import methods.simpleshot
 from benchmark.cli import main
 from benchmark.commands.migrate import CraterFacts, migrate_file
-from benchmark.mapping.craters import CRATERS, V2_COLUMNS, V3_COLUMNS
+from benchmark.mapping.craters import CRATERS, V2_COLUMNS, V3_COLUMNS, V4_COLUMNS
 from benchmark.results import read_results
 from fakes import folder_like
 from tasks.errors import UserError
@@ -168,6 +168,21 @@ def test_migrate_needs_the_facts_and_keeps_every_number(data, tmp_path, capsys, 
     refused(*crater_run(data, out, capsys, "--method", "simpleshot")[:2], "git commit unrecorded", "--reuse-stale")
     rc, err, _ = crater_run(data, out, capsys, "--method", "simpleshot", "--reuse-stale")
     assert rc == 0 and "map in" not in err, err
+
+
+def test_schema_4_rows_gain_the_weights_digest_without_stated_facts(data, tmp_path, capsys):
+    """Crater rows of schema 4 name their task and backbone: migrating adds the built-in backbone's weights
+    digest and transductive = 0, and keeps every other field's text."""
+    out = tmp_path / "out" / "ctx"
+    rc, err, made = crater_run(data, out, capsys, "--method", "simpleshot")
+    assert rc == 0, err and {r["transductive"] for r in made} == {"0"}
+    path = tmp_path / "old.csv"
+    old_file(made, V4_COLUMNS, path)
+    with pytest.raises(UserError, match="has schema 4,"):
+        read_results(path, CRATERS)
+    said = migrate_file(path, tmp_path / "no-data-needed")
+    assert f"migrated from schema 4 (weights: {made[0]['weights']}, transductive: 0)" in said
+    assert list(csv.DictReader(open(path, newline=""))) == made
 
 
 def test_migrate_states_its_facts_on_the_command_line(data, tmp_path, capsys):

@@ -150,10 +150,14 @@ def test_craters_run_takes_device(capsys):
     assert "--device" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, dropped", [("hirise-regions.csv", ("device",))])
-def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name, dropped):
-    """A file from before --device becomes the shipped file: the same lines plus device=cpu. (Crater-score files
-    of schemas 1-3 need stated facts: tests/test_crater_rows.py.)"""
+@pytest.mark.parametrize("name, dropped, version", [
+    ("hirise-regions.csv", ("weights", "transductive"), 3),
+    ("hirise-regions.csv", ("device", "weights", "transductive"), 2),
+])
+def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name, dropped, version):
+    """A file from before --device (schema 2) or before the weights' digest (3) becomes the shipped file: the
+    same lines plus device=cpu, the built-in backbone's digest and transductive=0. (Crater-score files of
+    schemas 1-3 need stated facts: tests/test_crater_rows.py.)"""
     import csv
     import io
     from pathlib import Path
@@ -168,9 +172,9 @@ def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name, drop
     writer = csv.DictWriter(buf, fieldnames=old_columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in reader:
-        assert row["device"] == "cpu" and row["source"] == ""
+        assert row["device"] == "cpu" and row["source"] == "" and row["transductive"] == "0"
         if "schema" in row:
-            row["schema"] = str(int(row["schema"]) - 1)
+            row["schema"] = str(version)
         writer.writerow(row)
     path = tmp_path / name
     path.write_text(buf.getvalue())
@@ -178,9 +182,8 @@ def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name, drop
 
     with pytest.raises(UserError, match="bench migrate") as exc:
         read_results(path, EPISODES)
-    version = 3 - len(dropped)  # each dropped column is one schema back
     assert "\n" not in str(exc.value) and f"has schema {version}," in str(exc.value)
-    assert ("source" if "source" in dropped else "device") in str(exc.value)
+    assert "weights" in str(exc.value)
     assert f"migrated from schema {version} " in migrate_file(path, tmp_path / "no-data-needed")
     assert path.read_text() == "".join(current)
     assert "already current" in migrate_file(path, tmp_path / "no-data-needed")

@@ -190,3 +190,24 @@ def test_rows_at_another_image_size_or_from_other_code_are_not_this_runs(dirs, t
     assert "made by other code" in capsys.readouterr().err
     assert bench_fixedk(dirs, out, "--fresh", methods=["protonet"], shots="1", seeds="0-1") == 0
     assert {r["git_commit"] for r in read_rows(out)} != {"0123456789ab"} and len(read_rows(out)) == 2
+
+
+def test_schema_3_rows_are_migrated_with_the_weights_digest_and_every_field_kept(dirs, tmp_path, capsys):
+    from benchmark.commands.migrate import migrate_file
+    from benchmark.fixedk import FIXED_K, FIXED_V3
+    from benchmark.results import read_results
+    from tasks.errors import UserError
+
+    out = tmp_path / "k.csv"
+    assert bench_fixedk(dirs, out, methods=("protonet",), shots="1", seeds="0-1") == 0, capsys.readouterr().err
+    made = read_rows(out)
+    assert {r["transductive"] for r in made} == {"0"} and {r["schema"] for r in made} == {"4"}
+    old = tmp_path / "old.csv"
+    with open(old, "w", newline="") as f:  # as schema 3 wrote them
+        writer = csv.DictWriter(f, fieldnames=FIXED_V3, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**r, "schema": "3"} for r in made)
+    with pytest.raises(UserError, match="has schema 3,.*bench migrate"):
+        read_results(old, FIXED_K)
+    assert "migrated from schema 3 (weights: " in migrate_file(old, tmp_path / "no-data-needed")
+    assert read_rows(old) == made  # draw, capped and every number as they were

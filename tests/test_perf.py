@@ -34,13 +34,17 @@ def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
     code = main(["perf", "--task", f"folder:{tmp_path / 'data'}", "--episodes", "5", "--extraction-images", "8",
                  "--memory-shots", "1", "--step1-batches", "2",
                  "--image-size", "32", "--warm-method", "protonet", "--memory-method", "protonet",
-                 "--cache-dir", str(tmp_path / "cache")])
+                 "--transductive-episodes", "3", "--cache-dir", str(tmp_path / "cache")])
     out = capsys.readouterr().out
     assert code == 0
     rows = [line for line in out.splitlines() if line.startswith("│")]  # unwrapped when not a terminal
     for measure in ("episodes/s, protonet", "episodes/s, simpleshot", "episodes/s, linear-probe",
-                    "extraction from files", "warm start", "peak memory", "SDFT step 1 training"):
+                    "extraction from files", "warm start", "peak memory", "SDFT step 1 training",
+                    *(f"episodes/s, {name} (transductive)" for name in ("bd-cspn", "laplacianshot", "tim", "pt-map"))):
         assert sum(measure in row for row in rows) == 1, measure
+    for name, cls in (("bd-cspn", "BDCSPN"), ("laplacianshot", "LaplacianShot"), ("tim", "TIM"), ("pt-map", "PTMAP")):
+        row = next(row for row in rows if f"{name} (transductive)" in row)
+        assert f"easyfsl {cls} " in row and "points over 3 paired episodes" in row
     assert "same accuracy as easyfsl in all 5 episodes" in out
     warm = next(row for row in rows if "warm start" in row)
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode

@@ -180,7 +180,7 @@ def cmd_run(args) -> int:
     from benchmark.results import append_rows, check_results_path, locked_if_present, read_results, \
         reusable_units, set_aside, set_aside_path
     from benchmark.runner import MethodSpec, git_commit, method_conditions
-    from methods.backbones import check_backbone
+    from methods.backbones import backbone_name, check_backbone
     from methods.cache import Cache
     from methods.devices import resolve_device
     from methods.features import thread_policy
@@ -233,7 +233,7 @@ def cmd_run(args) -> int:
     del methods
     source = measurements[0]["source"] if measurements else ""
     meta = {"window": grid.window, "stride": grid.stride, "windows": grid.n, "image_size": args.image_size,
-            "task": task_name, "source": source, "backbone": args.backbone, "scored": int(scored.sum()),
+            "task": task_name, "source": source, "backbone": backbone_name(args.backbone), "scored": int(scored.sum()),
             "positives": int((scored & crater).sum()), "ambiguous": int((scored & ambiguous).sum()),
             "negatives": int((scored & ~crater & ~ambiguous).sum()), "beta": args.beta,
             "n_seeds": len(args.seeds), "method_seed": args.method_seed, "csv": str(out_csv),

@@ -16,8 +16,10 @@ def add_parser(sub) -> None:
 
 
 def fixedk_tables(task: str, summary, notes=()):
+    import pandas as pd
     from rich.table import Table
 
+    from benchmark.leaderboard import marked, transductive_note
     from benchmark.stats import pm
 
     tables = []
@@ -33,8 +35,10 @@ def fixedk_tables(task: str, summary, notes=()):
         for column, justify in (("method", "left"), ("accuracy %", "right"), ("weighted-F1 %", "right"),
                                 ("seeds", "right"), ("seconds", "right")):
             table.add_column(column, justify=justify)
+        if g.get("transductive", pd.Series(dtype=int)).astype(bool).any():
+            table.caption += "; " + transductive_note("the whole test pool")
         for _, r in g.sort_values(["accuracy", "method"], ascending=[False, True]).iterrows():
-            table.add_row(r["method"], pm(r["accuracy"], r["accuracy_ci95"], undefined="n/a"),
+            table.add_row(marked(r["method"], r.get("transductive", 0)), pm(r["accuracy"], r["accuracy_ci95"], undefined="n/a"),
                           pm(r["weighted_f1"], r["weighted_f1_ci95"], undefined="n/a"), str(r["seeds"]),
                           f"{r['seconds']:.2f}")
         tables.append(table)

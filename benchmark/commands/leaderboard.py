@@ -10,10 +10,13 @@ from tasks.files import atomic_write_text
 def add_parser(sub) -> None:
     p = sub.add_parser("leaderboard", help="merge result CSVs and rank methods (paired differences, tied ranks)")
     p.add_argument("csv", nargs="*", metavar="CSV", help="results files to merge (default: results/*.csv)")
-    p.add_argument("--format", choices=["table", "csv", "markdown", "json", "summary", "sources"],
+    p.add_argument("--format", choices=["table", "csv", "markdown", "json", "summary", "sources", "transductive"],
                    default="table", help="table: rich tables in the terminal (default); csv, markdown, json: for "
                                          "papers and READMEs; summary: markdown, method x shots per task; sources: "
-                                         "markdown, each --source beside no source, paired")
+                                         "markdown, each --source beside no source, paired; transductive: markdown, "
+                                         "the best transductive method against the best inductive one, paired")
+    p.add_argument("--inductive-only", action="store_true",
+                   help="leave out transductive methods (those that read their episode's unlabelled query features)")
     p.add_argument("--versus", default=None, metavar="METHOD",
                    help="with --format sources: also the paired difference to METHOD's rows without a source")
     p.add_argument("--out", type=file_path("out"), default=None,
@@ -28,7 +31,8 @@ def cmd_leaderboard(args) -> int:
     import sys
 
     from benchmark.console import console, stdout
-    from benchmark.leaderboard import FORMATS, leaderboard, load_results, print_tables, rich_tables, to_sources
+    from benchmark.leaderboard import FORMATS, inductive_only, leaderboard, load_results, print_tables, rich_tables, \
+        to_sources, to_transductive
     from tasks.errors import UserError
 
     if args.fixedk:
@@ -36,13 +40,18 @@ def cmd_leaderboard(args) -> int:
     rows, merged = load_results(args.csv)
     if args.versus and args.format != "sources":
         raise UserError("--versus goes with --format sources")
+    if args.inductive_only:
+        if args.format == "transductive":
+            raise UserError("--inductive-only leaves nothing for --format transductive to compare")
+        rows = inductive_only(rows)
     board = leaderboard(rows)
     if args.format == "table":
         if args.out:
             raise UserError("--out needs --format csv, markdown, json or summary")
         print_tables(stdout, rich_tables(board))
     else:
-        text = to_sources(rows, args.versus) if args.format == "sources" else FORMATS[args.format](board)
+        text = to_sources(rows, args.versus) if args.format == "sources" else \
+            to_transductive(rows) if args.format == "transductive" else FORMATS[args.format](board)
         if args.out:
             try:
                 atomic_write_text(Path(args.out), text)

@@ -18,12 +18,14 @@ def cmd_list(args) -> int:
     from tasks.datasets import dataset_names, dataset_spec
     from tasks.registry import TASKS
 
-    table = Table(title="methods")
-    for col in ("name", "consumes", "from", "description"):
+    table = Table(title="methods", caption="transductive: reads the unlabelled features of its episode's whole "
+                                           "query set (bench leaderboard marks it; --inductive-only leaves it out)")
+    for col in ("name", "consumes", "query", "from", "description"):
         table.add_column(col)
     for name in method_names():
         info = method_info(name)
-        table.add_row(name, info.cls.consumes, info.origin, info.description)
+        query = "transductive" if getattr(info.cls, "transductive", False) else "inductive"
+        table.add_row(name, info.cls.consumes, query, info.origin, info.description)
     stdout.print(table)
     for name, problem in load_plugins().items():
         stdout.print(f"[red]broken plugin[/red] {problem}", highlight=False)

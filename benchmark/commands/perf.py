@@ -5,7 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmark.cli import DEFAULTS, add_common, add_task_options, default_data_dir, positive_int
+from benchmark.cli import DEFAULTS, add_common, add_task_options, bounded_int, default_data_dir, positive_int
 
 
 def add_parser(sub) -> None:
@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=40)
     p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=4,
                    help="batches of SDFT step 1 timed against a bare training loop")
+    p.add_argument("--transductive-episodes", type=bounded_int("transductive-episodes", 0), default=100,
+                   help="episodes on which each transductive method is compared with easyfsl's implementation "
+                        "(0: none; easyfsl's TIM takes about a second an episode)")
     add_common(p)
     p.set_defaults(handler=cmd_perf)
 
@@ -54,7 +57,8 @@ def cmd_perf(args) -> int:
                            args.memory_method or builtin_method_names(), args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes,
                            log=log, device=resolve_device(args.device), ray_method=ray_method,
-                           ray_episodes=args.ray_episodes, step1_batches=args.step1_batches)
+                           ray_episodes=args.ray_episodes, step1_batches=args.step1_batches,
+                           transductive_episodes=args.transductive_episodes)
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
                         f"{args.episodes} of them, on cached features",
                   caption=f"No Ray row: {left_out}" if left_out else None)

@@ -14,7 +14,7 @@ import numpy as np
 
 from benchmark.mapping.scene import RasterScene, Scene
 from methods.base import Context
-from methods.backbones import weights_digest
+from methods.backbones import backbone_name, weights_digest
 from methods.cache import Cache, cache_key
 from methods.devices import device_key
 from methods.features import NUMERICS_VERSION, PREPROCESSING_VERSION, feature_extractor, run_model
@@ -127,12 +127,12 @@ class MapContext(Context):
     def window_features(self) -> np.ndarray:
         """(n_windows, D) frozen ImageNet features of the grid's windows in grid order, cached per scene, grid and
         size."""
-        key = cache_key("map-features", *self._scene_key(), NUMERICS_VERSION, self.backbone,
+        key = cache_key("map-features", *self._scene_key(), NUMERICS_VERSION, backbone_name(self.backbone),
                         weights_digest(self.backbone), *device_key(self.device))
 
         def compute():
             return run_model(feature_extractor(self.backbone), self.window_images(), progress=self.progress,
-                             description=f"{self.backbone} features of {self.grid.n} windows", device=self.device)
+                             description=f"{backbone_name(self.backbone)} features of {self.grid.n} windows", device=self.device)
 
         return (self.window_cache or self.cache).array("map-features", key, compute)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.results import Schema
+from benchmark.results import WEIGHTS_COLUMNS, WEIGHTS_LACK, Schema
 from benchmark.scoring import binary_scores
 from benchmark.stats import paired_difference, summarize
 from benchmark.stats import pm as stats_pm
@@ -146,29 +146,33 @@ V2_COLUMNS = ("method", "shots", "seed", "smoothing", "strength", "precision", "
               "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
               "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device")
 V3_COLUMNS = V2_COLUMNS + ("source",)
+V4_COLUMNS = V3_COLUMNS + ("task", "data", "scene", "backbone", "preprocessing", "method_version", "config",
+                           "git_commit")
 CRATERS = Schema(
     name="crater map scores",
     # A row holds what else determines it, as `bench run`'s rows do (runner.method_conditions): the base task,
     # its data identity, the CTX scene's identity (tiles and crater file), backbone, preprocessing, method
     # version and config; and the git commit that made it (other code: refused unless --reuse-stale)
-    version=4,
-    columns=V3_COLUMNS + ("task", "data", "scene", "backbone", "preprocessing", "method_version", "config",
-                          "git_commit"),
+    # 5: results.WEIGHTS_COLUMNS
+    version=5,
+    columns=V4_COLUMNS + WEIGHTS_COLUMNS,
     # task and source: what the methods pre-train on, as asked (`--task`, `--source`)
     measurement=("task", "source", "method", "shots", "smoothing", "strength"),
     conditions=("data", "scene", "backbone", "image_size", "preprocessing", "method_version", "config",
-                "method_seed", "window", "stride", "device"),
+                "method_seed", "window", "stride", "device", *WEIGHTS_COLUMNS),
     unit="seed",
     unit_fractions=("precision", "recall", "f1", "predicted_crater_fraction", "strict_precision", "strict_recall",
                     "strict_f1"),
     counts={"shots": 1, "seed": 0, "tp": 0, "fp": 0, "fn": 0, "positives": 0, "scored": 0, "ambiguous": 0,
             "method_seed": 0, "window": 1, "stride": 1, "image_size": 1, "method_version": 0},
+    flags=("transductive", "isolated"),
     seconds=("map_seconds", "prepare_seconds"),
-    previous=V3_COLUMNS,
-    previous_lacks="the base task, backbone, data identity, preprocessing, method version and config that made "
-                   "them; migrate it with `bench migrate {path} --task NAME --backbone NAME --data-dir DIR` (the "
-                   "task and backbone its .md names, DIR the data they were made on)",
-    earlier=(V2_COLUMNS, V2_COLUMNS[:-1]),  # 2: no source column; 1: no device either (every map on the CPU)
+    previous=V4_COLUMNS,
+    previous_lacks=f"{WEIGHTS_LACK} (schemas 1-3: nor the base task, backbone, data identity, preprocessing, "
+                   "method version and config); migrate it with `bench migrate {path}` (schemas 1-3: with --task "
+                   "NAME --backbone NAME --data-dir DIR, the task and backbone its .md names, DIR the data they "
+                   "were made on)",
+    earlier=(V3_COLUMNS, V2_COLUMNS, V2_COLUMNS[:-1]),  # 3: before the key; 2: before --source; 1: before --device
 )
 
 
@@ -176,10 +180,13 @@ def summarize_craters(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean ± 95% CI over seeds per (method, shots, smoothing), with the median and slowest map times."""
     return summarize(frame, ["method", "shots", "smoothing"], ("precision", "recall", "f1", "strict_f1"),
                      count="seeds", extra={"map_seconds": ("map_seconds", "median"),
-                                           "first_map_seconds": ("map_seconds", "max")})
+                                           "first_map_seconds": ("map_seconds", "max"),
+                                           "transductive": ("transductive", "max")})
 
 
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
+    from benchmark.leaderboard import marked, transductive_note
+
     def pm(mean, half):  # one seed: no CI to show
         return stats_pm(mean, half, digits=1)
 
@@ -215,7 +222,7 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, r in summary.iterrows():
-        lines.append(f"| {r['method']} | {r['shots']} | {r['smoothing']} | {pm(r['precision'], r['precision_ci95'])} | "
+        lines.append(f"| {marked(r['method'], r['transductive'])} | {r['shots']} | {r['smoothing']} | {pm(r['precision'], r['precision_ci95'])} | "
                      f"{pm(r['recall'], r['recall_ci95'])} | {pm(r['f1'], r['f1_ci95'])} | "
                      f"{pm(r['strict_f1'], r['strict_f1_ci95'])} | {r['seeds']} | {r['map_seconds']:.1f} | "
                      f"{r['first_map_seconds']:.1f} |")
@@ -227,6 +234,8 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
             mean, half, n = paired_difference(g["mrf"], g["none"])
             if n > 1:
                 lines.append(f"| {method} | {k} | {stats_pm(mean, half, signed=True, digits=1)} | {n} |")
+    if summary["transductive"].astype(bool).any():
+        lines += ["", transductive_note("all the scene's windows")]
     base_rate = meta["positives"] / max(1, meta["positives"] + meta["negatives"])
     lines += ["", f"Chance reference: marking every scored window a crater gives precision {100 * base_rate:.1f}%, "
                   f"recall 100%, F1 {100 * 2 * base_rate / (1 + base_rate):.1f}%.", "",

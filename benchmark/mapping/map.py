@@ -18,6 +18,7 @@ from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
 from benchmark.runner import method_cache, source_id
 from benchmark.scoring import check_scores
+from methods.backbones import backbone_name, weights_digest
 from methods.progress import SILENT, Progress
 from tasks.errors import UserError
 from tasks.handles import RowHandles
@@ -35,12 +36,15 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
                      progress: Progress = SILENT, classified: np.ndarray | None = None,
                      what: str = "") -> tuple[np.ndarray, dict]:
     """Fit the (prepared) method on the labelled windows, predict the `classified` windows (default: all) in
-    chunks. `what` names the method in a score error ("method protonet").
+    chunks (a transductive method: all in one, the scene's windows being its query). `what` names the method
+    in a score error ("method protonet").
 
     Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, NaN for windows not
     classified; timings)."""
     n_way = len(points.class_names)
     targets = np.arange(ctx.grid.n) if classified is None else np.flatnonzero(classified)
+    if getattr(method, "transductive", False):  # its query is the scene: every classified window at once
+        chunk = max(len(targets), 1)
     started = time.perf_counter()
     method.fit(ctx.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
     fitted = time.perf_counter()
@@ -123,8 +127,8 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
         "scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
         **georeferencing(scene),
         "method": method_spec.label, "method_config": method.config(), "task": task.name,
-        "source": source_id(task) or None, "backbone": backbone,
-        "image_size": image_size, "seed": seed, "window": grid.window, "stride": grid.stride,
+        "source": source_id(task) or None, "backbone": backbone_name(backbone), "weights": weights_digest(backbone),
+        "transductive": bool(getattr(method, "transductive", False)), "image_size": image_size, "seed": seed, "window": grid.window, "stride": grid.stride,
         "grid_shape": list(grid.shape), "windows": grid.n, "window_x0": grid.xs, "window_y0": grid.ys,
         "unclassified_windows": int((~classified).sum()), "min_valid_fraction": MIN_VALID_FRACTION,
         "classes": list(points.class_names),

@@ -107,7 +107,8 @@ def sandbox_argv(modules: list[str], handed: Path, cache: Path, writable_cache: 
                 args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
     pythonpath = ":".join(dict.fromkeys(path_entries))
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1",
+           "JOBLIB_MULTIPROCESSING": "0"}  # no /dev/shm to share while serving: scikit-learn runs serially
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # numerics as the harness has them
         if name in os.environ:
             env[name] = os.environ[name]

@@ -46,7 +46,7 @@ def fake_rows(methods: dict[str, float], shots=(1, 5), episodes: int = 40, seed:
                     "seconds": 0.01, "backbone": "efficientnet_lite0", "image_size": 128,
                     "preprocessing": "features1+decoder1", "git_commit": "abc",
                     "versions": "marsfsl=0.1.0", "timestamp": "2025-01-01T00:00:00+00:00",
-                    "weights": "w0", "transductive": int(name in transductive),
+                    "weights": "w0", "transductive": int(name in transductive), "isolated": 0,
                 })
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -181,7 +181,7 @@ def test_schema_4_rows_gain_the_weights_digest_without_stated_facts(data, tmp_pa
     with pytest.raises(UserError, match="has schema 4,"):
         read_results(path, CRATERS)
     said = migrate_file(path, tmp_path / "no-data-needed")
-    assert f"migrated from schema 4 (weights: {made[0]['weights']}, transductive: 0)" in said
+    assert f"migrated from schema 4 (weights: {made[0]['weights']}, transductive: 0, isolated: 0)" in said
     assert list(csv.DictReader(open(path, newline=""))) == made
 
 

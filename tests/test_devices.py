@@ -151,8 +151,8 @@ def test_craters_run_takes_device(capsys):
 
 
 @pytest.mark.parametrize("name, dropped, version", [
-    ("hirise-regions.csv", ("weights", "transductive"), 3),
-    ("hirise-regions.csv", ("device", "weights", "transductive"), 2),
+    ("hirise-regions.csv", ("weights", "transductive", "isolated"), 3),
+    ("hirise-regions.csv", ("device", "weights", "transductive", "isolated"), 2),
 ])
 def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name, dropped, version):
     """A file from before --device (schema 2) or before the weights' digest (3) becomes the shipped file: the

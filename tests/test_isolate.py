@@ -87,3 +87,20 @@ def test_a_plugin_failing_in_its_sandbox_is_named_and_the_others_run(data, tmp_p
     assert len(failures) == 1 and "sandbox-prober" in str(failures[0]) and "reached /" in str(failures[0])
     assert set(rows["method"]) == {"protonet"}
     assert set(read_results(tmp_path / "rows.csv")["method"]) == {"protonet"}
+
+
+@needs_bwrap
+def test_fixed_k_gives_the_same_rows_isolated(data, tmp_path):
+    from benchmark.fixedk import FixedKConfig, run_fixedk_benchmark
+
+    def fixed_k(isolate, out):
+        return run_fixedk_benchmark(FixedKConfig(methods=[MethodSpec.parse("protonet"), MethodSpec.parse("knn")],
+                                                 task=f"folder:{data}", shots=[2], data_dir=data,
+                                                 cache_dir=tmp_path / "cache", out=tmp_path / out, image_size=32,
+                                                 seeds=[0, 1], isolate=isolate))
+
+    local, isolated = fixed_k(False, "local.csv"), fixed_k(True, "isolated.csv")
+    assert len(local) == len(isolated) == 2 * 2 and (isolated["isolated"] == 1).all()
+    key = ["method", "shots", "seed"]
+    pd.testing.assert_frame_equal(local.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
+                                  isolated.drop(columns=VARYING).sort_values(key).reset_index(drop=True))

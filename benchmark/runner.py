@@ -451,7 +451,7 @@ CHECKED_EPISODES = 3  # per method and shots: the last episode answered, and oth
 def episodes_to_check(pending: list[int], seed: int, k: int) -> list[int]:
     """Which of this run's episodes a fresh process answers again: the last one (a method that remembers earlier
     episodes has seen the most before it) and others drawn from the seed."""
-    if not pending:
+    if not pending or CHECKED_EPISODES < 1:
         return []
     others = [i for i in pending[:-1]]
     drawn = np.random.default_rng([seed, k, 2718]).permutation(len(others))[:CHECKED_EPISODES - 1]

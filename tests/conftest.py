@@ -9,6 +9,16 @@ torch.set_num_threads(1)  # tests run beside each other on small machines
 REAL_DATA = Path(os.environ.get("BENCH_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def answers_checked_where_tested(request, monkeypatch):
+    """A fresh process answering a few episodes again costs a process start per method and run; the tests of
+    that check (marked `answer_check`) keep it, the others, which test other things, skip it."""
+    if request.node.get_closest_marker("answer_check") is None:
+        import benchmark.runner
+
+        monkeypatch.setattr(benchmark.runner, "CHECKED_EPISODES", 0)
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     if not (REAL_DATA / "hirise-v1").is_dir():

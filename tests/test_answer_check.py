@@ -10,6 +10,8 @@ from methods.registry import builtin_method_names
 from test_isolate import data  # noqa: F401  (the class-by-class folder data set)
 from test_methods import FAST_OPTIONS
 
+pytestmark = pytest.mark.answer_check
+
 
 def spec(name: str) -> str:
     options = {**FAST_OPTIONS.get(name, {}), **({"val_folds": 2} if name.startswith("sdft") or name == "base-classifier"

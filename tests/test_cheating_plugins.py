@@ -20,6 +20,8 @@ from benchmark.runner import MethodSpec, RunConfig, run_benchmark
 from fakes_methods import class_image
 from tasks.handles import RowHandles
 
+pytestmark = pytest.mark.answer_check
+
 WAYS, QUERIES, EPISODES = 3, 5, 24
 CHANCE = 1 / WAYS
 BAND = CHANCE + 2.5 * np.sqrt(CHANCE * (1 - CHANCE) / (WAYS * QUERIES * EPISODES))  # a generous upper band

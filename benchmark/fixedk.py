@@ -147,11 +147,11 @@ def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, fail
     cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
     task = load_task(config.task, config.data_dir, source=config.source, image_size=config.image_size,
                      source_disjoint=config.source_disjoint)
+    out = config.results_path()
+    methods = created_methods(config, cache, out)  # an unknown method or a bad option fails first
     pools = fixed_k_pools(task)  # once for every method and shots
     check_shots_feasible(task, config.shots, config.cap, pools)
-    out = config.results_path()
     check_results_path(out, FIXED_K)
-    methods = created_methods(config, cache, out)
     commit = git_commit()
     keys = [({"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k},
              {**cond, "draw": fixed_k_draw(task, k, config.cap).draw})

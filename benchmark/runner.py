@@ -299,11 +299,11 @@ def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list
     cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
     task = load_task(config.task, config.data_dir, source=config.source, split=config.split,
                      image_size=config.image_size, source_disjoint=config.source_disjoint)
+    out = config.results_path()
+    methods = created_methods(config, cache, out)  # an unknown method or a bad option fails first
     episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
                     for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
-    out = config.results_path()
     check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
-    methods = created_methods(config, cache, out)
     commit = git_commit()
     plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
     del methods

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from methods.base import Context
+from methods.base import Context, FewShotMethod
 from methods.cache import Cache
+from methods.registry import register_method
 from tasks.datasets import table_from_rows
 from tasks.registry import Task
 
@@ -54,3 +55,18 @@ def make_task(root: Path, n_classes: int = 4, groups_per_class: int = 6, per_gro
 
 def make_context(task: Task, cache_dir: Path, image_size: int = 32, seed: int = 0, **kw) -> Context:
     return Context(task, Cache(cache_dir), image_size=image_size, seed=seed, **kw)
+
+
+class Instant(FewShotMethod):
+    """Answers from the query's row handles: deterministic, instant, no features (a stand-in plugin)."""
+
+    def fit(self, support_idx, support_y, n_way, rng):
+        self.n_way = n_way
+
+    def predict(self, query_idx):
+        return np.eye(self.n_way)[np.asarray(query_idx) % self.n_way]
+
+
+def instant_method(name: str) -> type:
+    """A class of its own (its attributes may be patched by a test), registered under `name`."""
+    return register_method(name)(type(f"Instant[{name}]", (Instant,), {}))

@@ -20,6 +20,15 @@ def answers_checked_where_tested(request, monkeypatch):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test, whatever the test before it set."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def real_data_dir() -> Path:
     if not (REAL_DATA / "hirise-v1").is_dir():
         pytest.skip(f"real data not found in {REAL_DATA}")

@@ -20,8 +20,6 @@ from fakes_reliability import make_folder_dataset, read_rows
 from PIL import Image
 
 from benchmark.cli import main
-from methods.base import FewShotMethod
-from methods.registry import register_method
 from tasks.datasets import load_dataset
 from tasks.errors import UserError
 from tasks.protocols import fixed_k_draw, fixed_k_sets

@@ -16,12 +16,7 @@ from tasks.episodes import in_row_order
 from test_sdft import make_tiny_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", ["protonet", "simpleshot"])

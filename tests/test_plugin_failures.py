@@ -9,13 +9,11 @@ import os
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from benchmark.cli import main
 from benchmark.results import read_results
 from fakes_reliability import make_folder_dataset, read_rows
-from methods.base import FewShotMethod
 from methods.registry import register_method
 from fakes_methods import instant_method
 

@@ -22,7 +22,6 @@ from benchmark.cli import main
 from benchmark.results import COLUMNS, COLUMNS_V1, read_results
 from fake_results import fake_rows, write_csv
 from fakes_reliability import make_folder_dataset, read_rows
-from methods.base import FewShotMethod
 from methods.registry import register_method
 from tasks.errors import UserError
 from fakes_methods import instant_method

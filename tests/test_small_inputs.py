@@ -16,8 +16,6 @@ from benchmark.cli import main
 from benchmark.results import COLUMNS, read_results
 from fakes import write_image
 from fakes_reliability import make_folder_dataset, read_rows
-from methods.base import FewShotMethod
-from methods.registry import register_method
 from tasks.errors import UserError
 from fakes_methods import instant_method
 

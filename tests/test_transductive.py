@@ -18,12 +18,7 @@ TRANSDUCTIVE = ["bd-cspn", "laplacianshot", "tim", "pt-map"]
 FAST = {"tim": {"iterations": 60, "lr": 1e-3}}  # the tiny task needs no 1000 steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

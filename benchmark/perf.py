@@ -149,7 +149,7 @@ def transductive_figures(task: Task, ctx: Context, features: torch.Tensor, eps) 
     figures = []
     for name, (cls, _) in EASYFSL.items():
         method = create_method(name)
-        method.prepare(dataclasses.replace(ctx, task=task))
+        method.prepare(ctx.fresh())
         rate, ours = harness_throughput(method, eps, task.class_names)
         # one thread: its tensors are small, and more threads only contend (measured: 20x slower on a busy machine)
         easy_rate, theirs = easyfsl_transductive(name, features, base_mean, eps, 1)

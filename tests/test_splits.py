@@ -13,6 +13,7 @@ from benchmark.fixedk import run_fixed_k
 from tasks.protocols import fixed_k_pools, fixed_k_sets, protocol_base
 from tasks.registry import load_task, region_task
 from tasks.splits import class_split, scene_split
+from tasks.handles import RowHandles
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -124,7 +125,8 @@ def test_run_fixed_k_scores_the_whole_test_split(domars_task, tmp_path):
     method = AlwaysFirstClass()
     rows = run_fixed_k(domars_task, method, 2, [0, 1, 2], Cache(tmp_path / "cache"))
     pools = fixed_k_pools(domars_task)
-    assert np.array_equal(method.base, protocol_base(domars_task, pools)) and method.fits == 3
+    handles = RowHandles.of_table(domars_task.table)  # what the method addresses rows by
+    assert np.array_equal(method.base, handles.of_rows(protocol_base(domars_task, pools))) and method.fits == 3
     test_y = fixed_k_sets(domars_task, 2, [0])[0].test_y
     pred = np.zeros_like(test_y)
     assert [r["seed"] for r in rows] == [0, 1, 2]

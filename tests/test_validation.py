@@ -13,6 +13,7 @@ from methods.cache import Cache
 from tasks.episodes import EpisodeSet
 from tasks.registry import SPLITS, Task, load_task, region_task
 from tasks.splits import class_split
+from tasks.handles import RowHandles
 
 
 def region(seed):
@@ -128,7 +129,8 @@ def test_validation_runs_pretrain_without_the_slice_and_draw_from_it(tmp_path, m
     config.out = None
     BasePoolProbe.seen.clear()
     rows = run_benchmark(config)
-    assert np.array_equal(BasePoolProbe.seen[0], val.base)  # pre-training pool: base minus the slice's scenes
+    # pre-training pool: base minus the slice's scenes, as the handles the method addresses rows by
+    assert np.array_equal(BasePoolProbe.seen[0], RowHandles.of_table(val.table).of_rows(val.base))
     assert set(rows["task"]) == {f"csv:{csv}@validation"} and len(rows) == 4
     path = config.results_path()
     assert path.name.endswith("-validation.csv")

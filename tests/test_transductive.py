@@ -263,7 +263,8 @@ def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsy
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
     def row(name):  # the table's line whose first cell is the method (a description may name another method)
-        return next(line for line in listed.splitlines() if line.strip("│┃ ").startswith(f"{name} "))
+        return next(line for line in listed.splitlines()
+                    if line.count("│") > 1 and line.split("│")[1].strip() == name)
 
     for name in TRANSDUCTIVE:
         assert "transductive" in row(name)

@@ -156,8 +156,7 @@ def transductive_figures(task: Task, ctx: Context, features: torch.Tensor, eps) 
         d, half, n = paired_difference(ours, theirs)
         figures.append(Figure(f"episodes/s, {name} (transductive)", rate, "ep/s",
                               f"easyfsl {cls} {easy_rate:,.1f} ep/s", rate / easy_rate,
-                              f"accuracy, ours - easyfsl: {100 * d:+.2f} ± {100 * half:.2f} points over {n} "
-                              "paired episodes (docs/methods.md says why they differ)"))
+                              f"accuracy ours - easyfsl {100 * d:+.2f} ± {100 * half:.2f} pts ({n} pairs)"))
     return figures
 
 

@@ -44,7 +44,7 @@ def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
         assert sum(measure in row for row in rows) == 1, measure
     for name, cls in (("bd-cspn", "BDCSPN"), ("laplacianshot", "LaplacianShot"), ("tim", "TIM"), ("pt-map", "PTMAP")):
         row = next(row for row in rows if f"{name} (transductive)" in row)
-        assert f"easyfsl {cls} " in row and "accuracy, ours - easyfsl" in row  # the rest may wrap
+        assert f"easyfsl {cls} " in row and "accuracy ours - easyfsl" in row  # the rest may wrap
     assert "same accuracy as easyfsl in all 5 episodes" in out
     warm = next(row for row in rows if "warm start" in row)
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode

@@ -352,14 +352,19 @@ def to_sources(rows: pd.DataFrame, versus: str | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
+MIN_EPISODES_FOR_BEST = 100  # a method run on fewer episodes is too uncertain to be called the best of its kind
+
+
 def to_transductive(rows: pd.DataFrame) -> str:
-    """Markdown: per task, ways, queries and shots, the best transductive method (highest mean accuracy) against
-    the best inductive one, as the paired difference on the episodes both answered with its 95% CI."""
+    """Markdown: per task, ways, queries and shots, the best transductive method (highest mean accuracy over at
+    least MIN_EPISODES_FOR_BEST episodes) against the best inductive one, as the paired difference on the
+    episodes both answered with its 95% CI."""
     from benchmark.stats import mean_ci, paired_difference
 
     parts = ["Best transductive against best inductive method per task and K: accuracy %, mean ± 95% CI "
              "(episodes); Δ = transductive - inductive, paired over the episodes both answered, ± 95% CI (pairs). "
-             "Both are the best of their kind on these very episodes, so Δ carries that selection.\n",
+             f"The best of each kind is the highest mean among methods run on at least {MIN_EPISODES_FOR_BEST} "
+             "episodes, chosen on these very episodes, so Δ carries that selection.\n",
              "| task | K | best transductive | accuracy % | best inductive | accuracy % | Δ points |",
              "|:---|---:|:---|---:|:---|---:|---:|"]
     found = False
@@ -368,7 +373,7 @@ def to_transductive(rows: pd.DataFrame) -> str:
         kind = g.groupby("entry")["transductive"].max().astype(bool)
         best = {}
         for side in (True, False):
-            entries = [e for e in by_entry if kind[e] == side]
+            entries = [e for e in by_entry if kind[e] == side and len(by_entry[e]) >= MIN_EPISODES_FOR_BEST]
             if entries:
                 best[side] = max(entries, key=lambda e: (by_entry[e].mean(), e))
         if len(best) < 2:

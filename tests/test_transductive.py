@@ -219,7 +219,7 @@ def test_leaderboards_mark_transductive_methods_and_can_leave_them_out(tmp_path,
     from benchmark.cli import main
     from benchmark.stats import paired_difference
 
-    frame = fake_rows({"tim": 0.72, "pt-map": 0.70, "protonet": 0.62, "simpleshot": 0.65}, shots=(1, 5), episodes=40,
+    frame = fake_rows({"tim": 0.72, "pt-map": 0.70, "protonet": 0.62, "simpleshot": 0.65}, shots=(1, 5), episodes=100,
                       transductive=("tim", "pt-map"))
     write_csv(frame, tmp_path / "r.csv")
     assert main(["leaderboard", str(tmp_path / "r.csv"), "--format", "markdown"]) == 0
@@ -242,6 +242,11 @@ def test_leaderboards_mark_transductive_methods_and_can_leave_them_out(tmp_path,
         line = next(line for line in text.splitlines() if line.startswith(f"| fake-task (5-way, 15 q) | {k} |"))
         assert f"`{best_t}`" in line and f"`{best_i}`" in line and f"{100 * d:+.2f} ± {100 * half:.2f} ({n})" in line
     assert main(["leaderboard", str(tmp_path / "r.csv"), "--format", "transductive", "--inductive-only"]) == 2
+    few = frame[(frame["method"] != "simpleshot") | (frame["episode"] < 99)]  # 99 episodes: too few to be the best
+    write_csv(few, tmp_path / "few.csv")
+    capsys.readouterr()
+    assert main(["leaderboard", str(tmp_path / "few.csv"), "--format", "transductive"]) == 0
+    assert all("`protonet`" in line for line in capsys.readouterr().out.splitlines() if line.startswith("| fake-task"))
 
 
 def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsys):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from benchmark.defaults import DEFAULTS, MAX_SEEDS, SEED_MAX  # noqa: F401  (commands take them from here)
-from tasks.errors import UserError
+from common.errors import UserError
 
 
 class ArgumentError(UserError):

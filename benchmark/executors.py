@@ -25,7 +25,7 @@ from collections import defaultdict
 
 from benchmark.defaults import DEFAULTS
 from tasks.episodes import BlindEpisodes
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.protocols import BlindFixedKSet
 
 INSTALL = "Ray is not installed; install it with `pip install -e '.[ray]'` (or `pip install \"ray==2.*\"`)"

@@ -30,7 +30,7 @@ import pandas as pd
 from benchmark.results import COLUMNS, EPISODES, KEY, SET_ASIDE_SUFFIX, read_results
 from benchmark.stats import compare_methods, pm
 from benchmark.defaults import DEFAULTS
-from tasks.errors import UserError
+from common.errors import UserError
 
 SETTING = ["task", "ways", "shots", "queries"]
 STREAM = SETTING + ["manifest"]

@@ -29,7 +29,7 @@ from methods.devices import CPU
 from methods.features import decode_images, feature_extractor, run_model, thread_policy, torch_threads
 from methods.backbones import backbone_cli_args, create_backbone, normalize
 from methods.registry import create_method
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 

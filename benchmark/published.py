@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.stats import pm
-from tasks.errors import UserError
+from common.errors import UserError
 
 REFERENCE = Path(__file__).parent / "reference" / "marsbench-fewshot.csv"
 HEADERS = ["", "method / backbone", "weighted-F1 %", "seeds", "source"]

@@ -14,8 +14,8 @@ import pandas as pd
 
 from benchmark.leaderboard import HEADERS, display_rows, leaderboard
 from benchmark.stats import class_accuracy, mean_ci, pm
-from tasks.errors import UserError
-from tasks.files import atomic_output, atomic_write_text
+from common.errors import UserError
+from common.files import atomic_output, atomic_write_text
 
 # A report page per task setting: the same task, ways, queries and seed at every shots value.
 FAMILY = ["task", "ways", "queries", "seed"]

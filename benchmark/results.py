@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.defaults import SEED_MAX
-from tasks.errors import UserError
-from tasks.files import atomic_write_bytes
+from common.errors import UserError
+from common.files import atomic_write_bytes
 
 
 

@@ -27,7 +27,7 @@ from methods.progress import SILENT, Progress
 from methods.registry import config_text, create_method
 from methods.registry import method_version as registered_version
 from tasks.episodes import BlindEpisodes, EpisodeSet, in_row_order
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 

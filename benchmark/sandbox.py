@@ -29,7 +29,7 @@ from benchmark.scoring import MethodFailed, ScoreError
 from methods.base import Handed
 from methods.progress import SILENT, Progress
 from methods.registry import METHODS
-from tasks.errors import UserError
+from common.errors import UserError
 
 INSTALL_BWRAP = ("--isolate needs bubblewrap, and `bwrap` is not on PATH; install it (Debian/Ubuntu: "
                  "`apt-get install bubblewrap`) or run without --isolate")
@@ -88,7 +88,7 @@ def sandbox_argv(modules: list[str], handed: Path, cache: Path, writable_cache: 
     if Path(sys.prefix) != Path(sys.prefix).resolve():
         args += ["--ro-bind", str(Path(sys.prefix).resolve()), str(Path(sys.prefix))]
     path_entries, bound = [], [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
-    for module in dict.fromkeys(["benchmark", "methods", "tasks", *modules]):
+    for module in dict.fromkeys(["benchmark", "methods", "tasks", "common", *modules]):
         code, entry = module_location(module)
         args += ["--ro-bind", str(code), str(code)]
         path_entries.append(str(entry))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.errors import UserError
+from common.errors import UserError
 
 LABEL_SEPARATOR = "|"
 

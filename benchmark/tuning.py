@@ -23,8 +23,8 @@ from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem, run
 from benchmark.stats import compare_methods, pm
 from methods.progress import SILENT, Progress
 from methods.registry import create_method, method_info, option_names
-from tasks.errors import UserError, closest
-from tasks.files import atomic_write_text
+from common.errors import UserError, closest
+from common.files import atomic_write_text
 
 CHOICE_RULE = ("highest mean accuracy; the default setting stays when the 95% CI of its paired difference to "
                "that setting includes zero")

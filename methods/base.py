@@ -28,7 +28,7 @@ from methods.progress import SILENT, Progress
 from methods.registry import recorded_config
 from tasks.datasets import ImageTable
 from tasks.episodes import PoolIndex
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.handles import HANDLES_VERSION, RowHandles
 from tasks.registry import Task
 

@@ -15,7 +15,7 @@ from methods.base import Context
 from methods.devices import to_numpy
 from methods.registry import register_method
 from methods.sdft import SDFT, STEP1_DEFAULTS
-from tasks.errors import UserError
+from common.errors import UserError
 
 
 @register_method("base-classifier")

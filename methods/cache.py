@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from tasks.datasets.content import default_cache_dir, use_digest_cache
-from tasks.errors import UserError
-from tasks.files import atomic_write_bytes
+from common.errors import UserError
+from common.files import atomic_write_bytes
 
 DEFAULT_CACHE_DIR = default_cache_dir()
 

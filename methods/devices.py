@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.errors import UserError
+from common.errors import UserError
 
 CPU = torch.device("cpu")
 CHOICES = "auto, cpu, cuda, cuda:N or mps"

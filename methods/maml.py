@@ -35,7 +35,7 @@ from methods.base import Context, FeatureMethod, torch_generator
 from methods.cache import cache_key
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
-from tasks.errors import UserError
+from common.errors import UserError
 
 MAML_VERSION = 1
 

@@ -16,7 +16,7 @@ from methods.devices import CPU, cpu_state, to_numpy
 from methods.nearest_mean import NearestClassMean, check_power, class_means, neg_sq_distances
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
-from tasks.errors import UserError
+from common.errors import UserError
 
 # Keys meta-trained embeddings: bump when their arithmetic changes (class means come from
 # nearest_mean.class_means, whose rounding another way of averaging would not reproduce)

@@ -14,8 +14,8 @@ import numbers
 import weakref
 from dataclasses import dataclass
 
-from tasks.errors import UserError, closest
-from tasks.registry_base import BUILTIN, Registry
+from common.errors import UserError, closest
+from common.registry import BUILTIN, Registry
 
 ENTRY_POINT_GROUP = "marsfsl.methods"
 

@@ -37,7 +37,7 @@ from methods.nearest_mean import class_means
 from methods.optim import Adam
 from methods.progress import SILENT, Progress
 from methods.registry import register_method
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.splits import scene_split
 
 # Keys step-1 checkpoints: bump when step 1 makes another network from the same inputs (its linear head is

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError, notice_once
-from tasks.files import atomic_write
+from common.errors import UserError, notice_once
+from common.files import atomic_write
 
 SAMPLER_VERSION = 1
 PARTITION_RESTARTS = 40

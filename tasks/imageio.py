@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tasks.errors import UserError
+from common.errors import UserError
 
 DECODER_VERSION = 2  # bump when decoding changes: caches keyed by it are recomputed
 STRETCH_PERCENTILES = (0.5, 99.5)

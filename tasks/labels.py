@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from collections import defaultdict
 
-from tasks.errors import UserError
+from common.errors import UserError
 
 # Unicode categories whose characters show nothing of their own: controls, format characters (zero-width
 # space, joiners, direction marks, soft hyphen, byte-order mark), surrogates, private use, unassigned, line and

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.registry import SPLIT_SEED, Task
 from tasks.splits import scene_split
 

@@ -19,8 +19,8 @@ from tasks.datasets import ImageTable, load_dataset
 from tasks.datasets.content import file_digests
 from tasks.datasets.scenes import SceneOverlap, scene_overlap
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
-from tasks.errors import UserError, notice_once
-from tasks.registry_base import Registry
+from common.errors import UserError, notice_once
+from common.registry import Registry
 from tasks.splits import class_split, scene_split, validation_split
 
 SPLIT_SEED = 0  # the base/target split is fixed, whatever the episode seed

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.errors import UserError
+from common.errors import UserError
 
 MAX_WINDOWS = 2_000_000  # features alone are 5 KB a window: beyond this, a larger stride is the answer
 

@@ -78,7 +78,7 @@ def reachable_strings(roots, limit: int = 200_000) -> list[str]:
             continue
         if isinstance(obj, types.FunctionType):
             stack.extend(c.cell_contents for c in obj.__closure__ or () if _filled(c))
-            if obj.__module__ and obj.__module__.split(".")[0] in ("methods", "benchmark", "tasks"):
+            if obj.__module__ and obj.__module__.split(".")[0] in ("methods", "benchmark", "tasks", "common"):
                 stack.append({k: v for k, v in obj.__globals__.items() if not k.startswith("__")})
         if isinstance(obj, types.MethodType):
             stack.extend([obj.__self__, obj.__func__])

@@ -8,7 +8,7 @@ from methods.backbones import create_backbone
 from methods.features import run_model
 from methods.progress import Progress
 from methods.registry import create_method
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.registry import Task
 from tests.fakes_methods import make_context, make_task
 

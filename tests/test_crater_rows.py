@@ -18,7 +18,7 @@ from benchmark.commands.migrate import CraterFacts, migrate_file
 from benchmark.mapping.craters import CRATERS, V2_COLUMNS, V3_COLUMNS, V4_COLUMNS
 from benchmark.results import read_results
 from fakes import folder_like
-from tasks.errors import UserError
+from common.errors import UserError
 from test_ctx_craters_task import ctx_scene_like
 
 NUMBERS = ("precision", "recall", "f1", "tp", "fp", "fn", "positives", "scored", "ambiguous",

@@ -21,7 +21,7 @@ from PIL import Image
 
 from benchmark.cli import main
 from tasks.datasets import load_dataset
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.protocols import fixed_k_draw, fixed_k_sets
 from tasks.registry import load_task
 from fakes_methods import instant_method

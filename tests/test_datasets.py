@@ -11,7 +11,7 @@ from fakes import (DOMARS_CODES, aid_like, csv_like, domars16k_like, evil_tar, e
                    tar_folder, write_image, zip_folder)
 from tasks.datasets import dataset_spec, load_dataset
 from tasks.datasets.download import find_root, safe_extract
-from tasks.errors import UserError
+from common.errors import UserError
 
 
 def one_line_error(capsys, argv) -> str:

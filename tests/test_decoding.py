@@ -9,7 +9,7 @@ from benchmark.cli import main
 from methods.cache import Cache
 from methods.features import image_array, images_key, load_image
 from tasks.datasets import load_dataset
-from tasks.errors import UserError
+from common.errors import UserError
 
 SIZE = 32
 

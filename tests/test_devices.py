@@ -11,7 +11,7 @@ from benchmark.cli import main
 from methods.devices import CPU, device_key, resolve_device
 from methods.features import features_key
 from methods.registry import create_method
-from tasks.errors import UserError
+from common.errors import UserError
 from tests.fakes_methods import make_context, make_task
 from tests.test_methods import FAST_OPTIONS
 

@@ -7,7 +7,7 @@ import pytest
 
 from fakes import grouped_table
 from tasks.episodes import EpisodeSet, PoolIndex
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.registry import Task
 from tasks.datasets import table_from_rows
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tasks.files import atomic_output, atomic_write_text
+from common.files import atomic_output, atomic_write_text
 
 
 def test_a_failed_write_leaves_the_old_output_and_no_partial_file(tmp_path):
@@ -44,7 +44,7 @@ def test_a_rewritten_file_keeps_its_permissions_and_a_new_one_gets_the_umask(tmp
 def test_fsync_tree_syncs_every_file_and_folder(tmp_path, monkeypatch):
     import os
 
-    from tasks.files import fsync_tree
+    from common.files import fsync_tree
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "one.png").write_bytes(b"1")

@@ -196,7 +196,7 @@ def test_schema_3_rows_are_migrated_with_the_weights_digest_and_every_field_kept
     from benchmark.commands.migrate import migrate_file
     from benchmark.fixedk import FIXED_K, FIXED_V3
     from benchmark.results import read_results
-    from tasks.errors import UserError
+    from common.errors import UserError
 
     out = tmp_path / "k.csv"
     assert bench_fixedk(dirs, out, methods=("protonet",), shots="1", seeds="0-1") == 0, capsys.readouterr().err

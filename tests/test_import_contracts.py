@@ -1,4 +1,4 @@
-"""Imports flow one way, benchmark -> methods -> tasks, with no circle inside a package: the import-linter
+"""Imports flow one way, benchmark -> methods -> tasks -> common, with no circle inside a package: the import-linter
 contracts in pyproject.toml ([tool.importlinter]), checked by running `lint-imports` from this environment."""
 import os
 import shutil

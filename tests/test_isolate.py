@@ -13,7 +13,7 @@ from benchmark.cli import main
 from benchmark.results import read_results
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark
 from fakes_methods import make_task
-from tasks.errors import UserError
+from common.errors import UserError
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 VARYING = ["seconds", "timestamp", "isolated"]

@@ -7,7 +7,7 @@ from fake_results import fake_rows, write_csv
 
 from benchmark.cli import main
 from benchmark.leaderboard import leaderboard, load_results, to_csv
-from tasks.errors import UserError
+from common.errors import UserError
 
 METHODS = {"protonet": 0.60, "linear-probe": 0.605, "sdft": 0.70, "weak": 0.45}
 

@@ -22,7 +22,7 @@ from tasks.datasets.ctx_murray import window_truth
 from tasks.windows import WindowGrid, window_starts
 from methods.cache import Cache
 from methods.features import load_image
-from tasks.errors import UserError
+from common.errors import UserError
 from tests.fakes import folder_like
 from tests.fakes_methods import make_task
 

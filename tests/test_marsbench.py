@@ -9,7 +9,7 @@ from benchmark.cli import main
 from fakes_marsbench import CLASSES, marsbench_like, write_annotation
 from tasks.datasets import load_dataset
 from tasks.datasets.marsbench import GROUP_RULES, group_rule
-from tasks.errors import UserError
+from common.errors import UserError
 from benchmark.scoring import score_fixed_k as score
 from tasks.protocols import fixed_k_draw, fixed_k_pools, fixed_k_sets
 from tasks.registry import load_task

@@ -294,7 +294,7 @@ def test_method_options_are_converted_to_their_type_and_recorded_so(text, config
 ])
 def test_method_options_of_the_wrong_type_are_one_line_errors(text, option):
     from benchmark.runner import MethodSpec
-    from tasks.errors import UserError
+    from common.errors import UserError
 
     spec = MethodSpec.parse(text)
     with pytest.raises(UserError) as error:

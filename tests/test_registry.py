@@ -1,13 +1,13 @@
-"""One registry mechanism (tasks/registry_base.py) for methods, datasets and tasks."""
+"""One registry mechanism (common/registry.py) for methods, datasets and tasks."""
 import sys
 import types
 from importlib import metadata
 
 import pytest
 
-from tasks import registry_base
-from tasks.errors import UserError
-from tasks.registry_base import Registry
+from common import registry as registry_base
+from common.errors import UserError
+from common.registry import Registry
 
 
 def test_register_lookup_and_a_one_line_did_you_mean():

@@ -23,7 +23,7 @@ from benchmark.results import COLUMNS, COLUMNS_V1, read_results
 from fake_results import fake_rows, write_csv
 from fakes_reliability import make_folder_dataset, read_rows
 from methods.registry import register_method
-from tasks.errors import UserError
+from common.errors import UserError
 from fakes_methods import instant_method
 
 

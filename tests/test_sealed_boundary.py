@@ -34,7 +34,7 @@ from methods.cache import Cache
 from methods.registry import create_method, register_method
 from tasks.registry import load_task
 
-OURS = ("methods", "tasks", "benchmark")
+OURS = ("methods", "tasks", "benchmark", "common")
 SCALARS = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
 SEEN: list[tuple[str, np.ndarray]] = []  # what the walker recorded (never walked: this module is not ours)
 

@@ -16,7 +16,7 @@ from benchmark.cli import main
 from benchmark.results import COLUMNS, read_results
 from fakes import write_image
 from fakes_reliability import make_folder_dataset, read_rows
-from tasks.errors import UserError
+from common.errors import UserError
 from fakes_methods import instant_method
 
 

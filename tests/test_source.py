@@ -12,7 +12,7 @@ from fakes import aid_like, hirise_v1_like
 from methods.base import Context
 from methods.cache import Cache
 from methods.registry import create_method
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.protocols import fixed_k_pools, protocol_base
 from tasks.registry import AID_TARGET_CLASSES, load_task
 

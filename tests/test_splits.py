@@ -8,7 +8,7 @@ from methods.base import FewShotMethod
 from methods.cache import Cache
 from methods.registry import create_method
 from tasks.datasets import load_dataset
-from tasks.errors import UserError
+from common.errors import UserError
 from benchmark.fixedk import run_fixed_k
 from tasks.protocols import fixed_k_pools, fixed_k_sets, protocol_base
 from tasks.registry import load_task, region_task

@@ -9,7 +9,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.tuning import Grid
 from fakes import write_image
-from tasks.errors import UserError
+from common.errors import UserError
 
 
 def make_csv(root: Path, poison: bool = False) -> Path:

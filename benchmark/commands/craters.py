@@ -15,7 +15,7 @@ import numpy as np
 from benchmark.cli import (add_common, add_source_option, add_task_options, default_data_dir, int_list, positive_int,
                            seed_list)
 from benchmark.defaults import DEFAULTS
-from tasks.files import atomic_write_text
+from common.files import atomic_write_text
 
 # tasks.datasets.ctx_murray's WINDOW, STRIDE and (TRAIN_X, 0, 3 TILE, 3 TILE), written out so that `bench` starts
 # without importing the datasets (tests/test_mapping.py checks they are equal)
@@ -110,7 +110,7 @@ def cmd_scene(args) -> int:
 def cmd_score(args) -> int:
     from benchmark.mapping.craters import outcome_figure, score_labels
     from tasks.datasets.ctx_murray import load_ctx
-    from tasks.errors import UserError
+    from common.errors import UserError
     from tasks.windows import WindowGrid
 
     try:
@@ -186,7 +186,7 @@ def cmd_run(args) -> int:
     from methods.features import thread_policy
     from methods.registry import create_method
     from tasks.datasets.ctx_murray import load_ctx, scene_identity, tile_paths, window_truth
-    from tasks.errors import UserError
+    from common.errors import UserError
     from tasks.registry import load_task
     from tasks.windows import WindowGrid
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmark.cli import add_common, default_data_dir, positive_int
-from tasks.errors import UserError
+from common.errors import UserError
 
 VERIFY_WORKERS = 4
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.cli import file_path
-from tasks.files import atomic_write_text
+from common.files import atomic_write_text
 
 
 def add_parser(sub) -> None:
@@ -33,7 +33,7 @@ def cmd_leaderboard(args) -> int:
     from benchmark.console import console, stdout
     from benchmark.leaderboard import FORMATS, inductive_only, leaderboard, load_results, print_tables, rich_tables, \
         to_sources, to_transductive
-    from tasks.errors import UserError
+    from common.errors import UserError
 
     if args.fixedk:
         return cmd_published(args)
@@ -69,7 +69,7 @@ def cmd_published(args) -> int:
     from benchmark.console import stdout
     from benchmark.leaderboard import print_tables
     from benchmark.published import comparison, markdown, rich_tables
-    from tasks.errors import UserError
+    from common.errors import UserError
 
     if args.csv:
         raise UserError("--fixedk takes the fixed-K files itself; give episode CSVs without --fixedk")

@@ -75,7 +75,7 @@ def cmd_map(args) -> int:
     from methods.devices import resolve_device
     from methods.features import thread_policy
     from methods.registry import method_info
-    from tasks.errors import UserError
+    from common.errors import UserError
     from tasks.registry import load_task
 
     started = time.perf_counter()

@@ -82,8 +82,8 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     from benchmark.mapping.craters import CRATERS
     from benchmark.results import COLUMNS_V1, EPISODES, csv_text, locked, read_results, regular_file_problem
     from benchmark.runner import preprocessing_id
-    from tasks.errors import UserError
-    from tasks.files import atomic_write_bytes
+    from common.errors import UserError
+    from common.files import atomic_write_bytes
 
     path = Path(path)
     problem = regular_file_problem(path) or ("" if path.is_file() else "does not exist")
@@ -148,7 +148,7 @@ def bring_forward(path: Path, row: dict, schema, version: int, digests: dict) ->
     fields keep their text."""
     from benchmark.fixedk import FIXED_K
     from methods.backbones import BACKBONES, weights_digest
-    from tasks.errors import UserError
+    from common.errors import UserError
 
     row.setdefault("device", "cpu")  # rows from before --device were all made on the CPU
     if schema is FIXED_K and version < 3:  # and drew K per class at random, capping nothing (no --cap, no lists)
@@ -169,7 +169,7 @@ def bring_forward(path: Path, row: dict, schema, version: int, digests: dict) ->
 def task_identities(path: Path, rows: list[dict], data_dir: Path, refresh: bool) -> dict[str, str]:
     """The data identity of each task the rows name (`TASK+SOURCE` with its source), loaded from `data_dir`; with
     `refresh`, only where the rows' data is unchanged (check_unchanged)."""
-    from tasks.errors import UserError
+    from common.errors import UserError
     from tasks.registry import load_task
 
     identities = {}
@@ -190,7 +190,7 @@ def task_identities(path: Path, rows: list[dict], data_dir: Path, refresh: bool)
 
 def check_unchanged(path: Path, rows: list[dict], task, data_dir: Path, scene: str | None = None) -> None:
     """Refuse to refresh rows of `task` made on other data than `data_dir` holds now (module docstring)."""
-    from tasks.errors import UserError
+    from common.errors import UserError
     from tasks.registry import earlier_fingerprints
 
     identity = task.fingerprint()
@@ -208,7 +208,7 @@ def crater_identities(path: Path, rows: list[dict], data_dir: Path, refresh: boo
     """Set each crater row's data identity (its task with its source) and scene identity from `data_dir`; with
     `refresh`, only where the rows' data and scene are unchanged (check_unchanged)."""
     from tasks.datasets.ctx_murray import scene_identity
-    from tasks.errors import UserError
+    from common.errors import UserError
     from tasks.registry import load_task
 
     try:
@@ -232,7 +232,7 @@ def old_crater_rows(path: Path, rows: list[dict], data_dir: Path, facts: CraterF
     from benchmark.runner import MethodSpec, method_config, method_version
     from methods.backbones import check_backbone
     from methods.registry import create_method
-    from tasks.errors import UserError
+    from common.errors import UserError
     from tasks.registry import load_task
 
     if not facts.task or not facts.backbone:
@@ -274,7 +274,7 @@ def old_crater_rows(path: Path, rows: list[dict], data_dir: Path, facts: CraterF
 
 
 def parse_method_versions(items: list[str]) -> dict:
-    from tasks.errors import UserError
+    from common.errors import UserError
 
     versions = {}
     for item in items:

@@ -41,7 +41,7 @@ def cmd_perf(args) -> int:
     from benchmark.perf import ray_missing, run_perf
     from methods.devices import resolve_device
     from methods.registry import builtin_method_names
-    from tasks.errors import UserError
+    from common.errors import UserError
 
     log = RichProgressReporter(enabled=False).log
     ray_method, left_out = args.ray_method, None

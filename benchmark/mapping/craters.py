@@ -37,9 +37,9 @@ from benchmark.scoring import binary_scores
 from benchmark.stats import paired_difference, summarize
 from benchmark.stats import pm as stats_pm
 from tasks.datasets.ctx_murray import CLASSES, DATASET, RIM_BAND, TRAIN_X, load_ctx, window_truth
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.windows import WindowGrid
-from tasks.files import atomic_output
+from common.files import atomic_output
 
 
 def regions(grid: WindowGrid) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmark.mapping.scene import apply_geotransform, import_rasterio
 from tasks.windows import WindowGrid
-from tasks.files import atomic_output
+from common.files import atomic_output
 
 LABEL_NODATA = 255
 TILE = 512

@@ -20,10 +20,10 @@ from benchmark.runner import method_cache, source_id
 from benchmark.scoring import check_scores
 from methods.backbones import backbone_name, weights_digest
 from methods.progress import SILENT, Progress
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.handles import RowHandles
 from tasks.windows import WindowGrid
-from tasks.files import atomic_output
+from common.files import atomic_output
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 
 from benchmark.mapping.points import Points
 from tasks.windows import WindowGrid
-from tasks.files import atomic_output, atomic_write_text
+from common.files import atomic_output, atomic_write_text
 
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",

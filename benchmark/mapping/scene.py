@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.imageio import apply_stretch, fit_square, read_image, stretch_limits
 from tasks.windows import WindowGrid
 

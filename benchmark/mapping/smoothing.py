@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.errors import UserError, closest
+from common.errors import UserError, closest
 
 SMOOTHERS = ("none", "majority", "mrf")
 DEFAULT_STRENGTH = {"none": 0.0, "majority": 1.0, "mrf": 1.0}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tasks.datasets.base import DatasetSpec, ImageTable, register_dataset, table_from_rows
 from tasks.datasets.generic import ignored
-from tasks.errors import UserError
+from common.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 

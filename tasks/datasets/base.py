@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.datasets.content import file_digests
-from tasks.errors import UserError
-from tasks.registry_base import Registry
+from common.errors import UserError
+from common.registry import Registry
 
 COLUMNS = ("path", "label", "group", "split")
 FINGERPRINT_VERSION = 2  # bump when what a fingerprint hashes changes (content, not paths or file times)

@@ -20,7 +20,7 @@ import stat
 from collections import defaultdict
 from pathlib import Path
 
-from tasks.files import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 DIGEST_CACHE_VERSION = 2  # bump when a stamp's fields change (they hold the ctime)
 _CHUNK = 1 << 20

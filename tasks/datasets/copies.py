@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import fields, replace
 
 from tasks.datasets.base import ImageTable, relative_paths
-from tasks.errors import UserError, notice_once
+from common.errors import UserError, notice_once
 
 TEST_SPLITS = frozenset({"test", "target"})  # the split values whose images are scored, never trained on
 SHOWN = 3  # copies named in a notice

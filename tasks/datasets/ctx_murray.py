@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError
+from common.errors import UserError
 from tasks.windows import WindowGrid
 
 DATASET = "ctx-murray-craters"

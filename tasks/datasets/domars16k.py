@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tasks.datasets.base import DatasetSpec, ImageTable, register_dataset, table_from_rows
 from tasks.datasets.download import ZenodoArchive, archive_downloader
-from tasks.errors import UserError
+from common.errors import UserError
 
 # Class codes (the folder names) and their names in the DoMars16k paper, grouped as the paper groups them.
 CLASSES = {

@@ -40,7 +40,7 @@ import pandas as pd
 
 from tasks.datasets.base import ImageTable, dataset_root, dataset_spec, table_from_rows
 from tasks.datasets.scenes import namespace_of
-from tasks.errors import UserError, notice
+from common.errors import UserError, notice
 from tasks.labels import check_class_names
 from tasks.imageio import IMAGE_SUFFIXES
 

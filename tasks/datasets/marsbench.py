@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.datasets.base import ImageTable, table_from_rows
-from tasks.errors import UserError, notice
+from common.errors import UserError, notice
 
 ANNOTATION = "annotation.csv"
 FEW_SHOT_DIR = "few_shot"

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.datasets.content import digest_cache_dir
-from tasks.files import atomic_write_bytes
+from common.files import atomic_write_bytes
 from tasks.imageio import DECODER_VERSION, fit_square, read_image
 
 PIXEL_VERSION = 1  # bump when what is hashed or thumbnailed changes

@@ -7,7 +7,7 @@ group (`marsfsl.methods`, `marsfsl.datasets`, `marsfsl.tasks`). A name is taken 
 of another object under it is an error, so that no row, cache entry or manifest can carry a name that means
 two things. Entry points load after the built-ins; one that fails to import is recorded, not fatal.
 
-It lives in tasks/, the floor of the package, so that every layer may use it.
+It lives in common/, the floor under every layer, so that each of them may use it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from importlib import metadata
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
-from tasks.errors import UserError, closest
+from common.errors import UserError, closest
 
 BUILTIN = "marsfsl"
 

@@ -122,33 +122,42 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
     t0 = time.perf_counter()
     labels = smooth(probs, options.smoothing, options.strength)
     timings["smooth_s"] = time.perf_counter() - t0
-    summary = map_summary(method_spec, method, task, scene, grid, points, settings, options, probs, labels,
-                          classified)
+    # what summary.json says of the map (its timings and files follow)
+    summary = {**scene_keys(scene, grid), **method_keys(method_spec, method, task, settings),
+               **grid_keys(grid, classified), **class_keys(points, options, grid, probs, labels)}
+    result = MapResult(probs, labels, summary)
     if options.out is not None:
-        write_outputs(Path(options.out), method_spec, scene, grid, points, options, probs, labels, summary,
-                      timings, progress)
+        timings.update(write_outputs(Path(options.out), result, scene, grid, points, options, progress))
     timings["total_s"] = time.perf_counter() - started
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     if options.out is not None:
         write_summary(Path(options.out) / "summary.json", summary)
-    return MapResult(probs, labels, summary)
+    return result
 
 
-def map_summary(method_spec, method, task, scene, grid: WindowGrid, points: Points, settings: Settings,
-                options: MapOptions, probs: np.ndarray, labels: np.ndarray, classified: np.ndarray) -> dict:
-    """What summary.json says of a map (its timings and files are added by the caller)."""
+def scene_keys(scene, grid: WindowGrid) -> dict:
+    return {"scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
+            **georeferencing(scene)}
+
+
+def method_keys(method_spec, method, task, settings: Settings) -> dict:
+    return {"method": method_spec.label, "method_config": method.config(), "task": task.name,
+            "source": source_id(task) or None, "backbone": backbone_name(settings.backbone),
+            "weights": weights_digest(settings.backbone), "transductive": bool(getattr(method, "transductive", False)),
+            "image_size": settings.image_size, "seed": settings.seed}
+
+
+def grid_keys(grid: WindowGrid, classified: np.ndarray) -> dict:
+    return {"window": grid.window, "stride": grid.stride, "grid_shape": list(grid.shape), "windows": grid.n,
+            "window_x0": grid.xs, "window_y0": grid.ys, "unclassified_windows": int((~classified).sum()),
+            "min_valid_fraction": MIN_VALID_FRACTION}
+
+
+def class_keys(points: Points, options: MapOptions, grid: WindowGrid, probs: np.ndarray, labels: np.ndarray) -> dict:
     names = points.class_names
     fractions = area_fractions(grid, labels, len(names))
     raw = argmax_labels(probs)
     return {
-        "scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
-        **georeferencing(scene),
-        "method": method_spec.label, "method_config": method.config(), "task": task.name,
-        "source": source_id(task) or None, "backbone": backbone_name(settings.backbone),
-        "weights": weights_digest(settings.backbone), "transductive": bool(getattr(method, "transductive", False)),
-        "image_size": settings.image_size, "seed": settings.seed, "window": grid.window, "stride": grid.stride,
-        "grid_shape": list(grid.shape), "windows": grid.n, "window_x0": grid.xs, "window_y0": grid.ys,
-        "unclassified_windows": int((~classified).sum()), "min_valid_fraction": MIN_VALID_FRACTION,
         "classes": list(names),
         "labelled_windows": {name: int((points.labels == c).sum()) for c, name in enumerate(names)},
         "smoothing": options.smoothing,
@@ -159,21 +168,22 @@ def map_summary(method_spec, method, task, scene, grid: WindowGrid, points: Poin
     }
 
 
-def write_outputs(out: Path, method_spec, scene, grid: WindowGrid, points: Points, options: MapOptions,
-                  probs: np.ndarray, labels: np.ndarray, summary: dict, timings: dict, progress: Progress) -> None:
-    """The arrays, figures and (with the gis extra) GIS layers of a map into `out`; their names into
-    summary["files"], the time they took into `timings`."""
+def write_outputs(out: Path, result: MapResult, scene, grid: WindowGrid, points: Points, options: MapOptions,
+                  progress: Progress) -> dict:
+    """The arrays, figures and (with the gis extra) GIS layers of a map into `out`, their names into its
+    summary["files"]; returns the time they took."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    probs, labels, summary = result.probabilities, result.labels, result.summary
     for name, array in (("probabilities.npy", probs), ("labels.npy", labels.astype(np.int16))):
         with atomic_output(out / name) as tmp:
             np.save(tmp, array)
     n_classes = len(points.class_names)
     fractions = area_fractions(grid, labels, n_classes)
-    title = f"{method_spec.label}, window {grid.window} stride {grid.stride}, smoothing {options.smoothing}"
+    title = f"{summary['method']}, window {grid.window} stride {grid.stride}, smoothing {options.smoothing}"
     files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, options.preview,
                         title=title)
-    timings["write_s"] = time.perf_counter() - t0
+    timings = {"write_s": time.perf_counter() - t0}
     if gis.available():
         t0 = time.perf_counter()
         files += gis.write_gis(out, scene, grid, labels, probs, points.class_names, class_colours(n_classes))
@@ -182,3 +192,4 @@ def write_outputs(out: Path, method_spec, scene, grid: WindowGrid, points: Point
         summary["gis_outputs"] = f"not written: GeoTIFF and GeoPackage outputs need the gis extra: {GIS_HINT}"
         progress.log(summary["gis_outputs"])
     summary["files"] = files + ["probabilities.npy", "labels.npy", "summary.json"]
+    return timings

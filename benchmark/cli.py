@@ -18,13 +18,18 @@ class ArgumentError(UserError):
     pass
 
 
+def has_default(action: argparse.Action) -> bool:
+    """Whether --help should name the action's default (None and a switch's False say nothing; 0 does)."""
+    return not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """--help names every option's default (lists as they are typed: 1,5,10,20); an option whose default is
     None or a switch says in its own words what happens without it."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+        if "%(default)" in text or not action.option_strings or not has_default(action):
             return text
         return f"{text} (default: %(default)s)".strip()
 
@@ -35,7 +40,7 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return super()._expand_help(action)
 
     def _format_action(self, action):
-        if not action.help and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+        if not action.help and action.option_strings and has_default(action):
             action = copy.copy(action)  # argparse prints no help line, hence no default, for an option without help
             action.help = "(default: %(default)s)"
         return super()._format_action(action)

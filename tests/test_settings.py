@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.cli import build_parser, main
+from benchmark.cli import build_parser, has_default, main
 from benchmark.session import session
 from common.settings import DEFAULTS, Settings
 from tasks.datasets import content
@@ -54,7 +54,7 @@ def test_every_option_that_is_a_run_setting_defaults_to_the_settings_object_and_
         for action in parser._actions:
             name = COMMAND_SETTING.get((command, action.dest), SETTING_OF.get(action.dest))
             if name is None or not action.option_strings or (command, action.dest) in OWN_DEFAULTS:
-                if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                if action.option_strings and has_default(action):
                     assert f"(default: {shown(action.default)})" in text, (command, action.dest)
                 continue
             value = getattr(OTHER, name)

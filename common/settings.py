@@ -36,6 +36,9 @@ class Settings:
     episodes: int = 600
     seed: int = 0  # episode draws (bench run, tune) and the methods' own seed (bench map)
     fixedk_seeds: tuple[int, ...] = tuple(range(10))  # the draws `bench fixedk` averages over
+    # `bench tune`: one K, and fewer episodes than a run (a grid runs them once per setting)
+    tune_shots: int = 5
+    tune_episodes: int = 200
     backbone: str = "efficientnet_lite0"
     image_size: int = 128  # a built-in backbone's input size (a timm backbone: its pretrained config's)
     device: str = "auto"  # methods.devices.resolve_device: the first accelerator torch sees, else the CPU

@@ -173,7 +173,7 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
     return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
-def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = "target",
+def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = DEFAULTS.split,
               keep_out: Sequence[Path | str] = (), image_size: int = PIXEL_CHECK_SIZE,
               source_disjoint: bool = False) -> Task:
     """The task `name` (`NAME@validation`: NAME's validation task, Task.validation), its `split`, and with

@@ -19,15 +19,17 @@ SETTING_OF = {"task": "task", "shots": "shots", "ways": "n_way", "queries": "n_q
               "seed": "seed", "method_seed": "seed", "backbone": "backbone", "image_size": "image_size",
               "device": "device", "split": "split", "data_dir": "data_dir", "cache_dir": "cache_dir",
               "threads": "threads", "ray_timeout": "ray_timeout", "memory_shots": "shots"}
-COMMAND_SETTING = {("fixedk", "seeds"): "fixedk_seeds"}
+COMMAND_SETTING = {("fixedk", "seeds"): "fixedk_seeds", ("tune", "shots"): "tune_shots",
+                   ("tune", "episodes"): "tune_episodes"}
 # a command's own default for an option named like a setting: it means something else there
-OWN_DEFAULTS = {("tune", "shots"), ("tune", "episodes"), ("craters run", "shots"), ("craters scene", "shots"),
+OWN_DEFAULTS = {("craters run", "shots"), ("craters scene", "shots"),
                 ("data verify", "image_size"),
                 ("migrate", "task"), ("migrate", "backbone")}  # facts an old file does not state, not settings
 # left at None on the command line and decided later; their --help names the setting's value
 DECIDED_LATER = {"image_size": "{image_size}", "ray_timeout": "{ray_timeout:g}", "threads": "all cores"}
 
 OTHER = Settings(task="aid-classes", shots=(2, 3), n_way=3, n_query=7, episodes=9, seed=4, fixedk_seeds=(1, 2),
+                 tune_shots=6, tune_episodes=11,
                  backbone="efficientnet_lite1", image_size=64, device="cpu", splits=("target", "validation"),
                  data_dir=Path("/some/data"), cache_dir=Path("/some/cache"), threads=None, ray_timeout=5.0)
 
@@ -89,13 +91,14 @@ def test_no_second_literal_copy_of_a_default():
     copies = []
     files = [*(ROOT / "benchmark" / "commands").glob("*.py"), *(ROOT / p for p in (
         "benchmark/cli.py", "benchmark/runner.py", "benchmark/fixedk.py", "benchmark/perf.py", "methods/base.py",
-        "methods/backbones.py", "methods/features.py", "tasks/registry.py"))]
+        "methods/backbones.py", "methods/features.py", "tasks/registry.py", "benchmark/tuning.py"))]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Assign) and literal(node.value):
                 copies += [f"{path.name}: {t.id}" for t in node.targets
                            if isinstance(t, ast.Name) and t.id in ("DEFAULT_BACKBONE", "DEFAULT_IMAGE_SIZE", "SPLITS")]
-            if isinstance(node, ast.ClassDef) and node.name in ("BenchConfig", "RunConfig", "FixedKConfig", "Context"):
+            if isinstance(node, ast.ClassDef) and node.name in ("BenchConfig", "RunConfig", "FixedKConfig", "TuneConfig",
+                                                                "Context"):
                 copies += [f"{path.name}: {node.name}.{s.target.id}" for s in node.body if isinstance(s, ast.AnnAssign)
                            and s.target.id in settings and s.value is not None and literal(s.value)]
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
@@ -108,6 +111,7 @@ def test_no_second_literal_copy_of_a_default():
 def test_the_layers_defaults_are_the_settings():
     from benchmark.fixedk import FixedKConfig
     from benchmark.runner import RunConfig
+    from benchmark.tuning import TuneConfig
     from methods.backbones import DEFAULT_BACKBONE
     from methods.base import Context
     from methods.features import DEFAULT_IMAGE_SIZE
@@ -124,6 +128,9 @@ def test_the_layers_defaults_are_the_settings():
          DEFAULTS.episodes, DEFAULTS.seed, DEFAULTS.split, DEFAULTS.data_dir, DEFAULTS.ray_timeout)
     assert str(config.results_path()).startswith(str(DEFAULTS.runs))
     assert tuple(FixedKConfig(methods=[]).seeds) == DEFAULTS.fixedk_seeds
+    tune = TuneConfig("protonet", [], "t", Path("d"))
+    assert (tune.shots, tune.episodes, tune.n_way, tune.n_query, tune.seed) == \
+        (DEFAULTS.tune_shots, DEFAULTS.tune_episodes, DEFAULTS.n_way, DEFAULTS.n_query, DEFAULTS.seed)
     with pytest.raises(AttributeError):  # frozen
         DEFAULTS.task = "other"
 

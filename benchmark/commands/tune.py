@@ -8,8 +8,6 @@ from benchmark.cli import SEED_MAX, add_common, add_task_options, bounded_int, d
     file_path, positive_int
 
 MAX_EPISODES = 100_000
-# tuning's own defaults: one K, and fewer episodes than a run (a grid runs them once per setting)
-SHOTS, EPISODES = 5, 200
 
 
 def add_parser(sub) -> None:
@@ -20,10 +18,10 @@ def add_parser(sub) -> None:
                    help="an option and the values to try (repeat for several; every combination is run)")
     add_task_options(p, "task whose validation slice (part of its base pool) the episodes come from")
     settings = p.settings
-    p.add_argument("--shots", type=positive_int("shots"), default=SHOTS, help="labelled images per class")
+    p.add_argument("--shots", type=positive_int("shots"), default=settings.tune_shots, help="labelled images per class")
     p.add_argument("--ways", type=positive_int("ways"), default=settings.n_way)
     p.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
-    p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=EPISODES)
+    p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=settings.tune_episodes)
     p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
     p.add_argument("--out", type=file_path("out"), default=None,
                    help=f"validation results CSV (default: {settings.runs}/<task>-validation.csv)")

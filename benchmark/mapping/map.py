@@ -94,14 +94,15 @@ class MapResult:
 
 
 def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache, settings: Settings,
-              options: MapOptions = MapOptions(), progress: Progress = SILENT,
+              options: MapOptions | None = None, progress: Progress = SILENT,
               classified: np.ndarray | None = None) -> MapResult:
     """Prepare the method on the base task (with `settings`' backbone, image size, seed and device), fit it on
     the labelled windows, classify every window with at least MIN_VALID_FRACTION valid pixels, smooth, and
-    (with `options.out`) write label_map.png, overlay.png, probabilities.npy, labels.npy, the GIS layers
+    (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy, labels.npy, the GIS layers
     (gis.FILES, with the gis extra) and summary.json."""
     from methods.registry import create_method
 
+    options = options or MapOptions()
     smooth(np.full((1, 1, 2), 0.5, np.float32), options.smoothing, options.strength)  # bad smoothing: before work
     if classified is None:
         classified = classified_windows(scene, grid, points)

@@ -2,22 +2,63 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import importlib
 import os
 import re
 import sys
 from pathlib import Path
 
-from benchmark.defaults import DEFAULTS, MAX_SEEDS, SEED_MAX  # noqa: F401  (commands take them from here)
 from common.errors import UserError
+from common.settings import DEFAULTS, MAX_SEEDS, SEED_MAX, Settings  # noqa: F401  (commands take them from here)
 
 
 class ArgumentError(UserError):
     pass
 
 
+def has_default(action: argparse.Action) -> bool:
+    """Whether --help should name the action's default (None and a switch's False say nothing; 0 does)."""
+    return not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help names every option's default (lists as they are typed: 1,5,10,20); an option whose default is
+    None or a switch says in its own words what happens without it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or not has_default(action):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+    def _expand_help(self, action):
+        if isinstance(action.default, (list, tuple)):
+            action = copy.copy(action)
+            action.default = ",".join(map(str, action.default))
+        return super()._expand_help(action)
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and has_default(action):
+            action = copy.copy(action)  # argparse prints no help line, hence no default, for an option without help
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that raises a one-line UserError instead of printing usage and exiting."""
+    """argparse that raises a one-line UserError instead of printing usage and exiting, and shows every default
+    in --help. `settings`: the run settings whose values are the options' defaults (commands read them as
+    `parser.settings`)."""
+
+    def __init__(self, *args, settings: Settings | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+        self.settings = settings if settings is not None else Settings.from_environment()
+
+    def add_subparsers(self, **kwargs):
+        kwargs.setdefault("parser_class", functools.partial(Parser, settings=self.settings))  # one settings object
+        return super().add_subparsers(**kwargs)
 
     def error(self, message):
         # argparse says "argument --shots: " before a message of ours that already names --shots
@@ -120,19 +161,19 @@ IMAGE_SIZES = (16, 1024)  # decoded images are held in memory: (n, 3, S, S) byte
 def add_task_options(p: argparse.ArgumentParser, task_help: str = "") -> None:
     """--task, --backbone, --weights, --image-size: what every command that runs methods on a task's images
     takes (`resolve_backbone` turns them into the backbone's spec and an image size)."""
-    p.add_argument("--task", default=DEFAULTS.task, help=f"{task_help} (default: {DEFAULTS.task})".strip())
-    p.add_argument("--backbone", default=DEFAULTS.backbone,
-                   help=f"a built-in backbone (default: {DEFAULTS.backbone}) or timm:NAME, any timm architecture, "
-                        "with --weights")
+    settings = p.settings
+    p.add_argument("--task", default=settings.task, help=task_help or None)
+    p.add_argument("--backbone", default=settings.backbone,
+                   help="a built-in backbone or timm:NAME, any timm architecture, with --weights")
     p.add_argument("--weights", default=None, metavar="FILE|pretrained",
                    help="with --backbone timm:NAME: a state dict or safetensors file of that architecture, or "
                         "`pretrained` (timm downloads its own weights)")
     p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=None,
-                   help=f"(default: {DEFAULTS.image_size}; a timm backbone: its pretrained config's input size)")
+                   help=f"(default: {settings.image_size}; a timm backbone: its pretrained config's input size)")
     add_device_option(p)
 
 
-def resolve_backbone(args) -> None:
+def resolve_backbone(args, settings: Settings = DEFAULTS) -> None:
     """args.backbone becomes the backbone's spec (methods.backbones.backbone_spec: checked, its weights named)
     and args.image_size, if not given, the backbone's default, before any command runs."""
     if not hasattr(args, "weights") or not hasattr(args, "backbone"):
@@ -141,7 +182,7 @@ def resolve_backbone(args) -> None:
 
     args.backbone = backbone_spec(args.backbone, args.weights)
     if args.image_size is None:
-        args.image_size = default_image_size(args.backbone, DEFAULTS.image_size)
+        args.image_size = default_image_size(args.backbone, settings.image_size)
         low, high = IMAGE_SIZES
         if not low <= args.image_size <= high:
             raise UserError(f"{args.backbone}'s input size is {args.image_size}; give --image-size from {low} to {high}")
@@ -149,8 +190,8 @@ def resolve_backbone(args) -> None:
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
     """--device: where every network pass runs (methods/devices.py); every command that runs a network takes it."""
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
-                   help="where networks run: auto (the default) = the first accelerator torch sees, else the CPU; "
+    p.add_argument("--device", default=p.settings.device, metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where networks run: auto = the first accelerator torch sees, else the CPU; "
                         "results and caches made on another device type are kept apart")
 
 
@@ -168,8 +209,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--method", action="append", required=True, metavar="NAME[:key=value,...]",
                    help="method to run (repeat for several)")
     add_task_options(p)
-    p.add_argument("--shots", type=int_list, default=list(DEFAULTS.shots),
-                   help=f"labelled images per class, e.g. {','.join(map(str, DEFAULTS.shots))} (the default)")
+    p.add_argument("--shots", type=int_list, default=list(p.settings.shots), help="labelled images per class")
     p.add_argument("--out", type=file_path("out"), default=None, help=f"results CSV (default: {out_default})")
     p.add_argument("--fresh", action="store_true",
                    help="set the results file's rows of these methods and shots aside (into NAME.set-aside.csv) "
@@ -181,7 +221,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_source_option(p)
     p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="who answers the episodes (or seeds): this process (local, the default) or Ray workers "
+                   help="who answers the episodes (or seeds): this process (local) or Ray workers "
                         "(ray: the [ray] extra; the same rows)")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="with --executor ray: a running Ray instance ('auto': the one `ray start` runs on this "
@@ -191,7 +231,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
                         "a fresh fork per episode): for untrusted plugins (docs/adding-a-method.md)")
     p.add_argument("--ray-timeout", type=positive_float("ray-timeout"), default=None, metavar="SECONDS",
                    help="with --ray-address: how long it may take to answer before the run stops with an error "
-                        f"(default: {DEFAULTS.ray_timeout:g})")
+                        f"(default: {p.settings.ray_timeout:g})")
     add_common(p)
 
 
@@ -228,17 +268,19 @@ def benchmark_config(args) -> dict:
                 out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
                 fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
                 source=args.source, source_disjoint=args.source_disjoint, device=device, executor=args.executor,
-                ray_address=args.ray_address, ray_timeout=args.ray_timeout or DEFAULTS.ray_timeout, isolate=args.isolate)
+                ray_address=args.ray_address, ray_timeout=args.ray_timeout or args.settings.ray_timeout,
+                isolate=args.isolate)
 
 
 def default_data_dir() -> str:
-    return os.environ.get("BENCH_DATA_DIR", "data")
+    return str(Settings.from_environment().data_dir)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="folder holding the datasets (default: $BENCH_DATA_DIR or ./data)")
-    p.add_argument("--cache-dir", default=None, help="feature/checkpoint cache (default: $BENCH_CACHE_DIR or "
-                                                     "~/.cache/marsfsl)")
+    p.add_argument("--data-dir", default=str(p.settings.data_dir),
+                   help="folder holding the datasets ($BENCH_DATA_DIR, else ./data)")
+    p.add_argument("--cache-dir", default=str(p.settings.cache_dir),
+                   help="feature/checkpoint cache ($BENCH_CACHE_DIR, else ~/.cache/marsfsl)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -248,10 +290,13 @@ COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "crate
 FAILED = 3  # the exit status of a run in which a method failed (bad input: 2, a bug: 1)
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="bench", description="marsfsl: few-shot benchmark for Martian landform mapping")
+def build_parser(settings: Settings | None = None) -> Parser:
+    """`bench`'s parser; its options' defaults are `settings` (default: the environment's)."""
+    settings = settings if settings is not None else Settings.from_environment()
+    parser = Parser(prog="bench", description="marsfsl: few-shot benchmark for Martian landform mapping",
+                    settings=settings)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", required=True)
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"benchmark.commands.{name}").add_parser(sub)
@@ -262,11 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
-        resolve_backbone(args)
+        settings = Settings.from_environment()  # once: every default below is one of its values
+        args = build_parser(settings).parse_args(argv)
+        resolve_backbone(args, settings)
+        args.settings = settings.with_args(args)
         from benchmark.interrupts import recording_sigint
+        from benchmark.session import session
 
-        with recording_sigint():  # a plugin's KeyboardInterrupt is its failure, the user's Ctrl-C stops the run
+        # a plugin's KeyboardInterrupt is its failure, the user's Ctrl-C stops the run; the run's cache folder
+        # holds the digests of the dataset files it reads (a command that runs networks adds the thread policy)
+        with recording_sigint(), session(args.settings, thread_policy=False):
             return args.handler(args)
     except UserError as exc:
         if debug:

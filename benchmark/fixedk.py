@@ -22,6 +22,7 @@ from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, create
     method_cache, method_context, versions
 from benchmark.scoring import MethodFailed, score_fixed_k
 from benchmark.stats import summarize
+from common.settings import DEFAULTS
 from methods.backbones import DEFAULT_BACKBONE
 from methods.devices import CPU
 from methods.cache import Cache
@@ -63,7 +64,7 @@ PREDICT_CHUNK = 4096  # test images per predict call (a transductive method gets
 
 @dataclass
 class FixedKConfig(BenchConfig):
-    seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULTS.fixedk_seeds))
     cap: bool = False  # at most K per class: a class with fewer training images gives all it has
     results_suffix = "-fixedk"
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.defaults import DEFAULTS
+from common.settings import Settings
+from benchmark.perf_options import PerfOptions
 from benchmark.runner import episode_answers, episode_results
 from methods.base import Context, handed
 from methods.cache import Cache
@@ -392,72 +393,102 @@ def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_
     return figures
 
 
-def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: Path, episodes: int,
-             extraction_images: int, warm_method: str, memory_methods: list[str], backbone: str = DEFAULTS.backbone,
-             image_size: int = DEFAULTS.image_size, memory_shots: str = ",".join(map(str, DEFAULTS.shots)), memory_episodes: int = 1,
-             log=print, device: torch.device = CPU, ray_method: str | None = None, ray_episodes: int = 40,
-             step1_batches: int = 4, sandbox_episodes: int = 20, transductive_episodes: int = 100) -> list[Figure]:
-    cache = Cache(cache_dir)  # first: the digest cache follows it
-    task = load_task(task_name, data_dir)
-    # rows addressed by row number (the episode sets here are in rows); the built-ins' own cache folder
-    given = handed(task, cache, backbone, image_size, "both", device=device, handles=RowHandles.identity(len(task.table)))
-    ctx = Context.of(given, cache.folder("methods", "methods"), backbone=backbone, image_size=image_size, device=device)
+def run_perf(settings: Settings, options: PerfOptions, work_dir: Path, log=print) -> list[Figure]:
+    """Every figure of `bench perf` on `settings`' task, backbone, image size and device (its data and cache
+    folders), in a session of those settings."""
+    from benchmark.session import session
+    from methods.devices import resolve_device
+
+    device = resolve_device(settings.device)
+    with session(settings, thread_policy=False):
+        cache = Cache(settings.cache_dir)
+        task = load_task(settings.task, settings.data_dir)
+        # rows addressed by row number (the episode sets here are in rows); the built-ins' own cache folder
+        given = handed(task, cache, settings.backbone, settings.image_size, "both", device=device,
+                       handles=RowHandles.identity(len(task.table)))
+        ctx = Context.of(given, cache.folder("methods", "methods"), backbone=settings.backbone,
+                         image_size=settings.image_size, device=device)
+        figures = in_process_figures(task, ctx, options, log)
+        figures += isolated_figures(task, ctx, cache, options, log)
+        figures += child_figures(settings, options, work_dir, device, log)
+    return figures
+
+
+def in_process_figures(task: Task, ctx: Context, options: PerfOptions, log) -> list[Figure]:
+    """Episode throughput (and the transductive methods) against easyfsl, extraction, SDFT step 1."""
     log("features (cached after the first run) ...")
     features = torch.from_numpy(ctx.features())
+    episodes = options.episodes
     eps = task.episodes(5, 5, 15, episodes, seed=0)
-
     log(f"episode throughput over {episodes} episodes ...")
     with thread_policy(os.cpu_count() or 1):  # both sides under the threading that `bench run` uses
         figures = episode_figures(task, ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
-        if transductive_episodes:
-            log(f"transductive methods against easyfsl's, {transductive_episodes} episodes ...")
-            figures += transductive_figures(task, ctx, features, task.episodes(5, 5, 15, transductive_episodes, seed=0))
+        if options.transductive_episodes:
+            log(f"transductive methods against easyfsl's, {options.transductive_episodes} episodes ...")
+            figures += transductive_figures(task, ctx, features,
+                                            task.episodes(5, 5, 15, options.transductive_episodes, seed=0))
 
-    log(f"feature extraction of {extraction_images} images ...")
-    suite, raw, how = extraction_throughput(list(task.table.paths[:extraction_images]), image_size, backbone,
-                                            device=device)
+    log(f"feature extraction of {options.extraction_images} images ...")
+    backbone, image_size = ctx.backbone, ctx.image_size
+    suite, raw, how = extraction_throughput(list(task.table.paths[:options.extraction_images]), image_size,
+                                            backbone, device=ctx.device)
     figures.append(Figure(f"extraction from files, {backbone} {image_size}px", suite,
                           "img/s", f"raw forward {raw:,.0f} img/s ({how})", suite / raw, "target >= 0.8x"))
 
-    log(f"SDFT step 1 training throughput on {step1_batches} batches ...")
-    figures.append(step1_figure(ctx.images(), backbone, batches=step1_batches, device=device))
+    log(f"SDFT step 1 training throughput on {options.step1_batches} batches ...")
+    figures.append(step1_figure(ctx.images(), backbone, batches=options.step1_batches, device=ctx.device))
+    return figures
 
+
+def isolated_figures(task: Task, ctx: Context, cache: Cache, options: PerfOptions, log) -> list[Figure]:
+    """The Ray executor against the local one (unless options.ray_method is "none"), and --isolate's cost."""
+    figures = []
+    ray_method = options.ray_method
     if ray_method is None:  # SDFT itself where its step 1 is cached; else its step 2 on the ImageNet backbone
         ray_method = "sdft" if sdft_step1_cached(ctx) else "sdft-no-step1"
     if ray_method != "none":
-        log(f"Ray executor against the local executor, {ray_method}, {ray_episodes} episodes ...")
-        figure = ray_figure(task, ctx, ray_method, ray_episodes)
+        log(f"Ray executor against the local executor, {ray_method}, {options.ray_episodes} episodes ...")
+        figure = ray_figure(task, ctx, ray_method, options.ray_episodes)
         if ray_method == "sdft-no-step1":
             figure.note += " (sdft's step-1 checkpoint is not cached: its step 2 without step 1 instead)"
         figures.append(figure)
 
     if shutil.which("bwrap"):
         for name in ("protonet", ray_method if ray_method != "none" else "sdft-no-step1"):
-            log(f"--isolate against the local executor, {name}, {sandbox_episodes} episodes ...")
-            figures += sandbox_figures(task, cache, name, sandbox_episodes, backbone, image_size, device)
+            log(f"--isolate against the local executor, {name}, {options.sandbox_episodes} episodes ...")
+            figures += sandbox_figures(task, cache, name, options.sandbox_episodes, ctx.backbone, ctx.image_size,
+                                       ctx.device)
     else:
         log("no --isolate rows: bubblewrap (bwrap) is not installed")
+    return figures
 
-    env = {**os.environ, "BENCH_DATA_DIR": str(data_dir)}
-    if cache_dir:
-        env["BENCH_CACHE_DIR"] = str(cache_dir)
-    common = ["run", "--task", task_name, "--quiet", *backbone_cli_args(backbone), "--image-size", str(image_size),
-              "--device", str(device)]
+
+def child_figures(settings: Settings, options: PerfOptions, work_dir: Path, device: torch.device,
+                  log) -> list[Figure]:
+    """Warm start and peak memory of `bench run` child processes on the same settings."""
+    env = {**os.environ, "BENCH_DATA_DIR": str(settings.data_dir), "BENCH_CACHE_DIR": str(settings.cache_dir)}
+    common = ["run", "--task", settings.task, "--quiet", *backbone_cli_args(settings.backbone), "--image-size",
+              str(settings.image_size), "--device", str(device)]
+    warm_method = options.warm_method
     warm = common + ["--method", warm_method, "--shots", "5", "--episodes", "1"]
     log(f"warm start of `bench run --method {warm_method} --shots 5` ...")
     bench_subprocess(warm + ["--out", str(work_dir / "warmup.csv")], env)  # makes sure the caches are warm
     seconds, first, warm_peak = bench_subprocess(warm + ["--out", str(work_dir / "warm.csv")], env)
-    figures.append(Figure(f"warm start, bench run --method {warm_method} --shots 5, to its first finished episode",
-                          first, "s", "", None, f"caches warm; the whole process (table printed, exited) took "
-                          f"{seconds:.1f} s and held at most {warm_peak / 1e9:.2f} GB; target < 10 s"))
+    figures = [Figure(f"warm start, bench run --method {warm_method} --shots 5, to its first finished episode",
+                      first, "s", "", None, f"caches warm; the whole process (table printed, exited) took "
+                      f"{seconds:.1f} s and held at most {warm_peak / 1e9:.2f} GB; target < 10 s")]
 
+    from methods.registry import builtin_method_names
+
+    memory_methods = options.memory_methods or tuple(builtin_method_names())
+    shots, episodes = options.memory_shots, options.memory_episodes
     methods = [a for m in memory_methods for a in ("--method", m)]
-    log(f"peak memory of a {task_name} run ({', '.join(memory_methods)}, shots {memory_shots}, "
-        f"{memory_episodes} episode(s) each) ...")
-    seconds, _, peak = bench_subprocess(common + methods + ["--shots", memory_shots, "--episodes", str(memory_episodes),
+    log(f"peak memory of a {settings.task} run ({', '.join(memory_methods)}, shots {shots}, "
+        f"{episodes} episode(s) each) ...")
+    seconds, _, peak = bench_subprocess(common + methods + ["--shots", shots, "--episodes", str(episodes),
                                                          "--out", str(work_dir / "memory.csv")], env)
-    figures.append(Figure(f"peak memory, bench run of {', '.join(memory_methods)} --shots {memory_shots} --episodes "
-                          f"{memory_episodes}", peak / 1e9, "GB", "", None,
+    figures.append(Figure(f"peak memory, bench run of {', '.join(memory_methods)} --shots {shots} --episodes "
+                          f"{episodes}", peak / 1e9, "GB", "", None,
                           f"VmHWM of the child ({peak / 2**30:.2f} GiB); it ran {seconds:.0f} s; target < 4 GB"))
     return figures
 

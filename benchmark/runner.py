@@ -82,7 +82,7 @@ class BenchConfig:
     methods: list[MethodSpec]
     task: str = DEFAULTS.task
     shots: list[int] = field(default_factory=lambda: list(DEFAULTS.shots))
-    data_dir: Path = Path("data")
+    data_dir: Path = DEFAULTS.data_dir
     cache_dir: Path | None = None
     out: Path | None = None
     backbone: str = DEFAULTS.backbone
@@ -108,8 +108,8 @@ class RunConfig(BenchConfig):
     n_way: int = DEFAULTS.n_way
     n_query: int = DEFAULTS.n_query
     episodes: int = DEFAULTS.episodes
-    seed: int = 0
-    split: str = DEFAULTS.splits[0]  # or "validation": episodes from the base pool's slice (Task.validation)
+    seed: int = DEFAULTS.seed
+    split: str = DEFAULTS.split  # or "validation": episodes from the base pool's slice (Task.validation)
 
     def results_path(self) -> Path:
         if self.out or self.split == DEFAULTS.splits[0]:

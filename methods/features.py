@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from common.settings import DEFAULTS
 from methods.backbones import DEFAULT_BACKBONE, backbone_name, create_backbone, normalize, weights_digest
 from methods.cache import Cache, cache_key
 from methods.devices import device_key, to_numpy
@@ -26,7 +27,7 @@ PREPROCESSING_VERSION = 2
 # Bump when the arithmetic of forward passes changes (e.g. the thread policy): features and activations are
 # recomputed, so that a clean cache reproduces cached results bit for bit.
 NUMERICS_VERSION = 2
-DEFAULT_IMAGE_SIZE = 128
+DEFAULT_IMAGE_SIZE = DEFAULTS.image_size  # common/settings.py holds the run defaults
 
 # Worker threads for forward passes in run_model (None: batches run one after another on torch's intra-op
 # threads). `bench run --threads N` sets it inside thread_policy, which pins torch (and BLAS) to one intra-op

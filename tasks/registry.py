@@ -21,12 +21,13 @@ from tasks.datasets.scenes import SceneOverlap, scene_overlap
 from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
 from common.errors import UserError, notice_once
 from common.registry import Registry
+from common.settings import DEFAULTS
 from tasks.splits import class_split, scene_split, validation_split
 
 SPLIT_SEED = 0  # the base/target split is fixed, whatever the episode seed
 PIXEL_CHECK_SIZE = 128  # where no image size is given, a source's pixels are compared at the default one
 VALIDATION_SEED = 0  # so is the validation slice carved out of the base pool
-SPLITS = ("target", "validation")  # where `bench run --split` draws episodes
+SPLITS = DEFAULTS.splits  # where `bench run --split` draws episodes (common/settings.py)
 VALIDATION_SUFFIX = "@validation"  # a validation task's name: its rows and manifests can't pass for target ones
 
 
@@ -172,7 +173,7 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
     return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
-def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = "target",
+def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = DEFAULTS.split,
               keep_out: Sequence[Path | str] = (), image_size: int = PIXEL_CHECK_SIZE,
               source_disjoint: bool = False) -> Task:
     """The task `name` (`NAME@validation`: NAME's validation task, Task.validation), its `split`, and with

@@ -19,6 +19,16 @@ def answers_checked_where_tested(request, monkeypatch):
         monkeypatch.setattr(benchmark.runner, "CHECKED_EPISODES", 0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def digests_in_a_temporary_folder(tmp_path_factory):
+    """Dataset-file digests of tests that load tasks outside a run's session go to a folder of the test
+    session, not the user's cache (a `bench` command keeps them in its own --cache-dir)."""
+    from benchmark.session import digests_in
+
+    with digests_in(tmp_path_factory.mktemp("digests")):
+        yield
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op torch thread for the test, whatever the test before it set."""

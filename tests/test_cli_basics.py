@@ -70,15 +70,3 @@ def test_bad_numbers(tmp_path, capsys, flag, value):
     line = one_line_error(capsys, run_args(tmp_path, tmp_path, flag, value))
     assert flag in line and repr(value) in line
 
-
-def test_the_shared_defaults_are_the_methods_defaults():
-    from benchmark.cli import DEFAULTS
-    from benchmark.runner import RunConfig
-    from methods.backbones import DEFAULT_BACKBONE
-    from methods.features import DEFAULT_IMAGE_SIZE
-
-    assert (DEFAULTS.backbone, DEFAULTS.image_size) == (DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE)
-    config = RunConfig(methods=[])
-    assert (config.task, config.shots, config.backbone, config.image_size) == \
-        (DEFAULTS.task, list(DEFAULTS.shots), DEFAULTS.backbone, DEFAULTS.image_size)
-    assert str(config.results_path()).startswith(str(DEFAULTS.runs))

@@ -135,10 +135,13 @@ def test_one_decoded_array_serves_every_spelling(tmp_path, monkeypatch):
 
 
 def test_digests_of_a_run_live_in_its_cache_folder(tmp_path, fresh_memory):
-    cache = Cache(tmp_path / "cache")  # a run opens its cache first: loading the dataset hashes its files
-    task = load_task(f"folder:{folder_like(tmp_path / 'mine', per_class=6)}", tmp_path)
-    task.fingerprint()
-    assert list((cache.root / "digests").glob("*.json"))
+    from benchmark.session import session
+    from common.settings import Settings
+
+    with session(Settings(cache_dir=tmp_path / "cache"), thread_policy=False):
+        task = load_task(f"folder:{folder_like(tmp_path / 'mine', per_class=6)}", tmp_path)
+        task.fingerprint()
+    assert list((tmp_path / "cache" / "digests").glob("*.json"))
 
 
 def test_shipped_manifests_keep_their_names(real_data_dir):

@@ -13,8 +13,10 @@ from benchmark.cli import main
 from benchmark.mapping.context import ConcatImages, MapContext, WindowImages
 from benchmark.mapping.craters import regions, score_labels
 from benchmark.mapping.map import map_scene
+from benchmark.mapping.options import MapOptions
 from benchmark.mapping.points import read_points, write_points
 from benchmark.mapping.scene import load_scene
+from common.settings import Settings
 from benchmark.mapping.smoothing import majority_filter, mrf_smooth, smooth
 from benchmark.runner import MethodSpec
 from benchmark.scoring import binary_scores
@@ -130,7 +132,7 @@ def test_generated_blobs_are_mapped_back_in_place(tmp_path):
     task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
     out = tmp_path / "map"
     result = map_scene(MethodSpec.parse("protonet"), task, scene, grid, points, Cache(tmp_path / "cache"),
-                       "efficientnet_lite0", 32, out=out, preview=200)
+                       Settings(image_size=32, device="cpu"), MapOptions(out=out, preview=200))
     predicted = grid.raster(result.labels) == 0
     assert result.probabilities.shape == grid.shape + (2,)
     assert (predicted == truth).mean() > 0.9

@@ -77,3 +77,19 @@ def test_child_peak_memory_is_its_own_not_the_parents():
     assert held[-1] == 1.0
     assert 0 < peak < 2 * 2**30, f"child peak {peak / 2**30:.2f} GiB"  # bench list needs well under 2 GiB
     assert first != first  # no episode ran: nan
+
+
+def test_without_ray_the_default_row_is_left_out_with_a_note_and_a_named_one_is_an_error(monkeypatch):
+    """Ray not installed (`import ray` fails): the Ray row is left out and said so, before any work."""
+    import argparse
+
+    from benchmark.commands.perf import ray_row
+    from common.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    notes = []
+    method, left_out = ray_row(argparse.Namespace(ray_method=None), notes.append)
+    assert method == "none" and "Ray is not installed" in left_out and notes == [f"no Ray row: {left_out}"]
+    assert ray_row(argparse.Namespace(ray_method="none"), notes.append) == ("none", None)
+    with pytest.raises(UserError, match="--ray-method sdft: Ray is not installed"):
+        ray_row(argparse.Namespace(ray_method="sdft"), notes.append)

@@ -5,13 +5,12 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.defaults import DEFAULTS
 from benchmark.runner import RunConfig, MethodSpec, run_benchmark
 from fakes import csv_like, grouped_table
 from methods.base import Context, FewShotMethod
 from methods.cache import Cache
 from tasks.episodes import EpisodeSet
-from tasks.registry import SPLITS, Task, load_task, region_task
+from tasks.registry import Task, load_task, region_task
 from tasks.splits import class_split
 from tasks.handles import RowHandles
 
@@ -82,10 +81,6 @@ def test_target_labels_do_not_move_the_slice():
                                                              class_names=table.class_names), task.base, task.target)
     assert np.array_equal(poisoned.validation().target, task.validation().target)
     assert np.array_equal(poisoned.validation().base, task.validation().base)
-
-
-def test_the_cli_knows_every_split():
-    assert DEFAULTS.splits == SPLITS and DEFAULTS.splits[0] == "target"
 
 
 def test_unknown_split_is_one_line():

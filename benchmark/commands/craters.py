@@ -14,7 +14,6 @@ import numpy as np
 
 from benchmark.cli import (add_common, add_source_option, add_task_options, default_data_dir, int_list, positive_int,
                            seed_list)
-from benchmark.defaults import DEFAULTS
 from common.files import atomic_write_text
 
 # tasks.datasets.ctx_murray's WINDOW, STRIDE and (TRAIN_X, 0, 3 TILE, 3 TILE), written out so that `bench` starts
@@ -23,14 +22,14 @@ GRID = (64, 32)
 SCORED_PART = (1248, 0, 3744, 3744)
 
 DEFAULT_METHODS = ["protonet", "linear-probe"]
+# the scored case's own draws: two K, a few seeds (each is a whole map); its scene step writes one seed's points
+SHOTS, SEEDS, SCENE_SEEDS = (5, 20), (0, 1, 2), (0,)
 
 
 def add_parser(sub) -> None:
-    from benchmark.cli import Parser
-
     p = sub.add_parser("craters", help="the scored mapping case: craters in a real CTX block",
                        description=__doc__.split("\n\n")[1])
-    verbs = p.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    verbs = p.add_subparsers(dest="verb", required=True)
 
     def common(q, grid=True):
         if grid:
@@ -42,15 +41,17 @@ def add_parser(sub) -> None:
     common(run)
     run.add_argument("--method", action="append", default=None, metavar="NAME[:key=value,...]",
                      help=f"repeatable (default: {', '.join(DEFAULT_METHODS)})")
-    run.add_argument("--shots", type=int_list, default=[5, 20])
-    run.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
+    run.add_argument("--shots", type=int_list, default=list(SHOTS))
+    run.add_argument("--seeds", type=seed_list, default=list(SEEDS))
     run.add_argument("--beta", type=float, default=1.0, help="the MRF's weight for the smoothed rows")
-    run.add_argument("--method-seed", type=int, default=0, help="the methods' seed (pre-training, fitting)")
+    run.add_argument("--method-seed", type=int, default=p.settings.seed, help="the methods' seed (pre-training, fitting)")
     add_task_options(run, "base task the methods pre-train on")
     add_source_option(run)
     run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
-    run.add_argument("--out", default=str(DEFAULTS.reference / "ctx-craters"), help="appends to OUT.csv, writes OUT.md")
-    run.add_argument("--threads", type=positive_int("threads"), default=None)
+    run.add_argument("--out", default=str(p.settings.reference / "ctx-craters"),
+                     help="appends to OUT.csv, writes OUT.md")
+    run.add_argument("--threads", type=positive_int("threads"), default=p.settings.threads,
+                     help="threads that extract features side by side (default: all cores)")
     run.add_argument("--fresh", action="store_true",
                      help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv")
     run.add_argument("--reuse-stale", action="store_true",
@@ -61,8 +62,8 @@ def add_parser(sub) -> None:
     scene = verbs.add_parser("scene", help="write the stacked scene, craters.txt and POINTS files for bench map")
     common(scene)
     scene.add_argument("--out", required=True)
-    scene.add_argument("--shots", type=int_list, default=[5, 20])
-    scene.add_argument("--seeds", type=seed_list, default=[0])
+    scene.add_argument("--shots", type=int_list, default=list(SHOTS))
+    scene.add_argument("--seeds", type=seed_list, default=list(SCENE_SEEDS))
     scene.set_defaults(handler=cmd_scene)
     score = verbs.add_parser("score", help="score a bench map output folder of the CTX scene")
     common(score, grid=False)
@@ -174,7 +175,7 @@ def cmd_run(args) -> int:
 
     from benchmark.console import RichProgressReporter
     from benchmark.mapping.craters import CLASSES, CRATERS, draw_points, regions, write_scene
-    from benchmark.mapping.map import map_scene
+    from benchmark.mapping.map import MapOptions, map_scene
     from benchmark.mapping.points import read_points, write_points
     from benchmark.mapping.scene import Scene
     from benchmark.results import append_rows, check_results_path, locked_if_present, read_results, \
@@ -273,10 +274,9 @@ def cmd_run(args) -> int:
                     started = time.perf_counter()
                     # the draw seed picks the labelled windows; the method's own seed (pre-training, e.g. SDFT's
                     # step 1) stays fixed, so every draw adapts the same pre-trained model
-                    result = map_scene(spec, task, scene, grid, points, cache, args.backbone, args.image_size,
-                                       args.method_seed,
-                                       "none", None, work / f"map-{spec.label}-k{k}-seed{seed}" if example else None,
-                                       progress, preview=1200, device=device)
+                    out = work / f"map-{spec.label}-k{k}-seed{seed}" if example else None
+                    result = map_scene(spec, task, scene, grid, points, cache, args.settings.replace(
+                        seed=args.method_seed), MapOptions(out=out, preview=1200), progress)
                     seconds = time.perf_counter() - started
                     progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
                                  f"({json.dumps(result.summary['timings'])})")

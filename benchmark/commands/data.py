@@ -11,11 +11,12 @@ from benchmark.cli import add_common, default_data_dir, positive_int
 from common.errors import UserError
 
 VERIFY_WORKERS = 4
+VERIFY_IMAGE_SIZE = 64  # decoding is what is checked: a small size keeps it fast
 
 
 def add_parser(sub) -> None:
     data = sub.add_parser("data", help="download and verify datasets")
-    actions = data.add_subparsers(dest="action", required=True, parser_class=type(data))
+    actions = data.add_subparsers(dest="action", required=True)
 
     dl = actions.add_parser("download", help="download a dataset, check its checksum and unpack it")
     dl.add_argument("name", help="registered dataset name (see `bench list`)")
@@ -27,8 +28,8 @@ def add_parser(sub) -> None:
 
     verify = actions.add_parser("verify", help="decode every image of a dataset and count classes and scenes")
     verify.add_argument("name", help="registered dataset name, folder:PATH or csv:PATH")
-    verify.add_argument("--image-size", type=positive_int("image-size"), default=64,
-                        help="decode and resize to this size (default 64)")
+    verify.add_argument("--image-size", type=positive_int("image-size"), default=VERIFY_IMAGE_SIZE,
+                        help="decode and resize to this size")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(verify)
     verify.set_defaults(handler=cmd_verify)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import time
 
-from benchmark.cli import DEFAULTS, add_benchmark_options, benchmark_config, seed_list
+from benchmark.cli import add_benchmark_options, benchmark_config, seed_list
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("fixedk", help="fixed-K protocol: K images per class, the whole test pool, over seeds")
-    add_benchmark_options(p, f"{DEFAULTS.runs}/<task>-fixedk.csv")
-    p.add_argument("--seeds", type=seed_list, default=list(range(10)), help="draws to average over: 0-9 or 0,1,2")
+    add_benchmark_options(p, f"{p.settings.runs}/<task>-fixedk.csv")
+    p.add_argument("--seeds", type=seed_list, default=list(p.settings.fixedk_seeds),
+                   help="draws to average over: 0-9 or 0,1,2")
     p.add_argument("--cap", action="store_true", help="at most K per class: a class with fewer training images "
                                                       "gives all it has (listed in the table and the rows)")
     p.set_defaults(handler=cmd_fixedk)

@@ -5,7 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmark.cli import add_common, add_source_option, add_task_options, default_data_dir, positive_int
+from benchmark.cli import add_common, add_source_option, add_task_options, positive_int
+from benchmark.mapping.options import MapOptions
 from benchmark.mapping.smoothing import SMOOTHERS
 
 
@@ -44,17 +45,17 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
     p.add_argument("--classes", default=None, help="comma-separated class names in legend order; labels outside "
                                                    "it are an error (default: the labels found, sorted)")
-    p.add_argument("--smooth", choices=SMOOTHERS, default="none",
+    p.add_argument("--smooth", choices=SMOOTHERS, default=MapOptions.smoothing,
                    help="smoothing of the class-probability map over neighbouring windows")
     p.add_argument("--smooth-strength", type=_float("smooth-strength"), default=None,
                    help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows "
                         "(default 1)")
     add_task_options(p, "base task the method pre-trains on (its base pool); windows are resized to --image-size")
     add_source_option(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preview", type=positive_int("preview"), default=1600,
+    p.add_argument("--seed", type=int, default=p.settings.seed, help="the method's seed (pre-training, fitting)")
+    p.add_argument("--preview", type=positive_int("preview"), default=MapOptions.preview,
                    help="longest side of the PNG figures in pixels")
-    p.add_argument("--threads", type=positive_int("threads"), default=None,
+    p.add_argument("--threads", type=positive_int("threads"), default=p.settings.threads,
                    help="threads that extract features side by side (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(p)
@@ -62,51 +63,33 @@ def add_parser(sub) -> None:
 
 
 def cmd_map(args) -> int:
-    import torch
-
     from benchmark.console import RichProgressReporter, console
     from benchmark.mapping.map import classified_windows, map_scene
     from benchmark.mapping.points import read_points
     from benchmark.mapping.scene import load_scene
-    from tasks.windows import WindowGrid
     from benchmark.runner import MethodSpec
+    from benchmark.session import session
     from methods.backbones import check_backbone
     from methods.cache import Cache
-    from methods.devices import resolve_device
-    from methods.features import thread_policy
     from methods.registry import method_info
-    from common.errors import UserError
-    from tasks.registry import load_task
+    from tasks.windows import WindowGrid
 
     started = time.perf_counter()
-    check_backbone(args.backbone)
+    settings = args.settings
+    check_backbone(settings.backbone)
     spec = MethodSpec.parse(args.method)
     method_info(spec.name)  # an unknown method fails before any work
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    if classes is not None and len(set(classes)) != len(classes):
-        raise UserError(f"--classes names a class twice: {args.classes}")
     scene = load_scene(args.scene)
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride or max(1, args.window // 2))
-    points = read_points(args.labels, grid, classes, scene=scene, label_field=args.label_field)
+    points = read_points(args.labels, grid, legend(args.classes), scene=scene, label_field=args.label_field)
     classified = classified_windows(scene, grid, points)
-    cache = Cache(args.cache_dir) if args.cache_dir else Cache()  # first: the digest cache follows it
-    # a source must not hold the scene itself (by file content); a scene GDAL reads from elsewhere cannot be checked
-    task = load_task(args.task, Path(args.data_dir or default_data_dir()), source=args.source,
-                     keep_out=[args.scene] if Path(args.scene).is_file() else [], image_size=args.image_size,
-                     source_disjoint=args.source_disjoint)
     progress = RichProgressReporter(enabled=not args.quiet)
-    progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
-                 f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "
-                 f"{', '.join(points.class_names)}")
-    if scene.geotransform is None:
-        progress.log("the scene is not georeferenced: the GIS outputs are in pixel coordinates (x = column, y = row)")
-    elif scene.crs_wkt is None:
-        progress.log("the scene has a geotransform but no CRS: the GIS outputs have its coordinates and no CRS")
-    with thread_policy(args.threads or torch.get_num_threads()):
-        result = map_scene(spec, task, scene, grid, points, cache,
-                           args.backbone, args.image_size, args.seed, args.smooth, args.smooth_strength,
-                           Path(args.out), progress, args.preview, classified=classified,
-                           device=resolve_device(args.device))
+    with session(settings):  # the digests of the task's files in the run's cache folder; the thread policy
+        task = base_task(args, settings)
+        describe(progress, scene, grid, points)
+        options = MapOptions(args.smooth, args.smooth_strength, Path(args.out), args.preview)
+        result = map_scene(spec, task, scene, grid, points, Cache(settings.cache_dir), settings, options, progress,
+                           classified=classified)
     fractions = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.summary["area_fraction"].items())
     unclassified = result.summary["unclassified_windows"]
     if unclassified:
@@ -114,3 +97,33 @@ def cmd_map(args) -> int:
     console.print(f"map: {args.out}/overlay.png  areas: {fractions}  ({time.perf_counter() - started:.1f} s)",
                   highlight=False)
     return 0
+
+
+def legend(text: str | None) -> list[str] | None:
+    """--classes as a list (None: the labels found, sorted); a class named twice is a one-line error."""
+    from common.errors import UserError
+
+    classes = [c.strip() for c in text.split(",") if c.strip()] if text else None
+    if classes is not None and len(set(classes)) != len(classes):
+        raise UserError(f"--classes names a class twice: {text}")
+    return classes
+
+
+def base_task(args, settings):
+    """The task the method pre-trains on; a source must not hold the scene itself (by file content; a scene
+    GDAL reads from elsewhere cannot be checked)."""
+    from tasks.registry import load_task
+
+    return load_task(settings.task, settings.data_dir, source=args.source,
+                     keep_out=[args.scene] if Path(args.scene).is_file() else [], image_size=settings.image_size,
+                     source_disjoint=args.source_disjoint)
+
+
+def describe(progress, scene, grid, points) -> None:
+    progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
+                 f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "
+                 f"{', '.join(points.class_names)}")
+    if scene.geotransform is None:
+        progress.log("the scene is not georeferenced: the GIS outputs are in pixel coordinates (x = column, y = row)")
+    elif scene.crs_wkt is None:
+        progress.log("the scene has a geotransform but no CRS: the GIS outputs have its coordinates and no CRS")

@@ -5,32 +5,51 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmark.cli import DEFAULTS, add_common, add_task_options, bounded_int, default_data_dir, positive_int
+from benchmark.cli import add_common, add_task_options, bounded_int, positive_int
+from benchmark.perf_options import PerfOptions
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("perf", help="measure throughput, warm start and memory (one table)")
+    settings, own = p.settings, PerfOptions()
     add_task_options(p)
-    p.add_argument("--episodes", type=positive_int("episodes"), default=DEFAULTS.episodes)
-    p.add_argument("--extraction-images", type=positive_int("extraction-images"), default=512)
-    p.add_argument("--warm-method", default="sdft")
+    p.add_argument("--episodes", type=positive_int("episodes"), default=settings.episodes,
+                   help="5-way 5-shot 15-query episodes of the throughput rows")
+    p.add_argument("--extraction-images", type=positive_int("extraction-images"), default=own.extraction_images)
+    p.add_argument("--warm-method", default=own.warm_method)
     p.add_argument("--memory-method", action="append", default=None,
                    help="methods of the measured full run (default: every built-in method)")
-    p.add_argument("--memory-shots", default=",".join(map(str, DEFAULTS.shots)), help="shots of the measured full run")
-    p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=1,
+    p.add_argument("--memory-shots", default=",".join(map(str, settings.shots)), help="shots of the measured full run")
+    p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=own.memory_episodes,
                    help="episodes per shots of the measured full run (memory peaks while a method prepares and "
                         "in its first episode at the most shots; later episodes reuse that memory)")
     p.add_argument("--ray-method", default=None,
                    help="method of the Ray-against-local row (default: sdft where its step 1 is cached, else "
                         "sdft-no-step1, and no row where Ray is not installed; 'none' leaves the row out)")
-    p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=40)
-    p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=4,
+    p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=own.ray_episodes)
+    p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=own.step1_batches,
                    help="batches of SDFT step 1 timed against a bare training loop")
-    p.add_argument("--transductive-episodes", type=bounded_int("transductive-episodes", 0), default=100,
+    p.add_argument("--transductive-episodes", type=bounded_int("transductive-episodes", 0),
+                   default=own.transductive_episodes,
                    help="episodes on which each transductive method is compared with easyfsl's implementation "
                         "(0: none; easyfsl's TIM takes about a second an episode)")
     add_common(p)
     p.set_defaults(handler=cmd_perf)
+
+
+def ray_row(args, log) -> tuple[str | None, str | None]:
+    """(the Ray row's method, why the row is left out or None): without Ray installed, a method named by
+    --ray-method is a one-line error and the default row is left out with a note, before any work."""
+    from benchmark.perf import ray_missing
+    from common.errors import UserError
+
+    ray_method, left_out = args.ray_method, None
+    if ray_method != "none" and (left_out := ray_missing()):
+        if ray_method is not None:
+            raise UserError(f"--ray-method {ray_method}: {left_out}")
+        ray_method = "none"
+        log(f"no Ray row: {left_out}")
+    return ray_method, left_out
 
 
 def cmd_perf(args) -> int:
@@ -38,27 +57,17 @@ def cmd_perf(args) -> int:
     from rich.table import Table
 
     from benchmark.console import RichProgressReporter, stdout
-    from benchmark.perf import ray_missing, run_perf
-    from methods.devices import resolve_device
-    from methods.registry import builtin_method_names
-    from common.errors import UserError
+    from benchmark.perf import run_perf
 
     log = RichProgressReporter(enabled=False).log
-    ray_method, left_out = args.ray_method, None
-    if ray_method != "none" and (left_out := ray_missing()):  # before any work
-        if ray_method is not None:  # asked for by name: a one-line error; the default row is left out, said so
-            raise UserError(f"--ray-method {ray_method}: {left_out}")
-        ray_method = "none"
-        log(f"no Ray row: {left_out}")
+    ray_method, left_out = ray_row(args, log)
+    options = PerfOptions(episodes=args.episodes, extraction_images=args.extraction_images,
+                          warm_method=args.warm_method, memory_methods=tuple(args.memory_method or ()),
+                          memory_shots=args.memory_shots, memory_episodes=args.memory_episodes,
+                          ray_method=ray_method, ray_episodes=args.ray_episodes, step1_batches=args.step1_batches,
+                          transductive_episodes=args.transductive_episodes)
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
-        figures = run_perf(args.task, Path(args.data_dir or default_data_dir()),
-                           Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
-                           args.extraction_images, args.warm_method,
-                           args.memory_method or builtin_method_names(), args.backbone,
-                           args.image_size, args.memory_shots, args.memory_episodes,
-                           log=log, device=resolve_device(args.device), ray_method=ray_method,
-                           ray_episodes=args.ray_episodes, step1_batches=args.step1_batches,
-                           transductive_episodes=args.transductive_episodes)
+        figures = run_perf(args.settings, options, Path(work), log=log)
     table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
                         f"{args.episodes} of them, on cached features",
                   caption=f"No Ray row: {left_out}" if left_out else None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from benchmark.cli import DEFAULTS, SEED_MAX, add_benchmark_options, benchmark_config, bounded_int, \
+from benchmark.cli import SEED_MAX, add_benchmark_options, benchmark_config, bounded_int, \
     positive_int
 
 MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count must not hang the run
@@ -11,15 +11,16 @@ MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count m
 
 def add_parser(sub) -> None:
     run = sub.add_parser("run", help="run methods on shared episodes and append results")
-    add_benchmark_options(run, f"{DEFAULTS.runs}/<task>.csv")
-    run.add_argument("--ways", type=positive_int("ways"), default=DEFAULTS.n_way)
-    run.add_argument("--queries", type=positive_int("queries"), default=DEFAULTS.n_query)
-    run.add_argument("--episodes", type=bounded_int("episodes", 1, MAX_EPISODES), default=DEFAULTS.episodes)
-    run.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=0)
-    run.add_argument("--split", choices=DEFAULTS.splits, default=DEFAULTS.splits[0],
-                     help="where episodes come from: the target pool (default), or the validation slice of the base "
+    settings = run.settings
+    add_benchmark_options(run, f"{settings.runs}/<task>.csv")
+    run.add_argument("--ways", type=positive_int("ways"), default=settings.n_way)
+    run.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
+    run.add_argument("--episodes", type=bounded_int("episodes", 1, MAX_EPISODES), default=settings.episodes)
+    run.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
+    run.add_argument("--split", choices=settings.splits, default=settings.split,
+                     help="where episodes come from: the target pool, or the validation slice of the base "
                           "pool that settings are chosen on (task NAME@validation, rows in <task>-validation.csv)")
-    run.add_argument("--threads", type=positive_int("threads"), default=None,
+    run.add_argument("--threads", type=positive_int("threads"), default=settings.threads,
                      help="threads that extract features (whole batches each) and answer batched episodes (whole "
                           "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
                           "so results are bit-identical for any N")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmark.cli import DEFAULTS, SEED_MAX, add_common, add_task_options, bounded_int, default_data_dir, \
+from benchmark.cli import SEED_MAX, add_common, add_task_options, bounded_int, default_data_dir, \
     file_path, positive_int
 
 MAX_EPISODES = 100_000
@@ -17,15 +17,16 @@ def add_parser(sub) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="an option and the values to try (repeat for several; every combination is run)")
     add_task_options(p, "task whose validation slice (part of its base pool) the episodes come from")
-    p.add_argument("--shots", type=positive_int("shots"), default=5, help="labelled images per class (default: 5)")
-    p.add_argument("--ways", type=positive_int("ways"), default=DEFAULTS.n_way)
-    p.add_argument("--queries", type=positive_int("queries"), default=DEFAULTS.n_query)
-    p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=200)
-    p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=0)
+    settings = p.settings
+    p.add_argument("--shots", type=positive_int("shots"), default=settings.tune_shots, help="labelled images per class")
+    p.add_argument("--ways", type=positive_int("ways"), default=settings.n_way)
+    p.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
+    p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=settings.tune_episodes)
+    p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
     p.add_argument("--out", type=file_path("out"), default=None,
-                   help=f"validation results CSV (default: {DEFAULTS.runs}/<task>-validation.csv)")
+                   help=f"validation results CSV (default: {settings.runs}/<task>-validation.csv)")
     p.add_argument("--table", type=file_path("table"), default=None,
-                   help=f"tuning table CSV (default: {DEFAULTS.runs}/<task>-tune-<method>-<K>shot.csv)")
+                   help=f"tuning table CSV (default: {settings.runs}/<task>-tune-<method>-<K>shot.csv)")
     p.add_argument("--reuse-stale", action="store_true",
                    help="take rows made by another git commit when everything else about them matches")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -10,8 +10,9 @@ import numpy as np
 
 from benchmark.mapping import gis
 from benchmark.mapping.context import MapContext
+from benchmark.mapping.options import MapOptions
 from methods.base import handed
-from methods.devices import CPU
+from methods.devices import resolve_device
 from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
@@ -24,6 +25,7 @@ from common.errors import UserError
 from tasks.handles import RowHandles
 from tasks.windows import WindowGrid
 from common.files import atomic_output
+from common.settings import Settings
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -91,73 +93,104 @@ class MapResult:
     summary: dict
 
 
-def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache, backbone: str,
-              image_size: int, seed: int = 0, smoothing: str = "none", strength: float | None = None,
-              out: Path | None = None, progress: Progress = SILENT, preview: int = 1600,
-              chunk: int = 2048, classified: np.ndarray | None = None, device=None) -> MapResult:
-    """Prepare the method on the base task, fit it on the labelled windows, classify every window with at least
-    MIN_VALID_FRACTION valid pixels, smooth, and (with `out`) write label_map.png, overlay.png,
-    probabilities.npy, labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json."""
+def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache, settings: Settings,
+              options: MapOptions | None = None, progress: Progress = SILENT,
+              classified: np.ndarray | None = None) -> MapResult:
+    """Prepare the method on the base task (with `settings`' backbone, image size, seed and device), fit it on
+    the labelled windows, classify every window with at least MIN_VALID_FRACTION valid pixels, smooth, and
+    (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy, labels.npy, the GIS layers
+    (gis.FILES, with the gis extra) and summary.json."""
     from methods.registry import create_method
 
-    smooth(np.full((1, 1, 2), 0.5, np.float32), smoothing, strength)  # bad smoothing fails before any work
+    options = options or MapOptions()
+    smooth(np.full((1, 1, 2), 0.5, np.float32), options.smoothing, options.strength)  # bad smoothing: before work
     if classified is None:
         classified = classified_windows(scene, grid, points)
     method = create_method(method_spec.name, **method_spec.options)
-    device = device or CPU
+    device = resolve_device(settings.device)
+    backbone, image_size, seed = settings.backbone, settings.image_size, settings.seed
     given = handed(task, cache, backbone, image_size, type(method).consumes, progress, device,
                    RowHandles.identity(len(task.table)))  # base rows: labelled, their numbers say nothing of windows
     ctx = MapContext.of(given, method_cache(cache, method), backbone=backbone, image_size=image_size, seed=seed,
                         progress=progress, device=device, scene=scene, grid=grid, window_cache=cache)
-    timings = {}
     started = time.perf_counter()
     method.prepare(ctx)
-    timings["prepare_s"] = time.perf_counter() - started
+    timings = {"prepare_s": time.perf_counter() - started}
     progress.log(f"{method_spec.label}: prepared (base task and {grid.n} windows) in {timings['prepare_s']:.1f} s")
-    probs, t = classify_windows(method, ctx, points, np.random.default_rng([seed, 7919]), chunk, progress,
+    probs, t = classify_windows(method, ctx, points, np.random.default_rng([seed, 7919]), options.chunk, progress,
                                 None if classified.all() else classified, f"method {method_spec.label}")
     timings.update(t)
     t0 = time.perf_counter()
-    labels = smooth(probs, smoothing, strength)
+    labels = smooth(probs, options.smoothing, options.strength)
     timings["smooth_s"] = time.perf_counter() - t0
-    n_classes = len(points.class_names)
-    fractions = area_fractions(grid, labels, n_classes)
-    raw = argmax_labels(probs)
-    summary = {
-        "scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
-        **georeferencing(scene),
-        "method": method_spec.label, "method_config": method.config(), "task": task.name,
-        "source": source_id(task) or None, "backbone": backbone_name(backbone), "weights": weights_digest(backbone),
-        "transductive": bool(getattr(method, "transductive", False)), "image_size": image_size, "seed": seed, "window": grid.window, "stride": grid.stride,
-        "grid_shape": list(grid.shape), "windows": grid.n, "window_x0": grid.xs, "window_y0": grid.ys,
-        "unclassified_windows": int((~classified).sum()), "min_valid_fraction": MIN_VALID_FRACTION,
-        "classes": list(points.class_names),
-        "labelled_windows": {name: int((points.labels == c).sum()) for c, name in enumerate(points.class_names)},
-        "smoothing": smoothing,
-        "smoothing_strength": DEFAULT_STRENGTH[smoothing] if strength is None else float(strength),
-        "area_fraction": {name: float(fractions[c]) for c, name in enumerate(points.class_names)},
-        "window_fraction_raw": {name: float((raw == c).mean()) for c, name in enumerate(points.class_names)},
-    }
-    if out is not None:
-        t0 = time.perf_counter()
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, array in (("probabilities.npy", probs), ("labels.npy", labels.astype(np.int16))):
-            with atomic_output(out / name) as tmp:
-                np.save(tmp, array)
-        title = f"{method_spec.label}, window {grid.window} stride {grid.stride}, smoothing {smoothing}"
-        files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, preview, title=title)
-        timings["write_s"] = time.perf_counter() - t0
-        if gis.available():
-            t0 = time.perf_counter()
-            files += gis.write_gis(out, scene, grid, labels, probs, points.class_names, class_colours(n_classes))
-            timings["write_gis_s"] = time.perf_counter() - t0
-        else:
-            summary["gis_outputs"] = f"not written: GeoTIFF and GeoPackage outputs need the gis extra: {GIS_HINT}"
-            progress.log(summary["gis_outputs"])
-        summary["files"] = files + ["probabilities.npy", "labels.npy", "summary.json"]
+    # what summary.json says of the map (its timings and files follow)
+    summary = {**scene_keys(scene, grid), **method_keys(method_spec, method, task, settings),
+               **grid_keys(grid, classified), **class_keys(points, options, grid, probs, labels)}
+    result = MapResult(probs, labels, summary)
+    if options.out is not None:
+        timings.update(write_outputs(Path(options.out), result, scene, grid, points, options, progress))
     timings["total_s"] = time.perf_counter() - started
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    if out is not None:
-        write_summary(Path(out) / "summary.json", summary)
-    return MapResult(probs, labels, summary)
+    if options.out is not None:
+        write_summary(Path(options.out) / "summary.json", summary)
+    return result
+
+
+def scene_keys(scene, grid: WindowGrid) -> dict:
+    return {"scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
+            **georeferencing(scene)}
+
+
+def method_keys(method_spec, method, task, settings: Settings) -> dict:
+    return {"method": method_spec.label, "method_config": method.config(), "task": task.name,
+            "source": source_id(task) or None, "backbone": backbone_name(settings.backbone),
+            "weights": weights_digest(settings.backbone), "transductive": bool(getattr(method, "transductive", False)),
+            "image_size": settings.image_size, "seed": settings.seed}
+
+
+def grid_keys(grid: WindowGrid, classified: np.ndarray) -> dict:
+    return {"window": grid.window, "stride": grid.stride, "grid_shape": list(grid.shape), "windows": grid.n,
+            "window_x0": grid.xs, "window_y0": grid.ys, "unclassified_windows": int((~classified).sum()),
+            "min_valid_fraction": MIN_VALID_FRACTION}
+
+
+def class_keys(points: Points, options: MapOptions, grid: WindowGrid, probs: np.ndarray, labels: np.ndarray) -> dict:
+    names = points.class_names
+    fractions = area_fractions(grid, labels, len(names))
+    raw = argmax_labels(probs)
+    return {
+        "classes": list(names),
+        "labelled_windows": {name: int((points.labels == c).sum()) for c, name in enumerate(names)},
+        "smoothing": options.smoothing,
+        "smoothing_strength": DEFAULT_STRENGTH[options.smoothing] if options.strength is None else
+        float(options.strength),
+        "area_fraction": {name: float(fractions[c]) for c, name in enumerate(names)},
+        "window_fraction_raw": {name: float((raw == c).mean()) for c, name in enumerate(names)},
+    }
+
+
+def write_outputs(out: Path, result: MapResult, scene, grid: WindowGrid, points: Points, options: MapOptions,
+                  progress: Progress) -> dict:
+    """The arrays, figures and (with the gis extra) GIS layers of a map into `out`, their names into its
+    summary["files"]; returns the time they took."""
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    probs, labels, summary = result.probabilities, result.labels, result.summary
+    for name, array in (("probabilities.npy", probs), ("labels.npy", labels.astype(np.int16))):
+        with atomic_output(out / name) as tmp:
+            np.save(tmp, array)
+    n_classes = len(points.class_names)
+    fractions = area_fractions(grid, labels, n_classes)
+    title = f"{summary['method']}, window {grid.window} stride {grid.stride}, smoothing {options.smoothing}"
+    files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, options.preview,
+                        title=title)
+    timings = {"write_s": time.perf_counter() - t0}
+    if gis.available():
+        t0 = time.perf_counter()
+        files += gis.write_gis(out, scene, grid, labels, probs, points.class_names, class_colours(n_classes))
+        timings["write_gis_s"] = time.perf_counter() - t0
+    else:
+        summary["gis_outputs"] = f"not written: GeoTIFF and GeoPackage outputs need the gis extra: {GIS_HINT}"
+        progress.log(summary["gis_outputs"])
+    summary["files"] = files + ["probabilities.npy", "labels.npy", "summary.json"]
+    return timings

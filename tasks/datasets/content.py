@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from common.files import atomic_write_bytes
+from common.settings import Settings
 
 DIGEST_CACHE_VERSION = 2  # bump when a stamp's fields change (they hold the ctime)
 _CHUNK = 1 << 20
@@ -31,14 +32,20 @@ _digest_dir: Path | None = None
 
 
 def default_cache_dir() -> Path:
-    """The suite's cache folder: $BENCH_CACHE_DIR, else ~/.cache/marsfsl."""
-    return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "marsfsl"))
+    """The suite's cache folder: $BENCH_CACHE_DIR, else ~/.cache/marsfsl (common.settings)."""
+    return Settings.from_environment().cache_dir
 
 
 def use_digest_cache(folder: Path | str | None) -> None:
-    """Where file_digests keeps its cache when not told (the run's cache folder; None: the default one)."""
+    """Where file_digests keeps its cache when not told (the run's cache folder; None: the default one).
+    benchmark.session.session sets it for a run and restores it after."""
     global _digest_dir
     _digest_dir = Path(folder) if folder is not None else None
+
+
+def digest_cache_folder() -> Path | None:
+    """The folder use_digest_cache set (None: the default one), to be restored later."""
+    return _digest_dir
 
 
 def digest_cache_dir() -> Path:

@@ -21,9 +21,9 @@ The tables and the versions of their histories:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from common.errors import UserError
 
@@ -303,7 +303,7 @@ def crater_facts(path: Path, rows: list[dict], facts: Facts) -> str:
 DEVICE_LACK = "the device they were made on"
 WEIGHTS_LACK = ("the digest of their backbone's weights, whether their method is transductive or whether it ran "
                 "isolated")
-SDFT_LACK = "the options of their sdft configs at the paper's values"
+SDFT_LACK = "sdft's options at the paper's values (their sdft configs left them out)"
 WEIGHTS = ("weights", "transductive", "isolated")
 
 EPISODES_V1 = ("schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
@@ -353,7 +353,7 @@ CRATERS = History("crater map scores", (
     Step(3, CRATERS_V3, "the base task, backbone, data identity, preprocessing, method version and config",
          crater_facts, CRATER_FACTS, CRATER_WHY),
     Step(4, CRATERS_V4, WEIGHTS_LACK, weights_digest_column),
-    Step(5, CRATERS_V5, f"{SDFT_LACK} or their schema version", sdft_full_config),
+    Step(5, CRATERS_V5, f"their schema version, nor {SDFT_LACK}", sdft_full_config),
 ), current=CRATERS_V5 + ("schema",))
 
 HISTORIES = {h.table: h for h in (EPISODES, FIXED_K, CRATERS)}

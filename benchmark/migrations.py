@@ -27,8 +27,6 @@ from pathlib import Path
 
 from common.errors import UserError
 
-# What a row of a step's version lacks is filled in by a function of (file path, its rows, Facts), in place.
-
 
 @dataclass(frozen=True)
 class Facts:
@@ -36,10 +34,11 @@ class Facts:
     schema 1-3 (whose rows do not say) the base task, backbone and method versions that made them."""
 
     data_dir: Path = Path(".")
-    preprocessing: str | None = None
+    preprocessing: str = ""  # the rows were made with (`bench migrate` says the current pipeline's by default)
     task: str | None = None
     backbone: str | None = None
     method_versions: dict = field(default_factory=dict)  # method name -> version
+    make_method: Callable | None = None  # a method label (NAME:key=value,...) -> the method it names, as a run makes it
 
 
 @dataclass(frozen=True)
@@ -167,14 +166,11 @@ def sdft_full_config(path: Path, rows: list[dict], facts: Facts) -> str:
 
 def episode_identity(path: Path, rows: list[dict], facts: Facts) -> str:
     """Schema 1 rows: no source (methods pre-trained on the task's own base pool), method version 1 (schema 1
-    predates method versions), the preprocessing stated or the current pipeline's (which the rows' numbers
-    attest only if rerunning reproduces them), and the data identity of each task loaded from --data-dir."""
-    from benchmark.runner import preprocessing_id
-
+    predates method versions), the preprocessing stated (by default the current pipeline's, which the rows'
+    numbers attest only if rerunning reproduces them), and the data identity of each task from --data-dir."""
     identities = task_identities(path, rows, facts.data_dir, refresh=False)
     for row in rows:
-        row.update(source="", method_version="1", preprocessing=facts.preprocessing or preprocessing_id(),
-                   data=identities[row["task"]])
+        row.update(source="", method_version="1", preprocessing=facts.preprocessing, data=identities[row["task"]])
     return "; ".join(f"{t}: data {d}" for t, d in identities.items())
 
 
@@ -247,29 +243,28 @@ def crater_versions(path: Path, labels: list[str], facts: Facts) -> dict[str, di
     """Per method label of an old crater file: the method version the user states (or 1 for a method still at
     version 1, which has never changed its numbers: a change bumps it) and its config under this code (a
     default that changes a method's numbers bumps its version, so at that version it is what made them)."""
-    from benchmark.runner import MethodSpec, method_config, method_version
-    from methods.registry import create_method
+    from methods.registry import config_text, method_version
 
-    names = {MethodSpec.parse(label).name for label in labels}
+    names = {label.partition(":")[0].strip() for label in labels}
     unknown = sorted(set(facts.method_versions) - names)
     if unknown:
         raise UserError(f"--method-version names {', '.join(unknown)}, which made no row of {path} (its methods: "
                         f"{', '.join(sorted(names))})")
     made = {}
     for label in labels:
-        spec = MethodSpec.parse(label)
+        name = label.partition(":")[0].strip()
         try:
-            method = create_method(spec.name, **spec.options)
+            method = facts.make_method(label)
         except UserError as exc:
             raise UserError(f"cannot migrate {path}: its method {label} does not load ({exc})") from None
         current = method_version(method)
-        stated = facts.method_versions.get(spec.name)
+        stated = facts.method_versions.get(name)
         if stated is None and current != 1:
-            raise UserError(f"cannot migrate {path}: method {spec.name} is at version {current} and its rows do not "
-                            f"say which version made them; state it with --method-version {spec.name}=V")
+            raise UserError(f"cannot migrate {path}: method {name} is at version {current} and its rows do not "
+                            f"say which version made them; state it with --method-version {name}=V")
         if stated is not None and not 1 <= stated <= current:
-            raise UserError(f"--method-version {spec.name}={stated}: {spec.name} has versions 1 to {current}")
-        made[label] = {"method_version": str(stated or 1), "config": method_config(method)}
+            raise UserError(f"--method-version {name}={stated}: {name} has versions 1 to {current}")
+        made[label] = {"method_version": str(stated or 1), "config": config_text(method)}
     return made
 
 
@@ -277,7 +272,6 @@ def crater_facts(path: Path, rows: list[dict], facts: Facts) -> str:
     """Crater rows of schema 1-3 name neither base task nor backbone: the user states them (the command that
     made the rows, as the file's .md records it); data and scene identity from --data-dir, the preprocessing
     stated or the current pipeline's, the git commit `unrecorded` (a rerun takes them only with --reuse-stale)."""
-    from benchmark.runner import preprocessing_id
     from methods.backbones import check_backbone
     from tasks.registry import load_task
 
@@ -292,7 +286,7 @@ def crater_facts(path: Path, rows: list[dict], facts: Facts) -> str:
         raise UserError(f"cannot migrate {path}: --task {facts.task} does not load from --data-dir {facts.data_dir} "
                         f"({exc}); give the data its rows were made on") from None
     for r in rows:
-        r.update(task=task.name, backbone=facts.backbone, preprocessing=facts.preprocessing or preprocessing_id(),
+        r.update(task=task.name, backbone=facts.backbone, preprocessing=facts.preprocessing,
                  git_commit=UNRECORDED_COMMIT, **made[r["method"]])
     crater_identities(path, rows, facts.data_dir)
     return "method versions: " + ", ".join(sorted({f"{r['method']} {r['method_version']}" for r in rows}))

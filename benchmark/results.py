@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.defaults import SEED_MAX
+from benchmark.migrations import history
 from common.errors import UserError
 from common.files import atomic_write_bytes
 
@@ -247,12 +248,9 @@ def _head(f) -> tuple[list[str] | None, list[str] | None]:
 def _check_header(path: Path, header: list[str], schema: Schema, first: list[str] | None = None) -> None:
     """A file of `schema`'s current version passes; one of an older version is refused with the command that
     migrates it (benchmark/migrations.py), one of another table or of no known version in one line."""
-    from benchmark.migrations import history
-
     past = history(schema.name)
-    row = dict(zip(header, first)) if first is not None else None
-    version = past.version_of(header, row) if past else schema.version if header == list(schema.columns) else None
-    if version == schema.version and header == list(schema.columns):
+    version = past.version_of(header, dict(zip(header, first)) if first is not None else None) if past else None
+    if header == list(schema.columns) and version in (None, schema.version):
         return
     if version is not None:
         raise UserError(past.refusal(path, version))

@@ -94,6 +94,7 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     order (benchmark/migrations.py); returns what was done, in a few words."""
     from benchmark.migrations import Facts, crater_identities, task_identities
     from benchmark.results import csv_text, locked, read_results
+    from benchmark.runner import preprocessing_id
     from common.files import atomic_write_bytes
 
     path = Path(path)
@@ -104,8 +105,9 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         current = version == history.version
         if current and not refresh_data:
             return "already current (nothing to do)"
-        notes = history.migrate(path, rows, version, Facts(data_dir, preprocessing, facts.task, facts.backbone,
-                                                           facts.method_versions))
+        stated = Facts(data_dir, preprocessing or preprocessing_id(), facts.task, facts.backbone,
+                       facts.method_versions, make_method)
+        notes = history.migrate(path, rows, version, stated)
         identities = {}
         if refresh_data and "scene" in history.current:
             crater_identities(path, rows, data_dir, refresh=current)
@@ -119,6 +121,15 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         data = f" ({', '.join(f'{t}: data {d}' for t, d in identities.items())})" if identities else ""
         return f"refreshed the data identity of {len(rows)} rows{data}"
     return f"migrated from schema {version}{summary(header, rows, history, notes)}: {len(rows)} rows"
+
+
+def make_method(label: str):
+    """The method a row's label names, with its options, as a run creates it."""
+    from benchmark.runner import MethodSpec
+    from methods.registry import create_method
+
+    spec = MethodSpec.parse(label)
+    return create_method(spec.name, **spec.options)
 
 
 def schema_of(history):

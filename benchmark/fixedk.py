@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.results import WEIGHTS_COLUMNS, WEIGHTS_LACK, Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
+from benchmark.results import WEIGHTS_COLUMNS, Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
     reusable_units, set_aside, set_aside_path
 from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, created_methods, git_commit, make_executor, \
     method_cache, method_context, versions
@@ -40,9 +40,8 @@ FIXED_V3 = ("schema", "protocol", "task", "source", "data", "method", "method_ve
 FIXED_K = Schema(
     name="fixed-K results",
     # device: where the networks ran; draw: random or Mars-Bench's K-shot list; capped: classes with fewer than
-    # K images (files of version 2 lack these three); results.WEIGHTS_COLUMNS (files of version 3 lack them).
-    # `bench migrate` fills them in.
-    version=4,
+    # K images
+    version=5,
     columns=FIXED_V3 + WEIGHTS_COLUMNS,
     measurement=("protocol", "task", "method", "shots"),
     conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
@@ -52,11 +51,6 @@ FIXED_K = Schema(
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
     outcome=("n_train", "n_test", "accuracy", "weighted_f1", "macro_f1"),
     flags=("transductive", "isolated"),
-    previous=FIXED_V3,
-    previous_lacks=f"{WEIGHTS_LACK}; migrate it with `bench migrate {{path}}`",
-    earlier=(("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
-              "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-              "preprocessing", "git_commit", "versions", "timestamp"),),  # 2: before device, draw and capped
 )
 SCHEMA_VERSION = FIXED_K.version
 PREDICT_CHUNK = 4096  # test images per predict call (a transductive method gets the whole pool, its query)

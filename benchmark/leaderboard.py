@@ -69,12 +69,12 @@ def resolve_paths(paths: list[str] | None) -> list[Path]:
 
 
 def has_episode_header(path: Path) -> bool:
-    """Whether the file's first line is the header `bench run` writes (or wrote under schema 1)."""
-    from benchmark.results import COLUMNS_V1, EPISODES
+    """Whether the file's first line is the header `bench run` writes (or wrote under an older schema)."""
+    from benchmark.migrations import EPISODES
 
     try:
         with open(path, newline="") as f:
-            return next(csv.reader(f), []) in (COLUMNS, COLUMNS_V1, *EPISODES.older())
+            return next(csv.reader(f), []) in EPISODES.headers()
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
 

@@ -4,7 +4,9 @@ A Schema (columns, key, version, what a valid row holds) serves the episode rows
 the fixed-K rows (benchmark/fixedk.FIXED_K) and any other table that needs the same lock, checks and reuse
 rules. Every file is checked when read (Schema.check: one line naming file, line and column; two rows of
 one key with different outcomes are refused, naming both lines). A results path must be a regular file: a
-named pipe or a device is refused before it is opened.
+named pipe or a device is refused before it is opened. A Schema knows only its table's current version; a
+file of an older one is refused with the command that migrates it (benchmark/migrations.py has every table's
+history).
 
 Rows are appended in small batches, each as one write followed by fsync, so a killed run leaves only whole
 rows and a resumed run redoes just the episodes whose rows are missing. A row whose key is already in the
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.defaults import SEED_MAX
+from benchmark.migrations import history
 from common.errors import UserError
 from common.files import atomic_write_bytes
 
@@ -58,22 +61,12 @@ class Schema:
     seconds: tuple[str, ...] = ("seconds",)
     flags: tuple[str, ...] = ()  # columns holding 0 or 1
     row_check: Callable | None = None  # (frame, path): checks across columns, after `check`
-    # The columns of the previous version, whose rows `bench migrate` brings to this one (it adds `device`: cpu).
-    previous: tuple[str, ...] = ()
-    # What the previous version's rows lack, and what `bench migrate` fills in: the error that asks for it says so.
-    previous_lacks: str = "the device they were made on; migrate it with `bench migrate {path}` (its rows were made " \
-                          "on the CPU)"
-    earlier: tuple[tuple[str, ...], ...] = ()  # columns of versions before `previous` that `bench migrate` reads too
     # What a row measured: two rows of one key that differ here contradict each other (see `check`).
     outcome: tuple[str, ...] = ()
     # What the last column of a whole row looks like (a regular expression): a last line without its newline
     # whose last field matches is a row saved without a final newline (by an editor), not a write cut short.
     # "": no column tells, and such a line is taken for a write cut short.
     whole_row_end: str = ""
-
-    def older(self) -> list[list[str]]:
-        """The headers of the previous version, then of earlier ones, that `bench migrate` brings to this one."""
-        return [list(self.previous), *map(list, self.earlier)] if self.previous else []
 
     @property
     def key(self) -> list[str]:
@@ -177,24 +170,18 @@ def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
 # A row's timestamp as the harness writes it: datetime.now(timezone.utc).isoformat(timespec="seconds").
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)"
 
-# What every results table (episodes: schema 4, fixed-K: 4, crater scores: 5) gained at once, after its other
-# columns: `weights`, the digest of the backbone weights' content (methods.backbones.weights_digest; rows
-# before it hold only the backbone's name); `transductive`, 1 where the method reads its query's features
-# (methods.base.FewShotMethod.transductive); `isolated`, 1 where the method ran in a sandbox (`--isolate`,
-# benchmark/sandbox.py). All three are conditions of a row's key: two checkpoints of one architecture never
-# share rows, and an isolated run never takes rows made in the harness's process for its own. `bench migrate`
-# fills them in for older files (the built-in backbone's digest; 0, as no method was transductive or isolated
-# before).
+# A row's backbone weights (the digest of their content, methods.backbones.weights_digest), whether its method
+# reads its query's features (methods.base.FewShotMethod.transductive) and whether it ran in a sandbox
+# (`--isolate`, benchmark/sandbox.py): conditions of every table's key, so that two checkpoints of one
+# architecture never share rows, and an isolated run never takes rows made in the harness's process for its own.
 WEIGHTS_COLUMNS = ("weights", "transductive", "isolated")
-WEIGHTS_LACK = ("the digest of their backbone's weights, whether their method is transductive or whether it ran "
-                "isolated")
-EPISODES_V3 = ("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
-               "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query",
-               "seconds", "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp")
 EPISODES = Schema(
     name="episode results",
-    version=4,
-    columns=EPISODES_V3 + WEIGHTS_COLUMNS,
+    version=5,
+    columns=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
+             "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query",
+             "seconds", "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp",
+             *WEIGHTS_COLUMNS),
     measurement=("task", "method", "shots", "ways", "queries", "manifest"),
     # device: a GPU's numbers differ from a CPU's in the last bits (methods/devices.py), so they never mix
     conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
@@ -207,18 +194,10 @@ EPISODES = Schema(
     row_check=check_episode_rows,
     outcome=("classes", "accuracy", "macro_f1", "class_accuracy", "n_query"),
     whole_row_end="[01]",  # the last column is a flag: a write cut short leaves it empty
-    previous=EPISODES_V3,
-    previous_lacks=f"{WEIGHTS_LACK}; migrate it with `bench migrate {{path}}`",
-    earlier=(tuple(c for c in EPISODES_V3 if c != "device"),),  # 2: before --device (every row on the CPU)
 )
 SCHEMA_VERSION = EPISODES.version
 COLUMNS = list(EPISODES.columns)
 KEY = EPISODES.key
-# The columns of schema 1 files, which lack the data identity, source, preprocessing and method version
-# (`bench migrate` reads them).
-COLUMNS_V1 = ["schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
-              "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds", "backbone", "image_size",
-              "git_commit", "versions", "timestamp"]
 
 
 # The tables marsfsl writes, each told by a column no other table has (in every version), and the command that
@@ -259,17 +238,22 @@ def locked_if_present(path: Path):
         yield
 
 
-def _check_header(path: Path, header: list[str], schema: Schema) -> None:
-    if header == list(schema.columns):
+def _head(f) -> tuple[list[str] | None, list[str] | None]:
+    """The header and first row of an open CSV file (None where there is none)."""
+    reader = csv.reader(f)
+    header = next(reader, None)
+    return header, (next(reader, None) if header is not None else None)
+
+
+def _check_header(path: Path, header: list[str], schema: Schema, first: list[str] | None = None) -> None:
+    """A file of `schema`'s current version passes; one of an older version is refused with the command that
+    migrates it (benchmark/migrations.py), one of another table or of no known version in one line."""
+    past = history(schema.name)
+    version = past.version_of(header, dict(zip(header, first)) if first is not None else None) if past else None
+    if header == list(schema.columns) and version in (None, schema.version):
         return
-    if header in schema.older():
-        lacks = schema.previous_lacks.replace("{path}", str(path))
-        raise UserError(f"results file {path} has schema {schema.version - 1 - schema.older().index(header)}, whose "
-                        f"rows do not record {lacks} or write to a new file with --out")
-    if schema is EPISODES and header == COLUMNS_V1:
-        raise UserError(f"results file {path} has schema 1, whose rows do not record their data identity, "
-                        f"preprocessing or method version; migrate it with `bench migrate {path} --data-dir DIR` "
-                        "(DIR: the data its rows were made on) or write to a new file with --out")
+    if version is not None:
+        raise UserError(past.refusal(path, version))
     for name, column, shown_by in TABLES:  # another table's file, of any of its versions
         if name != schema.name and column in header:
             raise UserError(f"results file {path} holds {name}, not {schema.name}; {shown_by.format(path=path)}")
@@ -317,7 +301,7 @@ def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
         raise UserError(f"results path {path} {problem}; give a .csv file")
     try:
         with open(path, newline="") as f:
-            header = next(csv.reader(f), None)
+            header, first = _head(f)
         text = path.read_text() if header is not None else ""
     except OSError as exc:
         raise UserError(f"results file {path} is not readable ({exc.strerror})") from None
@@ -326,7 +310,7 @@ def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
             from None
     if header is None:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in schema.columns})
-    _check_header(path, header, schema)
+    _check_header(path, header, schema, first)
     if not text.endswith("\n"):
         cut = text.rfind("\n") + 1
         if cut and not _whole_row(text[cut:], header, schema):  # a write cut short (a crash, a full disk)
@@ -414,12 +398,15 @@ def append_rows(path: Path, rows: list[dict], schema: Schema = EPISODES) -> None
     already is not written again."""
     if not rows:
         return
+    if "schema" in schema.columns:  # every row says which version of its table it is (benchmark/migrations.py)
+        rows = [{**r, "schema": schema.version} for r in rows]
     path = Path(path)
     with locked(path):
         new_file = not path.exists() or path.stat().st_size == 0
         if not new_file:
             with open(path, newline="") as f:
-                _check_header(path, next(csv.reader(f), []), schema)
+                header, first = _head(f)
+            _check_header(path, header or [], schema, first)
             _drop_torn_tail(path, schema)
             # Another process running the same episodes (two identical commands at once) may have written
             # some of these rows already: a key is recorded once.
@@ -509,8 +496,8 @@ def set_aside(path: Path, schema: Schema, measurements: list[dict]) -> int:
             header = next(reader, None)
             if header is None:
                 return 0
-            _check_header(path, header, schema)
             lines = [row for row in reader if len(row) == len(header)]
+            _check_header(path, header, schema, lines[0] if lines else None)
         pos = {c: header.index(c) for c in schema.columns}
         wanted = [{pos[c]: str(v) for c, v in m.items()} for m in measurements]
         moved = [row for row in lines if any(all(row[i] == v for i, v in m.items()) for m in wanted)]

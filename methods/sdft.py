@@ -81,9 +81,6 @@ STEP2_LATER = dict(
     # (each query alone: nothing is learnt from the query set). 1: the image as it is.
     views=1,
 )
-# The values at which these options leave the paper's step 2 unchanged: config() leaves an option out only at
-# this value, whatever its default, so that a row keyed without it was made at this value.
-BEFORE_STEP2_LATER = dict(mix=1.0, fuse=0.0, label_smoothing=0.0, views=1)
 
 
 def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,11 +234,7 @@ class SDFT(FewShotMethod):
             raise UserError(f"{self.name}: mix and fuse act on step 1's network; this method has no step 1")
 
     def config(self) -> dict:
-        config = {"step1": self.use_step1, "head": self.head, **self.opts}
-        for key, value in BEFORE_STEP2_LATER.items():
-            if config[key] == value:
-                del config[key]
-        return config
+        return {"step1": self.use_step1, "head": self.head, **self.opts}
 
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}

@@ -1,8 +1,8 @@
-"""The rows of `bench craters run` key on everything that determines them (benchmark/mapping/craters.CRATERS,
-schema 4): a rerun reuses a row only when task, source, backbone, method (label, version, config), data and
+"""The rows of `bench craters run` key on everything that determines them (benchmark/mapping/craters.CRATERS):
+a rerun reuses a row only when task, source, backbone, method (label, version, config), data and
 scene identity, preprocessing, grid, device and code all match; otherwise it computes anew (another task or
 method label) or refuses in one line as `bench run` does (--fresh recomputes, --reuse-stale keeps rows of
-other code). `bench migrate` brings files of schema 1-3 to 4 only with the facts their rows cannot tell."""
+other code). `bench migrate` brings files of schema 1-3 forward only with the facts their rows cannot tell."""
 import csv
 import io
 import re
@@ -15,7 +15,8 @@ import benchmark.runner
 import methods.simpleshot
 from benchmark.cli import main
 from benchmark.commands.migrate import CraterFacts, migrate_file
-from benchmark.mapping.craters import CRATERS, V2_COLUMNS, V3_COLUMNS, V4_COLUMNS
+from benchmark.mapping.craters import CRATERS
+from benchmark.migrations import CRATERS_V1, CRATERS_V2, CRATERS_V3, CRATERS_V4
 from benchmark.results import read_results
 from fakes import folder_like
 from common.errors import UserError
@@ -124,7 +125,7 @@ def old_file(rows: list[dict], columns, path: Path) -> None:
     path.write_text(buf.getvalue())
 
 
-@pytest.mark.parametrize("version, columns", [(3, V3_COLUMNS), (2, V2_COLUMNS), (1, V2_COLUMNS[:-1])])
+@pytest.mark.parametrize("version, columns", [(3, CRATERS_V3), (2, CRATERS_V2), (1, CRATERS_V1)])
 def test_migrate_needs_the_facts_and_keeps_every_number(data, tmp_path, capsys, monkeypatch, version, columns):
     out = tmp_path / "out" / "ctx"
     rc, err, made = crater_run(data, out, capsys, "--method", "simpleshot", "--method", "simpleshot:norm=l2n")
@@ -177,7 +178,7 @@ def test_schema_4_rows_gain_the_weights_digest_without_stated_facts(data, tmp_pa
     rc, err, made = crater_run(data, out, capsys, "--method", "simpleshot")
     assert rc == 0, err and {r["transductive"] for r in made} == {"0"}
     path = tmp_path / "old.csv"
-    old_file(made, V4_COLUMNS, path)
+    old_file(made, CRATERS_V4, path)
     with pytest.raises(UserError, match="has schema 4,"):
         read_results(path, CRATERS)
     said = migrate_file(path, tmp_path / "no-data-needed")
@@ -189,7 +190,7 @@ def test_migrate_states_its_facts_on_the_command_line(data, tmp_path, capsys):
     out = tmp_path / "out" / "ctx"
     rc, err, made = crater_run(data, out, capsys, "--method", "simpleshot")
     path = tmp_path / "old.csv"
-    old_file(made, V3_COLUMNS, path)
+    old_file(made, CRATERS_V3, path)
     rc = main(["migrate", str(path), "--data-dir", str(data / "data")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--task NAME --backbone NAME" in err, err

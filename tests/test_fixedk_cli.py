@@ -201,7 +201,7 @@ def test_schema_3_rows_are_migrated_with_the_weights_digest_and_every_field_kept
     out = tmp_path / "k.csv"
     assert bench_fixedk(dirs, out, methods=("protonet",), shots="1", seeds="0-1") == 0, capsys.readouterr().err
     made = read_rows(out)
-    assert {r["transductive"] for r in made} == {"0"} and {r["schema"] for r in made} == {"4"}
+    assert {r["transductive"] for r in made} == {"0"} and {r["schema"] for r in made} == {str(FIXED_K.version)}
     old = tmp_path / "old.csv"
     with open(old, "w", newline="") as f:  # as schema 3 wrote them
         writer = csv.DictWriter(f, fieldnames=FIXED_V3, extrasaction="ignore", lineterminator="\n")

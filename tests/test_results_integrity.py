@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.results import COLUMNS, COLUMNS_V1, read_results
+from benchmark.migrations import EPISODES_V1 as COLUMNS_V1
+from benchmark.results import COLUMNS, read_results
 from fake_results import fake_rows, write_csv
 from fakes_reliability import make_folder_dataset, read_rows
 from methods.registry import register_method

@@ -170,13 +170,14 @@ def test_a_fixed_k_file_where_episode_results_are_read_and_the_reverse(tmp_path,
 def test_each_table_is_told_by_a_column_only_it_has():
     from benchmark.fixedk import FIXED_K
     from benchmark.mapping.craters import CRATERS
-    from benchmark.results import COLUMNS_V1, EPISODES, TABLES
+    from benchmark.migrations import history
+    from benchmark.results import EPISODES, TABLES
 
     schemas = {s.name: s for s in (EPISODES, FIXED_K, CRATERS)}
     assert {name for name, _, _ in TABLES} == set(schemas)
     for name, column, _ in TABLES:
         for schema in schemas.values():
-            headers = [list(schema.columns), *schema.older()] + ([COLUMNS_V1] if schema is EPISODES else [])
+            headers = history(schema.name).headers()
             assert all((column in header) == (schema.name == name) for header in headers), (name, schema.name)
 
 

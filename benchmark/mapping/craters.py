@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.results import WEIGHTS_COLUMNS, WEIGHTS_LACK, Schema
+from benchmark.results import WEIGHTS_COLUMNS, Schema
 from benchmark.scoring import binary_scores
 from benchmark.stats import paired_difference, summarize
 from benchmark.stats import pm as stats_pm
@@ -142,20 +142,17 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
 
 
 # The per-seed rows of `bench craters run` (results/ctx-craters.csv), appended under benchmark.results' lock.
-V2_COLUMNS = ("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
-              "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
-              "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device")
-V3_COLUMNS = V2_COLUMNS + ("source",)
-V4_COLUMNS = V3_COLUMNS + ("task", "data", "scene", "backbone", "preprocessing", "method_version", "config",
-                           "git_commit")
 CRATERS = Schema(
     name="crater map scores",
     # A row holds what else determines it, as `bench run`'s rows do (runner.method_conditions): the base task,
     # its data identity, the CTX scene's identity (tiles and crater file), backbone, preprocessing, method
     # version and config; and the git commit that made it (other code: refused unless --reuse-stale)
-    # 5: results.WEIGHTS_COLUMNS
-    version=5,
-    columns=V4_COLUMNS + WEIGHTS_COLUMNS,
+    version=6,
+    columns=("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
+             "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
+             "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device",
+             "source", "task", "data", "scene", "backbone", "preprocessing", "method_version", "config",
+             "git_commit", *WEIGHTS_COLUMNS, "schema"),
     # task and source: what the methods pre-train on, as asked (`--task`, `--source`)
     measurement=("task", "source", "method", "shots", "smoothing", "strength"),
     conditions=("data", "scene", "backbone", "image_size", "preprocessing", "method_version", "config",
@@ -167,12 +164,6 @@ CRATERS = Schema(
             "method_seed": 0, "window": 1, "stride": 1, "image_size": 1, "method_version": 0},
     flags=("transductive", "isolated"),
     seconds=("map_seconds", "prepare_seconds"),
-    previous=V4_COLUMNS,
-    previous_lacks=f"{WEIGHTS_LACK} (schemas 1-3: nor the base task, backbone, data identity, preprocessing, "
-                   "method version and config); migrate it with `bench migrate {path}` (schemas 1-3: with --task "
-                   "NAME --backbone NAME --data-dir DIR, the task and backbone its .md names, DIR the data they "
-                   "were made on)",
-    earlier=(V3_COLUMNS, V2_COLUMNS, V2_COLUMNS[:-1]),  # 3: before the key; 2: before --source; 1: before --device
 )
 
 

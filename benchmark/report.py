@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.leaderboard import HEADERS, display_rows, leaderboard
+from benchmark.leaderboard import HEADERS, display_rows, leaderboard, marked
 from benchmark.stats import class_accuracy, mean_ci, pm
 from common.errors import UserError
 from common.files import atomic_output, atomic_write_text
@@ -59,7 +59,10 @@ def plot_accuracy_vs_shots(rows: pd.DataFrame, title: str, path: Path):
         mean = np.array([m for m, _ in stats]) * 100
         half = np.nan_to_num(np.array([h for _, h in stats]) * 100)
         means += list(mean)
-        ax.plot(shots, mean, marker="o", color=colors[name], label=_plain(name))
+        # a transductive method (it also reads its episode's unlabelled query) is marked in the legend and dashed
+        transductive = "transductive" in g and bool(g["transductive"].astype(int).max())
+        ax.plot(shots, mean, marker="o", color=colors[name], label=_plain(marked(name, transductive)),
+                linestyle="--" if transductive else "-")
         ax.fill_between(shots, mean - half, mean + half, color=colors[name], alpha=0.2, linewidth=0)
         if len(shots) == 1:  # a band needs two points: show the interval as an error bar
             ax.errorbar(shots, mean, yerr=half, color=colors[name], capsize=4)

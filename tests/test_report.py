@@ -123,3 +123,13 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert (saturation > 80).mean() > 0.01
     assert (pixels.sum(axis=2) < 200).mean() > 0.001  # and there is dark text
+
+
+def test_a_transductive_method_is_marked_and_dashed_in_the_plot(tmp_path):
+    from benchmark.report import plot_accuracy_vs_shots
+
+    rows = pd.DataFrame({"entry": ["pt-map"] * 4 + ["protonet"] * 4, "shots": [1, 1, 5, 5] * 2,
+                         "accuracy": [0.6, 0.7, 0.8, 0.9] * 2, "transductive": [1] * 4 + [0] * 4})
+    fig = plot_accuracy_vs_shots(rows, "t", tmp_path / "a.png")
+    lines = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
+    assert lines == {"pt-map (transductive)": "--", "protonet": "-"}

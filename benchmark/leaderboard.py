@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import COLUMNS, EPISODES, KEY, SET_ASIDE_SUFFIX, read_results
-from benchmark.stats import compare_methods, pm
 from benchmark.defaults import DEFAULTS
+from benchmark.results import EPISODES, KEY, SET_ASIDE_SUFFIX, read_results
+from benchmark.stats import compare_methods, pm
 from common.errors import UserError
 
 SETTING = ["task", "ways", "shots", "queries"]
@@ -138,7 +138,7 @@ def _entries(frame: pd.DataFrame) -> pd.Series:
                 return f"{column} {hashlib.sha256(value.encode()).hexdigest()[:6]}"
             return f"{column}={value}"
 
-        labels = g[differ].astype(str).apply(lambda r: f"{method} [" + ", ".join(show(c, r[c]) for c in differ) + "]",
+        labels = g[differ].astype(str).apply(lambda r, method=method, differ=differ: f"{method} [" + ", ".join(show(c, r[c]) for c in differ) + "]",
                                              axis=1)
         names.loc[g.index] = labels
     return names
@@ -284,7 +284,7 @@ def to_summary(board: pd.DataFrame) -> str:
         methods = sorted(set(g["method"]), key=lambda m: (-at.get(m, -1.0), m))
         transductive = set(g.loc[g["transductive"], "method"])
 
-        def cell(m, k):
+        def cell(m, k, cells=cells):
             r = cells.get((m, k))
             if r is None:
                 return "–"

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.settings import Settings
 from benchmark.perf_options import PerfOptions
 from benchmark.runner import episode_answers, episode_results
+from common.errors import UserError
+from common.settings import Settings
+from methods.backbones import backbone_cli_args, create_backbone, normalize
 from methods.base import Context, handed
 from methods.cache import Cache
 from methods.devices import CPU
 from methods.features import decode_images, feature_extractor, run_model, thread_policy, torch_threads
-from methods.backbones import backbone_cli_args, create_backbone, normalize
 from methods.registry import create_method
-from common.errors import UserError
 from tasks.handles import RowHandles
 from tasks.registry import Task, load_task
 

@@ -6,7 +6,7 @@ import base64
 import html
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +199,7 @@ table answered the same episodes; Δ is the mean paired difference in accuracy t
 both answered (their number: pairs), with its 95% CI. Methods whose paired CI includes zero share a rank.</p>
 <p class="note">{len(rows)} episode rows from {len(merged['files'])} file(s){f", {merged['duplicates']} duplicate rows dropped" if merged['duplicates'] else ""};
 git commits: {html.escape(', '.join(commits))}; versions: {html.escape('; '.join(versions))};
-written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>
+written {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.</p>
 <ul class="sources">{sources}</ul>
 {''.join(sections)}
 {extra_html}

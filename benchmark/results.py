@@ -24,10 +24,10 @@ import re
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,6 @@ from benchmark.defaults import SEED_MAX
 from benchmark.migrations import history
 from common.errors import UserError
 from common.files import atomic_write_bytes
-
 
 
 @dataclass(frozen=True)

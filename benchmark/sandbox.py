@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.scoring import MethodFailed, ScoreError
+from common.errors import UserError
 from methods.base import Handed
 from methods.progress import SILENT, Progress
 from methods.registry import METHODS
-from common.errors import UserError
 
 INSTALL_BWRAP = ("--isolate needs bubblewrap, and `bwrap` is not on PATH; install it (Debian/Ubuntu: "
                  "`apt-get install bubblewrap`) or run without --isolate")

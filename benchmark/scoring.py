@@ -196,5 +196,5 @@ class Escaped(Exception):
     worker) and the other for the task's cancellation. Its message describes the original."""
 
     @classmethod
-    def of(cls, exc: BaseException) -> "Escaped":
+    def of(cls, exc: BaseException) -> Escaped:
         return cls(describe(exc))

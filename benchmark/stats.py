@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+
 # scipy.special's t quantile is what scipy.stats.t.ppf computes, without importing scipy.stats (1.3 s)
 from scipy.special import stdtrit
 

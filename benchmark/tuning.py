@@ -21,11 +21,11 @@ import pandas as pd
 
 from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem, run_benchmark
 from benchmark.stats import compare_methods, pm
+from common.errors import UserError, closest
+from common.files import atomic_write_text
+from common.settings import DEFAULTS
 from methods.progress import SILENT, Progress
 from methods.registry import create_method, method_info, option_names
-from common.errors import UserError, closest
-from common.settings import DEFAULTS
-from common.files import atomic_write_text
 
 CHOICE_RULE = ("highest mean accuracy; the default setting stays when the 95% CI of its paired difference to "
                "that setting includes zero")
@@ -40,7 +40,7 @@ class Grid:
     axes: list[tuple[str, list]]
 
     @classmethod
-    def parse(cls, method: str, grids: list[str]) -> "Grid":
+    def parse(cls, method: str, grids: list[str]) -> Grid:
         """`--method NAME[:key=value,...]` and `--grid key=v1,v2,...` (repeated); one-line UserErrors for an
         option the method does not take, an option gridded twice or also fixed in --method, an empty list."""
         spec = MethodSpec.parse(method)

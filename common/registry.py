@@ -11,11 +11,11 @@ It lives in common/, the floor under every layer, so that each of them may use i
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from common.errors import UserError, closest
 
@@ -33,7 +33,7 @@ class Registry(Mapping):
     """Name -> object, read like a dict (`registry[name]`, `in`, `items()`); see the module docstring."""
 
     def __init__(self, kind: str, entry_point_group: str | None = None,
-                 hint: Callable[["Registry"], str] | None = None, builtins: Callable[[], None] | None = None):
+                 hint: Callable[[Registry], str] | None = None, builtins: Callable[[], None] | None = None):
         self.kind = kind  # "method", "dataset", "task": used in messages
         self.entry_point_group = entry_point_group
         self._hint = hint or (lambda reg: f"known: {', '.join(reg.names())}")

@@ -10,9 +10,9 @@ the settings that live in process-wide state (the cache folder, the thread polic
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 SEED_MAX = 2**63 - 1  # numpy seeds any size, but results files and pandas hold seeds as int64
 MAX_SEEDS = 10_000  # seeds are listed before any work: a mistyped range must not run for days

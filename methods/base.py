@@ -20,15 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.errors import UserError
+from common.settings import DEFAULTS
 from methods.cache import Cache, cache_key
 from methods.devices import CPU, to_numpy
 from methods.features import features_key, frozen_features, image_array, images_key
 from methods.progress import SILENT, Progress
 from methods.registry import recorded_config
-from common.settings import DEFAULTS
 from tasks.datasets import ImageTable
 from tasks.episodes import PoolIndex
-from common.errors import UserError
 from tasks.handles import HANDLES_VERSION, RowHandles
 from tasks.registry import Task
 
@@ -45,7 +45,7 @@ class RowFiles(ImageTable):
     table_identity: str = ""
 
     @classmethod
-    def of(cls, table: ImageTable) -> "RowFiles":
+    def of(cls, table: ImageTable) -> RowFiles:
         paths = np.array(table.paths, dtype=object)  # a copy: nothing leads back to the table's frame
         frame = pd.DataFrame({"path": paths, "label": np.full(len(paths), -1, np.int64), "group": "", "split": ""})
         return cls(name=table.name, frame=frame, class_names=(), table_fingerprint=table.fingerprint(),
@@ -140,10 +140,10 @@ class Context:
         self.task_key, self.n_rows = given.task_key, given.n_rows
 
     @classmethod
-    def of(cls, given: Handed, cache: Cache, **settings) -> "Context":
+    def of(cls, given: Handed, cache: Cache, **settings) -> Context:
         return cls(None, cache, given=given, **settings)
 
-    def fresh(self) -> "Context":
+    def fresh(self) -> Context:
         """Another context with what this one was handed: each method its own sealed view."""
         return Context.of(self._handed, self.cache, backbone=self.backbone, image_size=self.image_size,
                           seed=self.seed, progress=self.progress, device=self.device)

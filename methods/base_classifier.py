@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from common.errors import UserError
 from methods.base import Context
 from methods.devices import to_numpy
 from methods.registry import register_method
 from methods.sdft import SDFT, STEP1_DEFAULTS
-from common.errors import UserError
 
 
 @register_method("base-classifier")

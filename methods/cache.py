@@ -15,15 +15,15 @@ import hashlib
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from tasks.datasets.content import default_cache_dir
 from common.errors import UserError
 from common.files import atomic_write_bytes
+from tasks.datasets.content import default_cache_dir
 
 DEFAULT_CACHE_DIR = default_cache_dir()
 
@@ -54,7 +54,7 @@ class Cache:
                 raise UserError(f"cache folder {self.root} cannot be used: {blocker} is a file; pass --cache-dir "
                                 "with a folder (or set BENCH_CACHE_DIR), or move the file away")
 
-    def folder(self, *parts: str) -> "Cache":
+    def folder(self, *parts: str) -> Cache:
         """A cache like this one under a sub-folder."""
         sub = copy.copy(self)
         sub.root = self.root.joinpath(*parts)

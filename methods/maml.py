@@ -31,11 +31,11 @@ from torch import nn
 from torch.func import functional_call, grad
 from torch.nn import functional as F
 
+from common.errors import UserError
 from methods.base import Context, FeatureMethod, torch_generator
 from methods.cache import cache_key
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
-from common.errors import UserError
 
 MAML_VERSION = 1
 

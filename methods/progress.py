@@ -1,8 +1,8 @@
 """A minimal progress protocol, so that methods report long steps without knowing about the terminal."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 
 class Progress:

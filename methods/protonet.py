@@ -10,13 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import UserError
 from methods.base import Context
 from methods.cache import cache_key
 from methods.devices import CPU, cpu_state, to_numpy
 from methods.nearest_mean import NearestClassMean, check_power, class_means, neg_sq_distances
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
-from common.errors import UserError
 
 # Keys meta-trained embeddings: bump when their arithmetic changes (class means come from
 # nearest_mean.class_means, whose rounding another way of averaging would not reproduce)

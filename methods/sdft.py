@@ -25,9 +25,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.errors import UserError
 from methods.augment import augment_batch
-from methods.backbones import backbone_name, check_splittable, create_backbone, split_top, top_from_state, \
-    weights_digest
+from methods.backbones import (
+    backbone_name,
+    check_splittable,
+    create_backbone,
+    split_top,
+    top_from_state,
+    weights_digest,
+)
 from methods.base import Context, FewShotMethod
 from methods.cache import cache_key
 from methods.cosine import CosineClassifier
@@ -37,7 +44,6 @@ from methods.nearest_mean import class_means
 from methods.optim import Adam
 from methods.progress import SILENT, Progress
 from methods.registry import register_method
-from common.errors import UserError
 from tasks.splits import scene_split
 
 # Keys step-1 checkpoints: bump when step 1 makes another network from the same inputs (its linear head is

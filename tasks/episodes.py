@@ -166,7 +166,7 @@ class EpisodeSet:
     def __iter__(self):
         return (self.episode(i) for i in range(len(self)))
 
-    def blind(self, handles=None) -> "BlindEpisodes":
+    def blind(self, handles=None) -> BlindEpisodes:
         """The query-blind view of these episodes: what answering them needs; with `handles`
         (tasks.handles.RowHandles), rows are given as the handles methods address them by."""
         return BlindEpisodes.of(self, handles)
@@ -188,7 +188,7 @@ class EpisodeSet:
                                                    meta=json.dumps(meta)))
 
     @classmethod
-    def load(cls, path: Path) -> "EpisodeSet":
+    def load(cls, path: Path) -> EpisodeSet:
         """The manifest at `path`; a one-line UserError naming it if it is truncated, damaged or not one."""
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -250,7 +250,7 @@ class BlindEpisodes:
     query: np.ndarray  # (E, N*Q), each row ascending
 
     @classmethod
-    def of(cls, episodes: EpisodeSet, handles=None) -> "BlindEpisodes":
+    def of(cls, episodes: EpisodeSet, handles=None) -> BlindEpisodes:
         """`handles` (tasks.handles.RowHandles): the view addresses rows by their handles, as methods do."""
         support, query = episodes.support, episodes.query
         if handles is not None:

@@ -31,17 +31,17 @@ class RowHandles:
         self.handles.flags.writeable = False
 
     @classmethod
-    def identity(cls, n: int) -> "RowHandles":
+    def identity(cls, n: int) -> RowHandles:
         """Handles equal to row numbers: for tools and tests that address rows by row number. The harness never
         hands a method these."""
         return cls([f"{r:020d}" for r in range(n)])
 
     @classmethod
-    def of_table(cls, table, cache_dir=None) -> "RowHandles":
+    def of_table(cls, table, cache_dir=None) -> RowHandles:
         return cls(table.content_digests(cache_dir))
 
     @classmethod
-    def of_arrays(cls, arrays) -> "RowHandles":
+    def of_arrays(cls, arrays) -> RowHandles:
         """Handles of rows given as arrays (a scene's windows): ranked by the digest of each one's bytes."""
         return cls(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in arrays)
 

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from tasks.datasets import ImageTable, load_dataset
-from tasks.datasets.content import file_digests
-from tasks.datasets.scenes import SceneOverlap, scene_overlap
-from tasks.episodes import EpisodeSet, PoolIndex, SAMPLER_VERSION, sample_episodes
 from common.errors import UserError, notice_once
 from common.registry import Registry
 from common.settings import DEFAULTS
+from tasks.datasets import ImageTable, load_dataset
+from tasks.datasets.content import file_digests
+from tasks.datasets.scenes import SceneOverlap, scene_overlap
+from tasks.episodes import SAMPLER_VERSION, EpisodeSet, PoolIndex, sample_episodes
 from tasks.splits import class_split, scene_split, validation_split
 
 SPLIT_SEED = 0  # the base/target split is fixed, whatever the episode seed
@@ -39,7 +39,7 @@ class Task:
     base: np.ndarray  # table indices methods may pre-train on (labels included)
     target: np.ndarray  # table indices episodes are drawn from
     source: str = ""  # the --source whose images are the base pool ("" when the task's own)
-    plain: "Task | None" = None  # with a source: the same task without it, whose episodes these are
+    plain: Task | None = None  # with a source: the same task without it, whose episodes these are
     overlap: SceneOverlap | None = None  # with a source: the target scenes it also holds (None: not comparable)
 
     @property
@@ -66,7 +66,7 @@ class Task:
         it also holds (where the two name scenes alike)."""
         return [self.overlap.header()] if self.overlap is not None else []
 
-    def split(self, name: str) -> "Task":
+    def split(self, name: str) -> Task:
         """This task ("target") or its validation task ("validation")."""
         if name == "target":
             return self
@@ -74,7 +74,7 @@ class Task:
             return self.validation()
         raise UserError(f"unknown split {name!r}; use one of: {', '.join(SPLITS)}")
 
-    def validation(self) -> "Task":
+    def validation(self) -> Task:
         """The task whose episodes choose settings: target = a validation slice of this task's base pool,
         base = the rest of the base pool less the slice's scenes (tasks.splits.validation_split). Named
         `<name>@validation`, so its rows, manifests and caches are never those of the target episodes."""

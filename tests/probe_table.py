@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cheating_plugins  # noqa: E402  (registers the plugins)
+
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark  # noqa: E402
 
 

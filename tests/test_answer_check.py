@@ -4,11 +4,11 @@ check_answers_again). Cheating plugins that remember are refused in tests/test_c
 from __future__ import annotations
 
 import pytest
+from test_isolate import data  # noqa: F401  (the class-by-class folder data set)
+from test_methods import FAST_OPTIONS
 
 from benchmark.runner import CHECKED_EPISODES, MethodSpec, RunConfig, episodes_to_check, run_benchmark
 from methods.registry import builtin_method_names
-from test_isolate import data  # noqa: F401  (the class-by-class folder data set)
-from test_methods import FAST_OPTIONS
 
 pytestmark = pytest.mark.answer_check
 

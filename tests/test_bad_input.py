@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import csv_like, hirise_v1_like
+from fakes_reliability import bench_env, make_folder_dataset
 
 from benchmark.cli import main
 from benchmark.results import COLUMNS
-from fakes import csv_like, hirise_v1_like
-from fakes_reliability import bench_env, make_folder_dataset
 
 
 @pytest.fixture(scope="module")

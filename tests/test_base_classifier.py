@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from common.errors import UserError
 from methods.backbones import create_backbone
 from methods.features import run_model
 from methods.progress import Progress
 from methods.registry import create_method
-from common.errors import UserError
 from tasks.registry import Task
 from tests.fakes_methods import make_context, make_task
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import shutil
 
+import cheating_plugins  # noqa: F401  (registers the cheating plugins)
 import numpy as np
 import pytest
+from fakes_methods import class_image
 from PIL import Image
 
-import cheating_plugins  # noqa: F401  (registers the cheating plugins)
 from benchmark.results import read_results
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark
-from fakes_methods import class_image
 from tasks.handles import RowHandles
 
 pytestmark = pytest.mark.answer_check

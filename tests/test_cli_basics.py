@@ -1,9 +1,9 @@
 """Bad input gives one line on stderr and exit code 2: missing data directory or dataset, unknown names (with
 the closest match), infeasible episodes, bad numbers."""
 import pytest
+from fakes import csv_like, hirise_v1_like
 
 from benchmark.cli import main
-from fakes import csv_like, hirise_v1_like
 
 
 def one_line_error(capsys, argv) -> str:

@@ -7,12 +7,12 @@ import io
 from pathlib import Path
 
 import pytest
+from fakes_reliability import make_folder_dataset, read_rows
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from benchmark.cli import main
 from benchmark.results import COLUMNS
-from fakes_reliability import make_folder_dataset, read_rows
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +113,14 @@ def test_run_either_succeeds_or_fails_in_one_line(world, argv):
         try:
             code = main(argv)
         except SystemExit as exc:  # only --help, which hypothesis does not generate
-            raise AssertionError(f"SystemExit({exc.code}) for {argv}")
+            raise AssertionError(f"SystemExit({exc.code}) for {argv}") from exc
     err, text = stderr.getvalue(), stdout.getvalue() + stderr.getvalue()
     event(f"exit {code}")
     assert "Traceback" not in text, (argv, text)
     assert "internal error" not in err, (argv, err)
     if code == 0:
         assert argv[0] in ("run", "list"), argv
-        assert not [l for l in err.splitlines() if l.startswith("error")], (argv, err)
+        assert not [line for line in err.splitlines() if line.startswith("error")], (argv, err)
         if argv[0] == "run":
             rows = read_rows(out)
             assert rows and all(None not in r and r["schema"] for r in rows)

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from fakes import folder_like, write_image
+
 from methods.base import Context
 from methods.cache import Cache
 from methods.registry import create_method
@@ -157,8 +157,9 @@ def test_shipped_manifests_keep_their_names(real_data_dir):
 
 
 def test_bench_run_resumes_across_spellings_of_one_folder(tmp_path, monkeypatch, capsys):
-    from benchmark.cli import main
     from fakes_reliability import make_folder_dataset
+
+    from benchmark.cli import main
 
     make_folder_dataset(tmp_path / "fx" / "good")
     monkeypatch.chdir(tmp_path)

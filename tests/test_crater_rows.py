@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fakes import folder_like
+from test_ctx_craters_task import ctx_scene_like
 
 import benchmark.runner
 import methods.simpleshot
@@ -18,9 +20,7 @@ from benchmark.commands.migrate import CraterFacts, migrate_file
 from benchmark.mapping.craters import CRATERS
 from benchmark.migrations import CRATERS_V1, CRATERS_V2, CRATERS_V3, CRATERS_V4
 from benchmark.results import read_results
-from fakes import folder_like
 from common.errors import UserError
-from test_ctx_craters_task import ctx_scene_like
 
 NUMBERS = ("precision", "recall", "f1", "tp", "fp", "fn", "positives", "scored", "ambiguous",
            "predicted_crater_fraction", "strict_precision", "strict_recall", "strict_f1")
@@ -102,8 +102,9 @@ def test_changed_data_or_scene_is_not_reused(data, tmp_path, capsys):
     shutil.copytree(data / "base", mine / "base")
     shutil.copytree(data / "data", mine / "data")
     out = tmp_path / "out" / "ctx"
-    run = lambda: crater_run(data, out, capsys, "--method", "simpleshot", task=f"folder:{mine / 'base'}",
-                             data_dir=mine / "data")
+    def run():
+        return crater_run(data, out, capsys, "--method", "simpleshot", task=f"folder:{mine / 'base'}",
+                          data_dir=mine / "data")
     rc, err, rows = run()
     assert rc == 0, err
     image = next((mine / "base" / "dunes").iterdir())

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 from fakes import csv_like, folder_like, hirise_v1_like, write_image
 from fakes_marsbench import marsbench_like, write_annotation
+from fakes_methods import instant_method
 from fakes_reliability import make_folder_dataset, read_rows
 from PIL import Image
 
 from benchmark.cli import main
-from tasks.datasets import load_dataset
 from common.errors import UserError
+from tasks.datasets import load_dataset
 from tasks.protocols import fixed_k_draw, fixed_k_sets
 from tasks.registry import load_task
-from fakes_methods import instant_method
-
 
 ProbeIdentity = instant_method("probe-identity")
 

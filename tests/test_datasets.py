@@ -5,13 +5,24 @@ import os
 
 import numpy as np
 import pytest
+from fakes import (
+    DOMARS_CODES,
+    aid_like,
+    csv_like,
+    domars16k_like,
+    evil_tar,
+    evil_zip,
+    folder_like,
+    hirise_v1_like,
+    tar_folder,
+    write_image,
+    zip_folder,
+)
 
 from benchmark.cli import main
-from fakes import (DOMARS_CODES, aid_like, csv_like, domars16k_like, evil_tar, evil_zip, folder_like, hirise_v1_like,
-                   tar_folder, write_image, zip_folder)
+from common.errors import UserError
 from tasks.datasets import dataset_spec, load_dataset
 from tasks.datasets.download import find_root, safe_extract
-from common.errors import UserError
 
 
 def one_line_error(capsys, argv) -> str:

@@ -6,10 +6,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from benchmark.cli import main
+from common.errors import UserError
 from methods.cache import Cache
 from methods.features import image_array, images_key, load_image
 from tasks.datasets import load_dataset
-from common.errors import UserError
 
 SIZE = 32
 
@@ -124,9 +124,9 @@ def test_real_8_bit_images_decode_exactly_as_before(real_data_dir):
 def test_decoded_arrays_of_the_old_decoder_are_not_reused(tmp_path):
     """The images key holds the preprocessing and decoder versions, so arrays decoded by the saturating
     decoder are recomputed."""
-    import methods.features as features
-
     from fakes import folder_like
+
+    import methods.features as features
 
     table = load_dataset(f"folder:{folder_like(tmp_path / 'd')}", tmp_path)
     key = images_key(table, SIZE)

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes_reliability import bench, make_folder_dataset, read_rows, run_args, stable
 
 from benchmark.cli import main
-from fakes_reliability import bench, make_folder_dataset, read_rows, run_args, stable
-from methods.features import feature_extractor, run_model, thread_policy, torch_threads
-from methods.features import decode_images
+from methods.features import decode_images, feature_extractor, run_model, thread_policy, torch_threads
 from tasks.datasets import load_dataset
 
 

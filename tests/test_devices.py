@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from benchmark.cli import main
+from common.errors import UserError
 from methods.devices import CPU, device_key, resolve_device
 from methods.features import features_key
 from methods.registry import create_method
-from common.errors import UserError
 from tests.fakes_methods import make_context, make_task
 from tests.test_methods import FAST_OPTIONS
 

@@ -4,12 +4,12 @@ import itertools
 
 import numpy as np
 import pytest
-
 from fakes import grouped_table
-from tasks.episodes import EpisodeSet, PoolIndex
+
 from common.errors import UserError
-from tasks.registry import Task
 from tasks.datasets import table_from_rows
+from tasks.episodes import EpisodeSet, PoolIndex
+from tasks.registry import Task
 
 
 def whole_table_task(table) -> Task:
@@ -95,7 +95,7 @@ def brute_force_can_fill(sizes, k, q) -> bool:
 def test_class_can_fill_matches_brute_force():
     rng = np.random.default_rng(0)
     checked = positives = 0
-    for case in range(150):
+    for _ in range(150):
         n = int(rng.integers(3, 40))
         labels = rng.integers(0, 3, n)
         groups = rng.integers(0, int(rng.integers(1, 8)), n)
@@ -164,8 +164,9 @@ def test_episode_streams_do_not_depend_on_where_the_data_lies_or_its_file_times(
     import os
     import shutil
 
-    from benchmark.runner import stream_id
     from fakes import hirise_v1_like, write_image
+
+    from benchmark.runner import stream_id
     from tasks.registry import load_task
 
     first = hirise_v1_like(tmp_path / "a", per_class={0: 12, 1: 12, 2: 12, 6: 12}, groups=6)

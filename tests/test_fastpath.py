@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from test_sdft import make_tiny_task
 
 from benchmark import fastpath
 from benchmark.fastpath import batch_scores, chunk_episodes, in_query_order, score_chunk, supports_batches
@@ -13,8 +14,6 @@ from methods.cache import Cache
 from methods.nearest_mean import class_means, gather_rows, squared_norms
 from methods.registry import create_method
 from tasks.episodes import in_row_order
-from test_sdft import make_tiny_task
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,15 +4,15 @@ import itertools
 import json
 
 import pytest
+from fakes import domars16k_like
 
 import benchmark.fixedk
 from benchmark.cli import main
+from benchmark.fixedk import run_fixed_k
 from benchmark.results import COLUMNS as RUN_COLUMNS
 from benchmark.stats import mean_ci
-from fakes import domars16k_like
 from methods.cache import Cache
 from methods.registry import create_method
-from benchmark.fixedk import run_fixed_k
 from tasks.protocols import PROTOCOL_VERSION
 from tasks.registry import load_task
 

@@ -5,15 +5,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import cheating_plugins  # noqa: F401  (registers sandbox-prober)
 import pandas as pd
 import pytest
+from fakes_methods import make_task
 
-import cheating_plugins  # noqa: F401  (registers sandbox-prober)
 from benchmark.cli import main
 from benchmark.results import read_results
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark
-from fakes_methods import make_task
-from common.errors import UserError
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 VARYING = ["seconds", "timestamp", "isolated"]

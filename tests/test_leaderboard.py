@@ -40,7 +40,7 @@ def test_merging_two_halves_gives_the_whole_runs_table(whole, tmp_path):
 def test_leaderboard_has_paired_differences_and_tied_ranks(whole, tmp_path):
     board = leaderboard(load_results([str(tmp_path / "whole.csv")])[0])
     assert len(board) == 3 * len(METHODS)
-    for shots, g in board.groupby("shots"):
+    for _, g in board.groupby("shots"):
         g = g.set_index("method")
         assert g.index[0] == "sdft" and g.loc["sdft", "rank"] == 1 and g.loc["sdft", "delta"] == 0
         assert g.loc["weak", "rank"] == 4 and g.loc["weak", "delta"] < -0.1

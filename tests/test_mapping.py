@@ -16,15 +16,15 @@ from benchmark.mapping.map import map_scene
 from benchmark.mapping.options import MapOptions
 from benchmark.mapping.points import read_points, write_points
 from benchmark.mapping.scene import load_scene
-from common.settings import Settings
 from benchmark.mapping.smoothing import majority_filter, mrf_smooth, smooth
 from benchmark.runner import MethodSpec
 from benchmark.scoring import binary_scores
-from tasks.datasets.ctx_murray import window_truth
-from tasks.windows import WindowGrid, window_starts
+from common.errors import UserError
+from common.settings import Settings
 from methods.cache import Cache
 from methods.features import load_image
-from common.errors import UserError
+from tasks.datasets.ctx_murray import window_truth
+from tasks.windows import WindowGrid, window_starts
 from tests.fakes import folder_like
 from tests.fakes_methods import make_task
 
@@ -190,9 +190,8 @@ def test_bench_map_command_writes_the_outputs(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- smoothing
 
 
-def noisy_halves(seed=0):
+def noisy_halves():
     """A 10 x 12 map, class 0 left and 1 right, with isolated windows flipped at 0.7 confidence."""
-    rng = np.random.default_rng(seed)
     truth = np.zeros((10, 12), int)
     truth[:, 6:] = 1
     probs = np.zeros((10, 12, 2), np.float32)

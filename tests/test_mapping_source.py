@@ -6,19 +6,19 @@ import shutil
 
 import numpy as np
 import pytest
+from fakes import aid_like, folder_like, write_image
 from PIL import Image
+from test_ctx_craters_task import ctx_scene_like
+from test_mapping import blob_scene
 
 import methods.simpleshot
 from benchmark.cli import main
 from benchmark.mapping.context import MapContext
 from benchmark.mapping.points import write_points
 from benchmark.mapping.scene import load_scene
-from fakes import aid_like, folder_like, write_image
 from methods.cache import Cache
 from tasks.registry import load_task
 from tasks.windows import WindowGrid
-from test_ctx_craters_task import ctx_scene_like
-from test_mapping import blob_scene
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,14 @@ import csv
 
 import numpy as np
 import pytest
+from fakes_marsbench import CLASSES, marsbench_like, write_annotation
 from sklearn.metrics import f1_score
 
 from benchmark.cli import main
-from fakes_marsbench import CLASSES, marsbench_like, write_annotation
+from benchmark.scoring import score_fixed_k as score
+from common.errors import UserError
 from tasks.datasets import load_dataset
 from tasks.datasets.marsbench import GROUP_RULES, group_rule
-from common.errors import UserError
-from benchmark.scoring import score_fixed_k as score
 from tasks.protocols import fixed_k_draw, fixed_k_pools, fixed_k_sets
 from tasks.registry import load_task
 

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes_reliability import bench, make_folder_dataset
 
 from benchmark.cli import main
-from fakes_reliability import bench, make_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

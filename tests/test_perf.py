@@ -3,15 +3,14 @@ import shutil
 import sys
 
 import pytest
+import torch
+from test_sdft import make_tiny_task
 
 from benchmark.cli import main
-import torch
-
 from benchmark.perf import easyfsl_throughput, harness_throughput
 from methods.base import Context
 from methods.cache import Cache
 from methods.registry import create_method
-from test_sdft import make_tiny_task
 
 
 def test_protonet_matches_easyfsl_on_the_same_features_and_episodes(tmp_path):

@@ -82,7 +82,7 @@ def bench(*args, plugin_dir=None, cwd=None):
 def test_plugin_is_listed_with_its_origin_only_when_installed(installed):
     listed = bench("list", plugin_dir=installed)
     assert listed.returncode == 0, listed.stderr
-    line = next(l for l in listed.stdout.splitlines() if " ridge " in l)
+    line = next(row for row in listed.stdout.splitlines() if " ridge " in row)
     assert "plugin marsfsl-ridge" in line and "Ridge regression" in line and "features" in line
     assert "protonet" in listed.stdout  # built-ins still there
     plain = bench("list")
@@ -120,6 +120,6 @@ def test_a_plugin_cannot_take_a_built_in_name(tmp_path):
     (info / "entry_points.txt").write_text("[marsfsl.methods]\nprotonet = evil_pkg:Evil\n")
     listed = bench("list", plugin_dir=site)
     assert listed.returncode == 0, listed.stderr
-    line = next(l for l in listed.stdout.splitlines() if " protonet " in l)
+    line = next(row for row in listed.stdout.splitlines() if " protonet " in row)
     assert "marsfsl" in line and "Impostor" not in line
     assert "broken plugin" in listed.stdout and "already taken by marsfsl" in listed.stdout.replace("\n", " ")

@@ -10,12 +10,12 @@ import signal
 from pathlib import Path
 
 import pytest
+from fakes_methods import instant_method
+from fakes_reliability import make_folder_dataset, read_rows
 
 from benchmark.cli import main
 from benchmark.results import read_results
-from fakes_reliability import make_folder_dataset, read_rows
 from methods.registry import register_method
-from fakes_methods import instant_method
 
 EPISODES = 4
 FAILS_AT = 2  # the failing methods answer episodes 0 and 1, then fail on episode 2

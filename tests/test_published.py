@@ -3,10 +3,10 @@ import csv
 
 import numpy as np
 import pytest
+from fakes_marsbench import marsbench_like
 
 from benchmark.cli import main
 from benchmark.published import REFERENCE, comparison, published_name, published_rows
-from fakes_marsbench import marsbench_like
 
 
 def test_the_shipped_reference_table():

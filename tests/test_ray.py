@@ -7,12 +7,12 @@ import json
 import os
 from pathlib import Path
 
+import fakes_ray  # noqa: F401  (registers the die-once plugin method)
 import pytest
+from fakes_reliability import make_folder_dataset
 
 from benchmark.cli import main
 from benchmark.results import KEY
-import fakes_ray  # noqa: F401  (registers the die-once plugin method)
-from fakes_reliability import make_folder_dataset
 
 ray = pytest.importorskip("ray")
 
@@ -121,10 +121,11 @@ def test_exit_or_keyboard_interrupt_on_a_worker_fails_that_method_only(local_ray
 
 
 def test_perf_row_of_ray_against_local_prints(local_ray, tmp_path):
+    from test_sdft import make_tiny_task
+
     from benchmark.perf import ray_figure
     from methods.base import Context
     from methods.cache import Cache
-    from test_sdft import make_tiny_task
 
     task = make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=6, per_group=6)
     figure = ray_figure(task, Context(task, Cache(tmp_path / "cache"), image_size=32), "sdft-no-step1", 12,

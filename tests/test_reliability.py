@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import multiprocessing
 import os
@@ -18,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes_reliability import bench, bench_popen, line_count, make_folder_dataset, read_rows, run_args, stable
 
 from benchmark.cli import main
 from benchmark.results import COLUMNS, KEY, SCHEMA_VERSION, append_rows, matching, read_results
-from fakes_reliability import (bench, bench_popen, line_count, make_folder_dataset, read_rows, run_args,
-                               stable)
 from methods.cache import Cache
 
 
@@ -83,7 +81,8 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(data, tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert stable(rows) == stable(assert_whole(reference_out, episodes))
     # and the table printed at the end is the same, but for its last column (wall seconds)
-    table = lambda text: [l.rsplit("│", 2)[0] for l in text.splitlines() if "linear-probe" in l]  # noqa: E731
+    def table(text):
+        return [line.rsplit("│", 2)[0] for line in text.splitlines() if "linear-probe" in line]
     assert table(resumed.stdout) == table(reference.stdout) and table(reference.stdout)
 
 
@@ -283,7 +282,7 @@ def test_a_corrupt_feature_cache_is_recomputed_by_bench_run(data, tmp_path):
     out.unlink()
     again = bench(*argv)
     assert again.returncode == 0, again.stderr
-    warnings = [l for l in again.stderr.splitlines() if l.startswith("warning:")]
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: cache file {features[0]} is corrupt (checksum mismatch); recomputing it"]
     assert stable(read_rows(out)) == reference
     assert "warning:" not in bench(*argv).stderr  # the rewritten file verifies

@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_results import fake_rows, write_csv
+from fakes_methods import instant_method
+from fakes_reliability import make_folder_dataset, read_rows
 from PIL import Image
 
 from benchmark.cli import main
 from benchmark.migrations import EPISODES_V1 as COLUMNS_V1
 from benchmark.results import COLUMNS, read_results
-from fake_results import fake_rows, write_csv
-from fakes_reliability import make_folder_dataset, read_rows
-from methods.registry import register_method
 from common.errors import UserError
-from fakes_methods import instant_method
-
+from methods.registry import register_method
 
 ProbeOk = instant_method("probe-ok")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from common.errors import UserError
 from methods.registry import create_method
 from methods.sdft import STEP2_LATER, mix_weights
-from common.errors import UserError
 from tests.fakes_methods import make_context, make_task
 
 FAST = dict(epochs=1, batch_size=8, steps=5)

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fakes_methods import class_image
 from PIL import Image
 
 from benchmark.results import read_results
-from fakes_methods import class_image
 from benchmark.runner import MethodSpec, RunConfig, run_benchmark
 from methods.base import Context, FeatureMethod, FewShotMethod
 from methods.cache import Cache

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import write_image
+from fakes_methods import instant_method
+from fakes_reliability import make_folder_dataset, read_rows
 from PIL import Image
 
 from benchmark.cli import main
 from benchmark.results import COLUMNS, read_results
-from fakes import write_image
-from fakes_reliability import make_folder_dataset, read_rows
 from common.errors import UserError
-from fakes_methods import instant_method
-
 
 Ok = instant_method("si-ok")
 

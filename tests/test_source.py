@@ -5,14 +5,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from fakes import aid_like, hirise_v1_like
 
 import methods.protonet
 from benchmark.cli import main
-from fakes import aid_like, hirise_v1_like
+from common.errors import UserError
 from methods.base import Context
 from methods.cache import Cache
 from methods.registry import create_method
-from common.errors import UserError
 from tasks.protocols import fixed_k_pools, protocol_base
 from tasks.registry import AID_TARGET_CLASSES, load_task
 

@@ -1,19 +1,19 @@
 """Base/target splits (scene-disjoint, class-disjoint) and the fixed-K protocol's pools and draws."""
 import numpy as np
 import pytest
+from fakes import domars16k_like, grouped_table, hirise_v1_like
 from sklearn.metrics import f1_score
 
-from fakes import domars16k_like, grouped_table, hirise_v1_like
+from benchmark.fixedk import run_fixed_k
+from common.errors import UserError
 from methods.base import FewShotMethod
 from methods.cache import Cache
 from methods.registry import create_method
 from tasks.datasets import load_dataset
-from common.errors import UserError
-from benchmark.fixedk import run_fixed_k
-from tasks.protocols import fixed_k_pools, fixed_k_sets, protocol_base
-from tasks.registry import load_task, region_task
-from tasks.splits import class_split, scene_split
 from tasks.handles import RowHandles
+from tasks.protocols import fixed_k_pools, fixed_k_sets, protocol_base
+from tasks.registry import load_task
+from tasks.splits import class_split, scene_split
 
 
 @pytest.mark.parametrize("seed", range(5))

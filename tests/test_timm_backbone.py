@@ -5,12 +5,19 @@ import shutil
 
 import pytest
 import torch
+from test_sdft import make_tiny_task
 
 from benchmark.cli import build_parser, main, resolve_backbone
-from methods.backbones import InputConvention, backbone_name, backbone_spec, create_backbone, normalize, \
-    read_state_dict, weights_digest
+from methods.backbones import (
+    InputConvention,
+    backbone_name,
+    backbone_spec,
+    create_backbone,
+    normalize,
+    read_state_dict,
+    weights_digest,
+)
 from methods.features import features_key
-from test_sdft import make_tiny_task
 
 timm = pytest.importorskip("timm")
 ARCH = "test_efficientnet"  # an EfficientNet of 0.36 M parameters: SDFT can cut it like the built-in ones

@@ -252,8 +252,9 @@ def test_leaderboards_mark_transductive_methods_and_can_leave_them_out(tmp_path,
 def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsys):
     import csv
 
-    from benchmark.cli import main
     from test_sdft import make_tiny_task
+
+    from benchmark.cli import main
 
     make_tiny_task(tmp_path / "data", n_classes=3, groups_per_class=4, per_group=4)
     out = tmp_path / "r.csv"
@@ -280,8 +281,9 @@ def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsy
 def test_fixed_k_rows_and_tables_mark_a_transductive_method(tmp_path, capsys):
     import csv
 
-    from benchmark.cli import main
     from fakes import domars16k_like
+
+    from benchmark.cli import main
 
     data = domars16k_like(tmp_path / "data", products=4, per_product=2)
     out = tmp_path / "k.csv"

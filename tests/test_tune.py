@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import write_image
 
 from benchmark.cli import main
 from benchmark.tuning import Grid
-from fakes import write_image
 from common.errors import UserError
 
 
@@ -80,8 +80,8 @@ def test_every_point_on_the_same_episodes_and_resumable(tmp_path, capsys):
 
 
 def test_choice_rule_keeps_a_tied_default():
-    from benchmark.tuning import tuning_table
     from benchmark.runner import MethodSpec
+    from benchmark.tuning import tuning_table
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.4, 0.8, 40)
@@ -131,7 +131,8 @@ def test_a_grid_point_equal_to_the_default_reuses_the_defaults_rows(tmp_path, ca
     assert main(again) == 0
     second = pd.read_csv(csv.parent / "table.csv")
     assert set(second["method"]) == {"knn", "knn:k=7"}
-    default = lambda t: t[t["method"] == "knn"][["accuracy", "episodes"]].to_numpy()
+    def default(t):
+        return t[t["method"] == "knn"][["accuracy", "episodes"]].to_numpy()
     assert (default(first) == default(second)).all()
     rows = pd.read_csv(csv.parent / "validation.csv")
     assert rows["method"].value_counts().to_dict() == {"knn": 6, "knn:k=3": 6, "knn:k=5": 6, "knn:k=7": 6}

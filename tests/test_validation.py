@@ -3,16 +3,15 @@ pre-train on (class-disjoint where the task is), reproducible; `bench run --spli
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import csv_like, grouped_table
 
 from benchmark.cli import main
-from benchmark.runner import RunConfig, MethodSpec, run_benchmark
-from fakes import csv_like, grouped_table
+from benchmark.runner import MethodSpec, RunConfig, run_benchmark
 from methods.base import Context, FewShotMethod
-from methods.cache import Cache
 from tasks.episodes import EpisodeSet
+from tasks.handles import RowHandles
 from tasks.registry import Task, load_task, region_task
 from tasks.splits import class_split
-from tasks.handles import RowHandles
 
 
 def region(seed):

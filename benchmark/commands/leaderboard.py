@@ -31,8 +31,16 @@ def cmd_leaderboard(args) -> int:
     import sys
 
     from benchmark.console import console, stdout
-    from benchmark.leaderboard import FORMATS, inductive_only, leaderboard, load_results, print_tables, rich_tables, \
-        to_sources, to_transductive
+    from benchmark.leaderboard import (
+        FORMATS,
+        inductive_only,
+        leaderboard,
+        load_results,
+        print_tables,
+        rich_tables,
+        to_sources,
+        to_transductive,
+    )
     from common.errors import UserError
 
     if args.fixedk:

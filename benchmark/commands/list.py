@@ -27,7 +27,7 @@ def cmd_list(args) -> int:
         query = "transductive" if getattr(info.cls, "transductive", False) else "inductive"
         table.add_row(name, info.cls.consumes, query, info.origin, info.description)
     stdout.print(table)
-    for name, problem in load_plugins().items():
+    for problem in load_plugins().values():
         stdout.print(f"[red]broken plugin[/red] {problem}", highlight=False)
     table = Table(title="tasks")
     table.add_column("name")

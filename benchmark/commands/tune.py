@@ -4,8 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmark.cli import SEED_MAX, add_common, add_task_options, bounded_int, default_data_dir, \
-    file_path, positive_int
+from benchmark.cli import SEED_MAX, add_common, add_task_options, bounded_int, default_data_dir, file_path, positive_int
 
 MAX_EPISODES = 100_000
 

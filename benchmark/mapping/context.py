@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmark.mapping.scene import RasterScene, Scene
-from methods.base import Context
 from methods.backbones import backbone_name, weights_digest
+from methods.base import Context
 from methods.cache import Cache, cache_key
 from methods.devices import device_key
 from methods.features import NUMERICS_VERSION, PREPROCESSING_VERSION, feature_extractor, run_model

@@ -36,10 +36,10 @@ from benchmark.results import WEIGHTS_COLUMNS, Schema
 from benchmark.scoring import binary_scores
 from benchmark.stats import paired_difference, summarize
 from benchmark.stats import pm as stats_pm
-from tasks.datasets.ctx_murray import CLASSES, DATASET, RIM_BAND, TRAIN_X, load_ctx, window_truth
 from common.errors import UserError
-from tasks.windows import WindowGrid
 from common.files import atomic_output
+from tasks.datasets.ctx_murray import CLASSES, DATASET, RIM_BAND, TRAIN_X, load_ctx, window_truth
+from tasks.windows import WindowGrid
 
 
 def regions(grid: WindowGrid) -> tuple[np.ndarray, np.ndarray]:

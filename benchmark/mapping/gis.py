@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.mapping.scene import apply_geotransform, import_rasterio
-from tasks.windows import WindowGrid
 from common.files import atomic_output
+from tasks.windows import WindowGrid
 
 LABEL_NODATA = 255
 TILE = 512

@@ -11,21 +11,21 @@ import numpy as np
 from benchmark.mapping import gis
 from benchmark.mapping.context import MapContext
 from benchmark.mapping.options import MapOptions
-from methods.base import handed
-from methods.devices import resolve_device
 from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
 from benchmark.runner import method_cache, source_id
 from benchmark.scoring import check_scores
-from methods.backbones import backbone_name, weights_digest
-from methods.progress import SILENT, Progress
 from common.errors import UserError
-from tasks.handles import RowHandles
-from tasks.windows import WindowGrid
 from common.files import atomic_output
 from common.settings import Settings
+from methods.backbones import backbone_name, weights_digest
+from methods.base import handed
+from methods.devices import resolve_device
+from methods.progress import SILENT, Progress
+from tasks.handles import RowHandles
+from tasks.windows import WindowGrid
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

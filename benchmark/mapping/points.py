@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError, closest
+from common.files import atomic_write_text
 from tasks.labels import check_class_names
 from tasks.windows import WindowGrid
-from common.files import atomic_write_text
 
 VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"})
 COVER_FRACTION = 0.5  # a polygon selects the windows whose cells it covers by more than this fraction

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.mapping.points import Points
-from tasks.windows import WindowGrid
 from common.files import atomic_output, atomic_write_text
-
+from tasks.windows import WindowGrid
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#9a6324", "#800000", "#000075", "#808000", "#aaffc3", "#a9a9a9", "#fabed4"]

@@ -1,5 +1,10 @@
 """Dataset registry. Importing this package registers the built-in datasets."""
-from tasks.datasets import aid, hirise  # noqa: F401
+from tasks.datasets import (  # noqa: F401
+    aid,
+    domars16k,  # noqa: F401,E402
+    hirise,
+    marsbench,  # noqa: F401,E402  (registers the marsbench: prefix)
+)
 from tasks.datasets.base import (  # noqa: F401
     DATASETS,
     DatasetSpec,
@@ -10,5 +15,3 @@ from tasks.datasets.base import (  # noqa: F401
     table_from_rows,
 )
 from tasks.datasets.generic import load_dataset  # noqa: F401
-from tasks.datasets import domars16k  # noqa: F401,E402
-from tasks.datasets import marsbench  # noqa: F401,E402  (registers the marsbench: prefix)

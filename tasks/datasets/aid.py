@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.errors import UserError
 from tasks.datasets.base import DatasetSpec, ImageTable, register_dataset, table_from_rows
 from tasks.datasets.generic import ignored
-from common.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 

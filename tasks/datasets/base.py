@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from tasks.datasets.content import file_digests
 from common.errors import UserError
 from common.registry import Registry
+from tasks.datasets.content import file_digests
 
 COLUMNS = ("path", "label", "group", "split")
 FINGERPRINT_VERSION = 2  # bump when what a fingerprint hashes changes (content, not paths or file times)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import fields, replace
 
-from tasks.datasets.base import ImageTable, relative_paths
 from common.errors import UserError, notice_once
+from tasks.datasets.base import ImageTable, relative_paths
 
 TEST_SPLITS = frozenset({"test", "target"})  # the split values whose images are scored, never trained on
 SHOWN = 3  # copies named in a notice

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import fsync_tree
 from tasks.datasets.base import ImageTable, table_from_rows
 from tasks.datasets.content import default_cache_dir
-from tasks.datasets.ctx_murray import CLASSES, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, scene_identity, \
-    window_truth
-from common.files import fsync_tree
+from tasks.datasets.ctx_murray import CLASSES, STRIDE, TILE, TRAIN_X, WINDOW, load_ctx, scene_identity, window_truth
 from tasks.imageio import DECODER_VERSION
 from tasks.windows import WindowGrid
 

@@ -66,9 +66,9 @@ def load_ctx(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{root} not found; set --data-dir or BENCH_DATA_DIR to the folder holding {DATASET}")
     paths = iter(tile_paths(data_dir))
     rows = []
-    for r in range(3):
+    for _ in range(3):
         row = []
-        for c in range(3):
+        for _ in range(3):
             path = next(paths)
             if not path.is_file():
                 raise UserError(f"CTX tile {path} is missing")

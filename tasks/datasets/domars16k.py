@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from common.errors import UserError
 from tasks.datasets.base import DatasetSpec, ImageTable, register_dataset, table_from_rows
 from tasks.datasets.download import ZenodoArchive, archive_downloader
-from common.errors import UserError
 
 # Class codes (the folder names) and their names in the DoMars16k paper, grouped as the paper groups them.
 CLASSES = {

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.errors import UserError, notice
 from tasks.datasets.base import ImageTable, dataset_root, dataset_spec, table_from_rows
 from tasks.datasets.scenes import namespace_of
-from common.errors import UserError, notice
-from tasks.labels import check_class_names
 from tasks.imageio import IMAGE_SUFFIXES
+from tasks.labels import check_class_names
 
 IGNORED_FOLDERS = frozenset({"__MACOSX"})
 # Split values a CSV may use, and the pool each one feeds (`bench run`'s base and target).

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.errors import UserError
 from tasks.datasets.base import DatasetSpec, ImageTable, register_dataset, table_from_rows
 from tasks.datasets.download import ZenodoArchive, archive_downloader
-from common.errors import UserError
 
 # Label ids as the dataset defines them. Id 5 (impact ejecta) is defined but has no image in v1, so the
 # dense labels the suite uses skip it; a label id outside this map is an error.

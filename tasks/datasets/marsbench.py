@@ -29,8 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from tasks.datasets.base import ImageTable, table_from_rows
 from common.errors import UserError, notice
+from tasks.datasets.base import ImageTable, table_from_rows
 
 ANNOTATION = "annotation.csv"
 FEW_SHOT_DIR = "few_shot"

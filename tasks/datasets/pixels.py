@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.datasets.content import digest_cache_dir
 from common.files import atomic_write_bytes
+from tasks.datasets.content import digest_cache_dir
 from tasks.imageio import DECODER_VERSION, fit_square, read_image
 
 PIXEL_VERSION = 1  # bump when what is hashed or thumbnailed changes

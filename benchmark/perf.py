@@ -104,7 +104,7 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
 
 # Our transductive methods beside easyfsl 1.5's: the class, and its options set to our defaults where easyfsl has
 # them (feature preprocessing included: `base_mean` stands for the base pool's mean feature). What easyfsl does
-# otherwise is docs/methods.md's account of the differences.
+# otherwise is docs/transductive-methods.md's account of the differences.
 EASYFSL = {
     "bd-cspn": ("BDCSPN", {"feature_normalization": 2}),
     "laplacianshot": ("LaplacianShot", {"feature_centering": "base_mean", "feature_normalization": 2, "knn": 3,

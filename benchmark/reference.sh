@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export BENCH_DATA_DIR="${BENCH_DATA_DIR:-../shared/data}"
 bench=".venv/bin/bench"
 F="--method protonet --method linear-probe --method simpleshot --method knn --method baseline-pp --method maml"
-# The transductive methods (docs/methods.md): they also read their episode's unlabelled query features.
+# The transductive methods (docs/transductive-methods.md): they also read their episode's unlabelled query features.
 T="--method bd-cspn --method laplacianshot --method tim --method pt-map"
 # SDFT's step-2 setting chosen per task on validation episodes (docs/tuning.md, "SDFT's second step").
 declare -A TUNED=([hirise-regions]="sdft:fuse=0.5" [aid-classes]="sdft:mix=0.75")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import benchmark.provenance
 import benchmark.runner
 import methods.simpleshot
 from benchmark.cli import main
@@ -88,7 +89,7 @@ def test_rows_are_reused_only_under_the_same_inputs(data, tmp_path, capsys, monk
     aside = list(csv.DictReader(open(out.parent / "ctx.set-aside.csv", newline="")))
     assert [r["method_version"] for r in aside] == ["1", "1"]
     # rows of other code (another git commit): refused unless --reuse-stale
-    monkeypatch.setattr(benchmark.runner, "git_commit", lambda: "0123456789ab")
+    monkeypatch.setattr(benchmark.provenance, "git_commit", lambda: "0123456789ab")
     refused(*crater_run(data, out, capsys, *method)[:2], "other code", "--reuse-stale")
     rc, err, again = crater_run(data, out, capsys, *method, "--reuse-stale")
     assert rc == 0 and "map in" not in err and again == rows, err

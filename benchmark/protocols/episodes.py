@@ -1,0 +1,110 @@
+"""The episode protocol (`bench run`): every method on the same N-way K-shot episodes, one row per (method,
+shots, episode), scored by benchmark/scoring.score_episode. How a method answers an episode (here, on Ray
+workers or in its sandbox) is benchmark/runner.py's; the loop around it is benchmark/pipeline.py's."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmark import runner
+from benchmark.pipeline import Plan, Protocol, Run
+from benchmark.results import EPISODES, SCHEMA_VERSION, check_results_path
+from methods.cache import Cache
+from methods.progress import Progress
+from tasks.handles import RowHandles
+from tasks.registry import load_task
+
+
+class Episodes(Protocol):
+    """A unit is one episode of a (method, shots) stream; runner.RunConfig holds the settings."""
+
+    schema = EPISODES
+    fresh_what = " of this run's methods and shots"
+
+    def __init__(self, config):
+        self.config = config
+        self.fresh, self.reuse_stale, self.stop_on_failure = config.fresh, config.reuse_stale, config.stop_on_failure
+
+    def setup(self, progress: Progress) -> Path:
+        config = self.config
+        self.cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
+        self.task = load_task(config.task, config.data_dir, source=config.source, split=config.split,
+                              image_size=config.image_size, source_disjoint=config.source_disjoint)
+        self.out = config.results_path()
+        self.methods = runner.created_methods(config, self.cache, self.out)  # an unknown method or option fails first
+        self.episode_sets = {k: self.task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
+                             for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
+        check_results_path(self.out)  # an incompatible, unreadable or unwritable file fails before any work
+        self.manifests = runner.Manifests(self.out.parent / "manifests", self.task, progress)
+        return self.out
+
+    def plans(self) -> list[Plan]:
+        config, methods = self.config, self.methods
+        del self.methods  # the plans hold them now, and the pipeline lets each go once it ran
+        plans = []
+        for (spec, method), cond in zip(methods, runner.conditions(self.task, config, [m for _, m in methods])):
+            for k, episodes in self.episode_sets.items():
+                measurement = {"task": self.task.name, "method": spec.label, "shots": k, "ways": config.n_way,
+                               "queries": config.n_query, "manifest": runner.stream_id(episodes)}
+                plans.append(Plan(spec, method, measurement, cond, list(range(len(episodes))),
+                                  f"{spec.label} {k}-shot"))
+        return plans
+
+    def executor(self, progress: Progress):
+        return runner.make_executor(self.config, self.cache, self.out, progress)
+
+    def run_method(self, plans: list[Plan], run: Run) -> None:
+        """Prepare the method once (here, in the driver, or in its sandbox), then answer each shots' pending
+        episodes here or on the executor's workers; either way only this process writes rows. Where the method
+        runs in this process, a few of the episodes it answered are answered again by a fresh process
+        afterwards (runner.check_answers_again)."""
+        spec, method, config = plans[0].spec, plans[0].method, self.config
+        handles = RowHandles.of_table(self.task.table)
+        prepared, kept = False, {}
+        for plan in plans:
+            if plan.done:
+                run.progress.log(f"{spec.label} {plan.k}-shot: {len(plan.done)} episodes already in {self.out}, "
+                                 f"{len(plan.pending)} to run")
+            if not plan.pending:
+                continue
+            if not prepared:
+                runner.prepare(method, self.task, self.cache, config, config.seed, run.progress, run.executor,
+                               handles, spec.label)
+                prepared = True
+            kept[plan.k] = dict.fromkeys(runner.episodes_to_check(plan.pending, config.seed, plan.k))
+            self.answer(plan, run, handles, kept[plan.k])
+        if prepared and not hasattr(run.executor, "prepare"):
+            runner.check_answers_again(spec, method, self.task, self.cache, config, self.episode_sets, kept, handles,
+                                       self.out, run.progress)
+
+    def answer(self, plan: Plan, run: Run, handles: RowHandles, kept: dict) -> None:
+        """Answer, score and append the plan's pending episodes; the scores of the episodes in `kept` go there."""
+        episodes, config = self.episode_sets[plan.k], self.config
+        rows, last_flush = [], time.perf_counter()
+        batched = runner.supports_batches(plan.method) or bool(getattr(type(plan.method), "batched", False))
+        common = run.provenance.columns()
+
+        def flush():
+            if rows:
+                self.manifests.ensure(episodes)
+                run.table.append(rows)
+                rows.clear()
+
+        with run.progress.bar(plan.what, len(plan.pending)) as advance, runner.saved_on_exit(flush):
+            for i, result, seconds in runner.episode_results(plan.method, episodes, plan.pending, config.seed,
+                                                             self.task.class_names, plan.spec.label, run.executor,
+                                                             handles, kept):
+                rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
+                             "seconds": round(seconds, 6), **common,
+                             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                advance(1)
+                if (len(rows) >= runner.FLUSH_EVERY_EPISODES and not batched) \
+                        or time.perf_counter() - last_flush > runner.FLUSH_EVERY_SECONDS:
+                    flush()
+                    last_flush = time.perf_counter()
+
+    def finish(self, rows):
+        rows.attrs["notes"] = self.task.notes()  # for the tables' header
+        return rows
+

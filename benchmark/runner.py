@@ -230,19 +230,26 @@ def make_executor(config: BenchConfig, cache: Cache, out: Path, progress: Progre
 
 def prepare(method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress, executor,
             handles: RowHandles, label: str) -> None:
-    """Prepare `method` for `task`: here, or in its sandbox where the executor prepares methods."""
+    """Prepare `method` for `task` (prepared_by); what it raises is the method's failure."""
     started = time.perf_counter()
     with blamed(label, "prepare"):
-        if hasattr(executor, "prepare"):
-            given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress,
-                           config.device, handles)
-            executor.prepare(method, given, method_cache(cache, method).root, config.backbone, config.image_size, seed,
-                             str(config.device))
-        else:
-            method.prepare(method_context(task, method, cache, config.backbone, config.image_size, seed, progress,
-                                          config.device, handles))
+        prepared_by(executor, method, task, cache, config, seed, progress, handles)
     progress.log(f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows record "
                  f"{device_name(config.device)})")
+
+
+def prepared_by(executor, method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress,
+                handles: RowHandles) -> None:
+    """Prepare `method` for `task` with `config`'s backbone, image size and device: here, or in its sandbox
+    where the executor prepares methods (benchmark/sandbox.py)."""
+    if hasattr(executor, "prepare"):
+        given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress,
+                       config.device, handles)
+        executor.prepare(method, given, method_cache(cache, method).root, config.backbone, config.image_size, seed,
+                         str(config.device))
+    else:
+        method.prepare(method_context(task, method, cache, config.backbone, config.image_size, seed, progress,
+                                      config.device, handles))
 
 
 class Manifests:

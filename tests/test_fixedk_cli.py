@@ -12,7 +12,7 @@ from benchmark.stats import mean_ci
 from fakes import domars16k_like
 from methods.cache import Cache
 from methods.registry import create_method
-from benchmark.fixedk import run_fixed_k
+from benchmark.fixedk import FixedKConfig, run_fixed_k
 from tasks.protocols import PROTOCOL_VERSION
 from tasks.registry import load_task
 
@@ -91,7 +91,8 @@ def test_csv_numbers_equal_run_fixed_k(dirs, tmp_path):
     data, cache = dirs
     task = load_task("domars16k", data)
     for method, k in itertools.product(METHODS, SHOTS):
-        direct = run_fixed_k(task, create_method(method), k, SEEDS, Cache(cache), image_size=32)
+        direct = run_fixed_k(task, create_method(method), k, SEEDS, Cache(cache),
+                             FixedKConfig(methods=[], image_size=32))
         written = sorted((r for r in rows if r["method"] == method and int(r["shots"]) == k),
                          key=lambda r: int(r["seed"]))
         assert [int(r["seed"]) for r in written] == [d["seed"] for d in direct]

@@ -68,9 +68,9 @@ class ResultsTable:
         """Before any work: an incompatible, unreadable or unwritable file is a one-line error."""
         check_results_path(self.path, self.schema)
 
-    def set_aside(self, plans: list[Plan]) -> int:
-        """Move the file's rows of the plans' measurements (under any conditions) aside; how many moved."""
-        return set_aside(self.path, self.schema, [p.measurement for p in plans])
+    def set_aside(self, measurements: list[dict]) -> int:
+        """Move the file's rows of these measurements (under any conditions) aside; how many moved."""
+        return set_aside(self.path, self.schema, measurements)
 
     def read(self) -> pd.DataFrame:
         with locked_if_present(self.path):
@@ -142,7 +142,7 @@ def plan_against(table: ResultsTable, protocol: Protocol, provenance: Provenance
     """The protocol's plans, planned against the table (after setting their rows aside with --fresh)."""
     plans = protocol.plans()
     if protocol.fresh:  # never delete results: the rows this run recomputes move aside
-        moved = table.set_aside(plans)
+        moved = table.set_aside([p.measurement for p in plans])
         if moved:
             progress.log(f"--fresh: moved {moved} rows{protocol.fresh_what} from {table.path} to "
                          f"{set_aside_path(table.path)}")

@@ -20,11 +20,10 @@ from benchmark.defaults import DEFAULTS
 from benchmark.fastpath import chunked_answers, in_query_order, score_chunk, supports_batches
 from benchmark.provenance import git_commit, is_transductive, method_conditions, method_config, method_version, \
     preprocessing_id, source_id, versions  # noqa: F401 (their home before benchmark/provenance.py)
-from benchmark.results import EPISODES, set_aside, set_aside_path
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
 from methods.base import Context, handed
 from methods.cache import Cache
-from methods.devices import CPU, device_name
+from methods.devices import CPU
 from methods.progress import SILENT, Progress
 from methods.registry import create_method
 from tasks.episodes import BlindEpisodes, EpisodeSet, in_row_order
@@ -228,16 +227,6 @@ def make_executor(config: BenchConfig, cache: Cache, out: Path, progress: Progre
     return None
 
 
-def prepare(method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress, executor,
-            handles: RowHandles, label: str) -> None:
-    """Prepare `method` for `task` (prepared_by); what it raises is the method's failure."""
-    started = time.perf_counter()
-    with blamed(label, "prepare"):
-        prepared_by(executor, method, task, cache, config, seed, progress, handles)
-    progress.log(f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows record "
-                 f"{device_name(config.device)})")
-
-
 def prepared_by(executor, method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress,
                 handles: RowHandles) -> None:
     """Prepare `method` for `task` with `config`'s backbone, image size and device: here, or in its sandbox
@@ -276,42 +265,6 @@ def episodes_to_check(pending: list[int], seed: int, k: int) -> list[int]:
     others = [i for i in pending[:-1]]
     drawn = np.random.default_rng([seed, k, 2718]).permutation(len(others))[:CHECKED_EPISODES - 1]
     return sorted({pending[-1], *(others[j] for j in drawn)})
-
-
-def check_answers_again(spec: MethodSpec, method, task: Task, cache: Cache, config: RunConfig,
-                        episode_sets: dict[int, EpisodeSet], kept: dict, handles: RowHandles, out: Path,
-                        progress: Progress) -> None:
-    """A method's answer to an episode depends on that episode and its prepared state, never on the episodes it
-    answered before. A fresh process prepared like this one (from the method's cache) answers the kept episodes
-    again; where any scores differ, this run's rows of the method are set aside and the method fails."""
-    from benchmark.sandbox import answered_again, episode_request, same_answers, settings_meta
-
-    batched = supports_batches(method)
-    takes_classes = bool(getattr(type(method), "takes_classes", False))
-    requests, first = {}, {}
-    for k, chosen in kept.items():
-        blind = episode_sets[k].blind(handles)
-        for i, scores in chosen.items():
-            if scores is not None:
-                requests[(k, i)] = episode_request(blind, i, config.seed, batched, takes_classes)
-                first[(k, i)] = scores
-    if not requests:
-        return
-    meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, config.seed, str(config.device))
-    given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress, config.device,
-                   handles)
-    with blamed(spec.label, "the check that answers do not depend on earlier episodes"):
-        again = answered_again(meta, given, method_cache(cache, method).root, requests)
-    changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
-    if changed:
-        k, i = changed[0]
-        measurements = [{"task": task.name, "method": spec.label, "shots": kk} for kk in kept]
-        moved = set_aside(out, EPISODES, measurements)
-        raise MethodFailed(spec.label, "the check of its answers", "", ScoreError(
-            f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
-            f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows were "
-            f"moved to {set_aside_path(out)}"))
-    progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same answers")
 
 
 @contextmanager

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from benchmark import runner
 from benchmark.pipeline import Plan, Protocol, Run
-from benchmark.results import EPISODES, SCHEMA_VERSION, check_results_path
+from benchmark.results import EPISODES, SCHEMA_VERSION, check_results_path, set_aside_path
+from benchmark.scoring import MethodFailed, ScoreError
+from methods.base import handed
 from methods.cache import Cache
+from methods.devices import device_name
 from methods.progress import Progress
 from tasks.handles import RowHandles
 from tasks.registry import load_task
@@ -58,8 +61,8 @@ class Episodes(Protocol):
         """Prepare the method once (here, in the driver, or in its sandbox), then answer each shots' pending
         episodes here or on the executor's workers; either way only this process writes rows. Where the method
         runs in this process, a few of the episodes it answered are answered again by a fresh process
-        afterwards (runner.check_answers_again)."""
-        spec, method, config = plans[0].spec, plans[0].method, self.config
+        afterwards (check_answers_again)."""
+        spec, config = plans[0].spec, self.config
         handles = RowHandles.of_table(self.task.table)
         prepared, kept = False, {}
         for plan in plans:
@@ -69,14 +72,22 @@ class Episodes(Protocol):
             if not plan.pending:
                 continue
             if not prepared:
-                runner.prepare(method, self.task, self.cache, config, config.seed, run.progress, run.executor,
-                               handles, spec.label)
+                self.prepare(plan, run, handles)
                 prepared = True
             kept[plan.k] = dict.fromkeys(runner.episodes_to_check(plan.pending, config.seed, plan.k))
             self.answer(plan, run, handles, kept[plan.k])
         if prepared and not hasattr(run.executor, "prepare"):
-            runner.check_answers_again(spec, method, self.task, self.cache, config, self.episode_sets, kept, handles,
-                                       self.out, run.progress)
+            self.check_answers_again(plans[0], kept, handles, run)
+
+    def prepare(self, plan: Plan, run: Run, handles: RowHandles) -> None:
+        """Prepare the plan's method (runner.prepared_by); what it raises is the method's failure."""
+        config, label = self.config, plan.spec.label
+        started = time.perf_counter()
+        with runner.blamed(label, "prepare"):
+            runner.prepared_by(run.executor, plan.method, self.task, self.cache, config, config.seed, run.progress,
+                               handles)
+        run.progress.log(f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows "
+                         f"record {device_name(config.device)})")
 
     def answer(self, plan: Plan, run: Run, handles: RowHandles, kept: dict) -> None:
         """Answer, score and append the plan's pending episodes; the scores of the episodes in `kept` go there."""
@@ -103,6 +114,48 @@ class Episodes(Protocol):
                         or time.perf_counter() - last_flush > runner.FLUSH_EVERY_SECONDS:
                     flush()
                     last_flush = time.perf_counter()
+
+    def check_answers_again(self, plan: Plan, kept: dict, handles: RowHandles, run: Run) -> None:
+        """A method's answer to an episode depends on that episode and its prepared state, never on the episodes
+        it answered before. A fresh process prepared like this one (from the method's cache) answers the kept
+        episodes again; where any scores differ, this run's rows of the method are set aside and it fails."""
+        from benchmark.sandbox import answered_again, same_answers, settings_meta
+
+        spec, method, config = plan.spec, plan.method, self.config
+        batched = runner.supports_batches(method)
+        requests, first = self.requests_again(method, kept, handles, batched)
+        if not requests:
+            return
+        meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, config.seed,
+                             str(config.device))
+        given = handed(self.task, self.cache, config.backbone, config.image_size, type(method).consumes,
+                       run.progress, config.device, handles)
+        with runner.blamed(spec.label, "the check that answers do not depend on earlier episodes"):
+            again = answered_again(meta, given, runner.method_cache(self.cache, method).root, requests)
+        changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
+        if changed:
+            k, i = changed[0]
+            moved = run.table.set_aside([{"task": self.task.name, "method": spec.label, "shots": kk} for kk in kept])
+            raise MethodFailed(spec.label, "the check of its answers", "", ScoreError(
+                f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
+                f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows "
+                f"were moved to {set_aside_path(self.out)}"))
+        run.progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same "
+                         "answers")
+
+    def requests_again(self, method, kept: dict, handles: RowHandles, batched: bool) -> tuple[dict, dict]:
+        """({(shots, episode): what a fresh process answers}, {(shots, episode): the scores answered here})."""
+        from benchmark.sandbox import episode_request
+
+        takes_classes = bool(getattr(type(method), "takes_classes", False))
+        requests, first = {}, {}
+        for k, chosen in kept.items():
+            blind = self.episode_sets[k].blind(handles)
+            for i, scores in chosen.items():
+                if scores is not None:
+                    requests[(k, i)] = episode_request(blind, i, self.config.seed, batched, takes_classes)
+                    first[(k, i)] = scores
+        return requests, first
 
     def finish(self, rows):
         rows.attrs["notes"] = self.task.notes()  # for the tables' header

@@ -36,7 +36,7 @@ class Plan:
     """One measurement of one method: `measurement` (what was asked: task, method, shots, ...) and `conditions`
     (what else determines its rows), the `units` it wants (episodes, seeds) and those the file holds already."""
 
-    spec: object  # runner.MethodSpec
+    spec: object  # runner.MethodSpec; one object for all of a method's plans (the loop runs them together)
     method: object
     measurement: dict
     conditions: dict

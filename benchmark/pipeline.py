@@ -110,12 +110,15 @@ class Run:
 
 
 class Protocol:
-    """What a protocol says; `run` does the rest. Subclasses set `schema` and implement the methods below."""
+    """What a protocol says; `run` does the rest. Subclasses set `schema` and implement the methods below.
+    `config`: its settings (runner.BenchConfig or a subclass); the pipeline reads fresh, reuse_stale and
+    stop_on_failure from it."""
 
     schema: Schema
     fresh_what = ""  # inserted into the --fresh note after "moved N rows"
-    stop_on_failure = False
-    fresh = reuse_stale = False
+
+    def __init__(self, config):
+        self.config = config
 
     def setup(self, progress: Progress) -> Path:
         """Load the task, create the methods and check everything asked for before any work; the results path."""
@@ -141,12 +144,12 @@ class Protocol:
 def plan_against(table: ResultsTable, protocol: Protocol, provenance: Provenance, progress: Progress) -> list[Plan]:
     """The protocol's plans, planned against the table (after setting their rows aside with --fresh)."""
     plans = protocol.plans()
-    if protocol.fresh:  # never delete results: the rows this run recomputes move aside
+    if protocol.config.fresh:  # never delete results: the rows this run recomputes move aside
         moved = table.set_aside([p.measurement for p in plans])
         if moved:
             progress.log(f"--fresh: moved {moved} rows{protocol.fresh_what} from {table.path} to "
                          f"{set_aside_path(table.path)}")
-    return table.plan(plans, provenance.commit, protocol.reuse_stale)
+    return table.plan(plans, provenance.commit, protocol.config.reuse_stale)
 
 
 def run(protocol: Protocol, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
@@ -165,7 +168,7 @@ def run(protocol: Protocol, progress: Progress = SILENT, failures: list | None =
         try:
             protocol.run_method(mine, state)
         except MethodFailed as failure:
-            if failures is None or protocol.stop_on_failure:
+            if failures is None or protocol.config.stop_on_failure:
                 raise
             failures.append(failure)
             progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")

@@ -2,6 +2,7 @@
 against the results file, resumes, refuses or sets aside rows of other conditions or code, appends, re-reads,
 and owns the failure policy."""
 import csv
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,10 +26,9 @@ class Toy(Protocol):
     schema = TOY
 
     def __init__(self, out, methods=("a", "b"), shots=(1, 2), seeds=(0, 1, 2), config="c0", fail=(), **flags):
-        self.out, self.names, self.shots, self.seeds, self.config, self.fail = out, methods, shots, seeds, config, fail
-        self.fresh = flags.get("fresh", False)
-        self.reuse_stale = flags.get("reuse_stale", False)
-        self.stop_on_failure = flags.get("stop_on_failure", False)
+        super().__init__(SimpleNamespace(**{"fresh": False, "reuse_stale": False, "stop_on_failure": False, **flags}))
+        self.out, self.names, self.shots, self.seeds = out, methods, shots, seeds
+        self.condition, self.fail = config, fail
         self.ran = []  # (method, shots, pending seeds) as run_method saw them
 
     def setup(self, progress):
@@ -36,7 +36,7 @@ class Toy(Protocol):
         return self.out
 
     def plans(self):  # one spec per method: the pipeline runs a method's plans together
-        return [Plan(spec, object(), {"task": "toy", "method": spec.label, "shots": k}, {"config": self.config},
+        return [Plan(spec, object(), {"task": "toy", "method": spec.label, "shots": k}, {"config": self.condition},
                      list(self.seeds), f"{spec.label} {k}-shot") for spec in map(MethodSpec, self.names)
                 for k in self.shots]
 

@@ -46,10 +46,6 @@ class Craters(Protocol):
 
     schema = CRATERS
 
-    def __init__(self, config: CratersConfig):
-        self.config = config
-        self.fresh, self.reuse_stale, self.stop_on_failure = config.fresh, config.reuse_stale, config.stop_on_failure
-
     def setup(self, progress: Progress) -> Path:
         from methods.registry import create_method
 

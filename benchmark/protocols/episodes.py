@@ -25,10 +25,6 @@ class Episodes(Protocol):
     schema = EPISODES
     fresh_what = " of this run's methods and shots"
 
-    def __init__(self, config):
-        self.config = config
-        self.fresh, self.reuse_stale, self.stop_on_failure = config.fresh, config.reuse_stale, config.stop_on_failure
-
     def setup(self, progress: Progress) -> Path:
         config = self.config
         self.cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir

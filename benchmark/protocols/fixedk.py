@@ -21,10 +21,6 @@ class FixedK(Protocol):
 
     schema = fixedk.FIXED_K
 
-    def __init__(self, config: fixedk.FixedKConfig):
-        self.config = config
-        self.fresh, self.reuse_stale, self.stop_on_failure = config.fresh, config.reuse_stale, config.stop_on_failure
-
     def setup(self, progress: Progress) -> Path:
         config = self.config
         self.cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir

@@ -127,15 +127,6 @@ def fixed_k_answers(method, k: int, seeds, sets: list[BlindFixedKSet], n_classes
     return answers
 
 
-def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
-    """Run (or resume) every method at every shots on the seeds; returns the rows of this configuration. A failing
-    method raises MethodFailed, or with a `failures` list is appended there while the others run."""
-    from benchmark.pipeline import run
-    from benchmark.protocols.fixedk import FixedK
-
-    return run(FixedK(config), progress, failures)
-
-
 def seeds(n: int) -> str:
     return f"{n} seed" if n == 1 else f"{n} seeds"
 

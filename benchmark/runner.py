@@ -2,7 +2,7 @@
 benchmark/pipeline.run runs: the settings (MethodSpec, BenchConfig, RunConfig), creating and preparing a
 method (here or in its sandbox), the executor that answers, `blamed` (a method's failure is that method's),
 and how a method answers episodes and is checked for answers that depend on earlier episodes.
-`run_benchmark` is `bench run`: the episode protocol (benchmark/protocols/episodes.py) run by the pipeline."""
+`bench run` is the episode protocol (benchmark/protocols/episodes.py: run_benchmark) run by the pipeline."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from benchmark import interrupts
@@ -185,16 +184,6 @@ def blamed(label: str, stage: str, where: str = ""):
         raise MethodFailed(label, stage, where, exc) from exc
     except (Exception, SystemExit) as exc:
         raise MethodFailed(label, stage, where, exc) from exc
-
-
-def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
-    """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
-    MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
-    the other methods still run."""
-    from benchmark.pipeline import run
-    from benchmark.protocols.episodes import Episodes
-
-    return run(Episodes(config), progress, failures)
 
 
 def hidden_paths(config: BenchConfig, cache: Cache, out: Path) -> list[Path]:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem
 from benchmark.stats import compare_methods, pm
 from methods.progress import SILENT, Progress
 from methods.registry import create_method, method_info, option_names

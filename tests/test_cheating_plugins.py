@@ -16,7 +16,8 @@ from PIL import Image
 
 import cheating_plugins  # noqa: F401  (registers the cheating plugins)
 from benchmark.results import read_results
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import MethodSpec, RunConfig
 from fakes_methods import class_image
 from tasks.handles import RowHandles
 

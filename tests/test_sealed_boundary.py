@@ -28,7 +28,8 @@ from PIL import Image
 
 from benchmark.results import read_results
 from fakes_methods import class_image
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import MethodSpec, RunConfig
 from methods.base import Context, FeatureMethod, FewShotMethod
 from methods.cache import Cache
 from methods.registry import create_method, register_method

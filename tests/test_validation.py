@@ -6,7 +6,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.defaults import DEFAULTS
-from benchmark.runner import RunConfig, MethodSpec, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import RunConfig, MethodSpec
 from fakes import csv_like, grouped_table
 from methods.base import Context, FewShotMethod
 from methods.cache import Cache

@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark import runner
-from benchmark.pipeline import Plan, Protocol, Run
+from benchmark.pipeline import Plan, Protocol, Run, run
 from benchmark.results import EPISODES, SCHEMA_VERSION, check_results_path, set_aside_path
 from benchmark.scoring import MethodFailed, ScoreError
 from methods.base import handed
 from methods.cache import Cache
 from methods.devices import device_name
-from methods.progress import Progress
+from methods.progress import SILENT, Progress
 from tasks.handles import RowHandles
 from tasks.registry import load_task
 
@@ -157,3 +157,10 @@ class Episodes(Protocol):
         rows.attrs["notes"] = self.task.notes()  # for the tables' header
         return rows
 
+
+
+def run_benchmark(config: runner.RunConfig, progress: Progress = SILENT, failures: list | None = None):
+    """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
+    MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
+    the other methods still run."""
+    return run(Episodes(config), progress, failures)

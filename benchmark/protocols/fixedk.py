@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark import fixedk, runner
-from benchmark.pipeline import Plan, Protocol, Run
+from benchmark.pipeline import Plan, Protocol, Run, run
 from benchmark.results import check_results_path
 from methods.cache import Cache
-from methods.progress import Progress
+from methods.progress import SILENT, Progress
 from tasks.protocols import PROTOCOL_VERSION, fixed_k_draw, fixed_k_pools, pretraining_pool
 from tasks.registry import load_task
 
@@ -69,3 +69,9 @@ class FixedK(Protocol):
     def finish(self, rows):
         rows.attrs["notes"] = [pretraining_pool(self.task, self.pools), *self.task.notes()]  # for the tables' header
         return rows
+
+
+def run_fixedk_benchmark(config: fixedk.FixedKConfig, progress: Progress = SILENT, failures: list | None = None):
+    """Run (or resume) every method at every shots on the seeds; returns the rows of this configuration. A failing
+    method raises MethodFailed, or with a `failures` list is appended there while the others run."""
+    return run(FixedK(config), progress, failures)

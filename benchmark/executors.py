@@ -1,4 +1,5 @@
-"""Executors: who answers a prepared method's episodes. `local` is benchmark.runner's own loop; `ray` spreads
+"""Executors: who answers a prepared method's episodes. `local` is the pipeline's own process (benchmark/pipeline.py,
+which takes its executor from the protocol: runner.make_executor); `ray` spreads
 chunks of episodes over Ray workers (one machine or a cluster) and leaves everything else to the driver.
 
 The unit of work is (method, shots, a chunk of episodes). The driver prepares each method once (features,
@@ -24,8 +25,8 @@ import time
 from collections import defaultdict
 
 from benchmark.defaults import DEFAULTS
-from tasks.episodes import BlindEpisodes
 from common.errors import UserError
+from tasks.episodes import BlindEpisodes
 from tasks.protocols import BlindFixedKSet
 
 INSTALL = "Ray is not installed; install it with `pip install -e '.[ray]'` (or `pip install \"ray==2.*\"`)"
@@ -238,7 +239,8 @@ def put_prepared(ray, method, label: str):
 
 
 class RayExecutor:
-    """What benchmark.runner.episode_results asks instead of answering episodes itself: the same answers, in
+    """What benchmark.runner.episode_results (the episode protocol, benchmark/protocols/episodes.py) and
+    benchmark.fixedk.run_fixed_k (the fixed-K protocol) ask instead of answering themselves: the same answers, in
     the same order, from Ray workers. The prepared method and each query-blind episode view go to the object
     store once; the caller scores."""
 

@@ -1,38 +1,35 @@
-"""The fixed-K protocol as a resumable benchmark run (the protocol itself: tasks/protocols.py).
+"""The fixed-K protocol's schema, settings and unit of work (the draws themselves: tasks/protocols.py).
 
-For each method and shots, `run_fixed_k` on the seeds that the results CSV does not hold yet; one row per
-(method, shots, seed), appended under the results file's lock (benchmark/results.py, with this file's own
-schema), so that the same command run again after an interruption continues where it stopped. Rows of the
-same method and shots under other conditions (data, backbone, image size, ...) or from other code are not
-taken for this run's (results.reusable_units).
+`run_fixed_k` prepares a method and answers and scores its seeds; benchmark/protocols/fixedk.py runs it on
+the seeds that the results CSV does not hold yet, one row per (method, shots, seed), through the pipeline
+(benchmark/pipeline.py: resume, refuse or set aside, append under the lock).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmark.results import WEIGHTS_COLUMNS, Schema, append_rows, check_results_path, locked_if_present, matching, read_results, \
-    reusable_units, set_aside, set_aside_path
-from benchmark.runner import BenchConfig, MethodSpec, blamed, conditions, created_methods, git_commit, make_executor, \
-    method_cache, method_context, versions
-from benchmark.scoring import MethodFailed, score_fixed_k
+from benchmark.results import WEIGHTS_COLUMNS, Schema, read_results
+from benchmark.runner import BenchConfig, prepared_by
+from benchmark.scoring import score_fixed_k
 from benchmark.stats import summarize
 from common.settings import DEFAULTS
-from methods.backbones import DEFAULT_BACKBONE
-from methods.devices import CPU
-from methods.cache import Cache
-from methods.base import handed
-from methods.features import DEFAULT_IMAGE_SIZE
 from methods.progress import SILENT, Progress
-from tasks.protocols import (DRAW_TAG, PROTOCOL_VERSION, BlindFixedKSet, FixedKPools, fixed_k_draw, fixed_k_pools,
-                             fixed_k_sets, pretraining_pool, protocol_base)
 from tasks.handles import RowHandles
-from tasks.registry import Task, load_task
+from tasks.protocols import (
+    DRAW_TAG,
+    BlindFixedKSet,
+    FixedKPools,
+    fixed_k_draw,
+    fixed_k_pools,
+    fixed_k_sets,
+    protocol_base,
+)
+from tasks.registry import Task
 
 FIXED_V3 = ("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
             "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
@@ -74,31 +71,27 @@ def check_shots_feasible(task: Task, shots: list[int], cap: bool = False, pools:
         fixed_k_draw(task, k, cap, pools)
 
 
-def run_fixed_k(task: Task, method, k: int, seeds, cache, backbone: str | None = None, image_size: int | None = None,
-                prepare_seed: int = 0, progress=None, pools: FixedKPools | None = None, cap: bool = False,
-                device=None, executor=None, label: str = "method") -> list[dict]:
+def run_fixed_k(task: Task, method, k: int, seeds, cache, config: BenchConfig | None = None, *,
+                pools: FixedKPools | None = None, executor=None, progress: Progress = SILENT,
+                label: str = "method") -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
     pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds, draw and
-    capped (fixed_k_draw's, the capped classes joined by `|`).
+    capped (fixed_k_draw's, the capped classes joined by `|`). `config`: the backbone, image size, device and
+    cap (FixedKConfig; None: the defaults).
 
     The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the
     test pool, so that nothing it pre-trains on is drawn or scored. `pools`: fixed_k_pools(task) where the
     caller has them.
     """
+    config = config or FixedKConfig(methods=[])
     pools = pools or fixed_k_pools(task)
+    cap = getattr(config, "cap", False)
     draw = fixed_k_draw(task, k, cap, pools)
     sets = fixed_k_sets(task, k, seeds, cap, pools)
     view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
                 pools.test, source=task.source)
     handles = RowHandles.of_table(task.table)
-    backbone, image_size, device = backbone or DEFAULT_BACKBONE, image_size or DEFAULT_IMAGE_SIZE, device or CPU
-    if hasattr(executor, "prepare"):  # prepared in its sandbox (benchmark/sandbox.py)
-        given = handed(view, cache, backbone, image_size, type(method).consumes, progress or SILENT, device, handles)
-        executor.prepare(method, given, method_cache(cache, method).root, backbone, image_size, prepare_seed,
-                         str(device))
-    else:
-        method.prepare(method_context(view, method, cache, backbone, image_size, prepare_seed, progress or SILENT,
-                                      device, handles))
+    prepared_by(executor, method, view, cache, config, 0, progress, handles)
     n_classes = len(pools.classes)
     blind = [s.blind(handles) for s in sets]  # all that fit and predict see, here or on a Ray worker
     if executor is not None:  # chunks of seeds on its workers (benchmark/executors.py), in seed order
@@ -134,72 +127,6 @@ def fixed_k_answers(method, k: int, seeds, sets: list[BlindFixedKSet], n_classes
                                  for i in range(0, len(s.test_idx), max(chunk, 1))])
         answers.append((int(seed), scores, time.perf_counter() - started))
     return answers
-
-
-def run_fixedk_benchmark(config: FixedKConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
-    """Run (or resume) every method at every shots on the seeds; returns the rows of this configuration. A failing
-    method raises MethodFailed, or with a `failures` list is appended there while the others run."""
-    cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
-    task = load_task(config.task, config.data_dir, source=config.source, image_size=config.image_size,
-                     source_disjoint=config.source_disjoint)
-    out = config.results_path()
-    methods = created_methods(config, cache, out)  # an unknown method or a bad option fails first
-    pools = fixed_k_pools(task)  # once for every method and shots
-    check_shots_feasible(task, config.shots, config.cap, pools)
-    check_results_path(out, FIXED_K)
-    commit = git_commit()
-    keys = [({"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k},
-             {**cond, "draw": fixed_k_draw(task, k, config.cap).draw})
-            for (spec, _), cond in zip(methods, conditions(task, config, [m for _, m in methods])) for k in config.shots]
-    if config.fresh:
-        moved = set_aside(out, FIXED_K, [m for m, _ in keys])
-        if moved:
-            progress.log(f"--fresh: moved {moved} rows from {out} to {set_aside_path(out)}")
-    with locked_if_present(out):
-        frame = read_fixedk(out)
-    done = [reusable_units(frame, FIXED_K, m, c, commit, out, f"{m['method']} {m['shots']}-shot", config.reuse_stale)
-            & set(config.seeds) for m, c in keys]
-    provenance = {"git_commit": commit, "versions": versions()}
-    executor = make_executor(config, cache, out, progress)
-    plans = list(zip(keys, done))
-    for m, (spec, method) in enumerate(methods):
-        try:
-            for (measurement, cond), seeds_done in plans[m * len(config.shots):(m + 1) * len(config.shots)]:
-                run_pending_seeds(task, spec, method, measurement["shots"], {**measurement, **cond}, seeds_done,
-                                  config, cache, provenance, out, progress, pools, executor)
-        except MethodFailed as failure:
-            if failures is None or config.stop_on_failure:
-                raise
-            failures.append(failure)
-            progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
-    if executor is not None:
-        progress.log(executor.summary())
-    frame = read_fixedk(out)
-    keep = pd.Series(False, index=frame.index)
-    for measurement, cond in keys:
-        keep |= matching(frame, {**measurement, **cond})
-    keep &= frame["seed"].astype(int).isin(config.seeds)
-    rows = frame[keep].reset_index(drop=True)
-    rows.attrs["notes"] = [pretraining_pool(task, pools), *task.notes()]  # for the tables' header
-    return rows
-
-
-def run_pending_seeds(task: Task, spec: MethodSpec, method, k: int, key: dict, done: set[int], config: FixedKConfig,
-                      cache: Cache, provenance: dict, out: Path, progress: Progress,
-                      pools: FixedKPools | None = None, executor=None) -> None:
-    pending = [s for s in config.seeds if s not in done]
-    if done:
-        progress.log(f"{spec.label} {k}-shot: {seeds(len(done))} already in {out}, {len(pending)} to run")
-    if not pending:
-        return
-    started = time.perf_counter()
-    with blamed(spec.label, "the fixed-K protocol", f" at {k} shots"):
-        results = run_fixed_k(task, method, k, pending, cache, config.backbone, config.image_size, progress=progress,
-                              pools=pools, cap=config.cap, device=config.device, executor=executor, label=spec.label)
-    timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rows = [{"schema": SCHEMA_VERSION, **key, **result, **provenance, "timestamp": timestamp} for result in results]
-    append_rows(out, rows, FIXED_K)
-    progress.log(f"{spec.label} {k}-shot: {seeds(len(pending))} in {time.perf_counter() - started:.1f} s")
 
 
 def seeds(n: int) -> str:

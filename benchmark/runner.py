@@ -1,35 +1,33 @@
-"""The harness: every method on the same episodes; one result row per (method, shots, episode)."""
+"""The harness's method-level machinery, shared by the protocols (benchmark/protocols/) that
+benchmark/pipeline.run runs: the settings (MethodSpec, BenchConfig, RunConfig), creating and preparing a
+method (here or in its sandbox), the executor that answers, `blamed` (a method's failure is that method's),
+and how a method answers episodes and is checked for answers that depend on earlier episodes.
+`bench run` is the episode protocol (benchmark/protocols/episodes.py: run_benchmark) run by the pipeline."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from benchmark import __version__, interrupts
+from benchmark import interrupts
 from benchmark.defaults import DEFAULTS
 from benchmark.fastpath import chunked_answers, in_query_order, score_chunk, supports_batches
-from benchmark.results import EPISODES, SCHEMA_VERSION, append_rows, check_results_path, locked_if_present, \
-    matching, read_results, reusable_units, set_aside, set_aside_path
+from benchmark.provenance import method_conditions
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
+from common.errors import UserError
 from methods.base import Context, handed
 from methods.cache import Cache
-from methods.devices import CPU, device_name
+from methods.devices import CPU
 from methods.progress import SILENT, Progress
-from methods.registry import config_text, create_method
-from methods.registry import method_version as registered_version
+from methods.registry import create_method
 from tasks.episodes import BlindEpisodes, EpisodeSet, in_row_order
-from common.errors import UserError
 from tasks.handles import RowHandles
-from tasks.registry import Task, load_task
+from tasks.registry import Task
 
 FLUSH_EVERY_EPISODES = 20  # one-by-one methods; batched ones (fastpath) answer ~50 episodes in milliseconds,
 FLUSH_EVERY_SECONDS = 2.0  # so they flush by time only: a kill loses at most 2 s of work either way
@@ -43,7 +41,7 @@ class MethodSpec:
     options: dict = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> "MethodSpec":
+    def parse(cls, text: str) -> MethodSpec:
         name, _, rest = text.partition(":")
         options = {}
         for item in filter(None, rest.split(",")):
@@ -122,25 +120,6 @@ def file_stem(task: str) -> str:
     return task.replace(":", "_").replace("/", "_")
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def versions() -> str:
-    found = {"marsfsl": __version__}
-    for dist in ("torch", "timm", "numpy", "scikit-learn"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return " ".join(f"{k}={v}" for k, v in found.items())
-
-
 def stream_id(episodes: EpisodeSet) -> str:
     """Names the episode stream (not its length), so a longer run extends a shorter one."""
     return hashlib.sha256(episodes.stream.encode()).hexdigest()[:16]
@@ -164,55 +143,9 @@ def save_manifest(episodes: EpisodeSet, path: Path, progress: Progress = SILENT)
     episodes.save(path)
 
 
-def method_config(method) -> str:
-    return config_text(method)  # a config() that JSON cannot hold is refused, naming the method
-
-
-def preprocessing_id() -> str:
-    """Names how pixels become a backbone's input: the image decoder's and the feature pipeline's versions."""
-    from methods.features import PREPROCESSING_VERSION
-    from tasks.imageio import DECODER_VERSION
-
-    return f"features{PREPROCESSING_VERSION}+decoder{DECODER_VERSION}"
-
-
-def source_id(task: Task) -> str:
-    """The dataset a task's methods pre-train on when it is not the task's own base pool ("" when it is)."""
-    source = getattr(task, "source", None) or ""
-    if not isinstance(source, str):
-        name = getattr(source, "name", type(source).__name__)
-        fingerprint = getattr(source, "fingerprint", None)
-        source = f"{name}@{fingerprint()}" if callable(fingerprint) else str(name)
-    return source
-
-
 def conditions(task: Task, config: BenchConfig, methods) -> list[dict]:
     """What determines the rows of each method besides what was asked for (see benchmark/results.Schema)."""
     return method_conditions(task, config.backbone, config.image_size, config.device, methods, config.isolate)
-
-
-def method_conditions(task: Task, backbone: str, image_size: int, device: torch.device, methods,
-                      isolated: bool = False) -> list[dict]:
-    """Per method: the source, data identity, backbone (its name and its weights' digest), image size,
-    preprocessing, device, method version and config, whether it is transductive and whether it runs isolated
-    (--isolate), that its rows on `task` are made under (every command that runs methods keys its rows on
-    these). The data identity is computed once per call."""
-    from methods.backbones import backbone_name, weights_digest
-
-    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": backbone_name(backbone),
-              "weights": weights_digest(backbone), "image_size": image_size, "preprocessing": preprocessing_id(),
-              "device": device_name(device)}
-    return [{**shared, "method_version": method_version(method), "config": method_config(method),
-             "transductive": int(is_transductive(method)), "isolated": int(isolated)} for method in methods]
-
-
-def is_transductive(method) -> bool:
-    """Whether the method reads its query's features (methods.base.FewShotMethod.transductive)."""
-    return bool(getattr(type(method), "transductive", False))
-
-
-def method_version(method) -> int:
-    return registered_version(method)  # a version that is no integer is refused, naming the method
 
 
 def method_cache(cache: Cache, method) -> Cache:
@@ -252,88 +185,6 @@ def blamed(label: str, stage: str, where: str = ""):
         raise MethodFailed(label, stage, where, exc) from exc
 
 
-@dataclass
-class Planned:
-    """One (method, shots) of a run: its key (measurement and conditions), the episodes to run, the episodes
-    whose rows are there already."""
-
-    spec: MethodSpec
-    method: object
-    k: int
-    key: dict
-    pending: list[int]
-    done: int
-
-
-def plan_run(out: Path, task: Task, methods, episode_sets: dict[int, EpisodeSet], config: RunConfig,
-             commit: str, progress: Progress) -> list[Planned]:
-    """Before any work: which rows of the results file this run takes as done (see results.reusable_units);
-    with `config.fresh`, the file's rows of these measurements are set aside first."""
-    keys = []
-    for (spec, method), cond in zip(methods, conditions(task, config, [m for _, m in methods])):
-        for k, episodes in episode_sets.items():
-            measurement = {"task": task.name, "method": spec.label, "shots": k, "ways": config.n_way,
-                           "queries": config.n_query, "manifest": stream_id(episodes)}
-            keys.append((spec, method, k, measurement, cond))
-    if config.fresh:
-        moved = set_aside(out, EPISODES, [m for *_, m, _ in keys])
-        if moved:
-            progress.log(f"--fresh: moved {moved} rows of this run's methods and shots from {out} to "
-                         f"{set_aside_path(out)}")
-    with locked_if_present(out):
-        frame = read_results(out)
-    plans = []
-    for spec, method, k, measurement, cond in keys:
-        n = len(episode_sets[k])
-        done = reusable_units(frame, EPISODES, measurement, cond, commit, out, f"{spec.label} {k}-shot",
-                              config.reuse_stale) & set(range(n))
-        plans.append(Planned(spec, method, k, {**measurement, **cond}, [i for i in range(n) if i not in done],
-                             len(done)))
-    return plans
-
-
-def run_benchmark(config: RunConfig, progress: Progress = SILENT, failures: list | None = None) -> pd.DataFrame:
-    """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
-    MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
-    the other methods still run."""
-    cache = Cache(config.cache_dir)  # first: it points the dataset-digest cache at --cache-dir
-    task = load_task(config.task, config.data_dir, source=config.source, split=config.split,
-                     image_size=config.image_size, source_disjoint=config.source_disjoint)
-    out = config.results_path()
-    methods = created_methods(config, cache, out)  # an unknown method or a bad option fails first
-    episode_sets = {k: task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
-                    for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
-    check_results_path(out)  # an incompatible, unreadable or unwritable file fails before any work
-    commit = git_commit()
-    plans = plan_run(out, task, methods, episode_sets, config, commit, progress)
-    del methods
-    manifests = Manifests(out.parent / "manifests", task, progress)
-    executor = make_executor(config, cache, out, progress)
-    common = {"git_commit": commit, "versions": versions()}
-    keys = [p.key for p in plans]
-    while plans:  # each method's prepared state (images, activations, models) goes before the next prepares
-        mine = [p for p in plans if p.spec is plans[0].spec]
-        plans = [p for p in plans if p.spec is not plans[0].spec]
-        try:
-            run_method(task, mine, episode_sets, config, cache, common, out, manifests, progress, executor)
-        except MethodFailed as failure:
-            if failures is None or config.stop_on_failure:
-                raise
-            failures.append(failure)
-            progress.log(f"{failure.label} failed (the error follows at the end); the other methods go on")
-        del mine
-    if executor is not None:
-        progress.log(executor.summary())
-    frame = read_results(out)
-    keep = pd.Series(False, index=frame.index)
-    for key in keys:
-        keep |= matching(frame, key)
-    keep &= frame["episode"].astype(int) < config.episodes
-    rows = frame[keep].reset_index(drop=True)
-    rows.attrs["notes"] = task.notes()  # for the tables' header
-    return rows
-
-
 def hidden_paths(config: BenchConfig, cache: Cache, out: Path) -> list[Path]:
     """What a sandboxed method must never see: the data, the results (and manifests) folder, the harness's
     cache and the user's home."""
@@ -364,21 +215,18 @@ def make_executor(config: BenchConfig, cache: Cache, out: Path, progress: Progre
     return None
 
 
-def prepare(method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress, executor,
-            handles: RowHandles, label: str) -> None:
-    """Prepare `method` for `task`: here, or in its sandbox where the executor prepares methods."""
-    started = time.perf_counter()
-    with blamed(label, "prepare"):
-        if hasattr(executor, "prepare"):
-            given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress,
-                           config.device, handles)
-            executor.prepare(method, given, method_cache(cache, method).root, config.backbone, config.image_size, seed,
-                             str(config.device))
-        else:
-            method.prepare(method_context(task, method, cache, config.backbone, config.image_size, seed, progress,
-                                          config.device, handles))
-    progress.log(f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows record "
-                 f"{device_name(config.device)})")
+def prepared_by(executor, method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress,
+                handles: RowHandles) -> None:
+    """Prepare `method` for `task` with `config`'s backbone, image size and device: here, or in its sandbox
+    where the executor prepares methods (benchmark/sandbox.py)."""
+    if hasattr(executor, "prepare"):
+        given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress,
+                       config.device, handles)
+        executor.prepare(method, given, method_cache(cache, method).root, config.backbone, config.image_size, seed,
+                         str(config.device))
+    else:
+        method.prepare(method_context(task, method, cache, config.backbone, config.image_size, seed, progress,
+                                      config.device, handles))
 
 
 class Manifests:
@@ -394,57 +242,6 @@ class Manifests:
             self.saved.add(id(episodes))
 
 
-def run_method(task: Task, plans: list[Planned], episode_sets: dict[int, EpisodeSet], config: RunConfig,
-               cache: Cache, common: dict, out: Path, manifests: Manifests, progress: Progress,
-               executor=None) -> None:
-    """Prepare the method once (here, in the driver, or in its sandbox), then answer each shots' pending episodes
-    here or on `executor`'s workers (benchmark/executors.py); either way only this process writes rows. Where
-    the method runs in this process, a few of the episodes it answered are answered again by a fresh process
-    afterwards (check_answers_again)."""
-    spec, method = plans[0].spec, plans[0].method
-    handles = RowHandles.of_table(task.table)
-    prepared, kept = False, {}
-    for plan in plans:
-        k, episodes = plan.k, episode_sets[plan.k]
-        if plan.done:
-            progress.log(f"{spec.label} {k}-shot: {plan.done} episodes already in {out}, {len(plan.pending)} to run")
-        if not plan.pending:
-            continue
-        if not prepared:
-            prepare(method, task, cache, config, config.seed, progress, executor, handles, spec.label)
-            prepared = True
-        kept[k] = dict.fromkeys(episodes_to_check(plan.pending, config.seed, k))
-        answer_plan(plan, method, episodes, task.class_names, config, common, out, manifests, progress, executor,
-                    handles, kept[k])
-    if prepared and not hasattr(executor, "prepare"):
-        check_answers_again(spec, method, task, cache, config, episode_sets, kept, handles, out, progress)
-
-
-def answer_plan(plan: Planned, method, episodes: EpisodeSet, class_names, config: RunConfig, common: dict, out: Path,
-                manifests: Manifests, progress: Progress, executor, handles: RowHandles, kept: dict) -> None:
-    """Answer, score and append the plan's pending episodes; the scores of the episodes in `kept` go there."""
-    rows, last_flush = [], time.perf_counter()
-    batched = supports_batches(method) or bool(getattr(type(method), "batched", False))
-
-    def flush():
-        if rows:
-            manifests.ensure(episodes)
-            append_rows(out, rows)
-            rows.clear()
-
-    with progress.bar(f"{plan.spec.label} {plan.k}-shot", len(plan.pending)) as advance, saved_on_exit(flush):
-        for i, result, seconds in episode_results(method, episodes, plan.pending, config.seed, class_names,
-                                                  plan.spec.label, executor, handles, kept):
-            rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
-                         "seconds": round(seconds, 6), **common,
-                         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            advance(1)
-            if (len(rows) >= FLUSH_EVERY_EPISODES and not batched) \
-                    or time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
-                flush()
-                last_flush = time.perf_counter()
-
-
 CHECKED_EPISODES = 3  # per method and shots: the last episode answered, and others drawn from the seed
 
 
@@ -456,42 +253,6 @@ def episodes_to_check(pending: list[int], seed: int, k: int) -> list[int]:
     others = [i for i in pending[:-1]]
     drawn = np.random.default_rng([seed, k, 2718]).permutation(len(others))[:CHECKED_EPISODES - 1]
     return sorted({pending[-1], *(others[j] for j in drawn)})
-
-
-def check_answers_again(spec: MethodSpec, method, task: Task, cache: Cache, config: RunConfig,
-                        episode_sets: dict[int, EpisodeSet], kept: dict, handles: RowHandles, out: Path,
-                        progress: Progress) -> None:
-    """A method's answer to an episode depends on that episode and its prepared state, never on the episodes it
-    answered before. A fresh process prepared like this one (from the method's cache) answers the kept episodes
-    again; where any scores differ, this run's rows of the method are set aside and the method fails."""
-    from benchmark.sandbox import answered_again, episode_request, same_answers, settings_meta
-
-    batched = supports_batches(method)
-    takes_classes = bool(getattr(type(method), "takes_classes", False))
-    requests, first = {}, {}
-    for k, chosen in kept.items():
-        blind = episode_sets[k].blind(handles)
-        for i, scores in chosen.items():
-            if scores is not None:
-                requests[(k, i)] = episode_request(blind, i, config.seed, batched, takes_classes)
-                first[(k, i)] = scores
-    if not requests:
-        return
-    meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, config.seed, str(config.device))
-    given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress, config.device,
-                   handles)
-    with blamed(spec.label, "the check that answers do not depend on earlier episodes"):
-        again = answered_again(meta, given, method_cache(cache, method).root, requests)
-    changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
-    if changed:
-        k, i = changed[0]
-        measurements = [{"task": task.name, "method": spec.label, "shots": kk} for kk in kept]
-        moved = set_aside(out, EPISODES, measurements)
-        raise MethodFailed(spec.label, "the check of its answers", "", ScoreError(
-            f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
-            f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows were "
-            f"moved to {set_aside_path(out)}"))
-    progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same answers")
 
 
 @contextmanager

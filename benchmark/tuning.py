@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem
 from benchmark.stats import compare_methods, pm
 from common.errors import UserError, closest
 from common.files import atomic_write_text

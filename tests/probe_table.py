@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cheating_plugins  # noqa: E402  (registers the plugins)
 
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark  # noqa: E402
+from benchmark.protocols.episodes import run_benchmark  # noqa: E402
+from benchmark.runner import MethodSpec, RunConfig  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ import pytest
 from test_isolate import data  # noqa: F401  (the class-by-class folder data set)
 from test_methods import FAST_OPTIONS
 
-from benchmark.runner import CHECKED_EPISODES, MethodSpec, RunConfig, episodes_to_check, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import CHECKED_EPISODES, MethodSpec, RunConfig, episodes_to_check
 from methods.registry import builtin_method_names
 
 pytestmark = pytest.mark.answer_check

@@ -3,7 +3,8 @@ step-1 checkpoint as SDFT; refuses (before training) where episode classes are n
 import numpy as np
 import pytest
 
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import MethodSpec, RunConfig
 from common.errors import UserError
 from methods.backbones import create_backbone
 from methods.features import run_model

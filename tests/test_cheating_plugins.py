@@ -16,8 +16,9 @@ import pytest
 from fakes_methods import class_image
 from PIL import Image
 
+from benchmark.protocols.episodes import run_benchmark
 from benchmark.results import read_results
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from benchmark.runner import MethodSpec, RunConfig
 from tasks.handles import RowHandles
 
 pytestmark = pytest.mark.answer_check

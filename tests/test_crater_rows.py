@@ -13,6 +13,7 @@ import pytest
 from fakes import folder_like
 from test_ctx_craters_task import ctx_scene_like
 
+import benchmark.provenance
 import benchmark.runner
 import methods.simpleshot
 from benchmark.cli import main
@@ -61,7 +62,7 @@ def test_rows_are_reused_only_under_the_same_inputs(data, tmp_path, capsys, monk
     assert rc == 0 and "map in" in err and len(rows) == 2, err  # smoothing none and mrf
     assert {r["task"] for r in rows} == {f"folder:{data / 'base'}"} and rows[0]["backbone"] == "efficientnet_lite0"
     assert rows[0]["method_version"] == "1" and rows[0]["config"] == '{"norm": "cl2n"}'
-    assert rows[0]["git_commit"] == benchmark.runner.git_commit()
+    assert rows[0]["git_commit"] == benchmark.provenance.git_commit()
     rc, err, again = crater_run(data, out, capsys, *method)
     assert rc == 0 and "map in" not in err and again == rows  # the same inputs: reused
 
@@ -89,7 +90,7 @@ def test_rows_are_reused_only_under_the_same_inputs(data, tmp_path, capsys, monk
     aside = list(csv.DictReader(open(out.parent / "ctx.set-aside.csv", newline="")))
     assert [r["method_version"] for r in aside] == ["1", "1"]
     # rows of other code (another git commit): refused unless --reuse-stale
-    monkeypatch.setattr(benchmark.runner, "git_commit", lambda: "0123456789ab")
+    monkeypatch.setattr(benchmark.provenance, "git_commit", lambda: "0123456789ab")
     refused(*crater_run(data, out, capsys, *method)[:2], "other code", "--reuse-stale")
     rc, err, again = crater_run(data, out, capsys, *method, "--reuse-stale")
     assert rc == 0 and "map in" not in err and again == rows, err

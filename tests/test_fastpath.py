@@ -6,8 +6,9 @@ from test_sdft import make_tiny_task
 
 from benchmark import fastpath
 from benchmark.fastpath import batch_scores, chunk_episodes, in_query_order, score_chunk, supports_batches
+from benchmark.protocols.episodes import run_benchmark
 from benchmark.results import read_results
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark, score_episode
+from benchmark.runner import MethodSpec, RunConfig, score_episode
 from benchmark.scoring import ScoreError
 from methods.base import Context
 from methods.cache import Cache

@@ -8,7 +8,7 @@ from fakes import domars16k_like
 
 import benchmark.fixedk
 from benchmark.cli import main
-from benchmark.fixedk import run_fixed_k
+from benchmark.fixedk import FixedKConfig, run_fixed_k
 from benchmark.results import COLUMNS as RUN_COLUMNS
 from benchmark.stats import mean_ci
 from methods.cache import Cache
@@ -91,7 +91,8 @@ def test_csv_numbers_equal_run_fixed_k(dirs, tmp_path):
     data, cache = dirs
     task = load_task("domars16k", data)
     for method, k in itertools.product(METHODS, SHOTS):
-        direct = run_fixed_k(task, create_method(method), k, SEEDS, Cache(cache), image_size=32)
+        direct = run_fixed_k(task, create_method(method), k, SEEDS, Cache(cache),
+                             FixedKConfig(methods=[], image_size=32))
         written = sorted((r for r in rows if r["method"] == method and int(r["shots"]) == k),
                          key=lambda r: int(r["seed"]))
         assert [int(r["seed"]) for r in written] == [d["seed"] for d in direct]

@@ -11,8 +11,9 @@ import pytest
 from fakes_methods import make_task
 
 from benchmark.cli import main
+from benchmark.protocols.episodes import run_benchmark
 from benchmark.results import read_results
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from benchmark.runner import MethodSpec, RunConfig
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 VARYING = ["seconds", "timestamp", "isolated"]
@@ -90,7 +91,8 @@ def test_a_plugin_failing_in_its_sandbox_is_named_and_the_others_run(data, tmp_p
 
 @needs_bwrap
 def test_fixed_k_gives_the_same_rows_isolated(data, tmp_path):
-    from benchmark.fixedk import FixedKConfig, run_fixedk_benchmark
+    from benchmark.fixedk import FixedKConfig
+    from benchmark.protocols.fixedk import run_fixedk_benchmark
 
     def fixed_k(isolate, out):
         return run_fixedk_benchmark(FixedKConfig(methods=[MethodSpec.parse("protonet"), MethodSpec.parse("knn")],

@@ -21,8 +21,9 @@ from benchmark.migrations import (
     Step,
     sdft_full_config,
 )
+from benchmark.provenance import method_config
 from benchmark.results import EPISODES, append_rows, read_results
-from benchmark.runner import MethodSpec, method_config
+from benchmark.runner import MethodSpec
 from common.errors import UserError
 from methods.backbones import weights_digest
 from methods.registry import create_method

@@ -27,8 +27,9 @@ import torch
 from fakes_methods import class_image
 from PIL import Image
 
+from benchmark.protocols.episodes import run_benchmark
 from benchmark.results import read_results
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from benchmark.runner import MethodSpec, RunConfig
 from methods.base import Context, FeatureMethod, FewShotMethod
 from methods.cache import Cache
 from methods.registry import create_method, register_method

@@ -6,7 +6,8 @@ import pytest
 from fakes import csv_like, grouped_table
 
 from benchmark.cli import main
-from benchmark.runner import MethodSpec, RunConfig, run_benchmark
+from benchmark.protocols.episodes import run_benchmark
+from benchmark.runner import MethodSpec, RunConfig
 from methods.base import Context, FewShotMethod
 from tasks.episodes import EpisodeSet
 from tasks.handles import RowHandles

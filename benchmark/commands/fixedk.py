@@ -51,7 +51,9 @@ def cmd_fixedk(args) -> int:
     from rich.console import Console
 
     from benchmark.console import RichProgressReporter, finish, stdout
-    from benchmark.fixedk import FixedKConfig, run_fixedk_benchmark, summarize_over_seeds
+    from benchmark.fixedk import FixedKConfig, summarize_over_seeds
+    from benchmark.pipeline import run
+    from benchmark.protocols.fixedk import FixedK
     from methods.backbones import check_backbone
     from methods.features import thread_policy
 
@@ -60,7 +62,7 @@ def cmd_fixedk(args) -> int:
     started = time.perf_counter()
     failures: list = []
     with thread_policy(torch.get_num_threads()):  # as `bench run`: features bit-identical for any core count
-        rows = run_fixedk_benchmark(config, RichProgressReporter(enabled=not args.quiet), failures)
+        rows = run(FixedK(config), RichProgressReporter(enabled=not args.quiet), failures)
     printer = stdout if stdout.is_terminal else Console(width=180)  # a file or pipe gets unwrapped rows
     if len(rows):
         for table in fixedk_tables(args.task + (f" (source {args.source})" if args.source else ""),

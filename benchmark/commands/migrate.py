@@ -93,8 +93,8 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
     """Bring one file to its table's current version in place (under its lock), running its history's steps in
     order (benchmark/migrations.py); returns what was done, in a few words."""
     from benchmark.migrations import Facts, crater_identities, task_identities
+    from benchmark.provenance import preprocessing_id
     from benchmark.results import csv_text, locked, read_results
-    from benchmark.runner import preprocessing_id
     from common.files import atomic_write_bytes
 
     path = Path(path)

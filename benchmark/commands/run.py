@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import time
 
-from benchmark.cli import SEED_MAX, add_benchmark_options, benchmark_config, bounded_int, \
-    positive_int
+from benchmark.cli import SEED_MAX, add_benchmark_options, benchmark_config, bounded_int, positive_int
 
 MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count must not hang the run
 
@@ -31,7 +30,9 @@ def cmd_run(args) -> int:
     import torch
 
     from benchmark.console import RichProgressReporter, finish, results_tables, stdout
-    from benchmark.runner import RunConfig, run_benchmark
+    from benchmark.pipeline import run
+    from benchmark.protocols.episodes import Episodes
+    from benchmark.runner import RunConfig
     from benchmark.stats import summarize_episodes
     from methods.backbones import check_backbone
     from methods.features import thread_policy
@@ -42,7 +43,7 @@ def cmd_run(args) -> int:
     started = time.perf_counter()
     failures: list = []
     with thread_policy(args.threads or torch.get_num_threads()):
-        rows = run_benchmark(config, RichProgressReporter(enabled=not args.quiet), failures)
+        rows = run(Episodes(config), RichProgressReporter(enabled=not args.quiet), failures)
     if len(rows):
         for table in results_tables(summarize_episodes(rows), rows.attrs.get("notes", ())):
             stdout.print(table)

@@ -15,7 +15,8 @@ from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
-from benchmark.runner import method_cache, source_id
+from benchmark.provenance import source_id
+from benchmark.runner import method_cache
 from benchmark.scoring import check_scores
 from common.errors import UserError
 from common.files import atomic_output

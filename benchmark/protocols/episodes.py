@@ -1,0 +1,166 @@
+"""The episode protocol (`bench run`): every method on the same N-way K-shot episodes, one row per (method,
+shots, episode), scored by benchmark/scoring.score_episode. How a method answers an episode (here, on Ray
+workers or in its sandbox) is benchmark/runner.py's; the loop around it is benchmark/pipeline.py's."""
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmark import runner
+from benchmark.pipeline import Plan, Protocol, Run, run
+from benchmark.results import EPISODES, SCHEMA_VERSION, check_results_path, set_aside_path
+from benchmark.scoring import MethodFailed, ScoreError
+from methods.base import handed
+from methods.cache import Cache
+from methods.devices import device_name
+from methods.progress import SILENT, Progress
+from tasks.handles import RowHandles
+from tasks.registry import load_task
+
+
+class Episodes(Protocol):
+    """A unit is one episode of a (method, shots) stream; runner.RunConfig holds the settings."""
+
+    schema = EPISODES
+    fresh_what = " of this run's methods and shots"
+
+    def setup(self, progress: Progress) -> Path:
+        config = self.config
+        self.cache = Cache(config.cache_dir)
+        self.task = load_task(config.task, config.data_dir, source=config.source, split=config.split,
+                              image_size=config.image_size, source_disjoint=config.source_disjoint)
+        self.out = config.results_path()
+        self.methods = runner.created_methods(config, self.cache, self.out)  # an unknown method or option fails first
+        self.episode_sets = {k: self.task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
+                             for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
+        check_results_path(self.out)  # an incompatible, unreadable or unwritable file fails before any work
+        self.manifests = runner.Manifests(self.out.parent / "manifests", self.task, progress)
+        return self.out
+
+    def plans(self) -> list[Plan]:
+        config, methods = self.config, self.methods
+        del self.methods  # the plans hold them now, and the pipeline lets each go once it ran
+        plans = []
+        for (spec, method), cond in zip(methods, runner.conditions(self.task, config, [m for _, m in methods])):
+            for k, episodes in self.episode_sets.items():
+                measurement = {"task": self.task.name, "method": spec.label, "shots": k, "ways": config.n_way,
+                               "queries": config.n_query, "manifest": runner.stream_id(episodes)}
+                plans.append(Plan(spec, method, measurement, cond, list(range(len(episodes))),
+                                  f"{spec.label} {k}-shot"))
+        return plans
+
+    def executor(self, progress: Progress):
+        return runner.make_executor(self.config, self.cache, self.out, progress)
+
+    def run_method(self, plans: list[Plan], run: Run) -> None:
+        """Prepare the method once (here, in the driver, or in its sandbox), then answer each shots' pending
+        episodes here or on the executor's workers; either way only this process writes rows. Where the method
+        runs in this process, a few of the episodes it answered are answered again by a fresh process
+        afterwards (check_answers_again)."""
+        spec, config = plans[0].spec, self.config
+        handles = RowHandles.of_table(self.task.table)
+        prepared, kept = False, {}
+        for plan in plans:
+            if plan.done:
+                run.progress.log(f"{spec.label} {plan.k}-shot: {len(plan.done)} episodes already in {self.out}, "
+                                 f"{len(plan.pending)} to run")
+            if not plan.pending:
+                continue
+            if not prepared:
+                self.prepare(plan, run, handles)
+                prepared = True
+            kept[plan.k] = dict.fromkeys(runner.episodes_to_check(plan.pending, config.seed, plan.k))
+            self.answer(plan, run, handles, kept[plan.k])
+        if prepared and not hasattr(run.executor, "prepare"):
+            self.check_answers_again(plans[0], kept, handles, run)
+
+    def prepare(self, plan: Plan, run: Run, handles: RowHandles) -> None:
+        """Prepare the plan's method (runner.prepared_by); what it raises is the method's failure."""
+        config, label = self.config, plan.spec.label
+        started = time.perf_counter()
+        with runner.blamed(label, "prepare"):
+            runner.prepared_by(run.executor, plan.method, self.task, self.cache, config, config.seed, run.progress,
+                               handles)
+        run.progress.log(f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows "
+                         f"record {device_name(config.device)})")
+
+    def answer(self, plan: Plan, run: Run, handles: RowHandles, kept: dict) -> None:
+        """Answer, score and append the plan's pending episodes; the scores of the episodes in `kept` go there."""
+        episodes, config = self.episode_sets[plan.k], self.config
+        rows, last_flush = [], time.perf_counter()
+        batched = runner.supports_batches(plan.method) or bool(getattr(type(plan.method), "batched", False))
+        common = run.provenance.columns()
+
+        def flush():
+            if rows:
+                self.manifests.ensure(episodes)
+                run.table.append(rows)
+                rows.clear()
+
+        with run.progress.bar(plan.what, len(plan.pending)) as advance, runner.saved_on_exit(flush):
+            for i, result, seconds in runner.episode_results(plan.method, episodes, plan.pending, config.seed,
+                                                             self.task.class_names, plan.spec.label, run.executor,
+                                                             handles, kept):
+                rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
+                             "seconds": round(seconds, 6), **common,
+                             "timestamp": datetime.now(UTC).isoformat(timespec="seconds")})
+                advance(1)
+                if (len(rows) >= runner.FLUSH_EVERY_EPISODES and not batched) \
+                        or time.perf_counter() - last_flush > runner.FLUSH_EVERY_SECONDS:
+                    flush()
+                    last_flush = time.perf_counter()
+
+    def check_answers_again(self, plan: Plan, kept: dict, handles: RowHandles, run: Run) -> None:
+        """A method's answer to an episode depends on that episode and its prepared state, never on the episodes
+        it answered before. A fresh process prepared like this one (from the method's cache) answers the kept
+        episodes again; where any scores differ, this run's rows of the method are set aside and it fails."""
+        from benchmark.sandbox import answered_again, same_answers, settings_meta
+
+        spec, method, config = plan.spec, plan.method, self.config
+        batched = runner.supports_batches(method)
+        requests, first = self.requests_again(method, kept, handles, batched)
+        if not requests:
+            return
+        meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, config.seed,
+                             str(config.device))
+        given = handed(self.task, self.cache, config.backbone, config.image_size, type(method).consumes,
+                       run.progress, config.device, handles)
+        with runner.blamed(spec.label, "the check that answers do not depend on earlier episodes"):
+            again = answered_again(meta, given, runner.method_cache(self.cache, method).root, requests)
+        changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
+        if changed:
+            k, i = changed[0]
+            moved = run.table.set_aside([{"task": self.task.name, "method": spec.label, "shots": kk} for kk in kept])
+            raise MethodFailed(spec.label, "the check of its answers", "", ScoreError(
+                f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
+                f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows "
+                f"were moved to {set_aside_path(self.out)}"))
+        run.progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same "
+                         "answers")
+
+    def requests_again(self, method, kept: dict, handles: RowHandles, batched: bool) -> tuple[dict, dict]:
+        """({(shots, episode): what a fresh process answers}, {(shots, episode): the scores answered here})."""
+        from benchmark.sandbox import episode_request
+
+        takes_classes = bool(getattr(type(method), "takes_classes", False))
+        requests, first = {}, {}
+        for k, chosen in kept.items():
+            blind = self.episode_sets[k].blind(handles)
+            for i, scores in chosen.items():
+                if scores is not None:
+                    requests[(k, i)] = episode_request(blind, i, self.config.seed, batched, takes_classes)
+                    first[(k, i)] = scores
+        return requests, first
+
+    def finish(self, rows):
+        rows.attrs["notes"] = self.task.notes()  # for the tables' header
+        return rows
+
+
+
+def run_benchmark(config: runner.RunConfig, progress: Progress = SILENT, failures: list | None = None):
+    """Run (or resume) every method on the shared episodes; returns this run's rows. A method that fails raises
+    MethodFailed; with a `failures` list (and not `config.stop_on_failure`) it is appended there instead and
+    the other methods still run."""
+    return run(Episodes(config), progress, failures)

@@ -1,4 +1,5 @@
 """`bench`: run methods on shared episodes, list what exists, and read results."""
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,9 @@ def file_path(name: str):
     def convert(text: str) -> str:
         if text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
             folder = text.rstrip("/" + os.sep) or text
-            raise argparse.ArgumentTypeError(f"--{name} {text} names a folder; give a file, e.g. "
-                                             f"{Path(folder) / 'results.csv'}")
+            raise argparse.ArgumentTypeError(
+                f"--{name} {text} names a folder; give a file, e.g. {Path(folder) / 'results.csv'}"
+            )
         return text
 
     return convert
@@ -110,7 +112,9 @@ def int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shots must be positive integers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--shots must be positive integers separated by commas, got {text!r}"
+        ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"--shots must be positive integers separated by commas, got {text!r}")
     return sorted(set(values))
@@ -134,8 +138,10 @@ def bounded_int(name: str, low: int, high: int | None = None):
 
 def seed_list(text: str, name: str = "seeds") -> list[int]:
     """argparse type: '0-9', '0,1,2' or a mix ('0-4,7'); integers from 0 to SEED_MAX, sorted, each once."""
-    bad = argparse.ArgumentTypeError(f"--{name} must be non-negative integers or ranges like 0-9, separated by "
-                                     f"commas, each at most {SEED_MAX}, got {text!r}")
+    bad = argparse.ArgumentTypeError(
+        f"--{name} must be non-negative integers or ranges like 0-9, separated by "
+        f"commas, each at most {SEED_MAX}, got {text!r}"
+    )
     seeds: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         first, dash, last = part.partition("-")
@@ -163,13 +169,24 @@ def add_task_options(p: argparse.ArgumentParser, task_help: str = "") -> None:
     takes (`resolve_backbone` turns them into the backbone's spec and an image size)."""
     settings = p.settings
     p.add_argument("--task", default=settings.task, help=task_help or None)
-    p.add_argument("--backbone", default=settings.backbone,
-                   help="a built-in backbone or timm:NAME, any timm architecture, with --weights")
-    p.add_argument("--weights", default=None, metavar="FILE|pretrained",
-                   help="with --backbone timm:NAME: a state dict or safetensors file of that architecture, or "
-                        "`pretrained` (timm downloads its own weights)")
-    p.add_argument("--image-size", type=bounded_int("image-size", *IMAGE_SIZES), default=None,
-                   help=f"(default: {settings.image_size}; a timm backbone: its pretrained config's input size)")
+    p.add_argument(
+        "--backbone",
+        default=settings.backbone,
+        help="a built-in backbone or timm:NAME, any timm architecture, with --weights",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE|pretrained",
+        help="with --backbone timm:NAME: a state dict or safetensors file of that architecture, or "
+        "`pretrained` (timm downloads its own weights)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=bounded_int("image-size", *IMAGE_SIZES),
+        default=None,
+        help=f"(default: {settings.image_size}; a timm backbone: its pretrained config's input size)",
+    )
     add_device_option(p)
 
 
@@ -185,53 +202,96 @@ def resolve_backbone(args, settings: Settings = DEFAULTS) -> None:
         args.image_size = default_image_size(args.backbone, settings.image_size)
         low, high = IMAGE_SIZES
         if not low <= args.image_size <= high:
-            raise UserError(f"{args.backbone}'s input size is {args.image_size}; give --image-size from {low} to {high}")
+            raise UserError(
+                f"{args.backbone}'s input size is {args.image_size}; give --image-size from {low} to {high}"
+            )
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
     """--device: where every network pass runs (methods/devices.py); every command that runs a network takes it."""
-    p.add_argument("--device", default=p.settings.device, metavar="auto|cpu|cuda|cuda:N|mps",
-                   help="where networks run: auto = the first accelerator torch sees, else the CPU; "
-                        "results and caches made on another device type are kept apart")
+    p.add_argument(
+        "--device",
+        default=p.settings.device,
+        metavar="auto|cpu|cuda|cuda:N|mps",
+        help="where networks run: auto = the first accelerator torch sees, else the CPU; "
+        "results and caches made on another device type are kept apart",
+    )
 
 
 def add_source_option(p: argparse.ArgumentParser) -> None:
     """--source: the base pool every pre-training method uses instead of --task's (tasks.registry.with_source)."""
-    p.add_argument("--source", default=None, metavar="SPEC",
-                   help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)")
-    p.add_argument("--source-disjoint", action="store_true",
-                   help="refuse a --source that holds a scene of the target pool (by HiRISE observation, CTX product, "
-                        "MSL sol or a CSV's group column; without it: a notice with the count)")
+    p.add_argument(
+        "--source",
+        default=None,
+        metavar="SPEC",
+        help="base pool of every pre-training method: a task (its base pool) or a dataset (all its images)",
+    )
+    p.add_argument(
+        "--source-disjoint",
+        action="store_true",
+        help="refuse a --source that holds a scene of the target pool (by HiRISE observation, CTX product, "
+        "MSL sol or a CSV's group column; without it: a notice with the count)",
+    )
 
 
 def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
     """The options `bench run` and `bench fixedk` share (methods, task, shots, features, results policy)."""
-    p.add_argument("--method", action="append", required=True, metavar="NAME[:key=value,...]",
-                   help="method to run (repeat for several)")
+    p.add_argument(
+        "--method",
+        action="append",
+        required=True,
+        metavar="NAME[:key=value,...]",
+        help="method to run (repeat for several)",
+    )
     add_task_options(p)
     p.add_argument("--shots", type=int_list, default=list(p.settings.shots), help="labelled images per class")
     p.add_argument("--out", type=file_path("out"), default=None, help=f"results CSV (default: {out_default})")
-    p.add_argument("--fresh", action="store_true",
-                   help="set the results file's rows of these methods and shots aside (into NAME.set-aside.csv) "
-                        "and compute them anew")
-    p.add_argument("--reuse-stale", action="store_true",
-                   help="take rows made by another git commit when everything else about them matches")
-    p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first method that fails (default: the other methods still run)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="set the results file's rows of these methods and shots aside (into NAME.set-aside.csv) "
+        "and compute them anew",
+    )
+    p.add_argument(
+        "--reuse-stale",
+        action="store_true",
+        help="take rows made by another git commit when everything else about them matches",
+    )
+    p.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first method that fails (default: the other methods still run)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_source_option(p)
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="who answers the episodes (or seeds): this process (local) or Ray workers "
-                        "(ray: the [ray] extra; the same rows)")
-    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                   help="with --executor ray: a running Ray instance ('auto': the one `ray start` runs on this "
-                        "machine, or HOST:PORT); default: start a local one sized to this machine")
-    p.add_argument("--isolate", action="store_true",
-                   help="run every method in a bubblewrap sandbox (no network, no data, caches, results or home; "
-                        "a fresh fork per episode): for untrusted plugins (docs/adding-a-method.md)")
-    p.add_argument("--ray-timeout", type=positive_float("ray-timeout"), default=None, metavar="SECONDS",
-                   help="with --ray-address: how long it may take to answer before the run stops with an error "
-                        f"(default: {p.settings.ray_timeout:g})")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="who answers the episodes (or seeds): this process (local) or Ray workers "
+        "(ray: the [ray] extra; the same rows)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="with --executor ray: a running Ray instance ('auto': the one `ray start` runs on this "
+        "machine, or HOST:PORT); default: start a local one sized to this machine",
+    )
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run every method in a bubblewrap sandbox (no network, no data, caches, results or home; "
+        "a fresh fork per episode): for untrusted plugins (docs/adding-a-method.md)",
+    )
+    p.add_argument(
+        "--ray-timeout",
+        type=positive_float("ray-timeout"),
+        default=None,
+        metavar="SECONDS",
+        help="with --ray-address: how long it may take to answer before the run stops with an error "
+        f"(default: {p.settings.ray_timeout:g})",
+    )
     add_common(p)
 
 
@@ -251,8 +311,10 @@ def benchmark_config(args) -> dict:
 
         import_ray()  # not installed: one line saying how, before any work
         if device.type != "cpu":  # workers unpickle the prepared method's tensors where they were
-            raise UserError(f"--executor ray runs its workers on CPUs; with --device {args.device} ({device}) use "
-                            "--executor local, or --device cpu with Ray")
+            raise UserError(
+                f"--executor ray runs its workers on CPUs; with --device {args.device} ({device}) use "
+                "--executor local, or --device cpu with Ray"
+            )
     if args.isolate:
         if args.executor == "ray":
             raise UserError("--isolate runs each method in a sandbox on this machine; use it with --executor local")
@@ -260,16 +322,29 @@ def benchmark_config(args) -> dict:
 
         bwrap()  # missing or unable to start: one line saying how, before any work
     if args.fresh and args.reuse_stale:
-        raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
-                        "would keep")
-    return dict(methods=[MethodSpec.parse(m) for m in args.method], task=args.task, shots=args.shots,
-                data_dir=Path(args.data_dir or default_data_dir()),
-                cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                out=Path(args.out) if args.out else None, backbone=args.backbone, image_size=args.image_size,
-                fresh=args.fresh, reuse_stale=args.reuse_stale, stop_on_failure=args.fail_fast or args.debug,
-                source=args.source, source_disjoint=args.source_disjoint, device=device, executor=args.executor,
-                ray_address=args.ray_address, ray_timeout=args.ray_timeout or args.settings.ray_timeout,
-                isolate=args.isolate)
+        raise UserError(
+            "--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale would keep"
+        )
+    return dict(
+        methods=[MethodSpec.parse(m) for m in args.method],
+        task=args.task,
+        shots=args.shots,
+        data_dir=Path(args.data_dir or default_data_dir()),
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        out=Path(args.out) if args.out else None,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        fresh=args.fresh,
+        reuse_stale=args.reuse_stale,
+        stop_on_failure=args.fail_fast or args.debug,
+        source=args.source,
+        source_disjoint=args.source_disjoint,
+        device=device,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_timeout=args.ray_timeout or args.settings.ray_timeout,
+        isolate=args.isolate,
+    )
 
 
 def default_data_dir() -> str:
@@ -277,24 +352,42 @@ def default_data_dir() -> str:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=str(p.settings.data_dir),
-                   help="folder holding the datasets ($BENCH_DATA_DIR, else ./data)")
-    p.add_argument("--cache-dir", default=str(p.settings.cache_dir),
-                   help="feature/checkpoint cache ($BENCH_CACHE_DIR, else ~/.cache/marsfsl)")
+    p.add_argument(
+        "--data-dir",
+        default=str(p.settings.data_dir),
+        help="folder holding the datasets ($BENCH_DATA_DIR, else ./data)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=str(p.settings.cache_dir),
+        help="feature/checkpoint cache ($BENCH_CACHE_DIR, else ~/.cache/marsfsl)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 # Each module in benchmark/commands/ defines add_parser(sub), which sets a `handler` default.
-COMMAND_MODULES = ["run", "list", "leaderboard", "report", "data", "map", "craters", "perf", "fixedk", "migrate",
-                   "tune"]
+COMMAND_MODULES = [
+    "run",
+    "list",
+    "leaderboard",
+    "report",
+    "data",
+    "map",
+    "craters",
+    "perf",
+    "fixedk",
+    "migrate",
+    "tune",
+]
 FAILED = 3  # the exit status of a run in which a method failed (bad input: 2, a bug: 1)
 
 
 def build_parser(settings: Settings | None = None) -> Parser:
     """`bench`'s parser; its options' defaults are `settings` (default: the environment's)."""
     settings = settings if settings is not None else Settings.from_environment()
-    parser = Parser(prog="bench", description="marsfsl: few-shot benchmark for Martian landform mapping",
-                    settings=settings)
+    parser = Parser(
+        prog="bench", description="marsfsl: few-shot benchmark for Martian landform mapping", settings=settings
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 

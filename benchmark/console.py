@@ -1,4 +1,5 @@
 """Rich progress bars and tables for the terminal."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -26,8 +27,15 @@ class RichProgressReporter(Progress):
         if not self.enabled:
             yield lambda n=1: None
             return
-        with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TimeRemainingColumn(), console=console, transient=True) as bar:
+        with RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             handle = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(handle, n)
 
@@ -43,14 +51,25 @@ def results_tables(summary: pd.DataFrame, notes=()) -> list[Table]:
     for (task, shots, ways), g in summary.groupby(["task", "shots", "ways"], sort=True):
         transductive = g["transductive"].astype(bool) if "transductive" in g else pd.Series(False, index=g.index)
         caption = [*notes, *([TRANSDUCTIVE_NOTE] if transductive.any() else [])]
-        table = Table(title=f"{task}: {ways}-way {shots}-shot (mean ± 95% CI over episodes)",
-                      caption="; ".join(caption) or None)
-        for column, justify in (("method", "left"), ("accuracy %", "right"), ("macro-F1 %", "right"),
-                                ("episodes", "right"), ("seconds", "right")):
+        table = Table(
+            title=f"{task}: {ways}-way {shots}-shot (mean ± 95% CI over episodes)", caption="; ".join(caption) or None
+        )
+        for column, justify in (
+            ("method", "left"),
+            ("accuracy %", "right"),
+            ("macro-F1 %", "right"),
+            ("episodes", "right"),
+            ("seconds", "right"),
+        ):
             table.add_column(column, justify=justify)
         for i, r in g.sort_values("accuracy", ascending=False).iterrows():
-            table.add_row(marked(r["method"], transductive[i]), pm(r["accuracy"], r["accuracy_ci95"]),
-                          pm(r["macro_f1"], r["macro_f1_ci95"]), str(r["episodes"]), f"{r['seconds']:.1f}")
+            table.add_row(
+                marked(r["method"], transductive[i]),
+                pm(r["accuracy"], r["accuracy_ci95"]),
+                pm(r["macro_f1"], r["macro_f1_ci95"]),
+                str(r["episodes"]),
+                f"{r['seconds']:.1f}",
+            )
         tables.append(table)
     return tables
 

@@ -18,6 +18,7 @@ A worker process that dies (killed, out of memory, its machine gone) is retried 
 exception a method raises is not retried but fails the method as on the local executor. Only the driver writes
 the results file (the same lock, resume and rows as `local`), chunk by chunk in episode order.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,13 @@ def start_ray(address: str | None, log=print, timeout: float = CONNECT_TIMEOUT):
                 ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
             else:
                 # address="local": a new instance, never one that `ray start` happens to run on this machine
-                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                         logging_level="WARNING", log_to_driver=False)
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count() or 1,
+                    include_dashboard=False,
+                    logging_level="WARNING",
+                    log_to_driver=False,
+                )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"--ray-address {address}" if address else "a local Ray instance"
             raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
@@ -105,9 +111,11 @@ def wait_for_address(address: str, timeout: float) -> None:
         if time.monotonic() + 0.5 > deadline:
             break
         time.sleep(0.5)
-    raise UserError(f"--ray-address {address}: nothing answers at {endpoint[0]}:{endpoint[1]} within {timeout:g} s "
-                    f"({reason}); start Ray there (`ray start --head`), correct the address, or wait longer with "
-                    "--ray-timeout SECONDS")
+    raise UserError(
+        f"--ray-address {address}: nothing answers at {endpoint[0]}:{endpoint[1]} within {timeout:g} s "
+        f"({reason}); start Ray there (`ray start --head`), correct the address, or wait longer with "
+        "--ray-timeout SECONDS"
+    )
 
 
 _held: dict[str, object] = {}  # in a worker: object-store refs already fetched -> their values
@@ -183,13 +191,16 @@ class WorkerStats:
         self.seconds[worker] += seconds
 
     def summary(self) -> str:
-        parts = [f"{w} {self.episodes[w]} episodes at {self.episodes[w] / max(self.seconds[w], 1e-9):.1f} ep/s"
-                 for w in sorted(self.episodes)]
+        parts = [
+            f"{w} {self.episodes[w]} episodes at {self.episodes[w] / max(self.seconds[w], 1e-9):.1f} ep/s"
+            for w in sorted(self.episodes)
+        ]
         return f"ray: {len(parts)} worker(s) answered: " + "; ".join(parts)
 
 
-def ray_answers(ray, answer, method_ref, blind_ref, pending: list[int], workers: int, seed: int, label: str,
-                stats: WorkerStats):
+def ray_answers(
+    ray, answer, method_ref, blind_ref, pending: list[int], workers: int, seed: int, label: str, stats: WorkerStats
+):
     """Yields what answer(method, blind view, chunk, seed, label) yields for `pending`, chunk by chunk in episode
     order, as workers finish them."""
     chunks = chunks_of(pending, workers)
@@ -215,8 +226,12 @@ def in_order(ray, refs: list, chunks: list[list[int]], label: str, stats: Worker
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, UserError):
                         raise cause from None
-                    raise MethodFailed(label, "a Ray worker", f" (episodes {chunks[position[ref]][0]}-"
-                                       f"{chunks[position[ref]][-1]})", cause or exc) from None
+                    raise MethodFailed(
+                        label,
+                        "a Ray worker",
+                        f" (episodes {chunks[position[ref]][0]}-{chunks[position[ref]][-1]})",
+                        cause or exc,
+                    ) from None
                 except ray.exceptions.WorkerCrashedError as exc:
                     raise MethodFailed(label, "a Ray worker", f": its process died {RETRIES + 1} times", exc) from None
                 stats.add(worker, len(chunks[position[ref]]), busy)
@@ -234,8 +249,10 @@ def put_prepared(ray, method, label: str):
     try:
         return ray.put(method)
     except Exception as exc:  # pickling fails in many ways (locks, open files, lambdas)
-        raise UserError(f"method {label}: its prepared state cannot be sent to Ray workers ({type(exc).__name__}: "
-                        f"{exc}); run it with --executor local") from None
+        raise UserError(
+            f"method {label}: its prepared state cannot be sent to Ray workers ({type(exc).__name__}: "
+            f"{exc}); run it with --executor local"
+        ) from None
 
 
 class RayExecutor:
@@ -263,8 +280,17 @@ class RayExecutor:
             self._episodes.clear()
         if id(blind) not in self._episodes:
             self._episodes[id(blind)] = (blind, self.ray.put(blind))
-        yield from ray_answers(self.ray, self.answer, self._method[1], self._episodes[id(blind)][1], list(pending),
-                               self.workers, seed, label, self.stats)
+        yield from ray_answers(
+            self.ray,
+            self.answer,
+            self._method[1],
+            self._episodes[id(blind)][1],
+            list(pending),
+            self.workers,
+            seed,
+            label,
+            self.stats,
+        )
 
     def seed_answers(self, answer, method, k, seeds, sets, n_classes, label):
         """answer(method, k, seeds, sets, n_classes) (benchmark.fixedk.fixed_k_answers) in chunks of seeds on
@@ -274,8 +300,9 @@ class RayExecutor:
         method_ref = put_prepared(self.ray, method, label)
         chunks = chunks_of(list(range(len(seeds))), self.workers)
         call = remote_call(self.ray)
-        refs = [call.remote(answer, [method_ref], k, [seeds[i] for i in c], [sets[i] for i in c], n_classes)
-                for c in chunks]
+        refs = [
+            call.remote(answer, [method_ref], k, [seeds[i] for i in c], [sets[i] for i in c], n_classes) for c in chunks
+        ]
         return list(in_order(self.ray, refs, [[seeds[i] for i in c] for c in chunks], label, self.stats))
 
     def summary(self) -> str:

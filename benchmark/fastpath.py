@@ -10,6 +10,7 @@ Chunks are sized so that the rows one chunk reads take about CHUNK_BYTES. The ru
 and whoever holds the episode set scores each chunk as a whole (`score_chunk`, through benchmark/scoring.py
 like every other scorer).
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -62,8 +63,10 @@ def batch_scores(method, blind: BlindEpisodes, indices) -> np.ndarray:
 def score_chunk(episodes: EpisodeSet, indices, scores: np.ndarray, class_names, what: str = "the method") -> list[dict]:
     """What `benchmark.scoring.score_episode` returns for each episode, computed for the chunk at once."""
     indices = np.asarray(indices)
-    truth = np.broadcast_to(np.repeat(np.arange(episodes.n_way), episodes.n_query),  # queries ordered by class
-                            (len(indices), episodes.n_way * episodes.n_query))
+    truth = np.broadcast_to(
+        np.repeat(np.arange(episodes.n_way), episodes.n_query),  # queries ordered by class
+        (len(indices), episodes.n_way * episodes.n_query),
+    )
     return score_episodes(scores, truth, episodes.classes[indices], class_names, what)
 
 

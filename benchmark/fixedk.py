@@ -4,6 +4,7 @@
 the seeds that the results CSV does not hold yet, one row per (method, shots, seed), through the pipeline
 (benchmark/pipeline.py: resume, refuse or set aside, append under the lock).
 """
+
 from __future__ import annotations
 
 import time
@@ -31,9 +32,33 @@ from tasks.protocols import (
 )
 from tasks.registry import Task
 
-FIXED_V3 = ("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
-            "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-            "preprocessing", "device", "git_commit", "versions", "timestamp", "draw", "capped")
+FIXED_V3 = (
+    "schema",
+    "protocol",
+    "task",
+    "source",
+    "data",
+    "method",
+    "method_version",
+    "config",
+    "shots",
+    "seed",
+    "n_train",
+    "n_test",
+    "accuracy",
+    "weighted_f1",
+    "macro_f1",
+    "seconds",
+    "backbone",
+    "image_size",
+    "preprocessing",
+    "device",
+    "git_commit",
+    "versions",
+    "timestamp",
+    "draw",
+    "capped",
+)
 FIXED_K = Schema(
     name="fixed-K results",
     # device: where the networks ran; draw: random or Mars-Bench's K-shot list; capped: classes with fewer than
@@ -41,8 +66,18 @@ FIXED_K = Schema(
     version=5,
     columns=FIXED_V3 + WEIGHTS_COLUMNS,
     measurement=("protocol", "task", "method", "shots"),
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
-                "draw", *WEIGHTS_COLUMNS),
+    conditions=(
+        "source",
+        "data",
+        "method_version",
+        "config",
+        "backbone",
+        "image_size",
+        "preprocessing",
+        "device",
+        "draw",
+        *WEIGHTS_COLUMNS,
+    ),
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},
@@ -71,9 +106,19 @@ def check_shots_feasible(task: Task, shots: list[int], cap: bool = False, pools:
         fixed_k_draw(task, k, cap, pools)
 
 
-def run_fixed_k(task: Task, method, k: int, seeds, cache, config: BenchConfig | None = None, *,
-                pools: FixedKPools | None = None, executor=None, progress: Progress = SILENT,
-                label: str = "method") -> list[dict]:
+def run_fixed_k(
+    task: Task,
+    method,
+    k: int,
+    seeds,
+    cache,
+    config: BenchConfig | None = None,
+    *,
+    pools: FixedKPools | None = None,
+    executor=None,
+    progress: Progress = SILENT,
+    label: str = "method",
+) -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
     pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds, draw and
     capped (fixed_k_draw's, the capped classes joined by `|`). `config`: the backbone, image size, device and
@@ -88,8 +133,14 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, config: BenchConfig | 
     cap = getattr(config, "cap", False)
     draw = fixed_k_draw(task, k, cap, pools)
     sets = fixed_k_sets(task, k, seeds, cap, pools)
-    view = Task(task.name, f"{task.description} (fixed-K protocol)", task.table, protocol_base(task, pools),
-                pools.test, source=task.source)
+    view = Task(
+        task.name,
+        f"{task.description} (fixed-K protocol)",
+        task.table,
+        protocol_base(task, pools),
+        pools.test,
+        source=task.source,
+    )
     handles = RowHandles.of_table(task.table)
     prepared_by(executor, method, view, cache, config, 0, progress, handles)
     n_classes = len(pools.classes)
@@ -99,10 +150,17 @@ def run_fixed_k(task: Task, method, k: int, seeds, cache, config: BenchConfig | 
         answers = executor.seed_answers(fixed_k_answers, method, k, list(seeds), blind, n_classes, label, **extra)
     else:
         answers = fixed_k_answers(method, k, seeds, blind, n_classes)
-    rows = [{"seed": seed, "shots": int(k), "n_train": len(s.train_idx), "n_test": len(s.test_idx),
-             **score_fixed_k(s.test_y, in_test_order(scores, s.test_order(handles)), n_classes),
-             "seconds": round(seconds, 6)}
-            for (seed, scores, seconds), s in zip(answers, sets)]
+    rows = [
+        {
+            "seed": seed,
+            "shots": int(k),
+            "n_train": len(s.train_idx),
+            "n_test": len(s.test_idx),
+            **score_fixed_k(s.test_y, in_test_order(scores, s.test_order(handles)), n_classes),
+            "seconds": round(seconds, 6),
+        }
+        for (seed, scores, seconds), s in zip(answers, sets)
+    ]
     return [{**row, "draw": draw.draw, "capped": "|".join(draw.capped)} for row in rows]
 
 
@@ -120,11 +178,13 @@ def fixed_k_answers(method, k: int, seeds, sets: list[BlindFixedKSet], n_classes
     for seed, s in zip(seeds, sets):
         started = time.perf_counter()
         # copies: what a method does to its arguments never reaches the draw
-        method.fit(s.train_idx.copy(), s.train_y.copy(), n_classes,
-                   np.random.default_rng([int(seed), int(k), DRAW_TAG, 1]))
+        method.fit(
+            s.train_idx.copy(), s.train_y.copy(), n_classes, np.random.default_rng([int(seed), int(k), DRAW_TAG, 1])
+        )
         chunk = len(s.test_idx) if getattr(method, "transductive", False) else PREDICT_CHUNK  # its query: the pool
-        scores = np.concatenate([method.predict(s.test_idx[i:i + chunk].copy())
-                                 for i in range(0, len(s.test_idx), max(chunk, 1))])
+        scores = np.concatenate(
+            [method.predict(s.test_idx[i : i + chunk].copy()) for i in range(0, len(s.test_idx), max(chunk, 1))]
+        )
         answers.append((int(seed), scores, time.perf_counter() - started))
     return answers
 
@@ -137,7 +197,18 @@ def summarize_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per (shots, method): accuracy and weighted-F1 mean with 95% CI over seeds, seeds, seconds (fit and
     predict, summed over the seeds), n_train and n_test."""
     rows = rows.assign(capped=rows["capped"].astype(object).fillna("").astype(str), draw=rows["draw"].astype(str))
-    return summarize(rows, ["shots", "method"], ("accuracy", "weighted_f1"), count="seeds", unique="seed",
-                     extra={"seconds": ("seconds", "sum"), "n_train": ("n_train", "max"), "n_test": ("n_test", "max"),
-                            "draw": ("draw", "max"), "capped": ("capped", "max"),
-                            "transductive": ("transductive", "max")})
+    return summarize(
+        rows,
+        ["shots", "method"],
+        ("accuracy", "weighted_f1"),
+        count="seeds",
+        unique="seed",
+        extra={
+            "seconds": ("seconds", "sum"),
+            "n_train": ("n_train", "max"),
+            "n_test": ("n_test", "max"),
+            "draw": ("draw", "max"),
+            "capped": ("capped", "max"),
+            "transductive": ("transductive", "max"),
+        },
+    )

@@ -6,6 +6,7 @@ installs a SIGINT handler that notes the signal before raising the KeyboardInter
 does; `by_user()` then says which one it was. The user's interrupts the run (rows saved, exit 130); a plugin's
 is that method's failure (benchmark.runner.blamed).
 """
+
 from __future__ import annotations
 
 import signal

@@ -17,6 +17,7 @@ Transductive methods (rows with `transductive` = 1: they read their episode's un
 ranked with the others and marked in every table (`marked`); `inductive_only` leaves them out, and
 `to_transductive` puts the best transductive method of each task and shots beside the best inductive one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,12 +43,17 @@ def default_paths() -> list[str]:
     the reference results that ship with the project (results/*.csv). Those folders also hold other tables
     (fixed-K rows, the CTX crater scores) and rows set aside by --fresh: only episode-result files are taken."""
     for folder in (DEFAULTS.runs, DEFAULTS.reference):
-        found = [p for p in sorted(glob.glob(str(folder / "*.csv")))  # a named pipe there is no file to read
-                 if Path(p).is_file() and has_episode_header(Path(p)) and not p.endswith(SET_ASIDE_SUFFIX)]
+        found = [
+            p
+            for p in sorted(glob.glob(str(folder / "*.csv")))  # a named pipe there is no file to read
+            if Path(p).is_file() and has_episode_header(Path(p)) and not p.endswith(SET_ASIDE_SUFFIX)
+        ]
         if found:
             return found
-    raise UserError(f"no results files given and no episode results in {DEFAULTS.runs}/ or {DEFAULTS.reference}/; "
-                    "name CSV files or run `bench run` first")
+    raise UserError(
+        f"no results files given and no episode results in {DEFAULTS.runs}/ or {DEFAULTS.reference}/; "
+        "name CSV files or run `bench run` first"
+    )
 
 
 def resolve_paths(paths: list[str] | None) -> list[Path]:
@@ -58,8 +64,10 @@ def resolve_paths(paths: list[str] | None) -> list[Path]:
     for text in paths:
         path = Path(text)
         if not path.exists():
-            raise UserError(f"results file {path} does not exist" + (" (no file matches that pattern)"
-                                                                     if any(c in text for c in "*?[") else ""))
+            raise UserError(
+                f"results file {path} does not exist"
+                + (" (no file matches that pattern)" if any(c in text for c in "*?[") else "")
+            )
         if path.is_dir():
             raise UserError(f"results path {path} is a directory; give .csv files (e.g. {path}/*.csv)")
         if path.resolve() not in seen:
@@ -100,11 +108,15 @@ def _check_streams(frame: pd.DataFrame) -> None:
             rows = frame[(frame["file"] == file) & frame["manifest"].isin(manifests)]
             return ",".join(str(s) for s in sorted(set(rows["seed"])))
 
-        what = (f"manifest {', '.join(only_a) or '-'} (seed {seeds(file_a, only_a) or '-'}) in {file_a} vs "
-                f"{', '.join(only_b) or '-'} (seed {seeds(file_b, only_b) or '-'}) in {file_b}")
-        raise UserError(f"cannot merge {file_a} and {file_b}: {task} {ways}-way {shots}-shot {queries}-query episodes "
-                        f"differ ({what}); different seeds or sampler versions draw different episodes, so the "
-                        "accuracies are not paired; merge files run with the same --seed and version")
+        what = (
+            f"manifest {', '.join(only_a) or '-'} (seed {seeds(file_a, only_a) or '-'}) in {file_a} vs "
+            f"{', '.join(only_b) or '-'} (seed {seeds(file_b, only_b) or '-'}) in {file_b}"
+        )
+        raise UserError(
+            f"cannot merge {file_a} and {file_b}: {task} {ways}-way {shots}-shot {queries}-query episodes "
+            f"differ ({what}); different seeds or sampler versions draw different episodes, so the "
+            "accuracies are not paired; merge files run with the same --seed and version"
+        )
 
 
 def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -115,9 +127,11 @@ def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     clash = repeated.duplicated(KEY, keep=False)
     if clash.any():
         a, b = repeated[clash].sort_values(KEY, kind="stable").iloc[:2].to_dict("records")
-        raise UserError(f"conflicting results for {a['task']} {a['method']} {a['shots']}-shot episode {a['episode']} "
-                        f"(manifest {a['manifest']}): accuracy {a['accuracy']:.6g} in {a['file']} but "
-                        f"{b['accuracy']:.6g} in {b['file']}; remove one of them")
+        raise UserError(
+            f"conflicting results for {a['task']} {a['method']} {a['shots']}-shot episode {a['episode']} "
+            f"(manifest {a['manifest']}): accuracy {a['accuracy']:.6g} in {a['file']} but "
+            f"{b['accuracy']:.6g} in {b['file']}; remove one of them"
+        )
     kept = frame.drop_duplicates(KEY, keep="first")
     return kept, len(frame) - len(kept)
 
@@ -138,8 +152,14 @@ def _entries(frame: pd.DataFrame) -> pd.Series:
                 return f"{column} {hashlib.sha256(value.encode()).hexdigest()[:6]}"
             return f"{column}={value}"
 
-        labels = g[differ].astype(str).apply(lambda r, method=method, differ=differ: f"{method} [" + ", ".join(show(c, r[c]) for c in differ) + "]",
-                                             axis=1)
+        labels = (
+            g[differ]
+            .astype(str)
+            .apply(
+                lambda r, method=method, differ=differ: f"{method} [" + ", ".join(show(c, r[c]) for c in differ) + "]",
+                axis=1,
+            )
+        )
         names.loc[g.index] = labels
     return names
 
@@ -162,14 +182,19 @@ def load_results(paths: list[str] | None) -> tuple[pd.DataFrame, dict]:
 
 
 TRANSDUCTIVE_MARK = " (transductive)"
-TRANSDUCTIVE_NOTE = ("(transductive): the method also reads the unlabelled features of its episode's query set "
-                     "(never their labels); the others answer each query alone")  # a table caption
+TRANSDUCTIVE_NOTE = (
+    "(transductive): the method also reads the unlabelled features of its episode's query set "
+    "(never their labels); the others answer each query alone"
+)  # a table caption
 
 
 def transductive_note(query: str = "its episode's query set") -> str:
     """TRANSDUCTIVE_NOTE as a sentence, the query named as the table's protocol has it."""
-    return "(Transductive): the method also reads the unlabelled features of " + query + \
-        " (never their labels); the others answer each query alone."
+    return (
+        "(Transductive): the method also reads the unlabelled features of "
+        + query
+        + " (never their labels); the others answer each query alone."
+    )
 
 
 def marked(name: str, transductive) -> str:
@@ -213,9 +238,17 @@ def display_rows(board: pd.DataFrame) -> dict[tuple, tuple[str, list[list[str]]]
         lines = []
         for i, r in enumerate(g.itertuples(index=False)):
             best = i == 0  # compare_methods puts the best (rank 1, highest mean) first
-            lines.append([str(r.rank), marked(r.method, r.transductive), pm(r.accuracy, r.accuracy_ci95),
-                          "best" if best else pm(r.delta, r.delta_ci95, signed=True), str(r.paired),
-                          pm(r.macro_f1, r.macro_f1_ci95), str(r.episodes)])
+            lines.append(
+                [
+                    str(r.rank),
+                    marked(r.method, r.transductive),
+                    pm(r.accuracy, r.accuracy_ci95),
+                    "best" if best else pm(r.delta, r.delta_ci95, signed=True),
+                    str(r.paired),
+                    pm(r.macro_f1, r.macro_f1_ci95),
+                    str(r.episodes),
+                ]
+            )
         out[key] = (title, lines)
     return out
 
@@ -228,8 +261,10 @@ def rich_tables(board: pd.DataFrame) -> list:
 
     tables = []
     for title, lines in display_rows(board).values():
-        caption = ("mean ± 95% CI over episodes; Δ: mean paired difference to the best on the episodes both "
-                   "answered (pairs); equal ranks: the paired CI includes 0")
+        caption = (
+            "mean ± 95% CI over episodes; Δ: mean paired difference to the best on the episodes both "
+            "answered (pairs); equal ranks: the paired CI includes 0"
+        )
         if any(TRANSDUCTIVE_MARK in line[1] for line in lines):
             caption += "; " + TRANSDUCTIVE_NOTE
         table = Table(title=title, caption=caption)
@@ -263,9 +298,11 @@ def to_markdown(board: pd.DataFrame) -> str:
         for line in lines:
             parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |")
         parts.append("")
-    parts.append("Mean ± 95% CI over episodes. Δ: mean paired difference in accuracy to the best method on the "
-                 "episodes both answered (pairs), ± its 95% CI. Methods whose paired CI includes 0 share a rank."
-                 + (" " + transductive_note() if board["transductive"].any() else ""))
+    parts.append(
+        "Mean ± 95% CI over episodes. Δ: mean paired difference in accuracy to the best method on the "
+        "episodes both answered (pairs), ± its 95% CI. Methods whose paired CI includes 0 share a rank."
+        + (" " + transductive_note() if board["transductive"].any() else "")
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -291,15 +328,18 @@ def to_summary(board: pd.DataFrame) -> str:
             text = f"{pm(r.accuracy, r.accuracy_ci95)} ({r.episodes})"
             return f"**{text}**" if r.rank == 1 else text
 
-        parts.append(f"**{task}**: {ways}-way, {queries} queries per class, seed {seed}; accuracy %, mean ± 95% CI "
-                     "(episodes)\n")
+        parts.append(
+            f"**{task}**: {ways}-way, {queries} queries per class, seed {seed}; accuracy %, mean ± 95% CI (episodes)\n"
+        )
         parts.append("| method | " + " | ".join(f"{k}-shot" for k in shots) + " |")
         parts.append("|:---|" + "---:|" * len(shots))
         for m in methods:
             parts.append(f"| {marked(f'`{m}`', m in transductive)} | " + " | ".join(cell(m, k) for k in shots) + " |")
         parts.append("")
-    parts.append("Bold: rank 1 in that column (the paired 95% CI of its difference to the best includes 0); –: not run."
-                 + (" " + transductive_note() if board["transductive"].any() else ""))
+    parts.append(
+        "Bold: rank 1 in that column (the paired 95% CI of its difference to the best includes 0); –: not run."
+        + (" " + transductive_note() if board["transductive"].any() else "")
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -312,8 +352,9 @@ def to_sources(rows: pd.DataFrame, versus: str | None = None) -> str:
 
     rows = rows.copy()
     sources = rows["source"].fillna("").astype(str)
-    rows["target"] = [t[: len(t) - len(s) - 1] if s and t.endswith("+" + s) else t
-                      for t, s in zip(rows["task"], sources)]
+    rows["target"] = [
+        t[: len(t) - len(s) - 1] if s and t.endswith("+" + s) else t for t, s in zip(rows["task"], sources)
+    ]
     rows["source_name"] = sources.where(sources != "", "none")
     if versus and not rows["entry"].eq(versus).any():
         raise UserError(f"--versus {versus}: no rows of that method in these files")
@@ -322,19 +363,24 @@ def to_sources(rows: pd.DataFrame, versus: str | None = None) -> str:
         if g["source_name"].eq("none").sum() == 0:
             continue
         if g["manifest"].nunique() > 1:
-            raise UserError(f"{target} {shots}-shot: its rows with and without a source come from different "
-                            f"episode streams; they cannot be paired")
+            raise UserError(
+                f"{target} {shots}-shot: its rows with and without a source come from different "
+                f"episode streams; they cannot be paired"
+            )
         if titled != (target, ways, queries):  # one table per target task and setting
             titled = (target, ways, queries)
             if parts:
                 parts.append("")
-            parts.append(f"**{target}**: {ways}-way, {queries} queries per class; accuracy %, mean ± 95% CI "
-                         "(episodes); Δ: paired difference in points on the episodes both answered, ± 95% CI (pairs)\n")
-            parts.append("| method | K | source | accuracy % | Δ vs no source | "
-                         + (f"Δ vs `{versus}` (no source) |" if versus else "").rstrip())
+            parts.append(
+                f"**{target}**: {ways}-way, {queries} queries per class; accuracy %, mean ± 95% CI "
+                "(episodes); Δ: paired difference in points on the episodes both answered, ± 95% CI (pairs)\n"
+            )
+            parts.append(
+                "| method | K | source | accuracy % | Δ vs no source | "
+                + (f"Δ vs `{versus}` (no source) |" if versus else "").rstrip()
+            )
             parts.append("|:---|---:|:---|---:|---:|" + ("---:|" if versus else ""))
-        by_episode = {key: part.set_index("episode")["accuracy"]
-                      for key, part in g.groupby(["entry", "source_name"])}
+        by_episode = {key: part.set_index("episode")["accuracy"] for key, part in g.groupby(["entry", "source_name"])}
         for (entry, source), acc in sorted(by_episode.items(), key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1])):
             mean, half = mean_ci(acc.to_numpy())
             cells = [f"`{entry}`", str(int(shots)), source, f"{pm(mean, half)} ({len(acc)})"]
@@ -361,12 +407,14 @@ def to_transductive(rows: pd.DataFrame) -> str:
     episodes both answered with its 95% CI."""
     from benchmark.stats import mean_ci, paired_difference
 
-    parts = ["Best transductive against best inductive method per task and K: accuracy %, mean ± 95% CI "
-             "(episodes); Δ = transductive - inductive, paired over the episodes both answered, ± 95% CI (pairs). "
-             f"The best of each kind is the highest mean among methods run on at least {MIN_EPISODES_FOR_BEST} "
-             "episodes, chosen on these very episodes, so Δ carries that selection.\n",
-             "| task | K | best transductive | accuracy % | best inductive | accuracy % | Δ points |",
-             "|:---|---:|:---|---:|:---|---:|---:|"]
+    parts = [
+        "Best transductive against best inductive method per task and K: accuracy %, mean ± 95% CI "
+        "(episodes); Δ = transductive - inductive, paired over the episodes both answered, ± 95% CI (pairs). "
+        f"The best of each kind is the highest mean among methods run on at least {MIN_EPISODES_FOR_BEST} "
+        "episodes, chosen on these very episodes, so Δ carries that selection.\n",
+        "| task | K | best transductive | accuracy % | best inductive | accuracy % | Δ points |",
+        "|:---|---:|:---|---:|:---|---:|---:|",
+    ]
     found = False
     for (task, ways, shots, queries, _), g in rows.groupby(STREAM, sort=True):
         by_entry = {entry: part.set_index("episode")["accuracy"] for entry, part in g.groupby("entry")}

@@ -11,6 +11,7 @@ how it calls it; `prepare` also prepares it (writing its cache) and exits; `serv
 its cache) and answers requests until told to stop. With `--fork`, every request is answered by a fresh fork of
 the prepared process, so no state survives from one episode to the next.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,7 +33,7 @@ class Channel:
         data = (json.dumps({**message, "nbytes": len(payload)}) + "\n").encode() + payload
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd_out, view):]
+            view = view[os.write(self.fd_out, view) :]
 
     def receive(self) -> dict | None:
         line = b""
@@ -73,10 +74,15 @@ def describe(method) -> dict:
     from methods.base import BatchedMethod
 
     cls = type(method)
-    return {"config": method.config(), "version": getattr(cls, "version", 1),
-            "consumes": getattr(cls, "consumes", "images"), "takes_classes": bool(getattr(cls, "takes_classes", False)),
-            "batched": isinstance(method, BatchedMethod), "transductive": bool(getattr(cls, "transductive", False)),
-            "module": cls.__module__}
+    return {
+        "config": method.config(),
+        "version": getattr(cls, "version", 1),
+        "consumes": getattr(cls, "consumes", "images"),
+        "takes_classes": bool(getattr(cls, "takes_classes", False)),
+        "batched": isinstance(method, BatchedMethod),
+        "transductive": bool(getattr(cls, "transductive", False)),
+        "module": cls.__module__,
+    }
 
 
 def prepared_method(meta: dict, given, cache_dir: str, channel: Channel, writable: bool):
@@ -93,8 +99,15 @@ def prepared_method(meta: dict, given, cache_dir: str, channel: Channel, writabl
     cache = Cache(cache_dir)
     cache.writable = writable  # serving reads what preparing wrote; nothing it writes could outlive a fork
     method = make_method(meta)
-    ctx = Context.of(given, cache, backbone=meta["backbone"], image_size=meta["image_size"], seed=meta["seed"],
-                     progress=Forwarded(), device=torch.device(meta["device"]))
+    ctx = Context.of(
+        given,
+        cache,
+        backbone=meta["backbone"],
+        image_size=meta["image_size"],
+        seed=meta["seed"],
+        progress=Forwarded(),
+        device=torch.device(meta["device"]),
+    )
     method.prepare(ctx)
     return method
 
@@ -117,8 +130,13 @@ def answer(method, request: dict):
     op = request["op"]
     if op == "episode":
         named = {"classes": np.asarray(request["classes"], np.int64)} if request.get("classes") is not None else {}
-        method.fit(np.asarray(request["support"], np.int64), np.asarray(request["support_y"], np.int64),
-                   int(request["n_way"]), np.random.default_rng(request["rng"]), **named)
+        method.fit(
+            np.asarray(request["support"], np.int64),
+            np.asarray(request["support_y"], np.int64),
+            int(request["n_way"]),
+            np.random.default_rng(request["rng"]),
+            **named,
+        )
         return method.predict(np.asarray(request["query"], np.int64))
     if op == "batch":
         from methods.devices import CPU, to_numpy
@@ -131,10 +149,14 @@ def answer(method, request: dict):
         with torch.inference_mode():
             return to_numpy(method.predict_batch(support, support_y, query, n_way).float())
     if op == "fixedk":
-        method.fit(np.asarray(request["train"], np.int64), np.asarray(request["train_y"], np.int64),
-                   int(request["n_classes"]), np.random.default_rng(request["rng"]))
+        method.fit(
+            np.asarray(request["train"], np.int64),
+            np.asarray(request["train_y"], np.int64),
+            int(request["n_classes"]),
+            np.random.default_rng(request["rng"]),
+        )
         test, chunk = np.asarray(request["test"], np.int64), int(request["chunk"])
-        return np.concatenate([np.asarray(method.predict(test[i:i + chunk])) for i in range(0, len(test), chunk)])
+        return np.concatenate([np.asarray(method.predict(test[i : i + chunk])) for i in range(0, len(test), chunk)])
     raise ValueError(f"unknown request {op!r}")
 
 
@@ -171,7 +193,7 @@ def answered_in_fork(method, request: dict, channel: Channel) -> None:
         return
     view = memoryview(data)
     while view:
-        view = view[os.write(channel.fd_out, view):]
+        view = view[os.write(channel.fd_out, view) :]
 
 
 def sweep() -> None:

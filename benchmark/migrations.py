@@ -18,6 +18,7 @@ The tables and the versions of their histories:
   task, backbone, data and scene identity, preprocessing, method version, config and git commit; 4 -> 5 as
   the episode results' 3 -> 4; 5 -> 6 sdft's configs in full and the `schema` column.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,10 @@ class History:
         lacks = ", nor ".join(s.lacks for s in steps)
         needs = "".join(dict.fromkeys(s.needs for s in steps if s.needs))
         why = "; ".join(s.why_needs for s in steps if s.why_needs)
-        return (f"results file {path} has schema {version}, whose rows do not record {lacks}; migrate it with "
-                f"`bench migrate {path}{needs}`{f' ({why})' if why else ''} or write to a new file with --out")
+        return (
+            f"results file {path} has schema {version}, whose rows do not record {lacks}; migrate it with "
+            f"`bench migrate {path}{needs}`{f' ({why})' if why else ''} or write to a new file with --out"
+        )
 
     def migrate(self, path: Path, rows: list[dict], version: int, facts: Facts) -> list[str]:
         """Bring `rows` (of `version`) to the current version in place; the steps' notes."""
@@ -133,8 +136,10 @@ def weights_digest_column(path: Path, rows: list[dict], facts: Facts) -> str:
         backbone = row["backbone"]
         if backbone not in digests:
             if backbone not in BACKBONES:
-                raise UserError(f"cannot migrate {path}: its rows name backbone {backbone!r}, not a built-in one, so "
-                                "the digest of the weights that made them is not known")
+                raise UserError(
+                    f"cannot migrate {path}: its rows name backbone {backbone!r}, not a built-in one, so "
+                    "the digest of the weights that made them is not known"
+                )
             digests[backbone] = weights_digest(backbone)
         row.update(weights=digests[backbone], transductive="0", isolated="0")
     return ""
@@ -156,8 +161,9 @@ def sdft_full_config(path: Path, rows: list[dict], facts: Facts) -> str:
         try:
             config = json.loads(row["config"])
         except ValueError:
-            raise UserError(f"cannot migrate {path}: an sdft row's config is not JSON ({row['config'][:60]!r})") \
-                from None
+            raise UserError(
+                f"cannot migrate {path}: an sdft row's config is not JSON ({row['config'][:60]!r})"
+            ) from None
         full = json.dumps({**SDFT_LEFT_OUT, **config}, sort_keys=True, allow_nan=False)
         changed += full != row["config"]
         row["config"] = full
@@ -194,8 +200,10 @@ def task_identities(path: Path, rows: list[dict], data_dir: Path, refresh: bool)
         try:
             task = load_task(plain, data_dir, source=source)
         except UserError as exc:
-            raise UserError(f"cannot migrate {path}: its task {name} does not load from --data-dir {data_dir} ({exc}); "
-                            "give the data its rows were made on") from None
+            raise UserError(
+                f"cannot migrate {path}: its task {name} does not load from --data-dir {data_dir} ({exc}); "
+                "give the data its rows were made on"
+            ) from None
         if refresh:  # a refresh keeps rows only where their data is what the files hold now
             check_unchanged(path, mine, task, data_dir)
         identities[name] = task.fingerprint()
@@ -211,11 +219,16 @@ def check_unchanged(path: Path, rows: list[dict], task, data_dir: Path, scene: s
     known = {identity, *earlier_fingerprints(task)}
     stale = [r for r in rows if r["data"] not in known or (scene is not None and r["scene"] != scene)]
     if stale:
-        what = (f"data identity {stale[0]['data']}, the data now gives {identity}" if stale[0]["data"] not in known
-                else f"scene identity {stale[0]['scene']}, the scene now gives {scene}")
-        raise UserError(f"cannot refresh {path}: {len(stale)} row(s) of task {task.name} were made on other data than "
-                        f"--data-dir {data_dir} holds now ({what}: an image, label or scene changed); rerun them "
-                        "(the same command with --fresh) or give the data they were made on")
+        what = (
+            f"data identity {stale[0]['data']}, the data now gives {identity}"
+            if stale[0]["data"] not in known
+            else f"scene identity {stale[0]['scene']}, the scene now gives {scene}"
+        )
+        raise UserError(
+            f"cannot refresh {path}: {len(stale)} row(s) of task {task.name} were made on other data than "
+            f"--data-dir {data_dir} holds now ({what}: an image, label or scene changed); rerun them "
+            "(the same command with --fresh) or give the data they were made on"
+        )
 
 
 def crater_identities(path: Path, rows: list[dict], data_dir: Path, refresh: bool = False) -> None:
@@ -226,11 +239,15 @@ def crater_identities(path: Path, rows: list[dict], data_dir: Path, refresh: boo
 
     try:
         scene = scene_identity(data_dir)
-        tasks = {(t, s): load_task(t, data_dir, source=s or None) for t, s in sorted({(r["task"], r["source"])
-                                                                                   for r in rows})}
+        tasks = {
+            (t, s): load_task(t, data_dir, source=s or None)
+            for t, s in sorted({(r["task"], r["source"]) for r in rows})
+        }
     except UserError as exc:
-        raise UserError(f"cannot migrate {path}: its rows' data does not load from --data-dir {data_dir} ({exc}); "
-                        "give the data its rows were made on") from None
+        raise UserError(
+            f"cannot migrate {path}: its rows' data does not load from --data-dir {data_dir} ({exc}); "
+            "give the data its rows were made on"
+        ) from None
     if refresh:
         for (t, s), task in tasks.items():
             check_unchanged(path, [r for r in rows if (r["task"], r["source"]) == (t, s)], task, data_dir, scene)
@@ -248,8 +265,10 @@ def crater_versions(path: Path, labels: list[str], facts: Facts) -> dict[str, di
     names = {label.partition(":")[0].strip() for label in labels}
     unknown = sorted(set(facts.method_versions) - names)
     if unknown:
-        raise UserError(f"--method-version names {', '.join(unknown)}, which made no row of {path} (its methods: "
-                        f"{', '.join(sorted(names))})")
+        raise UserError(
+            f"--method-version names {', '.join(unknown)}, which made no row of {path} (its methods: "
+            f"{', '.join(sorted(names))})"
+        )
     made = {}
     for label in labels:
         name = label.partition(":")[0].strip()
@@ -260,8 +279,10 @@ def crater_versions(path: Path, labels: list[str], facts: Facts) -> dict[str, di
         current = method_version(method)
         stated = facts.method_versions.get(name)
         if stated is None and current != 1:
-            raise UserError(f"cannot migrate {path}: method {name} is at version {current} and its rows do not "
-                            f"say which version made them; state it with --method-version {name}=V")
+            raise UserError(
+                f"cannot migrate {path}: method {name} is at version {current} and its rows do not "
+                f"say which version made them; state it with --method-version {name}=V"
+            )
         if stated is not None and not 1 <= stated <= current:
             raise UserError(f"--method-version {name}={stated}: {name} has versions 1 to {current}")
         made[label] = {"method_version": str(stated or 1), "config": config_text(method)}
@@ -276,18 +297,27 @@ def crater_facts(path: Path, rows: list[dict], facts: Facts) -> str:
     from tasks.registry import load_task
 
     if not facts.task or not facts.backbone:
-        raise UserError(f"cannot migrate {path}: its crater rows do not record the base task or backbone that made "
-                        "them; state both with --task NAME --backbone NAME (its .md names them)")
+        raise UserError(
+            f"cannot migrate {path}: its crater rows do not record the base task or backbone that made "
+            "them; state both with --task NAME --backbone NAME (its .md names them)"
+        )
     check_backbone(facts.backbone)
     made = crater_versions(path, sorted({r["method"] for r in rows}), facts)
     try:
         task = load_task(facts.task, facts.data_dir)
     except UserError as exc:
-        raise UserError(f"cannot migrate {path}: --task {facts.task} does not load from --data-dir {facts.data_dir} "
-                        f"({exc}); give the data its rows were made on") from None
+        raise UserError(
+            f"cannot migrate {path}: --task {facts.task} does not load from --data-dir {facts.data_dir} "
+            f"({exc}); give the data its rows were made on"
+        ) from None
     for r in rows:
-        r.update(task=task.name, backbone=facts.backbone, preprocessing=facts.preprocessing,
-                 git_commit=UNRECORDED_COMMIT, **made[r["method"]])
+        r.update(
+            task=task.name,
+            backbone=facts.backbone,
+            preprocessing=facts.preprocessing,
+            git_commit=UNRECORDED_COMMIT,
+            **made[r["method"]],
+        )
     crater_identities(path, rows, facts.data_dir)
     return "method versions: " + ", ".join(sorted({f"{r['method']} {r['method_version']}" for r in rows}))
 
@@ -295,60 +325,183 @@ def crater_facts(path: Path, rows: list[dict], facts: Facts) -> str:
 # -- the tables ----------------------------------------------------------------------------------------------------
 
 DEVICE_LACK = "the device they were made on"
-WEIGHTS_LACK = ("the digest of their backbone's weights, whether their method is transductive or whether it ran "
-                "isolated")
+WEIGHTS_LACK = "the digest of their backbone's weights, whether their method is transductive or whether it ran isolated"
 SDFT_LACK = "sdft's options at the paper's values (their sdft configs left them out)"
 WEIGHTS = ("weights", "transductive", "isolated")
 
-EPISODES_V1 = ("schema", "task", "method", "config", "shots", "ways", "queries", "seed", "manifest", "episode",
-               "classes", "accuracy", "macro_f1", "class_accuracy", "n_query", "seconds", "backbone", "image_size",
-               "git_commit", "versions", "timestamp")
-EPISODES_V2 = ("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
-               "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query",
-               "seconds", "backbone", "image_size", "preprocessing", "git_commit", "versions", "timestamp")
+EPISODES_V1 = (
+    "schema",
+    "task",
+    "method",
+    "config",
+    "shots",
+    "ways",
+    "queries",
+    "seed",
+    "manifest",
+    "episode",
+    "classes",
+    "accuracy",
+    "macro_f1",
+    "class_accuracy",
+    "n_query",
+    "seconds",
+    "backbone",
+    "image_size",
+    "git_commit",
+    "versions",
+    "timestamp",
+)
+EPISODES_V2 = (
+    "schema",
+    "task",
+    "source",
+    "data",
+    "method",
+    "method_version",
+    "config",
+    "shots",
+    "ways",
+    "queries",
+    "seed",
+    "manifest",
+    "episode",
+    "classes",
+    "accuracy",
+    "macro_f1",
+    "class_accuracy",
+    "n_query",
+    "seconds",
+    "backbone",
+    "image_size",
+    "preprocessing",
+    "git_commit",
+    "versions",
+    "timestamp",
+)
 EPISODES_V3 = EPISODES_V2[:22] + ("device",) + EPISODES_V2[22:]
 EPISODES_V4 = EPISODES_V3 + WEIGHTS
 
-EPISODES = History("episode results", (
-    Step(1, EPISODES_V1, "their data identity, preprocessing or method version", episode_identity,
-         " --data-dir DIR", "DIR: the data its rows were made on"),
-    Step(2, EPISODES_V2, DEVICE_LACK, device_cpu),
-    Step(3, EPISODES_V3, WEIGHTS_LACK, weights_digest_column),
-    Step(4, EPISODES_V4, SDFT_LACK, sdft_full_config),
-), current=EPISODES_V4)
+EPISODES = History(
+    "episode results",
+    (
+        Step(
+            1,
+            EPISODES_V1,
+            "their data identity, preprocessing or method version",
+            episode_identity,
+            " --data-dir DIR",
+            "DIR: the data its rows were made on",
+        ),
+        Step(2, EPISODES_V2, DEVICE_LACK, device_cpu),
+        Step(3, EPISODES_V3, WEIGHTS_LACK, weights_digest_column),
+        Step(4, EPISODES_V4, SDFT_LACK, sdft_full_config),
+    ),
+    current=EPISODES_V4,
+)
 
-FIXED_V2 = ("schema", "protocol", "task", "source", "data", "method", "method_version", "config", "shots", "seed",
-            "n_train", "n_test", "accuracy", "weighted_f1", "macro_f1", "seconds", "backbone", "image_size",
-            "preprocessing", "git_commit", "versions", "timestamp")
+FIXED_V2 = (
+    "schema",
+    "protocol",
+    "task",
+    "source",
+    "data",
+    "method",
+    "method_version",
+    "config",
+    "shots",
+    "seed",
+    "n_train",
+    "n_test",
+    "accuracy",
+    "weighted_f1",
+    "macro_f1",
+    "seconds",
+    "backbone",
+    "image_size",
+    "preprocessing",
+    "git_commit",
+    "versions",
+    "timestamp",
+)
 FIXED_V3 = FIXED_V2[:19] + ("device",) + FIXED_V2[19:] + ("draw", "capped")
 FIXED_V4 = FIXED_V3 + WEIGHTS
 
-FIXED_K = History("fixed-K results", (
-    Step(2, FIXED_V2, "the device they were made on, how K per class were drawn or which classes were capped",
-         fixedk_draw),
-    Step(3, FIXED_V3, WEIGHTS_LACK, weights_digest_column),
-    Step(4, FIXED_V4, SDFT_LACK, sdft_full_config),
-), current=FIXED_V4)
+FIXED_K = History(
+    "fixed-K results",
+    (
+        Step(
+            2,
+            FIXED_V2,
+            "the device they were made on, how K per class were drawn or which classes were capped",
+            fixedk_draw,
+        ),
+        Step(3, FIXED_V3, WEIGHTS_LACK, weights_digest_column),
+        Step(4, FIXED_V4, SDFT_LACK, sdft_full_config),
+    ),
+    current=FIXED_V4,
+)
 
-CRATERS_V1 = ("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
-              "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
-              "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size")
+CRATERS_V1 = (
+    "method",
+    "shots",
+    "seed",
+    "smoothing",
+    "strength",
+    "precision",
+    "recall",
+    "f1",
+    "tp",
+    "fp",
+    "fn",
+    "positives",
+    "scored",
+    "ambiguous",
+    "predicted_crater_fraction",
+    "strict_precision",
+    "strict_recall",
+    "strict_f1",
+    "method_seed",
+    "map_seconds",
+    "prepare_seconds",
+    "window",
+    "stride",
+    "image_size",
+)
 CRATERS_V2 = CRATERS_V1 + ("device",)
 CRATERS_V3 = CRATERS_V2 + ("source",)
-CRATERS_V4 = CRATERS_V3 + ("task", "data", "scene", "backbone", "preprocessing", "method_version", "config",
-                           "git_commit")
+CRATERS_V4 = CRATERS_V3 + (
+    "task",
+    "data",
+    "scene",
+    "backbone",
+    "preprocessing",
+    "method_version",
+    "config",
+    "git_commit",
+)
 CRATERS_V5 = CRATERS_V4 + WEIGHTS
 CRATER_FACTS = " --task NAME --backbone NAME --data-dir DIR"
 CRATER_WHY = "the task and backbone its .md names, DIR the data they were made on"
 
-CRATERS = History("crater map scores", (
-    Step(1, CRATERS_V1, DEVICE_LACK, device_cpu),
-    Step(2, CRATERS_V2, "the source", crater_source),
-    Step(3, CRATERS_V3, "the base task, backbone, data identity, preprocessing, method version and config",
-         crater_facts, CRATER_FACTS, CRATER_WHY),
-    Step(4, CRATERS_V4, WEIGHTS_LACK, weights_digest_column),
-    Step(5, CRATERS_V5, f"their schema version, nor {SDFT_LACK}", sdft_full_config),
-), current=CRATERS_V5 + ("schema",))
+CRATERS = History(
+    "crater map scores",
+    (
+        Step(1, CRATERS_V1, DEVICE_LACK, device_cpu),
+        Step(2, CRATERS_V2, "the source", crater_source),
+        Step(
+            3,
+            CRATERS_V3,
+            "the base task, backbone, data identity, preprocessing, method version and config",
+            crater_facts,
+            CRATER_FACTS,
+            CRATER_WHY,
+        ),
+        Step(4, CRATERS_V4, WEIGHTS_LACK, weights_digest_column),
+        Step(5, CRATERS_V5, f"their schema version, nor {SDFT_LACK}", sdft_full_config),
+    ),
+    current=CRATERS_V5 + ("schema",),
+)
 
 HISTORIES = {h.table: h for h in (EPISODES, FIXED_K, CRATERS)}
 

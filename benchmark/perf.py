@@ -8,6 +8,7 @@
 - Warm start: a `bench run` subprocess to its first finished episode, caches warm.
 - Peak resident memory of a `bench run` subprocess on the task.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,13 +62,15 @@ def _easyfsl():
         from easyfsl.samplers import TaskSampler
         from easyfsl.utils import evaluate, evaluate_on_one_task
     except ImportError:
-        raise UserError("easyfsl is not installed; `.venv/bin/pip install -e '.[perf]'` adds it (bench perf "
-                        "only)") from None
+        raise UserError(
+            "easyfsl is not installed; `.venv/bin/pip install -e '.[perf]'` adds it (bench perf only)"
+        ) from None
     return FeaturesDataset, PrototypicalNetworks, TaskSampler, evaluate, evaluate_on_one_task
 
 
-def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
-                       threads: int | None = None) -> tuple[float, np.ndarray]:
+def easyfsl_throughput(
+    features: torch.Tensor, labels: np.ndarray, episodes, threads: int | None = None
+) -> tuple[float, np.ndarray]:
     """easyfsl 1.5 as its documentation evaluates on cached features: a FeaturesDataset, a DataLoader whose
     batch sampler is a TaskSampler (here one that yields *our* episodes, class by class, support then query,
     as easyfsl's own sampler lays them out) with its episodic_collate_fn, and `evaluate` over
@@ -79,14 +82,21 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
 
     class SameEpisodes(TaskSampler):
         def __init__(self, episodes):  # TaskSampler's own __init__ would index the dataset for random draws
-            self.n_way, self.n_shot, self.n_query, self.n_tasks = (episodes.n_way, episodes.n_shot,
-                                                                   episodes.n_query, len(episodes))
+            self.n_way, self.n_shot, self.n_query, self.n_tasks = (
+                episodes.n_way,
+                episodes.n_shot,
+                episodes.n_query,
+                len(episodes),
+            )
             self.episodes = episodes
 
         def __iter__(self):
             for e in self.episodes:
-                yield [int(i) for c in range(e.n_way)
-                       for i in (*e.support_idx[e.support_y == c], *e.query_idx[e.query_y == c])]
+                yield [
+                    int(i)
+                    for c in range(e.n_way)
+                    for i in (*e.support_idx[e.support_y == c], *e.query_idx[e.query_y == c])
+                ]
 
     dataset = FeaturesDataset([int(x) for x in labels], features, [str(c) for c in np.unique(labels)])
     sampler = SameEpisodes(episodes)
@@ -97,8 +107,9 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
         evaluate(model, loader, device="cpu", use_tqdm=False)
         seconds = time.perf_counter() - started
     with torch.no_grad():  # per-episode accuracies for the check (not timed)
-        acc = np.array([correct / total for correct, total in
-                        (evaluate_on_one_task(model, *task[:4]) for task in loader)])
+        acc = np.array(
+            [correct / total for correct, total in (evaluate_on_one_task(model, *task[:4]) for task in loader)]
+        )
     return len(episodes) / seconds, acc
 
 
@@ -107,20 +118,46 @@ def easyfsl_throughput(features: torch.Tensor, labels: np.ndarray, episodes,
 # otherwise is docs/transductive-methods.md's account of the differences.
 EASYFSL = {
     "bd-cspn": ("BDCSPN", {"feature_normalization": 2}),
-    "laplacianshot": ("LaplacianShot", {"feature_centering": "base_mean", "feature_normalization": 2, "knn": 3,
-                                        "lambda_regularization": 0.7, "inference_steps": 20}),
-    "tim": ("TIM", {"feature_normalization": 2, "fine_tuning_steps": 1000, "fine_tuning_lr": 1e-4,
-                    "cross_entropy_weight": 0.1, "marginal_entropy_weight": 1.0, "conditional_entropy_weight": 0.1,
-                    "temperature": 15.0}),
+    "laplacianshot": (
+        "LaplacianShot",
+        {
+            "feature_centering": "base_mean",
+            "feature_normalization": 2,
+            "knn": 3,
+            "lambda_regularization": 0.7,
+            "inference_steps": 20,
+        },
+    ),
+    "tim": (
+        "TIM",
+        {
+            "feature_normalization": 2,
+            "fine_tuning_steps": 1000,
+            "fine_tuning_lr": 1e-4,
+            "cross_entropy_weight": 0.1,
+            "marginal_entropy_weight": 1.0,
+            "conditional_entropy_weight": 0.1,
+            "temperature": 15.0,
+        },
+    ),
     # L2 before its power transform: easyfsl has no normalisation after it, and raw features' squared distances
     # (hundreds) underflow exp(-10 d) to 0, leaving it at chance
-    "pt-map": ("PTMAP", {"feature_normalization": 2, "fine_tuning_steps": 20, "fine_tuning_lr": 0.2,
-                         "lambda_regularization": 10.0, "power_factor": 0.5}),
+    "pt-map": (
+        "PTMAP",
+        {
+            "feature_normalization": 2,
+            "fine_tuning_steps": 20,
+            "fine_tuning_lr": 0.2,
+            "lambda_regularization": 10.0,
+            "power_factor": 0.5,
+        },
+    ),
 }
 
 
-def easyfsl_transductive(name: str, features: torch.Tensor, base_mean: torch.Tensor, episodes,
-                         threads: int | None = None) -> tuple[float, np.ndarray]:
+def easyfsl_transductive(
+    name: str, features: torch.Tensor, base_mean: torch.Tensor, episodes, threads: int | None = None
+) -> tuple[float, np.ndarray]:
     """(episodes per second, per-episode accuracies) of easyfsl's implementation of `name` (EASYFSL), one
     episode at a time as easyfsl evaluates: process_support_set, then the query's forward pass."""
     _easyfsl()
@@ -155,14 +192,22 @@ def transductive_figures(task: Task, ctx: Context, features: torch.Tensor, eps) 
         # one thread: its tensors are small, and more threads only contend (measured: 20x slower on a busy machine)
         easy_rate, theirs = easyfsl_transductive(name, features, base_mean, eps, 1)
         d, half, n = paired_difference(ours, theirs)
-        figures.append(Figure(f"episodes/s, {name} (transductive)", rate, "ep/s",
-                              f"easyfsl {cls} {easy_rate:,.1f} ep/s", rate / easy_rate,
-                              f"accuracy ours - easyfsl {100 * d:+.2f} ± {100 * half:.2f} pts ({n} pairs)"))
+        figures.append(
+            Figure(
+                f"episodes/s, {name} (transductive)",
+                rate,
+                "ep/s",
+                f"easyfsl {cls} {easy_rate:,.1f} ep/s",
+                rate / easy_rate,
+                f"accuracy ours - easyfsl {100 * d:+.2f} ± {100 * half:.2f} pts ({n} pairs)",
+            )
+        )
     return figures
 
 
-def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int = 64,
-                          repeats: int = 2, device: torch.device = CPU) -> tuple[float, float, str]:
+def extraction_throughput(
+    paths, image_size: int, backbone: str, batch_size: int = 64, repeats: int = 2, device: torch.device = CPU
+) -> tuple[float, float, str]:
     """(suite images/s, raw forward images/s, how the raw figure ran) for the same images, best of `repeats`.
 
     Suite: what `bench run` does for an uncached table: decode + resize from the files (threads), then
@@ -174,8 +219,9 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
     model = feature_extractor(backbone).eval().to(device)
     workers = os.cpu_count() or 1
     images = decode_images(paths, image_size)
-    batches = [normalize(torch.from_numpy(images[i : i + batch_size]).to(device))
-               for i in range(0, len(images), batch_size)]
+    batches = [
+        normalize(torch.from_numpy(images[i : i + batch_size]).to(device)) for i in range(0, len(images), batch_size)
+    ]
 
     def forward(x):
         with torch.inference_mode():
@@ -204,8 +250,14 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
     return max(suite), max(native), f"torch's {torch.get_num_threads()} threads"
 
 
-def step1_figure(images: np.ndarray, backbone: str, batch_size: int = 32, batches: int = 4, repeats: int = 2,
-                 device: torch.device = CPU) -> Figure:
+def step1_figure(
+    images: np.ndarray,
+    backbone: str,
+    batch_size: int = 32,
+    batches: int = 4,
+    repeats: int = 2,
+    device: torch.device = CPU,
+) -> Figure:
     """SDFT step 1's training throughput (methods/sdft.train_step1 on `batches` batches: augmentation, forward,
     backward, AdamW, schedule) against a bare forward + backward + AdamW loop of the same backbone, batch size,
     image size and batches, both under `bench run`'s thread policy (one intra-op thread; step 1 runs there).
@@ -248,19 +300,38 @@ def step1_figure(images: np.ndarray, backbone: str, batch_size: int = 32, batche
 
     ours, raw = [], []
     with thread_policy(os.cpu_count() or 1):
-        train_step1(fresh(), part[: 2 * batch_size], labels[: 2 * batch_size], groups[: 2 * batch_size],
-                    {**opts}, 0, lambda m: None, device=device)  # warm-up
+        train_step1(
+            fresh(),
+            part[: 2 * batch_size],
+            labels[: 2 * batch_size],
+            groups[: 2 * batch_size],
+            {**opts},
+            0,
+            lambda m: None,
+            device=device,
+        )  # warm-up
         for r in range(repeats):
-            for side in ((suite, bare) if r % 2 == 0 else (bare, suite)):
+            for side in (suite, bare) if r % 2 == 0 else (bare, suite):
                 (ours if side is suite else raw).append(side())
     size = images.shape[-1]
-    return Figure(f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size}", max(ours), "img/s",
-                  f"bare forward+backward+AdamW {max(raw):,.1f} img/s", max(ours) / max(raw),
-                  f"{len(part)} images, one intra-op thread as in bench run; target >= 0.8x")
+    return Figure(
+        f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size}",
+        max(ours),
+        "img/s",
+        f"bare forward+backward+AdamW {max(raw):,.1f} img/s",
+        max(ours) / max(raw),
+        f"{len(part)} images, one intra-op thread as in bench run; target >= 0.8x",
+    )
 
 
-def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, workers: int = 2,
-               shape: tuple[int, int, int] = (5, 5, 15)) -> Figure:
+def ray_figure(
+    task: Task,
+    ctx: Context,
+    method_name: str,
+    episodes: int,
+    workers: int = 2,
+    shape: tuple[int, int, int] = (5, 5, 15),
+) -> Figure:
     """Episodes/s of the Ray executor with `workers` local worker processes against the local executor on the
     same prepared method and 5-way 5-shot episodes (Ray's start-up not counted; putting the prepared method in
     the object store is), and whether their rows are the same."""
@@ -278,8 +349,7 @@ def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, worker
         local_rate = len(pending) / (time.perf_counter() - started)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         executor = RayExecutor(None, log=lambda m: None, answer=episode_answers)
         list(episode_results(method, eps, pending[:workers], 0, task.class_names, method_name, executor))  # warm
@@ -289,11 +359,17 @@ def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, worker
     finally:
         if started_here:
             ray.shutdown()
-    same = [(i, r["accuracy"], r["macro_f1"]) for i, r, _ in local] == \
-        [(i, r["accuracy"], r["macro_f1"]) for i, r, _ in spread]
-    return Figure(f"episodes/s, {method_name} {shape[1]}-shot, Ray executor ({executor.workers} local workers)", ray_rate,
-                  "ep/s", f"local executor {local_rate:,.2f} ep/s", ray_rate / local_rate,
-                  f"{len(pending)} episodes; {'the same rows' if same else 'ROWS DIFFER'}; target >= 0.8x")
+    same = [(i, r["accuracy"], r["macro_f1"]) for i, r, _ in local] == [
+        (i, r["accuracy"], r["macro_f1"]) for i, r, _ in spread
+    ]
+    return Figure(
+        f"episodes/s, {method_name} {shape[1]}-shot, Ray executor ({executor.workers} local workers)",
+        ray_rate,
+        "ep/s",
+        f"local executor {local_rate:,.2f} ep/s",
+        ray_rate / local_rate,
+        f"{len(pending)} episodes; {'the same rows' if same else 'ROWS DIFFER'}; target >= 0.8x",
+    )
 
 
 def ray_missing() -> str | None:
@@ -347,8 +423,9 @@ def bench_subprocess(args: list[str], env: dict) -> tuple[float, float, int]:
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise UserError(f"bench {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    notes = dict(line.split()[:2] for line in proc.stderr.splitlines() if line.startswith(("PEAK_RSS_KB",
-                                                                                          "FIRST_EPISODE_AT")))
+    notes = dict(
+        line.split()[:2] for line in proc.stderr.splitlines() if line.startswith(("PEAK_RSS_KB", "FIRST_EPISODE_AT"))
+    )
     first = float(notes["FIRST_EPISODE_AT"]) - started_wall if "FIRST_EPISODE_AT" in notes else float("nan")
     return seconds, first, int(notes.get("PEAK_RSS_KB", 0)) * 1024
 
@@ -369,7 +446,7 @@ def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_
     easy_rates, rates, accuracies = [], {name: [] for name in methods}, {}
     sides = ["easyfsl", *methods]
     for r in range(repeats):
-        for side in (sides if r % 2 == 0 else sides[::-1]):  # who follows whom changes from round to round
+        for side in sides if r % 2 == 0 else sides[::-1]:  # who follows whom changes from round to round
             if side == "easyfsl":  # on one thread and on all cores: it keeps the faster
                 for threads in (1, os.cpu_count() or 1):
                     easyfsl_throughput(features, task.table.labels, warm_eps, threads)
@@ -385,11 +462,22 @@ def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_
         same = ""
         if name == "protonet":  # the same maths as easyfsl's PrototypicalNetworks
             acc = accuracies[name]
-            same = (f"same accuracy as easyfsl in all {len(acc)} episodes" if np.array_equal(acc, easy_acc) else
-                    f"accuracies differ from easyfsl in {(acc != easy_acc).sum()} of {len(acc)} episodes")
+            same = (
+                f"same accuracy as easyfsl in all {len(acc)} episodes"
+                if np.array_equal(acc, easy_acc)
+                else f"accuracies differ from easyfsl in {(acc != easy_acc).sum()} of {len(acc)} episodes"
+            )
         against = f"easyfsl ProtoNet {easy_rate:,.0f} ep/s ({easy_threads} thread{'s' * (easy_threads > 1)})"
-        figures.append(Figure(f"episodes/s, {name}", max(rates[name]), "ep/s", against, max(rates[name]) / easy_rate,
-                              same + ("; target >= 10x" if name == "protonet" else "")))
+        figures.append(
+            Figure(
+                f"episodes/s, {name}",
+                max(rates[name]),
+                "ep/s",
+                against,
+                max(rates[name]) / easy_rate,
+                same + ("; target >= 10x" if name == "protonet" else ""),
+            )
+        )
     return figures
 
 
@@ -404,10 +492,22 @@ def run_perf(settings: Settings, options: PerfOptions, work_dir: Path, log=print
         cache = Cache(settings.cache_dir)
         task = load_task(settings.task, settings.data_dir)
         # rows addressed by row number (the episode sets here are in rows); the built-ins' own cache folder
-        given = handed(task, cache, settings.backbone, settings.image_size, "both", device=device,
-                       handles=RowHandles.identity(len(task.table)))
-        ctx = Context.of(given, cache.folder("methods", "methods"), backbone=settings.backbone,
-                         image_size=settings.image_size, device=device)
+        given = handed(
+            task,
+            cache,
+            settings.backbone,
+            settings.image_size,
+            "both",
+            device=device,
+            handles=RowHandles.identity(len(task.table)),
+        )
+        ctx = Context.of(
+            given,
+            cache.folder("methods", "methods"),
+            backbone=settings.backbone,
+            image_size=settings.image_size,
+            device=device,
+        )
         figures = in_process_figures(task, ctx, options, log)
         figures += isolated_figures(task, ctx, cache, options, log)
         figures += child_figures(settings, options, work_dir, device, log)
@@ -425,15 +525,25 @@ def in_process_figures(task: Task, ctx: Context, options: PerfOptions, log) -> l
         figures = episode_figures(task, ctx, features, eps, task.episodes(5, 5, 15, min(episodes, 50), seed=0))
         if options.transductive_episodes:
             log(f"transductive methods against easyfsl's, {options.transductive_episodes} episodes ...")
-            figures += transductive_figures(task, ctx, features,
-                                            task.episodes(5, 5, 15, options.transductive_episodes, seed=0))
+            figures += transductive_figures(
+                task, ctx, features, task.episodes(5, 5, 15, options.transductive_episodes, seed=0)
+            )
 
     log(f"feature extraction of {options.extraction_images} images ...")
     backbone, image_size = ctx.backbone, ctx.image_size
-    suite, raw, how = extraction_throughput(list(task.table.paths[:options.extraction_images]), image_size,
-                                            backbone, device=ctx.device)
-    figures.append(Figure(f"extraction from files, {backbone} {image_size}px", suite,
-                          "img/s", f"raw forward {raw:,.0f} img/s ({how})", suite / raw, "target >= 0.8x"))
+    suite, raw, how = extraction_throughput(
+        list(task.table.paths[: options.extraction_images]), image_size, backbone, device=ctx.device
+    )
+    figures.append(
+        Figure(
+            f"extraction from files, {backbone} {image_size}px",
+            suite,
+            "img/s",
+            f"raw forward {raw:,.0f} img/s ({how})",
+            suite / raw,
+            "target >= 0.8x",
+        )
+    )
 
     log(f"SDFT step 1 training throughput on {options.step1_batches} batches ...")
     figures.append(step1_figure(ctx.images(), backbone, batches=options.step1_batches, device=ctx.device))
@@ -456,45 +566,80 @@ def isolated_figures(task: Task, ctx: Context, cache: Cache, options: PerfOption
     if shutil.which("bwrap"):
         for name in ("protonet", ray_method if ray_method != "none" else "sdft-no-step1"):
             log(f"--isolate against the local executor, {name}, {options.sandbox_episodes} episodes ...")
-            figures += sandbox_figures(task, cache, name, options.sandbox_episodes, ctx.backbone, ctx.image_size,
-                                       ctx.device)
+            figures += sandbox_figures(
+                task, cache, name, options.sandbox_episodes, ctx.backbone, ctx.image_size, ctx.device
+            )
     else:
         log("no --isolate rows: bubblewrap (bwrap) is not installed")
     return figures
 
 
-def child_figures(settings: Settings, options: PerfOptions, work_dir: Path, device: torch.device,
-                  log) -> list[Figure]:
+def child_figures(settings: Settings, options: PerfOptions, work_dir: Path, device: torch.device, log) -> list[Figure]:
     """Warm start and peak memory of `bench run` child processes on the same settings."""
     env = {**os.environ, "BENCH_DATA_DIR": str(settings.data_dir), "BENCH_CACHE_DIR": str(settings.cache_dir)}
-    common = ["run", "--task", settings.task, "--quiet", *backbone_cli_args(settings.backbone), "--image-size",
-              str(settings.image_size), "--device", str(device)]
+    common = [
+        "run",
+        "--task",
+        settings.task,
+        "--quiet",
+        *backbone_cli_args(settings.backbone),
+        "--image-size",
+        str(settings.image_size),
+        "--device",
+        str(device),
+    ]
     warm_method = options.warm_method
     warm = common + ["--method", warm_method, "--shots", "5", "--episodes", "1"]
     log(f"warm start of `bench run --method {warm_method} --shots 5` ...")
     bench_subprocess(warm + ["--out", str(work_dir / "warmup.csv")], env)  # makes sure the caches are warm
     seconds, first, warm_peak = bench_subprocess(warm + ["--out", str(work_dir / "warm.csv")], env)
-    figures = [Figure(f"warm start, bench run --method {warm_method} --shots 5, to its first finished episode",
-                      first, "s", "", None, f"caches warm; the whole process (table printed, exited) took "
-                      f"{seconds:.1f} s and held at most {warm_peak / 1e9:.2f} GB; target < 10 s")]
+    figures = [
+        Figure(
+            f"warm start, bench run --method {warm_method} --shots 5, to its first finished episode",
+            first,
+            "s",
+            "",
+            None,
+            f"caches warm; the whole process (table printed, exited) took "
+            f"{seconds:.1f} s and held at most {warm_peak / 1e9:.2f} GB; target < 10 s",
+        )
+    ]
 
     from methods.registry import builtin_method_names
 
     memory_methods = options.memory_methods or tuple(builtin_method_names())
     shots, episodes = options.memory_shots, options.memory_episodes
     methods = [a for m in memory_methods for a in ("--method", m)]
-    log(f"peak memory of a {settings.task} run ({', '.join(memory_methods)}, shots {shots}, "
-        f"{episodes} episode(s) each) ...")
-    seconds, _, peak = bench_subprocess(common + methods + ["--shots", shots, "--episodes", str(episodes),
-                                                         "--out", str(work_dir / "memory.csv")], env)
-    figures.append(Figure(f"peak memory, bench run of {', '.join(memory_methods)} --shots {shots} --episodes "
-                          f"{episodes}", peak / 1e9, "GB", "", None,
-                          f"VmHWM of the child ({peak / 2**30:.2f} GiB); it ran {seconds:.0f} s; target < 4 GB"))
+    log(
+        f"peak memory of a {settings.task} run ({', '.join(memory_methods)}, shots {shots}, "
+        f"{episodes} episode(s) each) ..."
+    )
+    seconds, _, peak = bench_subprocess(
+        common + methods + ["--shots", shots, "--episodes", str(episodes), "--out", str(work_dir / "memory.csv")], env
+    )
+    figures.append(
+        Figure(
+            f"peak memory, bench run of {', '.join(memory_methods)} --shots {shots} --episodes {episodes}",
+            peak / 1e9,
+            "GB",
+            "",
+            None,
+            f"VmHWM of the child ({peak / 2**30:.2f} GiB); it ran {seconds:.0f} s; target < 4 GB",
+        )
+    )
     return figures
 
 
-def sandbox_figures(task: Task, cache: Cache, method_name: str, episodes: int, backbone: str, image_size: int,
-                    device: torch.device = CPU, shape: tuple[int, int, int] = (5, 5, 15)) -> list[Figure]:
+def sandbox_figures(
+    task: Task,
+    cache: Cache,
+    method_name: str,
+    episodes: int,
+    backbone: str,
+    image_size: int,
+    device: torch.device = CPU,
+    shape: tuple[int, int, int] = (5, 5, 15),
+) -> list[Figure]:
     """What `--isolate` costs for one method: its start-up (describe, prepare in the sandbox, a second process
     prepared from the cache) against preparing it here, and its episodes per second (a fresh fork per episode)
     against the local executor on the same episodes; and whether their answers agree."""
@@ -514,8 +659,9 @@ def sandbox_figures(task: Task, cache: Cache, method_name: str, episodes: int, b
         local_rate = episodes / (time.perf_counter() - started)
     hidden = [cache.root, Path.home()]
     started = time.perf_counter()
-    proxy = describe_isolated(method_name, {}, Placement(True, cache.folder("methods", "describe").root,
-                                                         tuple(hidden), str(device)))
+    proxy = describe_isolated(
+        method_name, {}, Placement(True, cache.folder("methods", "describe").root, tuple(hidden), str(device))
+    )
     executor = SandboxExecutor(hidden, Answered)
     given = handed(task, cache, backbone, image_size, type(proxy).consumes, device=device, handles=handles)
     executor.prepare(proxy, given, method_cache(cache, proxy).root, backbone, image_size, 0, str(device))
@@ -527,8 +673,21 @@ def sandbox_figures(task: Task, cache: Cache, method_name: str, episodes: int, b
     finally:
         executor.close()
     same = all(same_answers(a if a.ndim == 2 else a[0], b if b.ndim == 2 else b[0]) for a, b in zip(local, isolated))
-    return [Figure(f"--isolate start-up, {method_name} (describe, prepare, serve)", start, "s",
-                   f"prepared here in {local_start:.1f} s", None, "bubblewrap sandbox; caches warm"),
-            Figure(f"episodes/s under --isolate, {method_name} {shape[1]}-shot (a fresh fork per episode)", rate, "ep/s",
-                   f"local executor {local_rate:,.2f} ep/s", rate / local_rate,
-                   f"{episodes} episodes; {'the same answers' if same else 'ANSWERS DIFFER'}")]
+    return [
+        Figure(
+            f"--isolate start-up, {method_name} (describe, prepare, serve)",
+            start,
+            "s",
+            f"prepared here in {local_start:.1f} s",
+            None,
+            "bubblewrap sandbox; caches warm",
+        ),
+        Figure(
+            f"episodes/s under --isolate, {method_name} {shape[1]}-shot (a fresh fork per episode)",
+            rate,
+            "ep/s",
+            f"local executor {local_rate:,.2f} ep/s",
+            rate / local_rate,
+            f"{episodes} episodes; {'the same answers' if same else 'ANSWERS DIFFER'}",
+        ),
+    ]

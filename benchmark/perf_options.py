@@ -1,4 +1,5 @@
 """What `bench perf` measures and how much of it: its own defaults, torch-free so that `bench` parses fast."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -17,6 +17,7 @@
 A protocol says only what is particular to it: its schema, its plans, how a method's units are run and
 scored, and what its rows note (see `Protocol`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -91,8 +92,10 @@ class ResultsTable:
         refuses rows of other conditions or other code in one line)."""
         frame = self.read()
         for p in plans:
-            p.done = frozenset(reusable_units(frame, self.schema, p.measurement, p.conditions, commit, self.path,
-                                              p.what, reuse_stale) & set(p.units))
+            p.done = frozenset(
+                reusable_units(frame, self.schema, p.measurement, p.conditions, commit, self.path, p.what, reuse_stale)
+                & set(p.units)
+            )
         return plans
 
     def append(self, rows: list[dict]) -> None:
@@ -157,8 +160,9 @@ def plan_against(table: ResultsTable, protocol: Protocol, provenance: Provenance
     if protocol.config.fresh:  # never delete results: the rows this run recomputes move aside
         moved = table.set_aside([p.measurement for p in plans])
         if moved:
-            progress.log(f"--fresh: moved {moved} rows{protocol.fresh_what} from {table.path} to "
-                         f"{set_aside_path(table.path)}")
+            progress.log(
+                f"--fresh: moved {moved} rows{protocol.fresh_what} from {table.path} to {set_aside_path(table.path)}"
+            )
     return table.plan(plans, provenance.commit, protocol.config.reuse_stale)
 
 

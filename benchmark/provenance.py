@@ -5,6 +5,7 @@ method's conditions (`method_conditions`: source, data identity, backbone and it
 preprocessing, device, method version and config, transductive, isolated), which are part of a row's key
 (benchmark/results.Schema.conditions). Every protocol (benchmark/protocols/) takes both from here.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -23,8 +24,13 @@ from tasks.registry import Task
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -88,16 +94,31 @@ def source_id(task: Task) -> str:
     return source
 
 
-def method_conditions(task: Task, backbone: str, image_size: int, device: torch.device, methods,
-                      isolated: bool = False) -> list[dict]:
+def method_conditions(
+    task: Task, backbone: str, image_size: int, device: torch.device, methods, isolated: bool = False
+) -> list[dict]:
     """Per method: the source, data identity, backbone (its name and its weights' digest), image size,
     preprocessing, device, method version and config, whether it is transductive and whether it runs isolated
     (--isolate), that its rows on `task` are made under (every command that runs methods keys its rows on
     these). The data identity is computed once per call."""
     from methods.backbones import backbone_name, weights_digest
 
-    shared = {"source": source_id(task), "data": task.fingerprint(), "backbone": backbone_name(backbone),
-              "weights": weights_digest(backbone), "image_size": image_size, "preprocessing": preprocessing_id(),
-              "device": device_name(device)}
-    return [{**shared, "method_version": method_version(method), "config": method_config(method),
-             "transductive": int(is_transductive(method)), "isolated": int(isolated)} for method in methods]
+    shared = {
+        "source": source_id(task),
+        "data": task.fingerprint(),
+        "backbone": backbone_name(backbone),
+        "weights": weights_digest(backbone),
+        "image_size": image_size,
+        "preprocessing": preprocessing_id(),
+        "device": device_name(device),
+    }
+    return [
+        {
+            **shared,
+            "method_version": method_version(method),
+            "config": method_config(method),
+            "transductive": int(is_transductive(method)),
+            "isolated": int(isolated),
+        }
+        for method in methods
+    ]

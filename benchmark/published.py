@@ -1,6 +1,7 @@
 """Published numbers beside ours: Mars-Bench's few-shot weighted F1 (benchmark/reference/) next to marsfsl's
 fixed-K rows on the same dataset. Published rows are shown as such, with their source, and never enter a mean,
 a rank or a paired comparison."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,7 @@ def published_name(task: str) -> str:
     if task.startswith("marsbench:"):
         from tasks.datasets.marsbench import published_name as folder_name
 
-        return folder_name(Path(task[len("marsbench:"):].split("+", 1)[0]))
+        return folder_name(Path(task[len("marsbench:") :].split("+", 1)[0]))
     return ""
 
 
@@ -44,8 +45,15 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if rows.empty:
         raise UserError("the fixed-K files hold no rows; run `bench fixedk` first")
-    for column, kind in (("shots", int), ("seed", int), ("accuracy", float), ("weighted_f1", float),
-                         ("seconds", float), ("n_train", int), ("n_test", int)):
+    for column, kind in (
+        ("shots", int),
+        ("seed", int),
+        ("accuracy", float),
+        ("weighted_f1", float),
+        ("seconds", float),
+        ("n_train", int),
+        ("n_test", int),
+    ):
         rows[column] = rows[column].astype(kind)
     reference = published_rows()
     out = []
@@ -54,14 +62,34 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
         theirs = reference[reference["dataset"] == name] if name else reference.iloc[:0]
         summary = summarize_over_seeds(g.drop(columns=["task"]).assign(method=entries(g)))
         for shots, s in summary.groupby("shots", sort=True):
-            lines = [["marsfsl", r["method"], pm(r["weighted_f1"], r["weighted_f1_ci95"], digits=1, undefined="n/a"), str(r["seeds"]),
-                      "this run"] for _, r in s.sort_values("weighted_f1", ascending=False).iterrows()]
+            lines = [
+                [
+                    "marsfsl",
+                    r["method"],
+                    pm(r["weighted_f1"], r["weighted_f1_ci95"], digits=1, undefined="n/a"),
+                    str(r["seeds"]),
+                    "this run",
+                ]
+                for _, r in s.sort_values("weighted_f1", ascending=False).iterrows()
+            ]
             at_k = theirs[theirs["shots"] == shots]
-            lines += [["published", f"{r['backbone']} ({r['training']})", f"{100 * r['weighted_f1_mean']:.1f}",
-                       str(r["seeds"]), r["source"]] for _, r in at_k.iterrows()]
-            note = (f" beside Mars-Bench's published {name}" if len(at_k) else
-                    f" (Mars-Bench publishes no {shots}-shot number for {name})" if name else
-                    " (Mars-Bench publishes no numbers for this dataset)")
+            lines += [
+                [
+                    "published",
+                    f"{r['backbone']} ({r['training']})",
+                    f"{100 * r['weighted_f1_mean']:.1f}",
+                    str(r["seeds"]),
+                    r["source"],
+                ]
+                for _, r in at_k.iterrows()
+            ]
+            note = (
+                f" beside Mars-Bench's published {name}"
+                if len(at_k)
+                else f" (Mars-Bench publishes no {shots}-shot number for {name})"
+                if name
+                else " (Mars-Bench publishes no numbers for this dataset)"
+            )
             capped = sorted({c for value in s["capped"] for c in str(value).split("|") if c and c != "nan"})
             if capped:  # such a class trained on fewer than K images: the row is not a plain K-shot number
                 note += f"; capped (fewer than {shots} training images, all taken): {', '.join(capped)}"
@@ -87,8 +115,11 @@ def rich_tables(blocks):
 
     tables = []
     for title, lines in blocks:
-        table = Table(title=title, caption="marsfsl: mean ± 95% CI over seeds; published: Mars-Bench's mean, "
-                                           "not part of any marsfsl mean or rank")
+        table = Table(
+            title=title,
+            caption="marsfsl: mean ± 95% CI over seeds; published: Mars-Bench's mean, "
+            "not part of any marsfsl mean or rank",
+        )
         for h in HEADERS:
             table.add_column(h)
         for line in lines:
@@ -111,8 +142,12 @@ def html_section(blocks) -> str:
     for title, lines in blocks:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in lines)
-        tables.append(f'<table class="published"><caption>{html.escape(title)}</caption><thead><tr>{head}</tr>'
-                      f"</thead><tbody>{body}</tbody></table>")
-    return ('<section><h2>Fixed-K beside published numbers</h2><p class="note">marsfsl rows: mean ± 95% CI over '
-            "seeds. Published rows: Mars-Bench's own results (source given), other backbones and training; never "
-            f"part of a marsfsl mean or rank.</p>{''.join(tables)}</section>")
+        tables.append(
+            f'<table class="published"><caption>{html.escape(title)}</caption><thead><tr>{head}</tr>'
+            f"</thead><tbody>{body}</tbody></table>"
+        )
+    return (
+        '<section><h2>Fixed-K beside published numbers</h2><p class="note">marsfsl rows: mean ± 95% CI over '
+        "seeds. Published rows: Mars-Bench's own results (source given), other backbones and training; never "
+        f"part of a marsfsl mean or rank.</p>{''.join(tables)}</section>"
+    )

@@ -1,5 +1,6 @@
 """A report from merged results: accuracy-versus-shots plots with CI bands, per-class accuracy heat maps
 (matplotlib PNGs) and one self-contained report.html (tables and images inlined) that opens without a server."""
+
 from __future__ import annotations
 
 import base64
@@ -61,8 +62,14 @@ def plot_accuracy_vs_shots(rows: pd.DataFrame, title: str, path: Path):
         means += list(mean)
         # a transductive method (it also reads its episode's unlabelled query) is marked in the legend and dashed
         transductive = "transductive" in g and bool(g["transductive"].astype(int).max())
-        ax.plot(shots, mean, marker="o", color=colors[name], label=_plain(marked(name, transductive)),
-                linestyle="--" if transductive else "-")
+        ax.plot(
+            shots,
+            mean,
+            marker="o",
+            color=colors[name],
+            label=_plain(marked(name, transductive)),
+            linestyle="--" if transductive else "-",
+        )
         ax.fill_between(shots, mean - half, mean + half, color=colors[name], alpha=0.2, linewidth=0)
         if len(shots) == 1:  # a band needs two points: show the interval as an error bar
             ax.errorbar(shots, mean, yerr=half, color=colors[name], capsize=4)
@@ -89,7 +96,11 @@ def plot_class_heatmap(per_class: dict[int, pd.DataFrame], title: str, path: Pat
     axes = fig.subplots(len(shots), 1, squeeze=False)[:, 0]
     image = None
     for ax, k in zip(axes, shots):
-        t = per_class[k].pivot(index="entry", columns="class", values="accuracy").reindex(index=methods, columns=classes)
+        t = (
+            per_class[k]
+            .pivot(index="entry", columns="class", values="accuracy")
+            .reindex(index=methods, columns=classes)
+        )
         values = t.to_numpy(dtype=float) * 100
         image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=100, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(classes)), [_plain(c) for c in classes], rotation=30, ha="right", fontsize=8)
@@ -98,8 +109,9 @@ def plot_class_heatmap(per_class: dict[int, pd.DataFrame], title: str, path: Pat
         if len(classes) * len(methods) <= 400:
             for (i, j), v in np.ndenumerate(values):
                 if not math.isnan(v):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
-                            color="black" if v > 60 else "white")
+                    ax.text(
+                        j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="black" if v > 60 else "white"
+                    )
     fig.colorbar(image, ax=list(axes), label="per-class accuracy % (mean over episodes)", shrink=0.8)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
@@ -118,8 +130,10 @@ def _img(path: Path, alt: str) -> str:
 def _table(title: str, lines: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in lines)
-    return (f'<table class="leaderboard"><caption>{html.escape(title)}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table>")
+    return (
+        f'<table class="leaderboard"><caption>{html.escape(title)}</caption><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
 
 
 def _class_table(per_class: dict[int, pd.DataFrame]) -> str:
@@ -131,12 +145,18 @@ def _class_table(per_class: dict[int, pd.DataFrame]) -> str:
         body = []
         for entry, g in t.groupby("entry", sort=True):
             cells = g.set_index("class")
-            row = "".join(f"<td>{pm(cells.at[c, 'accuracy'], cells.at[c, 'ci95'], digits=1)}</td>"
-                          if c in cells.index else "<td>–</td>" for c in classes)
+            row = "".join(
+                f"<td>{pm(cells.at[c, 'accuracy'], cells.at[c, 'ci95'], digits=1)}</td>"
+                if c in cells.index
+                else "<td>–</td>"
+                for c in classes
+            )
             body.append(f"<tr><td>{html.escape(entry)}</td>{row}</tr>")
-        parts.append(f'<table class="per-class"><caption>per-class accuracy %, {k}-shot (mean ± 95% CI over the '
-                     f'episodes that include the class)</caption><thead><tr>{head}</tr></thead>'
-                     f'<tbody>{"".join(body)}</tbody></table>')
+        parts.append(
+            f'<table class="per-class"><caption>per-class accuracy %, {k}-shot (mean ± 95% CI over the '
+            f"episodes that include the class)</caption><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
     return "".join(parts)
 
 
@@ -178,8 +198,10 @@ def write_report(rows: pd.DataFrame, merged: dict, out_dir: Path, extra_html: st
         heat = out_dir / f"class-accuracy-{name}.png"
         plot_class_heatmap(per_class, f"{task}: per-class accuracy ({ways}-way, seed {seed})", heat)
         written += [curve, heat]
-        parts = [f"<section><h2>{html.escape(heading)}</h2>",
-                 _img(curve, f"Accuracy versus shots, {heading}: mean over episodes with 95% CI bands")]
+        parts = [
+            f"<section><h2>{html.escape(heading)}</h2>",
+            _img(curve, f"Accuracy versus shots, {heading}: mean over episodes with 95% CI bands"),
+        ]
         for key, (title, lines) in tables.items():
             if (key[0], key[1], key[3], key[4]) == (task, ways, queries, str(seed)):
                 parts.append(_table(title, lines))
@@ -197,11 +219,11 @@ def write_report(rows: pd.DataFrame, merged: dict, out_dir: Path, extra_html: st
 <p class="note">Accuracy is the mean over episodes with its 95% confidence interval (t-based). All methods of a
 table answered the same episodes; Δ is the mean paired difference in accuracy to the best method on the episodes
 both answered (their number: pairs), with its 95% CI. Methods whose paired CI includes zero share a rank.</p>
-<p class="note">{len(rows)} episode rows from {len(merged['files'])} file(s){f", {merged['duplicates']} duplicate rows dropped" if merged['duplicates'] else ""};
-git commits: {html.escape(', '.join(commits))}; versions: {html.escape('; '.join(versions))};
-written {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.</p>
+<p class="note">{len(rows)} episode rows from {len(merged["files"])} file(s){f", {merged['duplicates']} duplicate rows dropped" if merged["duplicates"] else ""};
+git commits: {html.escape(", ".join(commits))}; versions: {html.escape("; ".join(versions))};
+written {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}.</p>
 <ul class="sources">{sources}</ul>
-{''.join(sections)}
+{"".join(sections)}
 {extra_html}
 </body></html>
 """

@@ -14,6 +14,7 @@ file is not written again (two identical runs at once), and a partial last line 
 crash or a full disk) is ignored when reading and cut off before the next append; a whole last row that
 lacks only its newline (Schema.whole_row_end tells them apart) is kept.
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,8 +79,10 @@ class Schema:
 
         def fail(mask, column, why):
             i = int(np.flatnonzero(np.asarray(mask))[0])
-            raise UserError(f"results file {path}, line {i + 2}: column {column} is {frame[column].iloc[i]!r}, {why}; "
-                            "correct or delete that row, or move the file away")
+            raise UserError(
+                f"results file {path}, line {i + 2}: column {column} is {frame[column].iloc[i]!r}, {why}; "
+                "correct or delete that row, or move the file away"
+            )
 
         if "schema" in frame:
             wrong = frame["schema"] != str(self.version)
@@ -136,9 +139,11 @@ class Schema:
         a, b = same.index[:2]
         column = next(c for c in self.outcome if frame.at[a, c] != frame.at[b, c])
         what = " ".join(f"{c} {frame.at[a, c]}" for c in (*self.measurement, self.unit) if c != "manifest")
-        raise UserError(f"results file {path}, lines {a + 2} and {b + 2}: two rows of the same measurement ({what}) "
-                        f"with different {column} ({frame.at[a, column]} and {frame.at[b, column]}); delete the wrong "
-                        "one, or move the file away")
+        raise UserError(
+            f"results file {path}, lines {a + 2} and {b + 2}: two rows of the same measurement ({what}) "
+            f"with different {column} ({frame.at[a, column]} and {frame.at[b, column]}); delete the wrong "
+            "one, or move the file away"
+        )
 
 
 def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
@@ -147,8 +152,10 @@ def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
     from benchmark.scoring import split_labels
 
     def fail(i, column, why):
-        raise UserError(f"results file {path}, line {i + 2}: column {column} is {frame[column].iloc[i]!r}, {why}; "
-                        "correct or delete that row, or move the file away")
+        raise UserError(
+            f"results file {path}, line {i + 2}: column {column} is {frame[column].iloc[i]!r}, {why}; "
+            "correct or delete that row, or move the file away"
+        )
 
     wrong = frame["n_query"] != frame["ways"] * frame["queries"]
     if wrong.any():
@@ -177,18 +184,60 @@ WEIGHTS_COLUMNS = ("weights", "transductive", "isolated")
 EPISODES = Schema(
     name="episode results",
     version=5,
-    columns=("schema", "task", "source", "data", "method", "method_version", "config", "shots", "ways", "queries",
-             "seed", "manifest", "episode", "classes", "accuracy", "macro_f1", "class_accuracy", "n_query",
-             "seconds", "backbone", "image_size", "preprocessing", "device", "git_commit", "versions", "timestamp",
-             *WEIGHTS_COLUMNS),
+    columns=(
+        "schema",
+        "task",
+        "source",
+        "data",
+        "method",
+        "method_version",
+        "config",
+        "shots",
+        "ways",
+        "queries",
+        "seed",
+        "manifest",
+        "episode",
+        "classes",
+        "accuracy",
+        "macro_f1",
+        "class_accuracy",
+        "n_query",
+        "seconds",
+        "backbone",
+        "image_size",
+        "preprocessing",
+        "device",
+        "git_commit",
+        "versions",
+        "timestamp",
+        *WEIGHTS_COLUMNS,
+    ),
     measurement=("task", "method", "shots", "ways", "queries", "manifest"),
     # device: a GPU's numbers differ from a CPU's in the last bits (methods/devices.py), so they never mix
-    conditions=("source", "data", "method_version", "config", "backbone", "image_size", "preprocessing", "device",
-                *WEIGHTS_COLUMNS),
+    conditions=(
+        "source",
+        "data",
+        "method_version",
+        "config",
+        "backbone",
+        "image_size",
+        "preprocessing",
+        "device",
+        *WEIGHTS_COLUMNS,
+    ),
     unit="episode",
     unit_fractions=("accuracy", "macro_f1"),
-    counts={"shots": 1, "ways": 2, "queries": 1, "seed": 0, "episode": 0, "n_query": 1, "image_size": 1,
-            "method_version": 0},
+    counts={
+        "shots": 1,
+        "ways": 2,
+        "queries": 1,
+        "seed": 0,
+        "episode": 0,
+        "n_query": 1,
+        "image_size": 1,
+        "method_version": 0,
+    },
     flags=("transductive", "isolated"),
     row_check=check_episode_rows,
     outcome=("classes", "accuracy", "macro_f1", "class_accuracy", "n_query"),
@@ -205,8 +254,11 @@ KEY = EPISODES.key
 TABLES = (
     ("episode results", "episode", "`bench leaderboard {path}` shows it"),
     ("fixed-K results", "weighted_f1", "`bench leaderboard --fixedk {path}` shows it"),
-    ("crater map scores", "smoothing", "`bench craters run --out STEM` appends to such a file (STEM.csv) and writes "
-                                       "STEM.md beside it"),
+    (
+        "crater map scores",
+        "smoothing",
+        "`bench craters run --out STEM` appends to such a file (STEM.csv) and writes STEM.md beside it",
+    ),
 )
 
 
@@ -305,8 +357,9 @@ def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
     except OSError as exc:
         raise UserError(f"results file {path} is not readable ({exc.strerror})") from None
     except (UnicodeDecodeError, csv.Error):
-        raise UserError(f"results file {path} is not a text CSV; move it away or write to a new file with --out") \
-            from None
+        raise UserError(
+            f"results file {path} is not a text CSV; move it away or write to a new file with --out"
+        ) from None
     if header is None:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in schema.columns})
     _check_header(path, header, schema, first)
@@ -319,8 +372,10 @@ def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, ValueError) as exc:
-        raise UserError(f"results file {path} is damaged ({str(exc).splitlines()[0]}); move it away or "
-                        "write to a new file with --out") from None
+        raise UserError(
+            f"results file {path} is damaged ({str(exc).splitlines()[0]}); move it away or "
+            "write to a new file with --out"
+        ) from None
     return schema.check(frame, path)
 
 
@@ -343,8 +398,9 @@ def check_results_path(path: Path, schema: Schema = EPISODES) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"results path {path} is not writable ({exc.strerror}: {exc.filename}); choose another "
-                        "with --out") from None
+        raise UserError(
+            f"results path {path} is not writable ({exc.strerror}: {exc.filename}); choose another with --out"
+        ) from None
 
 
 def _drop_torn_tail(path: Path, schema: Schema) -> None:
@@ -371,8 +427,11 @@ def _drop_torn_tail(path: Path, schema: Schema) -> None:
         f.flush()
         os.fsync(f.fileno())
     if torn:
-        print(f"warning: results file {path} ended in a partial row ({size - keep} bytes, from an interrupted "
-              "write); removed it", file=sys.stderr)
+        print(
+            f"warning: results file {path} ended in a partial row ({size - keep} bytes, from an interrupted "
+            "write); removed it",
+            file=sys.stderr,
+        )
 
 
 def _existing_keys(path: Path, key: list[str]) -> set[tuple[str, ...]]:
@@ -419,7 +478,9 @@ def append_rows(path: Path, rows: list[dict], schema: Schema = EPISODES) -> None
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
-            raise UserError(f"results file {path} is not writable ({exc.strerror}); choose another with --out") from None
+            raise UserError(
+                f"results file {path} is not writable ({exc.strerror}); choose another with --out"
+            ) from None
 
 
 def matching(frame: pd.DataFrame, key: dict) -> pd.Series:
@@ -437,10 +498,15 @@ def matching(frame: pd.DataFrame, key: dict) -> pd.Series:
 # other code: neither is taken without the user saying so (`--fresh`, `--reuse-stale`).
 
 CONDITION_WORDS = {
-    "source": "with source dataset {!r}", "data": "on other data (data identity {})",
-    "method_version": "by method version {}", "config": "with method config {}", "backbone": "with backbone {}",
-    "image_size": "at image size {}", "preprocessing": "with image preprocessing {}",
-    "scene": "on another scene (scene identity {})", "weights": "with other backbone weights (digest {})",
+    "source": "with source dataset {!r}",
+    "data": "on other data (data identity {})",
+    "method_version": "by method version {}",
+    "config": "with method config {}",
+    "backbone": "with backbone {}",
+    "image_size": "at image size {}",
+    "preprocessing": "with image preprocessing {}",
+    "scene": "on another scene (scene identity {})",
+    "weights": "with other backbone weights (digest {})",
     "transductive": "with transductive {}",
 }
 
@@ -451,8 +517,16 @@ def _most_common(values: pd.Series) -> str:
     return f"{counts.index[0]}{more}"
 
 
-def reusable_units(frame: pd.DataFrame, schema: Schema, measurement: dict, conditions: dict, commit: str,
-                   path: Path, what: str, reuse_stale: bool = False) -> set[int]:
+def reusable_units(
+    frame: pd.DataFrame,
+    schema: Schema,
+    measurement: dict,
+    conditions: dict,
+    commit: str,
+    path: Path,
+    what: str,
+    reuse_stale: bool = False,
+) -> set[int]:
     """The units (episodes, seeds) of `measurement` recorded in `frame` that this run may take as done. Raises a
     one-line UserError when the file holds rows of the measurement under other conditions (saying how many and
     what differs) or, unless `reuse_stale`, rows under these conditions from another git commit."""
@@ -465,14 +539,18 @@ def reusable_units(frame: pd.DataFrame, schema: Schema, measurement: dict, condi
         column = next(c for c in schema.conditions if (other[c].astype(str) != str(conditions[c])).any())
         differ = other[other[column].astype(str) != str(conditions[column])]
         words = CONDITION_WORDS.get(column, column + " {}")
-        raise UserError(f"{len(differ)} rows of {what} in {path} were made {words.format(_most_common(differ[column]))}"
-                        f", this run uses {conditions[column]}; --fresh sets the file's rows of {what} aside and "
-                        "recomputes, or write to another file with --out")
+        raise UserError(
+            f"{len(differ)} rows of {what} in {path} were made {words.format(_most_common(differ[column]))}"
+            f", this run uses {conditions[column]}; --fresh sets the file's rows of {what} aside and "
+            "recomputes, or write to another file with --out"
+        )
     stale = rows["git_commit"].astype(str) != str(commit)
     if stale.any() and not reuse_stale:
-        raise UserError(f"{int(stale.sum())} rows of {what} in {path} were made by other code (git commit "
-                        f"{_most_common(rows.loc[stale, 'git_commit'])}; this is {commit}); --reuse-stale keeps them "
-                        "(everything else matches), --fresh sets them aside and recomputes")
+        raise UserError(
+            f"{int(stale.sum())} rows of {what} in {path} were made by other code (git commit "
+            f"{_most_common(rows.loc[stale, 'git_commit'])}; this is {commit}); --reuse-stale keeps them "
+            "(everything else matches), --fresh sets them aside and recomputes"
+        )
     return set(rows[schema.unit].astype(int))
 
 

@@ -3,6 +3,7 @@ benchmark/pipeline.run runs: the settings (MethodSpec, BenchConfig, RunConfig), 
 method (here or in its sandbox), the executor that answers, `blamed` (a method's failure is that method's),
 and how a method answers episodes and is checked for answers that depend on earlier episodes.
 `bench run` is the episode protocol (benchmark/protocols/episodes.py: run_benchmark) run by the pipeline."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,10 @@ class MethodSpec:
             if not sep or not key:
                 raise UserError(f"bad method option {item!r} in --method {text}; use NAME:key=value,key=value")
             if key.strip() in options:  # which one was meant? (the last silently winning hid a typo)
-                raise UserError(f"--method {text} gives option {key.strip()} twice; give each option once (to run "
-                                "both settings, repeat --method)")
+                raise UserError(
+                    f"--method {text} gives option {key.strip()} twice; give each option once (to run "
+                    "both settings, repeat --method)"
+                )
             options[key.strip()] = _parse_value(value.strip())
         return cls(name.strip(), options)
 
@@ -126,8 +129,10 @@ def stream_id(episodes: EpisodeSet) -> str:
 
 
 def manifest_path(folder: Path, task: Task, episodes: EpisodeSet) -> Path:
-    return folder / (f"{file_stem(task.name)}-{episodes.n_way}w{episodes.n_shot}s{episodes.n_query}q-"
-                     f"seed{episodes.seed}-{stream_id(episodes)}.npz")
+    return folder / (
+        f"{file_stem(task.name)}-{episodes.n_way}w{episodes.n_shot}s{episodes.n_query}q-"
+        f"seed{episodes.seed}-{stream_id(episodes)}.npz"
+    )
 
 
 def save_manifest(episodes: EpisodeSet, path: Path, progress: Progress = SILENT) -> None:
@@ -156,14 +161,31 @@ def method_cache(cache: Cache, method) -> Cache:
     return cache.folder("methods", package)
 
 
-def method_context(task: Task, method, cache: Cache, backbone: str, image_size: int, seed: int = 0,
-                   progress: Progress = SILENT, device: torch.device = CPU, handles: RowHandles | None = None) -> Context:
+def method_context(
+    task: Task,
+    method,
+    cache: Cache,
+    backbone: str,
+    image_size: int,
+    seed: int = 0,
+    progress: Progress = SILENT,
+    device: torch.device = CPU,
+    handles: RowHandles | None = None,
+) -> Context:
     """The Context `method` is prepared with: the arrays it consumes, in handle order, computed with the
     harness's `cache`; its own cache folder (method_cache)."""
-    given = handed(task, cache, backbone, image_size, getattr(type(method), "consumes", "images"), progress, device,
-                   handles)
-    return Context.of(given, method_cache(cache, method), backbone=backbone, image_size=image_size, seed=seed,
-                      progress=progress, device=device)
+    given = handed(
+        task, cache, backbone, image_size, getattr(type(method), "consumes", "images"), progress, device, handles
+    )
+    return Context.of(
+        given,
+        method_cache(cache, method),
+        backbone=backbone,
+        image_size=image_size,
+        seed=seed,
+        progress=progress,
+        device=device,
+    )
 
 
 @contextmanager
@@ -198,8 +220,9 @@ def created_methods(config: BenchConfig, cache: Cache, out: Path) -> list[tuple]
         return [(spec, create_method(spec.name, **spec.options)) for spec in config.methods]
     from benchmark.sandbox import Placement, describe_isolated
 
-    place = Placement(True, cache.folder("methods", "describe").root, tuple(hidden_paths(config, cache, out)),
-                      str(config.device))
+    place = Placement(
+        True, cache.folder("methods", "describe").root, tuple(hidden_paths(config, cache, out)), str(config.device)
+    )
     return [(spec, describe_isolated(spec.name, spec.options, place)) for spec in config.methods]
 
 
@@ -215,18 +238,30 @@ def make_executor(config: BenchConfig, cache: Cache, out: Path, progress: Progre
     return None
 
 
-def prepared_by(executor, method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress,
-                handles: RowHandles) -> None:
+def prepared_by(
+    executor, method, task: Task, cache: Cache, config: BenchConfig, seed: int, progress: Progress, handles: RowHandles
+) -> None:
     """Prepare `method` for `task` with `config`'s backbone, image size and device: here, or in its sandbox
     where the executor prepares methods (benchmark/sandbox.py)."""
     if hasattr(executor, "prepare"):
-        given = handed(task, cache, config.backbone, config.image_size, type(method).consumes, progress,
-                       config.device, handles)
-        executor.prepare(method, given, method_cache(cache, method).root, config.backbone, config.image_size, seed,
-                         str(config.device))
+        given = handed(
+            task, cache, config.backbone, config.image_size, type(method).consumes, progress, config.device, handles
+        )
+        executor.prepare(
+            method,
+            given,
+            method_cache(cache, method).root,
+            config.backbone,
+            config.image_size,
+            seed,
+            str(config.device),
+        )
     else:
-        method.prepare(method_context(task, method, cache, config.backbone, config.image_size, seed, progress,
-                                      config.device, handles))
+        method.prepare(
+            method_context(
+                task, method, cache, config.backbone, config.image_size, seed, progress, config.device, handles
+            )
+        )
 
 
 class Manifests:
@@ -251,7 +286,7 @@ def episodes_to_check(pending: list[int], seed: int, k: int) -> list[int]:
     if not pending or CHECKED_EPISODES < 1:
         return []
     others = [i for i in pending[:-1]]
-    drawn = np.random.default_rng([seed, k, 2718]).permutation(len(others))[:CHECKED_EPISODES - 1]
+    drawn = np.random.default_rng([seed, k, 2718]).permutation(len(others))[: CHECKED_EPISODES - 1]
     return sorted({pending[-1], *(others[j] for j in drawn)})
 
 
@@ -264,8 +299,17 @@ def saved_on_exit(flush):
         flush()
 
 
-def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int, class_names, label: str = "method",
-                    executor=None, handles: RowHandles | None = None, kept: dict | None = None):
+def episode_results(
+    method,
+    episodes: EpisodeSet,
+    pending: list[int],
+    seed: int,
+    class_names,
+    label: str = "method",
+    executor=None,
+    handles: RowHandles | None = None,
+    kept: dict | None = None,
+):
     """Yields (episode, scoring.score_episode's dict, seconds). The method answers the episodes' query-blind view
     (episode_answers: here, or on `executor`'s workers, which receive nothing else), and this process, which
     holds the episode set, scores what it answered. What the method raises or returns unscorable becomes
@@ -273,8 +317,11 @@ def episode_results(method, episodes: EpisodeSet, pending: list[int], seed: int,
     the blind view's query order)."""
     blind = episodes.blind(handles)
     query = episodes.query if handles is None else handles.of_rows(episodes.query)
-    answers = (episode_answers(method, blind, pending, seed, label) if executor is None
-               else executor.answers(method, blind, pending, seed, label))
+    answers = (
+        episode_answers(method, blind, pending, seed, label)
+        if executor is None
+        else executor.answers(method, blind, pending, seed, label)
+    )
     for answered in answers:
         chunk = list(answered.episodes)
         with blamed(label, answered.stage, answered.where):

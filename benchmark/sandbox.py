@@ -10,6 +10,7 @@ writable (so SDFT's step 1 stays cached between runs), then serves every episode
 prepared process whose whole file system is read-only: memory cannot build up from one episode to the next.
 Its replies are JSON lines and .npy payloads read without unpickling; the harness scores them.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ from methods.base import Handed
 from methods.progress import SILENT, Progress
 from methods.registry import METHODS
 
-INSTALL_BWRAP = ("--isolate needs bubblewrap, and `bwrap` is not on PATH; install it (Debian/Ubuntu: "
-                 "`apt-get install bubblewrap`) or run without --isolate")
+INSTALL_BWRAP = (
+    "--isolate needs bubblewrap, and `bwrap` is not on PATH; install it (Debian/Ubuntu: "
+    "`apt-get install bubblewrap`) or run without --isolate"
+)
 ARRAYS = ("base", "base_labels", "base_groups", "episode_classes", "features", "images")
 
 
@@ -45,12 +48,18 @@ def bwrap() -> str:
     path = shutil.which("bwrap")
     if path is None:
         raise UserError(INSTALL_BWRAP)
-    probe = subprocess.run([path, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
-                           capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.returncode != 0:
         why = (probe.stderr.strip().splitlines() or ["no message"])[-1]
-        raise UserError(f"--isolate: bubblewrap cannot start a sandbox on this machine ({why}); it needs user "
-                        "namespaces (or root), or run without --isolate")
+        raise UserError(
+            f"--isolate: bubblewrap cannot start a sandbox on this machine ({why}); it needs user "
+            "namespaces (or root), or run without --isolate"
+        )
     return path
 
 
@@ -78,11 +87,24 @@ def system_mounts() -> list[str]:
     return args
 
 
-def sandbox_argv(modules: list[str], handed: Path, cache: Path, writable_cache: bool, hidden: list[Path],
-                 device: str) -> tuple[list[str], str]:
+def sandbox_argv(
+    modules: list[str], handed: Path, cache: Path, writable_cache: bool, hidden: list[Path], device: str
+) -> tuple[list[str], str]:
     """(the bwrap prefix, the PYTHONPATH inside) for a method process."""
-    args = [bwrap(), "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-            *system_mounts(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args = [
+        bwrap(),
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        *system_mounts(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+    ]
     for prefix in sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}):
         args += ["--ro-bind", str(prefix), str(prefix)]
     if Path(sys.prefix) != Path(sys.prefix).resolve():
@@ -106,9 +128,16 @@ def sandbox_argv(modules: list[str], handed: Path, cache: Path, writable_cache: 
             if name.startswith("nvidia"):
                 args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
     pythonpath = ":".join(dict.fromkeys(path_entries))
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1",
-           "JOBLIB_MULTIPROCESSING": "0"}  # no /dev/shm to share while serving: scikit-learn runs serially
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": pythonpath,
+        "OMP_NUM_THREADS": "1",
+        "JOBLIB_MULTIPROCESSING": "0",
+    }  # no /dev/shm to share while serving: scikit-learn runs serially
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # numerics as the harness has them
         if name in os.environ:
             env[name] = os.environ[name]
@@ -132,8 +161,11 @@ def write_handed(folder: Path, meta: dict, given: Handed | None) -> None:
         for name in ARRAYS:
             value = getattr(given, name)
             if value is not None:
-                np.save(folder / f"{name}.npy", np.asarray(value).astype(str) if name == "base_groups" else value,
-                        allow_pickle=False)
+                np.save(
+                    folder / f"{name}.npy",
+                    np.asarray(value).astype(str) if name == "base_groups" else value,
+                    allow_pickle=False,
+                )
         meta = {**meta, "task_key": given.task_key, "n_rows": given.n_rows, "keys": given.keys}
     (folder / "handed.json").write_text(json.dumps(meta))
 
@@ -141,8 +173,15 @@ def write_handed(folder: Path, meta: dict, given: Handed | None) -> None:
 class MethodProcess:
     """One method process (benchmark/method_child.py) and the pipes to it."""
 
-    def __init__(self, phase: str, meta: dict, given: Handed | None, place: Placement, progress: Progress = SILENT,
-                 fork: bool = False):
+    def __init__(
+        self,
+        phase: str,
+        meta: dict,
+        given: Handed | None,
+        place: Placement,
+        progress: Progress = SILENT,
+        fork: bool = False,
+    ):
         self.progress = progress
         self.folder = Path(tempfile.mkdtemp(prefix="marsfsl-handed-"))
         place.cache.mkdir(parents=True, exist_ok=True)
@@ -154,8 +193,9 @@ class MethodProcess:
         argv = [sys.executable, "-m", "benchmark.method_child", phase, folder, str(request_r), str(reply_w)]
         env = None
         if place.isolate:
-            prefix, _ = sandbox_argv(meta.get("modules", []), self.folder, place.cache, phase == "prepare",
-                                     list(place.hidden), place.device)
+            prefix, _ = sandbox_argv(
+                meta.get("modules", []), self.folder, place.cache, phase == "prepare", list(place.hidden), place.device
+            )
             argv = prefix + argv
         else:
             entries = [str(module_location(m)[1]) for m in ["benchmark", *meta.get("modules", [])]]
@@ -163,8 +203,7 @@ class MethodProcess:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(filter(None, entries)))}
         if fork:
             argv.append("--fork")
-        self.proc = subprocess.Popen(argv, pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, stdout=2,
-                                     env=env)
+        self.proc = subprocess.Popen(argv, pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, stdout=2, env=env)
         os.close(request_r)
         os.close(reply_w)
         self._replies = os.fdopen(self._reply_r, "rb")
@@ -221,7 +260,7 @@ class MethodProcess:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def scores_of(payload: bytes) -> np.ndarray:
@@ -243,8 +282,10 @@ def modules_for(name: str) -> list[str]:
         return []
     module = entry.obj.__module__
     if module == "__main__":
-        raise UserError(f"method {name} is defined in a script (__main__); put it in a module or package to run it "
-                        "in its own process")
+        raise UserError(
+            f"method {name} is defined in a script (__main__); put it in a module or package to run it "
+            "in its own process"
+        )
     return [] if module.split(".")[0] == "methods" else [module]
 
 
@@ -278,17 +319,31 @@ def describe_isolated(name: str, options: dict, place: Placement) -> IsolatedMet
     version = header.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise UserError(f"method {name}: its class's version must be an integer, got {version!r}")
-    cls = type(f"Isolated[{name}]", (IsolatedMethod,), {
-        "version": version, "consumes": str(header.get("consumes", "images")),
-        "takes_classes": bool(header.get("takes_classes")), "batched": bool(header.get("batched")),
-        "transductive": bool(header.get("transductive")),
-        "__module__": str(header.get("module", "plugin"))})
+    cls = type(
+        f"Isolated[{name}]",
+        (IsolatedMethod,),
+        {
+            "version": version,
+            "consumes": str(header.get("consumes", "images")),
+            "takes_classes": bool(header.get("takes_classes")),
+            "batched": bool(header.get("batched")),
+            "transductive": bool(header.get("transductive")),
+            "__module__": str(header.get("module", "plugin")),
+        },
+    )
     return cls(name, options, header)
 
 
 def settings_meta(name: str, options: dict, backbone: str, image_size: int, seed: int, device: str) -> dict:
-    return {"method": name, "options": options, "modules": modules_for(name), "backbone": backbone,
-            "image_size": int(image_size), "seed": int(seed), "device": device}
+    return {
+        "method": name,
+        "options": options,
+        "modules": modules_for(name),
+        "backbone": backbone,
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "device": device,
+    }
 
 
 def serving_process(meta: dict, given: Handed, place: Placement, progress: Progress) -> MethodProcess:
@@ -314,12 +369,22 @@ def serving_process(meta: dict, given: Handed, place: Placement, progress: Progr
 def episode_request(blind, i: int, seed: int, batched: bool, takes_classes: bool) -> dict:
     episode = blind.episode(i)
     if batched:
-        return {"op": "batch", "support": [episode.support_idx.tolist()], "query": [episode.query_idx.tolist()],
-                "n_way": int(episode.n_way), "n_shot": int(blind.n_shot)}
-    return {"op": "episode", "support": episode.support_idx.tolist(), "support_y": episode.support_y.tolist(),
-            "query": episode.query_idx.tolist(), "n_way": int(episode.n_way),
-            "rng": [int(seed), int(blind.n_shot), int(i), 7919],
-            "classes": episode.classes.tolist() if takes_classes else None}
+        return {
+            "op": "batch",
+            "support": [episode.support_idx.tolist()],
+            "query": [episode.query_idx.tolist()],
+            "n_way": int(episode.n_way),
+            "n_shot": int(blind.n_shot),
+        }
+    return {
+        "op": "episode",
+        "support": episode.support_idx.tolist(),
+        "support_y": episode.support_y.tolist(),
+        "query": episode.query_idx.tolist(),
+        "n_way": int(episode.n_way),
+        "rng": [int(seed), int(blind.n_shot), int(i), 7919],
+        "classes": episode.classes.tolist() if takes_classes else None,
+    }
 
 
 class SandboxExecutor:
@@ -333,8 +398,9 @@ class SandboxExecutor:
         self.episodes = 0
         self.seconds = 0.0
 
-    def prepare(self, method: IsolatedMethod, given: Handed, cache: Path, backbone: str, image_size: int, seed: int,
-                device: str) -> None:
+    def prepare(
+        self, method: IsolatedMethod, given: Handed, cache: Path, backbone: str, image_size: int, seed: int, device: str
+    ) -> None:
         self.close()
         meta = settings_meta(method.name, method.options, backbone, image_size, seed, device)
         self.process = serving_process(meta, given, Placement(True, cache, self.hidden, device), self.progress)
@@ -360,10 +426,15 @@ class SandboxExecutor:
         """benchmark.fixedk.fixed_k_answers' answers, each seed from a fresh fork of the prepared sandbox."""
         out = []
         for seed, s in zip(seeds, sets):
-            message = {"op": "fixedk", "train": s.train_idx.tolist(), "train_y": s.train_y.tolist(),
-                       "test": s.test_idx.tolist(), "n_classes": int(n_classes),
-                       "chunk": max(1, len(s.test_idx)) if method.transductive else int(chunk),  # its query: the pool
-                       "rng": [int(seed), int(k), int(draw_tag), 1]}
+            message = {
+                "op": "fixedk",
+                "train": s.train_idx.tolist(),
+                "train_y": s.train_y.tolist(),
+                "test": s.test_idx.tolist(),
+                "n_classes": int(n_classes),
+                "chunk": max(1, len(s.test_idx)) if method.transductive else int(chunk),  # its query: the pool
+                "rng": [int(seed), int(k), int(draw_tag), 1],
+            }
             scores, seconds = self._request(message)
             out.append((int(seed), scores, seconds))
         return out

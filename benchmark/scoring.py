@@ -10,6 +10,7 @@ These are the operations scikit-learn does, in the same order, so the numbers ar
 Scores are checked once, here: their shape, that they are real numbers and that every value is finite; a failure
 names the method.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,16 +30,16 @@ def check_scores(scores, expected: tuple[int, ...], what: str = "", axes: str = 
     what = f"{what} returned" if what else "returned"
     scores = np.asarray(scores)
     if scores.shape != tuple(expected):
-        raise ScoreError(f"{what} scores of shape {tuple(scores.shape)}; expected {tuple(expected)}"
-                         + (f" ({axes})" if axes else ""))
+        raise ScoreError(
+            f"{what} scores of shape {tuple(scores.shape)}; expected {tuple(expected)}" + (f" ({axes})" if axes else "")
+        )
     if not (np.issubdtype(scores.dtype, np.integer) or np.issubdtype(scores.dtype, np.floating)):
         # complex scores have no order: argmax would rank them by their real part and drop the rest silently
         raise ScoreError(f"{what} scores of type {scores.dtype}; expected real numbers")
     finite = np.isfinite(scores)
     if not finite.all():
         bad = scores[~finite]
-        raise ScoreError(f"{what} {bad.size} non-finite scores (e.g. {bad.flat[0]}); expected finite "
-                         "values")
+        raise ScoreError(f"{what} {bad.size} non-finite scores (e.g. {bad.flat[0]}); expected finite values")
     return scores
 
 
@@ -123,10 +124,14 @@ def score_episodes(scores, truth: np.ndarray, classes: np.ndarray, class_names, 
             text = shares[(t, n)] = f"{t / n:.6g}" if n else "nan"
         return text
 
-    recall = [LABEL_SEPARATOR.join([share(t, n) for t, n in zip(t_row, n_row)])
-              for t_row, n_row in zip(tp.tolist(), n_true.tolist())]
-    return [{"classes": c, "accuracy": a, "macro_f1": f, "class_accuracy": r, "n_query": m}
-            for c, a, f, r in zip(names, accuracy.tolist(), macro.tolist(), recall)]
+    recall = [
+        LABEL_SEPARATOR.join([share(t, n) for t, n in zip(t_row, n_row)])
+        for t_row, n_row in zip(tp.tolist(), n_true.tolist())
+    ]
+    return [
+        {"classes": c, "accuracy": a, "macro_f1": f, "class_accuracy": r, "n_query": m}
+        for c, a, f, r in zip(names, accuracy.tolist(), macro.tolist(), recall)
+    ]
 
 
 def score_episode(episode, scores, class_names, what: str = "") -> dict:
@@ -141,9 +146,11 @@ def score_fixed_k(test_y: np.ndarray, scores, n_classes: int, what: str = "") ->
     scores = check_scores(scores, (len(test_y), n_classes), what, "test images x classes")
     pred = scores.argmax(axis=1)
     tp, n_true, n_pred = class_counts(pred, test_y, n_classes)
-    return {"accuracy": float((pred == test_y).mean()),
-            "weighted_f1": float(weighted_f1(tp, n_true, n_pred)[0]),
-            "macro_f1": float(macro_f1(tp, n_true, n_pred)[0])}
+    return {
+        "accuracy": float((pred == test_y).mean()),
+        "weighted_f1": float(weighted_f1(tp, n_true, n_pred)[0]),
+        "macro_f1": float(macro_f1(tp, n_true, n_pred)[0]),
+    }
 
 
 def binary_scores(predicted: np.ndarray, truth: np.ndarray, scored: np.ndarray | None = None) -> dict:
@@ -156,8 +163,16 @@ def binary_scores(predicted: np.ndarray, truth: np.ndarray, scored: np.ndarray |
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn,
-            "positives": int((truth & scored).sum()), "scored": int(scored.sum())}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "positives": int((truth & scored).sum()),
+        "scored": int(scored.sum()),
+    }
 
 
 class MethodFailed(UserError):

@@ -6,6 +6,7 @@ them wherever a table is fingerprinted; they live in the run's cache folder) and
 (a `Cache` is only a folder); `session(settings)` sets both on entry and restores what was there on exit, so
 sessions nest and a library caller's state is left as it was.
 """
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager

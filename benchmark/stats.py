@@ -1,6 +1,7 @@
 """Means with t-based 95% confidence intervals over episodes (scipy for the distribution), paired differences
 between methods on shared episodes, tie-aware ranks, per-class accuracy, summaries over episodes or seeds, and
 the "mean ± CI" text every table prints: the one place these are computed."""
+
 from __future__ import annotations
 
 import math
@@ -31,6 +32,7 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
 # Comparisons on shared episodes. All methods of a run answer the same episodes (one episode stream, named by
 # the `manifest` column), so a method is compared with another through the per-episode differences on the
 # episodes both answered: a paired comparison, much tighter than two independent intervals.
+
 
 def _includes_zero(mean: float, half: float) -> bool:
     """Whether the interval mean ± half contains 0; an undefined interval (nan: fewer than two pairs) does."""
@@ -79,8 +81,21 @@ def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 
     then mean accuracy. Each (method, episode) must occur once.
     """
     if rows.empty:
-        return pd.DataFrame(columns=[by, "rank", "episodes", "accuracy", "accuracy_ci95", "delta", "delta_ci95",
-                                     "paired", "macro_f1", "macro_f1_ci95", "seconds"])
+        return pd.DataFrame(
+            columns=[
+                by,
+                "rank",
+                "episodes",
+                "accuracy",
+                "accuracy_ci95",
+                "delta",
+                "delta_ci95",
+                "paired",
+                "macro_f1",
+                "macro_f1_ci95",
+                "seconds",
+            ]
+        )
     if rows.duplicated([by, "episode"]).any():
         raise ValueError("compare_methods: a (method, episode) pair occurs twice; merge and deduplicate first")
     acc = rows.pivot(index="episode", columns=by, values="accuracy").sort_index()
@@ -88,8 +103,15 @@ def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 
     for name, g in rows.groupby(by, sort=True):
         a, a_ci = mean_ci(g["accuracy"], confidence)
         f, f_ci = mean_ci(g["macro_f1"], confidence)
-        records[name] = {by: name, "episodes": len(g), "accuracy": a, "accuracy_ci95": a_ci, "macro_f1": f,
-                         "macro_f1_ci95": f_ci, "seconds": float(g["seconds"].mean()) if "seconds" in g else math.nan}
+        records[name] = {
+            by: name,
+            "episodes": len(g),
+            "accuracy": a,
+            "accuracy_ci95": a_ci,
+            "macro_f1": f,
+            "macro_f1_ci95": f_ci,
+            "seconds": float(g["seconds"].mean()) if "seconds" in g else math.nan,
+        }
     order = sorted(records, key=lambda m: (-records[m]["accuracy"], m))
     cache: dict[tuple[str, str], tuple[float, float, int]] = {}
 
@@ -110,8 +132,19 @@ def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 
         records[m]["rank"] = ranks[m]
     table = pd.DataFrame([records[m] for m in order])
     table = table.sort_values(["rank", "accuracy", by], ascending=[True, False, True], kind="stable")
-    columns = [by, "rank", "episodes", "accuracy", "accuracy_ci95", "delta", "delta_ci95", "paired", "macro_f1",
-               "macro_f1_ci95", "seconds"]
+    columns = [
+        by,
+        "rank",
+        "episodes",
+        "accuracy",
+        "accuracy_ci95",
+        "delta",
+        "delta_ci95",
+        "paired",
+        "macro_f1",
+        "macro_f1_ci95",
+        "seconds",
+    ]
     return table[columns].reset_index(drop=True)
 
 
@@ -134,12 +167,21 @@ def class_accuracy(rows: pd.DataFrame, by: str = "method", confidence: float = 0
     records = []
     for (method, name), g in long.groupby([by, "class"], sort=True):
         m, ci = mean_ci(g["accuracy"].dropna(), confidence)
-        records.append({by: method, "class": name, "accuracy": m, "ci95": ci, "episodes": int(g["accuracy"].notna().sum())})
+        records.append(
+            {by: method, "class": name, "accuracy": m, "ci95": ci, "episodes": int(g["accuracy"].notna().sum())}
+        )
     return pd.DataFrame(records, columns=[by, "class", "accuracy", "ci95", "episodes"])
 
 
-def summarize(frame: pd.DataFrame, by: list[str], metrics=("accuracy",), count: str = "n", unique: str | None = None,
-              extra: dict | None = None, confidence: float = 0.95) -> pd.DataFrame:
+def summarize(
+    frame: pd.DataFrame,
+    by: list[str],
+    metrics=("accuracy",),
+    count: str = "n",
+    unique: str | None = None,
+    extra: dict | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """One line per `by` group: for each metric its mean and t-based CI half-width (`<metric>_ci95`), the number
     of rows (`count`), and `extra` aggregations ({column: (source column, pandas aggregation)}). With `unique`
     (episode, seed), each group must hold each of its values once (ValueError otherwise)."""
@@ -164,16 +206,18 @@ def summarize_episodes(rows: pd.DataFrame) -> pd.DataFrame:
     extra = {"seconds": ("seconds", "sum")}
     if "transductive" in rows:
         extra["transductive"] = ("transductive", "max")
-    summary = summarize(rows, ["task", "shots", "ways", "method"], ("accuracy", "macro_f1"), count="episodes",
-                        extra=extra)
+    summary = summarize(
+        rows, ["task", "shots", "ways", "method"], ("accuracy", "macro_f1"), count="episodes", extra=extra
+    )
     for column in ("shots", "ways"):
         summary[column] = summary[column].astype(int)
     summary["seconds"] = summary["seconds"].astype(float)
     return summary
 
 
-def pm(mean: float, half: float | None = None, signed: bool = False, digits: int = 2,
-       undefined: str | None = None) -> str:
+def pm(
+    mean: float, half: float | None = None, signed: bool = False, digits: int = 2, undefined: str | None = None
+) -> str:
     """A fraction as a percentage with its CI half-width: "61.27 ± 1.20". "n/a" for an undefined mean; an
     undefined half-width (one value) is left out, or written as `undefined`."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):

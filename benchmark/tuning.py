@@ -10,6 +10,7 @@ The rule (CHOICE_RULE): the highest mean accuracy wins, unless the method's defa
 apart from it (the 95% CI of their paired difference on the shared episodes includes zero): then the default
 stays. A default is only replaced by a setting that is better on these episodes beyond their noise.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,8 +29,10 @@ from common.settings import DEFAULTS
 from methods.progress import SILENT, Progress
 from methods.registry import create_method, method_info, option_names
 
-CHOICE_RULE = ("highest mean accuracy; the default setting stays when the 95% CI of its paired difference to "
-               "that setting includes zero")
+CHOICE_RULE = (
+    "highest mean accuracy; the default setting stays when the 95% CI of its paired difference to "
+    "that setting includes zero"
+)
 VALIDATION = "validation"
 
 
@@ -54,8 +57,10 @@ class Grid:
             if not sep or not key or not items:
                 raise UserError(f"bad --grid {text!r}; use --grid key=value1,value2,...")
             if known is not None and key not in known:
-                raise UserError(f"--grid {text}: method {spec.name} has no option {key!r}{closest(key, known)}; its "
-                                f"options: {', '.join(known) or 'none'}")
+                raise UserError(
+                    f"--grid {text}: method {spec.name} has no option {key!r}{closest(key, known)}; its "
+                    f"options: {', '.join(known) or 'none'}"
+                )
             if key in spec.options or any(key == k for k, _ in axes):
                 raise UserError(f"--grid {text}: option {key} is set twice (in --method or another --grid)")
             axes.append((key, [_parse_value(v) for v in items]))
@@ -69,8 +74,10 @@ class Grid:
         earlier tuning run or `bench run --split validation` made of the default are reused, not run again."""
         default = MethodSpec(self.method.name, dict(self.method.options))
         keys = [k for k, _ in self.axes]
-        points = [MethodSpec(self.method.name, {**self.method.options, **dict(zip(keys, values))})
-                  for values in itertools.product(*(v for _, v in self.axes))]
+        points = [
+            MethodSpec(self.method.name, {**self.method.options, **dict(zip(keys, values))})
+            for values in itertools.product(*(v for _, v in self.axes))
+        ]
         seen: dict[str, MethodSpec] = {}
         for spec in [default] + points:
             config = repr(sorted(create_method(spec.name, **spec.options).config().items()))  # checks each value
@@ -100,17 +107,31 @@ class TuneConfig:
 
     def run_config(self, specs: list[MethodSpec]) -> RunConfig:
         extra = {k: v for k, v in (("backbone", self.backbone), ("image_size", self.image_size)) if v is not None}
-        return RunConfig(methods=specs, task=self.task, shots=[self.shots], data_dir=self.data_dir,
-                         cache_dir=self.cache_dir, out=self.out, n_way=self.n_way, n_query=self.n_query,
-                         episodes=self.episodes, seed=self.seed, split=VALIDATION, reuse_stale=self.reuse_stale,
-                         stop_on_failure=True, **extra)
+        return RunConfig(
+            methods=specs,
+            task=self.task,
+            shots=[self.shots],
+            data_dir=self.data_dir,
+            cache_dir=self.cache_dir,
+            out=self.out,
+            n_way=self.n_way,
+            n_query=self.n_query,
+            episodes=self.episodes,
+            seed=self.seed,
+            split=VALIDATION,
+            reuse_stale=self.reuse_stale,
+            stop_on_failure=True,
+            **extra,
+        )
 
     def table_path(self) -> Path:
         if self.table:
             return Path(self.table)
         name = MethodSpec.parse(self.method).name
-        return self.run_config([]).results_path().parent / f"{file_stem(self.task)}-tune-{file_stem(name)}-" \
-                                                            f"{self.shots}shot.csv"
+        return (
+            self.run_config([]).results_path().parent / f"{file_stem(self.task)}-tune-{file_stem(name)}-"
+            f"{self.shots}shot.csv"
+        )
 
 
 @dataclass
@@ -121,8 +142,9 @@ class Tuned:
     results: Path
 
 
-def tuning_table(rows: pd.DataFrame, specs: list[MethodSpec], default: MethodSpec,
-                 axes: list[tuple[str, list]]) -> tuple[pd.DataFrame, MethodSpec]:
+def tuning_table(
+    rows: pd.DataFrame, specs: list[MethodSpec], default: MethodSpec, axes: list[tuple[str, list]]
+) -> tuple[pd.DataFrame, MethodSpec]:
     """The table (per setting: its gridded values, episodes, accuracy and CI, macro-F1, paired difference to
     the best with CI and pairs, whether it is the default and the chosen one) and the chosen spec."""
     board = compare_methods(rows, by="method")
@@ -139,8 +161,22 @@ def tuning_table(rows: pd.DataFrame, specs: list[MethodSpec], default: MethodSpe
         board[key] = [by_label[m].options.get(key, "default") for m in board["method"]]
     board["default"] = board["method"] == default.label
     board["chosen"] = board["method"] == chosen.label
-    columns = ["method"] + [k for k, _ in axes] + ["episodes", "accuracy", "accuracy_ci95", "delta", "delta_ci95",
-                                                     "paired", "macro_f1", "macro_f1_ci95", "default", "chosen"]
+    columns = (
+        ["method"]
+        + [k for k, _ in axes]
+        + [
+            "episodes",
+            "accuracy",
+            "accuracy_ci95",
+            "delta",
+            "delta_ci95",
+            "paired",
+            "macro_f1",
+            "macro_f1_ci95",
+            "default",
+            "chosen",
+        ]
+    )
     return board[columns], chosen
 
 
@@ -154,8 +190,14 @@ def tune(config: TuneConfig, progress: Progress = SILENT) -> Tuned:
     table, chosen = tuning_table(rows, specs, default, grid.axes)
     path = config.table_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = table.assign(task=f"{config.task}@{VALIDATION}", shots=config.shots, ways=config.n_way,
-                           queries=config.n_query, seed=config.seed, rule=CHOICE_RULE)
+    written = table.assign(
+        task=f"{config.task}@{VALIDATION}",
+        shots=config.shots,
+        ways=config.n_way,
+        queries=config.n_query,
+        seed=config.seed,
+        rule=CHOICE_RULE,
+    )
     try:
         atomic_write_text(path, written.to_csv(index=False))
     except OSError as exc:
@@ -176,6 +218,15 @@ def table_lines(table: pd.DataFrame, axes: list[str]) -> list[list[str]]:
         best = r["delta"] == 0 and math.isnan(r["delta_ci95"])
         delta = "best" if best else pm(r["delta"], r["delta_ci95"], signed=True)
         mark = ", ".join(m for m, on in (("chosen", r["chosen"]), ("default", r["default"])) if on)
-        lines.append([setting, pm(r["accuracy"], r["accuracy_ci95"]), str(int(r["episodes"])), delta,
-                      str(int(r["paired"])), pm(r["macro_f1"], r["macro_f1_ci95"]), mark])
+        lines.append(
+            [
+                setting,
+                pm(r["accuracy"], r["accuracy_ci95"]),
+                str(int(r["episodes"])),
+                delta,
+                str(int(r["paired"])),
+                pm(r["macro_f1"], r["macro_f1_ci95"]),
+                mark,
+            ]
+        )
     return lines

@@ -1,6 +1,7 @@
 """Files written at once: a temporary file beside the target, fsync, rename. A crash, `kill -9` or a full disk
 leaves the old file or the new one, never a part of either (episode manifests, rewritten results files, and
 the cache's entries may all use it: every layer may import common/)."""
+
 from __future__ import annotations
 
 import os

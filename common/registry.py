@@ -9,6 +9,7 @@ two things. Entry points load after the built-ins; one that fails to import is r
 
 It lives in common/, the floor under every layer, so that each of them may use it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
@@ -32,8 +33,13 @@ class Entry:
 class Registry(Mapping):
     """Name -> object, read like a dict (`registry[name]`, `in`, `items()`); see the module docstring."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None,
-                 hint: Callable[[Registry], str] | None = None, builtins: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        entry_point_group: str | None = None,
+        hint: Callable[[Registry], str] | None = None,
+        builtins: Callable[[], None] | None = None,
+    ):
         self.kind = kind  # "method", "dataset", "task": used in messages
         self.entry_point_group = entry_point_group
         self._hint = hint or (lambda reg: f"known: {', '.join(reg.names())}")
@@ -68,12 +74,12 @@ class Registry(Mapping):
                 taken = self._entries.get(ep.name)
                 if taken is not None and taken.obj is not obj:
                     # never let a plugin silently replace another entry: its rows would carry that name
-                    raise ValueError(f"the name {ep.name!r} is already taken by {taken.origin}; rename the entry "
-                                     f"point in {dist}")
+                    raise ValueError(
+                        f"the name {ep.name!r} is already taken by {taken.origin}; rename the entry point in {dist}"
+                    )
                 self.register(ep.name, obj, f"plugin {dist}")
             except Exception as exc:  # a broken plugin must not take the suite down
-                self._errors[ep.name] = (f"plugin {ep.name} ({ep.value}) failed to import: "
-                                         f"{type(exc).__name__}: {exc}")
+                self._errors[ep.name] = f"plugin {ep.name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
         return dict(self._errors)
 
     def _ensure_builtins(self) -> None:

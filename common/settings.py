@@ -7,6 +7,7 @@ loading torch. `bench` builds one from the environment (`Settings.from_environme
 options' defaults and replaces them with the flags given (`with_args`); `benchmark.session.session` applies
 the settings that live in process-wide state (the cache folder, the thread policy) for the length of a run.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,11 @@ class Settings:
         """The defaults, with the folders the environment names ($BENCH_DATA_DIR, $BENCH_CACHE_DIR)."""
         environ = os.environ if environ is None else environ
         # $HOME as it is now, not when this module was imported
-        return replace(cls(), data_dir=Path(environ.get(DATA_DIR_VARIABLE) or cls.data_dir),
-                       cache_dir=Path(environ.get(CACHE_DIR_VARIABLE) or _home_cache()))
+        return replace(
+            cls(),
+            data_dir=Path(environ.get(DATA_DIR_VARIABLE) or cls.data_dir),
+            cache_dir=Path(environ.get(CACHE_DIR_VARIABLE) or _home_cache()),
+        )
 
     def with_args(self, args) -> Settings:
         """These settings with the values of a parsed command line (argparse's namespace) in place of theirs;

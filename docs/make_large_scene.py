@@ -7,6 +7,7 @@ bright striped texture in the left half and dark noisy ground in the right half,
 time (bounded memory); OUT/points{size}.gpkg: three points per half in WGS84 (attribute `landform`);
 OUT/base/: an 18-image folder task (`--task folder:OUT/base`) for the methods' base pool. Needs the gis extra.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,30 @@ from rasterio.windows import Window
 
 TRANSFORM = Affine(6.0, 0.0, 500_000.0, 0.0, -6.0, 4_200_000.0)
 # sample positions (column, row) on a 20,000 px scene, scaled to the scene's size
-SAMPLES = [(2000, 3000, "stripes"), (6000, 15000, "stripes"), (8000, 9000, "stripes"),
-           (14000, 2500, "ground"), (17000, 12000, "ground"), (12500, 18000, "ground")]
+SAMPLES = [
+    (2000, 3000, "stripes"),
+    (6000, 15000, "stripes"),
+    (8000, 9000, "stripes"),
+    (14000, 2500, "ground"),
+    (17000, 12000, "ground"),
+    (12500, 18000, "ground"),
+]
 
 
 def write_scene(path: Path, n: int) -> None:
-    profile = dict(driver="GTiff", width=n, height=n, count=1, dtype="uint8", crs="EPSG:32633",
-                   transform=TRANSFORM, tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=n,
+        height=n,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+    )
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, n, 2048):
@@ -41,16 +59,28 @@ def write_scene(path: Path, n: int) -> None:
                 noise = rng.normal(0, 8, (h, w))
                 stripes = np.where(rows % 8 < 2, 120.0, 215.0) + noise
                 ground = 60.0 + noise
-                dst.write(np.clip(np.where(cols < n // 2, stripes, ground), 0, 255).astype(np.uint8), 1,
-                          window=Window(c0, r0, w, h))
+                dst.write(
+                    np.clip(np.where(cols < n // 2, stripes, ground), 0, 255).astype(np.uint8),
+                    1,
+                    window=Window(c0, r0, w, h),
+                )
 
 
 def write_points(path: Path, n: int) -> None:
     to_lonlat = pyproj.Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
-    geoms = [shapely.Point(*to_lonlat.transform(*(TRANSFORM @ (c * n / 20000 + 0.5, r * n / 20000 + 0.5))))
-             for c, r, _ in SAMPLES]
-    pyogrio.raw.write(path, shapely.to_wkb(geoms), [np.array([s[2] for s in SAMPLES], object)], ["landform"],
-                      driver="GPKG", geometry_type="Point", crs="EPSG:4326")
+    geoms = [
+        shapely.Point(*to_lonlat.transform(*(TRANSFORM @ (c * n / 20000 + 0.5, r * n / 20000 + 0.5))))
+        for c, r, _ in SAMPLES
+    ]
+    pyogrio.raw.write(
+        path,
+        shapely.to_wkb(geoms),
+        [np.array([s[2] for s in SAMPLES], object)],
+        ["landform"],
+        driver="GPKG",
+        geometry_type="Point",
+        crs="EPSG:4326",
+    )
 
 
 def write_base(root: Path) -> None:

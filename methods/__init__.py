@@ -1,4 +1,5 @@
 """Few-shot methods. Importing this package registers the built-in ones."""
+
 from methods import (
     base_classifier,
     baseline_pp,

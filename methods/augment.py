@@ -3,6 +3,7 @@
 Orbital images have no canonical "up", so the dihedral group is a safe augmentation; crops are kept small
 (scale >= 0.8) so that a landform stays in view.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,9 @@ def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([flip_turn(img, bool(f), False, int(t)) for img, f, t in zip(x, flips, turns)])
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, min_crop: float = 0.8, brightness: float = 0.2) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, gen: torch.Generator, min_crop: float = 0.8, brightness: float = 0.2
+) -> torch.Tensor:
     """x: (B, 3, S, S) float in [0, 1] -> augmented copy, same shape."""
     b, _, size, _ = x.shape
     out = torch.empty_like(x)

@@ -14,6 +14,7 @@ Every network here takes the harness's input convention, pixels / 255 scaled to 
 timm model whose pretrained config says another mean and std gets a hook on its first convolution that
 converts (`InputConvention`), so that every caller (feature extraction, SDFT, fine-tuning) feeds it alike.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,13 +53,17 @@ def backbone_spec(name: str, weights: str | None = None) -> str:
             raise UserError(f"--weights goes with --backbone timm:NAME; the built-in backbone {name} brings its own")
         return check_backbone(name)
     if not weights:
-        raise UserError(f"--backbone {name} needs --weights FILE (a state dict or safetensors file of that "
-                        "architecture) or --weights pretrained (timm's download)")
+        raise UserError(
+            f"--backbone {name} needs --weights FILE (a state dict or safetensors file of that "
+            "architecture) or --weights pretrained (timm's download)"
+        )
     if weights != PRETRAINED:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise UserError(f"--weights {weights}: no such file; give a state dict (.pt, .pth) or .safetensors file, "
-                            "or `pretrained`")
+            raise UserError(
+                f"--weights {weights}: no such file; give a state dict (.pt, .pth) or .safetensors file, "
+                "or `pretrained`"
+            )
         weights = str(path.resolve())
     return check_backbone(f"{name}#{weights}")
 
@@ -75,7 +80,7 @@ def backbone_name(spec: str) -> str:
 def timm_parts(spec: str) -> tuple[str, str]:
     """(timm architecture, weights: an absolute path or `pretrained`) of a timm spec."""
     name, _, weights = spec.partition("#")
-    return name[len(TIMM):], weights
+    return name[len(TIMM) :], weights
 
 
 def check_backbone(spec: str) -> str:
@@ -85,14 +90,18 @@ def check_backbone(spec: str) -> str:
         import timm
 
         if not timm.is_model(arch):
-            raise UserError(f"unknown timm architecture {arch!r}{closest(arch, timm.list_models())}; "
-                            "`python -c 'import timm; print(timm.list_models())'` lists them")
+            raise UserError(
+                f"unknown timm architecture {arch!r}{closest(arch, timm.list_models())}; "
+                "`python -c 'import timm; print(timm.list_models())'` lists them"
+            )
         if not weights:
             raise UserError(f"backbone {spec} names no weights; use --backbone timm:{arch} --weights FILE|pretrained")
         return spec
     if spec not in BACKBONES:
-        raise UserError(f"unknown backbone {spec!r}{closest(spec, BACKBONES)}; known: {', '.join(BACKBONES)}, or "
-                        "timm:NAME with --weights")
+        raise UserError(
+            f"unknown backbone {spec!r}{closest(spec, BACKBONES)}; known: {', '.join(BACKBONES)}, or "
+            "timm:NAME with --weights"
+        )
     return spec
 
 
@@ -204,9 +213,10 @@ def _create(arch: str, pretrained: bool, kwargs: dict) -> nn.Module:
     except (OSError, RuntimeError, ValueError) as exc:  # a download refused or cut short, no network
         if not pretrained:
             raise
-        raise UserError(f"timm could not fetch the pretrained weights of {arch} ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); download them and use --weights FILE") \
-            from None
+        raise UserError(
+            f"timm could not fetch the pretrained weights of {arch} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); download them and use --weights FILE"
+        ) from None
 
 
 class InputConvention:
@@ -251,15 +261,17 @@ def read_state_dict(path: str) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file: whatever the loader raises, one line
-        raise UserError(f"--weights {path} is not readable as a state dict or safetensors file "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise UserError(
+            f"--weights {path} is not readable as a state dict or safetensors file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"--weights {path} holds no state dict (a mapping of names to tensors)")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -285,12 +297,16 @@ def load_weights(model: nn.Module, arch: str, path: str) -> None:
     unexpected = [k for k in state if k not in own and not is_head(k)]
     if missing or unexpected:
         first = f"missing key {missing[0]!r}" if missing else f"unexpected key {unexpected[0]!r}"
-        raise UserError(f"--weights {path} does not fit timm's {arch}: {first} ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected); give a state dict of {arch}")
+        raise UserError(
+            f"--weights {path} does not fit timm's {arch}: {first} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected); give a state dict of {arch}"
+        )
     for key, tensor in state.items():
         if key in own and tensor.shape != own[key].shape and not is_head(key):
-            raise UserError(f"--weights {path} does not fit timm's {arch}: {key} has shape {tuple(tensor.shape)}, "
-                            f"the model's {tuple(own[key].shape)}")
+            raise UserError(
+                f"--weights {path} does not fit timm's {arch}: {key} has shape {tuple(tensor.shape)}, "
+                f"the model's {tuple(own[key].shape)}"
+            )
     model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
 
 
@@ -305,8 +321,10 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
 def check_splittable(model: nn.Module) -> None:
     """A one-line UserError unless split_top can cut the model (an EfficientNet-style timm network)."""
     if not all(hasattr(model, part) for part in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")):
-        raise UserError(f"{type(model).__name__} is not an EfficientNet-style network (conv_stem, blocks, conv_head): "
-                        "sdft cuts one there; use the frozen-feature methods (protonet, simpleshot, ...) with it")
+        raise UserError(
+            f"{type(model).__name__} is not an EfficientNet-style network (conv_stem, blocks, conv_head): "
+            "sdft cuts one there; use the frozen-feature methods (protonet, simpleshot, ...) with it"
+        )
 
 
 def split_top(model: nn.Module, n_top_blocks: int = 1) -> tuple[nn.Module, nn.Module]:
@@ -340,8 +358,12 @@ def head_top(state: dict) -> nn.Module:
     backward (tests/test_backbone.py checks both bit for bit), without importing timm, which is about 3 s of a
     warm `bench run` when SDFT's activations are cached."""
     out_channels, in_channels = state["0.weight"].shape[:2]
-    top = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                        nn.BatchNorm2d(out_channels, eps=1e-3),  # timm's tf_efficientnet_lite* use TF's epsilon
-                        nn.ReLU6(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    top = nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels, eps=1e-3),  # timm's tf_efficientnet_lite* use TF's epsilon
+        nn.ReLU6(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+    )
     top.load_state_dict(state)
     return top

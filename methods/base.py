@@ -10,6 +10,7 @@ it returns is the method's own copy. Per episode `fit` gets copies of the suppor
 scores itself, so no method can score itself or change what another method sees. docs/adding-a-method.md
 says what is and is not in scope of this boundary.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,13 @@ class RowFiles(ImageTable):
     def of(cls, table: ImageTable) -> RowFiles:
         paths = np.array(table.paths, dtype=object)  # a copy: nothing leads back to the table's frame
         frame = pd.DataFrame({"path": paths, "label": np.full(len(paths), -1, np.int64), "group": "", "split": ""})
-        return cls(name=table.name, frame=frame, class_names=(), table_fingerprint=table.fingerprint(),
-                   table_identity=table.identity())
+        return cls(
+            name=table.name,
+            frame=frame,
+            class_names=(),
+            table_fingerprint=table.fingerprint(),
+            table_identity=table.identity(),
+        )
 
     def fingerprint(self, cache_dir=None) -> str:
         return self.table_fingerprint
@@ -81,8 +87,16 @@ class Handed:
     images: np.ndarray | None = None  # (n_rows, 3, S, S) uint8 in handle order, when it consumes images
 
 
-def handed(task: Task, cache: Cache, backbone: str, image_size: int, consumes: str, progress: Progress = SILENT,
-           device: torch.device = CPU, handles: RowHandles | None = None) -> Handed:
+def handed(
+    task: Task,
+    cache: Cache,
+    backbone: str,
+    image_size: int,
+    consumes: str,
+    progress: Progress = SILENT,
+    device: torch.device = CPU,
+    handles: RowHandles | None = None,
+) -> Handed:
     """What the harness hands a method for `task`: arrays computed (or read from `cache`) here, where the image
     files are, and put in handle order; nothing of the table comes along."""
     if consumes not in CONSUMES:
@@ -92,18 +106,27 @@ def handed(task: Task, cache: Cache, backbone: str, image_size: int, consumes: s
     base = np.asarray(task.base, np.int64)
     # Caches derived from these arrays key on what they hold, in handle order; what trains on the base pool
     # alone sees the same images in the same base-pool order as before handles, so it keeps its key.
-    keys = {"features": cache_key("by-handle", HANDLES_VERSION, features_key(rows, backbone, image_size, device)),
-            "images": cache_key("by-handle", HANDLES_VERSION, images_key(rows, image_size)),
-            "base_images": images_key(rows, image_size)}
+    keys = {
+        "features": cache_key("by-handle", HANDLES_VERSION, features_key(rows, backbone, image_size, device)),
+        "images": cache_key("by-handle", HANDLES_VERSION, images_key(rows, image_size)),
+        "base_images": images_key(rows, image_size),
+    }
     features = images = None
     if consumes in ("features", "both"):
         features = handles.in_handle_order(frozen_features(rows, cache, backbone, image_size, progress, device))
     if consumes in ("images", "both"):
         images = handles.in_handle_order(image_array(rows, image_size, cache, progress))
-    return Handed(task_key=task.fingerprint(), n_rows=len(task.table), base=handles.of_rows(base),
-                  base_labels=task.table.labels[base], base_groups=task.table.groups[base],
-                  episode_classes=np.unique(task.table.labels[np.asarray(task.target, np.int64)]), keys=keys,
-                  features=features, images=images)
+    return Handed(
+        task_key=task.fingerprint(),
+        n_rows=len(task.table),
+        base=handles.of_rows(base),
+        base_labels=task.table.labels[base],
+        base_groups=task.table.groups[base],
+        episode_classes=np.unique(task.table.labels[np.asarray(task.target, np.int64)]),
+        keys=keys,
+        features=features,
+        images=images,
+    )
 
 
 @dataclass(eq=False)
@@ -133,10 +156,19 @@ class Context:
     def __post_init__(self, task: Task | None, consumes: str, given: Handed | None) -> None:
         self.cache = copy.copy(self.cache)  # a method that reconfigures its cache reconfigures only its own
         if given is None:
-            given = handed(task, self.cache, self.backbone, self.image_size, consumes, self.progress, self.device,
-                           RowHandles.identity(len(task.table)))
-        self._handed = Handed(**{name: _owned(value) if isinstance(value, np.ndarray) else value
-                                 for name, value in vars(given).items()})
+            given = handed(
+                task,
+                self.cache,
+                self.backbone,
+                self.image_size,
+                consumes,
+                self.progress,
+                self.device,
+                RowHandles.identity(len(task.table)),
+            )
+        self._handed = Handed(
+            **{name: _owned(value) if isinstance(value, np.ndarray) else value for name, value in vars(given).items()}
+        )
         self.task_key, self.n_rows = given.task_key, given.n_rows
 
     @classmethod
@@ -145,14 +177,23 @@ class Context:
 
     def fresh(self) -> Context:
         """Another context with what this one was handed: each method its own sealed view."""
-        return Context.of(self._handed, self.cache, backbone=self.backbone, image_size=self.image_size,
-                          seed=self.seed, progress=self.progress, device=self.device)
+        return Context.of(
+            self._handed,
+            self.cache,
+            backbone=self.backbone,
+            image_size=self.image_size,
+            seed=self.seed,
+            progress=self.progress,
+            device=self.device,
+        )
 
     def _array(self, name: str) -> np.ndarray:
         value = getattr(self._handed, name)
         if value is None:
-            raise RuntimeError(f"this method asked for ctx.{name}() but its class does not declare it reads them; set "
-                            f"`consumes = \"{name}\"` (or \"both\") on the method class")
+            raise RuntimeError(
+                f"this method asked for ctx.{name}() but its class does not declare it reads them; set "
+                f'`consumes = "{name}"` (or "both") on the method class'
+            )
         return value.copy()
 
     def features(self) -> np.ndarray:
@@ -249,12 +290,18 @@ class FeatureMethod(FewShotMethod):
         self.features = torch.from_numpy(ctx.features()).to(ctx.device)  # all rows, sent once
 
     def fit(self, support_idx, support_y, n_way, rng):
-        self.fit_features(self.features[torch.as_tensor(support_idx, device=self.device)],
-                          torch.as_tensor(support_y, device=self.device), n_way, rng)
+        self.fit_features(
+            self.features[torch.as_tensor(support_idx, device=self.device)],
+            torch.as_tensor(support_y, device=self.device),
+            n_way,
+            rng,
+        )
 
     def predict(self, query_idx):
         with torch.inference_mode():
-            return to_numpy(self.predict_features(self.features[torch.as_tensor(query_idx, device=self.device)]).float())
+            return to_numpy(
+                self.predict_features(self.features[torch.as_tensor(query_idx, device=self.device)]).float()
+            )
 
     def fit_features(self, x: torch.Tensor, y: torch.Tensor, n_way: int, rng: np.random.Generator) -> None:
         raise NotImplementedError
@@ -277,13 +324,16 @@ class BatchedMethod(FeatureMethod):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "predict_batch" not in vars(cls) and any(name in vars(cls) for name in _PER_EPISODE):
-            raise TypeError(f"{cls.__name__} changes how one episode is answered but not predict_batch; define "
-                            f"predict_batch to match, or derive from FeatureMethod instead of BatchedMethod")
+            raise TypeError(
+                f"{cls.__name__} changes how one episode is answered but not predict_batch; define "
+                f"predict_batch to match, or derive from FeatureMethod instead of BatchedMethod"
+            )
 
     def batch_row_floats(self) -> int:
         """Floats per row that predict_batch reads (sizes the chunks of episodes)."""
         return int(self.features.shape[1])
 
-    def predict_batch(self, support_idx: torch.Tensor, support_y: torch.Tensor, query_idx: torch.Tensor,
-                      n_way: int) -> torch.Tensor:
+    def predict_batch(
+        self, support_idx: torch.Tensor, support_y: torch.Tensor, query_idx: torch.Tensor, n_way: int
+    ) -> torch.Tensor:
         raise NotImplementedError

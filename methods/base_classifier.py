@@ -6,6 +6,7 @@ support is used only for its class ids (`takes_classes`: the classes the user la
 be a base class, and a query scores the head's logits of those classes. On a task whose episode classes are
 not among the base classes (aid-classes: class-disjoint) it refuses before training anything.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,10 @@ class BaseClassifier(SDFT):
     def prepare(self, ctx: Context) -> None:
         outside = np.setdiff1d(ctx.episode_classes(), np.unique(ctx.base_pool()[1]))
         if len(outside):
-            raise UserError("base-classifier: this task's episode classes are not all base classes "
-                            f"({len(outside)} are not); it only answers tasks whose classes were pre-trained on")
+            raise UserError(
+                "base-classifier: this task's episode classes are not all base classes "
+                f"({len(outside)} are not); it only answers tasks whose classes were pre-trained on"
+            )
         super().prepare(ctx)  # step 1 (cached) and the activations entering its top
         self.weight, self.bias = self.step1_head(ctx)  # where the activations are (--device)
 

@@ -6,6 +6,7 @@ with this classifier; here the backbone is the ImageNet one shared by every froz
 their per-episode stage runs. Defaults: weights drawn from N(0, 0.01) with the episode's generator, then
 `steps` full-batch Adam steps (Chen et al. use 100 SGD steps on mini-batches of 4), fixed scale 10.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,14 @@ from methods.registry import register_method
 class BaselinePP(FeatureMethod):
     description = "Baseline++ stage 2: cosine classifier (scale 10) trained with Adam on the support's frozen features"
 
-    def __init__(self, steps: int = 100, lr: float = 0.01, scale: float = 10.0, learn_scale: bool = False,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        steps: int = 100,
+        lr: float = 0.01,
+        scale: float = 10.0,
+        learn_scale: bool = False,
+        weight_decay: float = 0.0,
+    ):
         if int(steps) < 1 or float(lr) <= 0 or float(scale) <= 0:
             raise ValueError("steps, lr and scale must be positive")
         self.steps, self.lr, self.scale = int(steps), float(lr), float(scale)
@@ -32,8 +39,9 @@ class BaselinePP(FeatureMethod):
         self.head = CosineClassifier(x.shape[1], n_way, scale=self.scale, learn_scale=self.learn_scale).to(x.device)
         with torch.no_grad():
             self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=gen))
-        opt = torch.optim.Adam([p for p in self.head.parameters() if p.requires_grad], lr=self.lr,
-                               weight_decay=self.weight_decay)
+        opt = torch.optim.Adam(
+            [p for p in self.head.parameters() if p.requires_grad], lr=self.lr, weight_decay=self.weight_decay
+        )
         for _ in range(self.steps):
             loss = F.cross_entropy(self.head(x), y)
             opt.zero_grad()

@@ -7,6 +7,7 @@ pseudo-labelled rows (intra-class bias; methods/transductive.rectify). A shifted
 its cosine similarity to the rectified prototypes. epsilon = 10 as in the paper; `top` = Z, the pseudo-labelled
 queries kept per class (0: all of them, as LaplacianShot's and easyfsl's implementations do).
 """
+
 from __future__ import annotations
 
 from torch.nn import functional as F

@@ -8,6 +8,7 @@ cannot be written (read-only, full disk, over quota, no permission) does not sto
 write prints one line naming the folder and the reason, and the run goes on computing without storing
 anything more there (entries already in the folder are still read).
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,10 @@ class Cache:
         if enabled:
             blocker = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
             if blocker is not None and not blocker.is_dir():
-                raise UserError(f"cache folder {self.root} cannot be used: {blocker} is a file; pass --cache-dir "
-                                "with a folder (or set BENCH_CACHE_DIR), or move the file away")
+                raise UserError(
+                    f"cache folder {self.root} cannot be used: {blocker} is a file; pass --cache-dir "
+                    "with a folder (or set BENCH_CACHE_DIR), or move the file away"
+                )
 
     def folder(self, *parts: str) -> Cache:
         """A cache like this one under a sub-folder."""
@@ -92,8 +95,10 @@ class Cache:
                 except OSError:
                     pass
             self.writable = False
-            _warn(f"cannot write to cache folder {self.root} ({exc.strerror or exc}); computing without caching "
-                  "for the rest of this run (free space, fix its permissions or pass another --cache-dir)")
+            _warn(
+                f"cannot write to cache folder {self.root} ({exc.strerror or exc}); computing without caching "
+                "for the rest of this run (free space, fix its permissions or pass another --cache-dir)"
+            )
 
     def _cached(self, kind: str, key: str, ext: str) -> bytes | None:
         """The verified payload for key (a hit), or None if it is absent or corrupt (or the cache is off)."""

@@ -1,4 +1,5 @@
 """Cosine-distance classifier: scores are s * cos(feature, class weight) with a learnable scale s."""
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,7 @@ class CosineClassifier(nn.Module):
 
     @torch.no_grad()
     def init_from_prototypes(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """"Pretraining" of the head: each class weight is the mean of its L2-normalised support features.
+        """ "Pretraining" of the head: each class weight is the mean of its L2-normalised support features.
 
         A per-class mean rather than nearest_mean.class_means: the two round differently, and this one made
         the shipped sdft-no-step1 rows (method version 1), which the current code reproduces."""

@@ -8,6 +8,7 @@ other way round, and a results row records the device it was made on. The CPU's 
 every key computed before devices existed (and every shipped reference row) stays valid. Devices of one type
 (cuda:0, cuda:1) share entries: the same kernels give the same bits on identical cards.
 """
+
 from __future__ import annotations
 
 import torch

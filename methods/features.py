@@ -4,6 +4,7 @@ Images are decoded once into a pre-resized uint8 array (keyed by the table's con
 the decoder's version), so decoding stays off every later critical path; features are keyed by that plus
 backbone and weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -97,9 +98,14 @@ def image_array(table: ImageTable, size: int, cache: Cache, progress: Progress =
 
 
 @torch.inference_mode()
-def run_model(module: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
-              progress: Progress = SILENT, description: str = "extracting features",
-              device: torch.device | None = None) -> np.ndarray:
+def run_model(
+    module: torch.nn.Module,
+    images: np.ndarray,
+    batch_size: int = 64,
+    progress: Progress = SILENT,
+    description: str = "extracting features",
+    device: torch.device | None = None,
+) -> np.ndarray:
     """Apply `module` in eval mode to uint8 images in batches; returns float32 outputs flattened per image.
 
     With `device` the module is moved there and each uint8 batch is sent there once (a quarter of the bytes
@@ -143,20 +149,36 @@ def feature_extractor(backbone: str) -> torch.nn.Module:
 def features_key(table: ImageTable, backbone: str, image_size: int, device: torch.device | None = None) -> str:
     """Identifies frozen features; caches derived from them (meta-trained heads) put it in their keys. The
     device type is part of it off the CPU (methods/devices.py says why)."""
-    return cache_key("features", images_key(table, image_size), NUMERICS_VERSION, backbone_name(backbone),
-                     weights_digest(backbone), *device_key(device))
+    return cache_key(
+        "features",
+        images_key(table, image_size),
+        NUMERICS_VERSION,
+        backbone_name(backbone),
+        weights_digest(backbone),
+        *device_key(device),
+    )
 
 
-def frozen_features(table: ImageTable, cache: Cache, backbone: str = DEFAULT_BACKBONE,
-                    image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = SILENT,
-                    device: torch.device | None = None) -> np.ndarray:
+def frozen_features(
+    table: ImageTable,
+    cache: Cache,
+    backbone: str = DEFAULT_BACKBONE,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    progress: Progress = SILENT,
+    device: torch.device | None = None,
+) -> np.ndarray:
     """(n_images, D) float32 pooled features of the ImageNet backbone for every image of the table, computed
     on `device` (default: the CPU)."""
     key = features_key(table, backbone, image_size, device)
 
     def compute():
         images = image_array(table, image_size, cache, progress)
-        return run_model(feature_extractor(backbone), images, progress=progress,
-                         description=f"{backbone_name(backbone)} features", device=device)
+        return run_model(
+            feature_extractor(backbone),
+            images,
+            progress=progress,
+            description=f"{backbone_name(backbone)} features",
+            device=device,
+        )
 
     return cache.array("features", key, compute)

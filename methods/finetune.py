@@ -13,6 +13,7 @@ The query is predicted with model.eval() under torch.inference_mode, in batches.
 Defaults: 15 steps, backbone lr 1e-4 ("low"), head lr 1e-3. Cost grows linearly with shots x steps: a 5-way
 5-shot episode trains on 15 x 25 = 375 image passes (docs/method-notes.md has measured times).
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,15 @@ class FineTune(FewShotMethod):
     description = "Full fine-tuning of the ImageNet backbone + linear head on the support images (Adam, flips/rot90)"
     consumes = "images"
 
-    def __init__(self, steps: int = 15, lr: float = 1e-4, head_lr: float = 1e-3, augment: bool = True,
-                 freeze_bn: bool = True, batch_size: int = 64):
+    def __init__(
+        self,
+        steps: int = 15,
+        lr: float = 1e-4,
+        head_lr: float = 1e-3,
+        augment: bool = True,
+        freeze_bn: bool = True,
+        batch_size: int = 64,
+    ):
         if int(steps) < 0 or float(lr) < 0 or float(head_lr) <= 0 or int(batch_size) < 1:
             raise ValueError("steps and lr must be >= 0, head_lr and batch_size positive")
         self.steps, self.lr, self.head_lr = int(steps), float(lr), float(head_lr)
@@ -61,8 +69,9 @@ class FineTune(FewShotMethod):
             self.head.bias.zero_()
         x = torch.from_numpy(self.images[np.asarray(support_idx)]).to(self.device)  # uint8, sent once
         y = torch.as_tensor(support_y, dtype=torch.long, device=self.device)
-        opt = torch.optim.Adam([{"params": self.model.parameters(), "lr": self.lr},
-                                {"params": self.head.parameters(), "lr": self.head_lr}])
+        opt = torch.optim.Adam(
+            [{"params": self.model.parameters(), "lr": self.lr}, {"params": self.head.parameters(), "lr": self.head_lr}]
+        )
         self.model.train(not self.freeze_bn and len(x) > 1)  # batch norm needs two samples to train
         for _ in range(self.steps):
             batch = dihedral(x, gen) if self.augment else x

@@ -6,6 +6,7 @@ is its vote fraction plus sum-of-neighbour-similarities / (4 k^2): that term lie
 orders classes with equal votes by how similar their neighbours are and never overturns a vote difference
 (at least 1/k). Remaining exact ties go to the lower class index (argmax).
 """
+
 from __future__ import annotations
 
 import torch

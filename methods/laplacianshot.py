@@ -11,6 +11,7 @@ Defaults: knn 3 and 20 iterations as published; lmd 0.7, the value the authors' 
 ResNet-18 1-shot on mini-ImageNet (the paper tunes it on validation episodes: `bench tune` does the same).
 Scores are log Y.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Linear probe: multinomial logistic regression (scikit-learn) on standardised frozen features."""
+
 from __future__ import annotations
 
 import numpy as np

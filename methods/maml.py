@@ -23,6 +23,7 @@ per-unit initialisation can only learn noise, and any N works at test time (docs
 tied, untied and no meta-training).
 With `tied=False`, an episode with more classes than `train_way` reuses units cyclically (unit c % train_way).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,9 @@ def make_head(dim: int, n_out: int, hidden: int) -> nn.Module:
     return nn.Linear(dim, n_out)
 
 
-def adapt(head: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-          first_order: bool = False) -> dict:
+def adapt(
+    head: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, first_order: bool = False
+) -> dict:
     """`steps` SGD steps of the cross-entropy on (x, y) from `params`; differentiable unless first_order."""
 
     def loss(p):
@@ -75,14 +77,22 @@ def expand_init(params: dict, n_way: int) -> dict:
     return {**params, weight: params[weight][units], bias: params[bias][units]}
 
 
-def meta_train(head: nn.Module, x_all: torch.Tensor, index: PoolIndex, opts: dict, rng: np.random.Generator,
-               log=lambda message: None) -> dict:
+def meta_train(
+    head: nn.Module,
+    x_all: torch.Tensor,
+    index: PoolIndex,
+    opts: dict,
+    rng: np.random.Generator,
+    log=lambda message: None,
+) -> dict:
     """Meta-learn the head's initialisation on episodes of the base pool (`index`); returns its state dict."""
     eligible = index.eligible(opts["train_shots"], opts["train_queries"])
     n_way = opts["train_way"]
     if len(eligible) < n_way:
-        raise UserError(f"maml: the base pool has only {len(eligible)} classes with {opts['train_shots']}+"
-                        f"{opts['train_queries']} scene-disjoint images; lower train_way, train_shots or train_queries")
+        raise UserError(
+            f"maml: the base pool has only {len(eligible)} classes with {opts['train_shots']}+"
+            f"{opts['train_queries']} scene-disjoint images; lower train_way, train_shots or train_queries"
+        )
     params = {k: v.detach().clone() for k, v in head.named_parameters()}
     if opts["tied"]:
         weight, bias = last_layer(params)
@@ -93,15 +103,19 @@ def meta_train(head: nn.Module, x_all: torch.Tensor, index: PoolIndex, opts: dic
     device = x_all.device  # the head's parameters are there too; each episode's indices and labels go there
 
     def task_loss(p, ep):
-        s_idx, s_y, q_idx, q_y = (torch.from_numpy(a).to(device) for a in (ep.support_idx, ep.support_y,
-                                                                          ep.query_idx, ep.query_y))
-        adapted = adapt(head, expand_init(p, n_way), x_all[s_idx], s_y, opts["inner_steps"], opts["inner_lr"],
-                        opts["first_order"])
+        s_idx, s_y, q_idx, q_y = (
+            torch.from_numpy(a).to(device) for a in (ep.support_idx, ep.support_y, ep.query_idx, ep.query_y)
+        )
+        adapted = adapt(
+            head, expand_init(p, n_way), x_all[s_idx], s_y, opts["inner_steps"], opts["inner_lr"], opts["first_order"]
+        )
         return F.cross_entropy(functional_call(head, adapted, (x_all[q_idx],)), q_y)
 
     for step in range(opts["meta_steps"]):
-        episodes = [sample_episode(index, n_way, opts["train_shots"], opts["train_queries"], rng, eligible)
-                    for _ in range(opts["meta_batch"])]
+        episodes = [
+            sample_episode(index, n_way, opts["train_shots"], opts["train_queries"], rng, eligible)
+            for _ in range(opts["meta_batch"])
+        ]
         loss = sum(task_loss(params, ep) for ep in episodes) / len(episodes)
         opt.zero_grad()
         loss.backward()
@@ -115,17 +129,43 @@ def meta_train(head: nn.Module, x_all: torch.Tensor, index: PoolIndex, opts: dic
 class MAML(FeatureMethod):
     description = "MAML of a linear head (hidden>0: MLP) on frozen ImageNet features, torch.func; not full-network MAML"
 
-    def __init__(self, meta_steps: int = 500, meta_batch: int = 4, meta_lr: float = 1e-3, inner_steps: int = 5,
-                 inner_lr: float = 0.5, test_steps: int = 10, first_order: bool = False, hidden: int = 0,
-                 train_way: int = 5, train_shots: int = 5, train_queries: int = 10, tied: bool = True):
-        self.opts = dict(meta_steps=int(meta_steps), meta_batch=int(meta_batch), meta_lr=float(meta_lr),
-                         inner_steps=int(inner_steps), inner_lr=float(inner_lr), test_steps=int(test_steps),
-                         first_order=bool(first_order), hidden=int(hidden), train_way=int(train_way),
-                         train_shots=int(train_shots), train_queries=int(train_queries), tied=bool(tied))
+    def __init__(
+        self,
+        meta_steps: int = 500,
+        meta_batch: int = 4,
+        meta_lr: float = 1e-3,
+        inner_steps: int = 5,
+        inner_lr: float = 0.5,
+        test_steps: int = 10,
+        first_order: bool = False,
+        hidden: int = 0,
+        train_way: int = 5,
+        train_shots: int = 5,
+        train_queries: int = 10,
+        tied: bool = True,
+    ):
+        self.opts = dict(
+            meta_steps=int(meta_steps),
+            meta_batch=int(meta_batch),
+            meta_lr=float(meta_lr),
+            inner_steps=int(inner_steps),
+            inner_lr=float(inner_lr),
+            test_steps=int(test_steps),
+            first_order=bool(first_order),
+            hidden=int(hidden),
+            train_way=int(train_way),
+            train_shots=int(train_shots),
+            train_queries=int(train_queries),
+            tied=bool(tied),
+        )
         positive = ("meta_steps", "meta_batch", "train_shots", "train_queries")
-        if any(self.opts[k] < 1 for k in positive) or self.opts["train_way"] < 2 or self.opts["hidden"] < 0 \
-                or min(self.opts["inner_steps"], self.opts["test_steps"]) < 0 \
-                or min(self.opts["meta_lr"], self.opts["inner_lr"]) <= 0:
+        if (
+            any(self.opts[k] < 1 for k in positive)
+            or self.opts["train_way"] < 2
+            or self.opts["hidden"] < 0
+            or min(self.opts["inner_steps"], self.opts["test_steps"]) < 0
+            or min(self.opts["meta_lr"], self.opts["inner_lr"]) <= 0
+        ):
             raise ValueError(f"out-of-range option in {self.opts}")
 
     def cache_key(self, ctx: Context) -> str:
@@ -163,8 +203,10 @@ class MAML(FeatureMethod):
     def fit_features(self, x, y, n_way, rng):
         params = expand_init(self.init, n_way)
         with torch.enable_grad():
-            self.params = {k: v.detach() for k, v in
-                           adapt(self.head, params, x, y, self.opts["test_steps"], self.opts["inner_lr"], True).items()}
+            self.params = {
+                k: v.detach()
+                for k, v in adapt(self.head, params, x, y, self.opts["test_steps"], self.opts["inner_lr"], True).items()
+            }
 
     def predict_features(self, x):
         return functional_call(self.head, self.params, (x,))

@@ -17,6 +17,7 @@ averaging them with a one-hot product (docs/method-notes.md).
 per-row transform, so the method stays inductive); 0, the default, leaves the features as they are and out of
 the method's config, so rows made before the option existed keep their key.
 """
+
 from __future__ import annotations
 
 import threading
@@ -51,7 +52,11 @@ def neg_sq_distances(query: torch.Tensor, protos: torch.Tensor, query_sq: torch.
     for bit (a power of two) without scaling every query row first."""
     if query_sq is None:
         query_sq = (query**2).sum(-1)
-    return 2 * (protos @ query.transpose(-1, -2)).transpose(-1, -2) - query_sq.unsqueeze(-1) - (protos**2).sum(-1).unsqueeze(-2)
+    return (
+        2 * (protos @ query.transpose(-1, -2)).transpose(-1, -2)
+        - query_sq.unsqueeze(-1)
+        - (protos**2).sum(-1).unsqueeze(-2)
+    )
 
 
 def squared_norms(features: torch.Tensor) -> torch.Tensor:
@@ -66,10 +71,13 @@ def squared_norms(features: torch.Tensor) -> torch.Tensor:
 def gather_rows(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """features[idx] (idx of any shape) in this thread's reused buffer: valid until its next call."""
     held = getattr(_local, "buffer", None)
-    if held is None or held.shape[0] < idx.numel() or held.shape[1] != features.shape[1] \
-            or held.device != features.device:
-        held = _local.buffer = torch.empty(idx.numel(), features.shape[1], dtype=features.dtype,
-                                           device=features.device)
+    if (
+        held is None
+        or held.shape[0] < idx.numel()
+        or held.shape[1] != features.shape[1]
+        or held.device != features.device
+    ):
+        held = _local.buffer = torch.empty(idx.numel(), features.shape[1], dtype=features.dtype, device=features.device)
     out = torch.index_select(features, 0, idx.reshape(-1), out=held[: idx.numel()])
     return out.view(*idx.shape, features.shape[1])
 
@@ -105,8 +113,9 @@ class NearestClassMean(BatchedMethod):
         return neg_sq_distances(x, self.protos)
 
     @torch.inference_mode()
-    def predict_batch(self, support_idx: torch.Tensor, support_y: torch.Tensor, query_idx: torch.Tensor,
-                      n_way: int) -> torch.Tensor:
+    def predict_batch(
+        self, support_idx: torch.Tensor, support_y: torch.Tensor, query_idx: torch.Tensor, n_way: int
+    ) -> torch.Tensor:
         """Many episodes at once: support_idx, support_y (E, n) and query_idx (E, m), rows of self.features,
         -> (E, m, N) scores, those fit_features + predict_features give for each episode."""
         protos = class_means(self.features, support_idx, support_y, n_way)

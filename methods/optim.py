@@ -6,6 +6,7 @@ CPU path with its defaults (single-tensor update; betas 0.9 and 0.999, eps 1e-8,
 maximize), operation for operation, so its parameters are the same bits step for step
 (tests/test_optim.py checks it against torch.optim.Adam).
 """
+
 from __future__ import annotations
 
 import torch

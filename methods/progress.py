@@ -1,4 +1,5 @@
 """A minimal progress protocol, so that methods report long steps without knowing about the terminal."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

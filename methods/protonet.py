@@ -4,6 +4,7 @@ Without meta-training: nearest class mean in squared Euclidean distance of the f
 With `metatrain=True`: a linear embedding on top of the frozen features is trained with the prototypical
 loss on N-way episodes drawn from the base pool (cached on disk), then used the same way.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,14 +24,25 @@ from tasks.episodes import PoolIndex, sample_episode
 EMBED_VERSION = 2
 
 
-def train_embedding(features: np.ndarray, index: PoolIndex, n_way: int, n_shot: int, n_query: int, steps: int,
-                    lr: float, rng: np.random.Generator, device: torch.device = CPU) -> nn.Module:
+def train_embedding(
+    features: np.ndarray,
+    index: PoolIndex,
+    n_way: int,
+    n_shot: int,
+    n_query: int,
+    steps: int,
+    lr: float,
+    rng: np.random.Generator,
+    device: torch.device = CPU,
+) -> nn.Module:
     """Episodic prototypical training of a linear embedding on episodes of the base pool (`index`), on
     `device` (the features are sent there once; each episode's labels are sent as it is drawn)."""
     eligible = index.eligible(n_shot, n_query)
     if len(eligible) < 2:
-        raise UserError(f"protonet meta-training needs two base-pool classes with {n_shot}+{n_query} images in "
-                        "separate scenes; lower train_shots/train_queries or run without metatrain")
+        raise UserError(
+            f"protonet meta-training needs two base-pool classes with {n_shot}+{n_query} images in "
+            "separate scenes; lower train_shots/train_queries or run without metatrain"
+        )
     n_way = min(n_way, len(eligible))
     x_all = torch.from_numpy(features).to(device)
     embed = nn.Linear(x_all.shape[1], x_all.shape[1])
@@ -53,11 +65,21 @@ def train_embedding(features: np.ndarray, index: PoolIndex, n_way: int, n_shot: 
 
 @register_method("protonet")
 class ProtoNet(NearestClassMean):
-    description = ("Nearest class mean of frozen features (squared Euclidean); metatrain=True adds base-pool episodic "
-                   "training, power=0.5 PT-MAP's power transform")
+    description = (
+        "Nearest class mean of frozen features (squared Euclidean); metatrain=True adds base-pool episodic "
+        "training, power=0.5 PT-MAP's power transform"
+    )
 
-    def __init__(self, metatrain: bool = False, steps: int = 2000, lr: float = 1e-4, train_way: int = 5,
-                 train_shots: int = 5, train_queries: int = 10, power: float = 0.0):
+    def __init__(
+        self,
+        metatrain: bool = False,
+        steps: int = 2000,
+        lr: float = 1e-4,
+        train_way: int = 5,
+        train_shots: int = 5,
+        train_queries: int = 10,
+        power: float = 0.0,
+    ):
         if not isinstance(metatrain, bool):
             raise ValueError(f"metatrain must be true or false, got {metatrain!r}")
         if min(int(steps), int(train_way) - 1, int(train_shots), int(train_queries)) < 1 or float(lr) <= 0:
@@ -74,9 +96,17 @@ class ProtoNet(NearestClassMean):
         key = cache_key("protonet-embed", EMBED_VERSION, ctx.task_key, ctx.features_key(), self.config(), ctx.seed)
 
         def train():
-            embed = train_embedding(to_numpy(self.features), ctx.base_episodes(), self.train_way, self.train_shots,
-                                    self.train_queries, self.steps, self.lr, np.random.default_rng([ctx.seed, 17]),
-                                    ctx.device)
+            embed = train_embedding(
+                to_numpy(self.features),
+                ctx.base_episodes(),
+                self.train_way,
+                self.train_shots,
+                self.train_queries,
+                self.steps,
+                self.lr,
+                np.random.default_rng([ctx.seed, 17]),
+                ctx.device,
+            )
             return cpu_state(embed.state_dict())
 
         state, _ = ctx.cache.state_dict("protonet", key, train)

@@ -9,6 +9,7 @@ to 1, columns to queries / classes; up to 1000 iterations until the row sums mov
 each centre moves by `alpha` towards the assignment-weighted mean of its support and query features.
 Published defaults: power 0.5, lam 10, alpha 0.2, 20 steps. Scores are the log of the final assignments.
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,7 +58,8 @@ class PTMAP(TransductiveMethod):
         hot = one_hot(support_y, n_way, support.dtype)
         for _ in range(self.steps):
             plan = sinkhorn(sq_distances(query, centres), self.lam)
-            estimate = (hot.transpose(1, 2) @ support + plan.transpose(1, 2) @ query) / \
-                (hot.sum(1) + plan.sum(1)).unsqueeze(-1)
+            estimate = (hot.transpose(1, 2) @ support + plan.transpose(1, 2) @ query) / (
+                hot.sum(1) + plan.sum(1)
+            ).unsqueeze(-1)
             centres = centres + self.alpha * (estimate - centres)
         return torch.log(sinkhorn(sq_distances(query, centres), self.lam).clamp_min(1e-30))

@@ -5,6 +5,7 @@ bools take true/false/1/0/yes/no, ints only integers, floats only finite numbers
 the converted values and those, with the defaults filled in, are its recorded config (10 and 10.0 are one
 setting of a float option), which keys its result rows.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,8 +25,9 @@ def _import_builtins() -> None:
     import methods  # noqa: F401  (registers the built-ins first, so that a plugin cannot take their names)
 
 
-METHODS = Registry("method", ENTRY_POINT_GROUP, hint=lambda reg: "run `bench list` to see all methods",
-                   builtins=_import_builtins)
+METHODS = Registry(
+    "method", ENTRY_POINT_GROUP, hint=lambda reg: "run `bench list` to see all methods", builtins=_import_builtins
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,9 @@ def option_defaults(cls) -> dict | None:
         params = inspect.signature(cls.__init__).parameters.values()
     except (TypeError, ValueError):
         return None
-    named = {p.name: p.default for p in params
-             if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    named = {
+        p.name: p.default for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
     if any(p.kind is p.VAR_KEYWORD for p in params):
         extra = getattr(cls, "option_defaults", None)
         return None if extra is None else {**named, **extra}
@@ -122,8 +125,7 @@ def convert_option(method: str, option: str, value, kind: type | None):
     """`value` (as MethodSpec.parse read it: bool, int, float or str) as `kind`, or a one-line UserError."""
     if kind is None:
         return value
-    wanted = {bool: "true or false (or 1/0, yes/no)", int: "an integer", float: "a finite number",
-              str: "a text"}[kind]
+    wanted = {bool: "true or false (or 1/0, yes/no)", int: "an integer", float: "a finite number", str: "a text"}[kind]
     converted = None
     if kind is bool:
         text = str(value).strip().lower() if not isinstance(value, float) else ""
@@ -169,10 +171,14 @@ def create_method(name: str, **options):
     if defaults is not None:
         for key in options:
             if key not in defaults:
-                raise UserError(f"unknown option {key!r} for method {name}{closest(key, defaults)}; its options: "
-                                f"{', '.join(defaults) or 'none'}")
-        options = {key: convert_option(name, key, value, expected_type(info.cls, key, defaults[key]))
-                   for key, value in options.items()}
+                raise UserError(
+                    f"unknown option {key!r} for method {name}{closest(key, defaults)}; its options: "
+                    f"{', '.join(defaults) or 'none'}"
+                )
+        options = {
+            key: convert_option(name, key, value, expected_type(info.cls, key, defaults[key]))
+            for key, value in options.items()
+        }
     given = ",".join(f"{k}={v}" for k, v in options.items())
     try:
         method = info.cls(**options)
@@ -181,8 +187,10 @@ def create_method(name: str, **options):
     except UserError:
         raise
     except (Exception, SystemExit) as exc:  # the plugin's own code: named, and it must not end the run
-        raise UserError(f"method {name} failed when built{f' ({given})' if given else ''}: {type(exc).__name__}"
-                        f"{f': {exc}' if str(exc) else ''}; fix or uninstall that method") from None
+        raise UserError(
+            f"method {name} failed when built{f' ({given})' if given else ''}: {type(exc).__name__}"
+            f"{f': {exc}' if str(exc) else ''}; fix or uninstall that method"
+        ) from None
     config = {k: v for k, v in (defaults or {}).items() if v is not inspect.Parameter.empty}
     _remember(method, {**config, **options})
     return method
@@ -197,8 +205,10 @@ def method_version(method) -> int:
     version = getattr(type(method), "version", 1)
     if isinstance(version, numbers.Integral) and not isinstance(version, bool) and 0 <= version <= VERSION_MAX:
         return int(version)
-    raise UserError(f"method {_name(method)}: its version is {version!r}, not an integer from 0 to {VERSION_MAX}; "
-                    "set the class attribute `version` to one (e.g. version = 2), or uninstall that method")
+    raise UserError(
+        f"method {_name(method)}: its version is {version!r}, not an integer from 0 to {VERSION_MAX}; "
+        "set the class attribute `version` to one (e.g. version = 2), or uninstall that method"
+    )
 
 
 def config_text(method) -> str:
@@ -208,15 +218,18 @@ def config_text(method) -> str:
     try:
         config = method.config()
     except (Exception, SystemExit) as exc:
-        raise UserError(f"method {name}: config() failed ({type(exc).__name__}: {exc}); fix or uninstall that "
-                        "method") from None
+        raise UserError(
+            f"method {name}: config() failed ({type(exc).__name__}: {exc}); fix or uninstall that method"
+        ) from None
     if not isinstance(config, dict):
         raise UserError(f"method {name}: config() returned a {type(config).__name__}, not a dict of its options")
     try:
         return json.dumps(config, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"method {name}: config() returned {_short(config)}, which is not JSON ({exc}); its values "
-                        "must be numbers (finite), text, true/false, null, or lists and dicts of these") from None
+        raise UserError(
+            f"method {name}: config() returned {_short(config)}, which is not JSON ({exc}); its values "
+            "must be numbers (finite), text, true/false, null, or lists and dicts of these"
+        ) from None
 
 
 def _name(method) -> str:

@@ -13,6 +13,7 @@ per image and cached: an episode costs milliseconds of top-block compute instead
 During step 2 the batch-norm layers keep their step-1 statistics (eval mode): 5 to 100 support images are
 too few to re-estimate them, and prediction must not depend on batch composition.
 """
+
 from __future__ import annotations
 
 import copy
@@ -99,10 +100,12 @@ def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
     counts = np.bincount(np.asarray(labels, dtype=np.int64))
     if counts.max() < n_folds:
         fewer = f"use sdft:val_folds={counts.max()} or fewer, or " if counts.max() >= 2 else ""
-        raise UserError(f"sdft step 1 holds out 1 of val_folds={folds} scene-disjoint folds of the base pool (its "
-                        f"{n_groups} scenes) to stop early, which needs a class with at least {n_folds} base-pool "
-                        f"images; the largest has {counts.max()} ({len(labels)} images in {int((counts > 0).sum())} "
-                        f"classes): {fewer}give a larger base pool")
+        raise UserError(
+            f"sdft step 1 holds out 1 of val_folds={folds} scene-disjoint folds of the base pool (its "
+            f"{n_groups} scenes) to stop early, which needs a class with at least {n_folds} base-pool "
+            f"images; the largest has {counts.max()} ({len(labels)} images in {int((counts > 0).sum())} "
+            f"classes): {fewer}give a larger base pool"
+        )
     train, val = scene_split(labels, groups, seed=seed, n_folds=n_folds, target_folds=1)
     return train, val
 
@@ -123,12 +126,16 @@ def step1_forecast(record: dict | None, n_images: int, opts: dict, image_size: i
     work = n_images * opts["epochs"]
     if record and record.get("image_epochs", 0) > 0 and record.get("seconds", 0) > 0:
         rate = record["seconds"] / record["image_epochs"]
-        return (f"the last step 1 on this machine took {_duration(record['seconds'])} ({record['images']} images, "
-                f"{record['epochs']} epochs), so expect up to {_duration(rate * work)} for {n_images} images, "
-                f"{opts['epochs']} epochs")
+        return (
+            f"the last step 1 on this machine took {_duration(record['seconds'])} ({record['images']} images, "
+            f"{record['epochs']} epochs), so expect up to {_duration(rate * work)} for {n_images} images, "
+            f"{opts['epochs']} epochs"
+        )
     rough = REFERENCE_SECONDS_PER_IMAGE_EPOCH * work * (image_size / REFERENCE_IMAGE_SIZE) ** 2
-    return (f"no step 1 recorded on this machine yet; {n_images} images x up to {opts['epochs']} epochs take roughly "
-            f"{_duration(rough)} on a 2-core CPU")
+    return (
+        f"no step 1 recorded on this machine yet; {n_images} images x up to {opts['epochs']} epochs take roughly "
+        f"{_duration(rough)} on a 2-core CPU"
+    )
 
 
 def step1_timing_key(backbone: str, image_size: int, device: torch.device = CPU) -> str:
@@ -136,8 +143,17 @@ def step1_timing_key(backbone: str, image_size: int, device: torch.device = CPU)
     return cache_key("sdft-step1-time", platform.node(), backbone, image_size, *device_key(device))
 
 
-def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups: np.ndarray, opts: dict,
-                seed: int, log, progress: Progress = SILENT, device: torch.device = CPU) -> tuple[dict, list]:
+def train_step1(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    opts: dict,
+    seed: int,
+    log,
+    progress: Progress = SILENT,
+    device: torch.device = CPU,
+) -> tuple[dict, list]:
     """Fine-tune the whole backbone + linear head on `device`; returns (best state dict, on the CPU;
     per-epoch history). Each uint8 batch is sent to the device once and augmented there (the augmentation's
     random draws stay on the CPU generator, so they are the same on any device). Each epoch shows a bar of its
@@ -156,8 +172,9 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
         order = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
         total, count = 0.0, 0
         starts = range(0, len(order), opts["batch_size"])
-        with progress.bar(f"sdft step 1: epoch {epoch}/{opts['epochs']}, batches of {opts['batch_size']}",
-                           len(starts)) as advance:
+        with progress.bar(
+            f"sdft step 1: epoch {epoch}/{opts['epochs']}, batches of {opts['batch_size']}", len(starts)
+        ) as advance:
             for start in starts:
                 batch = order[start : start + opts["batch_size"]]
                 if len(batch) >= 2:  # batch norm needs two samples
@@ -171,15 +188,28 @@ def train_step1(model: nn.Module, images: np.ndarray, labels: np.ndarray, groups
                     count += len(batch)
                 advance(1)
         if len(val):
-            logits = run_model(model, images[val], progress=progress,
-                               description=f"sdft step 1: epoch {epoch} held-out images", device=device)
+            logits = run_model(
+                model,
+                images[val],
+                progress=progress,
+                description=f"sdft step 1: epoch {epoch} held-out images",
+                device=device,
+            )
             acc = float((logits.argmax(1) == labels[val]).mean())
         else:
             acc = float("nan")
-        history.append({"epoch": epoch, "loss": total / max(count, 1), "val_accuracy": acc,
-                        "seconds": time.perf_counter() - started})
-        log(f"sdft step 1: epoch {epoch}/{opts['epochs']} loss {total / max(count, 1):.3f} "
-            f"held-out accuracy {acc:.3f} ({time.perf_counter() - started:.0f} s)")
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": total / max(count, 1),
+                "val_accuracy": acc,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        log(
+            f"sdft step 1: epoch {epoch}/{opts['epochs']} loss {total / max(count, 1):.3f} "
+            f"held-out accuracy {acc:.3f} ({time.perf_counter() - started:.0f} s)"
+        )
         if not len(val) or acc > best_acc:
             best_acc, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
         else:
@@ -209,7 +239,9 @@ def mix_weights(model: nn.Module, start: nn.Module, mix: float) -> None:
 
 @register_method("sdft")
 class SDFT(FewShotMethod):
-    description = "Stepwise deep feature transfer: ImageNet -> base pool (linear head) -> support (cosine head, top fine-tuned)"
+    description = (
+        "Stepwise deep feature transfer: ImageNet -> base pool (linear head) -> support (cosine head, top fine-tuned)"
+    )
     consumes = "images"
     # Moves with STEP1_VERSION: a row made from another step-1 network is another measurement
     version = 2
@@ -232,8 +264,10 @@ class SDFT(FewShotMethod):
         if self.opts["fuse"] < 0 or not 0.0 <= self.opts["label_smoothing"] < 1.0:
             raise UserError(f"{self.name}: fuse must be >= 0 and label_smoothing in [0, 1)")
         if self.opts["val_folds"] < 2:
-            raise UserError(f"{self.name}: val_folds={self.opts['val_folds']}: step 1 holds out 1 of val_folds "
-                            "folds of the base pool, so it needs at least 2")
+            raise UserError(
+                f"{self.name}: val_folds={self.opts['val_folds']}: step 1 holds out 1 of val_folds "
+                "folds of the base pool, so it needs at least 2"
+            )
         if self.opts["views"] not in (1, 8):
             raise UserError(f"{self.name}: views={self.opts['views']}: 1 (the image) or 8 (its dihedral views)")
         if not self.use_step1 and (self.opts["mix"] != 1.0 or self.opts["fuse"] != 0.0):
@@ -244,8 +278,17 @@ class SDFT(FewShotMethod):
 
     def step1_key(self, ctx: Context) -> str:
         step1 = {k: self.opts[k] for k in STEP1_DEFAULTS}
-        return cache_key("sdft-step1", STEP1_VERSION, ctx.task_key, ctx.base_images_key(), backbone_name(ctx.backbone),
-                         weights_digest(ctx.backbone), step1, ctx.seed, *device_key(ctx.device))
+        return cache_key(
+            "sdft-step1",
+            STEP1_VERSION,
+            ctx.task_key,
+            ctx.base_images_key(),
+            backbone_name(ctx.backbone),
+            weights_digest(ctx.backbone),
+            step1,
+            ctx.seed,
+            *device_key(ctx.device),
+        )
 
     def prepare(self, ctx: Context) -> None:
         super().prepare(ctx)
@@ -253,17 +296,28 @@ class SDFT(FewShotMethod):
         network = source if self.opts["mix"] == 1.0 else f"{source}-mix{self.opts['mix']!r}"
         if self.opts["views"] != 1:
             network = f"{network}-views{self.opts['views']}"
-        key = cache_key("sdft-acts", STEP2_VERSION, NUMERICS_VERSION, network, ctx.images_key(),
-                        backbone_name(ctx.backbone), self.opts["top_blocks"], *device_key(ctx.device))
+        key = cache_key(
+            "sdft-acts",
+            STEP2_VERSION,
+            NUMERICS_VERSION,
+            network,
+            ctx.images_key(),
+            backbone_name(ctx.backbone),
+            self.opts["top_blocks"],
+            *device_key(ctx.device),
+        )
         top, acts = None, None
         if self.opts["top_blocks"] == 0:  # warm: the cached top and activations, without timm or any image
             state = ctx.cache.cached_state_dict("sdft-top", key)
             acts = ctx.cache.cached_array("sdft-acts", key) if state is not None else None
             top = top_from_state(ctx.backbone, state) if acts is not None else None
             if top is not None:
-                ctx.progress.log(f"sdft step 1: cache hit ({source}), skipping training; the top and the activations "
-                                 f"entering it are cached too ({key})" if self.use_step1 else
-                                 f"{self.name}: the top and the activations entering it are cached ({key})")
+                ctx.progress.log(
+                    f"sdft step 1: cache hit ({source}), skipping training; the top and the activations "
+                    f"entering it are cached too ({key})"
+                    if self.use_step1
+                    else f"{self.name}: the top and the activations entering it are cached ({key})"
+                )
         if top is None:
             top, acts = self.cut_network(ctx, source if self.use_step1 else None, key)
             if self.opts["top_blocks"] == 0:
@@ -287,13 +341,14 @@ class SDFT(FewShotMethod):
         self.base_classes = np.unique(ctx.base_pool()[1])
         state = ctx.cache.cached_state_dict("sdft-step1", self.step1_key(ctx))
         if state is None or "classifier.weight" not in state:
-            raise UserError(f"{self.name} needs SDFT's step-1 checkpoint in the cache; run with a writable "
-                            f"--cache-dir")
+            raise UserError(f"{self.name} needs SDFT's step-1 checkpoint in the cache; run with a writable --cache-dir")
         weight = state["classifier.weight"].float().to(self.device)
         bias = state["classifier.bias"].float().to(self.device)
         if weight.shape[0] != len(self.base_classes):
-            raise UserError(f"{self.name}: the cached step-1 head has {weight.shape[0]} classes, the base pool "
-                            f"{len(self.base_classes)}; clear the cache's sdft-step1 entry")
+            raise UserError(
+                f"{self.name}: the cached step-1 head has {weight.shape[0]} classes, the base pool "
+                f"{len(self.base_classes)}; clear the cache's sdft-step1 entry"
+            )
         return weight, bias
 
     def base_head_log_probs(self, ctx: Context) -> torch.Tensor:
@@ -310,14 +365,16 @@ class SDFT(FewShotMethod):
     def base_rows(self, classes) -> np.ndarray:
         """Positions of the episode's classes among the base classes; a one-line refusal where one is not."""
         if classes is None:
-            raise UserError(f"{self.name}: needs the episode's class ids, which this command does not give"
-                            f"{self.refusal_hint}")
+            raise UserError(
+                f"{self.name}: needs the episode's class ids, which this command does not give{self.refusal_hint}"
+            )
         classes = np.asarray(classes)
         positions = np.searchsorted(self.base_classes, classes)
         found = self.base_classes[np.minimum(positions, len(self.base_classes) - 1)] == classes
         if not found.all():
-            raise UserError(f"{self.name}: needs every episode class to be a base class (this task's are not)"
-                            f"{self.refusal_hint}")
+            raise UserError(
+                f"{self.name}: needs every episode class to be a base class (this task's are not){self.refusal_hint}"
+            )
         return positions
 
     def cut_network(self, ctx: Context, step1_key: str | None, acts_key: str) -> tuple[nn.Module, np.ndarray]:
@@ -337,15 +394,32 @@ class SDFT(FewShotMethod):
             def compute():
                 timing = step1_timing_key(backbone_name(ctx.backbone), ctx.image_size, ctx.device)
                 forecast = step1_forecast(ctx.cache.note("timings", timing), len(base_idx), self.opts, ctx.image_size)
-                ctx.progress.log(f"sdft step 1: fine-tuning {backbone_name(ctx.backbone)} on {len(base_idx)} base images, "
-                                 f"{len(base_classes)} classes (cached as {key}); {forecast}")
+                ctx.progress.log(
+                    f"sdft step 1: fine-tuning {backbone_name(ctx.backbone)} on {len(base_idx)} base images, "
+                    f"{len(base_classes)} classes (cached as {key}); {forecast}"
+                )
                 started = time.perf_counter()
-                state, history = train_step1(model, images()[base_idx], dense.astype(np.int64),
-                                             ctx.base_groups(), self.opts, ctx.seed, ctx.progress.log,
-                                             ctx.progress, ctx.device)
-                ctx.cache.put_note("timings", timing, {
-                    "seconds": time.perf_counter() - started, "images": len(base_idx), "epochs": len(history),
-                    "image_epochs": len(base_idx) * len(history)})
+                state, history = train_step1(
+                    model,
+                    images()[base_idx],
+                    dense.astype(np.int64),
+                    ctx.base_groups(),
+                    self.opts,
+                    ctx.seed,
+                    ctx.progress.log,
+                    ctx.progress,
+                    ctx.device,
+                )
+                ctx.cache.put_note(
+                    "timings",
+                    timing,
+                    {
+                        "seconds": time.perf_counter() - started,
+                        "images": len(base_idx),
+                        "epochs": len(history),
+                        "image_epochs": len(base_idx) * len(history),
+                    },
+                )
                 return state
 
             state, cached = ctx.cache.state_dict("sdft-step1", key, compute)
@@ -357,10 +431,23 @@ class SDFT(FewShotMethod):
         model.reset_classifier(0)
         bottom, top = split_top(model, self.opts["top_blocks"])
         views = self.opts["views"]
-        acts = ctx.cache.array("sdft-acts", acts_key, lambda: np.concatenate([run_model(
-            bottom, dihedral_view(images(), view) if view else images(), progress=ctx.progress,
-            description="sdft: activations entering the top" + (f", view {view + 1}/{views}" if views > 1 else ""),
-            device=ctx.device) for view in range(views)]))
+        acts = ctx.cache.array(
+            "sdft-acts",
+            acts_key,
+            lambda: np.concatenate(
+                [
+                    run_model(
+                        bottom,
+                        dihedral_view(images(), view) if view else images(),
+                        progress=ctx.progress,
+                        description="sdft: activations entering the top"
+                        + (f", view {view + 1}/{views}" if views > 1 else ""),
+                        device=ctx.device,
+                    )
+                    for view in range(views)
+                ]
+            ),
+        )
         return top, acts
 
     def make_head(self, n_way: int) -> nn.Module:
@@ -384,13 +471,16 @@ class SDFT(FewShotMethod):
             else:  # same "pretraining" for the ablation: weights = class means, zero bias
                 self.classifier.weight.copy_(class_means(features, torch.arange(len(y), device=y.device), y, n_way))
                 self.classifier.bias.zero_()
-        opt = Adam([  # torch.optim.Adam's arithmetic without importing torch._dynamo (methods/optim.py)
-            {"params": self.top.parameters(), "lr": self.opts["lr_top"]},
-            {"params": self.classifier.parameters(), "lr": self.opts["lr_head"]},
-        ])
+        opt = Adam(
+            [  # torch.optim.Adam's arithmetic without importing torch._dynamo (methods/optim.py)
+                {"params": self.top.parameters(), "lr": self.opts["lr_top"]},
+                {"params": self.classifier.parameters(), "lr": self.opts["lr_head"]},
+            ]
+        )
         for _ in range(self.opts["steps"]):
-            loss = F.cross_entropy(self.classifier(self.top(x).flatten(1)), y,
-                                   label_smoothing=self.opts["label_smoothing"])
+            loss = F.cross_entropy(
+                self.classifier(self.top(x).flatten(1)), y, label_smoothing=self.opts["label_smoothing"]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -408,7 +498,10 @@ class SDFT(FewShotMethod):
             per_view = self.classifier(self.top(self.acts[self.view_rows(query_idx)]).flatten(1))
             scores = per_view.reshape(self.opts["views"], len(query), -1).mean(0)
             if self.fused_rows is not None:
-                scores = torch.log_softmax(scores, dim=1) + self.opts["fuse"] * self.base_log_probs[query][:, self.fused_rows]
+                scores = (
+                    torch.log_softmax(scores, dim=1)
+                    + self.opts["fuse"] * self.base_log_probs[query][:, self.fused_rows]
+                )
             return to_numpy(scores)
 
 

@@ -5,6 +5,7 @@ depends on an episode's support or query. Scores are negative squared Euclidean 
 of the transformed support features. `norm="l2n"` (L2 only) and `norm="un"` (raw features) are the paper's
 other two variants. `power=0.5` applies PT-MAP's power transform to every row before the centring.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,9 @@ NORMS = ("cl2n", "l2n", "un")
 
 @register_method("simpleshot")
 class SimpleShot(NearestClassMean):
-    description = "SimpleShot: nearest class mean of frozen features centred on the base-pool mean and L2-normalised (CL2N)"
+    description = (
+        "SimpleShot: nearest class mean of frozen features centred on the base-pool mean and L2-normalised (CL2N)"
+    )
 
     def __init__(self, norm: str = "cl2n", power: float = 0.0):
         if norm not in NORMS:

@@ -12,6 +12,7 @@ with the episode's rows forward and one back per step, two and a half times fast
 the CPU. Episodes of a batch are optimised together: each episode's loss depends on its own W only and Adam
 works element by element, so each follows the steps it would follow alone. Scores are the final query logits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,9 @@ from methods.transductive import TransductiveMethod, one_hot, support_means
 
 
 def logits(z: torch.Tensor, w: torch.Tensor, temperature: float) -> torch.Tensor:
-    return temperature * (z @ w.transpose(1, 2) - 0.5 * (w**2).sum(-1).unsqueeze(1) - 0.5 * (z**2).sum(-1, keepdim=True))
+    return temperature * (
+        z @ w.transpose(1, 2) - 0.5 * (w**2).sum(-1).unsqueeze(1) - 0.5 * (z**2).sum(-1, keepdim=True)
+    )
 
 
 def loss(support, target, query, w, temperature: float, weights: tuple) -> torch.Tensor:
@@ -44,8 +47,9 @@ def gradient(rows, target, n_support: int, w, temperature: float, weights: tuple
     p = (temperature * (rows @ w.transpose(1, 2) - 0.5 * (w**2).sum(-1).unsqueeze(1))).softmax(-1)
     ps, pq = p[:, :n], p[:, n:]
     d_support = -ce_w * target / (n * (ps + 1e-12))
-    d_query = marginal_w / m * (torch.log(pq.mean(1, keepdim=True)) + 1) \
-        - conditional_w / m * (torch.log(pq + 1e-12) + pq / (pq + 1e-12))
+    d_query = marginal_w / m * (torch.log(pq.mean(1, keepdim=True)) + 1) - conditional_w / m * (
+        torch.log(pq + 1e-12) + pq / (pq + 1e-12)
+    )
     dp = torch.cat([d_support, d_query], 1)
     g = p * (dp - (dp * p).sum(-1, keepdim=True))  # d loss / d logits
     return temperature * (g.transpose(1, 2) @ rows - g.sum(1).unsqueeze(-1) * w)
@@ -55,8 +59,15 @@ def gradient(rows, target, n_support: int, w, temperature: float, weights: tuple
 class TIM(TransductiveMethod):
     description = "TIM-GD (transductive): class weights maximising query mutual information plus support cross-entropy"
 
-    def __init__(self, iterations: int = 1000, lr: float = 1e-4, temperature: float = 15.0, ce: float = 0.1,
-                 marginal: float = 1.0, conditional: float = 0.1):
+    def __init__(
+        self,
+        iterations: int = 1000,
+        lr: float = 1e-4,
+        temperature: float = 15.0,
+        ce: float = 0.1,
+        marginal: float = 1.0,
+        conditional: float = 0.1,
+    ):
         if int(iterations) < 0 or float(lr) <= 0 or float(temperature) <= 0:
             raise ValueError("iterations must be non-negative, lr and temperature positive")
         self.iterations, self.lr, self.temperature = int(iterations), float(lr), float(temperature)

@@ -11,6 +11,7 @@ and that scores do not move when rows outside the episode change).
 Rows of `self.features` are transformed one by one in `prepare` (L2 normalisation, the base-pool centring of
 CL2N, the power transform): a row's transform never depends on another target row.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,9 @@ def sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a**2).sum(-1, keepdim=True) - 2 * a @ b.transpose(1, 2) + (b**2).sum(-1).unsqueeze(1)).clamp_min(0)
 
 
-def rectify(support: torch.Tensor, y: torch.Tensor, query: torch.Tensor, n_way: int, epsilon: float = 10.0,
-            top: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def rectify(
+    support: torch.Tensor, y: torch.Tensor, query: torch.Tensor, n_way: int, epsilon: float = 10.0, top: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BD-CSPN (Liu et al. 2020): (rectified prototypes (E, N, D), shifted queries (E, m, D)).
 
     Cross-class bias: every query is shifted by the mean support feature minus the mean query feature.
@@ -92,13 +94,15 @@ class TransductiveMethod(BatchedMethod):
     def transform(self, features: torch.Tensor) -> torch.Tensor:
         return features
 
-    def episodes(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
-                 n_way: int) -> torch.Tensor:
+    def episodes(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, n_way: int) -> torch.Tensor:
         raise NotImplementedError
 
     def fit(self, support_idx, support_y, n_way, rng):
-        self.support = (torch.as_tensor(np.array(support_idx), device=self.device),
-                        torch.as_tensor(np.array(support_y), device=self.device), n_way)
+        self.support = (
+            torch.as_tensor(np.array(support_idx), device=self.device),
+            torch.as_tensor(np.array(support_y), device=self.device),
+            n_way,
+        )
 
     def predict(self, query_idx):
         support_idx, support_y, n_way = self.support
@@ -106,8 +110,9 @@ class TransductiveMethod(BatchedMethod):
         with torch.inference_mode():
             return to_numpy(self.predict_batch(support_idx[None], support_y[None], query[None], n_way)[0].float())
 
-    def predict_batch(self, support_idx: torch.Tensor, support_y: torch.Tensor, query_idx: torch.Tensor,
-                      n_way: int) -> torch.Tensor:
+    def predict_batch(
+        self, support_idx: torch.Tensor, support_y: torch.Tensor, query_idx: torch.Tensor, n_way: int
+    ) -> torch.Tensor:
         """(E, m, N) scores; each episode reads its own support and query rows only."""
         with torch.inference_mode(False):  # rows read in inference mode are copied out of it (TIM takes gradients)
             support = self.features[support_idx.reshape(-1)].reshape(*support_idx.shape, -1).clone()

@@ -5,6 +5,7 @@ episodes of a 1000-episode run are the 600 of a 600-episode run, and a resumed r
 episodes it had. An episode set is a value with a content hash, saved as a manifest, so every method of a
 run sees the same episodes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -109,8 +110,9 @@ def _partition(index: PoolIndex, chosen: np.ndarray, k: int, q: int, rng: np.ran
     return None
 
 
-def sample_episode(index: PoolIndex, n_way: int, k: int, q: int, rng: np.random.Generator,
-                   eligible: np.ndarray, episode_index: int = 0) -> Episode:
+def sample_episode(
+    index: PoolIndex, n_way: int, k: int, q: int, rng: np.random.Generator, eligible: np.ndarray, episode_index: int = 0
+) -> Episode:
     for _ in range(CLASS_DRAWS):
         chosen = rng.choice(eligible, size=n_way, replace=False)
         side = _partition(index, chosen, k, q, rng)
@@ -182,10 +184,19 @@ class EpisodeSet:
         """Write the manifest atomically (a temporary file beside it, fsync, rename): a killed run or a full disk
         leaves the old manifest or none, never a truncated one."""
         # the manifest format keeps its key `k_shot` (files written before the rename stay readable)
-        meta = dict(task=self.task, stream=self.stream, n_way=self.n_way, k_shot=self.n_shot,
-                    n_query=self.n_query, seed=self.seed, digest=self.digest)
-        atomic_write(Path(path), lambda f: np.savez(f, classes=self.classes, support=self.support, query=self.query,
-                                                   meta=json.dumps(meta)))
+        meta = dict(
+            task=self.task,
+            stream=self.stream,
+            n_way=self.n_way,
+            k_shot=self.n_shot,
+            n_query=self.n_query,
+            seed=self.seed,
+            digest=self.digest,
+        )
+        atomic_write(
+            Path(path),
+            lambda f: np.savez(f, classes=self.classes, support=self.support, query=self.query, meta=json.dumps(meta)),
+        )
 
     @classmethod
     def load(cls, path: Path) -> EpisodeSet:
@@ -255,15 +266,25 @@ class BlindEpisodes:
         support, query = episodes.support, episodes.query
         if handles is not None:
             support, query = handles.of_rows(support), handles.of_rows(query)
-        return cls(n_way=int(episodes.n_way), n_shot=int(episodes.n_shot), classes=_owned(episodes.classes),
-                   support=_owned(support), query=_owned(in_row_order(query)[0]))
+        return cls(
+            n_way=int(episodes.n_way),
+            n_shot=int(episodes.n_shot),
+            classes=_owned(episodes.classes),
+            support=_owned(support),
+            query=_owned(in_row_order(query)[0]),
+        )
 
     def __len__(self) -> int:
         return len(self.classes)
 
     def episode(self, i: int) -> BlindEpisode:
-        return BlindEpisode(index=i, classes=self.classes[i], support_idx=self.support[i],
-                            support_y=np.repeat(np.arange(self.n_way), self.n_shot), query_idx=self.query[i])
+        return BlindEpisode(
+            index=i,
+            classes=self.classes[i],
+            support_idx=self.support[i],
+            support_y=np.repeat(np.arange(self.n_way), self.n_shot),
+            query_idx=self.query[i],
+        )
 
 
 def episode_rng(seed: int, n_way: int, k: int, q: int, i: int) -> np.random.Generator:
@@ -304,14 +325,18 @@ def undrawable(index: PoolIndex, k: int, q: int, class_names) -> tuple[list[str]
         n, scenes = int(sizes.sum()), int((sizes > 0).sum())
         at_all = index.class_can_fill(int(c), 1, q)
         shots = str(k) if at_all else "1"
-        why = (f"{n} image(s), fewer than {shots} + {q}" if n < int(shots) + q else
-               f"{n} images in {scenes} scene(s), which split into no {shots} + {q} scene-disjoint parts")
+        why = (
+            f"{n} image(s), fewer than {shots} + {q}"
+            if n < int(shots) + q
+            else f"{n} images in {scenes} scene(s), which split into no {shots} + {q} scene-disjoint parts"
+        )
         (here if at_all else never).append(f"{class_names[int(c)]} ({why}{'' if at_all else ' at any K'})")
     return never, here
 
 
-def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int, q: int, n_episodes: int,
-                    seed: int, class_names) -> EpisodeSet:
+def sample_episodes(
+    task: str, stream: str, index: PoolIndex, n_way: int, k: int, q: int, n_episodes: int, seed: int, class_names
+) -> EpisodeSet:
     for name, value in (("ways", n_way), ("shots", k), ("queries", q), ("episodes", n_episodes)):
         if int(value) < 1:
             raise UserError(f"--{name} must be a positive integer, got {value}")
@@ -326,10 +351,16 @@ def sample_episodes(task: str, stream: str, index: PoolIndex, n_way: int, k: int
         notice_once(f"task {task}: no {q}-query episode can draw {'; '.join(never)}")
     if here:
         notice_once(f"task {task}: no {k}-shot {q}-query episode can draw {'; '.join(here)}")
-    episodes = [sample_episode(index, n_way, k, q, episode_rng(seed, n_way, k, q, i), eligible, i)
-                for i in range(n_episodes)]
+    episodes = [
+        sample_episode(index, n_way, k, q, episode_rng(seed, n_way, k, q, i), eligible, i) for i in range(n_episodes)
+    ]
     return EpisodeSet(
-        task=task, stream=stream, n_way=n_way, n_shot=k, n_query=q, seed=seed,
+        task=task,
+        stream=stream,
+        n_way=n_way,
+        n_shot=k,
+        n_query=q,
+        seed=seed,
         classes=np.stack([e.classes for e in episodes]),
         support=np.stack([e.support_idx for e in episodes]),
         query=np.stack([e.query_idx for e in episodes]),

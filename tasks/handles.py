@@ -9,6 +9,7 @@ the files' bytes). It is deterministic, so the same data give the same handles o
 
 Only the harness holds a RowHandles object; methods receive arrays already in handle order.
 """
+
 from __future__ import annotations
 
 import hashlib

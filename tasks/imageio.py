@@ -17,6 +17,7 @@ the suite reads goes through this module:
 
 Bump `DECODER_VERSION` when any of this changes: cache keys of decoded images include it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ from common.errors import UserError
 DECODER_VERSION = 2  # bump when decoding changes: caches keyed by it are recomputed
 STRETCH_PERCENTILES = (0.5, 99.5)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"})
-_EIGHT_BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa",
-                              "RGBX"})
+_EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa", "RGBX"}
+)
 
 
 def valid_mask(array: np.ndarray, nodata: float | None = None) -> np.ndarray:
@@ -121,8 +123,10 @@ def read_image(path: str | Path, mode: str = "RGB", what: str = "image") -> Imag
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist; check the dataset folder") from None
     except Image.DecompressionBombError:
-        raise UserError(f"{what} {path} is larger than Pillow's safety limit (a decompression bomb?); split it into "
-                        "tiles or remove it") from None
+        raise UserError(
+            f"{what} {path} is larger than Pillow's safety limit (a decompression bomb?); split it into "
+            "tiles or remove it"
+        ) from None
     except UnidentifiedImageError:
         raise UserError(f"{what} {path} is not an image; replace or remove it") from None
     except (OSError, SyntaxError, ValueError):

@@ -6,6 +6,7 @@ like another, or like nothing; two names that differ only by case, Unicode form 
 `e` and a combining accent, full-width letters) or spacing are one class spelled twice, or two classes no
 reader can tell apart. Both are refused in one line, never merged silently.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -21,8 +22,7 @@ HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 def hidden_characters(name: str) -> list[str]:
     """The characters of `name` that do not show, or show as a plain space but are not one."""
-    return [ch for ch in name if unicodedata.category(ch) in HIDDEN
-            or (unicodedata.category(ch) == "Zs" and ch != " ")]
+    return [ch for ch in name if unicodedata.category(ch) in HIDDEN or (unicodedata.category(ch) == "Zs" and ch != " ")]
 
 
 def look(name: str) -> str:
@@ -39,14 +39,21 @@ def check_class_names(what: str, kind: str, names) -> None:
         if hidden:
             ch = hidden[0]
             described = f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed')}"
-            raise UserError(f"{what}: {kind[:-1] if kind.endswith('s') else kind} {name!r} holds a character "
-                            f"that does not show ({described}); rename it without it")
+            raise UserError(
+                f"{what}: {kind[:-1] if kind.endswith('s') else kind} {name!r} holds a character "
+                f"that does not show ({described}); rename it without it"
+            )
     by_look = defaultdict(list)
     for name in names:
         by_look[look(name)].append(name)
     clash = sorted(n for same in by_look.values() if len(same) > 1 for n in same)
     if clash:
-        how = "case" if all(len({n.casefold() for n in same}) == 1 for same in by_look.values() if len(same) > 1) \
+        how = (
+            "case"
+            if all(len({n.casefold() for n in same}) == 1 for same in by_look.values() if len(same) > 1)
             else "case, Unicode form or spacing"
-        raise UserError(f"{what}: {kind} {', '.join(repr(c) for c in clash)} differ only by {how}; spell each "
-                        "class one way (rename or merge them)")
+        )
+        raise UserError(
+            f"{what}: {kind} {', '.join(repr(c) for c in clash)} differ only by {how}; spell each "
+            "class one way (rename or merge them)"
+        )

@@ -13,6 +13,7 @@ draw, so a shots curve compares nested training sets. Two exceptions, both as Ma
 - with `cap`, a class with fewer than K training images gives all it has (else that K is refused), and the
   draw names the capped classes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,8 +53,9 @@ class FixedKSet(NamedTuple):
         (`test_order` puts scores answered in that order back in test_idx's)."""
         if handles is None:
             return BlindFixedKSet(self.train_idx.copy(), self.train_y.copy(), self.test_idx.copy())
-        return BlindFixedKSet(handles.of_rows(self.train_idx), self.train_y.copy(),
-                              np.sort(handles.of_rows(self.test_idx)))
+        return BlindFixedKSet(
+            handles.of_rows(self.train_idx), self.train_y.copy(), np.sort(handles.of_rows(self.test_idx))
+        )
 
     def test_order(self, handles) -> np.ndarray:
         """For each row of test_idx, its position in blind(handles).test_idx."""
@@ -75,8 +77,9 @@ def fixed_k_pools(task: Task) -> FixedKPools:
         train, test, source = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "test"), "splits"
     else:
         pool = np.asarray(task.target, dtype=np.int64)
-        a, b = scene_split(table.labels[pool], table.groups[pool], seed=SPLIT_SEED, n_folds=HALF_FOLDS,
-                           target_folds=HALF_TEST_FOLDS)
+        a, b = scene_split(
+            table.labels[pool], table.groups[pool], seed=SPLIT_SEED, n_folds=HALF_FOLDS, target_folds=HALF_TEST_FOLDS
+        )
         train, test, source = pool[a], pool[b], "scene halves"
     classes = np.unique(table.labels[np.concatenate([train, test])])
     return FixedKPools(train=train, test=test, classes=classes, source=source)
@@ -97,8 +100,7 @@ def pretraining_pool(task: Task, pools: FixedKPools) -> str:
         return "pre-training pool: none (every image of the task is drawn from or scored)"
     if pools.source == "splits":
         splits = sorted({str(s) for s in task.table.splits[base]})
-        return (f"pre-training pool: the {' + '.join(splits)} split ({len(base)} images), neither drawn from nor "
-                "scored")
+        return f"pre-training pool: the {' + '.join(splits)} split ({len(base)} images), neither drawn from nor scored"
     return f"pre-training pool: the task's base pool ({len(base)} images), outside the two scene halves"
 
 
@@ -138,13 +140,17 @@ def fixed_k_draw(task: Task, k: int, cap: bool = False, pools: FixedKPools | Non
     if short and not cap:
         verb = "has" if len(short) == 1 else "have"
         advice = f"use --shots {min(counts)} or fewer" if min(counts) >= 1 else "use another task"
-        raise UserError(f"task {task.name}: fixed-K with {k} shots needs {k} training images per class, but "
-                        f"{', '.join(f'{name} ({n})' for name, n in short)} {verb} fewer in its training "
-                        f"{pools.source}; {advice}, or --cap to take all of a smaller class")
+        raise UserError(
+            f"task {task.name}: fixed-K with {k} shots needs {k} training images per class, but "
+            f"{', '.join(f'{name} ({n})' for name, n in short)} {verb} fewer in its training "
+            f"{pools.source}; {advice}, or --cap to take all of a smaller class"
+        )
     empty = [name for name, n in short if n == 0]
     if empty:
-        raise UserError(f"task {task.name}: {', '.join(empty)} has no training image in its training {pools.source}; "
-                        "use another task")
+        raise UserError(
+            f"task {task.name}: {', '.join(empty)} has no training image in its training {pools.source}; "
+            "use another task"
+        )
     return FixedKDraw("random", tuple(f"{name} ({n})" for name, n in short))
 
 
@@ -162,19 +168,30 @@ def fixed_k_sets(task: Task, k: int, seeds, cap: bool = False, pools: FixedKPool
     if listed is not None:
         unknown = sorted({task.class_names[c] for c in labels[listed]} - {task.class_names[c] for c in pools.classes})
         if unknown:
-            raise UserError(f"task {task.name}: Mars-Bench's {k}-shot list holds class(es) {', '.join(unknown)} "
-                            "that the test split lacks")
+            raise UserError(
+                f"task {task.name}: Mars-Bench's {k}-shot list holds class(es) {', '.join(unknown)} "
+                "that the test split lacks"
+            )
         order = np.argsort([position[int(c)] for c in labels[listed]], kind="stable")
         train_idx = listed[order]
         train_y = np.array([position[int(c)] for c in labels[train_idx]], dtype=np.int64)
-        return [FixedKSet(train_idx=train_idx.copy(), train_y=train_y.copy(), test_idx=pools.test.copy(),
-                          test_y=test_y) for _ in seeds]
+        return [
+            FixedKSet(train_idx=train_idx.copy(), train_y=train_y.copy(), test_idx=pools.test.copy(), test_y=test_y)
+            for _ in seeds
+        ]
     by_class = [np.sort(pools.train[labels[pools.train] == c]) for c in pools.classes]
     sets = []
     for seed in seeds:
-        drawn = [np.random.default_rng(np.random.SeedSequence([int(seed), int(c), DRAW_TAG])).permutation(imgs)[:k]
-                 for c, imgs in zip(pools.classes, by_class)]
-        sets.append(FixedKSet(train_idx=np.concatenate(drawn).astype(np.int64),
-                              train_y=np.repeat(np.arange(len(pools.classes)), [len(d) for d in drawn]),
-                              test_idx=pools.test.copy(), test_y=test_y))
+        drawn = [
+            np.random.default_rng(np.random.SeedSequence([int(seed), int(c), DRAW_TAG])).permutation(imgs)[:k]
+            for c, imgs in zip(pools.classes, by_class)
+        ]
+        sets.append(
+            FixedKSet(
+                train_idx=np.concatenate(drawn).astype(np.int64),
+                train_y=np.repeat(np.arange(len(pools.classes)), [len(d) for d in drawn]),
+                test_idx=pools.test.copy(),
+                test_y=test_y,
+            )
+        )
     return sets

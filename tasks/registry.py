@@ -4,6 +4,7 @@ Named tasks are registered with `@register_task(name, description)` on a functio
 points of group `marsfsl.tasks` add outside ones, as (description, function) pairs); `folder:PATH` and
 `csv:PATH` make a task of a user's own images.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,12 +82,20 @@ class Task:
         if self.name.endswith(VALIDATION_SUFFIX):
             raise UserError(f"task {self.name} is a validation task already")
         if self.plain is not None:  # its episodes are the plain task's target episodes
-            raise UserError(f"task {self.name}: take the validation split before adding a source "
-                            "(load_task(name, data_dir, source=..., split='validation'))")
-        base, validation = validation_split(self.table.labels, self.table.groups, self.base, self.target,
-                                            VALIDATION_SEED)
-        return replace(self, name=self.name + VALIDATION_SUFFIX, description=f"{self.description}; validation "
-                       "slice of its base pool", base=base, target=validation)
+            raise UserError(
+                f"task {self.name}: take the validation split before adding a source "
+                "(load_task(name, data_dir, source=..., split='validation'))"
+            )
+        base, validation = validation_split(
+            self.table.labels, self.table.groups, self.base, self.target, VALIDATION_SEED
+        )
+        return replace(
+            self,
+            name=self.name + VALIDATION_SUFFIX,
+            description=f"{self.description}; validation slice of its base pool",
+            base=base,
+            target=validation,
+        )
 
     def target_index(self) -> PoolIndex:
         return PoolIndex(self.table.labels, self.table.groups, self.target)
@@ -95,13 +104,15 @@ class Task:
         if self.plain is not None:  # the target rows lead the table: a source leaves every episode as it is
             return self.plain.episodes(n_way, n_shot, n_query, n_episodes, seed)
         stream = f"{self.name}|{self.identity()}|{n_way}|{n_shot}|{n_query}|{seed}|v{SAMPLER_VERSION}"
-        return sample_episodes(self.name, stream, self.target_index(), n_way, n_shot, n_query, n_episodes,
-                               seed, self.class_names)
+        return sample_episodes(
+            self.name, stream, self.target_index(), n_way, n_shot, n_query, n_episodes, seed, self.class_names
+        )
 
 
 # name -> (description, make)
-TASKS = Registry("task", "marsfsl.tasks",
-                 hint=lambda reg: f"known: {', '.join(reg)}, or folder:PATH, csv:PATH, marsbench:PATH")
+TASKS = Registry(
+    "task", "marsfsl.tasks", hint=lambda reg: f"known: {', '.join(reg)}, or folder:PATH, csv:PATH, marsbench:PATH"
+)
 
 
 def register_task(name: str, description: str):
@@ -121,13 +132,26 @@ def region_task(name: str, table: ImageTable, description: str) -> Task:
 
 @register_task("hirise-regions", "HiRISE v1, scene-disjoint base/target regions (default)")
 def make_hirise_regions(data_dir: Path) -> Task:
-    return region_task("hirise-regions", load_dataset("hirise-v1", data_dir),
-                       "HiRISE v1, observations split 60/40 per class into base and target regions")
+    return region_task(
+        "hirise-regions",
+        load_dataset("hirise-v1", data_dir),
+        "HiRISE v1, observations split 60/40 per class into base and target regions",
+    )
 
 
 # A fixed class-disjoint split of AID's 30 classes (drawn once with numpy seed 0, written out here).
-AID_TARGET_CLASSES = ("Airport", "BareLand", "Beach", "Desert", "Farmland", "Meadow", "Mountain", "Pond",
-                      "River", "Viaduct")
+AID_TARGET_CLASSES = (
+    "Airport",
+    "BareLand",
+    "Beach",
+    "Desert",
+    "Farmland",
+    "Meadow",
+    "Mountain",
+    "Pond",
+    "River",
+    "Viaduct",
+)
 
 
 @register_task("aid-classes", "AID Earth scenes, 20 base / 10 target classes")
@@ -141,8 +165,13 @@ def make_aid_classes(data_dir: Path) -> Task:
 def make_domars16k(data_dir: Path) -> Task:
     table = load_dataset("domars16k", data_dir)
     splits = table.splits
-    return Task("domars16k", "DoMars16k (CTX): base = train + val, target = test", table,
-                np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))
+    return Task(
+        "domars16k",
+        "DoMars16k (CTX): base = train + val, target = test",
+        table,
+        np.flatnonzero(splits != "test"),
+        np.flatnonzero(splits == "test"),
+    )
 
 
 @register_task("ctx-craters", "CTX crater / non-crater windows, grouped by CTX tile, base/target by tiles")
@@ -153,8 +182,13 @@ def make_ctx_craters(data_dir: Path) -> Task:
     # copies of a window in two tiles become one scene, named by one tile, so tile_split keeps them on one side
     table = identify_copies(load_ctx_craters(data_dir))
     base, target = tile_split(table)
-    return Task("ctx-craters", "CTX crater / non-crater windows; base = left tile column, target = 6 other tiles",
-                table, base, target)
+    return Task(
+        "ctx-craters",
+        "CTX crater / non-crater windows; base = left tile column, target = 6 other tiles",
+        table,
+        base,
+        target,
+    )
 
 
 PREFIXES = ("folder:", "csv:", "marsbench:")
@@ -168,14 +202,25 @@ def user_table_task(spec: str, data_dir: Path) -> Task:
     table = load_dataset(spec, data_dir)
     pools = np.array([split_pool(s) for s in table.splits], dtype=object)
     if (pools == "target").any():
-        return Task(table.name, f"{table.name} (its own base/target split)", table,
-                    np.flatnonzero(pools == "base"), np.flatnonzero(pools == "target"))
+        return Task(
+            table.name,
+            f"{table.name} (its own base/target split)",
+            table,
+            np.flatnonzero(pools == "base"),
+            np.flatnonzero(pools == "target"),
+        )
     return region_task(table.name, table, f"{table.name}, scene-disjoint 60/40 base/target split")
 
 
-def load_task(name: str, data_dir: Path | str, source: str | None = None, split: str = DEFAULTS.split,
-              keep_out: Sequence[Path | str] = (), image_size: int = PIXEL_CHECK_SIZE,
-              source_disjoint: bool = False) -> Task:
+def load_task(
+    name: str,
+    data_dir: Path | str,
+    source: str | None = None,
+    split: str = DEFAULTS.split,
+    keep_out: Sequence[Path | str] = (),
+    image_size: int = PIXEL_CHECK_SIZE,
+    source_disjoint: bool = False,
+) -> Task:
     """The task `name` (`NAME@validation`: NAME's validation task, Task.validation), its `split`, and with
     `source` the same task whose base pool is the source's images (see with_source; `keep_out`: files the
     source must not hold either, such as a scene being mapped; `image_size`: the size at which the source's
@@ -228,14 +273,22 @@ def source_rows(spec: str, data_dir: Path) -> tuple[ImageTable, np.ndarray]:
         table = load_dataset(spec, data_dir)
     except UserError as exc:
         if str(exc).startswith("unknown dataset"):
-            raise UserError(f"--source {spec!r} is neither a task ({', '.join(TASKS)}) nor a dataset "
-                            "(hirise-v1, aid, ..., csv:PATH, folder:PATH, marsbench:PATH)") from None
+            raise UserError(
+                f"--source {spec!r} is neither a task ({', '.join(TASKS)}) nor a dataset "
+                "(hirise-v1, aid, ..., csv:PATH, folder:PATH, marsbench:PATH)"
+            ) from None
         raise
     return table, np.arange(len(table), dtype=np.int64)
 
 
-def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path | str] = (),
-                image_size: int = PIXEL_CHECK_SIZE, disjoint: bool = False) -> Task:
+def with_source(
+    task: Task,
+    spec: str,
+    data_dir: Path,
+    keep_out: Sequence[Path | str] = (),
+    image_size: int = PIXEL_CHECK_SIZE,
+    disjoint: bool = False,
+) -> Task:
     """`task` whose base pool is `spec`'s images: the table is the task's rows followed by the source's (their
     classes and groups renamed `SPEC/...` so that they never meet the task's), base = the source's rows,
     target = the task's target rows, unchanged, so the episodes are the same as without a source.
@@ -255,22 +308,41 @@ def with_source(task: Task, spec: str, data_dir: Path, keep_out: Sequence[Path |
     overlap = scene_overlap(spec, task.table, task.target, src_table, rows)
     if overlap is not None and overlap.shared:
         if disjoint:
-            raise UserError(f"{overlap.line(task.name)}; --source-disjoint refuses it: choose a source without "
-                            "these scenes")
+            raise UserError(
+                f"{overlap.line(task.name)}; --source-disjoint refuses it: choose a source without these scenes"
+            )
         notice_once(f"{overlap.line(task.name)}; --source-disjoint refuses such a source")
     n = len(task.table)
     src = src_table.frame.iloc[rows]
     kept, dense = np.unique(src_table.labels[rows], return_inverse=True)
-    frame = pd.concat([task.table.frame, pd.DataFrame({
-        "path": src["path"].to_numpy(), "label": dense.astype(np.int64) + len(task.class_names),
-        "group": [f"{spec}/{g}" for g in src["group"]], "split": "",  # the source's splits mean nothing here
-    })], ignore_index=True)
+    frame = pd.concat(
+        [
+            task.table.frame,
+            pd.DataFrame(
+                {
+                    "path": src["path"].to_numpy(),
+                    "label": dense.astype(np.int64) + len(task.class_names),
+                    "group": [f"{spec}/{g}" for g in src["group"]],
+                    "split": "",  # the source's splits mean nothing here
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     classes = task.class_names + tuple(f"{spec}/{src_table.class_names[c]}" for c in kept)
-    table = ImageTable(name=f"{task.table.name}+{spec}", frame=frame, class_names=classes,
-                       parts=(task.table, src_table))
-    return Task(f"{task.name}+{spec}", f"{task.description}; base pool: {spec}", table,
-                np.arange(n, len(frame), dtype=np.int64), np.asarray(task.target, dtype=np.int64), source=spec,
-                plain=task, overlap=overlap)
+    table = ImageTable(
+        name=f"{task.table.name}+{spec}", frame=frame, class_names=classes, parts=(task.table, src_table)
+    )
+    return Task(
+        f"{task.name}+{spec}",
+        f"{task.description}; base pool: {spec}",
+        table,
+        np.arange(n, len(frame), dtype=np.int64),
+        np.asarray(task.target, dtype=np.int64),
+        source=spec,
+        plain=task,
+        overlap=overlap,
+    )
 
 
 def check_shared_files(task: Task, spec: str, src_table: ImageTable, rows: np.ndarray, keep_out) -> None:
@@ -285,8 +357,10 @@ def check_shared_files(task: Task, spec: str, src_table: ImageTable, rows: np.nd
     if shared:
         named = "; ".join(f"{p} = {q}" for p, q in shared[:3])
         what = f"task {task.name}" + (" or the scene being mapped" if len(keep_out) else "")
-        raise UserError(f"--source {spec} shares {len(shared)} image(s) with {what} (same file content): "
-                        f"{named}; choose a source without these images")
+        raise UserError(
+            f"--source {spec} shares {len(shared)} image(s) with {what} (same file content): "
+            f"{named}; choose a source without these images"
+        )
 
 
 def check_shared_pixels(task: Task, spec: str, src_table: ImageTable, rows: np.ndarray, size: int) -> None:
@@ -295,17 +369,22 @@ def check_shared_pixels(task: Task, spec: str, src_table: ImageTable, rows: np.n
     from tasks.datasets.pixels import NEAR_RMS, THUMB, near_pairs, pixel_signatures
 
     ours, our_thumbs = pixel_signatures(task.table.paths, task.table.content_digests(), size)
-    theirs, their_thumbs = pixel_signatures(src_table.paths[rows],
-                                            np.asarray(src_table.content_digests(), dtype=object)[rows], size)
+    theirs, their_thumbs = pixel_signatures(
+        src_table.paths[rows], np.asarray(src_table.content_digests(), dtype=object)[rows], size
+    )
     where = dict(zip(ours, task.table.paths))
     shared = [(p, where[d]) for p, d in zip(src_table.paths[rows], theirs) if d in where]
     if shared:
         named = "; ".join(f"{p} = {q}" for p, q in shared[:3])
-        raise UserError(f"--source {spec} holds {len(shared)} image(s) of task {task.name} with the same pixels at "
-                        f"{size} px in other bytes (re-encoded copies): {named}; choose a source without these images")
+        raise UserError(
+            f"--source {spec} holds {len(shared)} image(s) of task {task.name} with the same pixels at "
+            f"{size} px in other bytes (re-encoded copies): {named}; choose a source without these images"
+        )
     near = near_pairs(our_thumbs, their_thumbs)
     if near:
         i, j = near[0]
-        notice_once(f"--source {spec} holds {len(near)} image(s) nearly identical to one of task {task.name}'s "
-                    f"({THUMB}x{THUMB} thumbnails within {NEAR_RMS:g} grey levels), e.g. {src_table.paths[rows][j]} ~ "
-                    f"{task.table.paths[i]}: resized or lossy copies would put the task's images in pre-training")
+        notice_once(
+            f"--source {spec} holds {len(near)} image(s) nearly identical to one of task {task.name}'s "
+            f"({THUMB}x{THUMB} thumbnails within {NEAR_RMS:g} grey levels), e.g. {src_table.paths[rows][j]} ~ "
+            f"{task.table.paths[i]}: resized or lossy copies would put the task's images in pre-training"
+        )

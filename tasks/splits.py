@@ -1,4 +1,5 @@
 """Base/target partitions of a dataset: scene-disjoint ("region transfer") or class-disjoint."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,8 +9,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 
-def scene_split(labels: np.ndarray, groups: np.ndarray, seed: int, n_folds: int = 5,
-                target_folds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def scene_split(
+    labels: np.ndarray, groups: np.ndarray, seed: int, n_folds: int = 5, target_folds: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """(base, target) indices: each class divides about (n_folds - target_folds) : target_folds while no
     group is on both sides. StratifiedGroupKFold balances class proportions across folds, which a plain
     random split of groups does not (landforms cluster in few scenes)."""
@@ -43,9 +45,16 @@ def class_split(labels: np.ndarray, class_names, target_classes) -> tuple[np.nda
     return np.flatnonzero(~in_target), np.flatnonzero(in_target)
 
 
-def validation_split(labels: np.ndarray, groups: np.ndarray, base: np.ndarray, target: np.ndarray, seed: int,
-                     n_folds: int = 5, fills: tuple[tuple[int, int], ...] = ((1, 1), (5, 15)),
-                     max_share: float = 1 / 3) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    base: np.ndarray,
+    target: np.ndarray,
+    seed: int,
+    n_folds: int = 5,
+    fills: tuple[tuple[int, int], ...] = ((1, 1), (5, 15)),
+    max_share: float = 1 / 3,
+) -> tuple[np.ndarray, np.ndarray]:
     """(pre-training, validation) table indices, both inside `base`: the slice that settings are chosen on.
 
     Where the task is class-disjoint (no target class among the base classes), whole base classes are held
@@ -87,8 +96,9 @@ def validation_split(labels: np.ndarray, groups: np.ndarray, base: np.ndarray, t
                 spare = sorted((g for g in sizes if g not in chosen), key=lambda g: (sizes[g], g))
                 # a class's last scene outside the slice stays there: pre-training keeps some of every class;
                 # and the slice stops growing at `max_share` of the base pool
-                while len(spare) > 1 and not PoolIndex(labels, groups, base[np.isin(base_groups, list(chosen))]) \
-                        .class_can_fill(int(c), k, q):
+                while len(spare) > 1 and not PoolIndex(
+                    labels, groups, base[np.isin(base_groups, list(chosen))]
+                ).class_can_fill(int(c), k, q):
                     if np.isin(base_groups, list(chosen | {spare[0]})).sum() > max_share * len(base):
                         break
                     chosen.add(spare.pop(0))

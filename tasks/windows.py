@@ -5,6 +5,7 @@ and column are aligned to the far edges, so every pixel is covered. Every pixel 
 centre is nearest along each axis (its *cell*); with stride = window / 2 the interior cells are the windows'
 central halves. Used by the mapping harness and by datasets cut from scenes (ctx-craters).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,13 +44,17 @@ class WindowGrid:
         if self.window < 1 or self.stride < 1:
             raise UserError(f"--window and --stride must be positive, got {self.window} and {self.stride}")
         if self.stride > self.window:
-            raise UserError(f"--stride {self.stride} is larger than --window {self.window}: pixels between "
-                            "windows would be mapped without being seen")
+            raise UserError(
+                f"--stride {self.stride} is larger than --window {self.window}: pixels between "
+                "windows would be mapped without being seen"
+            )
         object.__setattr__(self, "xs", window_starts(self.width, self.window, self.stride))
         object.__setattr__(self, "ys", window_starts(self.height, self.window, self.stride))
         if self.n > MAX_WINDOWS:
-            raise UserError(f"{self.n} windows (window {self.window}, stride {self.stride}) exceed {MAX_WINDOWS}; "
-                            "use a larger --stride")
+            raise UserError(
+                f"{self.n} windows (window {self.window}, stride {self.stride}) exceed {MAX_WINDOWS}; "
+                "use a larger --stride"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -13,6 +13,7 @@ exactly chance on balanced queries) where its trick finds nothing:
 - `cheat-gc`: searches the interpreter's objects for the harness's episode set and row handles.
 tests/test_cheating_plugins.py runs them in-process and under --isolate.
 """
+
 from __future__ import annotations
 
 import gc
@@ -165,8 +166,11 @@ class ManifestReader(Cheat):
                     support, query = z["support"], z["query"]
             except (OSError, ValueError, KeyError):
                 continue
-            match = np.flatnonzero((support == self.support_idx[None, :]).all(1)) if support.shape[1:] == \
-                self.support_idx.shape else []
+            match = (
+                np.flatnonzero((support == self.support_idx[None, :]).all(1))
+                if support.shape[1:] == self.support_idx.shape
+                else []
+            )
             if len(match):
                 layout = query[match[0]]
                 per_class = len(layout) // self.n_way
@@ -219,8 +223,11 @@ class GarbageSearcher(Cheat):
         for episodes in (o for o in objects if isinstance(o, EpisodeSet)):
             for handle_map in handles or [None]:
                 support = episodes.support if handle_map is None else handle_map.of_rows(episodes.support)
-                match = np.flatnonzero((support == self.support_idx[None, :]).all(1)) \
-                    if support.shape[1:] == self.support_idx.shape else []
+                match = (
+                    np.flatnonzero((support == self.support_idx[None, :]).all(1))
+                    if support.shape[1:] == self.support_idx.shape
+                    else []
+                )
                 if len(match):
                     layout = episodes.query[match[0]]
                     if handle_map is not None:

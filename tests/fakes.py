@@ -3,6 +3,7 @@
 Images are a few pixels wide, coloured by class and shaded by group, so loaders, decoders and samplers
 can be exercised in milliseconds without the real data.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,16 @@ from PIL import Image
 
 from tasks.datasets import table_from_rows
 
-PALETTE = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200), (40, 200, 200),
-           (120, 120, 120), (250, 150, 50)]
+PALETTE = [
+    (200, 40, 40),
+    (40, 200, 40),
+    (40, 40, 200),
+    (200, 200, 40),
+    (200, 40, 200),
+    (40, 200, 200),
+    (120, 120, 120),
+    (250, 150, 50),
+]
 
 
 def write_image(path: Path, label: int, group: int = 0, size: int = 12, mode: str = "RGB") -> Path:
@@ -64,8 +73,9 @@ def aid_like(data_dir: Path, classes=("Airport", "Beach", "Desert"), per_class: 
 DOMARS_CODES = ("aec", "cra", "smo")
 
 
-def domars16k_like(data_dir: Path, top: str | None = "data", codes=DOMARS_CODES, products: int = 3,
-                   per_product: int = 2) -> Path:
+def domars16k_like(
+    data_dir: Path, top: str | None = "data", codes=DOMARS_CODES, products: int = 3, per_product: int = 2
+) -> Path:
     """data_dir/domars16k[/top]/{train,val,test}/<code>/<CTX product>_CX<x>_CY<y>.jpg."""
     root = Path(data_dir) / "domars16k"
     if top:
@@ -86,8 +96,9 @@ def folder_like(root: Path, classes=("dunes", "craters", "plains"), per_class: i
     return Path(root)
 
 
-def csv_like(root: Path, classes=("dunes", "craters"), groups: int = 3, per_group: int = 2,
-             target_groups: int = 1) -> Path:
+def csv_like(
+    root: Path, classes=("dunes", "craters"), groups: int = 3, per_group: int = 2, target_groups: int = 1
+) -> Path:
     """root/labels.csv with path,label,group,split (relative paths; the last `target_groups` scenes of each
     class are its target split), images in root/img/."""
     rows = ["path,label,group,split"]
@@ -106,8 +117,9 @@ def zip_folder(folder: Path, archive: Path, arcroot: str = "") -> Path:
     with zipfile.ZipFile(archive, "w") as zf:
         for path in sorted(Path(folder).rglob("*")):
             if path.is_file():
-                zf.write(path, str(Path(arcroot) / path.relative_to(folder)) if arcroot else
-                         str(path.relative_to(folder)))
+                zf.write(
+                    path, str(Path(arcroot) / path.relative_to(folder)) if arcroot else str(path.relative_to(folder))
+                )
     return archive
 
 
@@ -140,8 +152,14 @@ def evil_tar(archive: Path, member: str = "../escaped.txt", link_to: str | None 
     return archive
 
 
-def grouped_table(n_classes: int = 6, n_groups: int = 12, seed: int = 0, min_images: int = 1, max_images: int = 6,
-                  classes_per_group=(1, 3)):
+def grouped_table(
+    n_classes: int = 6,
+    n_groups: int = 12,
+    seed: int = 0,
+    min_images: int = 1,
+    max_images: int = 6,
+    classes_per_group=(1, 3),
+):
     """A table without image files whose groups hold several classes each (scenes with several landforms),
     with uneven sizes; for sampler and split tests."""
     rng = np.random.default_rng(seed)

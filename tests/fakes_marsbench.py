@@ -1,6 +1,7 @@
 """A miniature Mars-Bench classification set in the layout Mars-Bench's loaders read (as torchgeo's fake-data
 generators do): annotation.csv (file_id, feature_name, label, split), data/<split>/<feature_name>/<file_id>
 and optional few_shot/<K>_shot.csv lists, with tiny generated images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,9 @@ from fakes import write_image
 CLASSES = {"aec": 0, "cra": 1, "smo": 2}
 
 
-def marsbench_like(root: Path, classes=CLASSES, counts=None, products: int = 3, naming: str = "ctx",
-                   shot_lists=()) -> Path:
+def marsbench_like(
+    root: Path, classes=CLASSES, counts=None, products: int = 3, naming: str = "ctx", shot_lists=()
+) -> Path:
     """root/{annotation.csv, data/...}; counts[split][class] images (default train 6, val 2, test 4 per class),
     spread over `products` scenes per split. naming: "ctx" (DoMars16k-like) or "plain" (img<n>.png, no scene).
     shot_lists: K values for which few_shot/<K>_shot.csv lists the first K training images of each class

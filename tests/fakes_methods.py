@@ -4,6 +4,7 @@ Frozen ImageNet features separate the classes easily, so every sensible method b
 per episode. Groups ("scenes") are split between base and target pools, and each class has several groups
 in each, so scene-disjoint episodes can be drawn from both pools.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,9 @@ def class_image(label: int, group: int, i: int, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_task(root: Path, n_classes: int = 4, groups_per_class: int = 6, per_group: int = 4, size: int = 32,
-              base_groups: int = 3) -> Task:
+def make_task(
+    root: Path, n_classes: int = 4, groups_per_class: int = 6, per_group: int = 4, size: int = 32, base_groups: int = 3
+) -> Task:
     """PNG files under root; groups 0..base_groups-1 of every class form the base pool, the rest the target."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

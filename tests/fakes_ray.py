@@ -1,6 +1,7 @@
 """Plugin methods for the Ray executor's tests: protonet whose first batch on a Ray worker kills that worker's
 process (once: a marker file says it happened), as a machine lost mid-run would; and spies that search the
 process they answer in for query labels, as an adversarial plugin would."""
+
 from __future__ import annotations
 
 import os

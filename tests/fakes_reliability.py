@@ -1,4 +1,5 @@
 """Helpers for the reliability tests: tiny PNG datasets, `bench` as a subprocess, result rows to compare."""
+
 from __future__ import annotations
 
 import csv
@@ -37,19 +38,46 @@ def bench_env(**extra) -> dict:
 
 
 def bench(*args, cwd=None, timeout=600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BENCH), *map(str, args)], capture_output=True, text=True, env=bench_env(**env),
-                          cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [str(BENCH), *map(str, args)], capture_output=True, text=True, env=bench_env(**env), cwd=cwd, timeout=timeout
+    )
 
 
 def bench_popen(*args, cwd=None, **env) -> subprocess.Popen:
-    return subprocess.Popen([str(BENCH), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=bench_env(**env), cwd=cwd)
+    return subprocess.Popen(
+        [str(BENCH), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=bench_env(**env),
+        cwd=cwd,
+    )
 
 
 def run_args(data: Path, out: Path, cache: Path, *extra, method="linear-probe", episodes=6, shots="1") -> list:
-    return ["run", "--method", method, "--task", f"folder:{data}", "--shots", shots, "--ways", "3",
-            "--queries", "2", "--episodes", episodes, "--image-size", "32", "--quiet", "--cache-dir", cache,
-            "--out", out, *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--task",
+        f"folder:{data}",
+        "--shots",
+        shots,
+        "--ways",
+        "3",
+        "--queries",
+        "2",
+        "--episodes",
+        episodes,
+        "--image-size",
+        "32",
+        "--quiet",
+        "--cache-dir",
+        cache,
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def read_rows(path: Path) -> list[dict]:

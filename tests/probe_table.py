@@ -4,6 +4,7 @@ protonet beside them, in-process or under --isolate.
     BENCH_DATA_DIR=../shared/data python tests/probe_table.py --task aid-classes --ways 5 --shots 1
     python tests/probe_table.py --task folder:PATH --ways 3 --queries 5 --image-size 32 [--isolate]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,29 @@ def main() -> None:
     data_dir = Path(os.environ.get("BENCH_DATA_DIR", "data"))
     disk = args.disk or (args.task.split(":", 1)[1] if args.task.startswith("folder:") else str(data_dir))
     out = Path(args.out)
-    names = ["protonet", "cheat-rows", "cheat-paths", "cheat-memory-features", "cheat-memory-rows",
-             f"cheat-manifests:out={out}", f"cheat-disk:data={disk}", "cheat-gc", "cheat-memory-shm"]
-    common = dict(task=args.task, shots=[args.shots], n_way=args.ways, n_query=args.queries, episodes=args.episodes,
-                  image_size=args.image_size, data_dir=data_dir, out=out, isolate=args.isolate, reuse_stale=True)
+    names = [
+        "protonet",
+        "cheat-rows",
+        "cheat-paths",
+        "cheat-memory-features",
+        "cheat-memory-rows",
+        f"cheat-manifests:out={out}",
+        f"cheat-disk:data={disk}",
+        "cheat-gc",
+        "cheat-memory-shm",
+    ]
+    common = dict(
+        task=args.task,
+        shots=[args.shots],
+        n_way=args.ways,
+        n_query=args.queries,
+        episodes=args.episodes,
+        image_size=args.image_size,
+        data_dir=data_dir,
+        out=out,
+        isolate=args.isolate,
+        reuse_stale=True,
+    )
     print(f"| plugin | {args.task} {args.ways}-way {args.shots}-shot{' --isolate' if args.isolate else ''} |")
     print("|---|---|")
     for name in names:
@@ -46,9 +66,13 @@ def main() -> None:
         try:
             rows = run_benchmark(RunConfig(methods=[MethodSpec.parse(name)], **common), failures=failures)
             why = str(failures[0]) if failures else ""
-            result = ("refused: answers depend on earlier episodes" if "depend on earlier" in why else
-                      f"failed: {why[:80]}" if failures else
-                      f"{100 * rows['accuracy'].mean():.1f} % ({len(rows)} episodes)")
+            result = (
+                "refused: answers depend on earlier episodes"
+                if "depend on earlier" in why
+                else f"failed: {why[:80]}"
+                if failures
+                else f"{100 * rows['accuracy'].mean():.1f} % ({len(rows)} episodes)"
+            )
         finally:
             cheating_plugins.SharedMemory.remove()
         print(f"| {name.split(':')[0]} | {result} |", flush=True)

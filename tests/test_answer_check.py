@@ -1,6 +1,7 @@
 """Every built-in method's answers depend on its episode and prepared state alone: a fresh process that answers
 a few of its episodes again gets the same scores, so the harness keeps its rows (benchmark/runner.py,
 check_answers_again). Cheating plugins that remember are refused in tests/test_cheating_plugins.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.answer_check
 
 
 def spec(name: str) -> str:
-    options = {**FAST_OPTIONS.get(name, {}), **({"val_folds": 2} if name.startswith("sdft") or name == "base-classifier"
-                                                else {})}
+    options = {
+        **FAST_OPTIONS.get(name, {}),
+        **({"val_folds": 2} if name.startswith("sdft") or name == "base-classifier" else {}),
+    }
     return name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
 
 
@@ -30,9 +33,18 @@ def test_the_checked_episodes_are_the_last_and_some_drawn_from_the_seed():
 @pytest.mark.parametrize("name", builtin_method_names())
 def test_every_builtin_passes_the_check(name, data, tmp_path, capsys):  # noqa: F811
     failures = []
-    config = RunConfig(methods=[MethodSpec.parse(spec(name))], task=f"folder:{data}", shots=[2], n_way=3,
-                       n_query=3, episodes=4, image_size=32, data_dir=data, cache_dir=tmp_path / "cache",
-                       out=tmp_path / "rows.csv")
+    config = RunConfig(
+        methods=[MethodSpec.parse(spec(name))],
+        task=f"folder:{data}",
+        shots=[2],
+        n_way=3,
+        n_query=3,
+        episodes=4,
+        image_size=32,
+        data_dir=data,
+        cache_dir=tmp_path / "cache",
+        out=tmp_path / "rows.csv",
+    )
     rows = run_benchmark(config, failures=failures)
     assert not failures, failures
     assert len(rows) == 4

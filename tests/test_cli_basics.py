@@ -1,5 +1,6 @@
 """Bad input gives one line on stderr and exit code 2: missing data directory or dataset, unknown names (with
 the closest match), infeasible episodes, bad numbers."""
+
 import pytest
 from fakes import csv_like, hirise_v1_like
 
@@ -17,15 +18,31 @@ def one_line_error(capsys, argv) -> str:
 
 
 def run_args(tmp_path, data_dir, *extra):
-    return ["run", "--method", "protonet", "--shots", "1", "--episodes", "2", "--quiet", "--data-dir", str(data_dir),
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.csv"), *extra]
+    return [
+        "run",
+        "--method",
+        "protonet",
+        "--shots",
+        "1",
+        "--episodes",
+        "2",
+        "--quiet",
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out.csv"),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("command", ["run", "verify"])
 def test_missing_data_dir(tmp_path, capsys, command):
     missing = tmp_path / "no-such-dir"
-    argv = run_args(tmp_path, missing) if command == "run" else ["data", "verify", "hirise-v1", "--data-dir",
-                                                                   str(missing)]
+    argv = (
+        run_args(tmp_path, missing) if command == "run" else ["data", "verify", "hirise-v1", "--data-dir", str(missing)]
+    )
     line = one_line_error(capsys, argv)
     assert f"data directory {missing} does not exist" in line and "--data-dir" in line
     assert not (tmp_path / "out.csv").exists()
@@ -33,8 +50,11 @@ def test_missing_data_dir(tmp_path, capsys, command):
 
 @pytest.mark.parametrize("command", ["run", "verify"])
 def test_missing_dataset(tmp_path, capsys, command):
-    argv = run_args(tmp_path, tmp_path) if command == "run" else ["data", "verify", "hirise-v1", "--data-dir",
-                                                                    str(tmp_path)]
+    argv = (
+        run_args(tmp_path, tmp_path)
+        if command == "run"
+        else ["data", "verify", "hirise-v1", "--data-dir", str(tmp_path)]
+    )
     line = one_line_error(capsys, argv)
     assert f"dataset hirise-v1 not found: looked in {tmp_path / 'hirise-v1'}" in line
     assert "bench data download hirise-v1" in line
@@ -64,9 +84,7 @@ def test_infeasible_episodes_through_the_cli(tmp_path, capsys):
     assert not (tmp_path / "out.csv").exists()
 
 
-@pytest.mark.parametrize("flag,value", [("--shots", "0"), ("--shots", "five"), ("--ways", "-1"),
-                                        ("--episodes", "x")])
+@pytest.mark.parametrize("flag,value", [("--shots", "0"), ("--shots", "five"), ("--ways", "-1"), ("--episodes", "x")])
 def test_bad_numbers(tmp_path, capsys, flag, value):
     line = one_line_error(capsys, run_args(tmp_path, tmp_path, flag, value))
     assert flag in line and repr(value) in line
-

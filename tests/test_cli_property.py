@@ -1,5 +1,6 @@
 """Property: whatever arguments `bench run` is given, it either succeeds (exit 0, whole result rows) or prints
 exactly one line `error: ...` with exit code 2, no traceback, and writes no result row."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,28 +22,84 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("property")
     data = make_folder_dataset(root / "data")
     cache = root / "cache"
-    warm = ["run", "--method", "protonet", "--task", f"folder:{data}", "--shots", "1", "--ways", "3", "--queries",
-            "1", "--episodes", "1", "--image-size", "32", "--quiet", "--cache-dir", str(cache), "--out",
-            str(root / "warm.csv")]
+    warm = [
+        "run",
+        "--method",
+        "protonet",
+        "--task",
+        f"folder:{data}",
+        "--shots",
+        "1",
+        "--ways",
+        "3",
+        "--queries",
+        "1",
+        "--episodes",
+        "1",
+        "--image-size",
+        "32",
+        "--quiet",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(root / "warm.csv"),
+    ]
     assert main(warm) == 0
     return {"root": root, "data": data, "cache": cache, "out": root / "out.csv", "missing": root / "no-such-dir"}
 
 
 junk = st.text(max_size=12)
 small = st.integers(-3, 6).map(str)
-numberish = st.one_of(small, junk, st.sampled_from(["", "1.5", "1e3", "0x10", " 2", "2 ", "+2", "-0", "٣", "1,2",
-                                                    "10**9", "99999999999999999999", "nan"]))
+numberish = st.one_of(
+    small,
+    junk,
+    st.sampled_from(
+        ["", "1.5", "1e3", "0x10", " 2", "2 ", "+2", "-0", "٣", "1,2", "10**9", "99999999999999999999", "nan"]
+    ),
+)
 
 # (flag, values): values are strategies of strings; some placeholders are filled in from the fixture
 OPTIONS = {
-    "--method": st.one_of(st.sampled_from(["protonet", "linear-probe", "protonett", "", ":", "protonet:",
-                                           "protonet:steps", "protonet:steps=x", "protonet:=3",
-                                           "linear-probe:C=abc", "linear-probe:bogus=1", "nope:a=1"]), junk),
-    "--task": st.one_of(st.sampled_from(["folder:DATA", "DATA", "hirise-regions", "hirise-region", "aid-classes", "domars16k",
-                                         "folder:MISSING", "csv:MISSING", "folder:", "csv:", "folder:DATA/class0",
-                                         "csv:DATA/class0/0.png", "folder:\x00"]), junk),
-    "--shots": st.one_of(st.sampled_from(["1", "2", "1,2", "3", "1,1", ",1", "2,", "0", "-1", "1,-1", "x"]),
-                         numberish),
+    "--method": st.one_of(
+        st.sampled_from(
+            [
+                "protonet",
+                "linear-probe",
+                "protonett",
+                "",
+                ":",
+                "protonet:",
+                "protonet:steps",
+                "protonet:steps=x",
+                "protonet:=3",
+                "linear-probe:C=abc",
+                "linear-probe:bogus=1",
+                "nope:a=1",
+            ]
+        ),
+        junk,
+    ),
+    "--task": st.one_of(
+        st.sampled_from(
+            [
+                "folder:DATA",
+                "DATA",
+                "hirise-regions",
+                "hirise-region",
+                "aid-classes",
+                "domars16k",
+                "folder:MISSING",
+                "csv:MISSING",
+                "folder:",
+                "csv:",
+                "folder:DATA/class0",
+                "csv:DATA/class0/0.png",
+                "folder:\x00",
+            ]
+        ),
+        junk,
+    ),
+    "--shots": st.one_of(st.sampled_from(["1", "2", "1,2", "3", "1,1", ",1", "2,", "0", "-1", "1,-1", "x"]), numberish),
     "--ways": st.one_of(st.sampled_from(["2", "3", "4", "1"]), numberish),
     "--queries": st.one_of(st.sampled_from(["1", "2", "3"]), numberish),
     "--episodes": st.one_of(st.sampled_from(["1", "2", "3", "100001", "100000000000"]), numberish),
@@ -55,8 +112,14 @@ OPTIONS = {
 }
 
 
-VALID = {"--method": "protonet", "--task": "folder:DATA", "--shots": "1", "--ways": "3", "--queries": "2",
-         "--episodes": "2"}
+VALID = {
+    "--method": "protonet",
+    "--task": "folder:DATA",
+    "--shots": "1",
+    "--ways": "3",
+    "--queries": "2",
+    "--episodes": "2",
+}
 
 
 @st.composite
@@ -94,8 +157,12 @@ def fill(argv: list[str], world) -> list[str]:
     return filled
 
 
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @example(["run", "--method", "protonet", "--task", "folder:DATA", "--shots", "1", "--ways", "3", "--queries", "2"])
 @example(["run", "--method", "linear-probe", "--task", "folder:DATA", "--shots", "1,2", "--ways", "2", "--seed", "3"])
 @example(["run", "--method", "protonet", "--task", "folder:DATA", "--seed", "-1"])

@@ -1,5 +1,6 @@
 """A dataset's cache identity is its content, not its location: file digests (cached by stat), one task name
 per folder however it is spelled, and cache keys (SDFT's step 1 included) shared by every path to the data."""
+
 import hashlib
 import json
 import os
@@ -77,8 +78,14 @@ def spellings(tmp_path: Path, monkeypatch) -> list[str]:
     data = folder_like(tmp_path / "fx" / "good", per_class=6)
     (tmp_path / "link").symlink_to(data, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
-    return ["folder:fx/good", "folder:./fx/good", f"folder:{data}", "folder:fx/good/", f"folder:{tmp_path}/link",
-            "folder:fx/../fx/good"]
+    return [
+        "folder:fx/good",
+        "folder:./fx/good",
+        f"folder:{data}",
+        "folder:fx/good/",
+        f"folder:{tmp_path}/link",
+        "folder:fx/../fx/good",
+    ]
 
 
 def context(task, cache):
@@ -166,9 +173,32 @@ def test_bench_run_resumes_across_spellings_of_one_folder(tmp_path, monkeypatch,
     out = tmp_path / "out.csv"
 
     def run(spelling):
-        return main(["run", "--method", "simpleshot", "--task", spelling, "--shots", "1", "--ways", "3", "--queries",
-                     "2", "--episodes", "3", "--image-size", "32", "--quiet", "--data-dir", str(tmp_path),
-                     "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+        return main(
+            [
+                "run",
+                "--method",
+                "simpleshot",
+                "--task",
+                spelling,
+                "--shots",
+                "1",
+                "--ways",
+                "3",
+                "--queries",
+                "2",
+                "--episodes",
+                "3",
+                "--image-size",
+                "32",
+                "--quiet",
+                "--data-dir",
+                str(tmp_path),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+            ]
+        )
 
     assert run("folder:fx/good") == 0
     rows = out.read_text()

@@ -3,6 +3,7 @@ a rerun reuses a row only when task, source, backbone, method (label, version, c
 scene identity, preprocessing, grid, device and code all match; otherwise it computes anew (another task or
 method label) or refuses in one line as `bench run` does (--fresh recomputes, --reuse-stale keeps rows of
 other code). `bench migrate` brings files of schema 1-3 forward only with the facts their rows cannot tell."""
+
 import csv
 import io
 import re
@@ -23,8 +24,21 @@ from benchmark.migrations import CRATERS_V1, CRATERS_V2, CRATERS_V3, CRATERS_V4
 from benchmark.results import read_results
 from common.errors import UserError
 
-NUMBERS = ("precision", "recall", "f1", "tp", "fp", "fn", "positives", "scored", "ambiguous",
-           "predicted_crater_fraction", "strict_precision", "strict_recall", "strict_f1")
+NUMBERS = (
+    "precision",
+    "recall",
+    "f1",
+    "tp",
+    "fp",
+    "fn",
+    "positives",
+    "scored",
+    "ambiguous",
+    "predicted_crater_fraction",
+    "strict_precision",
+    "strict_recall",
+    "strict_f1",
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +53,34 @@ def data(tmp_path_factory):
 
 def crater_run(data, out, capsys, *extra, task=None, data_dir=None):
     """(exit status, stderr, rows of OUT.csv) of one tiny `bench craters run`."""
-    rc = main(["craters", "run", "--shots", "2", "--seeds", "0", "--window", "256", "--stride", "256",
-               "--image-size", "16", "--task", task or f"folder:{data / 'base'}", "--data-dir",
-               str(data_dir or data / "data"), "--cache-dir", str(data / "cache"), "--work", str(out.parent / "work"),
-               "--out", str(out), "--quiet", *extra])
+    rc = main(
+        [
+            "craters",
+            "run",
+            "--shots",
+            "2",
+            "--seeds",
+            "0",
+            "--window",
+            "256",
+            "--stride",
+            "256",
+            "--image-size",
+            "16",
+            "--task",
+            task or f"folder:{data / 'base'}",
+            "--data-dir",
+            str(data_dir or data / "data"),
+            "--cache-dir",
+            str(data / "cache"),
+            "--work",
+            str(out.parent / "work"),
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     path = Path(f"{out}.csv")
     rows = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
@@ -75,18 +113,28 @@ def test_rows_are_reused_only_under_the_same_inputs(data, tmp_path, capsys, monk
 
     before = Path(f"{out}.csv").read_bytes()
     # another backbone or image size: refused before any work, in one line
-    refused(*crater_run(data, out, capsys, *method, "--backbone", "efficientnet_lite1")[:2],
-            "backbone efficientnet_lite0", "this run uses efficientnet_lite1", "--fresh")
+    refused(
+        *crater_run(data, out, capsys, *method, "--backbone", "efficientnet_lite1")[:2],
+        "backbone efficientnet_lite0",
+        "this run uses efficientnet_lite1",
+        "--fresh",
+    )
     refused(*crater_run(data, out, capsys, *method, "--image-size", "24")[:2], "image size 16", "--fresh")
     # another method version: refused, and --fresh sets the old rows aside and recomputes
     monkeypatch.setattr(methods.simpleshot.SimpleShot, "version", 2)
-    refused(*crater_run(data, out, capsys, *method)[:2], "1 rows of simpleshot K=2 smoothing none", "method version 1",
-            "this run uses 2", "--fresh")
+    refused(
+        *crater_run(data, out, capsys, *method)[:2],
+        "1 rows of simpleshot K=2 smoothing none",
+        "method version 1",
+        "this run uses 2",
+        "--fresh",
+    )
     assert Path(f"{out}.csv").read_bytes() == before
     rc, err, rows = crater_run(data, out, capsys, *method, "--fresh")
     assert rc == 0 and "map in" in err, err
-    assert sorted(r["method_version"] for r in rows if r["method"] == "simpleshot"
-                  and r["task"] == f"folder:{data / 'base'}") == ["2", "2"]
+    assert sorted(
+        r["method_version"] for r in rows if r["method"] == "simpleshot" and r["task"] == f"folder:{data / 'base'}"
+    ) == ["2", "2"]
     aside = list(csv.DictReader(open(out.parent / "ctx.set-aside.csv", newline="")))
     assert [r["method_version"] for r in aside] == ["1", "1"]
     # rows of other code (another git commit): refused unless --reuse-stale
@@ -103,9 +151,12 @@ def test_changed_data_or_scene_is_not_reused(data, tmp_path, capsys):
     shutil.copytree(data / "base", mine / "base")
     shutil.copytree(data / "data", mine / "data")
     out = tmp_path / "out" / "ctx"
+
     def run():
-        return crater_run(data, out, capsys, "--method", "simpleshot", task=f"folder:{mine / 'base'}",
-                          data_dir=mine / "data")
+        return crater_run(
+            data, out, capsys, "--method", "simpleshot", task=f"folder:{mine / 'base'}", data_dir=mine / "data"
+        )
+
     rc, err, rows = run()
     assert rc == 0, err
     image = next((mine / "base" / "dunes").iterdir())
@@ -140,13 +191,15 @@ def test_migrate_needs_the_facts_and_keeps_every_number(data, tmp_path, capsys, 
     assert f"has schema {version}," in str(exc.value) and "--task NAME --backbone NAME" in str(exc.value)
 
     task = f"folder:{data / 'base'}"
-    for facts, words in [(CraterFacts(), "--task NAME --backbone NAME"),
-                         (CraterFacts(task=task), "--task NAME --backbone NAME"),
-                         (CraterFacts(backbone="efficientnet_lite0"), "--task NAME --backbone NAME"),
-                         (CraterFacts(task, "resnet-nope"), "unknown backbone"),
-                         (CraterFacts(task, "efficientnet_lite0", {"simpleshott": 1}), "simpleshott"),
-                         (CraterFacts(task, "efficientnet_lite0", {"simpleshot": 2}), "versions 1 to 1"),
-                         (CraterFacts(str(data / "nope"), "efficientnet_lite0"), "--task")]:
+    for facts, words in [
+        (CraterFacts(), "--task NAME --backbone NAME"),
+        (CraterFacts(task=task), "--task NAME --backbone NAME"),
+        (CraterFacts(backbone="efficientnet_lite0"), "--task NAME --backbone NAME"),
+        (CraterFacts(task, "resnet-nope"), "unknown backbone"),
+        (CraterFacts(task, "efficientnet_lite0", {"simpleshott": 1}), "simpleshott"),
+        (CraterFacts(task, "efficientnet_lite0", {"simpleshot": 2}), "versions 1 to 1"),
+        (CraterFacts(str(data / "nope"), "efficientnet_lite0"), "--task"),
+    ]:
         with pytest.raises(UserError, match=re.escape(words)) as exc:
             migrate_file(path, data / "data", facts=facts)
         assert "\n" not in str(exc.value)
@@ -196,11 +249,35 @@ def test_migrate_states_its_facts_on_the_command_line(data, tmp_path, capsys):
     rc = main(["migrate", str(path), "--data-dir", str(data / "data")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--task NAME --backbone NAME" in err, err
-    rc = main(["migrate", str(path), "--data-dir", str(data / "data"), "--task", f"folder:{data / 'base'}",
-               "--backbone", "efficientnet_lite0", "--method-version", "simpleshot"])
+    rc = main(
+        [
+            "migrate",
+            str(path),
+            "--data-dir",
+            str(data / "data"),
+            "--task",
+            f"folder:{data / 'base'}",
+            "--backbone",
+            "efficientnet_lite0",
+            "--method-version",
+            "simpleshot",
+        ]
+    )
     assert rc == 2 and "NAME=V" in capsys.readouterr().err
-    rc = main(["migrate", str(path), "--data-dir", str(data / "data"), "--task", f"folder:{data / 'base'}",
-               "--backbone", "efficientnet_lite0", "--method-version", "simpleshot=1"])
+    rc = main(
+        [
+            "migrate",
+            str(path),
+            "--data-dir",
+            str(data / "data"),
+            "--task",
+            f"folder:{data / 'base'}",
+            "--backbone",
+            "efficientnet_lite0",
+            "--method-version",
+            "simpleshot=1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert [r["method_version"] for r in csv.DictReader(open(path, newline=""))] == ["1", "1"]
 
@@ -214,8 +291,14 @@ def test_shipped_crater_rows_say_what_their_md_says():
     assert len(frame) == 120
     task = re.search(r"base task `([^`]+)`", md).group(1)
     backbone = re.search(r"; backbone ([\w-]+)\.", md).group(1)
-    window, stride, size = map(int, re.search(r"Windows of (\d+) px every (\d+) px \(\d+ windows\), resized to "
-                                              r"(\d+) px", md).groups())
+    window, stride, size = map(
+        int,
+        re.search(
+            r"Windows of (\d+) px every (\d+) px \(\d+ windows\), resized to "
+            r"(\d+) px",
+            md,
+        ).groups(),
+    )
     command = re.search(r"Command: `([^`]+)`", md).group(1)
     labels = re.findall(r"--method (\S+)", command)
     assert set(frame["task"]) == {task} and set(frame["backbone"]) == {backbone} and set(frame["source"]) == {""}

@@ -1,4 +1,5 @@
 """The ctx-craters task: windows of a (generated) CTX scene labelled by bench map's crater rule, grouped by tile."""
+
 import csv
 
 import numpy as np
@@ -21,9 +22,19 @@ def ctx_scene_like(data_dir, diameter=32):
     for r in range(3):
         for c in range(3):
             Image.fromarray(rng.integers(0, 256, (TILE, TILE), dtype=np.uint8)).save(
-                root / "resized_CTX" / f"CTX{r}{c}_{TILE}.png", compress_level=0)
-    boxes = [(c * TILE + x - diameter / 2, r * TILE + y - diameter / 2, c * TILE + x + diameter / 2,
-              r * TILE + y + diameter / 2) for r in range(3) for c in range(3) for x, y in OFFSETS]
+                root / "resized_CTX" / f"CTX{r}{c}_{TILE}.png", compress_level=0
+            )
+    boxes = [
+        (
+            c * TILE + x - diameter / 2,
+            r * TILE + y - diameter / 2,
+            c * TILE + x + diameter / 2,
+            r * TILE + y + diameter / 2,
+        )
+        for r in range(3)
+        for c in range(3)
+        for x, y in OFFSETS
+    ]
     np.savetxt(root / "selected_craters_XY.txt", np.array(boxes), fmt="%.1f")
     return data_dir
 
@@ -43,19 +54,27 @@ def test_windows_are_labelled_grouped_and_split_by_tile(scene, cache):
     crater = table.labels == table.class_names.index("crater")
     assert int(crater.sum()) == 27  # every crater is exactly one window, all windows inside a tile
     assert set(table.groups) == {f"CTX{r}{c}" for r in range(3) for c in range(3)}
-    full = np.block([[np.asarray(Image.open(scene / "ctx-murray-craters" / "resized_CTX" / f"CTX{r}{c}_{TILE}.png"))
-                      for c in range(3)] for r in range(3)])
+    full = np.block(
+        [
+            [
+                np.asarray(Image.open(scene / "ctx-murray-craters" / "resized_CTX" / f"CTX{r}{c}_{TILE}.png"))
+                for c in range(3)
+            ]
+            for r in range(3)
+        ]
+    )
     for path, group in list(zip(table.paths, table.groups))[::97]:  # each file is its window of the scene
         x, y = (int(part[1:]) for part in path.rsplit("/", 1)[1][:-4].split("_")[1:])
-        assert np.array_equal(np.asarray(Image.open(path)), full[y:y + WINDOW, x:x + WINDOW])
+        assert np.array_equal(np.asarray(Image.open(path)), full[y : y + WINDOW, x : x + WINDOW])
         assert group == f"CTX{y // TILE}{x // TILE}" and (x + WINDOW - 1) // TILE == x // TILE
     centres = [(c * TILE + ox, r * TILE + oy) for r in range(3) for c in range(3) for ox, oy in OFFSETS]
     for path, label in zip(table.paths, table.labels):  # a non-crater window holds no centre, < 1/4 of any crater
         x, y = (int(part[1:]) for part in path.rsplit("/", 1)[1][:-4].split("_")[1:])
         if label != table.class_names.index("crater"):
             for cx, cy in centres:
-                overlap = max(0, min(x + WINDOW, cx + 16) - max(x, cx - 16)) * \
-                    max(0, min(y + WINDOW, cy + 16) - max(y, cy - 16))
+                overlap = max(0, min(x + WINDOW, cx + 16) - max(x, cx - 16)) * max(
+                    0, min(y + WINDOW, cy + 16) - max(y, cy - 16)
+                )
                 assert overlap < 0.25 * 32 * 32 and not (x <= cx < x + WINDOW and y <= cy < y + WINDOW)
 
 
@@ -85,9 +104,35 @@ def test_task_split_episodes_and_derived_folder(scene, cache, monkeypatch):
 def test_bench_run_on_ctx_craters(scene, cache, tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE_DIR", str(cache))
     out = tmp_path / "r.csv"
-    assert main(["run", "--task", "ctx-craters", "--ways", "2", "--method", "protonet", "--shots", "1,2",
-                 "--queries", "2", "--episodes", "5", "--image-size", "32", "--data-dir", str(scene),
-                 "--cache-dir", str(cache), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--task",
+                "ctx-craters",
+                "--ways",
+                "2",
+                "--method",
+                "protonet",
+                "--shots",
+                "1,2",
+                "--queries",
+                "2",
+                "--episodes",
+                "5",
+                "--image-size",
+                "32",
+                "--data-dir",
+                str(scene),
+                "--cache-dir",
+                str(cache),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10 and {r["task"] for r in rows} == {"ctx-craters"}

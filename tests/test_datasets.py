@@ -1,5 +1,6 @@
 """Dataset loaders on generated fakes in the official layouts, the downloader (checksums, safe unpacking), and
 `bench data download / verify`."""
+
 import hashlib
 import os
 
@@ -35,6 +36,7 @@ def one_line_error(capsys, argv) -> str:
 
 
 # --- loaders --------------------------------------------------------------------------------------------------
+
 
 def test_hirise_v1_loader(tmp_path):
     table = load_dataset("hirise-v1", hirise_v1_like(tmp_path))
@@ -73,8 +75,7 @@ def test_domars16k_loader_with_and_without_top_folder(tmp_path, top):
     table = load_dataset("domars16k", domars16k_like(tmp_path, top=top))
     assert table.class_names == tuple(sorted(DOMARS_CODES))
     assert len(table) == 3 * 3 * 3 * 2
-    assert {s: int((table.splits == s).sum()) for s in ("train", "val", "test")} == {"train": 18, "val": 18,
-                                                                                        "test": 18}
+    assert {s: int((table.splits == s).sum()) for s in ("train", "val", "test")} == {"train": 18, "val": 18, "test": 18}
     for path, group in zip(table.paths, table.groups):
         assert os.path.basename(path).startswith(group + "_CX")
         assert "_CX" not in group
@@ -114,6 +115,7 @@ def test_folder_and_csv_datasets(tmp_path):
 
 
 # --- downloader -----------------------------------------------------------------------------------------------
+
 
 def digests(path):
     data = path.read_bytes()
@@ -185,8 +187,9 @@ def test_zip_path_traversal_is_refused(tmp_path, member):
 
 
 def test_tar_path_traversal_and_escaping_links_are_refused(tmp_path):
-    for i, (member, link) in enumerate([("../escaped.txt", None), ("link", "../../etc/passwd"),
-                                        ("abs", "/etc/passwd")]):
+    for i, (member, link) in enumerate(
+        [("../escaped.txt", None), ("link", "../../etc/passwd"), ("abs", "/etc/passwd")]
+    ):
         archive = evil_tar(tmp_path / f"evil{i}.tar", member, link)
         dest = tmp_path / f"out{i}"
         with pytest.raises(UserError, match="unsafe member"):
@@ -222,11 +225,14 @@ def test_not_an_archive(tmp_path):
 
 # --- bench data ------------------------------------------------------------------------------------------------
 
+
 def test_cli_download_then_verify(tmp_path, domars_zip, capsys):
     md5, _ = digests(domars_zip)
     data_dir = tmp_path / "datadir"
-    assert main(["data", "download", "domars16k", "--data-dir", str(data_dir), "--md5", md5,
-                 "--url", domars_zip.as_uri()]) == 0
+    assert (
+        main(["data", "download", "domars16k", "--data-dir", str(data_dir), "--md5", md5, "--url", domars_zip.as_uri()])
+        == 0
+    )
     assert "checksum verified" in capsys.readouterr().err
     assert main(["data", "verify", "domars16k", "--data-dir", str(data_dir), "--quiet"]) == 0
     captured = capsys.readouterr()
@@ -258,10 +264,18 @@ def test_cli_verify_counts(tmp_path, capsys):
     data = hirise_v1_like(tmp_path)
     assert main(["data", "verify", "hirise-v1", "--data-dir", str(data), "--quiet"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in out.splitlines() if line.startswith("│")}
-    assert rows == {"other": ["8", "4"], "crater": ["6", "4"], "dark_dune": ["6", "4"], "edge": ["4", "4"],
-                    "all": ["24", "16"]}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("│")
+    }
+    assert rows == {
+        "other": ["8", "4"],
+        "crater": ["6", "4"],
+        "dark_dune": ["6", "4"],
+        "edge": ["4", "4"],
+        "all": ["24", "16"],
+    }
 
 
 @pytest.mark.slow
@@ -272,6 +286,7 @@ def test_cli_verify_real_hirise(real_data_dir, capsys):
 
 
 # --- user datasets: every rule refused or announced ------------------------------------------------------------
+
 
 def write_csv(root, rows, header="path,label,group,split"):
     """root/labels.csv from (path, label, group, split) rows; images are generated for every path."""
@@ -285,8 +300,12 @@ def write_csv(root, rows, header="path,label,group,split"):
 
 
 def scenes(split_of=lambda g: "base" if g < 3 else "target", labels=("dunes", "craters")):
-    return [(f"img/{name}_{g}_{i}.png", name, f"{name}{g}", split_of(g)) for name in labels for g in range(5)
-            for i in range(2)]
+    return [
+        (f"img/{name}_{g}_{i}.png", name, f"{name}{g}", split_of(g))
+        for name in labels
+        for g in range(5)
+        for i in range(2)
+    ]
 
 
 @pytest.mark.parametrize("base,target", [("train", "test"), ("Train", "TEST"), (" base ", "Target")])
@@ -299,8 +318,10 @@ def test_csv_split_vocabularies_are_understood(tmp_path, capsys, base, target):
     assert set(task.table.groups[task.target]) == {f"{c}{g}" for c in ("dunes", "craters") for g in (3, 4)}
     err = capsys.readouterr().err
     if base.strip().lower() == "train":
-        assert err.strip() == f"notice: CSV dataset {csv}: split column train/val/test: base pool = train + val, " \
-                              "target = test"
+        assert (
+            err.strip() == f"notice: CSV dataset {csv}: split column train/val/test: base pool = train + val, "
+            "target = test"
+        )
     else:
         assert err == ""
 
@@ -313,17 +334,23 @@ def test_csv_train_val_test_gives_base_train_plus_val(tmp_path):
     assert set(task.table.splits[task.base]) == {"train", "val"} and set(task.table.splits[task.target]) == {"test"}
 
 
-@pytest.mark.parametrize("values,expected", [
-    (["base", "target", "holdout"], "split column holds 'base', 'holdout', 'target'; use base/target or "
-                                    "train/val/test"),
-    (["base", "target", ""], "split column holds '', 'base', 'target'"),
-    (["train", "target", "base"], "split column holds 'base', 'target', 'train'"),
-    (["train", "val", "train"], "split column holds only 'train', 'val', no target row (test)"),
-])
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        (
+            ["base", "target", "holdout"],
+            "split column holds 'base', 'holdout', 'target'; use base/target or train/val/test",
+        ),
+        (["base", "target", ""], "split column holds '', 'base', 'target'"),
+        (["train", "target", "base"], "split column holds 'base', 'target', 'train'"),
+        (["train", "val", "train"], "split column holds only 'train', 'val', no target row (test)"),
+    ],
+)
 def test_csv_unrecognised_splits_are_refused_listing_the_values(tmp_path, capsys, values, expected):
     csv = write_csv(tmp_path, scenes(lambda g: values[min(g, len(values) - 1)]))
-    line = one_line_error(capsys, ["run", "--method", "protonet", "--task", f"csv:{csv}", "--quiet", "--out",
-                                   str(tmp_path / "o.csv")])
+    line = one_line_error(
+        capsys, ["run", "--method", "protonet", "--task", f"csv:{csv}", "--quiet", "--out", str(tmp_path / "o.csv")]
+    )
     assert expected in line and f"CSV dataset {csv}" in line
 
 
@@ -354,8 +381,10 @@ def test_csv_empty_groups_make_own_scenes_with_a_notice(tmp_path, capsys):
     table = load_dataset(f"csv:{write_csv(tmp_path, rows)}", tmp_path)
     assert list(table.groups[:4]) == [r[0] for r in rows[:4]]  # each its own scene, named by its path
     assert len(set(table.groups[:4])) == 4
-    assert table.notices == (f"CSV dataset {tmp_path / 'labels.csv'}: 4 row(s) have an empty group (first on "
-                             "line 2); each such image is its own scene",)
+    assert table.notices == (
+        f"CSV dataset {tmp_path / 'labels.csv'}: 4 row(s) have an empty group (first on "
+        "line 2); each such image is its own scene",
+    )
 
 
 def test_csv_missing_image_error_says_paths_are_relative_to_the_csv(tmp_path, monkeypatch):
@@ -383,8 +412,10 @@ def test_folder_ignores_hidden_files_macos_debris_and_empty_classes(tmp_path, ca
     table = load_dataset(f"folder:{root}", tmp_path)
     assert table.class_names == ("craters", "dunes", "plains") and len(table) == 18
     assert not any("MACOSX" in p or "/." in p for p in table.paths)
-    assert capsys.readouterr().err.strip() == f"notice: folder dataset {root}: class folder 'empty' holds no images; " \
-                                              "ignored"
+    assert (
+        capsys.readouterr().err.strip() == f"notice: folder dataset {root}: class folder 'empty' holds no images; "
+        "ignored"
+    )
 
 
 def test_folder_class_names_equal_up_to_case_are_refused(tmp_path):

@@ -1,6 +1,7 @@
 """Dataset images keep their dynamic range: every image a method sees goes through tasks.imageio (load_image),
 16-bit, 32-bit integer and float files are stretched rather than saturated, EXIF orientation is applied,
 8-bit files decode exactly as before, and a decompression bomb is one line naming its file."""
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -53,8 +54,9 @@ def test_float_and_32_bit_tiffs_keep_their_range_and_order(tmp_path):
 
 def test_multi_band_float_tiff_keeps_band_balance(tmp_path):
     tifffile = pytest.importorskip("tifffile")
-    bands = np.stack([ramp(np.float32, 0, 1), ramp(np.float32, 0, 1) * 0.5, np.full((SIZE, SIZE), 0.25, np.float32)],
-                     axis=-1)
+    bands = np.stack(
+        [ramp(np.float32, 0, 1), ramp(np.float32, 0, 1) * 0.5, np.full((SIZE, SIZE), 0.25, np.float32)], axis=-1
+    )
     tifffile.imwrite(tmp_path / "rgb.tif", bands, photometric="rgb")
     decoded = load_image(str(tmp_path / "rgb.tif"), SIZE).astype(int)
     assert decoded.min() == 0 and decoded.max() == 255
@@ -96,8 +98,9 @@ def old_load_image(path, size):
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-@pytest.mark.parametrize("name,mode", [("grey.jpg", "L"), ("rgb.png", "RGB"), ("palette.png", "P"),
-                                       ("rgba.png", "RGBA")])
+@pytest.mark.parametrize(
+    "name,mode", [("grey.jpg", "L"), ("rgb.png", "RGB"), ("palette.png", "P"), ("rgba.png", "RGBA")]
+)
 def test_8_bit_images_decode_exactly_as_before(tmp_path, name, mode):
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 256, (40, 50, 3)).astype(np.uint8))
@@ -146,9 +149,32 @@ def test_decompression_bomb_is_one_line_naming_its_file(tmp_path, monkeypatch, c
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # every 32x32 image is now over twice the limit
     with pytest.raises(UserError, match=r"image .*\.png is larger than Pillow's safety limit"):
         load_image(str(data / "class0" / "0.png"), SIZE)
-    code = main(["run", "--method", "protonet", "--task", f"folder:{data}", "--shots", "1", "--ways", "3",
-                 "--queries", "2", "--episodes", "2", "--image-size", "32", "--quiet", "--data-dir", str(tmp_path),
-                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out.csv")])
+    code = main(
+        [
+            "run",
+            "--method",
+            "protonet",
+            "--task",
+            f"folder:{data}",
+            "--shots",
+            "1",
+            "--ways",
+            "3",
+            "--queries",
+            "2",
+            "--episodes",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--data-dir",
+            str(tmp_path),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "out.csv"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: image ") and ".png is larger than Pillow's safety limit" in err[0]

@@ -6,6 +6,7 @@ every computation to one intra-op thread (torch and BLAS) and spends its N threa
 feature-extraction batches side by side (methods.features.thread_policy). Nothing is rounded: the tests below
 compare the cached float32 features and checkpoints bit for bit.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,13 +28,20 @@ def data(tmp_path_factory) -> Path:
 
 def cached_arrays(cache: Path) -> dict[str, bytes]:
     """Every cached payload (features, decoded images, checkpoints) by its relative path."""
-    return {str(p.relative_to(cache)): p.read_bytes() for p in sorted(cache.rglob("*"))
-            if p.is_file() and p.suffix in (".npy", ".pt")}
+    return {
+        str(p.relative_to(cache)): p.read_bytes()
+        for p in sorted(cache.rglob("*"))
+        if p.is_file() and p.suffix in (".npy", ".pt")
+    }
 
 
 def test_one_and_two_threads_give_identical_results_and_caches(data, tmp_path):
-    methods = ["--method", "protonet", "--method", "protonet:metatrain=true,steps=30,train_way=3,train_shots=1,"
-               "train_queries=1"]
+    methods = [
+        "--method",
+        "protonet",
+        "--method",
+        "protonet:metatrain=true,steps=30,train_way=3,train_shots=1,train_queries=1",
+    ]
     results = {}
     for threads in (1, 2):
         out, cache = tmp_path / f"t{threads}.csv", tmp_path / f"cache{threads}"
@@ -43,7 +51,9 @@ def test_one_and_two_threads_give_identical_results_and_caches(data, tmp_path):
     rows1, cache1 = results[1]
     rows2, cache2 = results[2]
     assert len(rows1) == 3 * 2 * 12 and rows1 == rows2
-    assert any(k.startswith("features/") for k in cache1) and any(k.startswith("methods/methods/protonet/") for k in cache1)
+    assert any(k.startswith("features/") for k in cache1) and any(
+        k.startswith("methods/methods/protonet/") for k in cache1
+    )
     assert cache1.keys() == cache2.keys()
     for name in cache1:  # features computed with 1 and with 2 threads, and the trained embedding: same bits
         assert cache1[name] == cache2[name], name

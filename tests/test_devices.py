@@ -2,6 +2,7 @@
 uses is sent to the device object the Context carries, every tensor sent anywhere goes there, scores come back
 as numpy; a batch left on another device raises instead of running silently; CPU cache keys are unchanged;
 an unavailable device is a one-line error; rows record the device."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,17 @@ from methods.registry import create_method
 from tests.fakes_methods import make_context, make_task
 from tests.test_methods import FAST_OPTIONS
 
-NETWORK_METHODS = ["sdft", "sdft-no-step1", "sdft-linear-head", "finetune", "maml", "protonet:metatrain",
-                   "baseline-pp", "simpleshot", "knn"]
+NETWORK_METHODS = [
+    "sdft",
+    "sdft-no-step1",
+    "sdft-linear-head",
+    "finetune",
+    "maml",
+    "protonet:metatrain",
+    "baseline-pp",
+    "simpleshot",
+    "knn",
+]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +124,9 @@ def test_cpu_cache_keys_are_those_from_before_devices(tiny):
     task, _ = tiny
     assert device_key(CPU) == () and device_key(torch.device("cpu")) == ()
     assert features_key(task.table, "efficientnet_lite0", 32) == features_key(task.table, "efficientnet_lite0", 32, CPU)
-    assert features_key(task.table, "efficientnet_lite0", 32, torch.device("meta")) != \
-        features_key(task.table, "efficientnet_lite0", 32)
+    assert features_key(task.table, "efficientnet_lite0", 32, torch.device("meta")) != features_key(
+        task.table, "efficientnet_lite0", 32
+    )
 
 
 def test_devices_resolve_or_fail_in_one_line(monkeypatch):
@@ -130,8 +141,19 @@ def test_devices_resolve_or_fail_in_one_line(monkeypatch):
 
 def test_cli_refuses_an_unavailable_device_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code = main(["run", "--method", "protonet", "--task", "folder:" + str(tmp_path), "--device", "cuda:1",
-                 "--out", str(tmp_path / "r.csv")])
+    code = main(
+        [
+            "run",
+            "--method",
+            "protonet",
+            "--task",
+            "folder:" + str(tmp_path),
+            "--device",
+            "cuda:1",
+            "--out",
+            str(tmp_path / "r.csv"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "--device cuda:1" in err
     assert not (tmp_path / "r.csv").exists()
@@ -150,10 +172,13 @@ def test_craters_run_takes_device(capsys):
     assert "--device" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, dropped, version", [
-    ("hirise-regions.csv", ("weights", "transductive", "isolated"), 3),
-    ("hirise-regions.csv", ("device", "weights", "transductive", "isolated"), 2),
-])
+@pytest.mark.parametrize(
+    "name, dropped, version",
+    [
+        ("hirise-regions.csv", ("weights", "transductive", "isolated"), 3),
+        ("hirise-regions.csv", ("device", "weights", "transductive", "isolated"), 2),
+    ],
+)
 def test_migrate_adds_device_cpu_and_keeps_every_other_byte(tmp_path, name, dropped, version):
     """A file from before --device (schema 2) or before the weights' digest (3) becomes the shipped file: the
     same lines plus device=cpu, the built-in backbone's digest and transductive=0. (Crater-score files of

@@ -1,5 +1,6 @@
 """The episode sampler: scene-disjoint support and query, determinism, the eligibility rule, infeasible
 requests."""
+
 import itertools
 
 import numpy as np
@@ -88,8 +89,11 @@ def test_manifest_round_trip_and_corruption(task, tmp_path):
 def brute_force_can_fill(sizes, k, q) -> bool:
     """Some subset of the class's groups holds >= k images and the rest >= q."""
     total = sum(sizes)
-    return any(sum(subset) >= k and total - sum(subset) >= q
-               for r in range(len(sizes) + 1) for subset in itertools.combinations(sizes, r))
+    return any(
+        sum(subset) >= k and total - sum(subset) >= q
+        for r in range(len(sizes) + 1)
+        for subset in itertools.combinations(sizes, r)
+    )
 
 
 def test_class_can_fill_matches_brute_force():
@@ -130,8 +134,9 @@ def infeasible_task():
             groups += [f"s{c}{g}"] * 5
     labels += [2, 2, 2]
     groups += ["t0", "t0", "t1"]
-    table = table_from_rows("tiny", [f"/x/{i}.png" for i in range(len(labels))], labels, groups,
-                            ["dunes", "craters", "streaks"])
+    table = table_from_rows(
+        "tiny", [f"/x/{i}.png" for i in range(len(labels))], labels, groups, ["dunes", "craters", "streaks"]
+    )
     return whole_table_task(table)
 
 

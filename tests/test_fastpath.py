@@ -1,4 +1,5 @@
 """The vectorised episode path gives the per-episode scores and results of the simple fit/predict path."""
+
 import numpy as np
 import pytest
 import torch
@@ -87,9 +88,18 @@ def test_harness_rows_are_the_same_on_both_paths(tmp_path, monkeypatch):
     make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=6, per_group=5)
 
     def run(out):
-        config = RunConfig(methods=[MethodSpec("protonet"), MethodSpec("simpleshot")], task=f"folder:{tmp_path / 'data'}",
-                           shots=[1, 2], n_way=3, n_query=2, episodes=25, data_dir=tmp_path,
-                           cache_dir=tmp_path / "cache", out=out, image_size=32)
+        config = RunConfig(
+            methods=[MethodSpec("protonet"), MethodSpec("simpleshot")],
+            task=f"folder:{tmp_path / 'data'}",
+            shots=[1, 2],
+            n_way=3,
+            n_query=2,
+            episodes=25,
+            data_dir=tmp_path,
+            cache_dir=tmp_path / "cache",
+            out=out,
+            image_size=32,
+        )
         run_benchmark(config)
         return read_results(out).drop(columns=["seconds", "timestamp"]).sort_values(["method", "shots", "episode"])
 

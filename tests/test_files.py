@@ -1,4 +1,5 @@
 """Outputs written at once: a writer that fails leaves the old file (or none) and no partial file beside it."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """`bench fixedk` on a tiny generated DoMars16k (official train/test splits): rows, table, resume, one-line errors."""
+
 import csv
 import itertools
 import json
@@ -30,8 +31,25 @@ def dirs(tmp_path_factory):
 
 def bench_fixedk(dirs, out, *extra, methods=METHODS, shots="1,2", seeds="0-2"):
     data, cache = dirs
-    args = ["fixedk", "--task", "domars16k", "--data-dir", str(data), "--cache-dir", str(cache), "--image-size", "32",
-            "--shots", shots, "--seeds", seeds, "--out", str(out), "--quiet", *extra]
+    args = [
+        "fixedk",
+        "--task",
+        "domars16k",
+        "--data-dir",
+        str(data),
+        "--cache-dir",
+        str(cache),
+        "--image-size",
+        "32",
+        "--shots",
+        shots,
+        "--seeds",
+        seeds,
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     for m in methods:
         args += ["--method", m]
     return main(args)
@@ -61,8 +79,9 @@ def test_writes_one_row_per_method_shots_seed_and_prints_a_table_per_shots(dirs,
 
     rows = read_rows(out)
     assert len(rows) == len(METHODS) * len(SHOTS) * len(SEEDS)
-    assert {(r["method"], int(r["shots"]), int(r["seed"])) for r in rows} == set(itertools.product(METHODS, SHOTS,
-                                                                                                  SEEDS))
+    assert {(r["method"], int(r["shots"]), int(r["seed"])) for r in rows} == set(
+        itertools.product(METHODS, SHOTS, SEEDS)
+    )
     for r in rows:
         assert int(r["protocol"]) == PROTOCOL_VERSION and r["task"] == "domars16k"
         assert json.loads(r["config"]) == create_method(r["method"]).config()
@@ -91,10 +110,12 @@ def test_csv_numbers_equal_run_fixed_k(dirs, tmp_path):
     data, cache = dirs
     task = load_task("domars16k", data)
     for method, k in itertools.product(METHODS, SHOTS):
-        direct = run_fixed_k(task, create_method(method), k, SEEDS, Cache(cache),
-                             FixedKConfig(methods=[], image_size=32))
-        written = sorted((r for r in rows if r["method"] == method and int(r["shots"]) == k),
-                         key=lambda r: int(r["seed"]))
+        direct = run_fixed_k(
+            task, create_method(method), k, SEEDS, Cache(cache), FixedKConfig(methods=[], image_size=32)
+        )
+        written = sorted(
+            (r for r in rows if r["method"] == method and int(r["shots"]) == k), key=lambda r: int(r["seed"])
+        )
         assert [int(r["seed"]) for r in written] == [d["seed"] for d in direct]
         for r, d in zip(written, direct):
             for column in ("accuracy", "weighted_f1", "macro_f1"):
@@ -110,8 +131,13 @@ def test_rerun_adds_no_rows_and_prints_the_same_table(dirs, tmp_path, capsys, mo
     first_table, first_file = capsys.readouterr().out, out.read_text()
     calls = []
     real = benchmark.fixedk.run_fixed_k
-    monkeypatch.setattr(benchmark.fixedk, "run_fixed_k", lambda task, method, k, seeds, *a, **kw: (
-        calls.append((method.name, k, list(seeds))) or real(task, method, k, seeds, *a, **kw)))
+    monkeypatch.setattr(
+        benchmark.fixedk,
+        "run_fixed_k",
+        lambda task, method, k, seeds, *a, **kw: (
+            calls.append((method.name, k, list(seeds))) or real(task, method, k, seeds, *a, **kw)
+        ),
+    )
 
     assert bench_fixedk(dirs, out) == 0
     assert calls == []
@@ -128,33 +154,40 @@ def test_an_interrupted_run_continues_with_the_missing_seeds(dirs, tmp_path, cap
     out.write_text("".join(lines[:3]) + lines[3][:20])
     calls = []
     real = benchmark.fixedk.run_fixed_k
-    monkeypatch.setattr(benchmark.fixedk, "run_fixed_k", lambda task, method, k, seeds, *a, **kw: (
-        calls.append((method.name, k, list(seeds))) or real(task, method, k, seeds, *a, **kw)))
+    monkeypatch.setattr(
+        benchmark.fixedk,
+        "run_fixed_k",
+        lambda task, method, k, seeds, *a, **kw: (
+            calls.append((method.name, k, list(seeds))) or real(task, method, k, seeds, *a, **kw)
+        ),
+    )
 
     assert bench_fixedk(dirs, out) == 0
     assert calls[0] == ("protonet", 1, [2]) and len(calls) == len(METHODS) * len(SHOTS)
     resumed = read_rows(out)
     scores = ["method", "shots", "seed", "accuracy", "weighted_f1", "macro_f1"]
-    assert sorted(tuple(r[c] for c in scores) for r in resumed) == sorted(tuple(r[c] for c in scores)
-                                                                         for r in complete)
+    assert sorted(tuple(r[c] for c in scores) for r in resumed) == sorted(tuple(r[c] for c in scores) for r in complete)
 
 
 def test_one_seed_prints_its_count_and_no_interval(dirs, tmp_path, capsys):
     assert bench_fixedk(dirs, tmp_path / "fk.csv", methods=["protonet"], shots="2", seeds="7") == 0
     (lines,) = table_rows(capsys.readouterr().out).values()
-    (method, accuracy, f1, n_seeds, _), = lines
+    ((method, accuracy, f1, n_seeds, _),) = lines
     assert method == "protonet" and accuracy.endswith(" ± n/a") and f1.endswith(" ± n/a") and n_seeds == "1"
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--seeds", "5-2"], "--seeds must be non-negative integers or ranges like 0-9"),
-    (["--seeds", "a,b"], "--seeds must be non-negative integers or ranges like 0-9"),
-    (["--seeds", "0-99999999"], "--seeds names more than"),
-    (["--shots", "0"], "--shots must be positive integers"),
-    (["--shots", "2,9"], "needs 9 training images per class"),
-    (["--method", "no-such-method"], "unknown method 'no-such-method'"),
-    (["--task", "no-such-task"], "unknown task 'no-such-task'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seeds", "5-2"], "--seeds must be non-negative integers or ranges like 0-9"),
+        (["--seeds", "a,b"], "--seeds must be non-negative integers or ranges like 0-9"),
+        (["--seeds", "0-99999999"], "--seeds names more than"),
+        (["--shots", "0"], "--shots must be positive integers"),
+        (["--shots", "2,9"], "needs 9 training images per class"),
+        (["--method", "no-such-method"], "unknown method 'no-such-method'"),
+        (["--task", "no-such-task"], "unknown task 'no-such-task'"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(dirs, tmp_path, capsys, extra, message):
     out = tmp_path / "fk.csv"
     assert bench_fixedk(dirs, out, *extra) == 2
@@ -169,8 +202,10 @@ def test_a_bench_run_results_file_is_refused(dirs, tmp_path, capsys):
     out = tmp_path / "episodes.csv"
     out.write_text(",".join(RUN_COLUMNS) + "\n")
     assert bench_fixedk(dirs, out) == 2
-    assert f"results file {out} holds episode results, not fixed-K results; `bench leaderboard {out}` shows it" \
+    assert (
+        f"results file {out} holds episode results, not fixed-K results; `bench leaderboard {out}` shows it"
         in capsys.readouterr().err
+    )
     assert out.read_text() == ",".join(RUN_COLUMNS) + "\n"
 
 

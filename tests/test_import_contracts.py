@@ -1,5 +1,6 @@
 """Imports flow one way, benchmark -> methods -> tasks -> common, with no circle inside a package: the import-linter
 contracts in pyproject.toml ([tool.importlinter]), checked by running `lint-imports` from this environment."""
+
 import os
 import shutil
 import subprocess
@@ -25,11 +26,19 @@ def test_the_package_keeps_its_import_contracts():
     assert "2 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("layout, broken", [
-    ({"tasks/low.py": "from methods import mid\n", "methods/mid.py": "import tasks\n"}, "Layers"),
-    ({"tasks/datasets/base.py": "from tasks.datasets import generic\n",
-      "tasks/datasets/generic.py": "from tasks.datasets import base\n"}, "No import cycle"),
-])
+@pytest.mark.parametrize(
+    "layout, broken",
+    [
+        ({"tasks/low.py": "from methods import mid\n", "methods/mid.py": "import tasks\n"}, "Layers"),
+        (
+            {
+                "tasks/datasets/base.py": "from tasks.datasets import generic\n",
+                "tasks/datasets/generic.py": "from tasks.datasets import base\n",
+            },
+            "No import cycle",
+        ),
+    ],
+)
 def test_the_contracts_catch_an_upward_import_and_a_circle(tmp_path, layout, broken):
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     for package in ("benchmark", "methods", "tasks", "tasks/datasets"):

@@ -1,4 +1,5 @@
 """`--isolate`: every method in a bubblewrap sandbox (benchmark/sandbox.py), with the same rows as in-process."""
+
 from __future__ import annotations
 
 import shutil
@@ -32,9 +33,20 @@ def data(tmp_path_factory):
 
 
 def config(data, tmp_path, methods, isolate, out="rows.csv", **kw):
-    return RunConfig(methods=[MethodSpec.parse(m) for m in methods], task=f"folder:{data}", shots=[1, 2], n_way=3,
-                     n_query=3, episodes=4, image_size=32, data_dir=data, cache_dir=tmp_path / "cache",
-                     out=tmp_path / out, isolate=isolate, **kw)
+    return RunConfig(
+        methods=[MethodSpec.parse(m) for m in methods],
+        task=f"folder:{data}",
+        shots=[1, 2],
+        n_way=3,
+        n_query=3,
+        episodes=4,
+        image_size=32,
+        data_dir=data,
+        cache_dir=tmp_path / "cache",
+        out=tmp_path / out,
+        isolate=isolate,
+        **kw,
+    )
 
 
 @needs_bwrap
@@ -45,8 +57,10 @@ def test_builtins_give_the_same_rows_isolated(data, tmp_path):
     assert len(local) == len(isolated) == 2 * 2 * 4
     assert (isolated["isolated"] == 1).all() and (local["isolated"] == 0).all()
     key = ["method", "shots", "episode"]
-    pd.testing.assert_frame_equal(local.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
-                                  isolated.drop(columns=VARYING).sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        local.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
+        isolated.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
+    )
 
 
 @needs_bwrap
@@ -67,16 +81,46 @@ def test_the_sandbox_holds_no_data_results_cache_home_network_or_memory(data, tm
 
 def test_isolate_without_bubblewrap_is_one_line(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    code = main(["run", "--task", f"folder:{data}", "--method", "protonet", "--isolate", "--data-dir", str(data),
-                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r.csv"), "--image-size", "32"])
+    code = main(
+        [
+            "run",
+            "--task",
+            f"folder:{data}",
+            "--method",
+            "protonet",
+            "--isolate",
+            "--data-dir",
+            str(data),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "r.csv"),
+            "--image-size",
+            "32",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "apt-get install bubblewrap" in err[0], err
     assert not (tmp_path / "r.csv").exists()
 
 
 def test_isolate_refuses_ray(data, tmp_path, capsys):
-    code = main(["run", "--task", f"folder:{data}", "--method", "protonet", "--isolate", "--executor", "ray",
-                 "--data-dir", str(data), "--out", str(tmp_path / "r.csv")])
+    code = main(
+        [
+            "run",
+            "--task",
+            f"folder:{data}",
+            "--method",
+            "protonet",
+            "--isolate",
+            "--executor",
+            "ray",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(tmp_path / "r.csv"),
+        ]
+    )
     assert code == 2 and "--executor local" in capsys.readouterr().err
 
 
@@ -95,13 +139,24 @@ def test_fixed_k_gives_the_same_rows_isolated(data, tmp_path):
     from benchmark.protocols.fixedk import run_fixedk_benchmark
 
     def fixed_k(isolate, out):
-        return run_fixedk_benchmark(FixedKConfig(methods=[MethodSpec.parse("protonet"), MethodSpec.parse("knn")],
-                                                 task=f"folder:{data}", shots=[2], data_dir=data,
-                                                 cache_dir=tmp_path / "cache", out=tmp_path / out, image_size=32,
-                                                 seeds=[0, 1], isolate=isolate))
+        return run_fixedk_benchmark(
+            FixedKConfig(
+                methods=[MethodSpec.parse("protonet"), MethodSpec.parse("knn")],
+                task=f"folder:{data}",
+                shots=[2],
+                data_dir=data,
+                cache_dir=tmp_path / "cache",
+                out=tmp_path / out,
+                image_size=32,
+                seeds=[0, 1],
+                isolate=isolate,
+            )
+        )
 
     local, isolated = fixed_k(False, "local.csv"), fixed_k(True, "isolated.csv")
     assert len(local) == len(isolated) == 2 * 2 and (isolated["isolated"] == 1).all()
     key = ["method", "shots", "seed"]
-    pd.testing.assert_frame_equal(local.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
-                                  isolated.drop(columns=VARYING).sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        local.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
+        isolated.drop(columns=VARYING).sort_values(key).reset_index(drop=True),
+    )

@@ -1,4 +1,5 @@
 """`bench leaderboard`: merging result files, refusing unpaired or conflicting rows, output formats."""
+
 import json
 
 import pandas as pd
@@ -27,7 +28,7 @@ def board_csv(*paths) -> str:
 def test_merging_two_halves_gives_the_whole_runs_table(whole, tmp_path):
     shuffled = whole.sample(frac=1, random_state=0)
     write_csv(shuffled.iloc[: len(whole) // 2], tmp_path / "a.csv")
-    write_csv(shuffled.iloc[len(whole) // 2:], tmp_path / "b.csv")
+    write_csv(shuffled.iloc[len(whole) // 2 :], tmp_path / "b.csv")
     expected = board_csv(tmp_path / "whole.csv")
     assert board_csv(tmp_path / "a.csv", tmp_path / "b.csv") == expected
     assert board_csv(tmp_path / "b.csv", tmp_path / "a.csv") == expected
@@ -102,8 +103,10 @@ def test_formats(whole, tmp_path, capsys):
     records = json.loads(capsys.readouterr().out)
     assert len(records) == 12 and {"rank", "delta", "delta_ci95", "paired", "accuracy_ci95"} <= set(records[0])
     assert records[0]["delta_ci95"] is None and records[0]["method"] == "sdft"
-    assert main(["leaderboard", str(tmp_path / "whole.csv"), "--format", "markdown", "--out",
-                 str(tmp_path / "board.md")]) == 0
+    assert (
+        main(["leaderboard", str(tmp_path / "whole.csv"), "--format", "markdown", "--out", str(tmp_path / "board.md")])
+        == 0
+    )
     md = (tmp_path / "board.md").read_text()
     assert md.count("| rank | method |") == 3 and "| 1 | sdft |" in md
     assert main(["leaderboard", str(tmp_path / "whole.csv"), "--format", "csv"]) == 0

@@ -1,4 +1,5 @@
 """bench map: window geometry at the scene's edges, pixel alignment of the map, smoothing, bad POINTS.csv."""
+
 from __future__ import annotations
 
 import json
@@ -125,14 +126,25 @@ def test_generated_blobs_are_mapped_back_in_place(tmp_path):
     scene = load_scene(tmp_path / "scene.png")
     grid = WindowGrid(scene.height, scene.width, window=32, stride=16)
     # label two of the three blobs and three patches of ground; the third blob is found unlabelled
-    write_points(tmp_path / "points.csv", [(60, 50), (200, 120), (240, 30), (20, 150), (150, 40)],
-                 ["blob", "blob", "ground", "ground", "ground"])
+    write_points(
+        tmp_path / "points.csv",
+        [(60, 50), (200, 120), (240, 30), (20, 150), (150, 40)],
+        ["blob", "blob", "ground", "ground", "ground"],
+    )
     points = read_points(tmp_path / "points.csv", grid)
     assert points.class_names == ("blob", "ground")
     task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
     out = tmp_path / "map"
-    result = map_scene(MethodSpec.parse("protonet"), task, scene, grid, points, Cache(tmp_path / "cache"),
-                       Settings(image_size=32, device="cpu"), MapOptions(out=out, preview=200))
+    result = map_scene(
+        MethodSpec.parse("protonet"),
+        task,
+        scene,
+        grid,
+        points,
+        Cache(tmp_path / "cache"),
+        Settings(image_size=32, device="cpu"),
+        MapOptions(out=out, preview=200),
+    )
     predicted = grid.raster(result.labels) == 0
     assert result.probabilities.shape == grid.shape + (2,)
     assert (predicted == truth).mean() > 0.9
@@ -168,7 +180,9 @@ def test_map_context_indices_follow_the_base_table(tmp_path):
     order = ctx.window_indices() - n_base  # handles of the windows in grid order: no longer the grid order
     assert sorted(order) == list(range(grid.n)) and not np.array_equal(order, np.arange(grid.n))
     assert ctx.images_key() != ctx.base_images_key()
-    other = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=WindowGrid(scene.height, scene.width, 64, 32))
+    other = MapContext(
+        task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=WindowGrid(scene.height, scene.width, 64, 32)
+    )
     assert other.images_key() != ctx.images_key() and other.features_key() != ctx.features_key()
 
 
@@ -177,10 +191,32 @@ def test_bench_map_command_writes_the_outputs(tmp_path, capsys):
     Image.fromarray(pixels).save(tmp_path / "scene.png")
     write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
     folder_like(tmp_path / "base", per_class=6)
-    rc = main(["map", "--method", "linear-probe", "--scene", str(tmp_path / "scene.png"), "--labels",
-               str(tmp_path / "points.csv"), "--window", "32", "--out", str(tmp_path / "out"), "--task",
-               f"folder:{tmp_path / 'base'}", "--image-size", "32", "--smooth", "mrf", "--cache-dir",
-               str(tmp_path / "cache"), "--quiet", "--preview", "150"])
+    rc = main(
+        [
+            "map",
+            "--method",
+            "linear-probe",
+            "--scene",
+            str(tmp_path / "scene.png"),
+            "--labels",
+            str(tmp_path / "points.csv"),
+            "--window",
+            "32",
+            "--out",
+            str(tmp_path / "out"),
+            "--task",
+            f"folder:{tmp_path / 'base'}",
+            "--image-size",
+            "32",
+            "--smooth",
+            "mrf",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+            "--preview",
+            "150",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["stride"] == 16 and summary["smoothing"] == "mrf" and summary["smoothing_strength"] == 1.0
@@ -241,21 +277,44 @@ def scene_file(tmp_path):
     return tmp_path / "scene.png"
 
 
-@pytest.mark.parametrize("text, extra, message", [
-    ("x,y,label\n60,50,blob\n300,20,ground\n", [], "outside the scene"),
-    ("x,y,label\n60,50,blob\n-1,20,ground\n", [], "outside the scene"),
-    ("x,y,label\n60,50,blob\n200,20,gruond\n", ["--classes", "blob,ground"], "unknown label 'gruond'.*did you mean ground"),
-    ("x,y,label\n60,50,blob\n200,20,blob\n", [], "too few classes"),
-    ("x,y,label\n60,50,blob\n200,20,ground\n", ["--classes", "blob,ground,dune"], "too few windows for dune"),
-    ("x,y,label\n", [], "no points"),
-    ("col,row,class\n1,2,a\n", [], "header with columns x,y,label"),
-    ("x,y,label\n60,fifty,blob\n", [], "line 2: x and y must be numbers"),
-    ("x,y,label\n60,50,blob\n62,52,ground\n", [], "same window"),
-])
+@pytest.mark.parametrize(
+    "text, extra, message",
+    [
+        ("x,y,label\n60,50,blob\n300,20,ground\n", [], "outside the scene"),
+        ("x,y,label\n60,50,blob\n-1,20,ground\n", [], "outside the scene"),
+        (
+            "x,y,label\n60,50,blob\n200,20,gruond\n",
+            ["--classes", "blob,ground"],
+            "unknown label 'gruond'.*did you mean ground",
+        ),
+        ("x,y,label\n60,50,blob\n200,20,blob\n", [], "too few classes"),
+        ("x,y,label\n60,50,blob\n200,20,ground\n", ["--classes", "blob,ground,dune"], "too few windows for dune"),
+        ("x,y,label\n", [], "no points"),
+        ("col,row,class\n1,2,a\n", [], "header with columns x,y,label"),
+        ("x,y,label\n60,fifty,blob\n", [], "line 2: x and y must be numbers"),
+        ("x,y,label\n60,50,blob\n62,52,ground\n", [], "same window"),
+    ],
+)
 def test_bad_points_file_is_one_line(tmp_path, scene_file, capsys, text, extra, message):
     (tmp_path / "points.csv").write_text(text)
-    rc = main(["map", "--method", "protonet", "--scene", str(scene_file), "--labels", str(tmp_path / "points.csv"),
-               "--window", "32", "--out", str(tmp_path / "out"), "--task", "folder:/nonexistent", *extra])
+    rc = main(
+        [
+            "map",
+            "--method",
+            "protonet",
+            "--scene",
+            str(scene_file),
+            "--labels",
+            str(tmp_path / "points.csv"),
+            "--window",
+            "32",
+            "--out",
+            str(tmp_path / "out"),
+            "--task",
+            "folder:/nonexistent",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     import re
@@ -264,18 +323,27 @@ def test_bad_points_file_is_one_line(tmp_path, scene_file, capsys, text, extra, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--labels", "missing.csv"], "does not exist"),
-    (["--scene", "missing.png"], "scene .* does not exist"),
-    (["--window", "500"], "larger than the scene"),
-    (["--stride", "40"], "larger than --window"),
-    (["--method", "protonett"], "did you mean protonet"),
-    (["--smooth-strength", "x"], "must be a number"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--labels", "missing.csv"], "does not exist"),
+        (["--scene", "missing.png"], "scene .* does not exist"),
+        (["--window", "500"], "larger than the scene"),
+        (["--stride", "40"], "larger than --window"),
+        (["--method", "protonett"], "did you mean protonet"),
+        (["--smooth-strength", "x"], "must be a number"),
+    ],
+)
 def test_bad_map_arguments_are_one_line(tmp_path, scene_file, capsys, args, message):
     (tmp_path / "points.csv").write_text("x,y,label\n60,50,blob\n200,20,ground\n")
-    base = {"--method": "protonet", "--scene": str(scene_file), "--labels": str(tmp_path / "points.csv"),
-            "--window": "32", "--out": str(tmp_path / "out"), "--task": "folder:/nonexistent"}
+    base = {
+        "--method": "protonet",
+        "--scene": str(scene_file),
+        "--labels": str(tmp_path / "points.csv"),
+        "--window": "32",
+        "--out": str(tmp_path / "out"),
+        "--task": "folder:/nonexistent",
+    }
     for key, value in zip(args[::2], args[1::2]):
         base[key] = value if not value.endswith((".csv", ".png")) else str(tmp_path / value)
     rc = main(["map", *[item for pair in base.items() for item in pair]])
@@ -331,9 +399,28 @@ def test_real_hirise_dunes_map(real_data_dir, tmp_path, capsys):
 
     scene = real_data_dir / "hirise-browse" / "ESP_073481_1350_RED.NOMAP.browse.jpg"
     points_file = Path(__file__).resolve().parents[1] / "docs" / "hirise-dunes-points.csv"
-    rc = main(["map", "--method", "protonet", "--scene", str(scene), "--labels", str(points_file), "--window", "128",
-               "--stride", "128", "--out", str(tmp_path / "out"), "--data-dir", str(real_data_dir), "--quiet",
-               "--preview", "300"])
+    rc = main(
+        [
+            "map",
+            "--method",
+            "protonet",
+            "--scene",
+            str(scene),
+            "--labels",
+            str(points_file),
+            "--window",
+            "128",
+            "--stride",
+            "128",
+            "--out",
+            str(tmp_path / "out"),
+            "--data-dir",
+            str(real_data_dir),
+            "--quiet",
+            "--preview",
+            "300",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     grid = WindowGrid(*summary["scene_size"][::-1], summary["window"], summary["stride"])
@@ -361,15 +448,48 @@ def test_without_the_gis_extra_gis_files_say_how_to_install_it(tmp_path, capsys,
     (tmp_path / "points.gpkg").write_bytes(b"not read")
     write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
     folder_like(tmp_path / "base", per_class=6)
-    common = ["--window", "32", "--out", str(tmp_path / "out"), "--task", f"folder:{tmp_path / 'base'}",
-              "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--preview", "150"]
+    common = [
+        "--window",
+        "32",
+        "--out",
+        str(tmp_path / "out"),
+        "--task",
+        f"folder:{tmp_path / 'base'}",
+        "--image-size",
+        "32",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+        "--preview",
+        "150",
+    ]
     for scene, labels in (("scene.jp2", "points.csv"), ("scene.png", "points.gpkg")):
-        rc = main(["map", "--method", "protonet", "--scene", str(tmp_path / scene), "--labels",
-                   str(tmp_path / labels), *common])
+        rc = main(
+            [
+                "map",
+                "--method",
+                "protonet",
+                "--scene",
+                str(tmp_path / scene),
+                "--labels",
+                str(tmp_path / labels),
+                *common,
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and "marsfsl[gis]" in err and err.count("\n") == 1, err
-    rc = main(["map", "--method", "protonet", "--scene", str(tmp_path / "scene.png"), "--labels",
-               str(tmp_path / "points.csv"), *common])
+    rc = main(
+        [
+            "map",
+            "--method",
+            "protonet",
+            "--scene",
+            str(tmp_path / "scene.png"),
+            "--labels",
+            str(tmp_path / "points.csv"),
+            *common,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "marsfsl[gis]" in summary["gis_outputs"] and "labels.tif" not in summary["files"]
@@ -381,10 +501,33 @@ def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, cap
     """bench craters run on the CTX block (coarse windows, a tiny base task): rows appended under the lock, a
     second identical run maps nothing and appends nothing, --fresh sets the old rows aside."""
     folder_like(tmp_path / "base", per_class=6)
-    args = ["craters", "run", "--method", "protonet", "--shots", "3", "--seeds", "0,1", "--window", "128", "--stride",
-            "128", "--image-size", "32", "--task", f"folder:{tmp_path / 'base'}", "--data-dir", str(real_data_dir),
-            "--cache-dir", str(tmp_path / "cache"), "--work", str(tmp_path / "work"), "--out",
-            str(tmp_path / "out" / "ctx"), "--quiet"]
+    args = [
+        "craters",
+        "run",
+        "--method",
+        "protonet",
+        "--shots",
+        "3",
+        "--seeds",
+        "0,1",
+        "--window",
+        "128",
+        "--stride",
+        "128",
+        "--image-size",
+        "32",
+        "--task",
+        f"folder:{tmp_path / 'base'}",
+        "--data-dir",
+        str(real_data_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "out" / "ctx"),
+        "--quiet",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     rows = (tmp_path / "out" / "ctx.csv").read_text()
     assert rows.count("\n") == 1 + 2 * 2  # header + (seed x smoothing)

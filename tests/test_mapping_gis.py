@@ -1,5 +1,6 @@
 """bench map in GIS terms: georeferenced scenes in (windowed reads, 16-bit, no-data), GIS samples in any CRS,
 GeoTIFF and GeoPackage outputs read back at the right map coordinates."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,16 @@ def halves(dtype=np.uint8, low=60, high=215, seed=3) -> np.ndarray:
 
 
 def write_geotiff(path, pixels, crs=SCENE_CRS, transform=TRANSFORM, nodata=None, tiled=True):
-    profile = {"driver": "GTiff", "height": pixels.shape[0], "width": pixels.shape[1], "count": 1,
-               "dtype": pixels.dtype.name, "crs": crs, "transform": transform, "nodata": nodata}
+    profile = {
+        "driver": "GTiff",
+        "height": pixels.shape[0],
+        "width": pixels.shape[1],
+        "count": 1,
+        "dtype": pixels.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+    }
     if tiled:
         profile.update(tiled=True, blockxsize=64, blockysize=64)
     with warnings.catch_warnings():  # an identity transform: a raster without georeferencing, on purpose
@@ -52,9 +61,31 @@ def write_geotiff(path, pixels, crs=SCENE_CRS, transform=TRANSFORM, nodata=None,
 
 def map_args(tmp_path, scene, labels, *extra):
     folder_like(tmp_path / "base", per_class=6)
-    return ["map", "--method", "protonet", "--scene", str(scene), "--labels", str(labels), "--window", "32",
-            "--stride", "16", "--out", str(tmp_path / "out"), "--task", f"folder:{tmp_path / 'base'}",
-            "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--preview", "150", *extra]
+    return [
+        "map",
+        "--method",
+        "protonet",
+        "--scene",
+        str(scene),
+        "--labels",
+        str(labels),
+        "--window",
+        "32",
+        "--stride",
+        "16",
+        "--out",
+        str(tmp_path / "out"),
+        "--task",
+        f"folder:{tmp_path / 'base'}",
+        "--image-size",
+        "32",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+        "--preview",
+        "150",
+        *extra,
+    ]
 
 
 def test_georeferenced_scene_and_samples_in_another_crs_map_back_in_place(tmp_path, capsys):
@@ -70,8 +101,15 @@ def test_georeferenced_scene_and_samples_in_another_crs_map_back_in_place(tmp_pa
     points = [shapely.Point(lonlat(c, r)) for c, r in ((150, 30), (170, 100), (135, 64))]
     geoms = [polygon] + points
     labels = np.asarray(["stripes"] + ["ground"] * 3, dtype=object)
-    pyogrio.raw.write(tmp_path / "samples.gpkg", shapely.to_wkb(geoms), [labels, np.arange(4)],
-                      ["landform", "id"], driver="GPKG", geometry_type="Unknown", crs="EPSG:4326")
+    pyogrio.raw.write(
+        tmp_path / "samples.gpkg",
+        shapely.to_wkb(geoms),
+        [labels, np.arange(4)],
+        ["landform", "id"],
+        driver="GPKG",
+        geometry_type="Unknown",
+        crs="EPSG:4326",
+    )
     rc = main(map_args(tmp_path, tmp_path / "scene.tif", tmp_path / "samples.gpkg", "--label-field", "landform"))
     assert rc == 0, capsys.readouterr().err
     out = tmp_path / "out"
@@ -88,7 +126,12 @@ def test_georeferenced_scene_and_samples_in_another_crs_map_back_in_place(tmp_pa
         assert src.colormap(1)[1][:3] != src.colormap(1)[0][:3]
         label_raster = src.read(1)
         # the pattern at the right map coordinates: sample by map position, not by array position
-        for col, row, expected in ((20, 20, "stripes"), (90, 110, "stripes"), (140, 10, "ground"), (185, 120, "ground")):
+        for col, row, expected in (
+            (20, 20, "stripes"),
+            (90, 110, "stripes"),
+            (140, 10, "ground"),
+            (185, 120, "ground"),
+        ):
             x, y = TRANSFORM @ (col + 0.5, row + 0.5)
             r, c = src.index(x, y)
             assert (r, c) == (row, col)
@@ -127,8 +170,11 @@ def test_sixteen_bit_scene_is_stretched_not_saturated(tmp_path, capsys, suffix):
         write_geotiff(tmp_path / "scene.tif", pixels, crs=None, transform=Affine.identity())
         scene = load_scene(tmp_path / "scene.tif")
         assert isinstance(scene, RasterScene) and scene.geotransform is None and scene.limits[1] > 1000
-    write_points(tmp_path / "points.csv", [(20, 20), (60, 100), (150, 30), (170, 100)],
-                 ["stripes", "stripes", "ground", "ground"])
+    write_points(
+        tmp_path / "points.csv",
+        [(20, 20), (60, 100), (150, 30), (170, 100)],
+        ["stripes", "stripes", "ground", "ground"],
+    )
     rc = main(map_args(tmp_path, tmp_path / f"scene{suffix}", tmp_path / "points.csv"))
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -146,8 +192,18 @@ def test_raster_windows_equal_in_memory_windows(tmp_path, suffix, driver):
     pixels = np.random.default_rng(0).integers(0, 256, (70, 90), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "scene.png")
     options = {"REVERSIBLE": "YES", "QUALITY": "100"} if driver == "JP2OpenJPEG" else {}
-    with rasterio.open(tmp_path / f"scene{suffix}", "w", driver=driver, height=70, width=90, count=1, dtype="uint8",
-                       crs=SCENE_CRS, transform=TRANSFORM, **options) as dst:
+    with rasterio.open(
+        tmp_path / f"scene{suffix}",
+        "w",
+        driver=driver,
+        height=70,
+        width=90,
+        count=1,
+        dtype="uint8",
+        crs=SCENE_CRS,
+        transform=TRANSFORM,
+        **options,
+    ) as dst:
         dst.write(pixels, 1)
     memory, raster = load_scene(tmp_path / "scene.png"), load_scene(tmp_path / f"scene{suffix}")
     assert isinstance(raster, RasterScene) and raster.geotransform == TRANSFORM.to_gdal()
@@ -164,8 +220,11 @@ def test_no_data_is_never_classified(tmp_path, capsys):
     write_geotiff(tmp_path / "scene.tif", pixels, nodata=-9999.0)
     scene = load_scene(tmp_path / "scene.tif")
     assert scene.limits[0] >= -5.0 and scene.limits[1] <= 30.0  # no-data values do not stretch the limits
-    write_points(tmp_path / "points.csv", [(20, 20), (60, 100), (130, 30), (140, 100)],
-                 ["stripes", "stripes", "ground", "ground"])
+    write_points(
+        tmp_path / "points.csv",
+        [(20, 20), (60, 100), (130, 30), (140, 100)],
+        ["stripes", "stripes", "ground", "ground"],
+    )
     rc = main(map_args(tmp_path, tmp_path / "scene.tif", tmp_path / "points.csv"))
     assert rc == 0, capsys.readouterr().err
     out = tmp_path / "out"
@@ -196,8 +255,17 @@ def test_a_paletted_geotiff_shows_its_colours_like_a_paletted_png(tmp_path):
     png = Image.fromarray(indices, mode="P")
     png.putpalette([v for c in range(4) for v in colours[c][:3]])
     png.save(tmp_path / "scene.png")
-    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=40, width=50, count=1, dtype="uint8",
-                       crs=SCENE_CRS, transform=TRANSFORM) as dst:
+    with rasterio.open(
+        tmp_path / "scene.tif",
+        "w",
+        driver="GTiff",
+        height=40,
+        width=50,
+        count=1,
+        dtype="uint8",
+        crs=SCENE_CRS,
+        transform=TRANSFORM,
+    ) as dst:
         dst.write(indices, 1)
         dst.write_colormap(1, colours)
     memory, raster = load_scene(tmp_path / "scene.png"), load_scene(tmp_path / "scene.tif")
@@ -214,14 +282,24 @@ def test_geojson_and_shapefile_labels_select_the_same_windows_as_a_geopackage(tm
     scene = load_scene(tmp_path / "scene.tif")
     grid = WindowGrid(HEIGHT, WIDTH, 32, 16)
     to_lonlat = pyproj.Transformer.from_crs(SCENE_CRS, "EPSG:4326", always_xy=True)
+
     def polygon(x0, y0, x1, y1):  # a pixel rectangle, as a WGS84 polygon (a shapefile holds one geometry type)
-        return shapely.Polygon([to_lonlat.transform(*(TRANSFORM @ xy)) for xy in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
+        return shapely.Polygon(
+            [to_lonlat.transform(*(TRANSFORM @ xy)) for xy in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+        )
 
     geoms = shapely.to_wkb([polygon(8, 8, 72, 72), polygon(136, 24, 168, 56)])
     selected = []
     for name, drv in ((f"labels{suffix}", driver), ("labels.gpkg", "GPKG")):
-        pyogrio.raw.write(tmp_path / name, geoms, [np.array(["stripes", "ground"], object)], ["label"], driver=drv,
-                          geometry_type="Polygon", crs="EPSG:4326")
+        pyogrio.raw.write(
+            tmp_path / name,
+            geoms,
+            [np.array(["stripes", "ground"], object)],
+            ["label"],
+            driver=drv,
+            geometry_type="Polygon",
+            crs="EPSG:4326",
+        )
         selected.append(read_points(tmp_path / name, grid, scene=scene))
     assert np.array_equal(selected[0].windows, selected[1].windows)
     assert np.array_equal(selected[0].labels, selected[1].labels)
@@ -232,23 +310,63 @@ def test_geojson_and_shapefile_labels_select_the_same_windows_as_a_geopackage(tm
     assert cells == {(r, c) for r in range(4) for c in range(4)} - {(0, 0)}
 
 
-@pytest.mark.parametrize("make, extra, message", [
-    (lambda p: pyogrio.raw.write(p, shapely.to_wkb([shapely.Point(500_100, 4_099_900)]), [np.array(["a"], object)],
-                                 ["kind"], driver="GPKG", geometry_type="Point", crs=SCENE_CRS),
-     [], "no attribute 'label'.*--label-field"),
-    (lambda p: pyogrio.raw.write(p, shapely.to_wkb([shapely.Point(0, 0), shapely.Point(1, 1)]),
-                                 [np.array(["a", "b"], object)], ["label"], driver="GPKG", geometry_type="Point",
-                                 crs=SCENE_CRS),
-     [], "feature 1: point lies outside the scene"),
-    (lambda p: pyogrio.raw.write(p, shapely.to_wkb([shapely.LineString([(500_100, 4_099_900), (500_200, 4_099_800)])]),
-                                 [np.array(["a"], object)], ["label"], driver="GPKG", geometry_type="LineString",
-                                 crs=SCENE_CRS),
-     [], "LineString; labels are points or polygons"),
-    (lambda p: pyogrio.raw.write(p, shapely.to_wkb([shapely.box(500_100, 4_099_900, 500_104, 4_099_904)]),
-                                 [np.array(["a"], object)], ["label"], driver="GPKG", geometry_type="Polygon",
-                                 crs=SCENE_CRS),
-     [], "covers no window's cell"),
-])
+@pytest.mark.parametrize(
+    "make, extra, message",
+    [
+        (
+            lambda p: pyogrio.raw.write(
+                p,
+                shapely.to_wkb([shapely.Point(500_100, 4_099_900)]),
+                [np.array(["a"], object)],
+                ["kind"],
+                driver="GPKG",
+                geometry_type="Point",
+                crs=SCENE_CRS,
+            ),
+            [],
+            "no attribute 'label'.*--label-field",
+        ),
+        (
+            lambda p: pyogrio.raw.write(
+                p,
+                shapely.to_wkb([shapely.Point(0, 0), shapely.Point(1, 1)]),
+                [np.array(["a", "b"], object)],
+                ["label"],
+                driver="GPKG",
+                geometry_type="Point",
+                crs=SCENE_CRS,
+            ),
+            [],
+            "feature 1: point lies outside the scene",
+        ),
+        (
+            lambda p: pyogrio.raw.write(
+                p,
+                shapely.to_wkb([shapely.LineString([(500_100, 4_099_900), (500_200, 4_099_800)])]),
+                [np.array(["a"], object)],
+                ["label"],
+                driver="GPKG",
+                geometry_type="LineString",
+                crs=SCENE_CRS,
+            ),
+            [],
+            "LineString; labels are points or polygons",
+        ),
+        (
+            lambda p: pyogrio.raw.write(
+                p,
+                shapely.to_wkb([shapely.box(500_100, 4_099_900, 500_104, 4_099_904)]),
+                [np.array(["a"], object)],
+                ["label"],
+                driver="GPKG",
+                geometry_type="Polygon",
+                crs=SCENE_CRS,
+            ),
+            [],
+            "covers no window's cell",
+        ),
+    ],
+)
 def test_bad_gis_labels_are_one_line(tmp_path, capsys, make, extra, message):
     write_geotiff(tmp_path / "scene.tif", halves())
     make(tmp_path / "labels.gpkg")
@@ -260,8 +378,15 @@ def test_bad_gis_labels_are_one_line(tmp_path, capsys, make, extra, message):
 
 def test_labels_in_a_crs_on_a_scene_without_georeferencing_are_refused(tmp_path, capsys):
     Image.fromarray(halves()).save(tmp_path / "scene.png")
-    pyogrio.raw.write(tmp_path / "labels.gpkg", shapely.to_wkb([shapely.Point(10, 10)]), [np.array(["a"], object)],
-                      ["label"], driver="GPKG", geometry_type="Point", crs=SCENE_CRS)
+    pyogrio.raw.write(
+        tmp_path / "labels.gpkg",
+        shapely.to_wkb([shapely.Point(10, 10)]),
+        [np.array(["a"], object)],
+        ["label"],
+        driver="GPKG",
+        geometry_type="Point",
+        crs=SCENE_CRS,
+    )
     rc = main(map_args(tmp_path, tmp_path / "scene.png", tmp_path / "labels.gpkg"))
     err = capsys.readouterr().err
     assert rc == 2 and "not georeferenced" in err, err

@@ -1,5 +1,6 @@
 """--source SPEC on `bench map` and `bench craters run`: the source's images are the base pool, the source is in
 summary.json, in cache keys and in the crater rows' key, and a source holding the mapped scene is refused."""
+
 import csv
 import json
 import shutil
@@ -50,10 +51,33 @@ def spy(monkeypatch):
 def bench_map(data, tmp_path, *extra):
     Image.fromarray(blob_scene()[0]).save(tmp_path / "scene.png")
     write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
-    return main(["map", "--method", "simpleshot", "--scene", str(tmp_path / "scene.png"), "--labels",
-                 str(tmp_path / "points.csv"), "--window", "32", "--out", str(tmp_path / "out"), "--task",
-                 f"folder:{data / 'base'}", "--data-dir", str(data / "data"), "--image-size", "16", "--cache-dir",
-                 str(data / "cache"), "--quiet", "--preview", "100", *extra])
+    return main(
+        [
+            "map",
+            "--method",
+            "simpleshot",
+            "--scene",
+            str(tmp_path / "scene.png"),
+            "--labels",
+            str(tmp_path / "points.csv"),
+            "--window",
+            "32",
+            "--out",
+            str(tmp_path / "out"),
+            "--task",
+            f"folder:{data / 'base'}",
+            "--data-dir",
+            str(data / "data"),
+            "--image-size",
+            "16",
+            "--cache-dir",
+            str(data / "cache"),
+            "--quiet",
+            "--preview",
+            "100",
+            *extra,
+        ]
+    )
 
 
 def test_bench_map_prepares_on_the_source_and_says_so(data, tmp_path, spy, capsys):
@@ -73,9 +97,16 @@ def test_map_caches_are_keyed_by_the_source(data, tmp_path):
     Image.fromarray(blob_scene()[0]).save(tmp_path / "scene.png")
     scene = load_scene(tmp_path / "scene.png")
     grid = WindowGrid(scene.height, scene.width, 64, 64)
-    contexts = [MapContext(load_task(f"folder:{data / 'base'}", data / "data", source=source),
-                           Cache(tmp_path / "cache"), image_size=16, scene=scene, grid=grid)
-                for source in (None, "aid", f"folder:{data / 'other'}")]
+    contexts = [
+        MapContext(
+            load_task(f"folder:{data / 'base'}", data / "data", source=source),
+            Cache(tmp_path / "cache"),
+            image_size=16,
+            scene=scene,
+            grid=grid,
+        )
+        for source in (None, "aid", f"folder:{data / 'other'}")
+    ]
     for what in ("task_key", "features_key", "base_images_key", "images_key"):
         values = [getattr(c, what) for c in contexts]
         values = [v() if callable(v) else v for v in values]
@@ -94,13 +125,30 @@ def test_a_source_holding_the_scene_is_refused_in_one_line(data, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spec, message", [("nope", "--source 'nope' is neither a task"),
-                                           ("folder:/nonexistent", "nonexistent")])
+@pytest.mark.parametrize(
+    "spec, message", [("nope", "--source 'nope' is neither a task"), ("folder:/nonexistent", "nonexistent")]
+)
 def test_a_bad_source_is_one_line_as_on_bench_run(data, tmp_path, capsys, spec, message):
     assert bench_map(data, tmp_path, "--source", spec) == 2
     err = capsys.readouterr().err
-    assert main(["run", "--method", "protonet", "--task", f"folder:{data / 'base'}", "--source", spec,
-                 "--data-dir", str(data / "data"), "--out", str(tmp_path / "r.csv")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--method",
+                "protonet",
+                "--task",
+                f"folder:{data / 'base'}",
+                "--source",
+                spec,
+                "--data-dir",
+                str(data / "data"),
+                "--out",
+                str(tmp_path / "r.csv"),
+            ]
+        )
+        == 2
+    )
     assert err == capsys.readouterr().err  # the same line as bench run's
     assert err.count("\n") == 1 and message in err, err
 
@@ -119,10 +167,36 @@ def test_crater_rows_are_keyed_by_the_source(ctx_data, tmp_path, capsys):
     out = tmp_path / "out" / "ctx"
 
     def run(*extra):
-        rc = main(["craters", "run", "--method", "simpleshot", "--shots", "2", "--seeds", "0", "--window", "256",
-                   "--stride", "256", "--image-size", "16", "--task", f"folder:{data / 'base'}", "--data-dir",
-                   str(data / "data"), "--cache-dir", str(data / "cache"), "--work", str(tmp_path / "work"), "--out",
-                   str(out), "--quiet", *extra])
+        rc = main(
+            [
+                "craters",
+                "run",
+                "--method",
+                "simpleshot",
+                "--shots",
+                "2",
+                "--seeds",
+                "0",
+                "--window",
+                "256",
+                "--stride",
+                "256",
+                "--image-size",
+                "16",
+                "--task",
+                f"folder:{data / 'base'}",
+                "--data-dir",
+                str(data / "data"),
+                "--cache-dir",
+                str(data / "cache"),
+                "--work",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+                "--quiet",
+                *extra,
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 0, err
         with open(f"{out}.csv", newline="") as f:
@@ -150,10 +224,37 @@ def test_crater_run_refuses_a_source_holding_a_ctx_tile(ctx_data, tmp_path, caps
     for i in range(6):
         write_image(holder / "pq"[i % 2] / f"img{i}.png", i % 2, i, size=20)  # images of no other folder
     shutil.copy(ctx_data / "data" / "ctx-murray-craters" / "resized_CTX" / "CTX11_1248.png", holder / "p" / "t.png")
-    rc = main(["craters", "run", "--method", "simpleshot", "--shots", "2", "--seeds", "0", "--window", "256",
-               "--stride", "256", "--image-size", "16", "--task", f"folder:{ctx_data / 'base'}", "--source",
-               f"folder:{holder}", "--data-dir", str(ctx_data / "data"), "--cache-dir", str(ctx_data / "cache"),
-               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "ctx"), "--quiet"])
+    rc = main(
+        [
+            "craters",
+            "run",
+            "--method",
+            "simpleshot",
+            "--shots",
+            "2",
+            "--seeds",
+            "0",
+            "--window",
+            "256",
+            "--stride",
+            "256",
+            "--image-size",
+            "16",
+            "--task",
+            f"folder:{ctx_data / 'base'}",
+            "--source",
+            f"folder:{holder}",
+            "--data-dir",
+            str(ctx_data / "data"),
+            "--cache-dir",
+            str(ctx_data / "cache"),
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out" / "ctx"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "CTX11_1248.png" in err and "t.png" in err, err
     assert not (tmp_path / "out" / "ctx.csv").exists()

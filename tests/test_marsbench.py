@@ -1,4 +1,5 @@
 """`marsbench:PATH` (Mars-Bench's classification layout), fixed-K on it (its K-shot lists, --cap) and weighted F1."""
+
 import csv
 
 import numpy as np
@@ -38,25 +39,37 @@ def test_a_set_without_scene_names_gets_one_group_per_image_and_one_notice(tmp_p
     assert err.count("\n") == 1 and "give no source scene" in err and err.startswith("notice: ")
 
 
-@pytest.mark.parametrize("file_ids, rule, groups", [
-    (["B01_001_XN_CX10_CY3.png", "B01_001_XN_CX12_CY3.png"], "ctx-product", ["B01_001_XN", "B01_001_XN"]),
-    (["ESP_011623_2100_RED-0069.jpg", "ESP_011623_2100_RED-0069-r90.jpg", "PSP_001234_1800_RED-0001.jpg"],
-     "hirise-observation", ["ESP_011623_2100", "ESP_011623_2100", "PSP_001234_1800"]),
-    (["0003ML0000000110100031E01_DRCL.JPG", "0003MR0000000110100031E01_DRCL.JPG", "0150MH0001.JPG"], "msl-sol",
-     ["0003", "0003", "0150"]),
-    (["ESP_011623_2100_RED-0069.jpg", "frost_17.png"], "image", ["ESP_011623_2100_RED-0069.jpg", "frost_17.png"]),
-])
+@pytest.mark.parametrize(
+    "file_ids, rule, groups",
+    [
+        (["B01_001_XN_CX10_CY3.png", "B01_001_XN_CX12_CY3.png"], "ctx-product", ["B01_001_XN", "B01_001_XN"]),
+        (
+            ["ESP_011623_2100_RED-0069.jpg", "ESP_011623_2100_RED-0069-r90.jpg", "PSP_001234_1800_RED-0001.jpg"],
+            "hirise-observation",
+            ["ESP_011623_2100", "ESP_011623_2100", "PSP_001234_1800"],
+        ),
+        (
+            ["0003ML0000000110100031E01_DRCL.JPG", "0003MR0000000110100031E01_DRCL.JPG", "0150MH0001.JPG"],
+            "msl-sol",
+            ["0003", "0003", "0150"],
+        ),
+        (["ESP_011623_2100_RED-0069.jpg", "frost_17.png"], "image", ["ESP_011623_2100_RED-0069.jpg", "frost_17.png"]),
+    ],
+)
 def test_group_rules(file_ids, rule, groups):
     assert {name for name, _, _ in GROUP_RULES} >= {"ctx-product", "hirise-observation", "msl-sol"}
     assert group_rule(file_ids) == (rule, groups)
 
 
-@pytest.mark.parametrize("change, message", [
-    ("drop-column", r"lacks column\(s\) feature_name"),
-    ("missing-image", "do not exist"),
-    ("two-folders-one-label", "gives label 0 to two class folders"),
-    ("bad-split", r"has split\(s\) .training."),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("drop-column", r"lacks column\(s\) feature_name"),
+        ("missing-image", "do not exist"),
+        ("two-folders-one-label", "gives label 0 to two class folders"),
+        ("bad-split", r"has split\(s\) .training."),
+    ],
+)
 def test_bad_sets_are_one_line_errors(tmp_path, change, message):
     root = marsbench_like(tmp_path / "set")
     with open(root / "annotation.csv", newline="") as f:
@@ -68,7 +81,9 @@ def test_bad_sets_are_one_line_errors(tmp_path, change, message):
     elif change == "two-folders-one-label":
         write_annotation(root / "annotation.csv", [(f, c, 0 if c == "cra" else lab, s) for f, c, lab, s in rows])
     else:
-        write_annotation(root / "annotation.csv", [(f, c, lab, "training" if s == "train" else s) for f, c, lab, s in rows])
+        write_annotation(
+            root / "annotation.csv", [(f, c, lab, "training" if s == "train" else s) for f, c, lab, s in rows]
+        )
     with pytest.raises(UserError, match=message) as exc:
         load_dataset(f"marsbench:{root}", tmp_path)
     assert "\n" not in str(exc.value)
@@ -99,8 +114,11 @@ def test_a_k_shot_list_naming_an_unknown_image_is_refused(tmp_path):
 
 
 def test_cap_takes_all_of_a_smaller_class_and_names_it(tmp_path):
-    counts = {"train": {"aec": 6, "cra": 2, "smo": 6}, "val": {"aec": 1, "cra": 1, "smo": 1},
-              "test": {"aec": 3, "cra": 3, "smo": 3}}
+    counts = {
+        "train": {"aec": 6, "cra": 2, "smo": 6},
+        "val": {"aec": 1, "cra": 1, "smo": 1},
+        "test": {"aec": 3, "cra": 3, "smo": 3},
+    }
     task = load_task(f"marsbench:{marsbench_like(tmp_path / 'set', counts=counts)}", tmp_path)
     with pytest.raises(UserError, match=r"cra \(2\) has fewer.*--cap"):
         fixed_k_sets(task, 4, [0])
@@ -141,18 +159,40 @@ def test_weighted_f1_is_mars_benchs_and_sklearns(seed):
 
 
 def test_bench_fixedk_cap_lists_the_capped_classes_in_rows_and_table(tmp_path, capsys):
-    counts = {"train": {"aec": 4, "cra": 2, "smo": 4}, "val": {"aec": 1, "cra": 1, "smo": 1},
-              "test": {"aec": 2, "cra": 2, "smo": 2}}
+    counts = {
+        "train": {"aec": 4, "cra": 2, "smo": 4},
+        "val": {"aec": 1, "cra": 1, "smo": 1},
+        "test": {"aec": 2, "cra": 2, "smo": 2},
+    }
     root = marsbench_like(tmp_path / "set", counts=counts)
     out = tmp_path / "fk.csv"
-    args = ["fixedk", "--task", f"marsbench:{root}", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path / "c"),
-            "--image-size", "32", "--shots", "1,3", "--seeds", "0-1", "--out", str(out), "--quiet",
-            "--method", "simpleshot"]
+    args = [
+        "fixedk",
+        "--task",
+        f"marsbench:{root}",
+        "--data-dir",
+        str(tmp_path),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--image-size",
+        "32",
+        "--shots",
+        "1,3",
+        "--seeds",
+        "0-1",
+        "--out",
+        str(out),
+        "--quiet",
+        "--method",
+        "simpleshot",
+    ]
     assert main(args) == 2 and "--cap" in capsys.readouterr().err and not out.exists()
     assert main(args + ["--cap"]) == 0
     printed = capsys.readouterr().out
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {(r["shots"], r["capped"], r["draw"], r["n_train"]) for r in rows} == {("1", "", "random", "3"),
-                                                                                ("3", "cra (2)", "random", "8")}
+    assert {(r["shots"], r["capped"], r["draw"], r["n_train"]) for r in rows} == {
+        ("1", "", "random", "3"),
+        ("3", "cra (2)", "random", "8"),
+    }
     assert "capped" in printed and "cra (2)" in printed

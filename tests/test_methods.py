@@ -1,5 +1,6 @@
 """Comparison methods on a tiny generated task: accuracy above chance, no access to query labels, query
 order, determinism, eval-mode prediction, per-episode resets, MAML's meta-training cache and maths."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -47,8 +48,9 @@ def episodes(tiny):
 
 def run(method, episode, seed=0):
     named = {"classes": episode.classes} if method.takes_classes else {}  # as the harness gives them
-    method.fit(episode.support_idx, episode.support_y, episode.n_way, np.random.default_rng([seed, episode.index]),
-               **named)
+    method.fit(
+        episode.support_idx, episode.support_y, episode.n_way, np.random.default_rng([seed, episode.index]), **named
+    )
     return method.predict(episode.query_idx)
 
 
@@ -183,8 +185,9 @@ def test_maml_adaptation_gradients_match_plain_autograd(first_order):
         torch.testing.assert_close(g, h)
 
 
-@pytest.mark.parametrize("options, rows, last", [({}, 1, "weight"), ({"tied": False}, 3, "weight"),
-                                                 ({"hidden": 16}, 1, "2.weight")])
+@pytest.mark.parametrize(
+    "options, rows, last", [({}, 1, "weight"), ({"tied": False}, 3, "weight"), ({"hidden": 16}, 1, "2.weight")]
+)
 def test_maml_heads_handle_more_ways_than_meta_trained(options, rows, last, tiny, episodes):
     task, ctx = tiny
     method = make("maml", **options)  # meta-trained 3-way; the episodes are 4-way
@@ -269,12 +272,20 @@ def test_finetune_chunked_support_passes_give_the_whole_batch_gradient(tiny, mon
     assert any(not torch.equal(a, b) for a, b in zip(whole, chunked))  # three passes, not one
 
 
-@pytest.mark.parametrize("text, config", [
-    ("baseline-pp:learn_scale=no", {"learn_scale": False}), ("baseline-pp:learn_scale=YES", {"learn_scale": True}),
-    ("baseline-pp:learn_scale=0", {"learn_scale": False}), ("baseline-pp:learn_scale=True", {"learn_scale": True}),
-    ("baseline-pp:scale=10", {"scale": 10.0}), ("baseline-pp:scale=10.0", {"scale": 10.0}),
-    ("knn:k=3", {"k": 3}), ("simpleshot:norm=l2n", {"norm": "l2n"}), ("sdft:steps=5,lr_top=1", {"steps": 5, "lr_top": 1.0}),
-])
+@pytest.mark.parametrize(
+    "text, config",
+    [
+        ("baseline-pp:learn_scale=no", {"learn_scale": False}),
+        ("baseline-pp:learn_scale=YES", {"learn_scale": True}),
+        ("baseline-pp:learn_scale=0", {"learn_scale": False}),
+        ("baseline-pp:learn_scale=True", {"learn_scale": True}),
+        ("baseline-pp:scale=10", {"scale": 10.0}),
+        ("baseline-pp:scale=10.0", {"scale": 10.0}),
+        ("knn:k=3", {"k": 3}),
+        ("simpleshot:norm=l2n", {"norm": "l2n"}),
+        ("sdft:steps=5,lr_top=1", {"steps": 5, "lr_top": 1.0}),
+    ],
+)
 def test_method_options_are_converted_to_their_type_and_recorded_so(text, config):
     from benchmark.runner import MethodSpec
 
@@ -287,11 +298,20 @@ def test_method_options_are_converted_to_their_type_and_recorded_so(text, config
         assert method.learn_scale is recorded["learn_scale"] and method.scale == recorded["scale"]
 
 
-@pytest.mark.parametrize("text, option", [
-    ("baseline-pp:learn_scale=maybe", "learn_scale"), ("baseline-pp:learn_scale=2", "learn_scale"),
-    ("knn:k=2.7", "k"), ("knn:k=true", "k"), ("linear-probe:C=nan", "C"), ("linear-probe:C=inf", "C"),
-    ("baseline-pp:lr=-inf", "lr"), ("protonet:metatrain=1.0", "metatrain"), ("sdft:epochs=2.5", "epochs"),
-])
+@pytest.mark.parametrize(
+    "text, option",
+    [
+        ("baseline-pp:learn_scale=maybe", "learn_scale"),
+        ("baseline-pp:learn_scale=2", "learn_scale"),
+        ("knn:k=2.7", "k"),
+        ("knn:k=true", "k"),
+        ("linear-probe:C=nan", "C"),
+        ("linear-probe:C=inf", "C"),
+        ("baseline-pp:lr=-inf", "lr"),
+        ("protonet:metatrain=1.0", "metatrain"),
+        ("sdft:epochs=2.5", "epochs"),
+    ],
+)
 def test_method_options_of_the_wrong_type_are_one_line_errors(text, option):
     from benchmark.runner import MethodSpec
     from common.errors import UserError

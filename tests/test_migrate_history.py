@@ -1,6 +1,7 @@
 """The schema histories of benchmark/migrations.py: one ordered list of steps per table, which the live Schemas
 follow and `bench migrate` runs in order; a file several versions behind goes through every step, and sdft's
 rows end up with the config a run writes now."""
+
 import csv
 import io
 import json
@@ -29,9 +30,11 @@ from methods.backbones import weights_digest
 from methods.registry import create_method
 
 # sdft's config as its rows recorded it when config() left out the step-2 options at the paper's values
-SHORT = ('{"batch_size": 32, "epochs": 6, "head": "cosine", "lr": 0.0003, "lr_head": 0.001, "lr_top": 0.0001, '
-         '"patience": 2, "scale": 10.0, "step1": true, "steps": 20, "top_blocks": 0, "val_folds": 8, '
-         '"weight_decay": 0.0001}')
+SHORT = (
+    '{"batch_size": 32, "epochs": 6, "head": "cosine", "lr": 0.0003, "lr_head": 0.001, "lr_top": 0.0001, '
+    '"patience": 2, "scale": 10.0, "step1": true, "steps": 20, "top_blocks": 0, "val_folds": 8, '
+    '"weight_decay": 0.0001}'
+)
 FUSED = SHORT.replace('"epochs": 6, ', '"epochs": 6, "fuse": 0.5, ')
 
 
@@ -57,13 +60,21 @@ def test_the_steps_run_in_order_from_the_files_version():
     ran.clear()
     history.migrate("p", [], 2, Facts())
     assert ran == [2, 3]
-    assert history.refusal("p", 2) == ("results file p has schema 2, whose rows do not record lack 2, nor lack 3; "
-                                       "migrate it with `bench migrate p` or write to a new file with --out")
+    assert history.refusal("p", 2) == (
+        "results file p has schema 2, whose rows do not record lack 2, nor lack 3; "
+        "migrate it with `bench migrate p` or write to a new file with --out"
+    )
 
 
-@pytest.mark.parametrize("label, short", [("sdft", SHORT), ("sdft:fuse=0.5", FUSED),
-                                          ("sdft-no-step1", SHORT.replace("true", "false")),
-                                          ("sdft-linear-head", SHORT.replace('"cosine"', '"linear"'))])
+@pytest.mark.parametrize(
+    "label, short",
+    [
+        ("sdft", SHORT),
+        ("sdft:fuse=0.5", FUSED),
+        ("sdft-no-step1", SHORT.replace("true", "false")),
+        ("sdft-linear-head", SHORT.replace('"cosine"', '"linear"')),
+    ],
+)
 def test_an_old_sdft_config_becomes_the_one_a_run_writes_now(label, short):
     spec = MethodSpec.parse(label)
     now = method_config(create_method(spec.name, **spec.options))
@@ -93,8 +104,12 @@ def current_rows(tmp_path) -> list[dict]:
     """Rows of sdft (as a current run writes them, on the built-in backbone) and of another method."""
     frame = fake_rows({"sdft": 0.6, "sdft:fuse=0.5": 0.62, "protonet": 0.5}, shots=(5,), episodes=2)
     frame["weights"] = weights_digest("efficientnet_lite0")
-    frame["config"] = [method_config(create_method(MethodSpec.parse(m).name, **MethodSpec.parse(m).options))
-                       if m.startswith("sdft") else c for m, c in zip(frame["method"], frame["config"])]
+    frame["config"] = [
+        method_config(create_method(MethodSpec.parse(m).name, **MethodSpec.parse(m).options))
+        if m.startswith("sdft")
+        else c
+        for m, c in zip(frame["method"], frame["config"])
+    ]
     append_rows(tmp_path / "now.csv", frame.to_dict("records"))
     return read_rows(tmp_path / "now.csv")
 
@@ -103,8 +118,10 @@ def test_an_episode_file_two_versions_behind_goes_through_both_steps(tmp_path):
     """Schema 3 (no weights' digest, sdft's short config): refused in one line naming both lacks and the command;
     migrated, it is the file a current run writes, every other field's text kept."""
     now = current_rows(tmp_path)
-    old_rows = [{**r, "config": SHORT if r["method"] == "sdft" else FUSED if r["method"] == "sdft:fuse=0.5"
-                 else r["config"]} for r in now]
+    old_rows = [
+        {**r, "config": SHORT if r["method"] == "sdft" else FUSED if r["method"] == "sdft:fuse=0.5" else r["config"]}
+        for r in now
+    ]
     path = tmp_path / "old.csv"
     old = old_file(path, old_rows, EPISODES_V3, schema="3")
     with pytest.raises(UserError) as exc:
@@ -120,7 +137,10 @@ def test_an_episode_file_two_versions_behind_goes_through_both_steps(tmp_path):
     for was, new in zip(old.splitlines()[1:], lines[1:]):  # the old fields' text, in place
         was_fields, new_fields = next(csv.reader([was])), next(csv.reader([new]))
         config = EPISODES_V3.index("config")
-        assert was_fields[1:config] + was_fields[config + 1:] == new_fields[1:config] + new_fields[config + 1:len(was_fields)]
+        assert (
+            was_fields[1:config] + was_fields[config + 1 :]
+            == new_fields[1:config] + new_fields[config + 1 : len(was_fields)]
+        )
     assert "already current" in migrate_file(path, tmp_path)
 
 
@@ -128,14 +148,19 @@ def test_a_file_of_the_previous_version_is_told_by_its_schema_column(tmp_path):
     """Schema 4 has schema 5's header: its rows' `schema` column tells it, for reading, appending and migrating."""
     now = current_rows(tmp_path)
     path = tmp_path / "four.csv"
-    old_file(path, [{**r, "config": SHORT if r["method"] == "sdft" else r["config"]} for r in now], EPISODES.columns,
-             schema="4")
+    old_file(
+        path,
+        [{**r, "config": SHORT if r["method"] == "sdft" else r["config"]} for r in now],
+        EPISODES.columns,
+        schema="4",
+    )
     for attempt in (lambda: read_results(path), lambda: append_rows(path, now[:1])):
         with pytest.raises(UserError, match=rf"has schema 4, whose rows do not record .*`bench migrate {path}`"):
             attempt()
     assert "migrated from schema 4 (full sdft configs: 2 rows)" in migrate_file(path, tmp_path)
-    assert [r for r in read_rows(path) if r["method"] != "sdft:fuse=0.5"] == \
-        [r for r in now if r["method"] != "sdft:fuse=0.5"]
+    assert [r for r in read_rows(path) if r["method"] != "sdft:fuse=0.5"] == [
+        r for r in now if r["method"] != "sdft:fuse=0.5"
+    ]
     header_only = tmp_path / "empty.csv"
     header_only.write_text(",".join(EPISODES.columns) + "\n")
     assert read_results(header_only).empty  # nothing to migrate: taken for the current version
@@ -143,10 +168,27 @@ def test_a_file_of_the_previous_version_is_told_by_its_schema_column(tmp_path):
 
 def test_a_crater_file_of_schema_5_gains_its_schema_column_and_full_sdft_configs(tmp_path):
     row = {c: "0" for c in CRATERS_V5}
-    row.update(method="sdft", config=SHORT, precision="0.5", recall="0.5", f1="0.5", predicted_crater_fraction="0.1",
-               strict_precision="0.5", strict_recall="0.5", strict_f1="0.5", shots="5", window="256", stride="256",
-               image_size="128", map_seconds="1.5", prepare_seconds="2.0", strength="", smoothing="none",
-               backbone="efficientnet_lite0", weights="w")
+    row.update(
+        method="sdft",
+        config=SHORT,
+        precision="0.5",
+        recall="0.5",
+        f1="0.5",
+        predicted_crater_fraction="0.1",
+        strict_precision="0.5",
+        strict_recall="0.5",
+        strict_f1="0.5",
+        shots="5",
+        window="256",
+        stride="256",
+        image_size="128",
+        map_seconds="1.5",
+        prepare_seconds="2.0",
+        strength="",
+        smoothing="none",
+        backbone="efficientnet_lite0",
+        weights="w",
+    )
     path = tmp_path / "ctx.csv"
     old_file(path, [row], CRATERS_V5)
     with pytest.raises(UserError, match="has schema 5,"):

@@ -1,4 +1,5 @@
 """methods.optim.Adam is torch.optim.Adam's arithmetic, bit for bit."""
+
 import copy
 
 import torch

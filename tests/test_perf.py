@@ -1,4 +1,5 @@
 """`bench perf` prints its table on a tiny generated task (a smoke test: figures, not timings, are checked)."""
+
 import shutil
 import sys
 
@@ -30,16 +31,44 @@ def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
     pytest.importorskip("easyfsl")
     monkeypatch.setitem(sys.modules, "ray", None)
     make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=10, per_group=8)
-    code = main(["perf", "--task", f"folder:{tmp_path / 'data'}", "--episodes", "5", "--extraction-images", "8",
-                 "--memory-shots", "1", "--step1-batches", "2",
-                 "--image-size", "32", "--warm-method", "protonet", "--memory-method", "protonet",
-                 "--transductive-episodes", "3", "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "perf",
+            "--task",
+            f"folder:{tmp_path / 'data'}",
+            "--episodes",
+            "5",
+            "--extraction-images",
+            "8",
+            "--memory-shots",
+            "1",
+            "--step1-batches",
+            "2",
+            "--image-size",
+            "32",
+            "--warm-method",
+            "protonet",
+            "--memory-method",
+            "protonet",
+            "--transductive-episodes",
+            "3",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     rows = [line for line in out.splitlines() if line.startswith("│")]  # unwrapped when not a terminal
-    for measure in ("episodes/s, protonet", "episodes/s, simpleshot", "episodes/s, linear-probe",
-                    "extraction from files", "warm start", "peak memory", "SDFT step 1 training",
-                    *(f"episodes/s, {name} (transductive)" for name in ("bd-cspn", "laplacianshot", "tim", "pt-map"))):
+    for measure in (
+        "episodes/s, protonet",
+        "episodes/s, simpleshot",
+        "episodes/s, linear-probe",
+        "extraction from files",
+        "warm start",
+        "peak memory",
+        "SDFT step 1 training",
+        *(f"episodes/s, {name} (transductive)" for name in ("bd-cspn", "laplacianshot", "tim", "pt-map")),
+    ):
         assert sum(measure in row for row in rows) == 1, measure
     for name, cls in (("bd-cspn", "BDCSPN"), ("laplacianshot", "LaplacianShot"), ("tim", "TIM"), ("pt-map", "PTMAP")):
         row = next(row for row in rows if f"{name} (transductive)" in row)
@@ -49,8 +78,12 @@ def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode
     assert not any("Ray executor" in row for row in rows)
     if shutil.which("bwrap"):  # the sandbox's start-up and per-episode cost, side by side with local
-        for measure in ("--isolate start-up, protonet", "episodes/s under --isolate, protonet",
-                        "--isolate start-up, sdft-no-step1", "episodes/s under --isolate, sdft-no-step1"):
+        for measure in (
+            "--isolate start-up, protonet",
+            "episodes/s under --isolate, protonet",
+            "--isolate start-up, sdft-no-step1",
+            "episodes/s under --isolate, sdft-no-step1",
+        ):
             assert sum(measure in row for row in rows) == 1, measure
         assert "ANSWERS DIFFER" not in out
     assert "No Ray row: Ray is not installed" in " ".join(out.split())  # the table's caption says why

@@ -1,6 +1,7 @@
 """benchmark/pipeline.run with a protocol of its own (no task, no data): the loop every protocol shares plans
 against the results file, resumes, refuses or sets aside rows of other conditions or code, appends, re-reads,
 and owns the failure policy."""
+
 import csv
 from types import SimpleNamespace
 
@@ -13,11 +14,17 @@ from benchmark.runner import MethodSpec, blamed
 from benchmark.scoring import MethodFailed
 from common.errors import UserError
 
-TOY = Schema(name="toy results", version=1,
-             columns=("schema", "task", "method", "config", "shots", "seed", "score", "seconds", "git_commit",
-                      "versions"),
-             measurement=("task", "method", "shots"), conditions=("config",), unit="seed", unit_fractions=("score",),
-             counts={"shots": 1, "seed": 0}, outcome=("score",))
+TOY = Schema(
+    name="toy results",
+    version=1,
+    columns=("schema", "task", "method", "config", "shots", "seed", "score", "seconds", "git_commit", "versions"),
+    measurement=("task", "method", "shots"),
+    conditions=("config",),
+    unit="seed",
+    unit_fractions=("score",),
+    counts={"shots": 1, "seed": 0},
+    outcome=("score",),
+)
 
 
 class Toy(Protocol):
@@ -36,9 +43,18 @@ class Toy(Protocol):
         return self.out
 
     def plans(self):  # one spec per method: the pipeline runs a method's plans together
-        return [Plan(spec, object(), {"task": "toy", "method": spec.label, "shots": k}, {"config": self.condition},
-                     list(self.seeds), f"{spec.label} {k}-shot") for spec in map(MethodSpec, self.names)
-                for k in self.shots]
+        return [
+            Plan(
+                spec,
+                object(),
+                {"task": "toy", "method": spec.label, "shots": k},
+                {"config": self.condition},
+                list(self.seeds),
+                f"{spec.label} {k}-shot",
+            )
+            for spec in map(MethodSpec, self.names)
+            for k in self.shots
+        ]
 
     def run_method(self, plans, run):
         for plan in plans:
@@ -47,8 +63,18 @@ class Toy(Protocol):
                 if plan.spec.name in self.fail:
                     with blamed(plan.spec.label, "fit", f" on seed {seed}"):
                         raise ValueError("boom")
-                run.table.append([{"schema": 1, **plan.key, "seed": seed, "score": (seed + plan.k) / 10,
-                                   "seconds": 0.0, **run.provenance.columns()}])
+                run.table.append(
+                    [
+                        {
+                            "schema": 1,
+                            **plan.key,
+                            "seed": seed,
+                            "score": (seed + plan.k) / 10,
+                            "seconds": 0.0,
+                            **run.provenance.columns(),
+                        }
+                    ]
+                )
 
     def finish(self, rows):
         rows.attrs["notes"] = ["toy"]

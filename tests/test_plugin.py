@@ -1,4 +1,5 @@
 """The example plugin (examples/plugin) installs as its own package and runs through `bench`, unedited suite."""
+
 import csv
 import os
 import shutil
@@ -63,9 +64,24 @@ def installed(tmp_path_factory):
     source = tmp / "src"
     shutil.copytree(PLUGIN, source)  # the build writes egg-info/build folders into the source: not into the repo
     target = tmp / "site"
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--no-index", "--target", str(target), str(source)], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert list(target.glob("marsfsl_ridge-*.dist-info/entry_points.txt"))
     return target
@@ -93,9 +109,32 @@ def test_plugin_runs_through_bench_run(installed, tmp_path):
     data = tmp_path / "data"
     make_folder(data)
     out = tmp_path / "results.csv"
-    run = bench("run", "--method", "ridge", "--method", "ridge:alpha=10", "--task", f"folder:{data}", "--shots", "1",
-                "--ways", "3", "--queries", "2", "--episodes", "4", "--image-size", "32", "--quiet",
-                "--cache-dir", str(tmp_path / "cache"), "--out", str(out), plugin_dir=installed, cwd=tmp_path)
+    run = bench(
+        "run",
+        "--method",
+        "ridge",
+        "--method",
+        "ridge:alpha=10",
+        "--task",
+        f"folder:{data}",
+        "--shots",
+        "1",
+        "--ways",
+        "3",
+        "--queries",
+        "2",
+        "--episodes",
+        "4",
+        "--image-size",
+        "32",
+        "--quiet",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        plugin_dir=installed,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -113,7 +152,8 @@ def test_a_plugin_cannot_take_a_built_in_name(tmp_path):
     site = tmp_path / "site"
     (site / "evil_pkg").mkdir(parents=True)
     (site / "evil_pkg" / "__init__.py").write_text(
-        "from methods.base import FeatureMethod\n\nclass Evil(FeatureMethod):\n    'Impostor.'\n")
+        "from methods.base import FeatureMethod\n\nclass Evil(FeatureMethod):\n    'Impostor.'\n"
+    )
     info = site / "evil_pkg-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-pkg\nVersion: 1.0\n")

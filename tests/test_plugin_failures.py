@@ -3,6 +3,7 @@ KeyboardInterrupt included), returns (complex scores) or declares (a version tha
 that is not JSON) ends in one line naming it; rows finished before are kept, the other methods still run, and
 the exit status says who was at fault (3: a method failed, 2: refused before any work). The user's own Ctrl-C
 still interrupts the run (130)."""
+
 from __future__ import annotations
 
 import os
@@ -119,8 +120,21 @@ def data(tmp_path_factory) -> Path:
 
 
 def run(data: Path, out: Path, *methods: str, command: str = "run") -> int:
-    argv = [command, *[a for m in methods for a in ("--method", m)], "--task", f"folder:{data}", "--shots", "1",
-            "--image-size", "16", "--quiet", "--cache-dir", str(data.parent / "cache"), "--out", str(out)]
+    argv = [
+        command,
+        *[a for m in methods for a in ("--method", m)],
+        "--task",
+        f"folder:{data}",
+        "--shots",
+        "1",
+        "--image-size",
+        "16",
+        "--quiet",
+        "--cache-dir",
+        str(data.parent / "cache"),
+        "--out",
+        str(out),
+    ]
     if command == "run":
         argv += ["--ways", "3", "--queries", "2", "--episodes", str(EPISODES)]
     else:
@@ -138,10 +152,13 @@ def episodes_of(out: Path, method: str) -> list[int]:
     return sorted(int(r["episode"]) for r in read_rows(out) if r["method"] == method)
 
 
-@pytest.mark.parametrize("method,detail", [
-    ("pf-exit", "SystemExit: 0 (it tried to end the process; a method returns scores or raises)"),
-    ("pf-ctrl-c", "KeyboardInterrupt"),
-])
+@pytest.mark.parametrize(
+    "method,detail",
+    [
+        ("pf-exit", "SystemExit: 0 (it tried to end the process; a method returns scores or raises)"),
+        ("pf-ctrl-c", "KeyboardInterrupt"),
+    ],
+)
 def test_exit_or_keyboard_interrupt_in_fit_fails_that_method_only(data, tmp_path, capsys, method, detail):
     out = tmp_path / "r.csv"
     assert run(data, out, method, "pf-ok") == 3
@@ -164,39 +181,53 @@ def test_a_keyboard_interrupt_in_fixed_k_is_the_methods_failure(tmp_path, capsys
     data = make_folder_dataset(tmp_path / "data", per_class=16, size=16)  # 4+ test images a class
     out = tmp_path / "fk.csv"
     assert run(data, out, "pf-ctrl-c", "pf-ok", command="fixedk") == 3
-    assert error_lines(capsys) == ["error: method pf-ctrl-c failed in the fixed-K protocol at 1 shots: "
-                                   "KeyboardInterrupt"]
+    assert error_lines(capsys) == [
+        "error: method pf-ctrl-c failed in the fixed-K protocol at 1 shots: KeyboardInterrupt"
+    ]
     assert {r["method"] for r in read_rows(out)} == {"pf-ok"}
 
 
 def test_complex_scores_are_refused(data, tmp_path, capsys):
     out = tmp_path / "r.csv"
     assert run(data, out, "pf-complex", "pf-ok") == 3
-    assert error_lines(capsys) == ["error: method pf-complex failed in predict on episode 0: returned scores of "
-                                   "type complex128; expected real numbers"]
+    assert error_lines(capsys) == [
+        "error: method pf-complex failed in predict on episode 0: returned scores of "
+        "type complex128; expected real numbers"
+    ]
     assert episodes_of(out, "pf-complex") == [] and episodes_of(out, "pf-ok") == list(range(EPISODES))
 
 
 def test_exit_in_prepare_fails_that_method_only(data, tmp_path, capsys):
     out = tmp_path / "r.csv"
     assert run(data, out, "pf-exit-prepare", "pf-ok") == 3
-    assert error_lines(capsys) == ["error: method pf-exit-prepare failed in prepare: SystemExit: 1 (it tried to end "
-                                   "the process; a method returns scores or raises)"]
+    assert error_lines(capsys) == [
+        "error: method pf-exit-prepare failed in prepare: SystemExit: 1 (it tried to end "
+        "the process; a method returns scores or raises)"
+    ]
     assert episodes_of(out, "pf-ok") == list(range(EPISODES))
 
 
-@pytest.mark.parametrize("method,message", [
-    ("pf-exit-init", "method pf-exit-init failed when built: SystemExit: 2; fix or uninstall that method"),
-    ("pf-version-text", "method pf-version-text: its version is '2', not an integer from 0 to 2147483647; set the "
-                        "class attribute `version` to one (e.g. version = 2), or uninstall that method"),
-    ("pf-version-float", "method pf-version-float: its version is 1.5, not an integer"),
-    ("pf-config-set", "method pf-config-set: config() returned {'classes': {1, 2}}, which is not JSON (Object of "
-                      "type set is not JSON serializable); its values must be numbers (finite), text, true/false, "
-                      "null, or lists and dicts of these"),
-    ("pf-config-nan", "method pf-config-nan: config() returned {'alpha': nan}, which is not JSON"),
-    ("pf-config-list", "method pf-config-list: config() returned a list, not a dict of its options"),
-    ("pf-config-raises", "method pf-config-raises: config() failed (SystemExit: 0); fix or uninstall that method"),
-])
+@pytest.mark.parametrize(
+    "method,message",
+    [
+        ("pf-exit-init", "method pf-exit-init failed when built: SystemExit: 2; fix or uninstall that method"),
+        (
+            "pf-version-text",
+            "method pf-version-text: its version is '2', not an integer from 0 to 2147483647; set the "
+            "class attribute `version` to one (e.g. version = 2), or uninstall that method",
+        ),
+        ("pf-version-float", "method pf-version-float: its version is 1.5, not an integer"),
+        (
+            "pf-config-set",
+            "method pf-config-set: config() returned {'classes': {1, 2}}, which is not JSON (Object of "
+            "type set is not JSON serializable); its values must be numbers (finite), text, true/false, "
+            "null, or lists and dicts of these",
+        ),
+        ("pf-config-nan", "method pf-config-nan: config() returned {'alpha': nan}, which is not JSON"),
+        ("pf-config-list", "method pf-config-list: config() returned a list, not a dict of its options"),
+        ("pf-config-raises", "method pf-config-raises: config() failed (SystemExit: 0); fix or uninstall that method"),
+    ],
+)
 def test_a_bad_declaration_is_refused_before_any_work(data, tmp_path, capsys, method, message):
     out = tmp_path / "r.csv"
     assert run(data, out, "pf-ok", method) == 2

@@ -1,4 +1,5 @@
 """Mars-Bench's published few-shot numbers, shown beside marsfsl's fixed-K rows and never mixed into them."""
+
 import csv
 
 import numpy as np
@@ -30,9 +31,31 @@ def fixedk_file(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("published")
     root = marsbench_like(tmp / "domars16k")
     out = tmp / "fk.csv"
-    assert main(["fixedk", "--task", f"marsbench:{root}", "--data-dir", str(tmp), "--cache-dir", str(tmp / "c"),
-                 "--image-size", "32", "--shots", "1,3", "--seeds", "0-2", "--out", str(out), "--quiet",
-                 "--method", "simpleshot"]) == 0
+    assert (
+        main(
+            [
+                "fixedk",
+                "--task",
+                f"marsbench:{root}",
+                "--data-dir",
+                str(tmp),
+                "--cache-dir",
+                str(tmp / "c"),
+                "--image-size",
+                "32",
+                "--shots",
+                "1,3",
+                "--seeds",
+                "0-2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--method",
+                "simpleshot",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -42,7 +65,7 @@ def test_ours_beside_theirs_never_mixed(fixedk_file):
         ours = list(csv.DictReader(f))
     reference = published_rows()
     for shots in (1, 3):
-        (title, lines), = [(t, v) for t, v in blocks.items() if f"fixed-K {shots}-shot" in t]
+        ((title, lines),) = [(t, v) for t, v in blocks.items() if f"fixed-K {shots}-shot" in t]
         mine = [line for line in lines if line[0] == "marsfsl"]
         theirs = [line for line in lines if line[0] == "published"]
         mean = np.mean([float(r["weighted_f1"]) for r in ours if r["shots"] == str(shots)])
@@ -57,7 +80,10 @@ def test_ours_beside_theirs_never_mixed(fixedk_file):
 def test_bench_leaderboard_fixedk(fixedk_file, capsys):
     assert main(["leaderboard", "--fixedk", str(fixedk_file), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
-    assert "| published | ViT-L/16 (feature_extraction) | 44.7 | 7 |" in out and "| marsfsl | simpleshot / efficientnet_lite0 @ 32 px |" in out
+    assert (
+        "| published | ViT-L/16 (feature_extraction) | 44.7 | 7 |" in out
+        and "| marsfsl | simpleshot / efficientnet_lite0 @ 32 px |" in out
+    )
 
 
 def test_bench_report_fixedk_section(fixedk_file, tmp_path):

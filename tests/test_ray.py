@@ -1,5 +1,6 @@
 """The Ray executor on a local Ray instance of two worker processes (started once, for this module only):
 rows identical to the local executor's; a worker killed mid-run is retried and every row is there once."""
+
 from __future__ import annotations
 
 import csv
@@ -22,8 +23,14 @@ COMPARED = [*KEY, "classes", "accuracy", "macro_f1", "class_accuracy", "n_query"
 @pytest.fixture(scope="module")
 def local_ray():
     tests = str(Path(__file__).resolve().parent)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": tests, "OMP_NUM_THREADS": "1"}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": tests, "OMP_NUM_THREADS": "1"}},
+    )
     yield
     ray.shutdown()
 
@@ -34,9 +41,28 @@ def data(tmp_path_factory) -> Path:
 
 
 def run(data, out, cache, *methods, executor="local", episodes=8):
-    argv = ["run", "--task", f"folder:{data}", "--shots", "1,2", "--ways", "3", "--queries", "2", "--episodes",
-            str(episodes), "--image-size", "32", "--quiet", "--cache-dir", str(cache), "--out", str(out),
-            "--executor", executor]
+    argv = [
+        "run",
+        "--task",
+        f"folder:{data}",
+        "--shots",
+        "1,2",
+        "--ways",
+        "3",
+        "--queries",
+        "2",
+        "--episodes",
+        str(episodes),
+        "--image-size",
+        "32",
+        "--quiet",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        "--executor",
+        executor,
+    ]
     for m in methods:
         argv += ["--method", m]
     return main(argv)
@@ -59,8 +85,10 @@ def test_ray_rows_equal_local_rows(local_ray, data, tmp_path, capsys):
 
 def test_a_killed_worker_is_retried_and_every_row_is_there_once(local_ray, data, tmp_path):
     marker = tmp_path / "killed"
-    assert run(data, tmp_path / "ray.csv", tmp_path / "cache", f"die-once:marker={marker}", executor="ray",
-               episodes=12) == 0
+    assert (
+        run(data, tmp_path / "ray.csv", tmp_path / "cache", f"die-once:marker={marker}", executor="ray", episodes=12)
+        == 0
+    )
     assert marker.exists()  # a worker process did die
     assert run(data, tmp_path / "local.csv", tmp_path / "cache", f"die-once:marker={marker}", episodes=12) == 0
     killed, local = rows(tmp_path / "ray.csv"), rows(tmp_path / "local.csv")
@@ -85,13 +113,44 @@ def test_without_ray_the_executor_says_how_to_install_it(data, tmp_path, capsys,
 
 def test_fixedk_on_ray_equals_local(local_ray, data, tmp_path):
     def fixedk(out, executor):
-        return main(["fixedk", "--task", f"folder:{data}", "--shots", "1", "--seeds", "0-5", "--image-size", "32",
-                     "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--method", "protonet",
-                     "--method", "finetune:steps=2", "--executor", executor])
+        return main(
+            [
+                "fixedk",
+                "--task",
+                f"folder:{data}",
+                "--shots",
+                "1",
+                "--seeds",
+                "0-5",
+                "--image-size",
+                "32",
+                "--quiet",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+                "--method",
+                "protonet",
+                "--method",
+                "finetune:steps=2",
+                "--executor",
+                executor,
+            ]
+        )
 
     assert fixedk(tmp_path / "local.csv", "local") == 0 and fixedk(tmp_path / "ray.csv", "ray") == 0
-    compared = ["method", "shots", "seed", "device", "config", "n_train", "n_test", "accuracy", "weighted_f1",
-                "macro_f1"]
+    compared = [
+        "method",
+        "shots",
+        "seed",
+        "device",
+        "config",
+        "n_train",
+        "n_test",
+        "accuracy",
+        "weighted_f1",
+        "macro_f1",
+    ]
 
     def read(path):
         with open(path, newline="") as f:
@@ -106,16 +165,36 @@ def test_exit_or_keyboard_interrupt_on_a_worker_fails_that_method_only(local_ray
     """On a worker as on the driver: named in one line, the other method runs, exit 3 (not `internal error`, a
     worker restarted four times, or a cancelled task)."""
     out = tmp_path / "r.csv"
-    for method, detail in (("exits-in-fit", "SystemExit: 0 (it tried to end the process; a method returns scores "
-                                            "or raises)"), ("interrupts-in-fit", "KeyboardInterrupt")):
-        argv = [command, "--task", f"folder:{data}", "--shots", "1", "--image-size", "32", "--quiet", "--cache-dir",
-                str(tmp_path / "cache"), "--out", str(out), "--method", method, "--method", "protonet",
-                "--executor", "ray"]
+    for method, detail in (
+        ("exits-in-fit", "SystemExit: 0 (it tried to end the process; a method returns scores or raises)"),
+        ("interrupts-in-fit", "KeyboardInterrupt"),
+    ):
+        argv = [
+            command,
+            "--task",
+            f"folder:{data}",
+            "--shots",
+            "1",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--method",
+            method,
+            "--method",
+            "protonet",
+            "--executor",
+            "ray",
+        ]
         argv += ["--seeds", "0-3"] if command == "fixedk" else ["--ways", "3", "--queries", "2", "--episodes", "4"]
         assert main(argv) == 3
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "internal"))]
-        assert len(err) == 1 and err[0].startswith(f"error: method {method} failed in ") and \
-            err[0].endswith(f": {detail}"), err
+        assert (
+            len(err) == 1 and err[0].startswith(f"error: method {method} failed in ") and err[0].endswith(f": {detail}")
+        ), err
     with open(out, newline="") as f:
         assert {r["method"] for r in csv.DictReader(f)} == {"protonet"}
 
@@ -128,8 +207,9 @@ def test_perf_row_of_ray_against_local_prints(local_ray, tmp_path):
     from methods.cache import Cache
 
     task = make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=6, per_group=6)
-    figure = ray_figure(task, Context(task, Cache(tmp_path / "cache"), image_size=32), "sdft-no-step1", 12,
-                        shape=(3, 2, 3))
+    figure = ray_figure(
+        task, Context(task, Cache(tmp_path / "cache"), image_size=32), "sdft-no-step1", 12, shape=(3, 2, 3)
+    )
     assert "Ray executor (2 local workers)" in figure.what and figure.value > 0 and figure.ratio > 0
     assert "the same rows" in figure.note and "local executor" in figure.reference
 
@@ -139,8 +219,21 @@ def test_ray_refuses_an_accelerator_in_one_line(data, tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    code = main(["run", "--task", f"folder:{data}", "--method", "protonet", "--executor", "ray", "--device", "cuda",
-                 "--out", str(tmp_path / "r.csv")])
+    code = main(
+        [
+            "run",
+            "--task",
+            f"folder:{data}",
+            "--method",
+            "protonet",
+            "--executor",
+            "ray",
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path / "r.csv"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "--executor ray runs its workers on CPUs" in err
 
@@ -151,8 +244,18 @@ def spied(report: Path) -> list[dict]:
 
 def test_workers_receive_no_query_labels_and_the_driver_scores(local_ray, data, tmp_path):
     report = tmp_path / "ray.jsonl"
-    assert run(data, tmp_path / "ray.csv", tmp_path / "cache", f"label-spy:report={report}",
-               f"label-spy-batched:report={report}", executor="ray", episodes=4) == 0
+    assert (
+        run(
+            data,
+            tmp_path / "ray.csv",
+            tmp_path / "cache",
+            f"label-spy:report={report}",
+            f"label-spy-batched:report={report}",
+            executor="ray",
+            episodes=4,
+        )
+        == 0
+    )
     seen = spied(report)
     assert {s["stage"] for s in seen} == {"fit", "predict", "predict_batch"}
     assert all(s["pid"] != os.getpid() for s in seen)  # answered on the workers
@@ -161,9 +264,31 @@ def test_workers_receive_no_query_labels_and_the_driver_scores(local_ray, data, 
     assert len(rows(tmp_path / "ray.csv")) == 2 * 2 * 4  # and the driver scored every episode
 
     fixed = tmp_path / "fixedk.jsonl"
-    assert main(["fixedk", "--task", f"folder:{data}", "--shots", "1", "--seeds", "0-3", "--image-size", "32",
-                 "--quiet", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "fixedk.csv"),
-                 "--method", f"label-spy:report={fixed}", "--executor", "ray"]) == 0
+    assert (
+        main(
+            [
+                "fixedk",
+                "--task",
+                f"folder:{data}",
+                "--shots",
+                "1",
+                "--seeds",
+                "0-3",
+                "--image-size",
+                "32",
+                "--quiet",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(tmp_path / "fixedk.csv"),
+                "--method",
+                f"label-spy:report={fixed}",
+                "--executor",
+                "ray",
+            ]
+        )
+        == 0
+    )
     seen = spied(fixed)
     assert {s["stage"] for s in seen} == {"fit", "predict"} and all(s["pid"] != os.getpid() for s in seen)
     assert [s for s in seen if s["found"]] == []

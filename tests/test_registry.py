@@ -1,4 +1,5 @@
 """One registry mechanism (common/registry.py) for methods, datasets and tasks."""
+
 import sys
 import types
 from importlib import metadata
@@ -31,9 +32,11 @@ def test_entry_points_register_after_the_builtins_and_a_broken_one_is_reported(m
     module = types.ModuleType("fake_widgets")
     module.GOOD, module.CLASH = "good", "clash"
     monkeypatch.setitem(sys.modules, "fake_widgets", module)
-    points = [metadata.EntryPoint("good", "fake_widgets:GOOD", "widgets"),
-              metadata.EntryPoint("alpha", "fake_widgets:CLASH", "widgets"),
-              metadata.EntryPoint("broken", "fake_widgets_missing:X", "widgets")]
+    points = [
+        metadata.EntryPoint("good", "fake_widgets:GOOD", "widgets"),
+        metadata.EntryPoint("alpha", "fake_widgets:CLASH", "widgets"),
+        metadata.EntryPoint("broken", "fake_widgets_missing:X", "widgets"),
+    ]
     monkeypatch.setattr(registry_base.metadata, "entry_points", lambda group: points if group == "widgets" else [])
     loaded = []
     reg = Registry("widget", "widgets", builtins=lambda: (loaded.append(1), reg.register("alpha", "builtin")))

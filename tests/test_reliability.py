@@ -5,6 +5,7 @@
 - two `bench run` processes appending to one CSV at once leave every row whole, once;
 - a truncated or altered cache file is reported in one line and recomputed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,6 +48,7 @@ def assert_whole(path: Path, n_rows: int) -> list[dict]:
 
 # -- interrupted runs -----------------------------------------------------------------------------------------
 
+
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     episodes = 60  # linear-probe: ~0.1 s an episode, rows flushed every 20 episodes or 2 s
     out, cache = tmp_path / "killed.csv", tmp_path / "cache"
@@ -80,9 +82,11 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(data, tmp_path)
     reference = bench(*run_args(data, reference_out, tmp_path / "cache2", episodes=episodes), cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert stable(rows) == stable(assert_whole(reference_out, episodes))
+
     # and the table printed at the end is the same, but for its last column (wall seconds)
     def table(text):
         return [line.rsplit("│", 2)[0] for line in text.splitlines() if "linear-probe" in line]
+
     assert table(resumed.stdout) == table(reference.stdout) and table(reference.stdout)
 
 
@@ -149,11 +153,27 @@ def test_a_damaged_results_file_is_one_line_error(data, tmp_path, capsys):
 
 # -- concurrent writers ----------------------------------------------------------------------------------------
 
+
 def fake_row(writer: int, i: int) -> dict:
     row = {c: "" for c in COLUMNS}
-    row.update(schema=SCHEMA_VERSION, task="t", method=f"m{writer}", config='{"a": 1, "b": "x,y"}', shots=1,
-               ways=5, queries=15, seed=0, manifest="abc", episode=i, accuracy=0.5, macro_f1=0.25,
-               class_accuracy="|".join(["0.5"] * 400), classes="a|b", n_query=75, seconds=0.1)  # ~2 KB a row
+    row.update(
+        schema=SCHEMA_VERSION,
+        task="t",
+        method=f"m{writer}",
+        config='{"a": 1, "b": "x,y"}',
+        shots=1,
+        ways=5,
+        queries=15,
+        seed=0,
+        manifest="abc",
+        episode=i,
+        accuracy=0.5,
+        macro_f1=0.25,
+        class_accuracy="|".join(["0.5"] * 400),
+        classes="a|b",
+        n_query=75,
+        seconds=0.1,
+    )  # ~2 KB a row
     return row
 
 
@@ -167,8 +187,9 @@ def test_concurrent_appends_leave_every_row_whole_and_once(tmp_path):
     path = tmp_path / "shared.csv"
     ctx = multiprocessing.get_context("fork")
     # writers 0-2 write their own rows; writers 3-5 write writer 0's keys again (identical runs at once)
-    procs = [ctx.Process(target=writer_process, args=(str(path), w, 120, 1 + w % 3, 0 if w >= 3 else None))
-             for w in range(6)]
+    procs = [
+        ctx.Process(target=writer_process, args=(str(path), w, 120, 1 + w % 3, 0 if w >= 3 else None)) for w in range(6)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -196,6 +217,7 @@ def test_two_bench_runs_append_to_one_csv_at_once(data, tmp_path):
 
 
 # -- caches ----------------------------------------------------------------------------------------------------
+
 
 def damage(path: Path, how: str) -> None:
     data = path.read_bytes()
@@ -263,8 +285,9 @@ def test_a_failed_write_leaves_no_cache_file(tmp_path, monkeypatch, capsys):
     assert np.array_equal(cache.array("features", "k2", lambda: np.zeros(3)), np.zeros(3))
     monkeypatch.undo()
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"warning: cannot write to cache folder {tmp_path} (No space "
-                                                   "left on device); computing without caching")
+    assert err.count("\n") == 1 and err.startswith(
+        f"warning: cannot write to cache folder {tmp_path} (No space left on device); computing without caching"
+    )
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # neither the file nor a temporary
     cache = Cache(tmp_path)  # the next run caches again
     assert np.array_equal(cache.array("features", "k", lambda: np.ones(3)), np.ones(3))

@@ -1,4 +1,5 @@
 """`bench report`: PNG plots, a self-contained report.html, rendered in headless Chromium."""
+
 import base64
 import os
 import re
@@ -22,11 +23,18 @@ METHODS = {"protonet": 0.55, "linear-probe": 0.58, "sdft": 0.68}
 @pytest.fixture
 def report(tmp_path):
     """Two tasks x three shots in two files, as from two machines; returns (out dir, rows)."""
-    rows = pd.concat([
-        fake_rows(METHODS, shots=(1, 5, 10), episodes=30, task="hirise-regions",
-                  class_bias={"spider": -0.3, "crater": 0.2}),
-        fake_rows(METHODS, shots=(1, 5, 10), episodes=30, task="aid-classes", ways=4, queries=10),
-    ])
+    rows = pd.concat(
+        [
+            fake_rows(
+                METHODS,
+                shots=(1, 5, 10),
+                episodes=30,
+                task="hirise-regions",
+                class_bias={"spider": -0.3, "crater": 0.2},
+            ),
+            fake_rows(METHODS, shots=(1, 5, 10), episodes=30, task="aid-classes", ways=4, queries=10),
+        ]
+    )
     write_csv(rows[rows["method"] != "sdft"], tmp_path / "machine1.csv")
     write_csv(rows[rows["method"] == "sdft"], tmp_path / "machine2.csv")
     out = tmp_path / "report"
@@ -37,9 +45,13 @@ def report(tmp_path):
 def test_accuracy_axis_spans_the_means_not_a_two_episode_band(tmp_path):
     from benchmark.report import plot_accuracy_vs_shots
 
-    rows = pd.DataFrame({"entry": ["tight"] * 40 + ["two episodes"] * 4,
-                         "shots": [1] * 20 + [5] * 20 + [1, 1, 5, 5],
-                         "accuracy": [0.60, 0.62] * 10 + [0.70, 0.72] * 10 + [0.2, 1.0, 0.5, 1.0]})
+    rows = pd.DataFrame(
+        {
+            "entry": ["tight"] * 40 + ["two episodes"] * 4,
+            "shots": [1] * 20 + [5] * 20 + [1, 1, 5, 5],
+            "accuracy": [0.60, 0.62] * 10 + [0.70, 0.72] * 10 + [0.2, 1.0, 0.5, 1.0],
+        }
+    )
     fig = plot_accuracy_vs_shots(rows, "t", tmp_path / "a.png")
     low, high = fig.axes[0].get_ylim()
     assert (low, high) == (55.0, 80.0)  # the means 61, 71, 60 and 75, 5 points either side; the bands run off
@@ -49,8 +61,12 @@ def test_accuracy_axis_spans_the_means_not_a_two_episode_band(tmp_path):
 def test_report_writes_plots_and_a_self_contained_page(report):
     out, _ = report
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["accuracy-vs-shots-aid-classes-4w10q-seed0.png", "accuracy-vs-shots-hirise-regions-5w15q-seed0.png",
-                    "class-accuracy-aid-classes-4w10q-seed0.png", "class-accuracy-hirise-regions-5w15q-seed0.png"]
+    assert pngs == [
+        "accuracy-vs-shots-aid-classes-4w10q-seed0.png",
+        "accuracy-vs-shots-hirise-regions-5w15q-seed0.png",
+        "class-accuracy-aid-classes-4w10q-seed0.png",
+        "class-accuracy-hirise-regions-5w15q-seed0.png",
+    ]
     for name in pngs:
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.width >= 500 and img.height >= 300
@@ -59,7 +75,7 @@ def test_report_writes_plots_and_a_self_contained_page(report):
     inlined = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert sorted(base64.b64decode(d) for d in inlined) == sorted((out / n).read_bytes() for n in pngs)
     # nothing fetched from elsewhere: no external scripts, styles, images or links
-    assert not re.search(r'<(script|link|iframe)\b', page) and not re.search(r'(src|href)="(?!data:)', page)
+    assert not re.search(r"<(script|link|iframe)\b", page) and not re.search(r'(src|href)="(?!data:)', page)
     assert "machine1.csv" in page and "machine2.csv" in page
 
 
@@ -67,8 +83,8 @@ def test_heat_map_shows_per_class_accuracy(report):
     out, rows = report
     page = (out / "report.html").read_text()
     # the spider class was made 30 points harder, crater 20 points easier: the per-class table shows it
-    section = page[page.index("<h2>hirise-regions"):]
-    table = section[section.index("per-class accuracy %, 5-shot"):]
+    section = page[page.index("<h2>hirise-regions") :]
+    table = section[section.index("per-class accuracy %, 5-shot") :]
     table = table[: table.index("</table>")]
     cells = re.findall(r"<tr><td>(sdft)</td>(.*?)</tr>", table)[0][1]
     values = [float(v) for v in re.findall(r"<td>([\d.]+) ±", cells)]
@@ -90,9 +106,18 @@ def under_ci() -> bool:
 
 
 def run_chromium(binary, tmp_path, *args):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
@@ -100,8 +125,9 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     binary = chromium()
     if binary is None:
         if under_ci():
-            pytest.fail("chromium is not installed under CI; .ci/run installs the Debian packages chromium and "
-                        "chromium-driver")
+            pytest.fail(
+                "chromium is not installed under CI; .ci/run installs the Debian packages chromium and chromium-driver"
+            )
         pytest.skip("chromium not installed (Debian: apt-get install chromium chromium-driver); required under CI")
     out, _ = report
     url = (out / "report.html").resolve().as_uri()
@@ -128,8 +154,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def test_a_transductive_method_is_marked_and_dashed_in_the_plot(tmp_path):
     from benchmark.report import plot_accuracy_vs_shots
 
-    rows = pd.DataFrame({"entry": ["pt-map"] * 4 + ["protonet"] * 4, "shots": [1, 1, 5, 5] * 2,
-                         "accuracy": [0.6, 0.7, 0.8, 0.9] * 2, "transductive": [1] * 4 + [0] * 4})
+    rows = pd.DataFrame(
+        {
+            "entry": ["pt-map"] * 4 + ["protonet"] * 4,
+            "shots": [1, 1, 5, 5] * 2,
+            "accuracy": [0.6, 0.7, 0.8, 0.9] * 2,
+            "transductive": [1] * 4 + [0] * 4,
+        }
+    )
     fig = plot_accuracy_vs_shots(rows, "t", tmp_path / "a.png")
     lines = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
     assert lines == {"pt-map (transductive)": "--", "protonet": "-"}

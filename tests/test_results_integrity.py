@@ -8,6 +8,7 @@ Each case here would otherwise print old numbers, mix rows, crash or stop other 
 - an edited accuracy of 7.5 is refused with file, line and column; a `|` in a class label survives to the report;
 - large seeds print right; a plugin that raises or returns NaN / wrong shapes is named and the others run.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,9 +61,26 @@ def data(tmp_path) -> Path:
 
 
 def run(data: Path, out: Path | None, *extra, method=("probe-ok",), episodes=4) -> int:
-    argv = ["run", *[a for m in method for a in ("--method", m)], "--task", f"folder:{data}", "--shots", "1",
-            "--ways", "3", "--queries", "2", "--episodes", str(episodes), "--image-size", "16", "--quiet",
-            "--cache-dir", str(data.parent / "cache"), *extra]
+    argv = [
+        "run",
+        *[a for m in method for a in ("--method", m)],
+        "--task",
+        f"folder:{data}",
+        "--shots",
+        "1",
+        "--ways",
+        "3",
+        "--queries",
+        "2",
+        "--episodes",
+        str(episodes),
+        "--image-size",
+        "16",
+        "--quiet",
+        "--cache-dir",
+        str(data.parent / "cache"),
+        *extra,
+    ]
     return main(argv + (["--out", str(out)] if out is not None else []))
 
 
@@ -84,6 +102,7 @@ def edit_column(path: Path, column: str, value: str) -> None:
 
 
 # -- 1. stale and mixed results ---------------------------------------------------------------------------------
+
 
 def test_rows_at_another_image_size_are_refused_then_recomputed_with_fresh(data, tmp_path, capsys):
     out = tmp_path / "r.csv"
@@ -180,6 +199,7 @@ def test_a_schema_1_file_is_refused_and_migrated_with_its_numbers_unchanged(data
 
 # -- 2. atomic manifests, no debris -----------------------------------------------------------------------------
 
+
 def test_a_truncated_manifest_is_named_and_rewritten(data, tmp_path, capsys):
     out = tmp_path / "r.csv"
     assert run(data, out) == 0
@@ -204,6 +224,7 @@ def test_a_run_that_fails_before_any_episode_leaves_no_debris(data, tmp_path, ca
 
 # -- 5. results validated on read -------------------------------------------------------------------------------
 
+
 def test_an_edited_accuracy_of_7_5_is_refused_naming_file_line_and_column(tmp_path, capsys):
     frame = fake_rows({"a": 0.5, "b": 0.6}, shots=(1,), episodes=5)
     frame.loc[3, "accuracy"] = 7.5
@@ -213,16 +234,19 @@ def test_an_edited_accuracy_of_7_5_is_refused_naming_file_line_and_column(tmp_pa
     assert line.startswith(f"error: results file {tmp_path / 'r.csv'}, line 5: column accuracy is '7.5'")
 
 
-@pytest.mark.parametrize("column,value,why", [
-    ("macro_f1", "nan", "not a number in [0, 1]"),
-    ("accuracy", "-0.1", "not a number in [0, 1]"),
-    ("shots", "0", "not an integer from 1"),
-    ("ways", "1", "not an integer from 2"),
-    ("n_query", "7", "not ways x queries"),
-    ("classes", "a|b", "does not name 5 classes"),
-    ("class_accuracy", "1|1|1|1|1.5", "outside [0, 1]"),
-    ("seed", str(2**70), "not an integer from 0 to 9223372036854775807"),
-])
+@pytest.mark.parametrize(
+    "column,value,why",
+    [
+        ("macro_f1", "nan", "not a number in [0, 1]"),
+        ("accuracy", "-0.1", "not a number in [0, 1]"),
+        ("shots", "0", "not an integer from 1"),
+        ("ways", "1", "not an integer from 2"),
+        ("n_query", "7", "not ways x queries"),
+        ("classes", "a|b", "does not name 5 classes"),
+        ("class_accuracy", "1|1|1|1|1.5", "outside [0, 1]"),
+        ("seed", str(2**70), "not an integer from 0 to 9223372036854775807"),
+    ],
+)
 def test_impossible_values_are_refused(tmp_path, capsys, column, value, why):
     frame = fake_rows({"a": 0.5}, shots=(1,), episodes=3).astype(object)
     frame.loc[1, column] = value
@@ -262,12 +286,19 @@ def test_large_seeds_print_right(tmp_path, capsys):
 
 # -- 6. plugin failures named, the others keep running ----------------------------------------------------------
 
-@pytest.mark.parametrize("method,message", [
-    ("probe-raise", "method probe-raise failed in fit on episode 0: ValueError: boom"),
-    ("probe-nan", "method probe-nan failed in predict on episode 0: returned 18 non-finite scores (e.g. nan)"),
-    ("probe-shape", "method probe-shape failed in predict on episode 0: returned scores of shape (6, 2); "
-                    "expected (6, 3) (queries x ways)"),
-])
+
+@pytest.mark.parametrize(
+    "method,message",
+    [
+        ("probe-raise", "method probe-raise failed in fit on episode 0: ValueError: boom"),
+        ("probe-nan", "method probe-nan failed in predict on episode 0: returned 18 non-finite scores (e.g. nan)"),
+        (
+            "probe-shape",
+            "method probe-shape failed in predict on episode 0: returned scores of shape (6, 2); "
+            "expected (6, 3) (queries x ways)",
+        ),
+    ],
+)
 def test_a_failing_plugin_is_named_and_the_others_run(data, tmp_path, capsys, method, message):
     out = tmp_path / "r.csv"
     assert run(data, out, method=(method, "probe-ok")) == 3
@@ -281,6 +312,7 @@ def test_a_failing_plugin_is_named_and_the_others_run(data, tmp_path, capsys, me
 
 
 # -- 8. a fresh clone's main command computes ------------------------------------------------------------------
+
 
 def test_runs_go_to_the_runs_folder_not_the_shipped_results(data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,5 @@
 """benchmark/scoring.py: the one scorer gives scikit-learn's numbers, bit for bit, and checks scores once."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,20 +33,24 @@ def test_episode_scores_are_scikit_learns_and_class_recalls():
     rows = score_episodes(scores, np.broadcast_to(truth, (40, n_way * q)), classes, names)
     for s, c, row in zip(scores, classes, rows):
         pred = s.argmax(1)
-        assert row["macro_f1"] == float(f1_score(truth, pred, average="macro", labels=np.arange(n_way),
-                                                 zero_division=0))
+        assert row["macro_f1"] == float(
+            f1_score(truth, pred, average="macro", labels=np.arange(n_way), zero_division=0)
+        )
         assert row["accuracy"] == float((pred == truth).mean())
         assert row["class_accuracy"] == "|".join(f"{(pred[truth == k] == k).mean():.6g}" for k in range(n_way))
         assert row["classes"] == "|".join(names[i] for i in c)
 
 
-@pytest.mark.parametrize("scores,match", [
-    (np.zeros((6, 2)), r"scores of shape \(6, 2\); expected \(6, 3\)"),
-    (np.full((6, 3), np.inf), "18 non-finite scores"),
-    (np.array([["a"] * 3] * 6), "expected real numbers"),
-    (np.zeros((6, 3)) + 1j, "scores of type complex128; expected real numbers"),
-    (np.zeros((6, 3), bool), "scores of type bool; expected real numbers"),
-])
+@pytest.mark.parametrize(
+    "scores,match",
+    [
+        (np.zeros((6, 2)), r"scores of shape \(6, 2\); expected \(6, 3\)"),
+        (np.full((6, 3), np.inf), "18 non-finite scores"),
+        (np.array([["a"] * 3] * 6), "expected real numbers"),
+        (np.zeros((6, 3)) + 1j, "scores of type complex128; expected real numbers"),
+        (np.zeros((6, 3), bool), "scores of type bool; expected real numbers"),
+    ],
+)
 def test_unscorable_scores_are_named(scores, match):
     with pytest.raises(ScoreError, match=match):
         score_fixed_k(np.zeros(6, int), scores, 3, what="method probe")

@@ -1,4 +1,5 @@
 """SDFT: cosine classifier maths, step-1 cache key, eval-mode prediction, cache reuse, ablations."""
+
 import numpy as np
 import pytest
 import torch

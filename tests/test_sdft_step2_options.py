@@ -1,6 +1,7 @@
 """SDFT's step-2 options chosen on validation episodes: mix (weight-space mix of step 1 and ImageNet),
 fuse (step 1's linear head added where episode classes are base classes), label_smoothing. At their
 defaults they leave every score as it was; the config names every option, at its default too."""
+
 import numpy as np
 import pytest
 import torch
@@ -132,14 +133,19 @@ def test_views_8_trains_on_every_view_and_scores_a_turned_query_as_its_original(
     method = create_method("sdft", **FAST, views=8)
     method.prepare(make_context(task, tmp_path / "cache"))
     assert len(method.acts) == 8 * len(paths)
-    support = np.flatnonzero(np.asarray(groups) == "s0-2").tolist() + np.flatnonzero(
-        np.asarray(groups) == "s1-2").tolist() + np.flatnonzero(np.asarray(groups) == "s2-2").tolist()
-    method.fit(np.asarray(support), np.asarray([labels[i] for i in support]), 3, np.random.default_rng(0),
-               classes=np.arange(3))
+    support = (
+        np.flatnonzero(np.asarray(groups) == "s0-2").tolist()
+        + np.flatnonzero(np.asarray(groups) == "s1-2").tolist()
+        + np.flatnonzero(np.asarray(groups) == "s2-2").tolist()
+    )
+    method.fit(
+        np.asarray(support), np.asarray([labels[i] for i in support]), 3, np.random.default_rng(0), classes=np.arange(3)
+    )
     originals = [paths.index(tmp_path / f"c{c}_g3_0.png") for c in range(3)]
     turned = [paths.index(tmp_path / f"c{c}_g3_0_turned.png") for c in range(3)]
-    np.testing.assert_allclose(method.predict(np.asarray(originals)), method.predict(np.asarray(turned)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        method.predict(np.asarray(originals)), method.predict(np.asarray(turned)), rtol=1e-4, atol=1e-4
+    )
     plain = create_method("sdft", **FAST)
     plain.prepare(make_context(task, tmp_path / "cache"))
     plain.fit(np.asarray(support), np.asarray([labels[i] for i in support]), 3, np.random.default_rng(0))

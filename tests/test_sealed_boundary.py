@@ -12,6 +12,7 @@
 Walking interpreter frames or the garbage collector, and re-reading the dataset from disk, are out of scope
 for in-process plugins (docs/adding-a-method.md).
 """
+
 from __future__ import annotations
 
 import csv
@@ -240,8 +241,13 @@ class HonestZero(Echo):
         self.n_way = n_way
 
 
-for _name, _cls in (("test-walker", Walker), ("test-vandal", Vandal), ("test-echo", Echo),
-                    ("test-zero", HonestZero), ("test-positions", Positions)):
+for _name, _cls in (
+    ("test-walker", Walker),
+    ("test-vandal", Vandal),
+    ("test-echo", Echo),
+    ("test-zero", HonestZero),
+    ("test-positions", Positions),
+):
     register_method(_name)(_cls)
 
 N_CLASSES, GROUPS, BASE_GROUPS, PER_GROUP, SIZE = 3, 6, 4, 3, 32
@@ -265,9 +271,18 @@ def csv_task(tmp_path_factory) -> Path:
 
 
 def run(csv_path: Path, tmp: Path, methods: list[str], out: str, shots: int = 2, episodes: int = 4):
-    config = RunConfig(methods=[MethodSpec.parse(m) for m in methods], task=f"csv:{csv_path}", shots=[shots],
-                       n_way=N_CLASSES, n_query=2, episodes=episodes, data_dir=tmp, cache_dir=csv_path.parent / "cache",
-                       out=tmp / out, image_size=SIZE)
+    config = RunConfig(
+        methods=[MethodSpec.parse(m) for m in methods],
+        task=f"csv:{csv_path}",
+        shots=[shots],
+        n_way=N_CLASSES,
+        n_query=2,
+        episodes=episodes,
+        data_dir=tmp,
+        cache_dir=csv_path.parent / "cache",
+        out=tmp / out,
+        image_size=SIZE,
+    )
     run_benchmark(config)
     frame = read_results(tmp / out)
     return frame.sort_values(["method", "shots", "episode"]).reset_index(drop=True)
@@ -288,7 +303,7 @@ def leaks(arrays, labels: np.ndarray, target: np.ndarray, class_names) -> list[s
         return False
 
     for path, a in arrays:
-        vectors = [a] if a.ndim == 1 else [*a[: 8], *a.T[: 8]] if a.ndim == 2 else []
+        vectors = [a] if a.ndim == 1 else [*a[:8], *a.T[:8]] if a.ndim == 2 else []
         if any(gives(np.asarray(v)) for v in vectors):
             found.append(path)
     return found
@@ -318,8 +333,11 @@ def test_rewriting_the_support_labels_does_not_change_the_scoring(csv_task, tmp_
     rows = run(csv_task, tmp_path, ["test-echo", "test-zero"], "echo.csv", shots=2)  # shots == queries
     echo, zero = rows[rows["method"] == "test-echo"], rows[rows["method"] == "test-zero"]
     assert len(echo) == 4 and echo["accuracy"].tolist() == pytest.approx([1 / N_CLASSES] * 4)
-    assert echo[["accuracy", "macro_f1", "class_accuracy"]].reset_index(drop=True).equals(
-        zero[["accuracy", "macro_f1", "class_accuracy"]].reset_index(drop=True))
+    assert (
+        echo[["accuracy", "macro_f1", "class_accuracy"]]
+        .reset_index(drop=True)
+        .equals(zero[["accuracy", "macro_f1", "class_accuracy"]].reset_index(drop=True))
+    )
 
 
 def test_the_query_layout_does_not_give_its_classes_away(csv_task, tmp_path):

@@ -1,5 +1,6 @@
 """The run settings have one home (common/settings.py): every layer's defaults and every command's option
 defaults are its values, --help shows them, and a run session applies the process-wide ones and restores them."""
+
 import argparse
 import ast
 from pathlib import Path
@@ -15,23 +16,59 @@ from tasks.datasets import content
 ROOT = Path(__file__).resolve().parents[1]
 
 # argparse dest -> the setting it defaults to (per command where the name means something else elsewhere)
-SETTING_OF = {"task": "task", "shots": "shots", "ways": "n_way", "queries": "n_query", "episodes": "episodes",
-              "seed": "seed", "method_seed": "seed", "backbone": "backbone", "image_size": "image_size",
-              "device": "device", "split": "split", "data_dir": "data_dir", "cache_dir": "cache_dir",
-              "threads": "threads", "ray_timeout": "ray_timeout", "memory_shots": "shots"}
-COMMAND_SETTING = {("fixedk", "seeds"): "fixedk_seeds", ("tune", "shots"): "tune_shots",
-                   ("tune", "episodes"): "tune_episodes"}
+SETTING_OF = {
+    "task": "task",
+    "shots": "shots",
+    "ways": "n_way",
+    "queries": "n_query",
+    "episodes": "episodes",
+    "seed": "seed",
+    "method_seed": "seed",
+    "backbone": "backbone",
+    "image_size": "image_size",
+    "device": "device",
+    "split": "split",
+    "data_dir": "data_dir",
+    "cache_dir": "cache_dir",
+    "threads": "threads",
+    "ray_timeout": "ray_timeout",
+    "memory_shots": "shots",
+}
+COMMAND_SETTING = {
+    ("fixedk", "seeds"): "fixedk_seeds",
+    ("tune", "shots"): "tune_shots",
+    ("tune", "episodes"): "tune_episodes",
+}
 # a command's own default for an option named like a setting: it means something else there
-OWN_DEFAULTS = {("craters run", "shots"), ("craters scene", "shots"),
-                ("data verify", "image_size"),
-                ("migrate", "task"), ("migrate", "backbone")}  # facts an old file does not state, not settings
+OWN_DEFAULTS = {
+    ("craters run", "shots"),
+    ("craters scene", "shots"),
+    ("data verify", "image_size"),
+    ("migrate", "task"),
+    ("migrate", "backbone"),
+}  # facts an old file does not state, not settings
 # left at None on the command line and decided later; their --help names the setting's value
 DECIDED_LATER = {"image_size": "{image_size}", "ray_timeout": "{ray_timeout:g}", "threads": "all cores"}
 
-OTHER = Settings(task="aid-classes", shots=(2, 3), n_way=3, n_query=7, episodes=9, seed=4, fixedk_seeds=(1, 2),
-                 tune_shots=6, tune_episodes=11,
-                 backbone="efficientnet_lite1", image_size=64, device="cpu", splits=("target", "validation"),
-                 data_dir=Path("/some/data"), cache_dir=Path("/some/cache"), threads=None, ray_timeout=5.0)
+OTHER = Settings(
+    task="aid-classes",
+    shots=(2, 3),
+    n_way=3,
+    n_query=7,
+    episodes=9,
+    seed=4,
+    fixedk_seeds=(1, 2),
+    tune_shots=6,
+    tune_episodes=11,
+    backbone="efficientnet_lite1",
+    image_size=64,
+    device="cpu",
+    splits=("target", "validation"),
+    data_dir=Path("/some/data"),
+    cache_dir=Path("/some/cache"),
+    threads=None,
+    ray_timeout=5.0,
+)
 
 
 def subcommands(parser, prefix=()):
@@ -89,22 +126,53 @@ def test_no_second_literal_copy_of_a_default():
     defaults from common.settings (or a named constant of the command's own), never a copied literal."""
     settings = {f for f in vars(DEFAULTS)} | {"split", "seeds"}
     copies = []
-    files = [*(ROOT / "benchmark" / "commands").glob("*.py"), *(ROOT / p for p in (
-        "benchmark/cli.py", "benchmark/runner.py", "benchmark/fixedk.py", "benchmark/perf.py", "methods/base.py",
-        "methods/backbones.py", "methods/features.py", "tasks/registry.py", "benchmark/tuning.py"))]
+    files = [
+        *(ROOT / "benchmark" / "commands").glob("*.py"),
+        *(
+            ROOT / p
+            for p in (
+                "benchmark/cli.py",
+                "benchmark/runner.py",
+                "benchmark/fixedk.py",
+                "benchmark/perf.py",
+                "methods/base.py",
+                "methods/backbones.py",
+                "methods/features.py",
+                "tasks/registry.py",
+                "benchmark/tuning.py",
+            )
+        ),
+    ]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Assign) and literal(node.value):
-                copies += [f"{path.name}: {t.id}" for t in node.targets
-                           if isinstance(t, ast.Name) and t.id in ("DEFAULT_BACKBONE", "DEFAULT_IMAGE_SIZE", "SPLITS")]
-            if isinstance(node, ast.ClassDef) and node.name in ("BenchConfig", "RunConfig", "FixedKConfig", "TuneConfig",
-                                                                "Context"):
-                copies += [f"{path.name}: {node.name}.{s.target.id}" for s in node.body if isinstance(s, ast.AnnAssign)
-                           and s.target.id in settings and s.value is not None and literal(s.value)]
+                copies += [
+                    f"{path.name}: {t.id}"
+                    for t in node.targets
+                    if isinstance(t, ast.Name) and t.id in ("DEFAULT_BACKBONE", "DEFAULT_IMAGE_SIZE", "SPLITS")
+                ]
+            if isinstance(node, ast.ClassDef) and node.name in (
+                "BenchConfig",
+                "RunConfig",
+                "FixedKConfig",
+                "TuneConfig",
+                "Context",
+            ):
+                copies += [
+                    f"{path.name}: {node.name}.{s.target.id}"
+                    for s in node.body
+                    if isinstance(s, ast.AnnAssign)
+                    and s.target.id in settings
+                    and s.value is not None
+                    and literal(s.value)
+                ]
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
                 dest = str(getattr(node.args[0], "value", "")).lstrip("-").replace("-", "_")
-                copies += [f"{path.name}: --{dest}" for k in node.keywords if k.arg == "default"
-                           and (dest in SETTING_OF or dest == "seeds") and literal(k.value)]
+                copies += [
+                    f"{path.name}: --{dest}"
+                    for k in node.keywords
+                    if k.arg == "default" and (dest in SETTING_OF or dest == "seeds") and literal(k.value)
+                ]
     assert not copies
 
 
@@ -119,18 +187,47 @@ def test_the_layers_defaults_are_the_settings():
 
     assert (DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, SPLITS) == (DEFAULTS.backbone, DEFAULTS.image_size, DEFAULTS.splits)
     fields = Context.__dataclass_fields__
-    assert (fields["backbone"].default, fields["image_size"].default, fields["seed"].default) == \
-        (DEFAULTS.backbone, DEFAULTS.image_size, DEFAULTS.seed)
+    assert (fields["backbone"].default, fields["image_size"].default, fields["seed"].default) == (
+        DEFAULTS.backbone,
+        DEFAULTS.image_size,
+        DEFAULTS.seed,
+    )
     config = RunConfig(methods=[])
-    assert (config.task, tuple(config.shots), config.backbone, config.image_size, config.n_way, config.n_query,
-            config.episodes, config.seed, config.split, config.data_dir, config.ray_timeout) == \
-        (DEFAULTS.task, DEFAULTS.shots, DEFAULTS.backbone, DEFAULTS.image_size, DEFAULTS.n_way, DEFAULTS.n_query,
-         DEFAULTS.episodes, DEFAULTS.seed, DEFAULTS.split, DEFAULTS.data_dir, DEFAULTS.ray_timeout)
+    assert (
+        config.task,
+        tuple(config.shots),
+        config.backbone,
+        config.image_size,
+        config.n_way,
+        config.n_query,
+        config.episodes,
+        config.seed,
+        config.split,
+        config.data_dir,
+        config.ray_timeout,
+    ) == (
+        DEFAULTS.task,
+        DEFAULTS.shots,
+        DEFAULTS.backbone,
+        DEFAULTS.image_size,
+        DEFAULTS.n_way,
+        DEFAULTS.n_query,
+        DEFAULTS.episodes,
+        DEFAULTS.seed,
+        DEFAULTS.split,
+        DEFAULTS.data_dir,
+        DEFAULTS.ray_timeout,
+    )
     assert str(config.results_path()).startswith(str(DEFAULTS.runs))
     assert tuple(FixedKConfig(methods=[]).seeds) == DEFAULTS.fixedk_seeds
     tune = TuneConfig("protonet", [], "t", Path("d"))
-    assert (tune.shots, tune.episodes, tune.n_way, tune.n_query, tune.seed) == \
-        (DEFAULTS.tune_shots, DEFAULTS.tune_episodes, DEFAULTS.n_way, DEFAULTS.n_query, DEFAULTS.seed)
+    assert (tune.shots, tune.episodes, tune.n_way, tune.n_query, tune.seed) == (
+        DEFAULTS.tune_shots,
+        DEFAULTS.tune_episodes,
+        DEFAULTS.n_way,
+        DEFAULTS.n_query,
+        DEFAULTS.seed,
+    )
     with pytest.raises(AttributeError):  # frozen
         DEFAULTS.task = "other"
 
@@ -141,12 +238,18 @@ def test_settings_come_from_the_environment_and_then_the_flags(tmp_path):
     assert (settings.data_dir, settings.cache_dir) == (tmp_path / "d", tmp_path / "c")
     assert Settings.from_environment({}).data_dir == Path("data")
     assert Settings.from_environment({}).cache_dir == Path.home() / ".cache" / "marsfsl"
-    args = build_parser(settings).parse_args(["run", "--method", "protonet", "--shots", "2,1", "--ways", "3",
-                                              "--split", "validation", "--threads", "2"])
+    args = build_parser(settings).parse_args(
+        ["run", "--method", "protonet", "--shots", "2,1", "--ways", "3", "--split", "validation", "--threads", "2"]
+    )
     assert (args.data_dir, args.cache_dir) == (str(tmp_path / "d"), str(tmp_path / "c"))
     given = settings.with_args(args)
-    assert (given.shots, given.n_way, given.split, given.threads, given.data_dir) == \
-        ((1, 2), 3, "validation", 2, tmp_path / "d")
+    assert (given.shots, given.n_way, given.split, given.threads, given.data_dir) == (
+        (1, 2),
+        3,
+        "validation",
+        2,
+        tmp_path / "d",
+    )
     assert (given.n_query, given.task) == (DEFAULTS.n_query, DEFAULTS.task)  # not given: the default
 
 

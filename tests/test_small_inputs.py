@@ -3,6 +3,7 @@ invisible and look-alike class names (datasets and `bench map`), a method option
 folder, a whole last row without its final newline, contradicting rows in one file, a fixed-K file where
 episode results are read (and the reverse), `bench migrate` on a folder, a --source given by a relative path,
 and SDFT's step 1 on a base pool too small for its held-out fold."""
+
 from __future__ import annotations
 
 import csv
@@ -28,9 +29,29 @@ def data(tmp_path_factory) -> Path:
 
 
 def run_argv(data, out, *extra, method="si-ok", episodes=3, task=None) -> list[str]:
-    return ["run", "--method", method, "--task", task or f"folder:{data}", "--shots", "1", "--ways", "3",
-            "--queries", "2", "--episodes", str(episodes), "--image-size", "16", "--quiet", "--cache-dir",
-            str(Path(data).parent / "cache"), "--out", str(out), *map(str, extra)]
+    return [
+        "run",
+        "--method",
+        method,
+        "--task",
+        task or f"folder:{data}",
+        "--shots",
+        "1",
+        "--ways",
+        "3",
+        "--queries",
+        "2",
+        "--episodes",
+        str(episodes),
+        "--image-size",
+        "16",
+        "--quiet",
+        "--cache-dir",
+        str(Path(data).parent / "cache"),
+        "--out",
+        str(out),
+        *map(str, extra),
+    ]
 
 
 def one_line_error(capsys, argv) -> str:
@@ -43,13 +64,20 @@ def one_line_error(capsys, argv) -> str:
 
 # -- class names a reader cannot tell apart ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("second,message", [
-    ("dunes\u200b", "class folder 'dunes\\u200b' holds a character that does not show (U+200B ZERO WIDTH SPACE); "
-                    "rename it without it"),
-    ("dunes\u00a0x", "class folder 'dunes\\xa0x' holds a character that does not show (U+00A0 NO-BREAK SPACE)"),
-    ("DUNES", "class folders 'DUNES', 'dunes' differ only by case"),
-    ("ｄｕｎｅｓ", "class folders 'dunes', 'ｄｕｎｅｓ' differ only by case, Unicode form or spacing"),
-])
+
+@pytest.mark.parametrize(
+    "second,message",
+    [
+        (
+            "dunes\u200b",
+            "class folder 'dunes\\u200b' holds a character that does not show (U+200B ZERO WIDTH SPACE); "
+            "rename it without it",
+        ),
+        ("dunes\u00a0x", "class folder 'dunes\\xa0x' holds a character that does not show (U+00A0 NO-BREAK SPACE)"),
+        ("DUNES", "class folders 'DUNES', 'dunes' differ only by case"),
+        ("ｄｕｎｅｓ", "class folders 'dunes', 'ｄｕｎｅｓ' differ only by case, Unicode form or spacing"),
+    ],
+)
 def test_folder_classes_that_look_alike_or_hide_characters_are_refused(tmp_path, capsys, second, message):
     for label, name in enumerate(("dunes", second, "craters")):
         for i in range(4):
@@ -74,28 +102,51 @@ def map_argv(tmp_path, labels: list[str]) -> list[str]:
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "scene.png")
     points = ["x,y,label"] + [f"{8 + 16 * i},{8 + 16 * i},{name}" for i, name in enumerate(labels)]
     (tmp_path / "points.csv").write_text("\n".join(points) + "\n", encoding="utf-8")
-    return ["map", "--method", "si-ok", "--scene", tmp_path / "scene.png", "--labels", tmp_path / "points.csv",
-            "--window", "16", "--out", tmp_path / "map", "--task", "folder:/nonexistent", "--quiet"]
+    return [
+        "map",
+        "--method",
+        "si-ok",
+        "--scene",
+        tmp_path / "scene.png",
+        "--labels",
+        tmp_path / "points.csv",
+        "--window",
+        "16",
+        "--out",
+        tmp_path / "map",
+        "--task",
+        "folder:/nonexistent",
+        "--quiet",
+    ]
 
 
-@pytest.mark.parametrize("labels,message", [
-    (["crater", "Crater", "ground"], "labels 'Crater', 'crater' differ only by case; spell each class one way"),
-    (["crater", "crater\u200b", "ground"], "label 'crater\\u200b' holds a character that does not show (U+200B "
-                                           "ZERO WIDTH SPACE)"),
-])
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (["crater", "Crater", "ground"], "labels 'Crater', 'crater' differ only by case; spell each class one way"),
+        (
+            ["crater", "crater\u200b", "ground"],
+            "label 'crater\\u200b' holds a character that does not show (U+200B ZERO WIDTH SPACE)",
+        ),
+    ],
+)
 def test_map_labels_that_look_alike_are_refused(tmp_path, capsys, labels, message):
     line = one_line_error(capsys, map_argv(tmp_path, labels))
     assert line == f"error: labels file {tmp_path / 'points.csv'}: {message}" + (
-        " (rename or merge them)" if "case" in message else "; rename it without it")
+        " (rename or merge them)" if "case" in message else "; rename it without it"
+    )
     assert not (tmp_path / "map").exists()
 
 
 # -- options ----------------------------------------------------------------------------------------------------
 
+
 def test_a_method_option_given_twice_is_refused(data, tmp_path, capsys):
     line = one_line_error(capsys, run_argv(data, tmp_path / "r.csv", method="knn:k=1,k=3"))
-    assert line == ("error: --method knn:k=1,k=3 gives option k twice; give each option once (to run both settings, "
-                    "repeat --method)")
+    assert line == (
+        "error: --method knn:k=1,k=3 gives option k twice; give each option once (to run both settings, "
+        "repeat --method)"
+    )
 
 
 @pytest.mark.parametrize("command", ["run", "leaderboard"])
@@ -114,6 +165,7 @@ def test_out_naming_a_folder_is_refused(data, tmp_path, capsys, monkeypatch, com
 
 # -- results files ----------------------------------------------------------------------------------------------
 
+
 def test_a_whole_last_row_without_its_newline_is_kept(data, tmp_path, capsys):
     out = tmp_path / "r.csv"
     assert main(run_argv(data, out)) == 0
@@ -129,7 +181,7 @@ def test_a_whole_last_row_without_its_newline_is_kept(data, tmp_path, capsys):
     assert rows[:3] == before and len(rows) == 4 and out.read_text().endswith("\n")
     # a row cut short is still not a result, and is cut off before the next append
     text = out.read_text()
-    out.write_text(text[: -12])
+    out.write_text(text[:-12])
     assert len(read_results(out)) == 3
 
 
@@ -141,14 +193,17 @@ def test_contradicting_rows_in_one_file_are_refused_by_run_too(data, tmp_path, c
     with open(out, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n").writerow(other)
     before = out.read_bytes()
-    expected = (f"error: results file {out}, lines 3 and 5: two rows of the same measurement (task {rows[1]['task']} "
-                f"method si-ok shots 1 ways 3 queries 2 episode 1) with different accuracy")
+    expected = (
+        f"error: results file {out}, lines 3 and 5: two rows of the same measurement (task {rows[1]['task']} "
+        f"method si-ok shots 1 ways 3 queries 2 episode 1) with different accuracy"
+    )
     for argv in (run_argv(data, out, episodes=4), ["leaderboard", str(out)]):
         assert one_line_error(capsys, argv).startswith(expected)
     assert out.read_bytes() == before
     # the same row twice (a file concatenated with itself) is one measurement: still readable
-    out.write_text(out.read_text().splitlines(keepends=True)[0] + "".join(
-        out.read_text().splitlines(keepends=True)[1:4]) * 2)
+    out.write_text(
+        out.read_text().splitlines(keepends=True)[0] + "".join(out.read_text().splitlines(keepends=True)[1:4]) * 2
+    )
     assert len(read_results(out)) == 6
 
 
@@ -160,10 +215,12 @@ def test_a_fixed_k_file_where_episode_results_are_read_and_the_reverse(tmp_path,
     episodes.write_text(",".join(COLUMNS) + "\n")
     assert one_line_error(capsys, ["leaderboard", fixedk]) == (
         f"error: results file {fixedk} holds fixed-K results, not episode results; `bench leaderboard --fixedk "
-        f"{fixedk}` shows it")
+        f"{fixedk}` shows it"
+    )
     assert one_line_error(capsys, ["leaderboard", "--fixedk", episodes]) == (
         f"error: results file {episodes} holds episode results, not fixed-K results; `bench leaderboard {episodes}` "
-        "shows it")
+        "shows it"
+    )
 
 
 def test_each_table_is_told_by_a_column_only_it_has():
@@ -182,10 +239,12 @@ def test_each_table_is_told_by_a_column_only_it_has():
 
 def test_migrate_on_a_folder_says_it_is_a_folder(tmp_path, capsys):
     assert one_line_error(capsys, ["migrate", tmp_path]) == (
-        f"error: results path {tmp_path} is a directory; give the results files in it (e.g. {tmp_path}/*.csv)")
+        f"error: results path {tmp_path} is a directory; give the results files in it (e.g. {tmp_path}/*.csv)"
+    )
 
 
 # -- sources ----------------------------------------------------------------------------------------------------
+
 
 def test_a_relative_source_is_recorded_by_its_absolute_path(data, tmp_path, capsys, monkeypatch):
     for where in ("a", "b"):  # two different folders, both reached as `folder:src` from their working folder
@@ -204,6 +263,7 @@ def test_a_relative_source_is_recorded_by_its_absolute_path(data, tmp_path, caps
 
 # -- SDFT's step 1 ----------------------------------------------------------------------------------------------
 
+
 def test_sdft_step1_says_what_its_held_out_fold_needs():
     from methods.sdft import step1_split
 
@@ -214,7 +274,8 @@ def test_sdft_step1_says_what_its_held_out_fold_needs():
     assert str(refused.value) == (
         "sdft step 1 holds out 1 of val_folds=8 scene-disjoint folds of the base pool (its 21 scenes) to stop "
         "early, which needs a class with at least 8 base-pool images; the largest has 7 (21 images in 3 classes): "
-        "use sdft:val_folds=7 or fewer, or give a larger base pool")
+        "use sdft:val_folds=7 or fewer, or give a larger base pool"
+    )
     train, val = step1_split(labels, groups, 7, seed=0)
     assert len(val) and not set(groups[train]) & set(groups[val])
 
@@ -224,4 +285,5 @@ def test_sdft_on_a_small_folder_set_is_one_line(tmp_path, capsys):
     line = one_line_error(capsys, run_argv(data, tmp_path / "r.csv", method="sdft", episodes=1))
     assert line.startswith("error: sdft step 1 holds out 1 of val_folds=8") and "sdft:val_folds=7 or fewer" in line
     assert one_line_error(capsys, run_argv(data, tmp_path / "r.csv", method="sdft:val_folds=1")) == (
-        "error: sdft: val_folds=1: step 1 holds out 1 of val_folds folds of the base pool, so it needs at least 2")
+        "error: sdft: val_folds=1: step 1 holds out 1 of val_folds folds of the base pool, so it needs at least 2"
+    )

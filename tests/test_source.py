@@ -1,4 +1,5 @@
 """--source SPEC: another labelled set as every pre-training method's base pool, on the same episodes."""
+
 import csv
 import shutil
 
@@ -100,9 +101,33 @@ def test_bench_run_keeps_sources_apart_in_the_results(data, tmp_path):
     out = tmp_path / "r.csv"
 
     def run(*extra):
-        return main(["run", "--task", "hirise-regions", "--method", "simpleshot", "--ways", "3", "--shots", "1",
-                     "--queries", "2", "--episodes", "4", "--image-size", "32", "--data-dir", str(data),
-                     "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet", *extra])
+        return main(
+            [
+                "run",
+                "--task",
+                "hirise-regions",
+                "--method",
+                "simpleshot",
+                "--ways",
+                "3",
+                "--shots",
+                "1",
+                "--queries",
+                "2",
+                "--episodes",
+                "4",
+                "--image-size",
+                "32",
+                "--data-dir",
+                str(data),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+                "--quiet",
+                *extra,
+            ]
+        )
 
     assert run() == 0 and run("--source", "aid") == 0 and run("--source", "aid") == 0
     with open(out, newline="") as f:
@@ -157,9 +182,35 @@ def test_leaderboard_sources_pairs_each_source_with_no_source(data, tmp_path, ca
     out = tmp_path / "r.csv"
 
     def run(*extra):
-        return main(["run", "--task", "hirise-regions", "--method", "simpleshot", "--method", "protonet", "--ways",
-                     "3", "--shots", "1", "--queries", "2", "--episodes", "6", "--image-size", "32", "--data-dir",
-                     str(data), "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet", *extra])
+        return main(
+            [
+                "run",
+                "--task",
+                "hirise-regions",
+                "--method",
+                "simpleshot",
+                "--method",
+                "protonet",
+                "--ways",
+                "3",
+                "--shots",
+                "1",
+                "--queries",
+                "2",
+                "--episodes",
+                "6",
+                "--image-size",
+                "32",
+                "--data-dir",
+                str(data),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+                "--quiet",
+                *extra,
+            ]
+        )
 
     assert run() == 0 and run("--source", "aid") == 0
     with open(out, newline="") as f:
@@ -168,13 +219,17 @@ def test_leaderboard_sources_pairs_each_source_with_no_source(data, tmp_path, ca
     capsys.readouterr()
     assert main(["leaderboard", str(out), "--format", "sources", "--versus", "protonet"]) == 0
     text = capsys.readouterr().out
-    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): line for line in text.splitlines()
-             if line.startswith("| `")}
+    lines = {
+        tuple(c.strip() for c in line.strip("|").split("|")[:3]): line
+        for line in text.splitlines()
+        if line.startswith("| `")
+    }
     assert set(lines) == {(f"`{m}`", "1", s) for m in ("simpleshot", "protonet") for s in ("none", "aid")}
     # protonet ignores the base pool: its aid rows are its no-source rows, a difference of exactly 0
     assert "+0.00 ± 0.00 (6)" in lines[("`protonet`", "1", "aid")]
-    expected = np.mean([acc[("hirise-regions+aid", "simpleshot", i)] - acc[("hirise-regions", "simpleshot", i)]
-                        for i in range(6)])
+    expected = np.mean(
+        [acc[("hirise-regions+aid", "simpleshot", i)] - acc[("hirise-regions", "simpleshot", i)] for i in range(6)]
+    )
     cells = [c.strip() for c in lines[("`simpleshot`", "1", "aid")].strip("|").split("|")]
     assert cells[4].startswith(f"{expected:+.2f}") and cells[4].endswith("(6)")
     assert main(["leaderboard", str(out), "--format", "sources", "--versus", "nosuch"]) == 2

@@ -1,4 +1,5 @@
 """Base/target splits (scene-disjoint, class-disjoint) and the fixed-K protocol's pools and draws."""
+
 import numpy as np
 import pytest
 from fakes import domars16k_like, grouped_table, hirise_v1_like
@@ -52,6 +53,7 @@ def test_scene_split_on_real_hirise(real_data_dir):
 
 
 # --- fixed-K protocol -----------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def domars_task(tmp_path):
@@ -137,7 +139,13 @@ def test_run_fixed_k_scores_the_whole_test_split(domars_task, tmp_path):
 
 
 def test_run_fixed_k_with_protonet_on_colour_coded_classes(domars_task, tmp_path):
-    rows = run_fixed_k(domars_task, create_method("protonet"), 2, [0, 1], Cache(tmp_path / "cache"),
-                       FixedKConfig(methods=[], image_size=32))
+    rows = run_fixed_k(
+        domars_task,
+        create_method("protonet"),
+        2,
+        [0, 1],
+        Cache(tmp_path / "cache"),
+        FixedKConfig(methods=[], image_size=32),
+    )
     for r in rows:  # chance: 1/3; the test images are other images than the training ones, not copies of them
         assert r["accuracy"] > 0.8 and r["weighted_f1"] > 0.8, r

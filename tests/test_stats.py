@@ -1,4 +1,5 @@
 """mean_ci against scipy's t interval."""
+
 import math
 
 import numpy as np

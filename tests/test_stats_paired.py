@@ -1,4 +1,5 @@
 """Paired differences on shared episodes, tie-aware ranks, per-class accuracy, means over seeds."""
+
 import math
 
 import numpy as np
@@ -55,18 +56,31 @@ def test_tie_ranks_rule():
 
 
 def episode_rows(accuracies: dict[str, np.ndarray]) -> pd.DataFrame:
-    return pd.DataFrame([{"method": m, "episode": e, "accuracy": a, "macro_f1": a, "seconds": 0.1}
-                         for m, values in accuracies.items() for e, a in enumerate(values) if not np.isnan(a)])
+    return pd.DataFrame(
+        [
+            {"method": m, "episode": e, "accuracy": a, "macro_f1": a, "seconds": 0.1}
+            for m, values in accuracies.items()
+            for e, a in enumerate(values)
+            if not np.isnan(a)
+        ]
+    )
 
 
 def test_compare_methods_deltas_and_ranks():
     rng = np.random.default_rng(3)
     base = rng.uniform(0.3, 0.9, 200)
     noise = rng.normal(0, 0.05, 200)
-    table = compare_methods(episode_rows({
-        "best": base + 0.10, "twin": base + 0.10, "close": base + 0.099 + noise - noise.mean(),
-        "worse": base, "worst": base - 0.2,
-    })).set_index("method")
+    table = compare_methods(
+        episode_rows(
+            {
+                "best": base + 0.10,
+                "twin": base + 0.10,
+                "close": base + 0.099 + noise - noise.mean(),
+                "worse": base,
+                "worst": base - 0.2,
+            }
+        )
+    ).set_index("method")
     assert table.loc["twin", "delta"] == 0 and table.loc["twin", "rank"] == 1  # identical: CI 0 includes 0
     assert table.loc["close", "rank"] == 1
     assert table.loc["close", "delta_ci95"] > abs(table.loc["close", "delta"])
@@ -75,7 +89,9 @@ def test_compare_methods_deltas_and_ranks():
     assert (table["paired"] == 200).all() and (table["episodes"] == 200).all()
     assert math.isnan(table["delta_ci95"].iloc[0]) and table.index[0] == "best"  # equal means: by name
     acc, half = mean_ci(base)
-    assert table.loc["worse", "accuracy"] == pytest.approx(acc) and table.loc["worse", "accuracy_ci95"] == pytest.approx(half)
+    assert table.loc["worse", "accuracy"] == pytest.approx(acc) and table.loc[
+        "worse", "accuracy_ci95"
+    ] == pytest.approx(half)
 
 
 def test_compare_methods_pairs_only_shared_episodes():
@@ -99,8 +115,9 @@ def test_compare_methods_refuses_a_repeated_episode():
 
 
 def test_class_accuracy_averages_over_episodes_containing_the_class():
-    rows = pd.DataFrame({"method": ["m", "m", "n"], "classes": ["a|b", "b|c", "a|b"],
-                         "class_accuracy": ["1|0.5", "0.25|0", "0|1"]})
+    rows = pd.DataFrame(
+        {"method": ["m", "m", "n"], "classes": ["a|b", "b|c", "a|b"], "class_accuracy": ["1|0.5", "0.25|0", "0|1"]}
+    )
     t = class_accuracy(rows).set_index(["method", "class"])
     assert t.loc[("m", "a"), "accuracy"] == 1 and t.loc[("m", "a"), "episodes"] == 1
     assert t.loc[("m", "b"), "accuracy"] == pytest.approx(0.375) and t.loc[("m", "b"), "episodes"] == 2
@@ -111,8 +128,15 @@ def test_class_accuracy_averages_over_episodes_containing_the_class():
 
 
 def test_summarize_over_seeds_for_the_fixed_k_protocol():
-    frame = pd.DataFrame({"method": ["m"] * 3 + ["n"] * 3, "k": [10] * 6, "seed": [0, 1, 2] * 2,
-                          "accuracy": [0.7, 0.8, 0.75, 0.5, 0.5, 0.5], "weighted_f1": [0.6, 0.7, 0.8, 0.4, 0.5, 0.6]})
+    frame = pd.DataFrame(
+        {
+            "method": ["m"] * 3 + ["n"] * 3,
+            "k": [10] * 6,
+            "seed": [0, 1, 2] * 2,
+            "accuracy": [0.7, 0.8, 0.75, 0.5, 0.5, 0.5],
+            "weighted_f1": [0.6, 0.7, 0.8, 0.4, 0.5, 0.6],
+        }
+    )
     t = summarize(frame, ["method", "k"], ("accuracy", "weighted_f1"), count="seeds", unique="seed").set_index("method")
     assert t.loc["m", "seeds"] == 3
     assert (t.loc["m", "accuracy"], t.loc["m", "accuracy_ci95"]) == pytest.approx(mean_ci([0.7, 0.8, 0.75]))

@@ -1,5 +1,6 @@
 """Any timm architecture as the backbone: `--backbone timm:NAME --weights FILE`, on a generated task with small
 timm models whose random weights the tests save themselves (nothing is downloaded)."""
+
 import csv
 import shutil
 
@@ -39,8 +40,11 @@ def save_random(path, arch=ARCH, seed=0):
 def weights(tmp_path_factory):
     """Two checkpoints of one architecture (a torch state dict and a safetensors file) and one of another."""
     root = tmp_path_factory.mktemp("weights")
-    return {"a": save_random(root / "a.pt", seed=0), "b": save_random(root / "b.safetensors", seed=1),
-            "vit": save_random(root / "vit.pt", "test_vit", seed=2)}
+    return {
+        "a": save_random(root / "a.pt", seed=0),
+        "b": save_random(root / "b.safetensors", seed=1),
+        "vit": save_random(root / "vit.pt", "test_vit", seed=2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +55,34 @@ def data(tmp_path_factory):
 
 
 def run(data, out, cache, weights_file, *methods, arch=ARCH, extra=()):
-    return main(["run", *[a for m in methods for a in ("--method", m)], "--task", f"folder:{data}",
-                 "--backbone", f"timm:{arch}", "--weights", str(weights_file), "--image-size", "32", "--shots", "1",
-                 "--ways", "3", "--queries", "2", "--episodes", "3", "--quiet", "--cache-dir", str(cache),
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "run",
+            *[a for m in methods for a in ("--method", m)],
+            "--task",
+            f"folder:{data}",
+            "--backbone",
+            f"timm:{arch}",
+            "--weights",
+            str(weights_file),
+            "--image-size",
+            "32",
+            "--shots",
+            "1",
+            "--ways",
+            "3",
+            "--queries",
+            "2",
+            "--episodes",
+            "3",
+            "--quiet",
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def rows(path):
@@ -64,17 +92,22 @@ def rows(path):
 
 def test_protonet_and_sdft_run_with_a_saved_timm_model(data, weights, tmp_path, capsys):
     out = tmp_path / "r.csv"
-    assert run(data, out, tmp_path / "cache", weights["a"], "protonet", "sdft:epochs=1,batch_size=8,steps=2") == 0, \
+    assert run(data, out, tmp_path / "cache", weights["a"], "protonet", "sdft:epochs=1,batch_size=8,steps=2") == 0, (
         capsys.readouterr().err
+    )
     made = rows(out)
     assert {r["method"] for r in made} == {"protonet", "sdft:batch_size=8,epochs=1,steps=2"} and len(made) == 6
     spec = backbone_spec(f"timm:{ARCH}", str(weights["a"]))
     assert {r["backbone"] for r in made} == {f"timm:{ARCH}"}  # the name, never the weights' path
     assert {r["weights"] for r in made} == {weights_digest(spec)} and {r["transductive"] for r in made} == {"0"}
     # warm: step 1's network top comes back from the cache as timm's own modules, with the same numbers
-    assert run(data, tmp_path / "again.csv", tmp_path / "cache", weights["a"], "sdft:epochs=1,batch_size=8,steps=2") == 0
+    assert (
+        run(data, tmp_path / "again.csv", tmp_path / "cache", weights["a"], "sdft:epochs=1,batch_size=8,steps=2") == 0
+    )
     assert "cached" in capsys.readouterr().err
-    assert [r["accuracy"] for r in rows(tmp_path / "again.csv")] == [r["accuracy"] for r in made if r["method"] != "protonet"]
+    assert [r["accuracy"] for r in rows(tmp_path / "again.csv")] == [
+        r["accuracy"] for r in made if r["method"] != "protonet"
+    ]
 
 
 def test_two_checkpoints_of_one_architecture_never_share_rows_or_features(data, weights, tmp_path, capsys):
@@ -117,12 +150,15 @@ def test_a_misshapen_tensor_is_named(weights, tmp_path):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--backbone", f"timm:{ARCH}"], "needs --weights FILE"),
-    (["--backbone", "efficientnet_lite0", "--weights", "x.pt"], "--weights goes with --backbone timm:NAME"),
-    (["--backbone", "timm:no_such_net", "--weights", "pretrained"], "unknown timm architecture"),
-    (["--backbone", f"timm:{ARCH}", "--weights", "/no/such/file.pt"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backbone", f"timm:{ARCH}"], "needs --weights FILE"),
+        (["--backbone", "efficientnet_lite0", "--weights", "x.pt"], "--weights goes with --backbone timm:NAME"),
+        (["--backbone", "timm:no_such_net", "--weights", "pretrained"], "unknown timm architecture"),
+        (["--backbone", f"timm:{ARCH}", "--weights", "/no/such/file.pt"], "no such file"),
+    ],
+)
 def test_bad_backbone_options_are_one_line_errors(argv, message, data, capsys):
     assert main(["run", "--method", "protonet", "--task", f"folder:{data}", *argv]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,6 +1,7 @@
 """The transductive methods (bd-cspn, laplacianshot, tim, pt-map): batched like one by one, each episode on its own
 (no other row moves its scores), the whole query handed over at once (episodes, fixed-K pools, scene windows),
 their maths against the papers' definitions, and the mark every row and table carries."""
+
 import numpy as np
 import pytest
 import torch
@@ -63,7 +64,9 @@ def test_no_row_outside_the_episode_moves_its_scores(name, tiny):
     before = method.predict(episode.query_idx)
     mine = np.concatenate([episode.support_idx, episode.query_idx])
     others = torch.from_numpy(np.setdiff1d(np.arange(len(method.features)), mine))
-    method.features[others] = torch.rand(len(others), method.features.shape[1], generator=torch.Generator().manual_seed(1))
+    method.features[others] = torch.rand(
+        len(others), method.features.shape[1], generator=torch.Generator().manual_seed(1)
+    )
     np.testing.assert_array_equal(method.predict(episode.query_idx), before)
 
 
@@ -92,7 +95,9 @@ def test_bd_cspn_rectification_follows_the_paper():
     means = torch.stack([support[0, y[0] == c].mean(0) for c in range(3)])
     cos = F.normalize(shifted[0], dim=-1) @ F.normalize(means, dim=-1).T
     pseudo = cos.argmax(1)
-    for c in range(3):  # eq. 4: softmax(10 x cosine to the class mean) over the class's support and pseudo-labelled rows
+    for c in range(
+        3
+    ):  # eq. 4: softmax(10 x cosine to the class mean) over the class's support and pseudo-labelled rows
         rows = torch.cat([support[0, y[0] == c], shifted[0, pseudo == c]])
         w = torch.softmax(10 * F.cosine_similarity(rows, means[c][None]), 0)
         torch.testing.assert_close(protos[0, c], (w[:, None] * rows).sum(0))
@@ -219,8 +224,12 @@ def test_leaderboards_mark_transductive_methods_and_can_leave_them_out(tmp_path,
     from benchmark.cli import main
     from benchmark.stats import paired_difference
 
-    frame = fake_rows({"tim": 0.72, "pt-map": 0.70, "protonet": 0.62, "simpleshot": 0.65}, shots=(1, 5), episodes=100,
-                      transductive=("tim", "pt-map"))
+    frame = fake_rows(
+        {"tim": 0.72, "pt-map": 0.70, "protonet": 0.62, "simpleshot": 0.65},
+        shots=(1, 5),
+        episodes=100,
+        transductive=("tim", "pt-map"),
+    )
     write_csv(frame, tmp_path / "r.csv")
     assert main(["leaderboard", str(tmp_path / "r.csv"), "--format", "markdown"]) == 0
     text = capsys.readouterr().out
@@ -258,9 +267,35 @@ def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsy
 
     make_tiny_task(tmp_path / "data", n_classes=3, groups_per_class=4, per_group=4)
     out = tmp_path / "r.csv"
-    assert main(["run", "--method", "pt-map", "--method", "protonet", "--task", f"folder:{tmp_path / 'data'}",
-                 "--shots", "1", "--ways", "3", "--queries", "2", "--episodes", "3", "--image-size", "32", "--quiet",
-                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--method",
+                "pt-map",
+                "--method",
+                "protonet",
+                "--task",
+                f"folder:{tmp_path / 'data'}",
+                "--shots",
+                "1",
+                "--ways",
+                "3",
+                "--queries",
+                "2",
+                "--episodes",
+                "3",
+                "--image-size",
+                "32",
+                "--quiet",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     shown = capsys.readouterr().out
     assert "pt-map (transductive)" in shown and "protonet (transductive)" not in shown
     with open(out, newline="") as f:
@@ -268,9 +303,9 @@ def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsy
     assert marks == {("pt-map", "1"), ("protonet", "0")}
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
+
     def row(name):  # the table's line whose first cell is the method (a description may name another method)
-        return next(line for line in listed.splitlines()
-                    if line.count("│") > 1 and line.split("│")[1].strip() == name)
+        return next(line for line in listed.splitlines() if line.count("│") > 1 and line.split("│")[1].strip() == name)
 
     for name in TRANSDUCTIVE:
         assert "transductive" in row(name)
@@ -287,9 +322,33 @@ def test_fixed_k_rows_and_tables_mark_a_transductive_method(tmp_path, capsys):
 
     data = domars16k_like(tmp_path / "data", products=4, per_product=2)
     out = tmp_path / "k.csv"
-    assert main(["fixedk", "--task", "domars16k", "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"),
-                 "--image-size", "32", "--shots", "1", "--seeds", "0-1", "--out", str(out), "--quiet",
-                 "--method", "bd-cspn", "--method", "protonet"]) == 0
+    assert (
+        main(
+            [
+                "fixedk",
+                "--task",
+                "domars16k",
+                "--data-dir",
+                str(data),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--image-size",
+                "32",
+                "--shots",
+                "1",
+                "--seeds",
+                "0-1",
+                "--out",
+                str(out),
+                "--quiet",
+                "--method",
+                "bd-cspn",
+                "--method",
+                "protonet",
+            ]
+        )
+        == 0
+    )
     shown = capsys.readouterr().out
     assert "bd-cspn (transductive)" in shown and "protonet (transductive)" not in shown and "whole test pool" in shown
     with open(out, newline="") as f:

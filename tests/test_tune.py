@@ -1,5 +1,6 @@
 """`bench tune`: every grid point on the same validation episodes, a stated choice, resumable; it never reads
 a target episode (poisoned target labels and images change nothing); bad grids are one-line errors."""
+
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ def make_csv(root: Path, poison: bool = False) -> Path:
                 split = "target" if g >= 7 else "base"
                 if split == "target" and poison:
                     from PIL import Image
+
                     (root / "img").mkdir(parents=True, exist_ok=True)
                     Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / rel)
                 else:
@@ -40,10 +42,35 @@ def make_csv(root: Path, poison: bool = False) -> Path:
 
 
 def tune_argv(tmp_path, csv, *extra):
-    return ["tune", "--method", "knn", "--grid", "k=3,5", "--task", f"csv:{csv}", "--shots", "1", "--ways", "3",
-            "--queries", "2", "--episodes", "6", "--image-size", "32", "--quiet", "--data-dir", str(tmp_path),
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(csv.parent / "validation.csv"), "--table",
-            str(csv.parent / "table.csv"), *extra]
+    return [
+        "tune",
+        "--method",
+        "knn",
+        "--grid",
+        "k=3,5",
+        "--task",
+        f"csv:{csv}",
+        "--shots",
+        "1",
+        "--ways",
+        "3",
+        "--queries",
+        "2",
+        "--episodes",
+        "6",
+        "--image-size",
+        "32",
+        "--quiet",
+        "--data-dir",
+        str(tmp_path),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(csv.parent / "validation.csv"),
+        "--table",
+        str(csv.parent / "table.csv"),
+        *extra,
+    ]
 
 
 def chosen_line(out: str) -> str:
@@ -93,16 +120,20 @@ def test_choice_rule_keeps_a_tied_default():
     specs = [MethodSpec("knn"), MethodSpec("knn", {"k": 3}), MethodSpec("knn", {"k": 5})]
     table, chosen = tuning_table(pd.DataFrame(rows), specs, specs[0], [("k", [3, 5])])
     assert chosen.label == "knn:k=5"  # clearly better than the default
-    table, chosen = tuning_table(pd.DataFrame([r for r in rows if r["method"] != "knn:k=5"]), specs[:2], specs[0],
-                                 [("k", [3])])
+    table, chosen = tuning_table(
+        pd.DataFrame([r for r in rows if r["method"] != "knn:k=5"]), specs[:2], specs[0], [("k", [3])]
+    )
     assert chosen.label == "knn"  # k=3 within noise of the default: the default stays
 
 
-@pytest.mark.parametrize("grid, message", [
-    ("kk=1,2", "--grid kk=1,2: method knn has no option 'kk'; did you mean k?"),
-    ("k=", "bad --grid"),
-    ("k", "bad --grid"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ("kk=1,2", "--grid kk=1,2: method knn has no option 'kk'; did you mean k?"),
+        ("k=", "bad --grid"),
+        ("k", "bad --grid"),
+    ],
+)
 def test_bad_grid_is_one_line(tmp_path, capsys, grid, message):
     argv = ["tune", "--method", "knn", "--grid", grid, "--data-dir", str(tmp_path), "--quiet"]
     assert main(argv) == 2
@@ -127,12 +158,14 @@ def test_a_grid_point_equal_to_the_default_reuses_the_defaults_rows(tmp_path, ca
     assert main(argv) == 0
     first = pd.read_csv(csv.parent / "table.csv")
     grid = argv.index("--grid")
-    again = argv[:grid] + ["--grid", "k=1,7"] + argv[grid + 2:]
+    again = argv[:grid] + ["--grid", "k=1,7"] + argv[grid + 2 :]
     assert main(again) == 0
     second = pd.read_csv(csv.parent / "table.csv")
     assert set(second["method"]) == {"knn", "knn:k=7"}
+
     def default(t):
         return t[t["method"] == "knn"][["accuracy", "episodes"]].to_numpy()
+
     assert (default(first) == default(second)).all()
     rows = pd.read_csv(csv.parent / "validation.csv")
     assert rows["method"].value_counts().to_dict() == {"knn": 6, "knn:k=3": 6, "knn:k=5": 6, "knn:k=7": 6}

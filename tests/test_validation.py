@@ -1,5 +1,6 @@
 """Validation slices: inside the base pool, never touching the target pool, scene-disjoint from what methods
 pre-train on (class-disjoint where the task is), reproducible; `bench run --split validation` draws there."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,8 +78,13 @@ def test_target_labels_do_not_move_the_slice():
     target = np.asarray(task.target)
     labels[target] = np.random.default_rng(1).permutation(labels[target])
     frame["label"] = labels
-    poisoned = Task(task.name, task.description, type(table)(name=table.name, frame=frame,
-                                                             class_names=table.class_names), task.base, task.target)
+    poisoned = Task(
+        task.name,
+        task.description,
+        type(table)(name=table.name, frame=frame, class_names=table.class_names),
+        task.base,
+        task.target,
+    )
     assert np.array_equal(poisoned.validation().target, task.validation().target)
     assert np.array_equal(poisoned.validation().base, task.validation().base)
 
@@ -109,8 +115,11 @@ def probe(monkeypatch):
     import benchmark.runner
 
     real = benchmark.runner.create_method
-    monkeypatch.setattr(benchmark.runner, "create_method", lambda name, **options:
-                        BasePoolProbe() if name == "test-base-pool-probe" else real(name, **options))
+    monkeypatch.setattr(
+        benchmark.runner,
+        "create_method",
+        lambda name, **options: BasePoolProbe() if name == "test-base-pool-probe" else real(name, **options),
+    )
     BasePoolProbe.seen.clear()
 
 
@@ -119,8 +128,17 @@ def test_validation_runs_pretrain_without_the_slice_and_draw_from_it(tmp_path, m
     csv = csv_like(tmp_path / "csv", classes=("a", "b", "c"), groups=12, per_group=2, target_groups=4)
     task = load_task(f"csv:{csv}", tmp_path)
     val = task.validation()
-    config = RunConfig(methods=[MethodSpec("test-base-pool-probe")], task=f"csv:{csv}", shots=[1], data_dir=tmp_path,
-                       cache_dir=tmp_path / "cache", n_way=3, n_query=1, episodes=4, split="validation")
+    config = RunConfig(
+        methods=[MethodSpec("test-base-pool-probe")],
+        task=f"csv:{csv}",
+        shots=[1],
+        data_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        n_way=3,
+        n_query=1,
+        episodes=4,
+        split="validation",
+    )
     config.out = None
     BasePoolProbe.seen.clear()
     rows = run_benchmark(config)
@@ -144,9 +162,26 @@ def test_validation_runs_pretrain_without_the_slice_and_draw_from_it(tmp_path, m
 def test_bench_run_split_validation_cli(tmp_path, capsys, monkeypatch, probe):
     monkeypatch.chdir(tmp_path)
     csv = csv_like(tmp_path / "csv", classes=("a", "b", "c"), groups=12, per_group=2, target_groups=4)
-    argv = ["run", "--method", "test-base-pool-probe", "--task", f"csv:{csv}", "--shots", "1", "--ways", "3",
-            "--queries", "1", "--episodes", "3", "--quiet", "--data-dir", str(tmp_path), "--cache-dir",
-            str(tmp_path / "cache")]
+    argv = [
+        "run",
+        "--method",
+        "test-base-pool-probe",
+        "--task",
+        f"csv:{csv}",
+        "--shots",
+        "1",
+        "--ways",
+        "3",
+        "--queries",
+        "1",
+        "--episodes",
+        "3",
+        "--quiet",
+        "--data-dir",
+        str(tmp_path),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(argv + ["--split", "validation"]) == 0
     assert main(argv) == 0
     files = sorted((p.name for p in (tmp_path / "runs").glob("*.csv")), key=len)

@@ -3,6 +3,7 @@
 run: draw K labelled windows per class and seed, map, score, append rows to OUT.csv and write OUT.md;
 scene: write the stacked scene, craters.txt and POINTS files for `bench map`; score: score a `bench map` folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ SHOTS, SEEDS, SCENE_SEEDS = (5, 20), (0, 1, 2), (0,)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("craters", help="the scored mapping case: craters in a real CTX block",
-                       description=__doc__.split("\n\n")[1])
+    p = sub.add_parser(
+        "craters", help="the scored mapping case: craters in a real CTX block", description=__doc__.split("\n\n")[1]
+    )
     verbs = p.add_subparsers(dest="verb", required=True)
 
     def common(q, grid=True):
@@ -44,23 +46,41 @@ def add_parser(sub) -> None:
 
     run = verbs.add_parser("run", help="build samples, map, score; append rows to OUT.csv, write OUT.md")
     common(run)
-    run.add_argument("--method", action="append", default=None, metavar="NAME[:key=value,...]",
-                     help=f"repeatable (default: {', '.join(DEFAULT_METHODS)})")
+    run.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        metavar="NAME[:key=value,...]",
+        help=f"repeatable (default: {', '.join(DEFAULT_METHODS)})",
+    )
     run.add_argument("--shots", type=int_list, default=list(SHOTS))
     run.add_argument("--seeds", type=seed_list, default=list(SEEDS))
     run.add_argument("--beta", type=float, default=1.0, help="the MRF's weight for the smoothed rows")
-    run.add_argument("--method-seed", type=int, default=p.settings.seed, help="the methods' seed (pre-training, fitting)")
+    run.add_argument(
+        "--method-seed", type=int, default=p.settings.seed, help="the methods' seed (pre-training, fitting)"
+    )
     add_task_options(run, "base task the methods pre-train on")
     add_source_option(run)
     run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
-    run.add_argument("--out", default=str(p.settings.reference / "ctx-craters"),
-                     help="appends to OUT.csv, writes OUT.md")
-    run.add_argument("--threads", type=positive_int("threads"), default=p.settings.threads,
-                     help="threads that extract features side by side (default: all cores)")
-    run.add_argument("--fresh", action="store_true",
-                     help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv")
-    run.add_argument("--reuse-stale", action="store_true",
-                     help="take rows made by another git commit when everything else about them matches")
+    run.add_argument(
+        "--out", default=str(p.settings.reference / "ctx-craters"), help="appends to OUT.csv, writes OUT.md"
+    )
+    run.add_argument(
+        "--threads",
+        type=positive_int("threads"),
+        default=p.settings.threads,
+        help="threads that extract features side by side (default: all cores)",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv",
+    )
+    run.add_argument(
+        "--reuse-stale",
+        action="store_true",
+        help="take rows made by another git commit when everything else about them matches",
+    )
     run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=cmd_run)
@@ -74,8 +94,12 @@ def add_parser(sub) -> None:
     common(score, grid=False)
     score.add_argument("--map", required=True)
     score.add_argument("--figure", default=None, help="also draw hits, false alarms and misses into this PNG")
-    score.add_argument("--crop", type=_crop, default=list(SCORED_PART),
-                       help="x0,y0,x1,y1 of the part to draw (default: the scored two thirds)")
+    score.add_argument(
+        "--crop",
+        type=_crop,
+        default=list(SCORED_PART),
+        help="x0,y0,x1,y1 of the part to draw (default: the scored two thirds)",
+    )
     score.add_argument("--size", type=positive_int("size"), default=1000, help="longest side of the figure in pixels")
     score.set_defaults(handler=cmd_score)
 
@@ -132,8 +156,15 @@ def cmd_score(args) -> int:
     print(json.dumps({"map": args.map, "smoothing": summary["smoothing"], **scores}, indent=2))
     if args.figure:
         scene, _ = load_ctx(_data_dir(args))
-        outcome_figure(Path(args.figure), scene, grid, boxes, labels.ravel() == summary["classes"].index("crater"),
-                       args.crop, args.size)
+        outcome_figure(
+            Path(args.figure),
+            scene,
+            grid,
+            boxes,
+            labels.ravel() == summary["classes"].index("crater"),
+            args.crop,
+            args.size,
+        )
         print(f"figure: {args.figure}")
     return 0
 
@@ -144,9 +175,10 @@ def write_table(path: Path, frame, labels: list[str], meta: dict) -> None:
     from benchmark.mapping.craters import markdown, summarize_craters
 
     rank = {"method": {label: i for i, label in enumerate(labels)}, "smoothing": {"none": 0, "mrf": 1}}
-    frame = frame.sort_values(["method", "shots", "smoothing", "seed"],
-                              key=lambda c: c.map(lambda v: rank[c.name].get(v, len(rank[c.name])))
-                              if c.name in rank else c).reset_index(drop=True)
+    frame = frame.sort_values(
+        ["method", "shots", "smoothing", "seed"],
+        key=lambda c: c.map(lambda v: rank[c.name].get(v, len(rank[c.name]))) if c.name in rank else c,
+    ).reset_index(drop=True)
     atomic_write_text(path, markdown(frame, summarize_craters(frame), meta))
     print(path.read_text())
 
@@ -170,16 +202,33 @@ def cmd_run(args) -> int:
     from methods.features import thread_policy
 
     if args.fresh and args.reuse_stale:
-        raise UserError("--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale "
-                        "would keep")
+        raise UserError(
+            "--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale would keep"
+        )
     device = resolve_device(args.device)
     check_backbone(args.backbone)
     config = CratersConfig(
-        methods=[MethodSpec.parse(m) for m in (args.method or DEFAULT_METHODS)], task=args.task, shots=args.shots,
-        data_dir=_data_dir(args), cache_dir=args.cache_dir, out=out_stem(args.out), backbone=args.backbone,
-        image_size=args.image_size, fresh=args.fresh, reuse_stale=args.reuse_stale, source=args.source,
-        source_disjoint=args.source_disjoint, device=device, seeds=args.seeds, window=args.window, stride=args.stride,
-        beta=args.beta, method_seed=args.method_seed, work=Path(args.work), example=args.example)
+        methods=[MethodSpec.parse(m) for m in (args.method or DEFAULT_METHODS)],
+        task=args.task,
+        shots=args.shots,
+        data_dir=_data_dir(args),
+        cache_dir=args.cache_dir,
+        out=out_stem(args.out),
+        backbone=args.backbone,
+        image_size=args.image_size,
+        fresh=args.fresh,
+        reuse_stale=args.reuse_stale,
+        source=args.source,
+        source_disjoint=args.source_disjoint,
+        device=device,
+        seeds=args.seeds,
+        window=args.window,
+        stride=args.stride,
+        beta=args.beta,
+        method_seed=args.method_seed,
+        work=Path(args.work),
+        example=args.example,
+    )
     protocol = Craters(config)
     with thread_policy(args.threads or torch.get_num_threads()):
         rows = run(protocol, RichProgressReporter(enabled=not args.quiet))

@@ -1,5 +1,6 @@
 """`bench data download NAME` (fetch, verify the checksum, unpack) and `bench data verify NAME` (decode every
 image, count images and source scenes per class and split)."""
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,12 @@ def add_parser(sub) -> None:
 
     verify = actions.add_parser("verify", help="decode every image of a dataset and count classes and scenes")
     verify.add_argument("name", help="registered dataset name, folder:PATH or csv:PATH")
-    verify.add_argument("--image-size", type=positive_int("image-size"), default=VERIFY_IMAGE_SIZE,
-                        help="decode and resize to this size")
+    verify.add_argument(
+        "--image-size",
+        type=positive_int("image-size"),
+        default=VERIFY_IMAGE_SIZE,
+        help="decode and resize to this size",
+    )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(verify)
     verify.set_defaults(handler=cmd_verify)
@@ -54,8 +59,11 @@ def cmd_download(args) -> int:
             console.print(f"[dim]{mib}{of} MiB[/dim]", highlight=False)
 
     dest = spec.download(data_dir, md5=args.md5, sha256=args.sha256, url=args.url, report=report)
-    console.print(f"{spec.name}: checksum verified, unpacked into {dest} ({time.perf_counter() - started:.1f} s); "
-                  f"check it with `bench data verify {spec.name}`", highlight=False)
+    console.print(
+        f"{spec.name}: checksum verified, unpacked into {dest} ({time.perf_counter() - started:.1f} s); "
+        f"check it with `bench data verify {spec.name}`",
+        highlight=False,
+    )
     return 0
 
 
@@ -106,16 +114,25 @@ def cmd_verify(args) -> int:
     per_split = Counter(zip(labels.tolist(), splits.tolist()))
     for c, name in enumerate(table.class_names):
         mask = labels == c
-        out.add_row(name, str(int(mask.sum())), str(len(set(groups[mask]))),
-                    *[str(per_split[(c, s)]) for s in split_names])
-    out.add_row("all", str(len(table)), str(len(set(groups))),
-                *[str(int((splits == s).sum())) for s in split_names], style="bold")
+        out.add_row(
+            name, str(int(mask.sum())), str(len(set(groups[mask]))), *[str(per_split[(c, s)]) for s in split_names]
+        )
+    out.add_row(
+        "all",
+        str(len(table)),
+        str(len(set(groups))),
+        *[str(int((splits == s).sum())) for s in split_names],
+        style="bold",
+    )
     stdout.print(out)
-    stdout.print(f"{table.name}: {len(table)} images, {len(set(groups))} groups (source scenes), "
-                 f"{len(table.class_names)} classes", highlight=False)
+    stdout.print(
+        f"{table.name}: {len(table)} images, {len(set(groups))} groups (source scenes), "
+        f"{len(table.class_names)} classes",
+        highlight=False,
+    )
     shared = {s: set(groups[splits == s]) for s in split_names}
     for i, a in enumerate(split_names):
-        for b in split_names[i + 1:]:
+        for b in split_names[i + 1 :]:
             common = shared[a] & shared[b]
             if common:
                 stdout.print(f"note: {len(common)} groups have images in both {a} and {b}", highlight=False)

@@ -1,4 +1,5 @@
 """`bench leaderboard`: merge result CSVs and rank methods with paired comparisons on shared episodes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,19 +11,39 @@ from common.files import atomic_write_text
 def add_parser(sub) -> None:
     p = sub.add_parser("leaderboard", help="merge result CSVs and rank methods (paired differences, tied ranks)")
     p.add_argument("csv", nargs="*", metavar="CSV", help="results files to merge (default: results/*.csv)")
-    p.add_argument("--format", choices=["table", "csv", "markdown", "json", "summary", "sources", "transductive"],
-                   default="table", help="table: rich tables in the terminal (default); csv, markdown, json: for "
-                                         "papers and READMEs; summary: markdown, method x shots per task; sources: "
-                                         "markdown, each --source beside no source, paired; transductive: markdown, "
-                                         "the best transductive method against the best inductive one, paired")
-    p.add_argument("--inductive-only", action="store_true",
-                   help="leave out transductive methods (those that read their episode's unlabelled query features)")
-    p.add_argument("--versus", default=None, metavar="METHOD",
-                   help="with --format sources: also the paired difference to METHOD's rows without a source")
-    p.add_argument("--out", type=file_path("out"), default=None,
-                   help="write the csv/markdown/json output to this file instead of stdout")
-    p.add_argument("--fixedk", nargs="+", metavar="CSV", default=None,
-                   help="instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)")
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "markdown", "json", "summary", "sources", "transductive"],
+        default="table",
+        help="table: rich tables in the terminal (default); csv, markdown, json: for "
+        "papers and READMEs; summary: markdown, method x shots per task; sources: "
+        "markdown, each --source beside no source, paired; transductive: markdown, "
+        "the best transductive method against the best inductive one, paired",
+    )
+    p.add_argument(
+        "--inductive-only",
+        action="store_true",
+        help="leave out transductive methods (those that read their episode's unlabelled query features)",
+    )
+    p.add_argument(
+        "--versus",
+        default=None,
+        metavar="METHOD",
+        help="with --format sources: also the paired difference to METHOD's rows without a source",
+    )
+    p.add_argument(
+        "--out",
+        type=file_path("out"),
+        default=None,
+        help="write the csv/markdown/json output to this file instead of stdout",
+    )
+    p.add_argument(
+        "--fixedk",
+        nargs="+",
+        metavar="CSV",
+        default=None,
+        help="instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=cmd_leaderboard)
 
@@ -58,8 +79,13 @@ def cmd_leaderboard(args) -> int:
             raise UserError("--out needs --format csv, markdown, json or summary")
         print_tables(stdout, rich_tables(board))
     else:
-        text = to_sources(rows, args.versus) if args.format == "sources" else \
-            to_transductive(rows) if args.format == "transductive" else FORMATS[args.format](board)
+        text = (
+            to_sources(rows, args.versus)
+            if args.format == "sources"
+            else to_transductive(rows)
+            if args.format == "transductive"
+            else FORMATS[args.format](board)
+        )
         if args.out:
             try:
                 atomic_write_text(Path(args.out), text)
@@ -67,9 +93,12 @@ def cmd_leaderboard(args) -> int:
                 raise UserError(f"cannot write {args.out} ({exc.strerror})") from None
         else:
             sys.stdout.write(text)
-    console.print(f"{len(rows)} episode rows from {len(merged['files'])} file(s)"
-                  + (f", {merged['duplicates']} duplicate rows dropped" if merged["duplicates"] else "")
-                  + (f"; written to {args.out}" if args.out else ""), highlight=False)
+    console.print(
+        f"{len(rows)} episode rows from {len(merged['files'])} file(s)"
+        + (f", {merged['duplicates']} duplicate rows dropped" if merged["duplicates"] else "")
+        + (f"; written to {args.out}" if args.out else ""),
+        highlight=False,
+    )
     return 0
 
 

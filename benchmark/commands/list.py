@@ -1,4 +1,5 @@
 """`bench list`: methods (with where each comes from), tasks and datasets."""
+
 from __future__ import annotations
 
 from benchmark.cli import add_common
@@ -18,8 +19,11 @@ def cmd_list(args) -> int:
     from tasks.datasets import dataset_names, dataset_spec
     from tasks.registry import TASKS
 
-    table = Table(title="methods", caption="transductive: reads the unlabelled features of its episode's whole "
-                                           "query set (bench leaderboard marks it; --inductive-only leaves it out)")
+    table = Table(
+        title="methods",
+        caption="transductive: reads the unlabelled features of its episode's whole "
+        "query set (bench leaderboard marks it; --inductive-only leaves it out)",
+    )
     for col in ("name", "consumes", "query", "from", "description"):
         table.add_column(col)
     for name in method_names():

@@ -1,4 +1,5 @@
 """`bench map`: classify a whole scene with sliding windows from a few labelled windows (points or polygons)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,43 +21,79 @@ def _float(name: str):
     return convert
 
 
-
-
 def add_parser(sub) -> None:
-    p = sub.add_parser("map", help="map a whole scene from a few labelled windows (sliding-window classification)",
-                       description="Cut the scene into windows, adapt the method on the labelled windows (a CSV "
-                                   "of pixel points, or points/polygons of a GIS layer) as on an episode's "
-                                   "support set, classify every window, optionally smooth, and write a label "
-                                   "map, an overlay, per-window probabilities, georeferenced GeoTIFF and "
-                                   "GeoPackage layers and a JSON summary (see docs/mapping.md).")
+    p = sub.add_parser(
+        "map",
+        help="map a whole scene from a few labelled windows (sliding-window classification)",
+        description="Cut the scene into windows, adapt the method on the labelled windows (a CSV "
+        "of pixel points, or points/polygons of a GIS layer) as on an episode's "
+        "support set, classify every window, optionally smooth, and write a label "
+        "map, an overlay, per-window probabilities, georeferenced GeoTIFF and "
+        "GeoPackage layers and a JSON summary (see docs/mapping.md).",
+    )
     p.add_argument("--method", required=True, metavar="NAME[:key=value,...]")
-    p.add_argument("--scene", required=True, metavar="IMAGE",
-                   help="the scene: PNG/JPEG, or GeoTIFF, JPEG2000 and anything GDAL reads (the gis extra; read "
-                        "window by window); greyscale or RGB, 8-bit, 16-bit or float")
-    p.add_argument("--labels", required=True, metavar="POINTS",
-                   help="labelled samples: a CSV with columns x,y,label (scene pixels), or a GeoPackage/GeoJSON/"
-                        "shapefile of points (the window whose cell contains each) or polygons (every window whose "
-                        "cell they cover by more than half), in any CRS")
-    p.add_argument("--label-field", default="label", metavar="NAME",
-                   help="the attribute of a GIS labels layer that holds the class names (default: label)")
+    p.add_argument(
+        "--scene",
+        required=True,
+        metavar="IMAGE",
+        help="the scene: PNG/JPEG, or GeoTIFF, JPEG2000 and anything GDAL reads (the gis extra; read "
+        "window by window); greyscale or RGB, 8-bit, 16-bit or float",
+    )
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="POINTS",
+        help="labelled samples: a CSV with columns x,y,label (scene pixels), or a GeoPackage/GeoJSON/"
+        "shapefile of points (the window whose cell contains each) or polygons (every window whose "
+        "cell they cover by more than half), in any CRS",
+    )
+    p.add_argument(
+        "--label-field",
+        default="label",
+        metavar="NAME",
+        help="the attribute of a GIS labels layer that holds the class names (default: label)",
+    )
     p.add_argument("--window", required=True, type=positive_int("window"), help="window side in scene pixels")
-    p.add_argument("--stride", type=positive_int("stride"), default=None,
-                   help="step between windows in pixels (default: window / 2)")
+    p.add_argument(
+        "--stride",
+        type=positive_int("stride"),
+        default=None,
+        help="step between windows in pixels (default: window / 2)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
-    p.add_argument("--classes", default=None, help="comma-separated class names in legend order; labels outside "
-                                                   "it are an error (default: the labels found, sorted)")
-    p.add_argument("--smooth", choices=SMOOTHERS, default=MapOptions.smoothing,
-                   help="smoothing of the class-probability map over neighbouring windows")
-    p.add_argument("--smooth-strength", type=_float("smooth-strength"), default=None,
-                   help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows "
-                        "(default 1)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names in legend order; labels outside "
+        "it are an error (default: the labels found, sorted)",
+    )
+    p.add_argument(
+        "--smooth",
+        choices=SMOOTHERS,
+        default=MapOptions.smoothing,
+        help="smoothing of the class-probability map over neighbouring windows",
+    )
+    p.add_argument(
+        "--smooth-strength",
+        type=_float("smooth-strength"),
+        default=None,
+        help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows (default 1)",
+    )
     add_task_options(p, "base task the method pre-trains on (its base pool); windows are resized to --image-size")
     add_source_option(p)
     p.add_argument("--seed", type=int, default=p.settings.seed, help="the method's seed (pre-training, fitting)")
-    p.add_argument("--preview", type=positive_int("preview"), default=MapOptions.preview,
-                   help="longest side of the PNG figures in pixels")
-    p.add_argument("--threads", type=positive_int("threads"), default=p.settings.threads,
-                   help="threads that extract features side by side (default: all cores)")
+    p.add_argument(
+        "--preview",
+        type=positive_int("preview"),
+        default=MapOptions.preview,
+        help="longest side of the PNG figures in pixels",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int("threads"),
+        default=p.settings.threads,
+        help="threads that extract features side by side (default: all cores)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(p)
     p.set_defaults(handler=cmd_map)
@@ -88,14 +125,25 @@ def cmd_map(args) -> int:
         task = base_task(args, settings)
         describe(progress, scene, grid, points)
         options = MapOptions(args.smooth, args.smooth_strength, Path(args.out), args.preview)
-        result = map_scene(spec, task, scene, grid, points, Cache(settings.cache_dir), settings, options, progress,
-                           classified=classified)
+        result = map_scene(
+            spec,
+            task,
+            scene,
+            grid,
+            points,
+            Cache(settings.cache_dir),
+            settings,
+            options,
+            progress,
+            classified=classified,
+        )
     fractions = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.summary["area_fraction"].items())
     unclassified = result.summary["unclassified_windows"]
     if unclassified:
         fractions += f" ({unclassified} mostly no-data windows without a class)"
-    console.print(f"map: {args.out}/overlay.png  areas: {fractions}  ({time.perf_counter() - started:.1f} s)",
-                  highlight=False)
+    console.print(
+        f"map: {args.out}/overlay.png  areas: {fractions}  ({time.perf_counter() - started:.1f} s)", highlight=False
+    )
     return 0
 
 
@@ -114,15 +162,22 @@ def base_task(args, settings):
     GDAL reads from elsewhere cannot be checked)."""
     from tasks.registry import load_task
 
-    return load_task(settings.task, settings.data_dir, source=args.source,
-                     keep_out=[args.scene] if Path(args.scene).is_file() else [], image_size=settings.image_size,
-                     source_disjoint=args.source_disjoint)
+    return load_task(
+        settings.task,
+        settings.data_dir,
+        source=args.source,
+        keep_out=[args.scene] if Path(args.scene).is_file() else [],
+        image_size=settings.image_size,
+        source_disjoint=args.source_disjoint,
+    )
 
 
 def describe(progress, scene, grid, points) -> None:
-    progress.log(f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
-                 f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "
-                 f"{', '.join(points.class_names)}")
+    progress.log(
+        f"scene {scene.width} x {scene.height}: {grid.shape[1]} x {grid.shape[0]} = {grid.n} windows of "
+        f"{grid.window} px every {grid.stride} px; {len(points.labels)} labelled windows, classes "
+        f"{', '.join(points.class_names)}"
+    )
     if scene.geotransform is None:
         progress.log("the scene is not georeferenced: the GIS outputs are in pixel coordinates (x = column, y = row)")
     elif scene.crs_wkt is None:

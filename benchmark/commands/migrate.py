@@ -18,6 +18,7 @@ the one the data in `--data-dir` gives now, or the one it gave under an earlier 
 images, labels or scenes changed since the rows were made, and the file is refused, untouched, in one line.
 Running it again changes nothing.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,19 +30,33 @@ from benchmark.cli import add_common, default_data_dir
 
 def add_parser(sub) -> None:
     p = sub.add_parser("migrate", help="bring results files of an older schema to the current one")
-    p.add_argument("csv", nargs="+", metavar="CSV",
-                   help="results files (episode, fixed-K or crater-score) to migrate in place")
-    p.add_argument("--preprocessing", default=None,
-                   help="preprocessing the rows were made with (default: the current pipeline's)")
-    p.add_argument("--refresh-data", action="store_true",
-                   help="recompute the data identity of current-schema rows from --data-dir")
-    p.add_argument("--task", default=None,
-                   help="crater-score files of schema 1-3: the base task their rows pre-trained on (the .md names it)")
-    p.add_argument("--backbone", default=None,
-                   help="crater-score files of schema 1-3: the backbone their rows were made with (their .md names it)")
-    p.add_argument("--method-version", action="append", default=[], metavar="NAME=V",
-                   help="crater-score files of schema 1-3: the version of method NAME that made its rows (needed for a "
-                        "method now past version 1)")
+    p.add_argument(
+        "csv", nargs="+", metavar="CSV", help="results files (episode, fixed-K or crater-score) to migrate in place"
+    )
+    p.add_argument(
+        "--preprocessing", default=None, help="preprocessing the rows were made with (default: the current pipeline's)"
+    )
+    p.add_argument(
+        "--refresh-data", action="store_true", help="recompute the data identity of current-schema rows from --data-dir"
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        help="crater-score files of schema 1-3: the base task their rows pre-trained on (the .md names it)",
+    )
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="crater-score files of schema 1-3: the backbone their rows were made with (their .md names it)",
+    )
+    p.add_argument(
+        "--method-version",
+        action="append",
+        default=[],
+        metavar="NAME=V",
+        help="crater-score files of schema 1-3: the version of method NAME that made its rows (needed for a "
+        "method now past version 1)",
+    )
     add_common(p)
     p.set_defaults(handler=cmd_migrate)
 
@@ -88,8 +103,13 @@ def identify(path: Path, header: list[str], rows: list[dict]):
     raise UserError(f"results file {path} is not an episode-results, fixed-K or crater-scores file of a known schema")
 
 
-def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, refresh_data: bool = False,
-                 facts: CraterFacts = CraterFacts()) -> str:
+def migrate_file(
+    path: Path,
+    data_dir: Path,
+    preprocessing: str | None = None,
+    refresh_data: bool = False,
+    facts: CraterFacts = CraterFacts(),
+) -> str:
     """Bring one file to its table's current version in place (under its lock), running its history's steps in
     order (benchmark/migrations.py); returns what was done, in a few words."""
     from benchmark.migrations import Facts, crater_identities, task_identities
@@ -105,8 +125,14 @@ def migrate_file(path: Path, data_dir: Path, preprocessing: str | None = None, r
         current = version == history.version
         if current and not refresh_data:
             return "already current (nothing to do)"
-        stated = Facts(data_dir, preprocessing or preprocessing_id(), facts.task, facts.backbone,
-                       facts.method_versions, make_method)
+        stated = Facts(
+            data_dir,
+            preprocessing or preprocessing_id(),
+            facts.task,
+            facts.backbone,
+            facts.method_versions,
+            make_method,
+        )
         notes = history.migrate(path, rows, version, stated)
         identities = {}
         if refresh_data and "scene" in history.current:
@@ -145,8 +171,11 @@ def summary(header: list[str], rows: list[dict], history, notes: list[str]) -> s
     """What a migration filled in: the columns it added, with their first row's value (a method's version and
     config, which differ per method, said in the steps' notes instead), and the notes."""
     per_method = () if "method_version" in header else ("method_version", "config")
-    added = [f"{c}: {rows[0][c] or 'empty'}" for c in history.current
-             if rows and c not in header and c not in per_method and c != "schema"]
+    added = [
+        f"{c}: {rows[0][c] or 'empty'}"
+        for c in history.current
+        if rows and c not in header and c not in per_method and c != "schema"
+    ]
     said = ", ".join(added + notes)
     return f" ({said})" if said else ""
 
@@ -169,6 +198,8 @@ def cmd_migrate(args) -> int:
     data_dir = Path(args.data_dir or default_data_dir())
     facts = CraterFacts(args.task, args.backbone, parse_method_versions(args.method_version))
     for path in args.csv:
-        console.print(f"{path}: {migrate_file(Path(path), data_dir, args.preprocessing, args.refresh_data, facts)}",
-                      highlight=False)
+        console.print(
+            f"{path}: {migrate_file(Path(path), data_dir, args.preprocessing, args.refresh_data, facts)}",
+            highlight=False,
+        )
     return 0

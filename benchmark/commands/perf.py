@@ -1,4 +1,5 @@
 """`bench perf`: episode throughput against easyfsl, extraction against the raw forward pass, warm start, memory."""
+
 from __future__ import annotations
 
 import os
@@ -13,26 +14,48 @@ def add_parser(sub) -> None:
     p = sub.add_parser("perf", help="measure throughput, warm start and memory (one table)")
     settings, own = p.settings, PerfOptions()
     add_task_options(p)
-    p.add_argument("--episodes", type=positive_int("episodes"), default=settings.episodes,
-                   help="5-way 5-shot 15-query episodes of the throughput rows")
+    p.add_argument(
+        "--episodes",
+        type=positive_int("episodes"),
+        default=settings.episodes,
+        help="5-way 5-shot 15-query episodes of the throughput rows",
+    )
     p.add_argument("--extraction-images", type=positive_int("extraction-images"), default=own.extraction_images)
     p.add_argument("--warm-method", default=own.warm_method)
-    p.add_argument("--memory-method", action="append", default=None,
-                   help="methods of the measured full run (default: every built-in method)")
+    p.add_argument(
+        "--memory-method",
+        action="append",
+        default=None,
+        help="methods of the measured full run (default: every built-in method)",
+    )
     p.add_argument("--memory-shots", default=",".join(map(str, settings.shots)), help="shots of the measured full run")
-    p.add_argument("--memory-episodes", type=positive_int("memory-episodes"), default=own.memory_episodes,
-                   help="episodes per shots of the measured full run (memory peaks while a method prepares and "
-                        "in its first episode at the most shots; later episodes reuse that memory)")
-    p.add_argument("--ray-method", default=None,
-                   help="method of the Ray-against-local row (default: sdft where its step 1 is cached, else "
-                        "sdft-no-step1, and no row where Ray is not installed; 'none' leaves the row out)")
+    p.add_argument(
+        "--memory-episodes",
+        type=positive_int("memory-episodes"),
+        default=own.memory_episodes,
+        help="episodes per shots of the measured full run (memory peaks while a method prepares and "
+        "in its first episode at the most shots; later episodes reuse that memory)",
+    )
+    p.add_argument(
+        "--ray-method",
+        default=None,
+        help="method of the Ray-against-local row (default: sdft where its step 1 is cached, else "
+        "sdft-no-step1, and no row where Ray is not installed; 'none' leaves the row out)",
+    )
     p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=own.ray_episodes)
-    p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=own.step1_batches,
-                   help="batches of SDFT step 1 timed against a bare training loop")
-    p.add_argument("--transductive-episodes", type=bounded_int("transductive-episodes", 0),
-                   default=own.transductive_episodes,
-                   help="episodes on which each transductive method is compared with easyfsl's implementation "
-                        "(0: none; easyfsl's TIM takes about a second an episode)")
+    p.add_argument(
+        "--step1-batches",
+        type=positive_int("step1-batches"),
+        default=own.step1_batches,
+        help="batches of SDFT step 1 timed against a bare training loop",
+    )
+    p.add_argument(
+        "--transductive-episodes",
+        type=bounded_int("transductive-episodes", 0),
+        default=own.transductive_episodes,
+        help="episodes on which each transductive method is compared with easyfsl's implementation "
+        "(0: none; easyfsl's TIM takes about a second an episode)",
+    )
     add_common(p)
     p.set_defaults(handler=cmd_perf)
 
@@ -61,16 +84,25 @@ def cmd_perf(args) -> int:
 
     log = RichProgressReporter(enabled=False).log
     ray_method, left_out = ray_row(args, log)
-    options = PerfOptions(episodes=args.episodes, extraction_images=args.extraction_images,
-                          warm_method=args.warm_method, memory_methods=tuple(args.memory_method or ()),
-                          memory_shots=args.memory_shots, memory_episodes=args.memory_episodes,
-                          ray_method=ray_method, ray_episodes=args.ray_episodes, step1_batches=args.step1_batches,
-                          transductive_episodes=args.transductive_episodes)
+    options = PerfOptions(
+        episodes=args.episodes,
+        extraction_images=args.extraction_images,
+        warm_method=args.warm_method,
+        memory_methods=tuple(args.memory_method or ()),
+        memory_shots=args.memory_shots,
+        memory_episodes=args.memory_episodes,
+        ray_method=ray_method,
+        ray_episodes=args.ray_episodes,
+        step1_batches=args.step1_batches,
+        transductive_episodes=args.transductive_episodes,
+    )
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
         figures = run_perf(args.settings, options, Path(work), log=log)
-    table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
-                        f"{args.episodes} of them, on cached features",
-                  caption=f"No Ray row: {left_out}" if left_out else None)
+    table = Table(
+        title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
+        f"{args.episodes} of them, on cached features",
+        caption=f"No Ray row: {left_out}" if left_out else None,
+    )
     for column in ("measure", "value", "against", "ratio", "check"):
         table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
     for f in figures:

@@ -1,4 +1,5 @@
 """`bench run`: methods on shared episodes, results appended to a CSV, a table per shots."""
+
 from __future__ import annotations
 
 import time
@@ -16,13 +17,21 @@ def add_parser(sub) -> None:
     run.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
     run.add_argument("--episodes", type=bounded_int("episodes", 1, MAX_EPISODES), default=settings.episodes)
     run.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
-    run.add_argument("--split", choices=settings.splits, default=settings.split,
-                     help="where episodes come from: the target pool, or the validation slice of the base "
-                          "pool that settings are chosen on (task NAME@validation, rows in <task>-validation.csv)")
-    run.add_argument("--threads", type=positive_int("threads"), default=settings.threads,
-                     help="threads that extract features (whole batches each) and answer batched episodes (whole "
-                          "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
-                          "so results are bit-identical for any N")
+    run.add_argument(
+        "--split",
+        choices=settings.splits,
+        default=settings.split,
+        help="where episodes come from: the target pool, or the validation slice of the base "
+        "pool that settings are chosen on (task NAME@validation, rows in <task>-validation.csv)",
+    )
+    run.add_argument(
+        "--threads",
+        type=positive_int("threads"),
+        default=settings.threads,
+        help="threads that extract features (whole batches each) and answer batched episodes (whole "
+        "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
+        "so results are bit-identical for any N",
+    )
     run.set_defaults(handler=cmd_run)
 
 
@@ -38,8 +47,14 @@ def cmd_run(args) -> int:
     from methods.features import thread_policy
 
     check_backbone(args.backbone)  # before any work, not when the first method prepares
-    config = RunConfig(**benchmark_config(args), n_way=args.ways, n_query=args.queries, episodes=args.episodes,
-                       seed=args.seed, split=args.split)
+    config = RunConfig(
+        **benchmark_config(args),
+        n_way=args.ways,
+        n_query=args.queries,
+        episodes=args.episodes,
+        seed=args.seed,
+        split=args.split,
+    )
     started = time.perf_counter()
     failures: list = []
     with thread_policy(args.threads or torch.get_num_threads()):

@@ -1,4 +1,5 @@
 """`bench tune`: a method's options on a grid, run on validation episodes; the table and the chosen setting."""
+
 from __future__ import annotations
 
 import time
@@ -11,10 +12,16 @@ MAX_EPISODES = 100_000
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="choose a method's options on validation episodes (never target ones)")
-    p.add_argument("--method", required=True, metavar="NAME[:key=value,...]",
-                   help="the method, with any options held fixed")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="an option and the values to try (repeat for several; every combination is run)")
+    p.add_argument(
+        "--method", required=True, metavar="NAME[:key=value,...]", help="the method, with any options held fixed"
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="an option and the values to try (repeat for several; every combination is run)",
+    )
     add_task_options(p, "task whose validation slice (part of its base pool) the episodes come from")
     settings = p.settings
     p.add_argument("--shots", type=positive_int("shots"), default=settings.tune_shots, help="labelled images per class")
@@ -22,12 +29,23 @@ def add_parser(sub) -> None:
     p.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
     p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=settings.tune_episodes)
     p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
-    p.add_argument("--out", type=file_path("out"), default=None,
-                   help=f"validation results CSV (default: {settings.runs}/<task>-validation.csv)")
-    p.add_argument("--table", type=file_path("table"), default=None,
-                   help=f"tuning table CSV (default: {settings.runs}/<task>-tune-<method>-<K>shot.csv)")
-    p.add_argument("--reuse-stale", action="store_true",
-                   help="take rows made by another git commit when everything else about them matches")
+    p.add_argument(
+        "--out",
+        type=file_path("out"),
+        default=None,
+        help=f"validation results CSV (default: {settings.runs}/<task>-validation.csv)",
+    )
+    p.add_argument(
+        "--table",
+        type=file_path("table"),
+        default=None,
+        help=f"tuning table CSV (default: {settings.runs}/<task>-tune-<method>-<K>shot.csv)",
+    )
+    p.add_argument(
+        "--reuse-stale",
+        action="store_true",
+        help="take rows made by another git commit when everything else about them matches",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(p)
     p.set_defaults(handler=cmd_tune)
@@ -41,20 +59,47 @@ def cmd_tune(args) -> int:
     from methods.backbones import check_backbone
 
     check_backbone(args.backbone)
-    config = TuneConfig(method=args.method, grids=args.grid, task=args.task,
-                        data_dir=Path(args.data_dir or default_data_dir()),
-                        cache_dir=Path(args.cache_dir) if args.cache_dir else None, shots=args.shots,
-                        n_way=args.ways, n_query=args.queries, episodes=args.episodes, seed=args.seed,
-                        backbone=args.backbone, image_size=args.image_size,
-                        out=Path(args.out) if args.out else None, table=Path(args.table) if args.table else None,
-                        reuse_stale=args.reuse_stale)
+    config = TuneConfig(
+        method=args.method,
+        grids=args.grid,
+        task=args.task,
+        data_dir=Path(args.data_dir or default_data_dir()),
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        shots=args.shots,
+        n_way=args.ways,
+        n_query=args.queries,
+        episodes=args.episodes,
+        seed=args.seed,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        out=Path(args.out) if args.out else None,
+        table=Path(args.table) if args.table else None,
+        reuse_stale=args.reuse_stale,
+    )
     started = time.perf_counter()
     tuned = tune(config, RichProgressReporter(enabled=not args.quiet))
-    axes = [k for k in tuned.table.columns if k not in ("method", "episodes", "accuracy", "accuracy_ci95", "delta",
-                                                         "delta_ci95", "paired", "macro_f1", "macro_f1_ci95",
-                                                         "default", "chosen")]
-    table = Table(title=f"{args.task}@validation: {args.ways}-way {args.shots}-shot, {args.method} "
-                        f"(mean ± 95% CI over episodes; difference paired with the best)")
+    axes = [
+        k
+        for k in tuned.table.columns
+        if k
+        not in (
+            "method",
+            "episodes",
+            "accuracy",
+            "accuracy_ci95",
+            "delta",
+            "delta_ci95",
+            "paired",
+            "macro_f1",
+            "macro_f1_ci95",
+            "default",
+            "chosen",
+        )
+    ]
+    table = Table(
+        title=f"{args.task}@validation: {args.ways}-way {args.shots}-shot, {args.method} "
+        f"(mean ± 95% CI over episodes; difference paired with the best)"
+    )
     for column in ("setting", "accuracy %", "episodes", "vs best %", "paired", "macro-F1 %", ""):
         table.add_column(column, justify="left" if column in ("setting", "") else "right", no_wrap=column != "setting")
     for line in table_lines(tuned.table, axes):
@@ -62,6 +107,7 @@ def cmd_tune(args) -> int:
     stdout.print(table)
     stdout.print(f"rule: {CHOICE_RULE}", highlight=False)
     stdout.print(f"chosen: {option_string(tuned.chosen)}", highlight=False)
-    console.print(f"table: {config.table_path()}; rows: {tuned.results}  ({time.perf_counter() - started:.1f} s)",
-                  highlight=False)
+    console.print(
+        f"table: {config.table_path()}; rows: {tuned.results}  ({time.perf_counter() - started:.1f} s)", highlight=False
+    )
     return 0

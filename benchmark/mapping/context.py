@@ -5,6 +5,7 @@ the scene's windows (window i has index len(table) + i).
 Window pixels are never held all at once: `WindowImages` crops and resizes on demand from the scene (in memory
 or read window by window from a raster), so memory is O(windows x feature size), not O(windows x pixels).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -105,8 +106,9 @@ class MapContext(Context):
         if order is None:
             seed = f"{self.scene.fingerprint()}:{self.grid.digest()}"
             digests = [hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(self.grid.n)]
-            order = self.__dict__["_window_order"] = np.array(sorted(range(self.grid.n), key=digests.__getitem__),
-                                                              dtype=np.int64)
+            order = self.__dict__["_window_order"] = np.array(
+                sorted(range(self.grid.n), key=digests.__getitem__), dtype=np.int64
+            )
         return order
 
     def window_indices(self, windows=None) -> np.ndarray:
@@ -127,12 +129,23 @@ class MapContext(Context):
     def window_features(self) -> np.ndarray:
         """(n_windows, D) frozen ImageNet features of the grid's windows in grid order, cached per scene, grid and
         size."""
-        key = cache_key("map-features", *self._scene_key(), NUMERICS_VERSION, backbone_name(self.backbone),
-                        weights_digest(self.backbone), *device_key(self.device))
+        key = cache_key(
+            "map-features",
+            *self._scene_key(),
+            NUMERICS_VERSION,
+            backbone_name(self.backbone),
+            weights_digest(self.backbone),
+            *device_key(self.device),
+        )
 
         def compute():
-            return run_model(feature_extractor(self.backbone), self.window_images(), progress=self.progress,
-                             description=f"{backbone_name(self.backbone)} features of {self.grid.n} windows", device=self.device)
+            return run_model(
+                feature_extractor(self.backbone),
+                self.window_images(),
+                progress=self.progress,
+                description=f"{backbone_name(self.backbone)} features of {self.grid.n} windows",
+                device=self.device,
+            )
 
         return (self.window_cache or self.cache).array("map-features", key, compute)
 
@@ -145,8 +158,9 @@ class MapContext(Context):
     def images(self) -> ConcatImages:
         x0, y0 = self.grid.origins()
         order = self.window_order()
-        windows = WindowImages(self.scene, np.asarray(x0)[order], np.asarray(y0)[order], self.grid.window,
-                               self.image_size)
+        windows = WindowImages(
+            self.scene, np.asarray(x0)[order], np.asarray(y0)[order], self.grid.window, self.image_size
+        )
         return ConcatImages(super().images(), windows)
 
     def images_key(self) -> str:

@@ -25,6 +25,7 @@ computed once); `bench craters scene --out DIR` writes the stacked scene, the bo
 files for running `bench map` by hand; `bench craters score --map DIR` scores a `bench map` output folder
 (benchmark/commands/craters.py).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,9 +71,14 @@ def score_labels(grid: WindowGrid, boxes: np.ndarray, labels: np.ndarray, crater
     predicted = labels.ravel() == crater_class
     main = binary_scores(predicted, crater, scored & ~ambiguous)
     strict = binary_scores(predicted, crater, scored)
-    return {**main, "ambiguous": int((scored & ambiguous).sum()), "predicted_crater_fraction":
-            float(predicted[scored].mean()), "strict_precision": strict["precision"],
-            "strict_recall": strict["recall"], "strict_f1": strict["f1"]}
+    return {
+        **main,
+        "ambiguous": int((scored & ambiguous).sum()),
+        "predicted_crater_fraction": float(predicted[scored].mean()),
+        "strict_precision": strict["precision"],
+        "strict_recall": strict["recall"],
+        "strict_f1": strict["f1"],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -92,12 +98,23 @@ def write_scene(data_dir: Path, out: Path) -> Path:
     return path
 
 
-OUTCOME_COLOURS = {"hit": (40, 200, 60), "false alarm": (230, 40, 40), "on a partial crater": (240, 150, 30),
-                   "missed": (250, 230, 40)}
+OUTCOME_COLOURS = {
+    "hit": (40, 200, 60),
+    "false alarm": (230, 40, 40),
+    "on a partial crater": (240, 150, 30),
+    "missed": (250, 230, 40),
+}
 
 
-def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.ndarray, predicted: np.ndarray,
-                   crop: list[int], size: int) -> None:
+def outcome_figure(
+    path: Path,
+    scene: np.ndarray,
+    grid: WindowGrid,
+    boxes: np.ndarray,
+    predicted: np.ndarray,
+    crop: list[int],
+    size: int,
+) -> None:
     """PNG of a part of the scene: cells of predicted crater windows coloured by outcome (hit, false alarm,
     ambiguous), missed crater windows outlined, Robbins boxes in cyan."""
     from PIL import Image, ImageDraw
@@ -113,8 +130,12 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
     ny, nx = grid.shape
     for i in range(grid.n):
         r, c = divmod(i, nx)
-        cell = [(xe[c] - x0c) * scale, (ye[r] - y0c) * scale, (xe[c + 1] - x0c) * scale - 1,
-                (ye[r + 1] - y0c) * scale - 1]
+        cell = [
+            (xe[c] - x0c) * scale,
+            (ye[r] - y0c) * scale,
+            (xe[c + 1] - x0c) * scale - 1,
+            (ye[r + 1] - y0c) * scale - 1,
+        ]
         if cell[2] < 0 or cell[3] < 0 or cell[0] > base.size[0] or cell[1] > base.size[1]:
             continue
         if predicted[i]:
@@ -123,8 +144,11 @@ def outcome_figure(path: Path, scene: np.ndarray, grid: WindowGrid, boxes: np.nd
         elif crater[i]:
             draw.rectangle(cell, outline=OUTCOME_COLOURS["missed"] + (255,), width=2)
     for bx1, by1, bx2, by2 in boxes:
-        draw.rectangle([(bx1 - x0c) * scale, (by1 - y0c) * scale, (bx2 - x0c) * scale, (by2 - y0c) * scale],
-                       outline=(0, 230, 255, 255), width=1)
+        draw.rectangle(
+            [(bx1 - x0c) * scale, (by1 - y0c) * scale, (bx2 - x0c) * scale, (by2 - y0c) * scale],
+            outline=(0, 230, 255, 255),
+            width=1,
+        )
     image = Image.alpha_composite(base.convert("RGBA"), tint).convert("RGB")
     legend = Image.new("RGB", (image.size[0], 22), (255, 255, 255))
     ldraw = ImageDraw.Draw(legend)
@@ -148,20 +172,85 @@ CRATERS = Schema(
     # its data identity, the CTX scene's identity (tiles and crater file), backbone, preprocessing, method
     # version and config; and the git commit that made it (other code: refused unless --reuse-stale)
     version=6,
-    columns=("method", "shots", "seed", "smoothing", "strength", "precision", "recall", "f1", "tp", "fp", "fn",
-             "positives", "scored", "ambiguous", "predicted_crater_fraction", "strict_precision", "strict_recall",
-             "strict_f1", "method_seed", "map_seconds", "prepare_seconds", "window", "stride", "image_size", "device",
-             "source", "task", "data", "scene", "backbone", "preprocessing", "method_version", "config",
-             "git_commit", *WEIGHTS_COLUMNS, "schema"),
+    columns=(
+        "method",
+        "shots",
+        "seed",
+        "smoothing",
+        "strength",
+        "precision",
+        "recall",
+        "f1",
+        "tp",
+        "fp",
+        "fn",
+        "positives",
+        "scored",
+        "ambiguous",
+        "predicted_crater_fraction",
+        "strict_precision",
+        "strict_recall",
+        "strict_f1",
+        "method_seed",
+        "map_seconds",
+        "prepare_seconds",
+        "window",
+        "stride",
+        "image_size",
+        "device",
+        "source",
+        "task",
+        "data",
+        "scene",
+        "backbone",
+        "preprocessing",
+        "method_version",
+        "config",
+        "git_commit",
+        *WEIGHTS_COLUMNS,
+        "schema",
+    ),
     # task and source: what the methods pre-train on, as asked (`--task`, `--source`)
     measurement=("task", "source", "method", "shots", "smoothing", "strength"),
-    conditions=("data", "scene", "backbone", "image_size", "preprocessing", "method_version", "config",
-                "method_seed", "window", "stride", "device", *WEIGHTS_COLUMNS),
+    conditions=(
+        "data",
+        "scene",
+        "backbone",
+        "image_size",
+        "preprocessing",
+        "method_version",
+        "config",
+        "method_seed",
+        "window",
+        "stride",
+        "device",
+        *WEIGHTS_COLUMNS,
+    ),
     unit="seed",
-    unit_fractions=("precision", "recall", "f1", "predicted_crater_fraction", "strict_precision", "strict_recall",
-                    "strict_f1"),
-    counts={"shots": 1, "seed": 0, "tp": 0, "fp": 0, "fn": 0, "positives": 0, "scored": 0, "ambiguous": 0,
-            "method_seed": 0, "window": 1, "stride": 1, "image_size": 1, "method_version": 0},
+    unit_fractions=(
+        "precision",
+        "recall",
+        "f1",
+        "predicted_crater_fraction",
+        "strict_precision",
+        "strict_recall",
+        "strict_f1",
+    ),
+    counts={
+        "shots": 1,
+        "seed": 0,
+        "tp": 0,
+        "fp": 0,
+        "fn": 0,
+        "positives": 0,
+        "scored": 0,
+        "ambiguous": 0,
+        "method_seed": 0,
+        "window": 1,
+        "stride": 1,
+        "image_size": 1,
+        "method_version": 0,
+    },
     flags=("transductive", "isolated"),
     seconds=("map_seconds", "prepare_seconds"),
 )
@@ -169,10 +258,17 @@ CRATERS = Schema(
 
 def summarize_craters(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean ± 95% CI over seeds per (method, shots, smoothing), with the median and slowest map times."""
-    return summarize(frame, ["method", "shots", "smoothing"], ("precision", "recall", "f1", "strict_f1"),
-                     count="seeds", extra={"map_seconds": ("map_seconds", "median"),
-                                           "first_map_seconds": ("map_seconds", "max"),
-                                           "transductive": ("transductive", "max")})
+    return summarize(
+        frame,
+        ["method", "shots", "smoothing"],
+        ("precision", "recall", "f1", "strict_f1"),
+        count="seeds",
+        extra={
+            "map_seconds": ("map_seconds", "median"),
+            "first_map_seconds": ("map_seconds", "max"),
+            "transductive": ("transductive", "max"),
+        },
+    )
 
 
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
@@ -213,14 +309,21 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, r in summary.iterrows():
-        lines.append(f"| {marked(r['method'], r['transductive'])} | {r['shots']} | {r['smoothing']} | {pm(r['precision'], r['precision_ci95'])} | "
-                     f"{pm(r['recall'], r['recall_ci95'])} | {pm(r['f1'], r['f1_ci95'])} | "
-                     f"{pm(r['strict_f1'], r['strict_f1_ci95'])} | {r['seeds']} | {r['map_seconds']:.1f} | "
-                     f"{r['first_map_seconds']:.1f} |")
+        lines.append(
+            f"| {marked(r['method'], r['transductive'])} | {r['shots']} | {r['smoothing']} | {pm(r['precision'], r['precision_ci95'])} | "
+            f"{pm(r['recall'], r['recall_ci95'])} | {pm(r['f1'], r['f1_ci95'])} | "
+            f"{pm(r['strict_f1'], r['strict_f1_ci95'])} | {r['seeds']} | {r['map_seconds']:.1f} | "
+            f"{r['first_map_seconds']:.1f} |"
+        )
     paired = frame.pivot_table(index=["method", "shots", "seed"], columns="smoothing", values="f1").reset_index()
     if {"none", "mrf"} <= set(paired.columns):
-        lines += ["", "Effect of smoothing, paired over the same draws: F1(mrf) - F1(none), points of %.", "",
-                  "| method | K | F1 difference | seeds |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "Effect of smoothing, paired over the same draws: F1(mrf) - F1(none), points of %.",
+            "",
+            "| method | K | F1 difference | seeds |",
+            "|---|---:|---:|---:|",
+        ]
         for (method, k), g in paired.groupby(["method", "shots"], sort=False):
             mean, half, n = paired_difference(g["mrf"], g["none"])
             if n > 1:
@@ -228,10 +331,16 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
     if summary["transductive"].astype(bool).any():
         lines += ["", transductive_note("all the scene's windows")]
     base_rate = meta["positives"] / max(1, meta["positives"] + meta["negatives"])
-    lines += ["", f"Chance reference: marking every scored window a crater gives precision {100 * base_rate:.1f}%, "
-                  f"recall 100%, F1 {100 * 2 * base_rate / (1 + base_rate):.1f}%.", "",
-              "Caveat: the Robbins catalogue stops at 1 km (~10 px); smaller craters are real craters that count "
-              "as non-crater terrain here, so precision is a lower bound for 'finds craters' and an exact score "
-              "for 'finds catalogued craters of window size'.", "",
-              f"Per-seed rows: `{meta['csv']}`. Command: `{meta['command']}`", ""]
+    lines += [
+        "",
+        f"Chance reference: marking every scored window a crater gives precision {100 * base_rate:.1f}%, "
+        f"recall 100%, F1 {100 * 2 * base_rate / (1 + base_rate):.1f}%.",
+        "",
+        "Caveat: the Robbins catalogue stops at 1 km (~10 px); smaller craters are real craters that count "
+        "as non-crater terrain here, so precision is a lower bound for 'finds craters' and an exact score "
+        "for 'finds catalogued craters of window size'.",
+        "",
+        f"Per-seed rows: `{meta['csv']}`. Command: `{meta['command']}`",
+        "",
+    ]
     return "\n".join(lines)

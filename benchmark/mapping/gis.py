@@ -12,6 +12,7 @@
 Rasters are written tile by tile, so memory does not grow with the scene. A scene without georeferencing
 gives the same files in pixel coordinates (x = column, y = row; no CRS).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,26 @@ def _profile(scene, count: int, dtype: str, nodata) -> dict:
     from rasterio.crs import CRS
 
     transform = Affine.from_gdal(*scene.geotransform) if scene.geotransform else Affine.identity()
-    return {"driver": "GTiff", "width": scene.width, "height": scene.height, "count": count, "dtype": dtype,
-            "nodata": nodata, "crs": CRS.from_wkt(scene.crs_wkt) if scene.crs_wkt else None,
-            "transform": transform, "tiled": True, "blockxsize": TILE, "blockysize": TILE, "compress": "deflate",
-            "BIGTIFF": "IF_SAFER"}
+    return {
+        "driver": "GTiff",
+        "width": scene.width,
+        "height": scene.height,
+        "count": count,
+        "dtype": dtype,
+        "nodata": nodata,
+        "crs": CRS.from_wkt(scene.crs_wkt) if scene.crs_wkt else None,
+        "transform": transform,
+        "tiled": True,
+        "blockxsize": TILE,
+        "blockysize": TILE,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
 
 
-def write_rasters(out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs: np.ndarray, class_names,
-                  colours) -> None:
+def write_rasters(
+    out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs: np.ndarray, class_names, colours
+) -> None:
     """labels.tif and probabilities.tif, tile by tile; scene pixels that are no-data get no class."""
     import rasterio
 
@@ -64,15 +77,19 @@ def write_rasters(out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs:
         _write_rasters(out, scene, grid, labels, probs, class_names, colours)
 
 
-def _write_rasters(out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs: np.ndarray, class_names,
-                   colours) -> None:
+def _write_rasters(
+    out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs: np.ndarray, class_names, colours
+) -> None:
     import rasterio
     from rasterio.windows import Window
 
     n_classes = len(class_names)
-    with atomic_output(out / "labels.tif") as lab_path, atomic_output(out / "probabilities.tif") as prob_path, \
-            rasterio.open(lab_path, "w", **_profile(scene, 1, "uint8", LABEL_NODATA)) as lab_dst, \
-            rasterio.open(prob_path, "w", **_profile(scene, n_classes, "float32", np.nan)) as prob_dst:
+    with (
+        atomic_output(out / "labels.tif") as lab_path,
+        atomic_output(out / "probabilities.tif") as prob_path,
+        rasterio.open(lab_path, "w", **_profile(scene, 1, "uint8", LABEL_NODATA)) as lab_dst,
+        rasterio.open(prob_path, "w", **_profile(scene, n_classes, "float32", np.nan)) as prob_dst,
+    ):
         lab_dst.write_colormap(1, {c: _hex_rgba(colours[c]) for c in range(n_classes)})
         lab_dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)))
         lab_dst.update_tags(1, **{f"CLASS_{c}": name for c, name in enumerate(class_names)})
@@ -136,17 +153,28 @@ def write_polygons(path: Path, scene, grid: WindowGrid, labels: np.ndarray, prob
     cls = region_class[ids] if len(ids) else np.empty(0, np.int64)
     with warnings.catch_warnings(), atomic_output(path) as tmp:  # no CRS: a scene without georeferencing
         warnings.simplefilter("ignore", UserWarning)
-        pyogrio.raw.write(tmp, shapely.to_wkb(geoms) if len(geoms) else np.empty(0, object),
-                          [cls.astype(np.int32), np.asarray([class_names[c] for c in cls], dtype=object),
-                           mean_prob[ids].astype(np.float64), windows[ids].astype(np.int32),
-                           shapely.area(geoms).astype(np.float64) if len(geoms) else np.empty(0)],
-                          ["class_id", "class", "mean_probability", "windows", "area"], layer="classes",
-                          driver="GPKG", geometry_type="Polygon", crs=scene.crs_wkt)
+        pyogrio.raw.write(
+            tmp,
+            shapely.to_wkb(geoms) if len(geoms) else np.empty(0, object),
+            [
+                cls.astype(np.int32),
+                np.asarray([class_names[c] for c in cls], dtype=object),
+                mean_prob[ids].astype(np.float64),
+                windows[ids].astype(np.int32),
+                shapely.area(geoms).astype(np.float64) if len(geoms) else np.empty(0),
+            ],
+            ["class_id", "class", "mean_probability", "windows", "area"],
+            layer="classes",
+            driver="GPKG",
+            geometry_type="Polygon",
+            crs=scene.crs_wkt,
+        )
     return len(geoms)
 
 
-def write_gis(out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs: np.ndarray, class_names,
-              colours) -> list[str]:
+def write_gis(
+    out: Path, scene, grid: WindowGrid, labels: np.ndarray, probs: np.ndarray, class_names, colours
+) -> list[str]:
     write_rasters(out, scene, grid, labels, probs, class_names, colours)
     write_polygons(out / "classes.gpkg", scene, grid, labels, probs, class_names)
     return list(FILES)

@@ -1,5 +1,6 @@
 """A map of a whole scene: prepare the method on the base task, fit it on the labelled windows, classify
 every window with enough valid pixels, smooth, and write the figures, arrays, GIS layers and summary."""
+
 from __future__ import annotations
 
 import time
@@ -35,9 +36,16 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Generator, chunk: int = 2048,
-                     progress: Progress = SILENT, classified: np.ndarray | None = None,
-                     what: str = "") -> tuple[np.ndarray, dict]:
+def classify_windows(
+    method,
+    ctx: MapContext,
+    points: Points,
+    rng: np.random.Generator,
+    chunk: int = 2048,
+    progress: Progress = SILENT,
+    classified: np.ndarray | None = None,
+    what: str = "",
+) -> tuple[np.ndarray, dict]:
     """Fit the (prepared) method on the labelled windows, predict the `classified` windows (default: all) in
     chunks (a transductive method: all in one, the scene's windows being its query). `what` names the method
     in a score error ("method protonet").
@@ -57,12 +65,12 @@ def classify_windows(method, ctx: MapContext, points: Points, rng: np.random.Gen
     with progress.bar(f"classifying {len(targets)} windows", len(targets)) as advance:
         for start in range(0, len(targets), chunk):
             windows = targets[start : start + chunk]
-            scores = check_scores(method.predict(ctx.window_indices(windows)), (len(windows), n_way), what,
-                                  "windows x classes")
+            scores = check_scores(
+                method.predict(ctx.window_indices(windows)), (len(windows), n_way), what, "windows x classes"
+            )
             probs[windows] = softmax(scores)
             advance(len(windows))
-    return probs.reshape(*ctx.grid.shape, n_way), {"fit_s": fitted - started,
-                                                    "predict_s": time.perf_counter() - fitted}
+    return probs.reshape(*ctx.grid.shape, n_way), {"fit_s": fitted - started, "predict_s": time.perf_counter() - fitted}
 
 
 def classified_windows(scene, grid: WindowGrid, points: Points) -> np.ndarray:
@@ -72,19 +80,28 @@ def classified_windows(scene, grid: WindowGrid, points: Points) -> np.ndarray:
     unusable = points.windows[~classified[points.windows]]
     if len(unusable):
         x, y = grid.centres()[unusable[0]]
-        raise UserError(f"a labelled window (centre at pixel {x:g}, {y:g}) is mostly no-data in {scene.path}; "
-                        "label windows of valid pixels")
+        raise UserError(
+            f"a labelled window (centre at pixel {x:g}, {y:g}) is mostly no-data in {scene.path}; "
+            "label windows of valid pixels"
+        )
     return classified
 
 
 def georeferencing(scene) -> dict:
     """What summary.json says about the map's coordinates."""
     georeferenced = scene.geotransform is not None
-    return {"georeferenced": georeferenced, "crs": scene.crs_wkt,
-            "geotransform": list(scene.geotransform) if georeferenced else None,
-            "coordinates": ("map coordinates in the scene's CRS" if scene.crs_wkt else
-                            "map coordinates of the scene's geotransform (no CRS)") if georeferenced else
-            "pixel coordinates (x = column, y = row): the scene is not georeferenced"}
+    return {
+        "georeferenced": georeferenced,
+        "crs": scene.crs_wkt,
+        "geotransform": list(scene.geotransform) if georeferenced else None,
+        "coordinates": (
+            "map coordinates in the scene's CRS"
+            if scene.crs_wkt
+            else "map coordinates of the scene's geotransform (no CRS)"
+        )
+        if georeferenced
+        else "pixel coordinates (x = column, y = row): the scene is not georeferenced",
+    }
 
 
 @dataclass
@@ -94,9 +111,18 @@ class MapResult:
     summary: dict
 
 
-def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache, settings: Settings,
-              options: MapOptions | None = None, progress: Progress = SILENT,
-              classified: np.ndarray | None = None) -> MapResult:
+def map_scene(
+    method_spec,
+    task,
+    scene,
+    grid: WindowGrid,
+    points: Points,
+    cache,
+    settings: Settings,
+    options: MapOptions | None = None,
+    progress: Progress = SILENT,
+    classified: np.ndarray | None = None,
+) -> MapResult:
     """Prepare the method on the base task (with `settings`' backbone, image size, seed and device), fit it on
     the labelled windows, classify every window with at least MIN_VALID_FRACTION valid pixels, smooth, and
     (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy, labels.npy, the GIS layers
@@ -110,23 +136,46 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
     method = create_method(method_spec.name, **method_spec.options)
     device = resolve_device(settings.device)
     backbone, image_size, seed = settings.backbone, settings.image_size, settings.seed
-    given = handed(task, cache, backbone, image_size, type(method).consumes, progress, device,
-                   RowHandles.identity(len(task.table)))  # base rows: labelled, their numbers say nothing of windows
-    ctx = MapContext.of(given, method_cache(cache, method), backbone=backbone, image_size=image_size, seed=seed,
-                        progress=progress, device=device, scene=scene, grid=grid, window_cache=cache)
+    given = handed(
+        task, cache, backbone, image_size, type(method).consumes, progress, device, RowHandles.identity(len(task.table))
+    )  # base rows: labelled, their numbers say nothing of windows
+    ctx = MapContext.of(
+        given,
+        method_cache(cache, method),
+        backbone=backbone,
+        image_size=image_size,
+        seed=seed,
+        progress=progress,
+        device=device,
+        scene=scene,
+        grid=grid,
+        window_cache=cache,
+    )
     started = time.perf_counter()
     method.prepare(ctx)
     timings = {"prepare_s": time.perf_counter() - started}
     progress.log(f"{method_spec.label}: prepared (base task and {grid.n} windows) in {timings['prepare_s']:.1f} s")
-    probs, t = classify_windows(method, ctx, points, np.random.default_rng([seed, 7919]), options.chunk, progress,
-                                None if classified.all() else classified, f"method {method_spec.label}")
+    probs, t = classify_windows(
+        method,
+        ctx,
+        points,
+        np.random.default_rng([seed, 7919]),
+        options.chunk,
+        progress,
+        None if classified.all() else classified,
+        f"method {method_spec.label}",
+    )
     timings.update(t)
     t0 = time.perf_counter()
     labels = smooth(probs, options.smoothing, options.strength)
     timings["smooth_s"] = time.perf_counter() - t0
     # what summary.json says of the map (its timings and files follow)
-    summary = {**scene_keys(scene, grid), **method_keys(method_spec, method, task, settings),
-               **grid_keys(grid, classified), **class_keys(points, options, grid, probs, labels)}
+    summary = {
+        **scene_keys(scene, grid),
+        **method_keys(method_spec, method, task, settings),
+        **grid_keys(grid, classified),
+        **class_keys(points, options, grid, probs, labels),
+    }
     result = MapResult(probs, labels, summary)
     if options.out is not None:
         timings.update(write_outputs(Path(options.out), result, scene, grid, points, options, progress))
@@ -138,21 +187,39 @@ def map_scene(method_spec, task, scene, grid: WindowGrid, points: Points, cache,
 
 
 def scene_keys(scene, grid: WindowGrid) -> dict:
-    return {"scene": scene.path, "scene_size": [grid.width, grid.height], "scene_fingerprint": scene.fingerprint(),
-            **georeferencing(scene)}
+    return {
+        "scene": scene.path,
+        "scene_size": [grid.width, grid.height],
+        "scene_fingerprint": scene.fingerprint(),
+        **georeferencing(scene),
+    }
 
 
 def method_keys(method_spec, method, task, settings: Settings) -> dict:
-    return {"method": method_spec.label, "method_config": method.config(), "task": task.name,
-            "source": source_id(task) or None, "backbone": backbone_name(settings.backbone),
-            "weights": weights_digest(settings.backbone), "transductive": bool(getattr(method, "transductive", False)),
-            "image_size": settings.image_size, "seed": settings.seed}
+    return {
+        "method": method_spec.label,
+        "method_config": method.config(),
+        "task": task.name,
+        "source": source_id(task) or None,
+        "backbone": backbone_name(settings.backbone),
+        "weights": weights_digest(settings.backbone),
+        "transductive": bool(getattr(method, "transductive", False)),
+        "image_size": settings.image_size,
+        "seed": settings.seed,
+    }
 
 
 def grid_keys(grid: WindowGrid, classified: np.ndarray) -> dict:
-    return {"window": grid.window, "stride": grid.stride, "grid_shape": list(grid.shape), "windows": grid.n,
-            "window_x0": grid.xs, "window_y0": grid.ys, "unclassified_windows": int((~classified).sum()),
-            "min_valid_fraction": MIN_VALID_FRACTION}
+    return {
+        "window": grid.window,
+        "stride": grid.stride,
+        "grid_shape": list(grid.shape),
+        "windows": grid.n,
+        "window_x0": grid.xs,
+        "window_y0": grid.ys,
+        "unclassified_windows": int((~classified).sum()),
+        "min_valid_fraction": MIN_VALID_FRACTION,
+    }
 
 
 def class_keys(points: Points, options: MapOptions, grid: WindowGrid, probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -163,15 +230,17 @@ def class_keys(points: Points, options: MapOptions, grid: WindowGrid, probs: np.
         "classes": list(names),
         "labelled_windows": {name: int((points.labels == c).sum()) for c, name in enumerate(names)},
         "smoothing": options.smoothing,
-        "smoothing_strength": DEFAULT_STRENGTH[options.smoothing] if options.strength is None else
-        float(options.strength),
+        "smoothing_strength": DEFAULT_STRENGTH[options.smoothing]
+        if options.strength is None
+        else float(options.strength),
         "area_fraction": {name: float(fractions[c]) for c, name in enumerate(names)},
         "window_fraction_raw": {name: float((raw == c).mean()) for c, name in enumerate(names)},
     }
 
 
-def write_outputs(out: Path, result: MapResult, scene, grid: WindowGrid, points: Points, options: MapOptions,
-                  progress: Progress) -> dict:
+def write_outputs(
+    out: Path, result: MapResult, scene, grid: WindowGrid, points: Points, options: MapOptions, progress: Progress
+) -> dict:
     """The arrays, figures and (with the gis extra) GIS layers of a map into `out`, their names into its
     summary["files"]; returns the time they took."""
     t0 = time.perf_counter()
@@ -183,8 +252,7 @@ def write_outputs(out: Path, result: MapResult, scene, grid: WindowGrid, points:
     n_classes = len(points.class_names)
     fractions = area_fractions(grid, labels, n_classes)
     title = f"{summary['method']}, window {grid.window} stride {grid.stride}, smoothing {options.smoothing}"
-    files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, options.preview,
-                        title=title)
+    files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, options.preview, title=title)
     timings = {"write_s": time.perf_counter() - t0}
     if gis.available():
         t0 = time.perf_counter()

@@ -1,4 +1,5 @@
 """What a map does besides the run settings (common.settings): torch-free, so that `bench` parses fast."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

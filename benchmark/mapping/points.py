@@ -10,6 +10,7 @@ Two sources:
   pixel coordinates.
 Every problem is a one-line UserError naming the file and the row or feature.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,14 @@ class Points:
     windows: np.ndarray  # grid window index per sample (deduplicated)
 
 
-def read_points(path: str | Path, grid: WindowGrid, classes: list[str] | None = None, min_per_class: int = 1,
-                scene=None, label_field: str = "label") -> Points:
+def read_points(
+    path: str | Path,
+    grid: WindowGrid,
+    classes: list[str] | None = None,
+    min_per_class: int = 1,
+    scene=None,
+    label_field: str = "label",
+) -> Points:
     """Samples from POINTS.csv or, by its suffix, a vector layer (`scene` gives its CRS and geotransform)."""
     path = Path(path)
     if path.suffix.lower() in VECTOR_SUFFIXES:
@@ -60,8 +67,10 @@ def _read_csv(path: Path, grid: WindowGrid):
     reader = csv.DictReader(text.splitlines())
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     if not {"x", "y", "label"} <= set(header):
-        raise UserError(f"labels file {path} needs a header with columns x,y,label (pixel centres of windows "
-                        f"and class names), got {','.join(header) or 'nothing'}")
+        raise UserError(
+            f"labels file {path} needs a header with columns x,y,label (pixel centres of windows "
+            f"and class names), got {','.join(header) or 'nothing'}"
+        )
     reader.fieldnames = header
     xs, ys, names, where = [], [], [], []
     for line, row in enumerate(reader, start=2):
@@ -69,14 +78,18 @@ def _read_csv(path: Path, grid: WindowGrid):
         try:
             x, y = float(row["x"]), float(row["y"])
         except (TypeError, ValueError):
-            raise UserError(f"{path} line {line}: x and y must be numbers, got {row.get('x')!r}, {row.get('y')!r}") from None
+            raise UserError(
+                f"{path} line {line}: x and y must be numbers, got {row.get('x')!r}, {row.get('y')!r}"
+            ) from None
         if not np.isfinite([x, y]).all():
             raise UserError(f"{path} line {line}: x and y must be finite numbers")
         if not label:
             raise UserError(f"{path} line {line}: empty label")
         if not (0 <= x < grid.width and 0 <= y < grid.height):
-            raise UserError(f"{path} line {line}: point ({x:g}, {y:g}) is outside the scene "
-                            f"({grid.width} x {grid.height} pixels; x is the column, y the row)")
+            raise UserError(
+                f"{path} line {line}: point ({x:g}, {y:g}) is outside the scene "
+                f"({grid.width} x {grid.height} pixels; x is the column, y the row)"
+            )
         xs.append(x)
         ys.append(y)
         names.append(label)
@@ -100,8 +113,10 @@ def _read_vector(path: Path, grid: WindowGrid, scene, label_field: str):
         raise UserError(f"labels file {path} is not a vector layer GDAL can read ({type(exc).__name__})") from None
     columns = list(meta["fields"])
     if label_field not in columns:
-        raise UserError(f"labels file {path} has no attribute {label_field!r}{closest(label_field, columns)}; its "
-                        f"attributes: {', '.join(columns) or 'none'} (name the label attribute with --label-field)")
+        raise UserError(
+            f"labels file {path} has no attribute {label_field!r}{closest(label_field, columns)}; its "
+            f"attributes: {', '.join(columns) or 'none'} (name the label attribute with --label-field)"
+        )
     labels = fields[columns.index(label_field)]
     shapes = shapely.from_wkb(geometry)
     if len(shapes) == 0:
@@ -120,8 +135,10 @@ def _read_vector(path: Path, grid: WindowGrid, scene, label_field: str):
         if kind in ("Point", "MultiPoint"):
             for p in getattr(shape, "geoms", [shape]):
                 if not (0 <= p.x < grid.width and 0 <= p.y < grid.height):
-                    raise UserError(f"{path} feature {i}: point lies outside the scene (at pixel {p.x:.1f}, "
-                                    f"{p.y:.1f} of {grid.width} x {grid.height}); check the layer's CRS")
+                    raise UserError(
+                        f"{path} feature {i}: point lies outside the scene (at pixel {p.x:.1f}, "
+                        f"{p.y:.1f} of {grid.width} x {grid.height}); check the layer's CRS"
+                    )
                 xs.append(p.x)
                 ys.append(p.y)
                 names.append(label)
@@ -129,8 +146,10 @@ def _read_vector(path: Path, grid: WindowGrid, scene, label_field: str):
         elif kind in ("Polygon", "MultiPolygon"):
             windows = _covered_windows(shape, grid, cells_x, cells_y)
             if len(windows) == 0:
-                raise UserError(f"{path} feature {i}: the polygon covers no window's cell by more than half "
-                                f"(inside the scene); draw it larger, use a point, or a smaller --stride")
+                raise UserError(
+                    f"{path} feature {i}: the polygon covers no window's cell by more than half "
+                    f"(inside the scene); draw it larger, use a point, or a smaller --stride"
+                )
             centres = grid.centres()[windows]
             xs += centres[:, 0].tolist()
             ys += centres[:, 1].tolist()
@@ -149,13 +168,17 @@ def _to_pixels(path: Path, shapes, layer_crs, scene):
     geotransform = getattr(scene, "geotransform", None)
     if geotransform is None:
         if layer_crs:
-            raise UserError(f"labels file {path} is in a CRS ({layer_crs}) but the scene is not georeferenced; "
-                            "give the labels in pixel coordinates (a layer without a CRS, or a CSV)")
+            raise UserError(
+                f"labels file {path} is in a CRS ({layer_crs}) but the scene is not georeferenced; "
+                "give the labels in pixel coordinates (a layer without a CRS, or a CSV)"
+            )
         return shapes
     if crs_wkt is not None:
         if not layer_crs:
-            raise UserError(f"labels file {path} has no CRS; assign the scene's (e.g. ogr2ogr -a_srs) so its "
-                            "coordinates can be placed")
+            raise UserError(
+                f"labels file {path} has no CRS; assign the scene's (e.g. ogr2ogr -a_srs) so its "
+                "coordinates can be placed"
+            )
         from pyproj import CRS, Transformer
 
         source, target = CRS.from_user_input(layer_crs), CRS.from_wkt(crs_wkt)
@@ -194,14 +217,18 @@ def _samples(path: Path, grid: WindowGrid, xs, ys, names, where, classes, min_pe
         check_class_names("--classes", "names", classes)
         for ref, name in zip(where, names):
             if name not in classes:
-                raise UserError(f"{path} {ref}: unknown label {name!r}{closest(name, classes)}; "
-                                f"--classes allows {', '.join(classes)}")
+                raise UserError(
+                    f"{path} {ref}: unknown label {name!r}{closest(name, classes)}; "
+                    f"--classes allows {', '.join(classes)}"
+                )
         class_names = tuple(classes)
     else:
         class_names = tuple(sorted(set(names)))
     if len(class_names) < 2:
-        raise UserError(f"labels file {path} has too few classes ({', '.join(class_names)}); a map needs "
-                        "labelled windows of at least 2 classes")
+        raise UserError(
+            f"labels file {path} has too few classes ({', '.join(class_names)}); a map needs "
+            "labelled windows of at least 2 classes"
+        )
     labels = np.asarray([class_names.index(n) for n in names], dtype=np.int64)
     windows = grid.index_of(xs, ys)
     # one sample per window; a window labelled twice differently is a contradiction
@@ -209,16 +236,20 @@ def _samples(path: Path, grid: WindowGrid, xs, ys, names, where, classes, min_pe
     for i, (w, lab) in enumerate(zip(windows, labels)):
         if w in first and labels[first[w]] != lab:
             j = first[w]
-            raise UserError(f"{path}: {where[j]} ({xs[j]:g}, {ys[j]:g}) {class_names[labels[j]]!r} and {where[i]} "
-                            f"({xs[i]:g}, {ys[i]:g}) {class_names[lab]!r} fall in the same window; move one or use "
-                            "a smaller --stride")
+            raise UserError(
+                f"{path}: {where[j]} ({xs[j]:g}, {ys[j]:g}) {class_names[labels[j]]!r} and {where[i]} "
+                f"({xs[i]:g}, {ys[i]:g}) {class_names[lab]!r} fall in the same window; move one or use "
+                "a smaller --stride"
+            )
         first.setdefault(int(w), i)
     keep = np.asarray(sorted(first.values()))
     counts = np.bincount(labels[keep], minlength=len(class_names))
     if counts.min() < min_per_class:
         short = [f"{class_names[c]} ({counts[c]})" for c in range(len(class_names)) if counts[c] < min_per_class]
-        raise UserError(f"labels file {path} has too few windows for {', '.join(short)}; every class needs at "
-                        f"least {min_per_class} (points in one window count once)")
+        raise UserError(
+            f"labels file {path} has too few windows for {', '.join(short)}; every class needs at "
+            f"least {min_per_class} (points in one window count once)"
+        )
     return Points(np.asarray(xs)[keep], np.asarray(ys)[keep], labels[keep], class_names, windows[keep])
 
 

@@ -1,4 +1,5 @@
 """Figures and the JSON summary of a map: label_map.png, overlay.png, summary.json."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,24 @@ from benchmark.mapping.points import Points
 from common.files import atomic_output, atomic_write_text
 from tasks.windows import WindowGrid
 
-PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-           "#9a6324", "#800000", "#000075", "#808000", "#aaffc3", "#a9a9a9", "#fabed4"]
+PALETTE = [
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#ffe119",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#9a6324",
+    "#800000",
+    "#000075",
+    "#808000",
+    "#aaffc3",
+    "#a9a9a9",
+    "#fabed4",
+]
 
 
 def class_colours(n: int) -> list[str]:
@@ -27,8 +44,18 @@ def area_fractions(grid: WindowGrid, labels: np.ndarray, n_classes: int) -> np.n
     return np.bincount(labels[classified], weights=areas[classified], minlength=n_classes) / areas.sum()
 
 
-def render_maps(out: Path, scene, grid: WindowGrid, labels: np.ndarray, class_names, fractions,
-                points: Points | None = None, preview: int = 1600, alpha: float = 0.4, title: str = "") -> list[str]:
+def render_maps(
+    out: Path,
+    scene,
+    grid: WindowGrid,
+    labels: np.ndarray,
+    class_names,
+    fractions,
+    points: Points | None = None,
+    preview: int = 1600,
+    alpha: float = 0.4,
+    title: str = "",
+) -> list[str]:
     """label_map.png (classes with a legend) and overlay.png (classes over the scene), at most `preview` px."""
     import matplotlib
 
@@ -41,8 +68,9 @@ def render_maps(out: Path, scene, grid: WindowGrid, labels: np.ndarray, class_na
     raster = grid.raster(labels, scale)
     colours = class_colours(len(class_names))
     cmap = ListedColormap(colours).with_extremes(under=(0, 0, 0, 0))  # windows without a class (-1): transparent
-    handles = [Patch(color=colours[c], label=f"{name} ({100 * fractions[c]:.1f}%)")
-               for c, name in enumerate(class_names)]
+    handles = [
+        Patch(color=colours[c], label=f"{name} ({100 * fractions[c]:.1f}%)") for c, name in enumerate(class_names)
+    ]
     h, w = raster.shape
     dpi = 100
     written = []
@@ -55,15 +83,28 @@ def render_maps(out: Path, scene, grid: WindowGrid, labels: np.ndarray, class_na
             ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5, interpolation="nearest")
         else:
             ax.imshow(background, interpolation="nearest")
-            ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5, interpolation="nearest",
-                      alpha=alpha)
+            ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5, interpolation="nearest", alpha=alpha)
             if points is not None:
                 for c in range(len(class_names)):
                     sel = points.labels == c
-                    ax.scatter(points.x[sel] * w / grid.width, points.y[sel] * h / grid.height, s=14,
-                               marker="o", facecolor=colours[c], edgecolor="white", linewidth=0.8)
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
-                   title=title or None, title_fontsize=8)
+                    ax.scatter(
+                        points.x[sel] * w / grid.width,
+                        points.y[sel] * h / grid.height,
+                        s=14,
+                        marker="o",
+                        facecolor=colours[c],
+                        edgecolor="white",
+                        linewidth=0.8,
+                    )
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), 4),
+            fontsize=8,
+            frameon=False,
+            title=title or None,
+            title_fontsize=8,
+        )
         with atomic_output(out / name) as tmp:
             fig.savefig(tmp, dpi=dpi)
         plt.close(fig)
@@ -72,5 +113,6 @@ def render_maps(out: Path, scene, grid: WindowGrid, labels: np.ndarray, class_na
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    atomic_write_text(path, json.dumps(summary, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-                    + "\n")
+    atomic_write_text(
+        path, json.dumps(summary, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
+    )

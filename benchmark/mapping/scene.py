@@ -16,6 +16,7 @@ Two sources behind one interface (`path`, `height`, `width`, `window()`, `valid(
 A window is preprocessed exactly as a dataset image (`tasks.imageio.fit_square`): greyscale replicated to RGB,
 then fitted to the method's image size (bilinear).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,8 +87,9 @@ class Scene:
         """(h, w, 3) uint8 downscaled copy for figures."""
         img = Image.fromarray(self.pixels).convert("RGB")
         if scale < 1:
-            img = img.resize((max(1, round(self.width * scale)), max(1, round(self.height * scale))),
-                             Image.Resampling.BILINEAR)
+            img = img.resize(
+                (max(1, round(self.width * scale)), max(1, round(self.height * scale))), Image.Resampling.BILINEAR
+            )
         return np.asarray(img)
 
 

@@ -3,6 +3,7 @@
 Windows labelled -1 (no class: mostly no-data) keep -1, are never updated and count for no class among
 their neighbours.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -88,7 +89,9 @@ def smooth(probs: np.ndarray, method: str = "none", strength: float | None = Non
         return argmax_labels(probs)
     if method == "majority":
         if strength < 1 or strength != int(strength):
-            raise UserError(f"--smooth-strength for majority is a radius in windows (an integer >= 1), got {strength:g}")
+            raise UserError(
+                f"--smooth-strength for majority is a radius in windows (an integer >= 1), got {strength:g}"
+            )
         return majority_filter(argmax_labels(probs), probs.shape[-1], int(strength))
     if strength < 0 or not np.isfinite(strength):
         raise UserError(f"--smooth-strength for mrf is a weight >= 0, got {strength:g}")

@@ -2,6 +2,7 @@
 from the training third of the CTX block, the whole block mapped (benchmark/mapping/map.map_scene) and the
 scored two thirds scored with and without MRF smoothing (benchmark/mapping/craters.score_labels); one row per
 (method, shots, smoothing, seed). The loop around a map is benchmark/pipeline.py's."""
+
 from __future__ import annotations
 
 import json
@@ -81,9 +82,14 @@ class Craters(Protocol):
         config = self.config
         self.cache = Cache(config.cache_dir) if config.cache_dir else Cache()
         # a source must not hold the scene or its tiles (by file content)
-        self.task = load_task(config.task, Path(config.data_dir), source=config.source,
-                              keep_out=[*tile_paths(Path(config.data_dir)), self.scene_path],
-                              image_size=config.image_size, source_disjoint=config.source_disjoint)
+        self.task = load_task(
+            config.task,
+            Path(config.data_dir),
+            source=config.source,
+            keep_out=[*tile_paths(Path(config.data_dir)), self.scene_path],
+            image_size=config.image_size,
+            source_disjoint=config.source_disjoint,
+        )
         self.task_name = (self.task.plain or self.task).name
 
     def plans(self) -> list[Plan]:
@@ -98,12 +104,31 @@ class Craters(Protocol):
         for spec, method, cond in zip(config.methods, methods, conditions):
             for k in config.shots:
                 for smoothing, strength in config.smoothings:
-                    measurement = {"task": self.task_name, "source": cond["source"], "method": spec.label,
-                                   "shots": k, "smoothing": smoothing, "strength": strength}
-                    kept = {**{c: cond[c] for c in CRATERS.conditions if c in cond}, "scene": scene_id,
-                            "method_seed": config.method_seed, "window": self.grid.window, "stride": self.grid.stride}
-                    plans.append(Plan(spec, method, measurement, kept, list(config.seeds),
-                                      f"{spec.label} K={k} smoothing {smoothing}"))
+                    measurement = {
+                        "task": self.task_name,
+                        "source": cond["source"],
+                        "method": spec.label,
+                        "shots": k,
+                        "smoothing": smoothing,
+                        "strength": strength,
+                    }
+                    kept = {
+                        **{c: cond[c] for c in CRATERS.conditions if c in cond},
+                        "scene": scene_id,
+                        "method_seed": config.method_seed,
+                        "window": self.grid.window,
+                        "stride": self.grid.stride,
+                    }
+                    plans.append(
+                        Plan(
+                            spec,
+                            method,
+                            measurement,
+                            kept,
+                            list(config.seeds),
+                            f"{spec.label} K={k} smoothing {smoothing}",
+                        )
+                    )
         self.source = plans[0].measurement["source"] if plans else ""
         return plans
 
@@ -126,23 +151,46 @@ class Craters(Protocol):
         xy, labels = draw_points(grid, self.boxes, k, np.random.default_rng([seed, k]))
         write_points(points_path, xy, labels)
         points = read_points(points_path, grid, list(CLASSES))
-        example = config.example and (spec.label, k, seed) == (config.methods[-1].label, max(config.shots),
-                                                               config.seeds[0])
+        example = config.example and (spec.label, k, seed) == (
+            config.methods[-1].label,
+            max(config.shots),
+            config.seeds[0],
+        )
         started = time.perf_counter()
         # the draw seed picks the labelled windows; the method's own seed (pre-training, e.g. SDFT's step 1)
         # stays fixed, so every draw adapts the same pre-trained model
-        settings = DEFAULTS.replace(backbone=config.backbone, image_size=config.image_size, seed=config.method_seed,
-                                    device=config.device)
+        settings = DEFAULTS.replace(
+            backbone=config.backbone, image_size=config.image_size, seed=config.method_seed, device=config.device
+        )
         out = Path(config.work) / f"map-{spec.label}-k{k}-seed{seed}" if example else None
-        result = map_scene(spec, self.task, self.scene, grid, points, self.cache, settings,
-                           MapOptions(out=out, preview=1200), run.progress)
+        result = map_scene(
+            spec,
+            self.task,
+            self.scene,
+            grid,
+            points,
+            self.cache,
+            settings,
+            MapOptions(out=out, preview=1200),
+            run.progress,
+        )
         seconds = time.perf_counter() - started
-        run.progress.log(f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s "
-                         f"({json.dumps(result.summary['timings'])})")
-        return [{**of_k[smoothing].key, "seed": seed, **scores, "map_seconds": round(seconds, 2),
-                 "prepare_seconds": result.summary["timings"]["prepare_s"], "git_commit": run.provenance.commit}
-                for smoothing, strength, scores in smoothed_scores(result.probabilities, grid, self.boxes,
-                                                                   config.smoothings, run.progress)]
+        run.progress.log(
+            f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s ({json.dumps(result.summary['timings'])})"
+        )
+        return [
+            {
+                **of_k[smoothing].key,
+                "seed": seed,
+                **scores,
+                "map_seconds": round(seconds, 2),
+                "prepare_seconds": result.summary["timings"]["prepare_s"],
+                "git_commit": run.provenance.commit,
+            }
+            for smoothing, strength, scores in smoothed_scores(
+                result.probabilities, grid, self.boxes, config.smoothings, run.progress
+            )
+        ]
 
     def meta(self) -> dict:
         """What the table's header says about the run (benchmark/mapping/craters.markdown)."""
@@ -152,12 +200,24 @@ class Craters(Protocol):
         config, grid = self.config, self.grid
         crater, ambiguous = window_truth(grid, self.boxes)
         _, scored = regions(grid)
-        return {"window": grid.window, "stride": grid.stride, "windows": grid.n, "image_size": config.image_size,
-                "task": self.task_name, "source": self.source, "backbone": backbone_name(config.backbone),
-                "scored": int(scored.sum()), "positives": int((scored & crater).sum()),
-                "ambiguous": int((scored & ambiguous).sum()), "negatives": int((scored & ~crater & ~ambiguous).sum()),
-                "beta": config.beta, "n_seeds": len(config.seeds), "method_seed": config.method_seed,
-                "csv": str(config.results_path()), "command": " ".join(["bench"] + sys.argv[1:])}
+        return {
+            "window": grid.window,
+            "stride": grid.stride,
+            "windows": grid.n,
+            "image_size": config.image_size,
+            "task": self.task_name,
+            "source": self.source,
+            "backbone": backbone_name(config.backbone),
+            "scored": int(scored.sum()),
+            "positives": int((scored & crater).sum()),
+            "ambiguous": int((scored & ambiguous).sum()),
+            "negatives": int((scored & ~crater & ~ambiguous).sum()),
+            "beta": config.beta,
+            "n_seeds": len(config.seeds),
+            "method_seed": config.method_seed,
+            "csv": str(config.results_path()),
+            "command": " ".join(["bench"] + sys.argv[1:]),
+        }
 
 
 def smoothed_scores(probabilities, grid, boxes, smoothings, progress):
@@ -168,7 +228,9 @@ def smoothed_scores(probabilities, grid, boxes, smoothings, progress):
     for smoothing, strength in smoothings:
         labels_grid = smooth(probabilities, smoothing, strength if smoothing != "none" else None)
         scores = score_labels(grid, boxes, labels_grid, CLASSES.index("crater"))
-        progress.log(f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
-                     f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})")
+        progress.log(
+            f"  smoothing {smoothing}: P {scores['precision']:.3f} R {scores['recall']:.3f} "
+            f"F1 {scores['f1']:.3f} (strict F1 {scores['strict_f1']:.3f})"
+        )
         out.append((smoothing, strength, scores))
     return out

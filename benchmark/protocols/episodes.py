@@ -1,6 +1,7 @@
 """The episode protocol (`bench run`): every method on the same N-way K-shot episodes, one row per (method,
 shots, episode), scored by benchmark/scoring.score_episode. How a method answers an episode (here, on Ray
 workers or in its sandbox) is benchmark/runner.py's; the loop around it is benchmark/pipeline.py's."""
+
 from __future__ import annotations
 
 import time
@@ -28,12 +29,19 @@ class Episodes(Protocol):
     def setup(self, progress: Progress) -> Path:
         config = self.config
         self.cache = Cache(config.cache_dir)
-        self.task = load_task(config.task, config.data_dir, source=config.source, split=config.split,
-                              image_size=config.image_size, source_disjoint=config.source_disjoint)
+        self.task = load_task(
+            config.task,
+            config.data_dir,
+            source=config.source,
+            split=config.split,
+            image_size=config.image_size,
+            source_disjoint=config.source_disjoint,
+        )
         self.out = config.results_path()
         self.methods = runner.created_methods(config, self.cache, self.out)  # an unknown method or option fails first
-        self.episode_sets = {k: self.task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed)
-                             for k in config.shots}  # infeasible (N, K, Q) fails here, before any work
+        self.episode_sets = {
+            k: self.task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed) for k in config.shots
+        }  # infeasible (N, K, Q) fails here, before any work
         check_results_path(self.out)  # an incompatible, unreadable or unwritable file fails before any work
         self.manifests = runner.Manifests(self.out.parent / "manifests", self.task, progress)
         return self.out
@@ -44,10 +52,17 @@ class Episodes(Protocol):
         plans = []
         for (spec, method), cond in zip(methods, runner.conditions(self.task, config, [m for _, m in methods])):
             for k, episodes in self.episode_sets.items():
-                measurement = {"task": self.task.name, "method": spec.label, "shots": k, "ways": config.n_way,
-                               "queries": config.n_query, "manifest": runner.stream_id(episodes)}
-                plans.append(Plan(spec, method, measurement, cond, list(range(len(episodes))),
-                                  f"{spec.label} {k}-shot"))
+                measurement = {
+                    "task": self.task.name,
+                    "method": spec.label,
+                    "shots": k,
+                    "ways": config.n_way,
+                    "queries": config.n_query,
+                    "manifest": runner.stream_id(episodes),
+                }
+                plans.append(
+                    Plan(spec, method, measurement, cond, list(range(len(episodes))), f"{spec.label} {k}-shot")
+                )
         return plans
 
     def executor(self, progress: Progress):
@@ -63,8 +78,10 @@ class Episodes(Protocol):
         prepared, kept = False, {}
         for plan in plans:
             if plan.done:
-                run.progress.log(f"{spec.label} {plan.k}-shot: {len(plan.done)} episodes already in {self.out}, "
-                                 f"{len(plan.pending)} to run")
+                run.progress.log(
+                    f"{spec.label} {plan.k}-shot: {len(plan.done)} episodes already in {self.out}, "
+                    f"{len(plan.pending)} to run"
+                )
             if not plan.pending:
                 continue
             if not prepared:
@@ -80,10 +97,13 @@ class Episodes(Protocol):
         config, label = self.config, plan.spec.label
         started = time.perf_counter()
         with runner.blamed(label, "prepare"):
-            runner.prepared_by(run.executor, plan.method, self.task, self.cache, config, config.seed, run.progress,
-                               handles)
-        run.progress.log(f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows "
-                         f"record {device_name(config.device)})")
+            runner.prepared_by(
+                run.executor, plan.method, self.task, self.cache, config, config.seed, run.progress, handles
+            )
+        run.progress.log(
+            f"{label}: prepared in {time.perf_counter() - started:.1f} s on {config.device} (rows "
+            f"record {device_name(config.device)})"
+        )
 
     def answer(self, plan: Plan, run: Run, handles: RowHandles, kept: dict) -> None:
         """Answer, score and append the plan's pending episodes; the scores of the episodes in `kept` go there."""
@@ -99,15 +119,33 @@ class Episodes(Protocol):
                 rows.clear()
 
         with run.progress.bar(plan.what, len(plan.pending)) as advance, runner.saved_on_exit(flush):
-            for i, result, seconds in runner.episode_results(plan.method, episodes, plan.pending, config.seed,
-                                                             self.task.class_names, plan.spec.label, run.executor,
-                                                             handles, kept):
-                rows.append({"schema": SCHEMA_VERSION, **plan.key, "seed": config.seed, "episode": i, **result,
-                             "seconds": round(seconds, 6), **common,
-                             "timestamp": datetime.now(UTC).isoformat(timespec="seconds")})
+            for i, result, seconds in runner.episode_results(
+                plan.method,
+                episodes,
+                plan.pending,
+                config.seed,
+                self.task.class_names,
+                plan.spec.label,
+                run.executor,
+                handles,
+                kept,
+            ):
+                rows.append(
+                    {
+                        "schema": SCHEMA_VERSION,
+                        **plan.key,
+                        "seed": config.seed,
+                        "episode": i,
+                        **result,
+                        "seconds": round(seconds, 6),
+                        **common,
+                        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+                    }
+                )
                 advance(1)
-                if (len(rows) >= runner.FLUSH_EVERY_EPISODES and not batched) \
-                        or time.perf_counter() - last_flush > runner.FLUSH_EVERY_SECONDS:
+                if (
+                    len(rows) >= runner.FLUSH_EVERY_EPISODES and not batched
+                ) or time.perf_counter() - last_flush > runner.FLUSH_EVERY_SECONDS:
                     flush()
                     last_flush = time.perf_counter()
 
@@ -122,22 +160,36 @@ class Episodes(Protocol):
         requests, first = self.requests_again(method, kept, handles, batched)
         if not requests:
             return
-        meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, config.seed,
-                             str(config.device))
-        given = handed(self.task, self.cache, config.backbone, config.image_size, type(method).consumes,
-                       run.progress, config.device, handles)
+        meta = settings_meta(
+            spec.name, spec.options, config.backbone, config.image_size, config.seed, str(config.device)
+        )
+        given = handed(
+            self.task,
+            self.cache,
+            config.backbone,
+            config.image_size,
+            type(method).consumes,
+            run.progress,
+            config.device,
+            handles,
+        )
         with runner.blamed(spec.label, "the check that answers do not depend on earlier episodes"):
             again = answered_again(meta, given, runner.method_cache(self.cache, method).root, requests)
         changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
         if changed:
             k, i = changed[0]
             moved = run.table.set_aside([{"task": self.task.name, "method": spec.label, "shots": kk} for kk in kept])
-            raise MethodFailed(spec.label, "the check of its answers", "", ScoreError(
-                f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
-                f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows "
-                f"were moved to {set_aside_path(self.out)}"))
-        run.progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same "
-                         "answers")
+            raise MethodFailed(
+                spec.label,
+                "the check of its answers",
+                "",
+                ScoreError(
+                    f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
+                    f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows "
+                    f"were moved to {set_aside_path(self.out)}"
+                ),
+            )
+        run.progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same answers")
 
     def requests_again(self, method, kept: dict, handles: RowHandles, batched: bool) -> tuple[dict, dict]:
         """({(shots, episode): what a fresh process answers}, {(shots, episode): the scores answered here})."""
@@ -156,7 +208,6 @@ class Episodes(Protocol):
     def finish(self, rows):
         rows.attrs["notes"] = self.task.notes()  # for the tables' header
         return rows
-
 
 
 def run_benchmark(config: runner.RunConfig, progress: Progress = SILENT, failures: list | None = None):

@@ -1,6 +1,7 @@
 """The fixed-K protocol (`bench fixedk`): K images per class, the whole test pool, once per seed; one row per
 (method, shots, seed), scored by benchmark/scoring.score_fixed_k (weighted F1 as Mars-Bench computes it).
 The unit of work, a seed, is benchmark/fixedk.run_fixed_k's; the loop around it is benchmark/pipeline.py's."""
+
 from __future__ import annotations
 
 import time
@@ -24,8 +25,13 @@ class FixedK(Protocol):
     def setup(self, progress: Progress) -> Path:
         config = self.config
         self.cache = Cache(config.cache_dir)
-        self.task = load_task(config.task, config.data_dir, source=config.source, image_size=config.image_size,
-                              source_disjoint=config.source_disjoint)
+        self.task = load_task(
+            config.task,
+            config.data_dir,
+            source=config.source,
+            image_size=config.image_size,
+            source_disjoint=config.source_disjoint,
+        )
         self.out = config.results_path()
         self.methods = runner.created_methods(config, self.cache, self.out)  # an unknown method or option fails first
         self.pools = fixed_k_pools(self.task)  # once for every method and shots
@@ -36,11 +42,18 @@ class FixedK(Protocol):
     def plans(self) -> list[Plan]:
         config, task, methods = self.config, self.task, self.methods
         del self.methods  # the plans hold them now, and the pipeline lets each go once it ran
-        return [Plan(spec, method, {"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k},
-                     {**cond, "draw": fixed_k_draw(task, k, config.cap).draw}, list(config.seeds),
-                     f"{spec.label} {k}-shot")
-                for (spec, method), cond in zip(methods, runner.conditions(task, config, [m for _, m in methods]))
-                for k in config.shots]
+        return [
+            Plan(
+                spec,
+                method,
+                {"protocol": PROTOCOL_VERSION, "task": task.name, "method": spec.label, "shots": k},
+                {**cond, "draw": fixed_k_draw(task, k, config.cap).draw},
+                list(config.seeds),
+                f"{spec.label} {k}-shot",
+            )
+            for (spec, method), cond in zip(methods, runner.conditions(task, config, [m for _, m in methods]))
+            for k in config.shots
+        ]
 
     def executor(self, progress: Progress):
         return runner.make_executor(self.config, self.cache, self.out, progress)
@@ -53,17 +66,38 @@ class FixedK(Protocol):
         """Prepare the method and run its pending seeds at the plan's shots: one row per seed, appended at once."""
         label, k, pending = plan.spec.label, plan.k, plan.pending
         if plan.done:
-            run.progress.log(f"{label} {k}-shot: {fixedk.seeds(len(plan.done))} already in {self.out}, "
-                             f"{len(pending)} to run")
+            run.progress.log(
+                f"{label} {k}-shot: {fixedk.seeds(len(plan.done))} already in {self.out}, {len(pending)} to run"
+            )
         if not pending:
             return
         started = time.perf_counter()
         with runner.blamed(label, "the fixed-K protocol", f" at {k} shots"):
-            results = fixedk.run_fixed_k(self.task, plan.method, k, pending, self.cache, self.config, pools=self.pools,
-                                         executor=run.executor, progress=run.progress, label=label)
+            results = fixedk.run_fixed_k(
+                self.task,
+                plan.method,
+                k,
+                pending,
+                self.cache,
+                self.config,
+                pools=self.pools,
+                executor=run.executor,
+                progress=run.progress,
+                label=label,
+            )
         timestamp = datetime.now(UTC).isoformat(timespec="seconds")
-        run.table.append([{"schema": fixedk.SCHEMA_VERSION, **plan.key, **result, **run.provenance.columns(),
-                           "timestamp": timestamp} for result in results])
+        run.table.append(
+            [
+                {
+                    "schema": fixedk.SCHEMA_VERSION,
+                    **plan.key,
+                    **result,
+                    **run.provenance.columns(),
+                    "timestamp": timestamp,
+                }
+                for result in results
+            ]
+        )
         run.progress.log(f"{label} {k}-shot: {fixedk.seeds(len(pending))} in {time.perf_counter() - started:.1f} s")
 
     def finish(self, rows):

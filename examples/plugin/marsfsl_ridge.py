@@ -4,6 +4,7 @@ Installed with `pip install examples/plugin`, it is found through the entry poin
 itself is not edited. Try: `bench list` (shows `ridge`, from `plugin marsfsl-ridge`), then
 `bench run --method ridge --method ridge:alpha=10 --shots 1,5`.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Dataset registry. Importing this package registers the built-in datasets."""
+
 from tasks.datasets import (  # noqa: F401
     aid,
     domars16k,  # noqa: F401,E402

@@ -3,6 +3,7 @@
 Each image is its own scene, so the group is the image itself. Hidden files and folders and `__MACOSX`
 (archive debris, e.g. `._x.jpg` resource forks) are skipped.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,9 @@ def load_aid(root: Path) -> ImageTable:
         raise UserError(f"no class folders in {base}; expected AID/<Class>/<image>.jpg")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (base / name).iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and not ignored(Path(p.name)))
+        files = sorted(
+            p for p in (base / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not ignored(Path(p.name))
+        )
         paths += files
         labels += [label] * len(files)
     groups = [f"{p.parent.name}/{p.stem}" for p in paths]

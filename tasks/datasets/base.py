@@ -3,6 +3,7 @@
 The group is the source scene (a HiRISE observation, a CTX product, or the image itself): crops of one
 group never sit on both sides of a split or of an episode.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -76,8 +77,9 @@ class ImageTable:
         try:
             return file_digests(self.paths, cache_dir)
         except FileNotFoundError as exc:
-            raise UserError(f"image {exc.filename} of dataset {self.name} no longer exists; check the dataset "
-                            "folder") from None
+            raise UserError(
+                f"image {exc.filename} of dataset {self.name} no longer exists; check the dataset folder"
+            ) from None
         except OSError as exc:
             raise UserError(f"image {exc.filename} of dataset {self.name} cannot be read ({exc.strerror})") from None
 
@@ -136,8 +138,12 @@ def _import_builtins() -> None:
     import tasks.datasets  # noqa: F401  (registers the built-in datasets)
 
 
-DATASETS = Registry("dataset", "marsfsl.datasets", builtins=_import_builtins,
-                    hint=lambda reg: f"known: {', '.join(reg.names())}, or folder:PATH, csv:PATH")
+DATASETS = Registry(
+    "dataset",
+    "marsfsl.datasets",
+    builtins=_import_builtins,
+    hint=lambda reg: f"known: {', '.join(reg.names())}, or folder:PATH, csv:PATH",
+)
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -165,7 +171,9 @@ def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:
     return root
 
 
-def table_from_rows(name: str, paths, labels, groups, class_names, splits=None, notices=(), scenes: str = "") -> ImageTable:
+def table_from_rows(
+    name: str, paths, labels, groups, class_names, splits=None, notices=(), scenes: str = ""
+) -> ImageTable:
     frame = pd.DataFrame(
         {
             "path": [str(p) for p in paths],

@@ -11,6 +11,7 @@ same name gets a new inode. The digest cache is one small JSON file per image fo
 (temporary file, then rename), under `default_cache_dir()/digests` or the folder given; if that folder
 cannot be created or written, or a cache file is damaged, the digests are simply computed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,8 +81,9 @@ def _load(path: Path) -> dict:
 def _store(path: Path, folder: str, files: dict) -> None:
     """Atomic write; any failure (read-only or full disk, a file in the way) leaves the cache as it was."""
     try:
-        atomic_write_bytes(path, json.dumps({"version": DIGEST_CACHE_VERSION, "folder": folder,
-                                             "files": files}).encode())
+        atomic_write_bytes(
+            path, json.dumps({"version": DIGEST_CACHE_VERSION, "folder": folder, "files": files}).encode()
+        )
     except OSError:
         pass
 

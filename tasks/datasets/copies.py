@@ -13,6 +13,7 @@ files hold the same bytes:
 A table without copies is returned unchanged (the same object): its rows, groups, identity and episodes are
 what they were.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -47,8 +48,10 @@ def identify_copies(table: ImageTable, cache_dir=None) -> ImageTable:
     frame["group"] = merged_groups(list(map(str, table.groups)), sets)
     n_copies = sum(len(r) - 1 for r in sets)
     shown = "; ".join(" = ".join(names[i] for i in r[:3]) for r in sets[:SHOWN])
-    line = notice_once(f"{table.name}: {n_copies} file(s) are byte-identical copies of another ({len(sets)} image(s) "
-                       f"held more than once), e.g. {shown}; each image's copies are kept in one scene")
+    line = notice_once(
+        f"{table.name}: {n_copies} file(s) are byte-identical copies of another ({len(sets)} image(s) "
+        f"held more than once), e.g. {shown}; each image's copies are kept in one scene"
+    )
     merged = replace(table, frame=frame, notices=(*table.notices, line))
     for key, value in vars(table).items():  # what a reader attached (marsbench_root, group_rule)
         if key not in {f.name for f in fields(ImageTable)}:
@@ -60,13 +63,17 @@ def check_copies(table: ImageTable, rows: list[int], names, labels, splits) -> N
     first = rows[0]
     for i in rows[1:]:
         if labels[i] != labels[first]:
-            raise UserError(f"{table.name}: {names[first]} ({table.class_names[labels[first]]}) and {names[i]} "
-                            f"({table.class_names[labels[i]]}) hold the same bytes under two labels; one image "
-                            "cannot be two classes: remove one of them or correct its label")
+            raise UserError(
+                f"{table.name}: {names[first]} ({table.class_names[labels[first]]}) and {names[i]} "
+                f"({table.class_names[labels[i]]}) hold the same bytes under two labels; one image "
+                "cannot be two classes: remove one of them or correct its label"
+            )
         if (splits[i] in TEST_SPLITS) != (splits[first] in TEST_SPLITS):
-            raise UserError(f"{table.name}: {names[first]} (split {splits[first] or 'none'}) and {names[i]} (split "
-                            f"{splits[i] or 'none'}) hold the same bytes on both sides of the train/test split; a test "
-                            "image would be trained on: remove one of them")
+            raise UserError(
+                f"{table.name}: {names[first]} (split {splits[first] or 'none'}) and {names[i]} (split "
+                f"{splits[i] or 'none'}) hold the same bytes on both sides of the train/test split; a test "
+                "image would be trained on: remove one of them"
+            )
 
 
 def merged_groups(groups: list[str], sets: list[list[int]]) -> list[str]:

@@ -17,6 +17,7 @@ into the data directory. The key hashes the rule's version and settings, the ima
 bytes of the scene's tiles and crater file, so a changed rule, decoder or scene makes a new folder; the folder is built in a temporary
 sibling and renamed into place, so a reader never sees half of it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,14 @@ def select_windows(grid: WindowGrid, boxes: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def derived_key(data_dir: Path) -> str:
-    settings = {"rule": RULE_VERSION, "window": WINDOW, "stride": STRIDE, "lattice": LATTICE,
-                "decoder": DECODER_VERSION, "scene": scene_identity(data_dir)}  # tiles' and crater file's bytes
+    settings = {
+        "rule": RULE_VERSION,
+        "window": WINDOW,
+        "stride": STRIDE,
+        "lattice": LATTICE,
+        "decoder": DECODER_VERSION,
+        "scene": scene_identity(data_dir),
+    }  # tiles' and crater file's bytes
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -79,7 +86,7 @@ def materialise(data_dir: Path, cache_dir: Path | None = None) -> Path:
         for x, y, label, tile in zip(x0, y0, labels, tiles):
             name = f"{CLASSES[label]}/{tile}_x{x:04d}_y{y:04d}.png"
             (tmp / CLASSES[label]).mkdir(exist_ok=True)
-            Image.fromarray(scene[y:y + WINDOW, x:x + WINDOW]).save(tmp / name)
+            Image.fromarray(scene[y : y + WINDOW, x : x + WINDOW]).save(tmp / name)
             rows.append({"file": name, "label": int(label), "group": str(tile), "x0": int(x), "y0": int(y)})
         (tmp / MANIFEST).write_text(json.dumps({"classes": list(CLASSES), "rows": rows}))
         fsync_tree(tmp)  # the rename below must never publish a folder whose files are not on disk yet
@@ -98,8 +105,13 @@ def load_ctx_craters(data_dir: Path, cache_dir: Path | None = None) -> ImageTabl
     folder = materialise(Path(data_dir), cache_dir)
     manifest = json.loads((folder / MANIFEST).read_text())
     rows = manifest["rows"]
-    return table_from_rows("ctx-craters", [folder / r["file"] for r in rows], [r["label"] for r in rows],
-                           [r["group"] for r in rows], manifest["classes"])
+    return table_from_rows(
+        "ctx-craters",
+        [folder / r["file"] for r in rows],
+        [r["label"] for r in rows],
+        [r["group"] for r in rows],
+        manifest["classes"],
+    )
 
 
 def tile_split(table: ImageTable) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ centre of a larger crater, or it touches the rim band (0.8-1.2 radii) of a crate
 window is a *non-crater* window. Craters below the Robbins limit (1 km, ~10 px) are unlabelled and count as
 non-crater terrain, as the catalogue does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,8 +96,9 @@ def window_truth(grid: WindowGrid, boxes: np.ndarray) -> tuple[np.ndarray, np.nd
     shows_part = np.zeros(grid.n, bool)
     for (bx1, by1, bx2, by2), x, y, d in zip(boxes, cx, cy, diameter):
         if d <= w:
-            overlap = (np.clip(np.minimum(x1, bx2) - np.maximum(x0, bx1), 0, None)
-                       * np.clip(np.minimum(y1, by2) - np.maximum(y0, by1), 0, None))
+            overlap = np.clip(np.minimum(x1, bx2) - np.maximum(x0, bx1), 0, None) * np.clip(
+                np.minimum(y1, by2) - np.maximum(y0, by1), 0, None
+            )
             shows_part |= overlap >= MIN_OVERLAP * (bx2 - bx1) * (by2 - by1)
         else:
             r = d / 2

@@ -5,6 +5,7 @@ The loader accepts the split folders directly under the dataset folder or one le
 single top folder the archive brought). The label is the class folder's code, the split the split folder,
 and the group is the CTX product id (the file name before `_CX`): tiles of one CTX image are one scene.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,11 +17,21 @@ from tasks.datasets.download import ZenodoArchive, archive_downloader
 
 # Class codes (the folder names) and their names in the DoMars16k paper, grouped as the paper groups them.
 CLASSES = {
-    "ael": "aeolian curved", "aec": "aeolian straight",  # aeolian bedforms
-    "cli": "cliff", "rid": "ridge", "fsf": "channel", "sfe": "mounds",  # topographic landforms
-    "fsg": "gullies", "fse": "slope streaks", "fss": "mass wasting",  # slope feature landforms
-    "cra": "crater", "sfx": "crater field",  # impact landforms
-    "mix": "mixed terrain", "rou": "rough terrain", "smo": "smooth terrain", "tex": "textured terrain",  # terrain
+    "ael": "aeolian curved",
+    "aec": "aeolian straight",  # aeolian bedforms
+    "cli": "cliff",
+    "rid": "ridge",
+    "fsf": "channel",
+    "sfe": "mounds",  # topographic landforms
+    "fsg": "gullies",
+    "fse": "slope streaks",
+    "fss": "mass wasting",  # slope feature landforms
+    "cra": "crater",
+    "sfx": "crater field",  # impact landforms
+    "mix": "mixed terrain",
+    "rou": "rough terrain",
+    "smo": "smooth terrain",
+    "tex": "textured terrain",  # terrain
 }
 CODES = tuple(sorted(CLASSES))
 SPLITS = ("train", "val", "test")
@@ -31,13 +42,15 @@ FILE_NAME = re.compile(r"^(?P<product>.+?)_CX(?P<x>\d+)_CY(?P<y>\d+)$")
 def ctx_product_id(path: Path) -> str:
     match = FILE_NAME.match(path.stem)
     if not match:
-        raise UserError(f"DoMars16k file {path} is not named <CTX product id>_CX<x>_CY<y>.jpg; "
-                        "remove it or re-download the dataset")
+        raise UserError(
+            f"DoMars16k file {path} is not named <CTX product id>_CX<x>_CY<y>.jpg; remove it or re-download the dataset"
+        )
     return match.group("product")
 
 
 def find_split_root(root: Path) -> Path:
     """The folder holding train/val/test: root itself, or one level down (the archive's top folder)."""
+
     def has_splits(folder: Path) -> bool:
         return any((folder / s).is_dir() for s in SPLITS)
 
@@ -47,10 +60,14 @@ def find_split_root(root: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
-        raise UserError(f"DoMars16k: several folders in {root} hold train/val/test "
-                        f"({', '.join(p.name for p in candidates)}); keep one")
-    raise UserError(f"DoMars16k: no train/val/test folders in {root} or one level below; "
-                    "re-download it with `bench data download domars16k`")
+        raise UserError(
+            f"DoMars16k: several folders in {root} hold train/val/test "
+            f"({', '.join(p.name for p in candidates)}); keep one"
+        )
+    raise UserError(
+        f"DoMars16k: no train/val/test folders in {root} or one level below; "
+        "re-download it with `bench data download domars16k`"
+    )
 
 
 def load_domars16k(root: Path) -> ImageTable:
@@ -64,8 +81,9 @@ def load_domars16k(root: Path) -> ImageTable:
             if not class_dir.is_dir():
                 raise UserError(f"DoMars16k: unexpected file {class_dir}; expected class folders in {split_dir}")
             if class_dir.name not in CLASSES:
-                raise UserError(f"DoMars16k: unknown class code {class_dir.name!r} in {class_dir}; "
-                                f"known codes: {' '.join(CODES)}")
+                raise UserError(
+                    f"DoMars16k: unknown class code {class_dir.name!r} in {class_dir}; known codes: {' '.join(CODES)}"
+                )
             for path in sorted(class_dir.iterdir()):
                 if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
@@ -77,8 +95,15 @@ def load_domars16k(root: Path) -> ImageTable:
         raise UserError(f"DoMars16k: no images under {base}/{{train,val,test}}/<class code>/")
     present = sorted(set(labels))
     dense = {label: i for i, label in enumerate(present)}
-    return table_from_rows("domars16k", paths, [dense[label] for label in labels], groups,
-                           [CODES[label] for label in present], splits, scenes="ctx-product")
+    return table_from_rows(
+        "domars16k",
+        paths,
+        [dense[label] for label in labels],
+        groups,
+        [CODES[label] for label in present],
+        splits,
+        scenes="ctx-product",
+    )
 
 
 ARCHIVE = ZenodoArchive(

@@ -6,6 +6,7 @@ then is it unpacked (zip or tar; absolute paths, `..` and links that leave the f
 staging folder, in which the dataset's root is found by its marker files and moved into place. A failed or
 interrupted download leaves no partial dataset folder behind.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,9 @@ def _check_hex(kind: str, value: str | None) -> str | None:
     return value
 
 
-def stream_to_file(url: str, path: Path, opener: Callable = urllib.request.urlopen,
-                   report: Report | None = None) -> dict[str, str]:
+def stream_to_file(
+    url: str, path: Path, opener: Callable = urllib.request.urlopen, report: Report | None = None
+) -> dict[str, str]:
     """Write the body of `url` to `path`; returns its {'md5': hex, 'sha256': hex}."""
     digests = {"md5": hashlib.md5(), "sha256": hashlib.sha256()}
     try:
@@ -101,8 +103,10 @@ def safe_extract(archive: Path, dest: Path) -> None:
             for info in zf.infolist():
                 mode = info.external_attr >> 16
                 if _unsafe(info.filename) or not _inside(dest, info.filename) or stat.S_ISLNK(mode):
-                    raise UserError(f"archive {archive.name} has an unsafe member {info.filename!r} (absolute "
-                                    "path, '..' or link); refusing to unpack it")
+                    raise UserError(
+                        f"archive {archive.name} has an unsafe member {info.filename!r} (absolute "
+                        "path, '..' or link); refusing to unpack it"
+                    )
             zf.extractall(dest)
         return
     if tarfile.is_tarfile(archive):
@@ -110,10 +114,13 @@ def safe_extract(archive: Path, dest: Path) -> None:
             members = tf.getmembers()
             for m in members:
                 bad_link = (m.issym() or m.islnk()) and (
-                    _unsafe(m.linkname) or not _inside(dest, str(PurePosixPath(m.name).parent / m.linkname)))
+                    _unsafe(m.linkname) or not _inside(dest, str(PurePosixPath(m.name).parent / m.linkname))
+                )
                 if _unsafe(m.name) or not _inside(dest, m.name) or bad_link or m.isdev():
-                    raise UserError(f"archive {archive.name} has an unsafe member {m.name!r} (absolute path, "
-                                    "'..', device or link leaving the folder); refusing to unpack it")
+                    raise UserError(
+                        f"archive {archive.name} has an unsafe member {m.name!r} (absolute path, "
+                        "'..', device or link leaving the folder); refusing to unpack it"
+                    )
             if hasattr(tarfile, "data_filter"):
                 tf.extractall(dest, members=members, filter="data")
             else:  # pragma: no cover  (Python without extraction filters; members were checked above)
@@ -135,20 +142,31 @@ def find_root(folder: Path, marker: tuple[str, ...], max_depth: int = 3) -> Path
     return None
 
 
-def download_archive(name: str, dest: Path, archive: ZenodoArchive, md5: str | None = None,
-                     sha256: str | None = None, url: str | None = None,
-                     opener: Callable = urllib.request.urlopen, report: Report | None = None) -> Path:
+def download_archive(
+    name: str,
+    dest: Path,
+    archive: ZenodoArchive,
+    md5: str | None = None,
+    sha256: str | None = None,
+    url: str | None = None,
+    opener: Callable = urllib.request.urlopen,
+    report: Report | None = None,
+) -> Path:
     """Fetch, verify and unpack `archive` so that `dest` becomes the dataset's folder; returns `dest`."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
-        raise UserError(f"dataset {name} is already in {dest}; check it with `bench data verify {name}` or delete "
-                        "that folder to download it again")
+        raise UserError(
+            f"dataset {name} is already in {dest}; check it with `bench data verify {name}` or delete "
+            "that folder to download it again"
+        )
     expected = {"md5": _check_hex("md5", md5) or archive.md5, "sha256": _check_hex("sha256", sha256) or archive.sha256}
     expected = {k: v for k, v in expected.items() if v}
     if not expected:
-        raise UserError(f"no published checksum is recorded for {archive.file_name} of {name}; copy the md5 "
-                        f"that Zenodo lists for it on {archive.page} and pass it: "
-                        f"`bench data download {name} --md5 HEX` (or --sha256 HEX)")
+        raise UserError(
+            f"no published checksum is recorded for {archive.file_name} of {name}; copy the md5 "
+            f"that Zenodo lists for it on {archive.page} and pass it: "
+            f"`bench data download {name} --md5 HEX` (or --sha256 HEX)"
+        )
     url = url or archive.url
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, part = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}-", suffix=".part")
@@ -159,14 +177,18 @@ def download_archive(name: str, dest: Path, archive: ZenodoArchive, md5: str | N
         got = stream_to_file(url, part, opener, report)
         for kind, value in expected.items():
             if got[kind] != value:
-                raise UserError(f"checksum mismatch for {url}: expected {kind} {value}, got {got[kind]}; the "
-                                "download was deleted (retry, or check the checksum)")
+                raise UserError(
+                    f"checksum mismatch for {url}: expected {kind} {value}, got {got[kind]}; the "
+                    "download was deleted (retry, or check the checksum)"
+                )
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-unpack-"))
         safe_extract(part, staging)
         root = find_root(staging, archive.root_marker) if archive.root_marker else staging
         if root is None:
-            raise UserError(f"{archive.file_name} does not hold {name} as expected (no folder with "
-                            f"{', '.join(archive.root_marker)}); nothing was installed")
+            raise UserError(
+                f"{archive.file_name} does not hold {name} as expected (no folder with "
+                f"{', '.join(archive.root_marker)}); nothing was installed"
+            )
         if dest.exists():
             dest.rmdir()  # empty, checked above
         os.replace(root, dest)
@@ -180,9 +202,16 @@ def download_archive(name: str, dest: Path, archive: ZenodoArchive, md5: str | N
 def archive_downloader(name: str, folder: str, archive: ZenodoArchive) -> Callable[..., Path]:
     """A DatasetSpec.download: `download(data_dir, md5=None, sha256=None, url=None, opener=..., report=None)`."""
 
-    def download(data_dir: Path, md5: str | None = None, sha256: str | None = None, url: str | None = None,
-                 opener: Callable = urllib.request.urlopen, report: Report | None = None) -> Path:
-        return download_archive(name, Path(data_dir) / folder, archive, md5=md5, sha256=sha256, url=url,
-                                opener=opener, report=report)
+    def download(
+        data_dir: Path,
+        md5: str | None = None,
+        sha256: str | None = None,
+        url: str | None = None,
+        opener: Callable = urllib.request.urlopen,
+        report: Report | None = None,
+    ) -> Path:
+        return download_archive(
+            name, Path(data_dir) / folder, archive, md5=md5, sha256=sha256, url=url, opener=opener, report=report
+        )
 
     return download

@@ -31,6 +31,7 @@ CSV datasets (columns `path,label` and optionally `group,split`):
   column without a target (or a base) row is refused in one line listing the values found. Without a split
   column the task is split by scene (tasks.splits.scene_split).
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,11 @@ def load_folder(root: Path) -> ImageTable:
     candidates = sorted(p.name for p in root.iterdir() if p.is_dir() and not ignored(Path(p.name)))
     classes, paths, labels = [], [], []
     for name in candidates:
-        files = sorted(p for p in (root / name).rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and not ignored(p.relative_to(root)) and p.is_file())
+        files = sorted(
+            p
+            for p in (root / name).rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and not ignored(p.relative_to(root)) and p.is_file()
+        )
         if not files:
             notices.append(notice(f"{what}: class folder {name!r} holds no images; ignored"))
             continue
@@ -108,8 +112,9 @@ def load_csv(path: Path) -> ImageTable:
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
-        raise UserError(f"CSV dataset {path} lacks column(s) {', '.join(missing)}; it needs path,label "
-                        "and optionally group,split")
+        raise UserError(
+            f"CSV dataset {path} lacks column(s) {', '.join(missing)}; it needs path,label and optionally group,split"
+        )
     if frame.empty:
         raise UserError(f"CSV dataset {path} has no rows")
     what, notices = f"CSV dataset {path}", []
@@ -120,14 +125,18 @@ def load_csv(path: Path) -> ImageTable:
     files = [Path(p) if Path(p).is_absolute() else path.parent / p for p in frame["path"]]
     absent = [str(f) for f in files if not f.is_file()]
     if absent:
-        raise UserError(f"{what}: {len(absent)} image path(s) do not exist, first {absent[0]} (relative paths are "
-                        f"read relative to the CSV's folder {path.parent})")
+        raise UserError(
+            f"{what}: {len(absent)} image path(s) do not exist, first {absent[0]} (relative paths are "
+            f"read relative to the CSV's folder {path.parent})"
+        )
     check_duplicates(what, files, line)
     names = clean_column(what, "label", list(frame["label"]), notices)
     empty = [i for i, v in enumerate(names) if not v]
     if empty:
-        raise UserError(f"{what}: line {line[empty[0]]} has an empty label ({len(empty)} row(s) in all); give "
-                        "every image a class or remove the row")
+        raise UserError(
+            f"{what}: line {line[empty[0]]} has an empty label ({len(empty)} row(s) in all); give "
+            "every image a class or remove the row"
+        )
     classes = sorted(set(names))
     check_case(what, "labels", classes)
     labels = [classes.index(v) for v in names]
@@ -137,8 +146,12 @@ def load_csv(path: Path) -> ImageTable:
         groups = clean_column(what, "group", list(frame["group"]), notices)
         blank = [i for i, g in enumerate(groups) if not g]
         if blank:
-            notices.append(notice(f"{what}: {len(blank)} row(s) have an empty group (first on line {line[blank[0]]}); "
-                                  "each such image is its own scene"))
+            notices.append(
+                notice(
+                    f"{what}: {len(blank)} row(s) have an empty group (first on line {line[blank[0]]}); "
+                    "each such image is its own scene"
+                )
+            )
             groups = [g or own[i] for i, g in enumerate(groups)]
     else:
         groups = own
@@ -156,8 +169,12 @@ def clean_column(what: str, column: str, values: list[str], notices: list) -> li
     stripped = [v.strip() for v in values]
     changed = [v for v, s in zip(values, stripped) if v != s and s]
     if changed:
-        notices.append(notice(f"{what}: surrounding spaces stripped from {len(changed)} {column}(s), e.g. "
-                              f"{changed[0]!r} -> {changed[0].strip()!r}"))
+        notices.append(
+            notice(
+                f"{what}: surrounding spaces stripped from {len(changed)} {column}(s), e.g. "
+                f"{changed[0]!r} -> {changed[0].strip()!r}"
+            )
+        )
     return stripped
 
 
@@ -166,8 +183,10 @@ def check_duplicates(what: str, files: list[Path], line: dict) -> None:
     for i, f in enumerate(files):
         key = os.path.realpath(f)
         if key in seen:
-            raise UserError(f"{what}: lines {line[seen[key]]} and {line[i]} list the same image {f}; list each "
-                            "image once (twice, it could be both a support and a query image of one episode)")
+            raise UserError(
+                f"{what}: lines {line[seen[key]]} and {line[i]} list the same image {f}; list each "
+                "image once (twice, it could be both a support and a query image of one episode)"
+            )
         seen[key] = i
 
 
@@ -189,8 +208,10 @@ def read_splits(what: str, values: list[str], notices: list) -> list[str]:
     pools = {vocabulary[v] for v in found}
     if pools != {"base", "target"}:
         lacking = "target" if "target" not in pools else "base"
-        raise UserError(f"{what}: split column holds only {listed}, no {lacking} row "
-                        f"({'/'.join(v for v, p in vocabulary.items() if p == lacking)}); {hint}")
+        raise UserError(
+            f"{what}: split column holds only {listed}, no {lacking} row "
+            f"({'/'.join(v for v, p in vocabulary.items() if p == lacking)}); {hint}"
+        )
     if "train" in vocabulary:
         notices.append(notice(f"{what}: split column train/val/test: base pool = train + val, target = test"))
     return splits
@@ -205,9 +226,11 @@ def check_scenes(what: str, groups) -> None:
     folds = inspect.signature(scene_split).parameters["n_folds"].default
     n = len(set(map(str, groups)))
     if n < folds:
-        raise UserError(f"{what} has {n} scene(s) (groups; each image is its own without a group column), too few "
-                        f"for the scene-disjoint base/target split, which needs {folds}; add images, or give a CSV "
-                        "with a split column (base/target or train/val/test)")
+        raise UserError(
+            f"{what} has {n} scene(s) (groups; each image is its own without a group column), too few "
+            f"for the scene-disjoint base/target split, which needs {folds}; add images, or give a CSV "
+            "with a split column (base/target or train/val/test)"
+        )
 
 
 PREFIX_LOADERS = {"folder": load_folder, "csv": load_csv}
@@ -221,8 +244,10 @@ def load_dataset(name: str, data_dir: Path | str) -> ImageTable:
     for prefix, loader in PREFIX_LOADERS.items():
         if name.startswith(prefix + ":"):
             if not name[len(prefix) + 1 :].strip():
-                raise UserError(f"{name!r} names no {prefix}; give one, e.g. {prefix}:/path/to/my-images"
-                                f"{'.csv' if prefix == 'csv' else ''}")
+                raise UserError(
+                    f"{name!r} names no {prefix}; give one, e.g. {prefix}:/path/to/my-images"
+                    f"{'.csv' if prefix == 'csv' else ''}"
+                )
             return identify_copies(loader(Path(name[len(prefix) + 1 :]).expanduser()))
     spec = dataset_spec(name)
     return identify_copies(spec.load(dataset_root(spec, Path(data_dir))))

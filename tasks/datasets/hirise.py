@@ -4,6 +4,7 @@
 observation id: the file name before `_RED`, with a leading `thresh-1-` stripped (thresholded variants of a
 crop come from the same observation).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,15 @@ from tasks.datasets.download import ZenodoArchive, archive_downloader
 
 # Label ids as the dataset defines them. Id 5 (impact ejecta) is defined but has no image in v1, so the
 # dense labels the suite uses skip it; a label id outside this map is an error.
-HIRISE_V1_CLASSES = {0: "other", 1: "crater", 2: "dark_dune", 3: "slope_streak", 4: "bright_dune",
-                     5: "impact_ejecta", 6: "edge"}
+HIRISE_V1_CLASSES = {
+    0: "other",
+    1: "crater",
+    2: "dark_dune",
+    3: "slope_streak",
+    4: "bright_dune",
+    5: "impact_ejecta",
+    6: "edge",
+}
 LABEL_FILE = "labels-map-proj.txt"
 IMAGE_DIR = "map-proj"
 
@@ -59,8 +67,9 @@ def load_hirise_v1(root: Path) -> ImageTable:
         paths.append(path)
         labels.append(dense[label])
         groups.append(observation_id(name))
-    return table_from_rows("hirise-v1", paths, labels, groups, [HIRISE_V1_CLASSES[c] for c in present],
-                           scenes="hirise-observation")
+    return table_from_rows(
+        "hirise-v1", paths, labels, groups, [HIRISE_V1_CLASSES[c] for c in present], scenes="hirise-observation"
+    )
 
 
 HIRISE_V1 = register_dataset(
@@ -72,7 +81,10 @@ HIRISE_V1 = register_dataset(
         how_to_get="get it with `bench data download hirise-v1 --md5 HEX` (Zenodo record 1048301)",
         source="https://zenodo.org/record/1048301",
         # No checksum of hirise-map-proj.zip was available here: the download asks for --md5/--sha256.
-        download=archive_downloader("hirise-v1", "hirise-v1", ZenodoArchive(
-            record="1048301", file_name="hirise-map-proj.zip", root_marker=(LABEL_FILE, IMAGE_DIR))),
+        download=archive_downloader(
+            "hirise-v1",
+            "hirise-v1",
+            ZenodoArchive(record="1048301", file_name="hirise-map-proj.zip", root_marker=(LABEL_FILE, IMAGE_DIR)),
+        ),
     )
 )

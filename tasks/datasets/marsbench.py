@@ -20,6 +20,7 @@ Groups (source scenes), read from the file id, first rule that matches every fil
 - otherwise every image is its own group and `scene_notice` says so in one line: such a set gives no scene
   information, so support and query can come from one scene.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,8 +47,11 @@ GROUP_RULES = (
 NO_SCENES = "image"
 
 # Mars-Bench's folder names -> the dataset names of its published results (benchmark/reference)
-PUBLISHED_NAMES = {"domars16k": "mb-domars16k", "landmark_classification": "mb-landmark_cls",
-                   "surface_classification": "mb-surface_cls"}
+PUBLISHED_NAMES = {
+    "domars16k": "mb-domars16k",
+    "landmark_classification": "mb-landmark_cls",
+    "surface_classification": "mb-surface_cls",
+}
 
 
 def read_annotation(path: Path, what: str) -> pd.DataFrame:
@@ -59,12 +63,15 @@ def read_annotation(path: Path, what: str) -> pd.DataFrame:
         raise UserError(f"Mars-Bench set: {path} cannot be read ({str(exc).splitlines()[0]})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise UserError(f"Mars-Bench set: {path} lacks column(s) {', '.join(missing)}; Mars-Bench's annotation "
-                        f"files have {', '.join(COLUMNS)}")
+        raise UserError(
+            f"Mars-Bench set: {path} lacks column(s) {', '.join(missing)}; Mars-Bench's annotation "
+            f"files have {', '.join(COLUMNS)}"
+        )
     bad_split = sorted(set(frame["split"]) - set(SPLITS))
     if bad_split:
-        raise UserError(f"Mars-Bench set: {path} has split(s) {', '.join(map(repr, bad_split[:3]))}; "
-                        f"expected {', '.join(SPLITS)}")
+        raise UserError(
+            f"Mars-Bench set: {path} has split(s) {', '.join(map(repr, bad_split[:3]))}; expected {', '.join(SPLITS)}"
+        )
     integer = frame["label"].str.fullmatch(r"\d+(?:\.0*)?")  # pandas writes integer columns with NaN as 1.0
     if not integer.all():
         first = frame.loc[~integer, "label"].iloc[0]
@@ -84,8 +91,10 @@ def group_rule(file_ids) -> tuple[str, list[str]]:
 
 def scene_notice(name: str) -> str:
     """The line for a set whose file names give no source scene."""
-    return (f"{name}: the file names give no source scene, so every image is its own group and support and "
-            "query may come from one scene")
+    return (
+        f"{name}: the file names give no source scene, so every image is its own group and support and "
+        "query may come from one scene"
+    )
 
 
 def image_path(root: Path, split: str, feature_name: str, file_id: str) -> Path:
@@ -104,20 +113,24 @@ def load_marsbench(root: Path) -> ImageTable:
     names = {}
     for label, feature in zip(frame["label"].astype(int), frame["feature_name"]):
         if names.setdefault(label, feature) != feature:
-            raise UserError(f"Mars-Bench set: {root / ANNOTATION} gives label {label} to two class folders "
-                            f"({names[label]!r} and {feature!r})")
+            raise UserError(
+                f"Mars-Bench set: {root / ANNOTATION} gives label {label} to two class folders "
+                f"({names[label]!r} and {feature!r})"
+            )
     if len(set(names.values())) != len(names):
         raise UserError(f"Mars-Bench set: {root / ANNOTATION} gives one class folder two labels")
     duplicated = frame.duplicated(["split", "feature_name", "file_id"])
     if duplicated.any():
         row = frame[duplicated].iloc[0]
-        raise UserError(f"Mars-Bench set: {root / ANNOTATION} lists {row['split']}/{row['feature_name']}/"
-                        f"{row['file_id']} twice")
+        raise UserError(
+            f"Mars-Bench set: {root / ANNOTATION} lists {row['split']}/{row['feature_name']}/{row['file_id']} twice"
+        )
     paths = [image_path(root, s, c, f) for s, c, f in zip(frame["split"], frame["feature_name"], frame["file_id"])]
     absent = [p for p in paths if not p.is_file()]
     if absent:
-        raise UserError(f"Mars-Bench set: {len(absent)} image(s) listed in {root / ANNOTATION} do not exist, "
-                        f"first {absent[0]}")
+        raise UserError(
+            f"Mars-Bench set: {len(absent)} image(s) listed in {root / ANNOTATION} do not exist, first {absent[0]}"
+        )
     present = sorted(names)
     dense = {label: i for i, label in enumerate(present)}
     rule, groups = group_rule(list(frame["file_id"]))
@@ -128,9 +141,16 @@ def load_marsbench(root: Path) -> ImageTable:
         if line not in _NOTICED:  # once per process, not once per load (a --source loads the set again)
             _NOTICED.add(line)
             notices = (notice(line),)
-    table = table_from_rows(name, paths, [dense[int(v)] for v in frame["label"]], groups,
-                            [names[label] for label in present], frame["split"], notices=notices,
-                            scenes="" if rule == NO_SCENES else rule)
+    table = table_from_rows(
+        name,
+        paths,
+        [dense[int(v)] for v in frame["label"]],
+        groups,
+        [names[label] for label in present],
+        frame["split"],
+        notices=notices,
+        scenes="" if rule == NO_SCENES else rule,
+    )
     object.__setattr__(table, "group_rule", rule)
     object.__setattr__(table, "marsbench_root", root)  # where fixed-K finds Mars-Bench's K-shot lists
     return table
@@ -168,13 +188,19 @@ def few_shot_train(table: ImageTable, root: Path, k: int) -> KShotList | None:
     train = frame[frame["split"] == "train"]
     if train.empty:
         raise UserError(f"Mars-Bench set: {path} has no train rows")
-    index = {(s, c, f): i for i, (s, c, f) in enumerate(zip(table.splits, [Path(p).parent.name for p in table.paths],
-                                                              [Path(p).name for p in table.paths]))}
+    index = {
+        (s, c, f): i
+        for i, (s, c, f) in enumerate(
+            zip(table.splits, [Path(p).parent.name for p in table.paths], [Path(p).name for p in table.paths])
+        )
+    }
     rows = []
     for c, f in zip(train["feature_name"], train["file_id"]):
         if ("train", c, f) not in index:
-            raise UserError(f"Mars-Bench set: {path} lists train/{c}/{f}, which is not a training image in "
-                            f"{Path(root) / ANNOTATION}")
+            raise UserError(
+                f"Mars-Bench set: {path} lists train/{c}/{f}, which is not a training image in "
+                f"{Path(root) / ANNOTATION}"
+            )
         rows.append(index[("train", c, f)])
     rows = np.asarray(rows, dtype=np.int64)
     return KShotList(rows, check_k_shot_list(table, path, int(k), rows))
@@ -190,18 +216,23 @@ def check_k_shot_list(table: ImageTable, path: Path, k: int, rows: np.ndarray) -
         if digests[r] in seen:
             first = seen[digests[r]]
             same = "twice" if first == r else f"and {short(table, r)}, which hold the same bytes (one image)"
-            raise UserError(f"Mars-Bench set: {path} lists {short(table, first)} {same}; a {k}-shot list holds {k} "
-                            "distinct training images of every class")
+            raise UserError(
+                f"Mars-Bench set: {path} lists {short(table, first)} {same}; a {k}-shot list holds {k} "
+                "distinct training images of every class"
+            )
         seen[digests[r]] = r
     train = np.flatnonzero(table.splits == "train")
     have = {c: len({digests[i] for i in train if table.labels[i] == c}) for c in np.unique(table.labels[train])}
     listed = {c: int((table.labels[rows] == c).sum()) for c in have}
     wrong = [c for c in have if listed[c] != min(k, have[c])]
     if wrong:
-        counts = ", ".join(f"{listed[c]} of {table.class_names[c]}" + (f" (which has {have[c]})" if have[c] < k else "")
-                           for c in wrong)
-        raise UserError(f"Mars-Bench set: {path} is not a {k}-shot list: it holds {counts}; a {k}-shot list holds "
-                        f"exactly {k} distinct training images of every class (all of a class with fewer)")
+        counts = ", ".join(
+            f"{listed[c]} of {table.class_names[c]}" + (f" (which has {have[c]})" if have[c] < k else "") for c in wrong
+        )
+        raise UserError(
+            f"Mars-Bench set: {path} is not a {k}-shot list: it holds {counts}; a {k}-shot list holds "
+            f"exactly {k} distinct training images of every class (all of a class with fewer)"
+        )
     return tuple(f"{table.class_names[c]} ({have[c]})" for c in have if have[c] < k)
 
 

@@ -10,6 +10,7 @@ Both are cached by the file's content digest (content.py), the size and PIXEL_VE
 per image folder and size beside the file digests: a warm check decodes nothing. A damaged or unwritable cache
 file is simply recomputed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,9 @@ def pixel_signatures(paths, digests, size: int) -> tuple[list[str], np.ndarray]:
             out_digest[i], thumbs[i] = pixel, np.frombuffer(bytes.fromhex(thumb), np.uint8)
         if missing:
             try:
-                atomic_write_bytes(cache_file, json.dumps({"version": PIXEL_VERSION, "size": size,
-                                                           "files": files}).encode())
+                atomic_write_bytes(
+                    cache_file, json.dumps({"version": PIXEL_VERSION, "size": size, "files": files}).encode()
+                )
             except OSError:
                 pass
     return out_digest, thumbs
@@ -91,10 +93,10 @@ def near_pairs(ours: np.ndarray, theirs: np.ndarray) -> list[tuple[int, int]]:
     a_sq = (a * a).sum(1)
     pairs = []
     for start in range(0, len(theirs), _CHUNK):
-        b = theirs[start:start + _CHUNK].astype(np.float64)
+        b = theirs[start : start + _CHUNK].astype(np.float64)
         d2 = np.maximum((b * b).sum(1)[:, None] + a_sq[None, :] - 2 * b @ a.T, 0) / a.shape[1]
         nearest = d2.argmin(1)
         for j, i in enumerate(nearest):
-            if d2[j, i] <= NEAR_RMS ** 2:
+            if d2[j, i] <= NEAR_RMS**2:
                 pairs.append((int(i), start + j))
     return pairs

@@ -11,6 +11,7 @@ A source that holds scenes of the task's target pool pre-trains on the very scen
 crops come from observations that v1 also holds): `scene_overlap` counts them, the run prints a notice and
 the table header the count, and `--source-disjoint` refuses such a source.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,11 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = {"hirise-observation": "HiRISE observation ids", "ctx-product": "CTX product ids", "msl-sol": "MSL sols",
-         "group": "group names"}
-PATTERNS = (("hirise-observation", re.compile(r"[A-Z]{3}_\d{6}_\d{4}")),
-            ("ctx-product", re.compile(r"[A-Z]\d{2}_\d{6}_\d{4}_X[A-Z]_\d{2}[NS]\d{3}[EW]")),
-            ("msl-sol", re.compile(r"\d{4}")))
+KINDS = {
+    "hirise-observation": "HiRISE observation ids",
+    "ctx-product": "CTX product ids",
+    "msl-sol": "MSL sols",
+    "group": "group names",
+}
+PATTERNS = (
+    ("hirise-observation", re.compile(r"[A-Z]{3}_\d{6}_\d{4}")),
+    ("ctx-product", re.compile(r"[A-Z]\d{2}_\d{6}_\d{4}_X[A-Z]_\d{2}[NS]\d{3}[EW]")),
+    ("msl-sol", re.compile(r"\d{4}")),
+)
 SHOWN = 3  # scene names a line names
 
 
@@ -50,15 +57,19 @@ class SceneOverlap:
 
     def header(self) -> str:
         """The table header's line."""
-        return (f"source {self.source} holds {len(self.shared)} of the {self.target_scenes} target scenes "
-                f"({KINDS.get(self.kind, self.kind)})")
+        return (
+            f"source {self.source} holds {len(self.shared)} of the {self.target_scenes} target scenes "
+            f"({KINDS.get(self.kind, self.kind)})"
+        )
 
     def line(self, task: str) -> str:
         """The notice (or, with --source-disjoint, the error) for a source that shares scenes."""
         named = ", ".join(self.shared[:SHOWN]) + (", ..." if len(self.shared) > SHOWN else "")
-        return (f"--source {self.source} holds {len(self.shared)} of the {self.target_scenes} scenes of task {task}'s "
-                f"target pool ({KINDS.get(self.kind, self.kind)}: {named}): pre-training sees the scenes the episodes "
-                "test")
+        return (
+            f"--source {self.source} holds {len(self.shared)} of the {self.target_scenes} scenes of task {task}'s "
+            f"target pool ({KINDS.get(self.kind, self.kind)}: {named}): pre-training sees the scenes the episodes "
+            "test"
+        )
 
 
 def scene_overlap(spec: str, target_table, target_rows, source_table, source_rows) -> SceneOverlap | None:

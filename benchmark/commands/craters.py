@@ -37,15 +37,22 @@ def add_parser(sub) -> None:
         "craters", help="the scored mapping case: craters in a real CTX block", description=__doc__.split("\n\n")[1]
     )
     verbs = p.add_subparsers(dest="verb", required=True)
+    _add_run_parser(verbs, p.settings)
+    _add_scene_parser(verbs)
+    _add_score_parser(verbs)
 
-    def common(q, grid=True):
-        if grid:
-            q.add_argument("--window", type=positive_int("window"), default=GRID[0])
-            q.add_argument("--stride", type=positive_int("stride"), default=GRID[1])
-        add_common(q)
 
+def _add_common(q, grid=True) -> None:
+    """The options every verb shares: the window grid (not for score, which reads it from the map) and bench's."""
+    if grid:
+        q.add_argument("--window", type=positive_int("window"), default=GRID[0])
+        q.add_argument("--stride", type=positive_int("stride"), default=GRID[1])
+    add_common(q)
+
+
+def _add_run_parser(verbs, settings) -> None:
     run = verbs.add_parser("run", help="build samples, map, score; append rows to OUT.csv, write OUT.md")
-    common(run)
+    _add_common(run)
     run.add_argument(
         "--method",
         action="append",
@@ -56,21 +63,25 @@ def add_parser(sub) -> None:
     run.add_argument("--shots", type=int_list, default=list(SHOTS))
     run.add_argument("--seeds", type=seed_list, default=list(SEEDS))
     run.add_argument("--beta", type=float, default=1.0, help="the MRF's weight for the smoothed rows")
-    run.add_argument(
-        "--method-seed", type=int, default=p.settings.seed, help="the methods' seed (pre-training, fitting)"
-    )
+    run.add_argument("--method-seed", type=int, default=settings.seed, help="the methods' seed (pre-training, fitting)")
     add_task_options(run, "base task the methods pre-train on")
     add_source_option(run)
     run.add_argument("--work", default="/tmp/marsfsl-ctx-craters", help="scene PNG, POINTS files, example map")
-    run.add_argument(
-        "--out", default=str(p.settings.reference / "ctx-craters"), help="appends to OUT.csv, writes OUT.md"
-    )
+    run.add_argument("--out", default=str(settings.reference / "ctx-craters"), help="appends to OUT.csv, writes OUT.md")
     run.add_argument(
         "--threads",
         type=positive_int("threads"),
-        default=p.settings.threads,
+        default=settings.threads,
         help="threads that extract features side by side (default: all cores)",
     )
+    _add_rows_options(run)
+    run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(handler=cmd_run)
+
+
+def _add_rows_options(run) -> None:
+    """What run does with the rows OUT.csv already holds."""
     run.add_argument(
         "--fresh",
         action="store_true",
@@ -81,17 +92,20 @@ def add_parser(sub) -> None:
         action="store_true",
         help="take rows made by another git commit when everything else about them matches",
     )
-    run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
-    run.add_argument("--quiet", action="store_true")
-    run.set_defaults(handler=cmd_run)
+
+
+def _add_scene_parser(verbs) -> None:
     scene = verbs.add_parser("scene", help="write the stacked scene, craters.txt and POINTS files for bench map")
-    common(scene)
+    _add_common(scene)
     scene.add_argument("--out", required=True)
     scene.add_argument("--shots", type=int_list, default=list(SHOTS))
     scene.add_argument("--seeds", type=seed_list, default=list(SCENE_SEEDS))
     scene.set_defaults(handler=cmd_scene)
+
+
+def _add_score_parser(verbs) -> None:
     score = verbs.add_parser("score", help="score a bench map output folder of the CTX scene")
-    common(score, grid=False)
+    _add_common(score, grid=False)
     score.add_argument("--map", required=True)
     score.add_argument("--figure", default=None, help="also draw hits, false alarms and misses into this PNG")
     score.add_argument(

@@ -32,6 +32,26 @@ def add_parser(sub) -> None:
         "GeoPackage layers and a JSON summary (see docs/mapping.md).",
     )
     p.add_argument("--method", required=True, metavar="NAME[:key=value,...]")
+    _add_input_options(p)
+    _add_grid_options(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names in legend order; labels outside "
+        "it are an error (default: the labels found, sorted)",
+    )
+    _add_smoothing_options(p)
+    add_task_options(p, "base task the method pre-trains on (its base pool); windows are resized to --image-size")
+    add_source_option(p)
+    p.add_argument("--seed", type=int, default=p.settings.seed, help="the method's seed (pre-training, fitting)")
+    _add_run_options(p)
+    add_common(p)
+    p.set_defaults(handler=cmd_map)
+
+
+def _add_input_options(p) -> None:
+    """The scene and its labelled samples."""
     p.add_argument(
         "--scene",
         required=True,
@@ -53,6 +73,10 @@ def add_parser(sub) -> None:
         metavar="NAME",
         help="the attribute of a GIS labels layer that holds the class names (default: label)",
     )
+
+
+def _add_grid_options(p) -> None:
+    """The sliding windows' size and step."""
     p.add_argument("--window", required=True, type=positive_int("window"), help="window side in scene pixels")
     p.add_argument(
         "--stride",
@@ -60,13 +84,10 @@ def add_parser(sub) -> None:
         default=None,
         help="step between windows in pixels (default: window / 2)",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
-    p.add_argument(
-        "--classes",
-        default=None,
-        help="comma-separated class names in legend order; labels outside "
-        "it are an error (default: the labels found, sorted)",
-    )
+
+
+def _add_smoothing_options(p) -> None:
+    """Smoothing of the class-probability map."""
     p.add_argument(
         "--smooth",
         choices=SMOOTHERS,
@@ -79,9 +100,10 @@ def add_parser(sub) -> None:
         default=None,
         help="mrf: Potts weight per disagreeing neighbour (default 1); majority: radius in windows (default 1)",
     )
-    add_task_options(p, "base task the method pre-trains on (its base pool); windows are resized to --image-size")
-    add_source_option(p)
-    p.add_argument("--seed", type=int, default=p.settings.seed, help="the method's seed (pre-training, fitting)")
+
+
+def _add_run_options(p) -> None:
+    """Figure size, feature-extraction threads and progress output."""
     p.add_argument(
         "--preview",
         type=positive_int("preview"),
@@ -95,8 +117,6 @@ def add_parser(sub) -> None:
         help="threads that extract features side by side (default: all cores)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_common(p)
-    p.set_defaults(handler=cmd_map)
 
 
 def cmd_map(args) -> int:

@@ -134,23 +134,7 @@ def map_scene(
     if classified is None:
         classified = classified_windows(scene, grid, points)
     method = create_method(method_spec.name, **method_spec.options)
-    device = resolve_device(settings.device)
-    backbone, image_size, seed = settings.backbone, settings.image_size, settings.seed
-    given = handed(
-        task, cache, backbone, image_size, type(method).consumes, progress, device, RowHandles.identity(len(task.table))
-    )  # base rows: labelled, their numbers say nothing of windows
-    ctx = MapContext.of(
-        given,
-        method_cache(cache, method),
-        backbone=backbone,
-        image_size=image_size,
-        seed=seed,
-        progress=progress,
-        device=device,
-        scene=scene,
-        grid=grid,
-        window_cache=cache,
-    )
+    ctx = map_context(method, task, scene, grid, cache, settings, progress)
     started = time.perf_counter()
     method.prepare(ctx)
     timings = {"prepare_s": time.perf_counter() - started}
@@ -159,7 +143,7 @@ def map_scene(
         method,
         ctx,
         points,
-        np.random.default_rng([seed, 7919]),
+        np.random.default_rng([settings.seed, 7919]),
         options.chunk,
         progress,
         None if classified.all() else classified,
@@ -184,6 +168,28 @@ def map_scene(
     if options.out is not None:
         write_summary(Path(options.out) / "summary.json", summary)
     return result
+
+
+def map_context(method, task, scene, grid: WindowGrid, cache, settings: Settings, progress: Progress) -> MapContext:
+    """What `method` prepares on: the base task's rows handed to it (with `settings`' backbone, image size,
+    seed and device) and the scene's windows."""
+    device = resolve_device(settings.device)
+    backbone, image_size = settings.backbone, settings.image_size
+    given = handed(
+        task, cache, backbone, image_size, type(method).consumes, progress, device, RowHandles.identity(len(task.table))
+    )  # base rows: labelled, their numbers say nothing of windows
+    return MapContext.of(
+        given,
+        method_cache(cache, method),
+        backbone=backbone,
+        image_size=image_size,
+        seed=settings.seed,
+        progress=progress,
+        device=device,
+        scene=scene,
+        grid=grid,
+        window_cache=cache,
+    )
 
 
 def scene_keys(scene, grid: WindowGrid) -> dict:

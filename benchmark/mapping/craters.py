@@ -272,12 +272,18 @@ def summarize_craters(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
-    from benchmark.leaderboard import marked, transductive_note
+    from benchmark.leaderboard import transductive_note
 
-    def pm(mean, half):  # one seed: no CI to show
-        return stats_pm(mean, half, digits=1)
+    lines = _setting_paragraphs(meta) + _summary_table(summary) + _smoothing_effect(frame)
+    if summary["transductive"].astype(bool).any():
+        lines += ["", transductive_note("all the scene's windows")]
+    lines += _closing_paragraphs(meta)
+    return "\n".join(lines)
 
-    lines = [
+
+def _setting_paragraphs(meta: dict) -> list[str]:
+    """The title and what was mapped, how windows are labelled and what the values are."""
+    return [
         "# CTX craters: few-shot sliding-window mapping, scored against Robbins craters",
         "",
         f"Scene: the 3 x 3 Murray-Lab CTX tiles of `{DATASET}` stacked into 3744 x 3744 px (~95 m/px). "
@@ -304,6 +310,17 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
         "windows), median over seeds; max: the slowest map of the run. Both read the windows' features (SDFT: "
         "its step-1 checkpoint and activations) from the cache; the map that first computes them pays once "
         "for them (see docs/mapping.md). Measured on 2 CPU cores shared with other jobs.",
+    ]
+
+
+def _summary_table(summary: pd.DataFrame) -> list[str]:
+    """One line per method, K and smoothing: the crater class's scores and the time of a map."""
+    from benchmark.leaderboard import marked
+
+    def pm(mean, half):  # one seed: no CI to show
+        return stats_pm(mean, half, digits=1)
+
+    lines = [
         "",
         "| method | K | smoothing | precision | recall | F1 | strict F1 | seeds | map s | max map s |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -315,6 +332,12 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
             f"{pm(r['strict_f1'], r['strict_f1_ci95'])} | {r['seeds']} | {r['map_seconds']:.1f} | "
             f"{r['first_map_seconds']:.1f} |"
         )
+    return lines
+
+
+def _smoothing_effect(frame: pd.DataFrame) -> list[str]:
+    """F1(mrf) - F1(none) paired over the same draws; nothing when the run has not both smoothings."""
+    lines = []
     paired = frame.pivot_table(index=["method", "shots", "seed"], columns="smoothing", values="f1").reset_index()
     if {"none", "mrf"} <= set(paired.columns):
         lines += [
@@ -328,10 +351,13 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
             mean, half, n = paired_difference(g["mrf"], g["none"])
             if n > 1:
                 lines.append(f"| {method} | {k} | {stats_pm(mean, half, signed=True, digits=1)} | {n} |")
-    if summary["transductive"].astype(bool).any():
-        lines += ["", transductive_note("all the scene's windows")]
+    return lines
+
+
+def _closing_paragraphs(meta: dict) -> list[str]:
+    """The chance reference, the catalogue's caveat and where the rows and the command are."""
     base_rate = meta["positives"] / max(1, meta["positives"] + meta["negatives"])
-    lines += [
+    return [
         "",
         f"Chance reference: marking every scored window a crater gives precision {100 * base_rate:.1f}%, "
         f"recall 100%, F1 {100 * 2 * base_rate / (1 + base_rate):.1f}%.",
@@ -343,4 +369,3 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, meta: dict) -> str:
         f"Per-seed rows: `{meta['csv']}`. Command: `{meta['command']}`",
         "",
     ]
-    return "\n".join(lines)

@@ -71,45 +71,61 @@ def render_maps(
     handles = [
         Patch(color=colours[c], label=f"{name} ({100 * fractions[c]:.1f}%)") for c, name in enumerate(class_names)
     ]
-    h, w = raster.shape
     dpi = 100
     written = []
     for name, background in (("label_map.png", None), ("overlay.png", scene.preview(scale))):
-        fig = plt.figure(figsize=(w / dpi, h / dpi + 0.5), dpi=dpi)
-        band = 0.5 * dpi / (h + 0.5 * dpi)  # the legend's strip below the map
-        ax = fig.add_axes([0, band, 1, 1 - band])
-        ax.set_axis_off()
-        if background is None:
-            ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5, interpolation="nearest")
-        else:
-            ax.imshow(background, interpolation="nearest")
-            ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5, interpolation="nearest", alpha=alpha)
-            if points is not None:
-                for c in range(len(class_names)):
-                    sel = points.labels == c
-                    ax.scatter(
-                        points.x[sel] * w / grid.width,
-                        points.y[sel] * h / grid.height,
-                        s=14,
-                        marker="o",
-                        facecolor=colours[c],
-                        edgecolor="white",
-                        linewidth=0.8,
-                    )
-        fig.legend(
-            handles=handles,
-            loc="lower center",
-            ncol=min(len(handles), 4),
-            fontsize=8,
-            frameon=False,
-            title=title or None,
-            title_fontsize=8,
-        )
+        fig = _map_figure(raster, background, cmap, colours, handles, points, grid, alpha, title, dpi)
         with atomic_output(out / name) as tmp:
             fig.savefig(tmp, dpi=dpi)
         plt.close(fig)
         written.append(name)
     return written
+
+
+def _map_figure(raster, background, cmap, colours, handles, points, grid: WindowGrid, alpha, title, dpi):
+    """One figure: the class raster (over `background` with the labelled points, when there is one) and the
+    legend in a strip below it."""
+    import matplotlib.pyplot as plt
+
+    h, w = raster.shape
+    n_classes = len(colours)
+    fig = plt.figure(figsize=(w / dpi, h / dpi + 0.5), dpi=dpi)
+    band = 0.5 * dpi / (h + 0.5 * dpi)  # the legend's strip below the map
+    ax = fig.add_axes([0, band, 1, 1 - band])
+    ax.set_axis_off()
+    if background is None:
+        ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=n_classes - 0.5, interpolation="nearest")
+    else:
+        ax.imshow(background, interpolation="nearest")
+        ax.imshow(raster, cmap=cmap, vmin=-0.5, vmax=n_classes - 0.5, interpolation="nearest", alpha=alpha)
+        if points is not None:
+            _draw_points(ax, points, colours, w, h, grid)
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 4),
+        fontsize=8,
+        frameon=False,
+        title=title or None,
+        title_fontsize=8,
+    )
+    return fig
+
+
+def _draw_points(ax, points: Points, colours, w: int, h: int, grid: WindowGrid) -> None:
+    """The labelled windows' points, class by class in the class's colour, scaled from the scene's pixels to the
+    figure's `w` x `h`."""
+    for c in range(len(colours)):
+        sel = points.labels == c
+        ax.scatter(
+            points.x[sel] * w / grid.width,
+            points.y[sel] * h / grid.height,
+            s=14,
+            marker="o",
+            facecolor=colours[c],
+            edgecolor="white",
+            linewidth=0.8,
+        )
 
 
 def write_summary(path: Path, summary: dict) -> None:

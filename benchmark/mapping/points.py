@@ -98,30 +98,8 @@ def _read_csv(path: Path, grid: WindowGrid):
 
 
 def _read_vector(path: Path, grid: WindowGrid, scene, label_field: str):
-    from benchmark.mapping.scene import GIS_HINT
-
-    try:
-        import pyogrio
-        import shapely
-    except ImportError:
-        raise UserError(f"labels file {path} is a vector layer; reading it needs the gis extra: {GIS_HINT}") from None
-    if not path.exists():
-        raise UserError(f"labels file {path} does not exist")
-    try:
-        meta, _, geometry, fields = pyogrio.raw.read(path)
-    except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
-        raise UserError(f"labels file {path} is not a vector layer GDAL can read ({type(exc).__name__})") from None
-    columns = list(meta["fields"])
-    if label_field not in columns:
-        raise UserError(
-            f"labels file {path} has no attribute {label_field!r}{closest(label_field, columns)}; its "
-            f"attributes: {', '.join(columns) or 'none'} (name the label attribute with --label-field)"
-        )
-    labels = fields[columns.index(label_field)]
-    shapes = shapely.from_wkb(geometry)
-    if len(shapes) == 0:
-        raise UserError(f"labels file {path} has no features")
-    shapes = _to_pixels(path, shapes, meta.get("crs"), scene)
+    shapes, labels, crs = _read_layer(path, label_field)
+    shapes = _to_pixels(path, shapes, crs, scene)
     xs, ys, names, where = [], [], [], []
     x0, y0 = grid.origins()
     cells_x, cells_y = grid.cell_edges("x"), grid.cell_edges("y")
@@ -158,6 +136,35 @@ def _read_vector(path: Path, grid: WindowGrid, scene, label_field: str):
         else:
             raise UserError(f"{path} feature {i}: a {kind}; labels are points or polygons")
     return xs, ys, names, where
+
+
+def _read_layer(path: Path, label_field: str):
+    """The vector layer's geometries (shapely), their `label_field` values and the layer's CRS; a missing gis
+    extra, file or attribute, an unreadable or empty layer are one-line errors."""
+    from benchmark.mapping.scene import GIS_HINT
+
+    try:
+        import pyogrio
+        import shapely
+    except ImportError:
+        raise UserError(f"labels file {path} is a vector layer; reading it needs the gis extra: {GIS_HINT}") from None
+    if not path.exists():
+        raise UserError(f"labels file {path} does not exist")
+    try:
+        meta, _, geometry, fields = pyogrio.raw.read(path)
+    except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
+        raise UserError(f"labels file {path} is not a vector layer GDAL can read ({type(exc).__name__})") from None
+    columns = list(meta["fields"])
+    if label_field not in columns:
+        raise UserError(
+            f"labels file {path} has no attribute {label_field!r}{closest(label_field, columns)}; its "
+            f"attributes: {', '.join(columns) or 'none'} (name the label attribute with --label-field)"
+        )
+    labels = fields[columns.index(label_field)]
+    shapes = shapely.from_wkb(geometry)
+    if len(shapes) == 0:
+        raise UserError(f"labels file {path} has no features")
+    return shapes, labels, meta.get("crs")
 
 
 def _to_pixels(path: Path, shapes, layer_crs, scene):

@@ -263,8 +263,6 @@ def step1_figure(
     image size and batches, both under `bench run`'s thread policy (one intra-op thread; step 1 runs there).
     The slice has one scene, so step 1 holds nothing out and runs its batches only. Best of `repeats`,
     interleaved, after an untimed batch of each (oneDNN builds its kernels)."""
-    from torch.nn import functional as F
-
     from methods.sdft import STEP1_DEFAULTS, train_step1
 
     n = batch_size * batches
@@ -275,33 +273,17 @@ def step1_figure(
     groups = np.full(len(part), "one scene", dtype=object)
     opts = {**STEP1_DEFAULTS, "epochs": 1, "batch_size": batch_size}
 
-    def fresh():
-        model = create_backbone(backbone, pretrained=True)
-        model.reset_classifier(10)
-        return model.to(device)
-
     def suite():
         started = time.perf_counter()
-        train_step1(fresh(), part, labels, groups, opts, 0, lambda m: None, device=device)
+        train_step1(_fresh_classifier(backbone, device), part, labels, groups, opts, 0, lambda m: None, device=device)
         return len(part) / (time.perf_counter() - started)
 
     def bare():
-        model = fresh().train()
-        opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
-        y = torch.from_numpy(labels).to(device)
-        started = time.perf_counter()
-        for start in range(0, len(part), batch_size):
-            x = normalize(torch.from_numpy(part[start : start + batch_size]).to(device))
-            loss = F.cross_entropy(model(x), y[start : start + batch_size])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return len(part) / (time.perf_counter() - started)
+        return _bare_training_rate(_fresh_classifier(backbone, device).train(), part, labels, batch_size, opts, device)
 
-    ours, raw = [], []
     with thread_policy(os.cpu_count() or 1):
         train_step1(
-            fresh(),
+            _fresh_classifier(backbone, device),
             part[: 2 * batch_size],
             labels[: 2 * batch_size],
             groups[: 2 * batch_size],
@@ -310,9 +292,7 @@ def step1_figure(
             lambda m: None,
             device=device,
         )  # warm-up
-        for r in range(repeats):
-            for side in (suite, bare) if r % 2 == 0 else (bare, suite):
-                (ours if side is suite else raw).append(side())
+        ours, raw = _interleaved(suite, bare, repeats)
     size = images.shape[-1]
     return Figure(
         f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size}",
@@ -322,6 +302,40 @@ def step1_figure(
         max(ours) / max(raw),
         f"{len(part)} images, one intra-op thread as in bench run; target >= 0.8x",
     )
+
+
+def _fresh_classifier(backbone: str, device: torch.device):
+    """The pretrained backbone with a new 10-class head, as step 1 trains it."""
+    model = create_backbone(backbone, pretrained=True)
+    model.reset_classifier(10)
+    return model.to(device)
+
+
+def _bare_training_rate(model, part: np.ndarray, labels: np.ndarray, batch_size: int, opts: dict, device) -> float:
+    """Images per second of a bare forward + backward + AdamW pass over `part` (step 1's learning rate and weight
+    decay; no augmentation, no schedule)."""
+    from torch.nn import functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
+    y = torch.from_numpy(labels).to(device)
+    started = time.perf_counter()
+    for start in range(0, len(part), batch_size):
+        x = normalize(torch.from_numpy(part[start : start + batch_size]).to(device))
+        loss = F.cross_entropy(model(x), y[start : start + batch_size])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return len(part) / (time.perf_counter() - started)
+
+
+def _interleaved(first, second, repeats: int) -> tuple[list, list]:
+    """`repeats` results of each of two timings, run in turns with the order swapped every round (neither side
+    always runs on a machine the other has just warmed)."""
+    a, b = [], []
+    for r in range(repeats):
+        for side in (first, second) if r % 2 == 0 else (second, first):
+            (a if side is first else b).append(side())
+    return a, b
 
 
 def ray_figure(
@@ -643,8 +657,8 @@ def sandbox_figures(
     """What `--isolate` costs for one method: its start-up (describe, prepare in the sandbox, a second process
     prepared from the cache) against preparing it here, and its episodes per second (a fresh fork per episode)
     against the local executor on the same episodes; and whether their answers agree."""
-    from benchmark.runner import Answered, method_cache, method_context
-    from benchmark.sandbox import Placement, SandboxExecutor, describe_isolated, same_answers
+    from benchmark.runner import method_context
+    from benchmark.sandbox import same_answers
 
     handles = RowHandles.of_table(task.table)
     blind = task.episodes(*shape, episodes, seed=0).blind(handles)
@@ -657,21 +671,10 @@ def sandbox_figures(
         started = time.perf_counter()
         local = [a.scores for a in episode_answers(method, blind, pending, 0, method_name)]
         local_rate = episodes / (time.perf_counter() - started)
-    hidden = [cache.root, Path.home()]
-    started = time.perf_counter()
-    proxy = describe_isolated(
-        method_name, {}, Placement(True, cache.folder("methods", "describe").root, tuple(hidden), str(device))
+    start, isolated, seconds = _isolated_answers(
+        task, cache, handles, method_name, (blind, pending), backbone, image_size, device
     )
-    executor = SandboxExecutor(hidden, Answered)
-    given = handed(task, cache, backbone, image_size, type(proxy).consumes, device=device, handles=handles)
-    executor.prepare(proxy, given, method_cache(cache, proxy).root, backbone, image_size, 0, str(device))
-    start = time.perf_counter() - started
-    try:
-        started = time.perf_counter()
-        isolated = [a.scores for a in executor.answers(proxy, blind, pending, 0, method_name)]
-        rate = episodes / (time.perf_counter() - started)
-    finally:
-        executor.close()
+    rate = episodes / seconds
     same = all(same_answers(a if a.ndim == 2 else a[0], b if b.ndim == 2 else b[0]) for a, b in zip(local, isolated))
     return [
         Figure(
@@ -691,3 +694,27 @@ def sandbox_figures(
             f"{episodes} episodes; {'the same answers' if same else 'ANSWERS DIFFER'}",
         ),
     ]
+
+
+def _isolated_answers(task: Task, cache: Cache, handles, method_name: str, episodes, backbone, image_size, device):
+    """The method under --isolate, the cache and the home folder hidden: (seconds to describe and prepare it in
+    the sandbox, its scores for `episodes` = (blind episodes, the pending ones), seconds those answers took)."""
+    from benchmark.runner import Answered, method_cache
+    from benchmark.sandbox import Placement, SandboxExecutor, describe_isolated
+
+    blind, pending = episodes
+    hidden = [cache.root, Path.home()]
+    started = time.perf_counter()
+    proxy = describe_isolated(
+        method_name, {}, Placement(True, cache.folder("methods", "describe").root, tuple(hidden), str(device))
+    )
+    executor = SandboxExecutor(hidden, Answered)
+    given = handed(task, cache, backbone, image_size, type(proxy).consumes, device=device, handles=handles)
+    executor.prepare(proxy, given, method_cache(cache, proxy).root, backbone, image_size, 0, str(device))
+    start = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        isolated = [a.scores for a in executor.answers(proxy, blind, pending, 0, method_name)]
+        return start, isolated, time.perf_counter() - started
+    finally:
+        executor.close()

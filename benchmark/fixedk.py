@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.results import WEIGHTS_COLUMNS, Schema, read_results
+from benchmark.columns import CONDITIONS, FIXED_K_COLUMNS, WEIGHTS_COLUMNS
+from benchmark.results import Schema, read_results
 from benchmark.runner import BenchConfig, prepared_by
 from benchmark.scoring import score_fixed_k
 from benchmark.stats import summarize
@@ -32,52 +33,12 @@ from tasks.protocols import (
 )
 from tasks.registry import Task
 
-FIXED_V3 = (
-    "schema",
-    "protocol",
-    "task",
-    "source",
-    "data",
-    "method",
-    "method_version",
-    "config",
-    "shots",
-    "seed",
-    "n_train",
-    "n_test",
-    "accuracy",
-    "weighted_f1",
-    "macro_f1",
-    "seconds",
-    "backbone",
-    "image_size",
-    "preprocessing",
-    "device",
-    "git_commit",
-    "versions",
-    "timestamp",
-    "draw",
-    "capped",
-)
 FIXED_K = Schema(
     name="fixed-K results",
-    # device: where the networks ran; draw: random or Mars-Bench's K-shot list; capped: classes with fewer than
-    # K images
     version=5,
-    columns=FIXED_V3 + WEIGHTS_COLUMNS,
+    columns=FIXED_K_COLUMNS,
     measurement=("protocol", "task", "method", "shots"),
-    conditions=(
-        "source",
-        "data",
-        "method_version",
-        "config",
-        "backbone",
-        "image_size",
-        "preprocessing",
-        "device",
-        "draw",
-        *WEIGHTS_COLUMNS,
-    ),
+    conditions=(*CONDITIONS, "draw", *WEIGHTS_COLUMNS),
     unit="seed",
     unit_fractions=("accuracy", "weighted_f1", "macro_f1"),
     counts={"protocol": 1, "shots": 1, "seed": 0, "n_train": 1, "n_test": 1, "image_size": 1, "method_version": 0},

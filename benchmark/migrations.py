@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.columns import CRATER_COLUMNS, EPISODE_COLUMNS, FIXED_K_COLUMNS, WEIGHTS_COLUMNS
 from common.errors import UserError
 
 
@@ -327,60 +328,18 @@ def crater_facts(path: Path, rows: list[dict], facts: Facts) -> str:
 DEVICE_LACK = "the device they were made on"
 WEIGHTS_LACK = "the digest of their backbone's weights, whether their method is transductive or whether it ran isolated"
 SDFT_LACK = "sdft's options at the paper's values (their sdft configs left them out)"
-WEIGHTS = ("weights", "transductive", "isolated")
 
-EPISODES_V1 = (
-    "schema",
-    "task",
-    "method",
-    "config",
-    "shots",
-    "ways",
-    "queries",
-    "seed",
-    "manifest",
-    "episode",
-    "classes",
-    "accuracy",
-    "macro_f1",
-    "class_accuracy",
-    "n_query",
-    "seconds",
-    "backbone",
-    "image_size",
-    "git_commit",
-    "versions",
-    "timestamp",
-)
-EPISODES_V2 = (
-    "schema",
-    "task",
-    "source",
-    "data",
-    "method",
-    "method_version",
-    "config",
-    "shots",
-    "ways",
-    "queries",
-    "seed",
-    "manifest",
-    "episode",
-    "classes",
-    "accuracy",
-    "macro_f1",
-    "class_accuracy",
-    "n_query",
-    "seconds",
-    "backbone",
-    "image_size",
-    "preprocessing",
-    "git_commit",
-    "versions",
-    "timestamp",
-)
-EPISODES_V3 = EPISODES_V2[:22] + ("device",) + EPISODES_V2[22:]
-EPISODES_V4 = EPISODES_V3 + WEIGHTS
+
+def without(columns: tuple[str, ...], *added: str) -> tuple[str, ...]:
+    """The header of the version before a step that added the columns `added` to `columns`."""
+    return tuple(c for c in columns if c not in added)
+
+
+# Every older header, from the current one back: each step's columns taken out again.
+EPISODES_V4 = EPISODE_COLUMNS  # version 5 completed sdft rows' config, and kept the header
+EPISODES_V3 = without(EPISODES_V4, *WEIGHTS_COLUMNS)
+EPISODES_V2 = without(EPISODES_V3, "device")
+EPISODES_V1 = without(EPISODES_V2, "source", "data", "method_version", "preprocessing")
 
 EPISODES = History(
     "episode results",
@@ -400,32 +359,9 @@ EPISODES = History(
     current=EPISODES_V4,
 )
 
-FIXED_V2 = (
-    "schema",
-    "protocol",
-    "task",
-    "source",
-    "data",
-    "method",
-    "method_version",
-    "config",
-    "shots",
-    "seed",
-    "n_train",
-    "n_test",
-    "accuracy",
-    "weighted_f1",
-    "macro_f1",
-    "seconds",
-    "backbone",
-    "image_size",
-    "preprocessing",
-    "git_commit",
-    "versions",
-    "timestamp",
-)
-FIXED_V3 = FIXED_V2[:19] + ("device",) + FIXED_V2[19:] + ("draw", "capped")
-FIXED_V4 = FIXED_V3 + WEIGHTS
+FIXED_V4 = FIXED_K_COLUMNS  # version 5 completed sdft rows' config, and kept the header
+FIXED_V3 = without(FIXED_V4, *WEIGHTS_COLUMNS)
+FIXED_V2 = without(FIXED_V3, "device", "draw", "capped")
 
 FIXED_K = History(
     "fixed-K results",
@@ -442,45 +378,13 @@ FIXED_K = History(
     current=FIXED_V4,
 )
 
-CRATERS_V1 = (
-    "method",
-    "shots",
-    "seed",
-    "smoothing",
-    "strength",
-    "precision",
-    "recall",
-    "f1",
-    "tp",
-    "fp",
-    "fn",
-    "positives",
-    "scored",
-    "ambiguous",
-    "predicted_crater_fraction",
-    "strict_precision",
-    "strict_recall",
-    "strict_f1",
-    "method_seed",
-    "map_seconds",
-    "prepare_seconds",
-    "window",
-    "stride",
-    "image_size",
+CRATERS_V5 = without(CRATER_COLUMNS, "schema")
+CRATERS_V4 = without(CRATERS_V5, *WEIGHTS_COLUMNS)
+CRATERS_V3 = without(
+    CRATERS_V4, "task", "data", "scene", "backbone", "preprocessing", "method_version", "config", "git_commit"
 )
-CRATERS_V2 = CRATERS_V1 + ("device",)
-CRATERS_V3 = CRATERS_V2 + ("source",)
-CRATERS_V4 = CRATERS_V3 + (
-    "task",
-    "data",
-    "scene",
-    "backbone",
-    "preprocessing",
-    "method_version",
-    "config",
-    "git_commit",
-)
-CRATERS_V5 = CRATERS_V4 + WEIGHTS
+CRATERS_V2 = without(CRATERS_V3, "source")
+CRATERS_V1 = without(CRATERS_V2, "device")
 CRATER_FACTS = " --task NAME --backbone NAME --data-dir DIR"
 CRATER_WHY = "the task and backbone its .md names, DIR the data they were made on"
 
@@ -500,7 +404,7 @@ CRATERS = History(
         Step(4, CRATERS_V4, WEIGHTS_LACK, weights_digest_column),
         Step(5, CRATERS_V5, f"their schema version, nor {SDFT_LACK}", sdft_full_config),
     ),
-    current=CRATERS_V5 + ("schema",),
+    current=CRATER_COLUMNS,
 )
 
 HISTORIES = {h.table: h for h in (EPISODES, FIXED_K, CRATERS)}

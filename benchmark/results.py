@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.columns import CONDITIONS, EPISODE_COLUMNS, WEIGHTS_COLUMNS
 from benchmark.defaults import SEED_MAX
 from benchmark.migrations import history
 from common.errors import UserError
@@ -176,56 +177,12 @@ def check_episode_rows(frame: pd.DataFrame, path: Path) -> None:
 # A row's timestamp as the harness writes it: datetime.now(timezone.utc).isoformat(timespec="seconds").
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)"
 
-# A row's backbone weights (the digest of their content, methods.backbones.weights_digest), whether its method
-# reads its query's features (methods.base.FewShotMethod.transductive) and whether it ran in a sandbox
-# (`--isolate`, benchmark/sandbox.py): conditions of every table's key, so that two checkpoints of one
-# architecture never share rows, and an isolated run never takes rows made in the harness's process for its own.
-WEIGHTS_COLUMNS = ("weights", "transductive", "isolated")
 EPISODES = Schema(
     name="episode results",
     version=5,
-    columns=(
-        "schema",
-        "task",
-        "source",
-        "data",
-        "method",
-        "method_version",
-        "config",
-        "shots",
-        "ways",
-        "queries",
-        "seed",
-        "manifest",
-        "episode",
-        "classes",
-        "accuracy",
-        "macro_f1",
-        "class_accuracy",
-        "n_query",
-        "seconds",
-        "backbone",
-        "image_size",
-        "preprocessing",
-        "device",
-        "git_commit",
-        "versions",
-        "timestamp",
-        *WEIGHTS_COLUMNS,
-    ),
+    columns=EPISODE_COLUMNS,
     measurement=("task", "method", "shots", "ways", "queries", "manifest"),
-    # device: a GPU's numbers differ from a CPU's in the last bits (methods/devices.py), so they never mix
-    conditions=(
-        "source",
-        "data",
-        "method_version",
-        "config",
-        "backbone",
-        "image_size",
-        "preprocessing",
-        "device",
-        *WEIGHTS_COLUMNS,
-    ),
+    conditions=CONDITIONS + WEIGHTS_COLUMNS,
     unit="episode",
     unit_fractions=("accuracy", "macro_f1"),
     counts={

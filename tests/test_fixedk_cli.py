@@ -230,7 +230,8 @@ def test_rows_at_another_image_size_or_from_other_code_are_not_this_runs(dirs, t
 
 def test_schema_3_rows_are_migrated_with_the_weights_digest_and_every_field_kept(dirs, tmp_path, capsys):
     from benchmark.commands.migrate import migrate_file
-    from benchmark.fixedk import FIXED_K, FIXED_V3
+    from benchmark.fixedk import FIXED_K
+    from benchmark.migrations import FIXED_V3
     from benchmark.results import read_results
     from common.errors import UserError
 

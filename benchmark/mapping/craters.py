@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.results import WEIGHTS_COLUMNS, Schema
+from benchmark.columns import CRATER_COLUMNS, WEIGHTS_COLUMNS, names
+from benchmark.results import Schema
 from benchmark.scoring import binary_scores
 from benchmark.stats import paired_difference, summarize
 from benchmark.stats import pm as stats_pm
@@ -168,62 +169,12 @@ def outcome_figure(
 # The per-seed rows of `bench craters run` (results/ctx-craters.csv), appended under benchmark.results' lock.
 CRATERS = Schema(
     name="crater map scores",
-    # A row holds what else determines it, as `bench run`'s rows do (runner.method_conditions): the base task,
-    # its data identity, the CTX scene's identity (tiles and crater file), backbone, preprocessing, method
-    # version and config; and the git commit that made it (other code: refused unless --reuse-stale)
     version=6,
-    columns=(
-        "method",
-        "shots",
-        "seed",
-        "smoothing",
-        "strength",
-        "precision",
-        "recall",
-        "f1",
-        "tp",
-        "fp",
-        "fn",
-        "positives",
-        "scored",
-        "ambiguous",
-        "predicted_crater_fraction",
-        "strict_precision",
-        "strict_recall",
-        "strict_f1",
-        "method_seed",
-        "map_seconds",
-        "prepare_seconds",
-        "window",
-        "stride",
-        "image_size",
-        "device",
-        "source",
-        "task",
-        "data",
-        "scene",
-        "backbone",
-        "preprocessing",
-        "method_version",
-        "config",
-        "git_commit",
-        *WEIGHTS_COLUMNS,
-        "schema",
-    ),
+    columns=CRATER_COLUMNS,
     # task and source: what the methods pre-train on, as asked (`--task`, `--source`)
     measurement=("task", "source", "method", "shots", "smoothing", "strength"),
     conditions=(
-        "data",
-        "scene",
-        "backbone",
-        "image_size",
-        "preprocessing",
-        "method_version",
-        "config",
-        "method_seed",
-        "window",
-        "stride",
-        "device",
+        *names("data scene backbone image_size preprocessing method_version config method_seed window stride device"),
         *WEIGHTS_COLUMNS,
     ),
     unit="seed",

@@ -9,18 +9,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmark import runner
-from benchmark.pipeline import Plan, Protocol, Run, run
+from benchmark.pipeline import Plan, Run, run
+from benchmark.protocols import TaskProtocol
 from benchmark.results import EPISODES, SCHEMA_VERSION, check_results_path, set_aside_path
 from benchmark.scoring import MethodFailed, ScoreError
 from methods.base import handed
-from methods.cache import Cache
 from methods.devices import device_name
 from methods.progress import SILENT, Progress
 from tasks.handles import RowHandles
-from tasks.registry import load_task
 
 
-class Episodes(Protocol):
+class Episodes(TaskProtocol):
     """A unit is one episode of a (method, shots) stream; runner.RunConfig holds the settings."""
 
     schema = EPISODES
@@ -28,17 +27,7 @@ class Episodes(Protocol):
 
     def setup(self, progress: Progress) -> Path:
         config = self.config
-        self.cache = Cache(config.cache_dir)
-        self.task = load_task(
-            config.task,
-            config.data_dir,
-            source=config.source,
-            split=config.split,
-            image_size=config.image_size,
-            source_disjoint=config.source_disjoint,
-        )
-        self.out = config.results_path()
-        self.methods = runner.created_methods(config, self.cache, self.out)  # an unknown method or option fails first
+        self.open_task(split=config.split)
         self.episode_sets = {
             k: self.task.episodes(config.n_way, k, config.n_query, config.episodes, config.seed) for k in config.shots
         }  # infeasible (N, K, Q) fails here, before any work

@@ -9,31 +9,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmark import fixedk, runner
-from benchmark.pipeline import Plan, Protocol, Run, run
+from benchmark.pipeline import Plan, Run, run
+from benchmark.protocols import TaskProtocol
 from benchmark.results import check_results_path
-from methods.cache import Cache
 from methods.progress import SILENT, Progress
 from tasks.protocols import PROTOCOL_VERSION, fixed_k_draw, fixed_k_pools, pretraining_pool
-from tasks.registry import load_task
 
 
-class FixedK(Protocol):
+class FixedK(TaskProtocol):
     """A unit is one seed's draw of a (method, shots); fixedk.FixedKConfig holds the settings."""
 
     schema = fixedk.FIXED_K
 
     def setup(self, progress: Progress) -> Path:
         config = self.config
-        self.cache = Cache(config.cache_dir)
-        self.task = load_task(
-            config.task,
-            config.data_dir,
-            source=config.source,
-            image_size=config.image_size,
-            source_disjoint=config.source_disjoint,
-        )
-        self.out = config.results_path()
-        self.methods = runner.created_methods(config, self.cache, self.out)  # an unknown method or option fails first
+        self.open_task()
         self.pools = fixed_k_pools(self.task)  # once for every method and shots
         fixedk.check_shots_feasible(self.task, config.shots, config.cap, self.pools)
         check_results_path(self.out, fixedk.FIXED_K)

@@ -32,10 +32,40 @@ def published_name(task: str) -> str:
     return ""
 
 
+# The fixed-K columns `comparison` reads, with their types (read_fixedk gives text).
+FIXEDK_TYPES = (
+    ("shots", int),
+    ("seed", int),
+    ("accuracy", float),
+    ("weighted_f1", float),
+    ("seconds", float),
+    ("n_train", int),
+    ("n_test", int),
+)
+
+
 def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
     """(title, lines) per (task, shots) of the fixed-K files whose dataset Mars-Bench publishes numbers for:
     marsfsl's rows (mean ± 95% CI over seeds) first, then the published rows, each marked."""
-    from benchmark.fixedk import read_fixedk, summarize_over_seeds
+    from benchmark.fixedk import summarize_over_seeds
+
+    rows = read_fixedk_files(fixedk_paths)
+    reference = published_rows()
+    out = []
+    for task, g in rows.groupby("task", sort=True):
+        name = published_name(str(task))
+        theirs = reference[reference["dataset"] == name] if name else reference.iloc[:0]
+        summary = summarize_over_seeds(g.drop(columns=["task"]).assign(method=entries(g)))
+        for shots, s in summary.groupby("shots", sort=True):
+            at_k = theirs[theirs["shots"] == shots]
+            lines = our_lines(s) + published_lines(at_k)
+            out.append((f"{task}: fixed-K {shots}-shot, weighted F1{shots_note(name, shots, at_k, s)}", lines))
+    return out
+
+
+def read_fixedk_files(fixedk_paths) -> pd.DataFrame:
+    """The rows of every fixed-K file, typed; a one-line refusal for a missing file or no rows at all."""
+    from benchmark.fixedk import read_fixedk
 
     frames = []
     for path in fixedk_paths:
@@ -45,56 +75,52 @@ def comparison(fixedk_paths) -> list[tuple[str, list[list[str]]]]:
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if rows.empty:
         raise UserError("the fixed-K files hold no rows; run `bench fixedk` first")
-    for column, kind in (
-        ("shots", int),
-        ("seed", int),
-        ("accuracy", float),
-        ("weighted_f1", float),
-        ("seconds", float),
-        ("n_train", int),
-        ("n_test", int),
-    ):
+    for column, kind in FIXEDK_TYPES:
         rows[column] = rows[column].astype(kind)
-    reference = published_rows()
-    out = []
-    for task, g in rows.groupby("task", sort=True):
-        name = published_name(str(task))
-        theirs = reference[reference["dataset"] == name] if name else reference.iloc[:0]
-        summary = summarize_over_seeds(g.drop(columns=["task"]).assign(method=entries(g)))
-        for shots, s in summary.groupby("shots", sort=True):
-            lines = [
-                [
-                    "marsfsl",
-                    r["method"],
-                    pm(r["weighted_f1"], r["weighted_f1_ci95"], digits=1, undefined="n/a"),
-                    str(r["seeds"]),
-                    "this run",
-                ]
-                for _, r in s.sort_values("weighted_f1", ascending=False).iterrows()
-            ]
-            at_k = theirs[theirs["shots"] == shots]
-            lines += [
-                [
-                    "published",
-                    f"{r['backbone']} ({r['training']})",
-                    f"{100 * r['weighted_f1_mean']:.1f}",
-                    str(r["seeds"]),
-                    r["source"],
-                ]
-                for _, r in at_k.iterrows()
-            ]
-            note = (
-                f" beside Mars-Bench's published {name}"
-                if len(at_k)
-                else f" (Mars-Bench publishes no {shots}-shot number for {name})"
-                if name
-                else " (Mars-Bench publishes no numbers for this dataset)"
-            )
-            capped = sorted({c for value in s["capped"] for c in str(value).split("|") if c and c != "nan"})
-            if capped:  # such a class trained on fewer than K images: the row is not a plain K-shot number
-                note += f"; capped (fewer than {shots} training images, all taken): {', '.join(capped)}"
-            out.append((f"{task}: fixed-K {shots}-shot, weighted F1{note}", lines))
-    return out
+    return rows
+
+
+def our_lines(summary: pd.DataFrame) -> list[list[str]]:
+    """marsfsl's lines of one (task, shots): one per entry, best weighted F1 first."""
+    return [
+        [
+            "marsfsl",
+            r["method"],
+            pm(r["weighted_f1"], r["weighted_f1_ci95"], digits=1, undefined="n/a"),
+            str(r["seeds"]),
+            "this run",
+        ]
+        for _, r in summary.sort_values("weighted_f1", ascending=False).iterrows()
+    ]
+
+
+def published_lines(at_k: pd.DataFrame) -> list[list[str]]:
+    """Mars-Bench's published lines of one (dataset, shots), with their source."""
+    return [
+        [
+            "published",
+            f"{r['backbone']} ({r['training']})",
+            f"{100 * r['weighted_f1_mean']:.1f}",
+            str(r["seeds"]),
+            r["source"],
+        ]
+        for _, r in at_k.iterrows()
+    ]
+
+
+def shots_note(name: str, shots: int, at_k: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """The title's ending for one (task, shots): what Mars-Bench publishes for it, and the capped classes."""
+    note = (
+        f" beside Mars-Bench's published {name}"
+        if len(at_k)
+        else f" (Mars-Bench publishes no {shots}-shot number for {name})"
+        if name
+        else " (Mars-Bench publishes no numbers for this dataset)"
+    )
+    capped = sorted({c for value in summary["capped"] for c in str(value).split("|") if c and c != "nan"})
+    if capped:  # such a class trained on fewer than K images: the row is not a plain K-shot number
+        note += f"; capped (fewer than {shots} training images, all taken): {', '.join(capped)}"
+    return note
 
 
 def entries(rows: pd.DataFrame) -> pd.Series:

@@ -72,33 +72,25 @@ def tie_ranks(order: list[str], tied) -> dict[str, int]:
     return ranks
 
 
-def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 0.95) -> pd.DataFrame:
-    """One line per method for the rows of ONE episode stream (one task, ways, shots, queries, manifest).
+def _comparison_columns(by: str) -> list[str]:
+    """compare_methods' columns, in order."""
+    return [
+        by,
+        "rank",
+        "episodes",
+        "accuracy",
+        "accuracy_ci95",
+        "delta",
+        "delta_ci95",
+        "paired",
+        "macro_f1",
+        "macro_f1_ci95",
+        "seconds",
+    ]
 
-    Columns: `by`, episodes, accuracy, accuracy_ci95, macro_f1, macro_f1_ci95, delta (mean paired difference
-    in accuracy to the best method, on the episodes both answered; 0 for the best), delta_ci95, paired (the
-    number of those shared episodes), rank (see `tie_ranks`), seconds (mean per episode). Sorted by rank,
-    then mean accuracy. Each (method, episode) must occur once.
-    """
-    if rows.empty:
-        return pd.DataFrame(
-            columns=[
-                by,
-                "rank",
-                "episodes",
-                "accuracy",
-                "accuracy_ci95",
-                "delta",
-                "delta_ci95",
-                "paired",
-                "macro_f1",
-                "macro_f1_ci95",
-                "seconds",
-            ]
-        )
-    if rows.duplicated([by, "episode"]).any():
-        raise ValueError("compare_methods: a (method, episode) pair occurs twice; merge and deduplicate first")
-    acc = rows.pivot(index="episode", columns=by, values="accuracy").sort_index()
+
+def _method_summaries(rows: pd.DataFrame, by: str, confidence: float) -> dict:
+    """Per method (sorted by name): its episode count, mean accuracy and macro F1 with their CIs, mean seconds."""
     records = {}
     for name, g in rows.groupby(by, sort=True):
         a, a_ci = mean_ci(g["accuracy"], confidence)
@@ -112,6 +104,12 @@ def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 
             "macro_f1_ci95": f_ci,
             "seconds": float(g["seconds"].mean()) if "seconds" in g else math.nan,
         }
+    return records
+
+
+def _rank_against_best(records: dict, acc: pd.DataFrame, confidence: float) -> list:
+    """The methods best mean accuracy first; in place, each record gets its paired difference to the best
+    (delta, delta_ci95, paired) and its rank (`tie_ranks`). `acc`: accuracy per episode (rows) and method."""
     order = sorted(records, key=lambda m: (-records[m]["accuracy"], m))
     cache: dict[tuple[str, str], tuple[float, float, int]] = {}
 
@@ -130,22 +128,27 @@ def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 
     ranks = tie_ranks(order, lambda m, leader: _includes_zero(*diff(m, leader)[:2]))
     for m in order:
         records[m]["rank"] = ranks[m]
+    return order
+
+
+def compare_methods(rows: pd.DataFrame, by: str = "method", confidence: float = 0.95) -> pd.DataFrame:
+    """One line per method for the rows of ONE episode stream (one task, ways, shots, queries, manifest).
+
+    Columns: `by`, episodes, accuracy, accuracy_ci95, macro_f1, macro_f1_ci95, delta (mean paired difference
+    in accuracy to the best method, on the episodes both answered; 0 for the best), delta_ci95, paired (the
+    number of those shared episodes), rank (see `tie_ranks`), seconds (mean per episode). Sorted by rank,
+    then mean accuracy. Each (method, episode) must occur once.
+    """
+    if rows.empty:
+        return pd.DataFrame(columns=_comparison_columns(by))
+    if rows.duplicated([by, "episode"]).any():
+        raise ValueError("compare_methods: a (method, episode) pair occurs twice; merge and deduplicate first")
+    acc = rows.pivot(index="episode", columns=by, values="accuracy").sort_index()
+    records = _method_summaries(rows, by, confidence)
+    order = _rank_against_best(records, acc, confidence)
     table = pd.DataFrame([records[m] for m in order])
     table = table.sort_values(["rank", "accuracy", by], ascending=[True, False, True], kind="stable")
-    columns = [
-        by,
-        "rank",
-        "episodes",
-        "accuracy",
-        "accuracy_ci95",
-        "delta",
-        "delta_ci95",
-        "paired",
-        "macro_f1",
-        "macro_f1_ci95",
-        "seconds",
-    ]
-    return table[columns].reset_index(drop=True)
+    return table[_comparison_columns(by)].reset_index(drop=True)
 
 
 def class_accuracy(rows: pd.DataFrame, by: str = "method", confidence: float = 0.95) -> pd.DataFrame:

@@ -143,6 +143,72 @@ def step1_timing_key(backbone: str, image_size: int, device: torch.device = CPU)
     return cache_key("sdft-step1-time", platform.node(), backbone, image_size, *device_key(device))
 
 
+def step1_optimiser(model: nn.Module, opts: dict, n_train: int):
+    """(AdamW, its per-batch cosine schedule over every epoch) for step 1 on `n_train` images."""
+    opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
+    steps_per_epoch = max(1, int(np.ceil(n_train / opts["batch_size"])))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts["epochs"] * steps_per_epoch)
+    return opt, schedule
+
+
+def step1_epoch(
+    model: nn.Module,
+    images: np.ndarray,
+    y: torch.Tensor,
+    train: np.ndarray,
+    opt,
+    schedule,
+    gen: torch.Generator,
+    opts: dict,
+    epoch: int,
+    progress: Progress,
+    device: torch.device,
+) -> float:
+    """One epoch of step 1 over the `train` positions in an order drawn from `gen`; its mean training loss."""
+    model.train()
+    order = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
+    total, count = 0.0, 0
+    starts = range(0, len(order), opts["batch_size"])
+    with progress.bar(
+        f"sdft step 1: epoch {epoch}/{opts['epochs']}, batches of {opts['batch_size']}", len(starts)
+    ) as advance:
+        for start in starts:
+            batch = order[start : start + opts["batch_size"]]
+            if len(batch) >= 2:  # batch norm needs two samples
+                x = augment_batch(torch.from_numpy(images[batch.numpy()]).to(device).float() / 255.0, gen)
+                loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch.to(device)])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                schedule.step()
+                total += loss.item() * len(batch)
+                count += len(batch)
+            advance(1)
+    return total / max(count, 1)
+
+
+def held_out_accuracy(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    val: np.ndarray,
+    epoch: int,
+    progress: Progress,
+    device: torch.device,
+) -> float:
+    """Step 1's accuracy on the held-out positions `val` after `epoch`; NaN where nothing is held out."""
+    if not len(val):
+        return float("nan")
+    logits = run_model(
+        model,
+        images[val],
+        progress=progress,
+        description=f"sdft step 1: epoch {epoch} held-out images",
+        device=device,
+    )
+    return float((logits.argmax(1) == labels[val]).mean())
+
+
 def train_step1(
     model: nn.Module,
     images: np.ndarray,
@@ -162,52 +228,22 @@ def train_step1(
     train, val = step1_split(labels, groups, opts["val_folds"], seed)
     model.to(device)
     y = torch.from_numpy(labels).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
-    steps_per_epoch = max(1, int(np.ceil(len(train) / opts["batch_size"])))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts["epochs"] * steps_per_epoch)
+    opt, schedule = step1_optimiser(model, opts, len(train))
     best_acc, best_state, history, stale = -1.0, None, [], 0
     for epoch in range(1, opts["epochs"] + 1):
         started = time.perf_counter()
-        model.train()
-        order = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
-        total, count = 0.0, 0
-        starts = range(0, len(order), opts["batch_size"])
-        with progress.bar(
-            f"sdft step 1: epoch {epoch}/{opts['epochs']}, batches of {opts['batch_size']}", len(starts)
-        ) as advance:
-            for start in starts:
-                batch = order[start : start + opts["batch_size"]]
-                if len(batch) >= 2:  # batch norm needs two samples
-                    x = augment_batch(torch.from_numpy(images[batch.numpy()]).to(device).float() / 255.0, gen)
-                    loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch.to(device)])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    schedule.step()
-                    total += loss.item() * len(batch)
-                    count += len(batch)
-                advance(1)
-        if len(val):
-            logits = run_model(
-                model,
-                images[val],
-                progress=progress,
-                description=f"sdft step 1: epoch {epoch} held-out images",
-                device=device,
-            )
-            acc = float((logits.argmax(1) == labels[val]).mean())
-        else:
-            acc = float("nan")
+        loss = step1_epoch(model, images, y, train, opt, schedule, gen, opts, epoch, progress, device)
+        acc = held_out_accuracy(model, images, labels, val, epoch, progress, device)
         history.append(
             {
                 "epoch": epoch,
-                "loss": total / max(count, 1),
+                "loss": loss,
                 "val_accuracy": acc,
                 "seconds": time.perf_counter() - started,
             }
         )
         log(
-            f"sdft step 1: epoch {epoch}/{opts['epochs']} loss {total / max(count, 1):.3f} "
+            f"sdft step 1: epoch {epoch}/{opts['epochs']} loss {loss:.3f} "
             f"held-out accuracy {acc:.3f} ({time.perf_counter() - started:.0f} s)"
         )
         if not len(val) or acc > best_acc:
@@ -384,71 +420,80 @@ class SDFT(FewShotMethod):
         model = create_backbone(ctx.backbone, pretrained=True)
         check_splittable(model)  # before step 1 trains a network it cannot cut
         if step1_key is not None:
-            base_idx, base_labels = ctx.base_pool()
-            base_classes, dense = np.unique(base_labels, return_inverse=True)
-            with torch.random.fork_rng(devices=[]):  # the new head's initial weights come from the run's seed,
-                torch.manual_seed(ctx.seed)  # not from whatever drew on torch's global generator before
-                model.reset_classifier(len(base_classes))
-            key = step1_key
-
-            def compute():
-                timing = step1_timing_key(backbone_name(ctx.backbone), ctx.image_size, ctx.device)
-                forecast = step1_forecast(ctx.cache.note("timings", timing), len(base_idx), self.opts, ctx.image_size)
-                ctx.progress.log(
-                    f"sdft step 1: fine-tuning {backbone_name(ctx.backbone)} on {len(base_idx)} base images, "
-                    f"{len(base_classes)} classes (cached as {key}); {forecast}"
-                )
-                started = time.perf_counter()
-                state, history = train_step1(
-                    model,
-                    images()[base_idx],
-                    dense.astype(np.int64),
-                    ctx.base_groups(),
-                    self.opts,
-                    ctx.seed,
-                    ctx.progress.log,
-                    ctx.progress,
-                    ctx.device,
-                )
-                ctx.cache.put_note(
-                    "timings",
-                    timing,
-                    {
-                        "seconds": time.perf_counter() - started,
-                        "images": len(base_idx),
-                        "epochs": len(history),
-                        "image_epochs": len(base_idx) * len(history),
-                    },
-                )
-                return state
-
-            state, cached = ctx.cache.state_dict("sdft-step1", key, compute)
-            if cached:
-                ctx.progress.log(f"sdft step 1: cache hit ({key}), skipping training")
-            model.load_state_dict(state)
-            if self.opts["mix"] != 1.0:
-                mix_weights(model, create_backbone(ctx.backbone, pretrained=True), self.opts["mix"])
+            self.load_step1(ctx, model, images, step1_key)
         model.reset_classifier(0)
         bottom, top = split_top(model, self.opts["top_blocks"])
-        views = self.opts["views"]
-        acts = ctx.cache.array(
-            "sdft-acts",
-            acts_key,
-            lambda: np.concatenate(
-                [
-                    run_model(
-                        bottom,
-                        dihedral_view(images(), view) if view else images(),
-                        progress=ctx.progress,
-                        description="sdft: activations entering the top"
-                        + (f", view {view + 1}/{views}" if views > 1 else ""),
-                        device=ctx.device,
-                    )
-                    for view in range(views)
-                ]
-            ),
-        )
+        acts = ctx.cache.array("sdft-acts", acts_key, lambda: self.top_inputs(ctx, bottom, images()))
         return top, acts
+
+    def load_step1(self, ctx: Context, model: nn.Module, images, key: str) -> None:
+        """In place: `model` becomes the step-1 network cached under `key` (trained on a miss from the base pool's
+        rows of `images()`), mixed with step 0's by `mix`."""
+        base_idx, base_labels = ctx.base_pool()
+        base_classes, dense = np.unique(base_labels, return_inverse=True)
+        with torch.random.fork_rng(devices=[]):  # the new head's initial weights come from the run's seed,
+            torch.manual_seed(ctx.seed)  # not from whatever drew on torch's global generator before
+            model.reset_classifier(len(base_classes))
+        state, cached = ctx.cache.state_dict(
+            "sdft-step1", key, lambda: self.fit_step1(ctx, model, images, base_idx, dense, len(base_classes), key)
+        )
+        if cached:
+            ctx.progress.log(f"sdft step 1: cache hit ({key}), skipping training")
+        model.load_state_dict(state)
+        if self.opts["mix"] != 1.0:
+            mix_weights(model, create_backbone(ctx.backbone, pretrained=True), self.opts["mix"])
+
+    def fit_step1(
+        self, ctx: Context, model: nn.Module, images, base_idx: np.ndarray, dense: np.ndarray, n_classes: int, key: str
+    ) -> dict:
+        """Step 1's state dict, trained now on the base pool (rows `base_idx` of `images()`, classes `dense`);
+        its duration is noted in the cache for the next run's forecast."""
+        timing = step1_timing_key(backbone_name(ctx.backbone), ctx.image_size, ctx.device)
+        forecast = step1_forecast(ctx.cache.note("timings", timing), len(base_idx), self.opts, ctx.image_size)
+        ctx.progress.log(
+            f"sdft step 1: fine-tuning {backbone_name(ctx.backbone)} on {len(base_idx)} base images, "
+            f"{n_classes} classes (cached as {key}); {forecast}"
+        )
+        started = time.perf_counter()
+        state, history = train_step1(
+            model,
+            images()[base_idx],
+            dense.astype(np.int64),
+            ctx.base_groups(),
+            self.opts,
+            ctx.seed,
+            ctx.progress.log,
+            ctx.progress,
+            ctx.device,
+        )
+        ctx.cache.put_note(
+            "timings",
+            timing,
+            {
+                "seconds": time.perf_counter() - started,
+                "images": len(base_idx),
+                "epochs": len(history),
+                "image_epochs": len(base_idx) * len(history),
+            },
+        )
+        return state
+
+    def top_inputs(self, ctx: Context, bottom: nn.Module, images: np.ndarray) -> np.ndarray:
+        """The activations `bottom` gives every image, view after view (view 0: the images as they are)."""
+        views = self.opts["views"]
+        return np.concatenate(
+            [
+                run_model(
+                    bottom,
+                    dihedral_view(images, view) if view else images,
+                    progress=ctx.progress,
+                    description="sdft: activations entering the top"
+                    + (f", view {view + 1}/{views}" if views > 1 else ""),
+                    device=ctx.device,
+                )
+                for view in range(views)
+            ]
+        )
 
     def make_head(self, n_way: int) -> nn.Module:
         if self.head == "cosine":

@@ -303,6 +303,35 @@ def with_source(
     spec = spec if spec in TASKS else src_table.name
     if len(rows) == 0:
         raise UserError(f"--source {spec} has no images to pre-train on")
+    overlap = check_source(task, spec, src_table, rows, keep_out, image_size, disjoint)
+    n = len(task.table)
+    frame, classes = source_appended(task, spec, src_table, rows)
+    table = ImageTable(
+        name=f"{task.table.name}+{spec}", frame=frame, class_names=classes, parts=(task.table, src_table)
+    )
+    return Task(
+        f"{task.name}+{spec}",
+        f"{task.description}; base pool: {spec}",
+        table,
+        np.arange(n, len(frame), dtype=np.int64),
+        np.asarray(task.target, dtype=np.int64),
+        source=spec,
+        plain=task,
+        overlap=overlap,
+    )
+
+
+def check_source(
+    task: Task,
+    spec: str,
+    src_table: ImageTable,
+    rows: np.ndarray,
+    keep_out: Sequence[Path | str],
+    image_size: int,
+    disjoint: bool,
+) -> SceneOverlap | None:
+    """with_source's refusals and notices: shared files or pixels are refused; scenes of the target pool in the
+    source are a notice, refused when `disjoint`. Returns the scene overlap (None: no common scene namespace)."""
     check_shared_files(task, spec, src_table, rows, keep_out)
     check_shared_pixels(task, spec, src_table, rows, image_size)
     overlap = scene_overlap(spec, task.table, task.target, src_table, rows)
@@ -312,7 +341,14 @@ def with_source(
                 f"{overlap.line(task.name)}; --source-disjoint refuses it: choose a source without these scenes"
             )
         notice_once(f"{overlap.line(task.name)}; --source-disjoint refuses such a source")
-    n = len(task.table)
+    return overlap
+
+
+def source_appended(
+    task: Task, spec: str, src_table: ImageTable, rows: np.ndarray
+) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """(frame, class names) of the task's table followed by the source's `rows`, their classes and groups
+    renamed `SPEC/...` and numbered after the task's classes."""
     src = src_table.frame.iloc[rows]
     kept, dense = np.unique(src_table.labels[rows], return_inverse=True)
     frame = pd.concat(
@@ -330,19 +366,7 @@ def with_source(
         ignore_index=True,
     )
     classes = task.class_names + tuple(f"{spec}/{src_table.class_names[c]}" for c in kept)
-    table = ImageTable(
-        name=f"{task.table.name}+{spec}", frame=frame, class_names=classes, parts=(task.table, src_table)
-    )
-    return Task(
-        f"{task.name}+{spec}",
-        f"{task.description}; base pool: {spec}",
-        table,
-        np.arange(n, len(frame), dtype=np.int64),
-        np.asarray(task.target, dtype=np.int64),
-        source=spec,
-        plain=task,
-        overlap=overlap,
-    )
+    return frame, classes
 
 
 def check_shared_files(task: Task, spec: str, src_table: ImageTable, rows: np.ndarray, keep_out) -> None:

@@ -67,8 +67,6 @@ def validation_split(
     the pre-training pool leaves out every row that shares a scene (group) with the slice, so validation
     episodes are scene-disjoint from what a method pre-trains on, as target episodes are. Of the target pool
     only its class ids are read."""
-    from tasks.episodes import PoolIndex
-
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object).astype(str)
     base = np.sort(np.asarray(base, dtype=np.int64))
@@ -76,34 +74,77 @@ def validation_split(
     base_classes = np.unique(base_labels)
     target_classes = np.unique(labels[np.asarray(target, dtype=np.int64)])
     if not len(np.intersect1d(base_classes, target_classes)):
-        share = len(target_classes) / (len(target_classes) + len(base_classes))
-        n_held = min(max(2, round(len(base_classes) * share)), len(base_classes) - 1)
-        if n_held < 2:
-            return base, base[:0]
-        held = np.random.default_rng(seed).choice(base_classes, size=n_held, replace=False)
-        in_validation = np.isin(base_labels, held)
+        in_validation = held_out_classes(base_labels, base_classes, target_classes, seed)
     else:
-        n_groups = len(np.unique(base_groups))
-        if n_groups < 2:
-            return base, base[:0]
-        _, held = scene_split(base_labels, base_groups, seed=seed, n_folds=min(n_folds, n_groups), target_folds=1)
-        chosen = set(base_groups[held])
-        whole = PoolIndex(labels, groups, base)
-        for k, q in fills:
-            for c in whole.eligible(k, q):
-                mine = base_groups[base_labels == c]
-                sizes = {g: int((mine == g).sum()) for g in np.unique(mine)}
-                spare = sorted((g for g in sizes if g not in chosen), key=lambda g: (sizes[g], g))
-                # a class's last scene outside the slice stays there: pre-training keeps some of every class;
-                # and the slice stops growing at `max_share` of the base pool
-                while len(spare) > 1 and not PoolIndex(
-                    labels, groups, base[np.isin(base_groups, list(chosen))]
-                ).class_can_fill(int(c), k, q):
-                    if np.isin(base_groups, list(chosen | {spare[0]})).sum() > max_share * len(base):
-                        break
-                    chosen.add(spare.pop(0))
-        chosen = np.array(sorted(chosen), dtype=object)
-        in_validation = np.isin(base_groups, chosen)
+        in_validation = held_out_scenes(labels, groups, base, seed, n_folds, fills, max_share)
+    if in_validation is None:
+        return base, base[:0]
     validation = base[in_validation]
     in_validation_scene = np.isin(base_groups, np.unique(base_groups[in_validation]))
     return base[~in_validation_scene], validation
+
+
+def held_out_classes(
+    base_labels: np.ndarray, base_classes: np.ndarray, target_classes: np.ndarray, seed: int
+) -> np.ndarray | None:
+    """validation_split's slice of a class-disjoint task, as a mask over the base rows: whole base classes, as
+    many in proportion as the task holds out for its target (at least 2); None where the base pool cannot
+    spare 2 classes."""
+    share = len(target_classes) / (len(target_classes) + len(base_classes))
+    n_held = min(max(2, round(len(base_classes) * share)), len(base_classes) - 1)
+    if n_held < 2:
+        return None
+    held = np.random.default_rng(seed).choice(base_classes, size=n_held, replace=False)
+    return np.isin(base_labels, held)
+
+
+def held_out_scenes(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    base: np.ndarray,
+    seed: int,
+    n_folds: int,
+    fills: tuple[tuple[int, int], ...],
+    max_share: float,
+) -> np.ndarray | None:
+    """validation_split's slice of a task whose classes meet, as a mask over the (sorted) `base` rows: one
+    scene-disjoint fold, grown by `grow_for_fills`; None where the base pool has fewer than 2 scenes."""
+    base_labels, base_groups = labels[base], groups[base]
+    n_groups = len(np.unique(base_groups))
+    if n_groups < 2:
+        return None
+    _, held = scene_split(base_labels, base_groups, seed=seed, n_folds=min(n_folds, n_groups), target_folds=1)
+    chosen = set(base_groups[held])
+    grow_for_fills(labels, groups, base, chosen, fills, max_share)
+    chosen = np.array(sorted(chosen), dtype=object)
+    return np.isin(base_groups, chosen)
+
+
+def grow_for_fills(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    base: np.ndarray,
+    chosen: set,
+    fills: tuple[tuple[int, int], ...],
+    max_share: float,
+) -> None:
+    """In place: add to `chosen` (the slice's scenes) more scenes of each class that can fill a (K, Q) of
+    `fills` in the base pool but not in the slice, smallest first, until it can or the slice would pass
+    `max_share` of the base pool."""
+    from tasks.episodes import PoolIndex
+
+    base_labels, base_groups = labels[base], groups[base]
+    whole = PoolIndex(labels, groups, base)
+    for k, q in fills:
+        for c in whole.eligible(k, q):
+            mine = base_groups[base_labels == c]
+            sizes = {g: int((mine == g).sum()) for g in np.unique(mine)}
+            spare = sorted((g for g in sizes if g not in chosen), key=lambda g: (sizes[g], g))
+            # a class's last scene outside the slice stays there: pre-training keeps some of every class;
+            # and the slice stops growing at `max_share` of the base pool
+            while len(spare) > 1 and not PoolIndex(
+                labels, groups, base[np.isin(base_groups, list(chosen))]
+            ).class_can_fill(int(c), k, q):
+                if np.isin(base_groups, list(chosen | {spare[0]})).sum() > max_share * len(base):
+                    break
+                chosen.add(spare.pop(0))

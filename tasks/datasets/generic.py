@@ -103,6 +103,27 @@ def load_folder(root: Path) -> ImageTable:
 def load_csv(path: Path) -> ImageTable:
     """Columns `path,label` and optionally `group,split`; relative paths are relative to the CSV's folder."""
     path = canonical(path)
+    frame = read_csv_frame(path)
+    what, notices = f"CSV dataset {path}", []
+    line = {i: i + 2 for i in range(len(frame))}  # CSV line of each row (the header is line 1)
+    files = csv_files(what, path, frame, line)
+    check_duplicates(what, files, line)
+    labels, classes = csv_labels(what, frame, line, notices)
+    # an image without a group is its own scene, named by its path relative to the CSV's folder
+    own = [Path(os.path.relpath(f, path.parent)).as_posix() for f in files]
+    groups = csv_groups(what, frame, own, line, notices)
+    scenes = namespace_of(frame["group"].str.strip()) if "group" in frame.columns else ""
+    splits = None
+    if "split" in frame.columns:
+        splits = read_splits(what, list(frame["split"]), notices)
+    else:
+        check_scenes(what, groups)  # no split column: the scene split makes one
+    return table_from_rows(f"csv:{path}", files, labels, groups, classes, splits, notices=notices, scenes=scenes)
+
+
+def read_csv_frame(path: Path) -> pd.DataFrame:
+    """The CSV's cells as text, column names stripped; refused unless it exists, parses, has path and label
+    columns and a row."""
     if not path.is_file():
         raise UserError(f"CSV dataset {path} does not exist")
     try:
@@ -117,8 +138,12 @@ def load_csv(path: Path) -> ImageTable:
         )
     if frame.empty:
         raise UserError(f"CSV dataset {path} has no rows")
-    what, notices = f"CSV dataset {path}", []
-    line = {i: i + 2 for i in range(len(frame))}  # CSV line of each row (the header is line 1)
+    return frame
+
+
+def csv_files(what: str, path: Path, frame: pd.DataFrame, line: dict) -> list[Path]:
+    """Each row's image file (a relative path is read from the CSV's folder); an empty or missing one is
+    refused."""
     empty_path = [i for i, p in enumerate(frame["path"]) if not p.strip()]
     if empty_path:
         raise UserError(f"{what}: line {line[empty_path[0]]} has an empty path; give every row an image")
@@ -129,7 +154,12 @@ def load_csv(path: Path) -> ImageTable:
             f"{what}: {len(absent)} image path(s) do not exist, first {absent[0]} (relative paths are "
             f"read relative to the CSV's folder {path.parent})"
         )
-    check_duplicates(what, files, line)
+    return files
+
+
+def csv_labels(what: str, frame: pd.DataFrame, line: dict, notices: list) -> tuple[list[int], list[str]]:
+    """(each row's class id, the class names sorted); an empty label, or two no reader can tell apart
+    (check_case), is refused."""
     names = clean_column(what, "label", list(frame["label"]), notices)
     empty = [i for i, v in enumerate(names) if not v]
     if empty:
@@ -139,29 +169,25 @@ def load_csv(path: Path) -> ImageTable:
         )
     classes = sorted(set(names))
     check_case(what, "labels", classes)
-    labels = [classes.index(v) for v in names]
-    # an image without a group is its own scene, named by its path relative to the CSV's folder
-    own = [Path(os.path.relpath(f, path.parent)).as_posix() for f in files]
-    if "group" in frame.columns:
-        groups = clean_column(what, "group", list(frame["group"]), notices)
-        blank = [i for i, g in enumerate(groups) if not g]
-        if blank:
-            notices.append(
-                notice(
-                    f"{what}: {len(blank)} row(s) have an empty group (first on line {line[blank[0]]}); "
-                    "each such image is its own scene"
-                )
+    return [classes.index(v) for v in names], classes
+
+
+def csv_groups(what: str, frame: pd.DataFrame, own: list[str], line: dict, notices: list) -> list[str]:
+    """Each row's group (scene): the group column's, stripped; `own[i]` where the cell is empty (a notice) or
+    there is no group column."""
+    if "group" not in frame.columns:
+        return own
+    groups = clean_column(what, "group", list(frame["group"]), notices)
+    blank = [i for i, g in enumerate(groups) if not g]
+    if blank:
+        notices.append(
+            notice(
+                f"{what}: {len(blank)} row(s) have an empty group (first on line {line[blank[0]]}); "
+                "each such image is its own scene"
             )
-            groups = [g or own[i] for i, g in enumerate(groups)]
-    else:
-        groups = own
-    scenes = namespace_of(frame["group"].str.strip()) if "group" in frame.columns else ""
-    splits = None
-    if "split" in frame.columns:
-        splits = read_splits(what, list(frame["split"]), notices)
-    else:
-        check_scenes(what, groups)  # no split column: the scene split makes one
-    return table_from_rows(f"csv:{path}", files, labels, groups, classes, splits, notices=notices, scenes=scenes)
+        )
+        groups = [g or own[i] for i, g in enumerate(groups)]
+    return groups
 
 
 def clean_column(what: str, column: str, values: list[str], notices: list) -> list[str]:

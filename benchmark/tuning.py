@@ -22,12 +22,16 @@ import pandas as pd
 
 from benchmark.protocols.episodes import run_benchmark
 from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem
-from benchmark.stats import compare_methods, pm
+from benchmark.stats import FIGURES, compare_methods, pm
 from common.errors import UserError, closest
+
 from common.files import atomic_write_text
 from common.settings import DEFAULTS
 from methods.progress import SILENT, Progress
 from methods.registry import create_method, method_info, option_names
+
+# what the tuning table says of each candidate besides its options: the figures, and the default and the choice
+VERDICT_COLUMNS = (*FIGURES, "default", "chosen")
 
 CHOICE_RULE = (
     "highest mean accuracy; the default setting stays when the 95% CI of its paired difference to "
@@ -161,23 +165,7 @@ def tuning_table(
         board[key] = [by_label[m].options.get(key, "default") for m in board["method"]]
     board["default"] = board["method"] == default.label
     board["chosen"] = board["method"] == chosen.label
-    columns = (
-        ["method"]
-        + [k for k, _ in axes]
-        + [
-            "episodes",
-            "accuracy",
-            "accuracy_ci95",
-            "delta",
-            "delta_ci95",
-            "paired",
-            "macro_f1",
-            "macro_f1_ci95",
-            "default",
-            "chosen",
-        ]
-    )
-    return board[columns], chosen
+    return board[["method", *(k for k, _ in axes), *VERDICT_COLUMNS]], chosen
 
 
 def tune(config: TuneConfig, progress: Progress = SILENT) -> Tuned:

@@ -55,7 +55,7 @@ def cmd_tune(args) -> int:
     from rich.table import Table
 
     from benchmark.console import RichProgressReporter, console, stdout
-    from benchmark.tuning import CHOICE_RULE, TuneConfig, option_string, table_lines, tune
+    from benchmark.tuning import CHOICE_RULE, VERDICT_COLUMNS, TuneConfig, option_string, table_lines, tune
     from methods.backbones import check_backbone
 
     check_backbone(args.backbone)
@@ -78,24 +78,7 @@ def cmd_tune(args) -> int:
     )
     started = time.perf_counter()
     tuned = tune(config, RichProgressReporter(enabled=not args.quiet))
-    axes = [
-        k
-        for k in tuned.table.columns
-        if k
-        not in (
-            "method",
-            "episodes",
-            "accuracy",
-            "accuracy_ci95",
-            "delta",
-            "delta_ci95",
-            "paired",
-            "macro_f1",
-            "macro_f1_ci95",
-            "default",
-            "chosen",
-        )
-    ]
+    axes = [k for k in tuned.table.columns if k not in ("method", *VERDICT_COLUMNS)]
     table = Table(
         title=f"{args.task}@validation: {args.ways}-way {args.shots}-shot, {args.method} "
         f"(mean ± 95% CI over episodes; difference paired with the best)"

@@ -24,7 +24,6 @@ from benchmark.protocols.episodes import run_benchmark
 from benchmark.runner import MethodSpec, RunConfig, _parse_value, file_stem
 from benchmark.stats import FIGURES, compare_methods, pm
 from common.errors import UserError, closest
-
 from common.files import atomic_write_text
 from common.settings import DEFAULTS
 from methods.progress import SILENT, Progress

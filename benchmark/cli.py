@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from common.errors import UserError
-from common.settings import DEFAULTS, MAX_SEEDS, SEED_MAX, Settings  # noqa: F401  (commands take them from here)
+from common.settings import DEFAULTS, MAX_EPISODES, MAX_SEEDS, SEED_MAX, Settings  # noqa: F401  (commands take them from here)
 
 
 class ArgumentError(UserError):
@@ -349,6 +349,20 @@ def benchmark_config(args) -> dict:
 
 def default_data_dir() -> str:
     return str(Settings.from_environment().data_dir)
+
+
+def add_fixedk_files(p: argparse.ArgumentParser, help: str) -> None:
+    """--fixedk CSV...: fixed-K results files (bench leaderboard and bench report show them beside Mars-Bench)."""
+    p.add_argument("--fixedk", nargs="+", metavar="CSV", default=None, help=help)
+
+
+def add_episode_shape(p: argparse.ArgumentParser, episodes: int, fewest: int) -> None:
+    """--ways, --queries, --episodes and --seed: the shape and draw of an episode set (bench run, bench tune)."""
+    settings = p.settings
+    p.add_argument("--ways", type=positive_int("ways"), default=settings.n_way)
+    p.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
+    p.add_argument("--episodes", type=bounded_int("episodes", fewest, MAX_EPISODES), default=episodes)
+    p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

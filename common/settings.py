@@ -17,6 +17,7 @@ from pathlib import Path
 
 SEED_MAX = 2**63 - 1  # numpy seeds any size, but results files and pandas hold seeds as int64
 MAX_SEEDS = 10_000  # seeds are listed before any work: a mistyped range must not run for days
+MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count must not hang the run
 
 DATA_DIR_VARIABLE = "BENCH_DATA_DIR"
 CACHE_DIR_VARIABLE = "BENCH_CACHE_DIR"

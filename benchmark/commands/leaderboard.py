@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.cli import file_path
+from benchmark.cli import add_fixedk_files, file_path
 from common.files import atomic_write_text
 
 
@@ -37,12 +37,8 @@ def add_parser(sub) -> None:
         default=None,
         help="write the csv/markdown/json output to this file instead of stdout",
     )
-    p.add_argument(
-        "--fixedk",
-        nargs="+",
-        metavar="CSV",
-        default=None,
-        help="instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)",
+    add_fixedk_files(
+        p, "instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)"
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=cmd_leaderboard)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmark.cli import add_fixedk_files
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="PNG plots and a self-contained report.html from result CSVs")
     p.add_argument("csv", nargs="*", metavar="CSV", help="results files to merge (default: results/*.csv)")
     p.add_argument("--out", default="report", help="folder for the PNGs and report.html (default: ./report)")
-    p.add_argument(
-        "--fixedk",
-        nargs="+",
-        metavar="CSV",
-        default=None,
-        help="fixed-K results files to show beside Mars-Bench's published numbers",
-    )
+    add_fixedk_files(p, "fixed-K results files to show beside Mars-Bench's published numbers")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=cmd_report)
 

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import time
 
-from benchmark.cli import SEED_MAX, add_benchmark_options, benchmark_config, bounded_int, positive_int
-
-MAX_EPISODES = 100_000  # episodes are drawn before any work: a mistyped count must not hang the run
+from benchmark.cli import add_benchmark_options, add_episode_shape, benchmark_config, positive_int
 
 
 def add_parser(sub) -> None:
     run = sub.add_parser("run", help="run methods on shared episodes and append results")
     settings = run.settings
     add_benchmark_options(run, f"{settings.runs}/<task>.csv")
-    run.add_argument("--ways", type=positive_int("ways"), default=settings.n_way)
-    run.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
-    run.add_argument("--episodes", type=bounded_int("episodes", 1, MAX_EPISODES), default=settings.episodes)
-    run.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
+    add_episode_shape(run, settings.episodes, fewest=1)
     run.add_argument(
         "--split",
         choices=settings.splits,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmark.cli import SEED_MAX, add_common, add_task_options, bounded_int, default_data_dir, file_path, positive_int
-
-MAX_EPISODES = 100_000
+from benchmark.cli import add_common, add_episode_shape, add_task_options, default_data_dir, file_path, positive_int
 
 
 def add_parser(sub) -> None:
@@ -25,10 +23,7 @@ def add_parser(sub) -> None:
     add_task_options(p, "task whose validation slice (part of its base pool) the episodes come from")
     settings = p.settings
     p.add_argument("--shots", type=positive_int("shots"), default=settings.tune_shots, help="labelled images per class")
-    p.add_argument("--ways", type=positive_int("ways"), default=settings.n_way)
-    p.add_argument("--queries", type=positive_int("queries"), default=settings.n_query)
-    p.add_argument("--episodes", type=bounded_int("episodes", 2, MAX_EPISODES), default=settings.tune_episodes)
-    p.add_argument("--seed", type=bounded_int("seed", 0, SEED_MAX), default=settings.seed)
+    add_episode_shape(p, settings.tune_episodes, fewest=2)
     p.add_argument(
         "--out",
         type=file_path("out"),

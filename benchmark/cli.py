@@ -351,6 +351,15 @@ def default_data_dir() -> str:
     return str(Settings.from_environment().data_dir)
 
 
+def config_from(cls, args, **given):
+    """A config dataclass `cls` from the flags named as its fields; `given` holds the fields whose value is not
+    a flag's own (parsed, resolved or renamed). A field without a flag keeps its default."""
+    import dataclasses
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**flags, **given})
+
+
 def add_fixedk_files(p: argparse.ArgumentParser, help: str) -> None:
     """--fixedk CSV...: fixed-K results files (bench leaderboard and bench report show them beside Mars-Bench)."""
     p.add_argument("--fixedk", nargs="+", metavar="CSV", default=None, help=help)

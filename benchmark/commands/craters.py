@@ -15,6 +15,7 @@ from benchmark.cli import (
     add_common,
     add_source_option,
     add_task_options,
+    config_from,
     default_data_dir,
     int_list,
     positive_int,
@@ -221,27 +222,14 @@ def cmd_run(args) -> int:
         )
     device = resolve_device(args.device)
     check_backbone(args.backbone)
-    config = CratersConfig(
+    config = config_from(
+        CratersConfig,
+        args,
         methods=[MethodSpec.parse(m) for m in (args.method or DEFAULT_METHODS)],
-        task=args.task,
-        shots=args.shots,
         data_dir=_data_dir(args),
-        cache_dir=args.cache_dir,
         out=out_stem(args.out),
-        backbone=args.backbone,
-        image_size=args.image_size,
-        fresh=args.fresh,
-        reuse_stale=args.reuse_stale,
-        source=args.source,
-        source_disjoint=args.source_disjoint,
         device=device,
-        seeds=args.seeds,
-        window=args.window,
-        stride=args.stride,
-        beta=args.beta,
-        method_seed=args.method_seed,
         work=Path(args.work),
-        example=args.example,
     )
     protocol = Craters(config)
     with thread_policy(args.threads or torch.get_num_threads()):

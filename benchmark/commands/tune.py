@@ -5,7 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmark.cli import add_common, add_episode_shape, add_task_options, default_data_dir, file_path, positive_int
+from benchmark.cli import (
+    add_common,
+    add_episode_shape,
+    add_task_options,
+    config_from,
+    default_data_dir,
+    file_path,
+    positive_int,
+)
 
 
 def add_parser(sub) -> None:
@@ -54,22 +62,16 @@ def cmd_tune(args) -> int:
     from methods.backbones import check_backbone
 
     check_backbone(args.backbone)
-    config = TuneConfig(
-        method=args.method,
+    config = config_from(
+        TuneConfig,
+        args,
         grids=args.grid,
-        task=args.task,
         data_dir=Path(args.data_dir or default_data_dir()),
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        shots=args.shots,
         n_way=args.ways,
         n_query=args.queries,
-        episodes=args.episodes,
-        seed=args.seed,
-        backbone=args.backbone,
-        image_size=args.image_size,
         out=Path(args.out) if args.out else None,
         table=Path(args.table) if args.table else None,
-        reuse_stale=args.reuse_stale,
     )
     started = time.perf_counter()
     tuned = tune(config, RichProgressReporter(enabled=not args.quiet))

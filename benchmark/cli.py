@@ -252,11 +252,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
         help="set the results file's rows of these methods and shots aside (into NAME.set-aside.csv) "
         "and compute them anew",
     )
-    p.add_argument(
-        "--reuse-stale",
-        action="store_true",
-        help="take rows made by another git commit when everything else about them matches",
-    )
+    add_reuse_stale(p)
     p.add_argument(
         "--fail-fast",
         action="store_true",
@@ -358,6 +354,14 @@ def config_from(cls, args, **given):
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**flags, **given})
+
+
+def add_reuse_stale(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reuse-stale",
+        action="store_true",
+        help="take rows made by another git commit when everything else about them matches",
+    )
 
 
 def add_fixedk_files(p: argparse.ArgumentParser, help: str) -> None:

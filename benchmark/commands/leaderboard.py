@@ -31,12 +31,7 @@ def add_parser(sub) -> None:
         metavar="METHOD",
         help="with --format sources: also the paired difference to METHOD's rows without a source",
     )
-    p.add_argument(
-        "--out",
-        type=file_path("out"),
-        default=None,
-        help="write the csv/markdown/json output to this file instead of stdout",
-    )
+    p.add_argument("--out", type=file_path("out"), default=None, help="write the output to this file, not stdout")
     add_fixedk_files(
         p, "instead: fixed-K results files, shown beside Mars-Bench's published numbers (table or markdown)"
     )

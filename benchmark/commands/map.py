@@ -78,12 +78,7 @@ def _add_input_options(p) -> None:
 def _add_grid_options(p) -> None:
     """The sliding windows' size and step."""
     p.add_argument("--window", required=True, type=positive_int("window"), help="window side in scene pixels")
-    p.add_argument(
-        "--stride",
-        type=positive_int("stride"),
-        default=None,
-        help="step between windows in pixels (default: window / 2)",
-    )
+    p.add_argument("--stride", type=positive_int("stride"), default=None, help="window step, px (default: window / 2)")
 
 
 def _add_smoothing_options(p) -> None:
@@ -104,12 +99,7 @@ def _add_smoothing_options(p) -> None:
 
 def _add_run_options(p) -> None:
     """Figure size, feature-extraction threads and progress output."""
-    p.add_argument(
-        "--preview",
-        type=positive_int("preview"),
-        default=MapOptions.preview,
-        help="longest side of the PNG figures in pixels",
-    )
+    p.add_argument("--preview", type=positive_int("preview"), default=MapOptions.preview, help="PNG size: longest side")
     p.add_argument(
         "--threads",
         type=positive_int("threads"),

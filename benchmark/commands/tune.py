@@ -8,6 +8,7 @@ from pathlib import Path
 from benchmark.cli import (
     add_common,
     add_episode_shape,
+    add_reuse_stale,
     add_task_options,
     config_from,
     default_data_dir,
@@ -44,11 +45,7 @@ def add_parser(sub) -> None:
         default=None,
         help=f"tuning table CSV (default: {settings.runs}/<task>-tune-<method>-<K>shot.csv)",
     )
-    p.add_argument(
-        "--reuse-stale",
-        action="store_true",
-        help="take rows made by another git commit when everything else about them matches",
-    )
+    add_reuse_stale(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(p)
     p.set_defaults(handler=cmd_tune)

@@ -202,16 +202,7 @@ def download_archive(
 def archive_downloader(name: str, folder: str, archive: ZenodoArchive) -> Callable[..., Path]:
     """A DatasetSpec.download: `download(data_dir, md5=None, sha256=None, url=None, opener=..., report=None)`."""
 
-    def download(
-        data_dir: Path,
-        md5: str | None = None,
-        sha256: str | None = None,
-        url: str | None = None,
-        opener: Callable = urllib.request.urlopen,
-        report: Report | None = None,
-    ) -> Path:
-        return download_archive(
-            name, Path(data_dir) / folder, archive, md5=md5, sha256=sha256, url=url, opener=opener, report=report
-        )
+    def download(data_dir: Path, **options) -> Path:  # options: download_archive's md5 ... report
+        return download_archive(name, Path(data_dir) / folder, archive, **options)
 
     return download

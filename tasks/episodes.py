@@ -156,14 +156,7 @@ class EpisodeSet:
         return len(self.classes)
 
     def episode(self, i: int) -> Episode:
-        return Episode(
-            index=i,
-            classes=self.classes[i],
-            support_idx=self.support[i],
-            support_y=np.repeat(np.arange(self.n_way), self.n_shot),
-            query_idx=self.query[i],
-            query_y=np.repeat(np.arange(self.n_way), self.n_query),
-        )
+        return Episode(**_drawn(self, i), query_y=np.repeat(np.arange(self.n_way), self.n_query))
 
     def __iter__(self):
         return (self.episode(i) for i in range(len(self)))
@@ -278,13 +271,18 @@ class BlindEpisodes:
         return len(self.classes)
 
     def episode(self, i: int) -> BlindEpisode:
-        return BlindEpisode(
-            index=i,
-            classes=self.classes[i],
-            support_idx=self.support[i],
-            support_y=np.repeat(np.arange(self.n_way), self.n_shot),
-            query_idx=self.query[i],
-        )
+        return BlindEpisode(**_drawn(self, i))
+
+
+def _drawn(episodes: EpisodeSet | BlindEpisodes, i: int) -> dict:
+    """What an episode of either view holds besides the query's labels: its classes, support and query rows."""
+    return dict(
+        index=i,
+        classes=episodes.classes[i],
+        support_idx=episodes.support[i],
+        support_y=np.repeat(np.arange(episodes.n_way), episodes.n_shot),
+        query_idx=episodes.query[i],
+    )
 
 
 def episode_rng(seed: int, n_way: int, k: int, q: int, i: int) -> np.random.Generator:

@@ -36,11 +36,7 @@ def main() -> None:
     disk = args.disk or (args.task.split(":", 1)[1] if args.task.startswith("folder:") else str(data_dir))
     out = Path(args.out)
     names = [
-        "protonet",
-        "cheat-rows",
-        "cheat-paths",
-        "cheat-memory-features",
-        "cheat-memory-rows",
+        *"protonet cheat-rows cheat-paths cheat-memory-features cheat-memory-rows".split(),
         f"cheat-manifests:out={out}",
         f"cheat-disk:data={disk}",
         "cheat-gc",

@@ -19,15 +19,7 @@ def one_line_error(capsys, argv) -> str:
 
 def run_args(tmp_path, data_dir, *extra):
     return [
-        "run",
-        "--method",
-        "protonet",
-        "--shots",
-        "1",
-        "--episodes",
-        "2",
-        "--quiet",
-        "--data-dir",
+        *"run --method protonet --shots 1 --episodes 2 --quiet --data-dir".split(),
         str(data_dir),
         "--cache-dir",
         str(tmp_path / "cache"),

@@ -23,23 +23,9 @@ def world(tmp_path_factory):
     data = make_folder_dataset(root / "data")
     cache = root / "cache"
     warm = [
-        "run",
-        "--method",
-        "protonet",
-        "--task",
+        *"run --method protonet --task".split(),
         f"folder:{data}",
-        "--shots",
-        "1",
-        "--ways",
-        "3",
-        "--queries",
-        "1",
-        "--episodes",
-        "1",
-        "--image-size",
-        "32",
-        "--quiet",
-        "--cache-dir",
+        *"--shots 1 --ways 3 --queries 1 --episodes 1 --image-size 32 --quiet --cache-dir".split(),
         str(cache),
         "--out",
         str(root / "warm.csv"),
@@ -53,9 +39,7 @@ small = st.integers(-3, 6).map(str)
 numberish = st.one_of(
     small,
     junk,
-    st.sampled_from(
-        ["", "1.5", "1e3", "0x10", " 2", "2 ", "+2", "-0", "٣", "1,2", "10**9", "99999999999999999999", "nan"]
-    ),
+    st.sampled_from(["", "1.5", "1e3", "0x10", " 2", "2 ", *"+2 -0 ٣ 1,2 10**9 99999999999999999999 nan".split()]),
 )
 
 # (flag, values): values are strategies of strings; some placeholders are filled in from the fixture
@@ -67,14 +51,7 @@ OPTIONS = {
                 "linear-probe",
                 "protonett",
                 "",
-                ":",
-                "protonet:",
-                "protonet:steps",
-                "protonet:steps=x",
-                "protonet:=3",
-                "linear-probe:C=abc",
-                "linear-probe:bogus=1",
-                "nope:a=1",
+                *": protonet: protonet:steps protonet:steps=x protonet:=3 linear-probe:C=abc linear-probe:bogus=1 nope:a=1".split(),
             ]
         ),
         junk,
@@ -82,24 +59,13 @@ OPTIONS = {
     "--task": st.one_of(
         st.sampled_from(
             [
-                "folder:DATA",
-                "DATA",
-                "hirise-regions",
-                "hirise-region",
-                "aid-classes",
-                "domars16k",
-                "folder:MISSING",
-                "csv:MISSING",
-                "folder:",
-                "csv:",
-                "folder:DATA/class0",
-                "csv:DATA/class0/0.png",
+                *"folder:DATA DATA hirise-regions hirise-region aid-classes domars16k folder:MISSING csv:MISSING folder: csv: folder:DATA/class0 csv:DATA/class0/0.png".split(),
                 "folder:\x00",
             ]
         ),
         junk,
     ),
-    "--shots": st.one_of(st.sampled_from(["1", "2", "1,2", "3", "1,1", ",1", "2,", "0", "-1", "1,-1", "x"]), numberish),
+    "--shots": st.one_of(st.sampled_from([*"1 2 1,2 3 1,1 ,1 2, 0 -1 1,-1 x".split()]), numberish),
     "--ways": st.one_of(st.sampled_from(["2", "3", "4", "1"]), numberish),
     "--queries": st.one_of(st.sampled_from(["1", "2", "3"]), numberish),
     "--episodes": st.one_of(st.sampled_from(["1", "2", "3", "100001", "100000000000"]), numberish),
@@ -163,12 +129,12 @@ def fill(argv: list[str], world) -> list[str]:
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@example(["run", "--method", "protonet", "--task", "folder:DATA", "--shots", "1", "--ways", "3", "--queries", "2"])
-@example(["run", "--method", "linear-probe", "--task", "folder:DATA", "--shots", "1,2", "--ways", "2", "--seed", "3"])
-@example(["run", "--method", "protonet", "--task", "folder:DATA", "--seed", "-1"])
-@example(["run", "--method", "protonet", "--task", "folder:DATA", "--shots", "99999999999999999999"])
+@example([*"run --method protonet --task folder:DATA --shots 1 --ways 3 --queries 2".split()])
+@example([*"run --method linear-probe --task folder:DATA --shots 1,2 --ways 2 --seed 3".split()])
+@example([*"run --method protonet --task folder:DATA --seed -1".split()])
+@example([*"run --method protonet --task folder:DATA --shots 99999999999999999999".split()])
 @example(["run", "--method", "protonet", "--task", "folder:\x00"])
-@example(["run", "--method", "protonet", "--task", "folder:DATA", "--image-size", "100000"])
+@example([*"run --method protonet --task folder:DATA --image-size 100000".split()])
 @given(argv=argvs())
 def test_run_either_succeeds_or_fails_in_one_line(world, argv):
     argv = fill(argv, world)

@@ -55,19 +55,7 @@ def crater_run(data, out, capsys, *extra, task=None, data_dir=None):
     """(exit status, stderr, rows of OUT.csv) of one tiny `bench craters run`."""
     rc = main(
         [
-            "craters",
-            "run",
-            "--shots",
-            "2",
-            "--seeds",
-            "0",
-            "--window",
-            "256",
-            "--stride",
-            "256",
-            "--image-size",
-            "16",
-            "--task",
+            *"craters run --shots 2 --seeds 0 --window 256 --stride 256 --image-size 16 --task".split(),
             task or f"folder:{data / 'base'}",
             "--data-dir",
             str(data_dir or data / "data"),
@@ -257,10 +245,7 @@ def test_migrate_states_its_facts_on_the_command_line(data, tmp_path, capsys):
             str(data / "data"),
             "--task",
             f"folder:{data / 'base'}",
-            "--backbone",
-            "efficientnet_lite0",
-            "--method-version",
-            "simpleshot",
+            *"--backbone efficientnet_lite0 --method-version simpleshot".split(),
         ]
     )
     assert rc == 2 and "NAME=V" in capsys.readouterr().err
@@ -272,10 +257,7 @@ def test_migrate_states_its_facts_on_the_command_line(data, tmp_path, capsys):
             str(data / "data"),
             "--task",
             f"folder:{data / 'base'}",
-            "--backbone",
-            "efficientnet_lite0",
-            "--method-version",
-            "simpleshot=1",
+            *"--backbone efficientnet_lite0 --method-version simpleshot=1".split(),
         ]
     )
     assert rc == 0, capsys.readouterr().err

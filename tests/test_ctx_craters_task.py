@@ -107,22 +107,7 @@ def test_bench_run_on_ctx_craters(scene, cache, tmp_path, monkeypatch):
     assert (
         main(
             [
-                "run",
-                "--task",
-                "ctx-craters",
-                "--ways",
-                "2",
-                "--method",
-                "protonet",
-                "--shots",
-                "1,2",
-                "--queries",
-                "2",
-                "--episodes",
-                "5",
-                "--image-size",
-                "32",
-                "--data-dir",
+                *"run --task ctx-craters --ways 2 --method protonet --shots 1,2 --queries 2 --episodes 5 --image-size 32 --data-dir".split(),
                 str(scene),
                 "--cache-dir",
                 str(cache),

@@ -230,15 +230,15 @@ def test_cli_download_then_verify(tmp_path, domars_zip, capsys):
     md5, _ = digests(domars_zip)
     data_dir = tmp_path / "datadir"
     assert (
-        main(["data", "download", "domars16k", "--data-dir", str(data_dir), "--md5", md5, "--url", domars_zip.as_uri()])
+        main([*"data download domars16k --data-dir".split(), str(data_dir), "--md5", md5, "--url", domars_zip.as_uri()])
         == 0
     )
     assert "checksum verified" in capsys.readouterr().err
-    assert main(["data", "verify", "domars16k", "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert main([*"data verify domars16k --data-dir".split(), str(data_dir), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "54 images, 27 groups" in captured.out.replace("\n", " ")
     row = next(line for line in captured.out.splitlines() if "│ cra " in line)
-    assert [c.strip() for c in row.split("│")[1:-1]] == ["cra", "18", "9", "6", "6", "6"]
+    assert [c.strip() for c in row.split("│")[1:-1]] == [*"cra 18 9 6 6 6".split()]
     assert "all 54 images decode" in captured.err
 
 
@@ -256,13 +256,13 @@ def test_cli_verify_reports_a_corrupt_image(tmp_path, capsys):
     data = hirise_v1_like(tmp_path)
     victim = sorted((data / "hirise-v1" / "map-proj").iterdir())[3]
     victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
-    line = one_line_error(capsys, ["data", "verify", "hirise-v1", "--data-dir", str(data), "--quiet"])
+    line = one_line_error(capsys, [*"data verify hirise-v1 --data-dir".split(), str(data), "--quiet"])
     assert str(victim) in line and "corrupt or truncated" in line
 
 
 def test_cli_verify_counts(tmp_path, capsys):
     data = hirise_v1_like(tmp_path)
-    assert main(["data", "verify", "hirise-v1", "--data-dir", str(data), "--quiet"]) == 0
+    assert main([*"data verify hirise-v1 --data-dir".split(), str(data), "--quiet"]) == 0
     out = capsys.readouterr().out
     rows = {
         line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
@@ -280,7 +280,7 @@ def test_cli_verify_counts(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_verify_real_hirise(real_data_dir, capsys):
-    assert main(["data", "verify", "hirise-v1", "--data-dir", str(real_data_dir), "--quiet"]) == 0
+    assert main([*"data verify hirise-v1 --data-dir".split(), str(real_data_dir), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "3820 images, 161 groups" in out.replace("\n", " ")
 
@@ -349,7 +349,7 @@ def test_csv_train_val_test_gives_base_train_plus_val(tmp_path):
 def test_csv_unrecognised_splits_are_refused_listing_the_values(tmp_path, capsys, values, expected):
     csv = write_csv(tmp_path, scenes(lambda g: values[min(g, len(values) - 1)]))
     line = one_line_error(
-        capsys, ["run", "--method", "protonet", "--task", f"csv:{csv}", "--quiet", "--out", str(tmp_path / "o.csv")]
+        capsys, [*"run --method protonet --task".split(), f"csv:{csv}", "--quiet", "--out", str(tmp_path / "o.csv")]
     )
     assert expected in line and f"CSV dataset {csv}" in line
 

@@ -17,15 +17,7 @@ from tests.fakes_methods import make_context, make_task
 from tests.test_methods import FAST_OPTIONS
 
 NETWORK_METHODS = [
-    "sdft",
-    "sdft-no-step1",
-    "sdft-linear-head",
-    "finetune",
-    "maml",
-    "protonet:metatrain",
-    "baseline-pp",
-    "simpleshot",
-    "knn",
+    *"sdft sdft-no-step1 sdft-linear-head finetune maml protonet:metatrain baseline-pp simpleshot knn".split()
 ]
 
 
@@ -143,10 +135,7 @@ def test_cli_refuses_an_unavailable_device_before_any_work(tmp_path, capsys, mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code = main(
         [
-            "run",
-            "--method",
-            "protonet",
-            "--task",
+            *"run --method protonet --task".split(),
             "folder:" + str(tmp_path),
             "--device",
             "cuda:1",

@@ -32,10 +32,7 @@ def dirs(tmp_path_factory):
 def bench_fixedk(dirs, out, *extra, methods=METHODS, shots="1,2", seeds="0-2"):
     data, cache = dirs
     args = [
-        "fixedk",
-        "--task",
-        "domars16k",
-        "--data-dir",
+        *"fixedk --task domars16k --data-dir".split(),
         str(data),
         "--cache-dir",
         str(cache),
@@ -165,7 +162,7 @@ def test_an_interrupted_run_continues_with_the_missing_seeds(dirs, tmp_path, cap
     assert bench_fixedk(dirs, out) == 0
     assert calls[0] == ("protonet", 1, [2]) and len(calls) == len(METHODS) * len(SHOTS)
     resumed = read_rows(out)
-    scores = ["method", "shots", "seed", "accuracy", "weighted_f1", "macro_f1"]
+    scores = [*"method shots seed accuracy weighted_f1 macro_f1".split()]
     assert sorted(tuple(r[c] for c in scores) for r in resumed) == sorted(tuple(r[c] for c in scores) for r in complete)
 
 

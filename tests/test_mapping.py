@@ -193,10 +193,7 @@ def test_bench_map_command_writes_the_outputs(tmp_path, capsys):
     folder_like(tmp_path / "base", per_class=6)
     rc = main(
         [
-            "map",
-            "--method",
-            "linear-probe",
-            "--scene",
+            *"map --method linear-probe --scene".split(),
             str(tmp_path / "scene.png"),
             "--labels",
             str(tmp_path / "points.csv"),
@@ -206,11 +203,7 @@ def test_bench_map_command_writes_the_outputs(tmp_path, capsys):
             str(tmp_path / "out"),
             "--task",
             f"folder:{tmp_path / 'base'}",
-            "--image-size",
-            "32",
-            "--smooth",
-            "mrf",
-            "--cache-dir",
+            *"--image-size 32 --smooth mrf --cache-dir".split(),
             str(tmp_path / "cache"),
             "--quiet",
             "--preview",
@@ -299,10 +292,7 @@ def test_bad_points_file_is_one_line(tmp_path, scene_file, capsys, text, extra, 
     (tmp_path / "points.csv").write_text(text)
     rc = main(
         [
-            "map",
-            "--method",
-            "protonet",
-            "--scene",
+            *"map --method protonet --scene".split(),
             str(scene_file),
             "--labels",
             str(tmp_path / "points.csv"),
@@ -401,18 +391,11 @@ def test_real_hirise_dunes_map(real_data_dir, tmp_path, capsys):
     points_file = Path(__file__).resolve().parents[1] / "docs" / "hirise-dunes-points.csv"
     rc = main(
         [
-            "map",
-            "--method",
-            "protonet",
-            "--scene",
+            *"map --method protonet --scene".split(),
             str(scene),
             "--labels",
             str(points_file),
-            "--window",
-            "128",
-            "--stride",
-            "128",
-            "--out",
+            *"--window 128 --stride 128 --out".split(),
             str(tmp_path / "out"),
             "--data-dir",
             str(real_data_dir),
@@ -466,10 +449,7 @@ def test_without_the_gis_extra_gis_files_say_how_to_install_it(tmp_path, capsys,
     for scene, labels in (("scene.jp2", "points.csv"), ("scene.png", "points.gpkg")):
         rc = main(
             [
-                "map",
-                "--method",
-                "protonet",
-                "--scene",
+                *"map --method protonet --scene".split(),
                 str(tmp_path / scene),
                 "--labels",
                 str(tmp_path / labels),
@@ -480,10 +460,7 @@ def test_without_the_gis_extra_gis_files_say_how_to_install_it(tmp_path, capsys,
         assert rc == 2 and "marsfsl[gis]" in err and err.count("\n") == 1, err
     rc = main(
         [
-            "map",
-            "--method",
-            "protonet",
-            "--scene",
+            *"map --method protonet --scene".split(),
             str(tmp_path / "scene.png"),
             "--labels",
             str(tmp_path / "points.csv"),
@@ -502,21 +479,7 @@ def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, cap
     second identical run maps nothing and appends nothing, --fresh sets the old rows aside."""
     folder_like(tmp_path / "base", per_class=6)
     args = [
-        "craters",
-        "run",
-        "--method",
-        "protonet",
-        "--shots",
-        "3",
-        "--seeds",
-        "0,1",
-        "--window",
-        "128",
-        "--stride",
-        "128",
-        "--image-size",
-        "32",
-        "--task",
+        *"craters run --method protonet --shots 3 --seeds 0,1 --window 128 --stride 128 --image-size 32 --task".split(),
         f"folder:{tmp_path / 'base'}",
         "--data-dir",
         str(real_data_dir),

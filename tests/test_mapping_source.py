@@ -53,10 +53,7 @@ def bench_map(data, tmp_path, *extra):
     write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
     return main(
         [
-            "map",
-            "--method",
-            "simpleshot",
-            "--scene",
+            *"map --method simpleshot --scene".split(),
             str(tmp_path / "scene.png"),
             "--labels",
             str(tmp_path / "points.csv"),
@@ -134,10 +131,7 @@ def test_a_bad_source_is_one_line_as_on_bench_run(data, tmp_path, capsys, spec, 
     assert (
         main(
             [
-                "run",
-                "--method",
-                "protonet",
-                "--task",
+                *"run --method protonet --task".split(),
                 f"folder:{data / 'base'}",
                 "--source",
                 spec,
@@ -169,21 +163,7 @@ def test_crater_rows_are_keyed_by_the_source(ctx_data, tmp_path, capsys):
     def run(*extra):
         rc = main(
             [
-                "craters",
-                "run",
-                "--method",
-                "simpleshot",
-                "--shots",
-                "2",
-                "--seeds",
-                "0",
-                "--window",
-                "256",
-                "--stride",
-                "256",
-                "--image-size",
-                "16",
-                "--task",
+                *"craters run --method simpleshot --shots 2 --seeds 0 --window 256 --stride 256 --image-size 16 --task".split(),
                 f"folder:{data / 'base'}",
                 "--data-dir",
                 str(data / "data"),
@@ -226,21 +206,7 @@ def test_crater_run_refuses_a_source_holding_a_ctx_tile(ctx_data, tmp_path, caps
     shutil.copy(ctx_data / "data" / "ctx-murray-craters" / "resized_CTX" / "CTX11_1248.png", holder / "p" / "t.png")
     rc = main(
         [
-            "craters",
-            "run",
-            "--method",
-            "simpleshot",
-            "--shots",
-            "2",
-            "--seeds",
-            "0",
-            "--window",
-            "256",
-            "--stride",
-            "256",
-            "--image-size",
-            "16",
-            "--task",
+            *"craters run --method simpleshot --shots 2 --seeds 0 --window 256 --stride 256 --image-size 16 --task".split(),
             f"folder:{ctx_data / 'base'}",
             "--source",
             f"folder:{holder}",

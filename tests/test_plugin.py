@@ -67,14 +67,7 @@ def installed(tmp_path_factory):
     out = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
+            *"-m pip install -q --no-deps --no-build-isolation --no-index --target".split(),
             str(target),
             str(source),
         ],

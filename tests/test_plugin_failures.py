@@ -125,18 +125,13 @@ def run(data: Path, out: Path, *methods: str, command: str = "run") -> int:
         *[a for m in methods for a in ("--method", m)],
         "--task",
         f"folder:{data}",
-        "--shots",
-        "1",
-        "--image-size",
-        "16",
-        "--quiet",
-        "--cache-dir",
+        *"--shots 1 --image-size 16 --quiet --cache-dir".split(),
         str(data.parent / "cache"),
         "--out",
         str(out),
     ]
     if command == "run":
-        argv += ["--ways", "3", "--queries", "2", "--episodes", str(EPISODES)]
+        argv += [*"--ways 3 --queries 2 --episodes".split(), str(EPISODES)]
     else:
         argv += ["--seeds", "0-3"]
     return main(argv)

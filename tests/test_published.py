@@ -12,7 +12,7 @@ from benchmark.published import REFERENCE, comparison, published_name, published
 
 def test_the_shipped_reference_table():
     rows = published_rows()
-    assert list(rows.columns) == ["dataset", "backbone", "training", "shots", "weighted_f1_mean", "seeds", "source"]
+    assert list(rows.columns) == [*"dataset backbone training shots weighted_f1_mean seeds source".split()]
     assert set(rows["dataset"]) == {"mb-domars16k", "mb-landmark_cls", "mb-surface_cls"}
     assert set(rows["shots"]) == {1, 2, 5, 10, 15, 20} and rows["weighted_f1_mean"].between(0, 1).all()
     assert rows["source"].str.startswith("kerner-lab/MarsBench@").all()
@@ -41,13 +41,7 @@ def fixedk_file(tmp_path_factory):
                 str(tmp),
                 "--cache-dir",
                 str(tmp / "c"),
-                "--image-size",
-                "32",
-                "--shots",
-                "1,3",
-                "--seeds",
-                "0-2",
-                "--out",
+                *"--image-size 32 --shots 1,3 --seeds 0-2 --out".split(),
                 str(out),
                 "--quiet",
                 "--method",

@@ -17,7 +17,7 @@ from benchmark.results import KEY
 
 ray = pytest.importorskip("ray")
 
-COMPARED = [*KEY, "classes", "accuracy", "macro_f1", "class_accuracy", "n_query"]
+COMPARED = [*KEY, *"classes accuracy macro_f1 class_accuracy n_query".split()]
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +45,9 @@ def run(data, out, cache, *methods, executor="local", episodes=8):
         "run",
         "--task",
         f"folder:{data}",
-        "--shots",
-        "1,2",
-        "--ways",
-        "3",
-        "--queries",
-        "2",
-        "--episodes",
+        *"--shots 1,2 --ways 3 --queries 2 --episodes".split(),
         str(episodes),
-        "--image-size",
-        "32",
-        "--quiet",
-        "--cache-dir",
+        *"--image-size 32 --quiet --cache-dir".split(),
         str(cache),
         "--out",
         str(out),
@@ -118,39 +109,17 @@ def test_fixedk_on_ray_equals_local(local_ray, data, tmp_path):
                 "fixedk",
                 "--task",
                 f"folder:{data}",
-                "--shots",
-                "1",
-                "--seeds",
-                "0-5",
-                "--image-size",
-                "32",
-                "--quiet",
-                "--cache-dir",
+                *"--shots 1 --seeds 0-5 --image-size 32 --quiet --cache-dir".split(),
                 str(tmp_path / "cache"),
                 "--out",
                 str(out),
-                "--method",
-                "protonet",
-                "--method",
-                "finetune:steps=2",
-                "--executor",
+                *"--method protonet --method finetune:steps=2 --executor".split(),
                 executor,
             ]
         )
 
     assert fixedk(tmp_path / "local.csv", "local") == 0 and fixedk(tmp_path / "ray.csv", "ray") == 0
-    compared = [
-        "method",
-        "shots",
-        "seed",
-        "device",
-        "config",
-        "n_train",
-        "n_test",
-        "accuracy",
-        "weighted_f1",
-        "macro_f1",
-    ]
+    compared = [*"method shots seed device config n_train n_test accuracy weighted_f1 macro_f1".split()]
 
     def read(path):
         with open(path, newline="") as f:
@@ -173,23 +142,15 @@ def test_exit_or_keyboard_interrupt_on_a_worker_fails_that_method_only(local_ray
             command,
             "--task",
             f"folder:{data}",
-            "--shots",
-            "1",
-            "--image-size",
-            "32",
-            "--quiet",
-            "--cache-dir",
+            *"--shots 1 --image-size 32 --quiet --cache-dir".split(),
             str(tmp_path / "cache"),
             "--out",
             str(out),
             "--method",
             method,
-            "--method",
-            "protonet",
-            "--executor",
-            "ray",
+            *"--method protonet --executor ray".split(),
         ]
-        argv += ["--seeds", "0-3"] if command == "fixedk" else ["--ways", "3", "--queries", "2", "--episodes", "4"]
+        argv += ["--seeds", "0-3"] if command == "fixedk" else [*"--ways 3 --queries 2 --episodes 4".split()]
         assert main(argv) == 3
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "internal"))]
         assert (
@@ -224,13 +185,7 @@ def test_ray_refuses_an_accelerator_in_one_line(data, tmp_path, capsys, monkeypa
             "run",
             "--task",
             f"folder:{data}",
-            "--method",
-            "protonet",
-            "--executor",
-            "ray",
-            "--device",
-            "cuda",
-            "--out",
+            *"--method protonet --executor ray --device cuda --out".split(),
             str(tmp_path / "r.csv"),
         ]
     )
@@ -270,14 +225,7 @@ def test_workers_receive_no_query_labels_and_the_driver_scores(local_ray, data, 
                 "fixedk",
                 "--task",
                 f"folder:{data}",
-                "--shots",
-                "1",
-                "--seeds",
-                "0-3",
-                "--image-size",
-                "32",
-                "--quiet",
-                "--cache-dir",
+                *"--shots 1 --seeds 0-3 --image-size 32 --quiet --cache-dir".split(),
                 str(tmp_path / "cache"),
                 "--out",
                 str(tmp_path / "fixedk.csv"),

@@ -15,7 +15,7 @@ BENCH = str(Path(sys.executable).parent / "bench")
 def bench_run(data_dir, out, *args):
     env = {**os.environ, "BENCH_DATA_DIR": str(data_dir)}
     return subprocess.run(
-        [BENCH, "run", "--shots", "5", "--episodes", "40", "--out", str(out), "--quiet", *args],
+        [BENCH, *"run --shots 5 --episodes 40 --out".split(), str(out), "--quiet", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -107,15 +107,7 @@ def under_ci() -> bool:
 
 def run_chromium(binary, tmp_path, *args):
     flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
+        *"--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking --disable-component-update --disable-sync --disable-dev-shm-usage".split(),
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=180)

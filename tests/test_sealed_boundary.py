@@ -324,7 +324,7 @@ def test_a_vandal_does_not_change_the_rows_of_the_methods_after_it(csv_task, tmp
     alone = run(csv_task, tmp_path, ["simpleshot", "knn"], "alone.csv", episodes=6)
     after = run(csv_task, tmp_path, ["test-vandal", "simpleshot", "knn", "test-vandal"], "after.csv", episodes=6)
     after = after[after["method"] != "test-vandal"].reset_index(drop=True)
-    columns = ["method", "episode", "classes", "accuracy", "macro_f1", "class_accuracy"]
+    columns = [*"method episode classes accuracy macro_f1 class_accuracy".split()]
     assert len(alone) == 12 and alone["accuracy"].mean() > 0.5  # the methods work on this task
     pd.testing.assert_frame_equal(alone[columns], after[columns])
 

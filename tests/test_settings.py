@@ -239,7 +239,7 @@ def test_settings_come_from_the_environment_and_then_the_flags(tmp_path):
     assert Settings.from_environment({}).data_dir == Path("data")
     assert Settings.from_environment({}).cache_dir == Path.home() / ".cache" / "marsfsl"
     args = build_parser(settings).parse_args(
-        ["run", "--method", "protonet", "--shots", "2,1", "--ways", "3", "--split", "validation", "--threads", "2"]
+        [*"run --method protonet --shots 2,1 --ways 3 --split validation --threads 2".split()]
     )
     assert (args.data_dir, args.cache_dir) == (str(tmp_path / "d"), str(tmp_path / "c"))
     given = settings.with_args(args)

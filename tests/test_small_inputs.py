@@ -35,18 +35,9 @@ def run_argv(data, out, *extra, method="si-ok", episodes=3, task=None) -> list[s
         method,
         "--task",
         task or f"folder:{data}",
-        "--shots",
-        "1",
-        "--ways",
-        "3",
-        "--queries",
-        "2",
-        "--episodes",
+        *"--shots 1 --ways 3 --queries 2 --episodes".split(),
         str(episodes),
-        "--image-size",
-        "16",
-        "--quiet",
-        "--cache-dir",
+        *"--image-size 16 --quiet --cache-dir".split(),
         str(Path(data).parent / "cache"),
         "--out",
         str(out),
@@ -103,10 +94,7 @@ def map_argv(tmp_path, labels: list[str]) -> list[str]:
     points = ["x,y,label"] + [f"{8 + 16 * i},{8 + 16 * i},{name}" for i, name in enumerate(labels)]
     (tmp_path / "points.csv").write_text("\n".join(points) + "\n", encoding="utf-8")
     return [
-        "map",
-        "--method",
-        "si-ok",
-        "--scene",
+        *"map --method si-ok --scene".split(),
         tmp_path / "scene.png",
         "--labels",
         tmp_path / "points.csv",
@@ -157,7 +145,7 @@ def test_out_naming_a_folder_is_refused(data, tmp_path, capsys, monkeypatch, com
     else:
         assert main(run_argv(data, tmp_path / "r.csv")) == 0
         capsys.readouterr()
-        argv = ["leaderboard", str(tmp_path / "r.csv"), "--format", "csv", "--out", "dir/"]
+        argv = ["leaderboard", str(tmp_path / "r.csv"), *"--format csv --out dir/".split()]
     line = one_line_error(capsys, argv)
     assert line.startswith(f"error: --out dir/ names a folder; give a file, e.g. {Path('dir') / 'results.csv'}")
     assert not (tmp_path / "dir").exists()

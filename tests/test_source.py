@@ -103,22 +103,7 @@ def test_bench_run_keeps_sources_apart_in_the_results(data, tmp_path):
     def run(*extra):
         return main(
             [
-                "run",
-                "--task",
-                "hirise-regions",
-                "--method",
-                "simpleshot",
-                "--ways",
-                "3",
-                "--shots",
-                "1",
-                "--queries",
-                "2",
-                "--episodes",
-                "4",
-                "--image-size",
-                "32",
-                "--data-dir",
+                *"run --task hirise-regions --method simpleshot --ways 3 --shots 1 --queries 2 --episodes 4 --image-size 32 --data-dir".split(),
                 str(data),
                 "--cache-dir",
                 str(tmp_path / "cache"),
@@ -184,24 +169,7 @@ def test_leaderboard_sources_pairs_each_source_with_no_source(data, tmp_path, ca
     def run(*extra):
         return main(
             [
-                "run",
-                "--task",
-                "hirise-regions",
-                "--method",
-                "simpleshot",
-                "--method",
-                "protonet",
-                "--ways",
-                "3",
-                "--shots",
-                "1",
-                "--queries",
-                "2",
-                "--episodes",
-                "6",
-                "--image-size",
-                "32",
-                "--data-dir",
+                *"run --task hirise-regions --method simpleshot --method protonet --ways 3 --shots 1 --queries 2 --episodes 6 --image-size 32 --data-dir".split(),
                 str(data),
                 "--cache-dir",
                 str(tmp_path / "cache"),
@@ -217,7 +185,7 @@ def test_leaderboard_sources_pairs_each_source_with_no_source(data, tmp_path, ca
         rows = list(csv.DictReader(f))
     acc = {(r["task"], r["method"], int(r["episode"])): float(r["accuracy"]) * 100 for r in rows}
     capsys.readouterr()
-    assert main(["leaderboard", str(out), "--format", "sources", "--versus", "protonet"]) == 0
+    assert main(["leaderboard", str(out), *"--format sources --versus protonet".split()]) == 0
     text = capsys.readouterr().out
     lines = {
         tuple(c.strip() for c in line.strip("|").split("|")[:3]): line
@@ -232,5 +200,5 @@ def test_leaderboard_sources_pairs_each_source_with_no_source(data, tmp_path, ca
     )
     cells = [c.strip() for c in lines[("`simpleshot`", "1", "aid")].strip("|").split("|")]
     assert cells[4].startswith(f"{expected:+.2f}") and cells[4].endswith("(6)")
-    assert main(["leaderboard", str(out), "--format", "sources", "--versus", "nosuch"]) == 2
+    assert main(["leaderboard", str(out), *"--format sources --versus nosuch".split()]) == 2
     assert main(["leaderboard", str(out), "--versus", "protonet"]) == 2

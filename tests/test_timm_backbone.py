@@ -65,18 +65,7 @@ def run(data, out, cache, weights_file, *methods, arch=ARCH, extra=()):
             f"timm:{arch}",
             "--weights",
             str(weights_file),
-            "--image-size",
-            "32",
-            "--shots",
-            "1",
-            "--ways",
-            "3",
-            "--queries",
-            "2",
-            "--episodes",
-            "3",
-            "--quiet",
-            "--cache-dir",
+            *"--image-size 32 --shots 1 --ways 3 --queries 2 --episodes 3 --quiet --cache-dir".split(),
             str(cache),
             "--out",
             str(out),
@@ -160,13 +149,13 @@ def test_a_misshapen_tensor_is_named(weights, tmp_path):
     ],
 )
 def test_bad_backbone_options_are_one_line_errors(argv, message, data, capsys):
-    assert main(["run", "--method", "protonet", "--task", f"folder:{data}", *argv]) == 2
+    assert main([*"run --method protonet --task".split(), f"folder:{data}", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
 
 
 def test_input_size_and_normalisation_come_from_the_pretrained_config(weights):
-    spec_args = ["run", "--method", "protonet", "--backbone", f"timm:{ARCH}", "--weights", str(weights["a"])]
+    spec_args = [*"run --method protonet --backbone".split(), f"timm:{ARCH}", "--weights", str(weights["a"])]
     args = build_parser().parse_args(spec_args)
     resolve_backbone(args)
     assert args.image_size == 160  # test_efficientnet's pretrained input size

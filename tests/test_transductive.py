@@ -270,25 +270,9 @@ def test_a_run_records_and_shows_that_its_method_is_transductive(tmp_path, capsy
     assert (
         main(
             [
-                "run",
-                "--method",
-                "pt-map",
-                "--method",
-                "protonet",
-                "--task",
+                *"run --method pt-map --method protonet --task".split(),
                 f"folder:{tmp_path / 'data'}",
-                "--shots",
-                "1",
-                "--ways",
-                "3",
-                "--queries",
-                "2",
-                "--episodes",
-                "3",
-                "--image-size",
-                "32",
-                "--quiet",
-                "--cache-dir",
+                *"--shots 1 --ways 3 --queries 2 --episodes 3 --image-size 32 --quiet --cache-dir".split(),
                 str(tmp_path / "cache"),
                 "--out",
                 str(out),
@@ -325,26 +309,13 @@ def test_fixed_k_rows_and_tables_mark_a_transductive_method(tmp_path, capsys):
     assert (
         main(
             [
-                "fixedk",
-                "--task",
-                "domars16k",
-                "--data-dir",
+                *"fixedk --task domars16k --data-dir".split(),
                 str(data),
                 "--cache-dir",
                 str(tmp_path / "cache"),
-                "--image-size",
-                "32",
-                "--shots",
-                "1",
-                "--seeds",
-                "0-1",
-                "--out",
+                *"--image-size 32 --shots 1 --seeds 0-1 --out".split(),
                 str(out),
-                "--quiet",
-                "--method",
-                "bd-cspn",
-                "--method",
-                "protonet",
+                *"--quiet --method bd-cspn --method protonet".split(),
             ]
         )
         == 0

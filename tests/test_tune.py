@@ -43,25 +43,9 @@ def make_csv(root: Path, poison: bool = False) -> Path:
 
 def tune_argv(tmp_path, csv, *extra):
     return [
-        "tune",
-        "--method",
-        "knn",
-        "--grid",
-        "k=3,5",
-        "--task",
+        *"tune --method knn --grid k=3,5 --task".split(),
         f"csv:{csv}",
-        "--shots",
-        "1",
-        "--ways",
-        "3",
-        "--queries",
-        "2",
-        "--episodes",
-        "6",
-        "--image-size",
-        "32",
-        "--quiet",
-        "--data-dir",
+        *"--shots 1 --ways 3 --queries 2 --episodes 6 --image-size 32 --quiet --data-dir".split(),
         str(tmp_path),
         "--cache-dir",
         str(tmp_path / "cache"),
@@ -87,7 +71,7 @@ def test_poisoned_target_changes_nothing(tmp_path, capsys):
         results[poison] = (chosen_line(out), table)
     (clean_choice, clean), (poisoned_choice, poisoned) = results[False], results[True]
     assert clean_choice == poisoned_choice
-    columns = ["method", "k", "episodes", "accuracy", "accuracy_ci95", "delta", "delta_ci95", "macro_f1", "chosen"]
+    columns = [*"method k episodes accuracy accuracy_ci95 delta delta_ci95 macro_f1 chosen".split()]
     pd.testing.assert_frame_equal(clean[columns], poisoned[columns])
     assert len(clean) == 3 and clean["episodes"].tolist() == [6, 6, 6]  # k=3, k=5 and the default (k=1)
     assert clean["accuracy"].nunique() > 1 or clean["chosen"].sum() == 1
@@ -135,7 +119,7 @@ def test_choice_rule_keeps_a_tied_default():
     ],
 )
 def test_bad_grid_is_one_line(tmp_path, capsys, grid, message):
-    argv = ["tune", "--method", "knn", "--grid", grid, "--data-dir", str(tmp_path), "--quiet"]
+    argv = [*"tune --method knn --grid".split(), grid, "--data-dir", str(tmp_path), "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -163,21 +163,9 @@ def test_bench_run_split_validation_cli(tmp_path, capsys, monkeypatch, probe):
     monkeypatch.chdir(tmp_path)
     csv = csv_like(tmp_path / "csv", classes=("a", "b", "c"), groups=12, per_group=2, target_groups=4)
     argv = [
-        "run",
-        "--method",
-        "test-base-pool-probe",
-        "--task",
+        *"run --method test-base-pool-probe --task".split(),
         f"csv:{csv}",
-        "--shots",
-        "1",
-        "--ways",
-        "3",
-        "--queries",
-        "1",
-        "--episodes",
-        "3",
-        "--quiet",
-        "--data-dir",
+        *"--shots 1 --ways 3 --queries 1 --episodes 3 --quiet --data-dir".split(),
         str(tmp_path),
         "--cache-dir",
         str(tmp_path / "cache"),

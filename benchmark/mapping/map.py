@@ -125,8 +125,8 @@ def map_scene(
 ) -> MapResult:
     """Prepare the method on the base task (with `settings`' backbone, image size, seed and device), fit it on
     the labelled windows, classify every window with at least MIN_VALID_FRACTION valid pixels, smooth, and
-    (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy, labels.npy, the GIS layers
-    (gis.FILES, with the gis extra) and summary.json."""
+    (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy,
+    labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json."""
     from methods.registry import create_method
 
     options = options or MapOptions()

@@ -256,7 +256,8 @@ def write_outputs(
         with atomic_output(out / name) as tmp:
             np.save(tmp, array)
     n_classes = len(points.class_names)
-    fractions = area_fractions(grid, labels, n_classes)
+    # the fractions summary.json already holds (class_keys): float64 both ways, so the same numbers
+    fractions = np.array([summary["area_fraction"][name] for name in points.class_names])
     title = f"{summary['method']}, window {grid.window} stride {grid.stride}, smoothing {options.smoothing}"
     files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, options.preview, title=title)
     timings = {"write_s": time.perf_counter() - t0}

@@ -109,3 +109,38 @@ def test_without_ray_the_default_row_is_left_out_with_a_note_and_a_named_one_is_
     assert ray_row(argparse.Namespace(ray_method="none"), notes.append) == ("none", None)
     with pytest.raises(UserError, match="--ray-method sdft: Ray is not installed"):
         ray_row(argparse.Namespace(ray_method="sdft"), notes.append)
+
+
+def test_bench_perf_hands_its_flags_to_run_perf(tmp_path, monkeypatch):
+    """Every flag of `bench perf` reaches the PerfOptions field of its name (--memory-method: memory_methods);
+    a field without a flag keeps its default."""
+    import benchmark.perf
+    from benchmark.perf_options import PerfOptions
+
+    seen = {}
+
+    def fake_run_perf(settings, options, work_dir, log=print):
+        seen["options"] = options
+        return []
+
+    monkeypatch.setattr(benchmark.perf, "run_perf", fake_run_perf)
+    monkeypatch.setattr(benchmark.perf, "ray_missing", lambda: None)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["perf", "--data-dir", str(tmp_path), "--episodes", "7", "--extraction-images", "9"]
+    argv += ["--warm-method", "protonet", "--memory-method", "knn", "--memory-method", "protonet"]
+    argv += ["--memory-shots", "1,5"]
+    argv += ["--memory-episodes", "2", "--ray-method", "protonet", "--ray-episodes", "3", "--step1-batches", "2"]
+    argv += ["--transductive-episodes", "0"]
+    assert main(argv) == 0
+    assert seen["options"] == PerfOptions(
+        episodes=7,
+        extraction_images=9,
+        warm_method="protonet",
+        memory_methods=("knn", "protonet"),
+        memory_shots="1,5",
+        memory_episodes=2,
+        ray_method="protonet",
+        ray_episodes=3,
+        step1_batches=2,
+        transductive_episodes=0,
+    )

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmark.cli import add_common, add_task_options, bounded_int, positive_int
+from benchmark.cli import add_common, add_task_options, bounded_int, config_from, positive_int
 from benchmark.perf_options import PerfOptions
 
 
@@ -84,18 +84,7 @@ def cmd_perf(args) -> int:
 
     log = RichProgressReporter(enabled=False).log
     ray_method, left_out = ray_row(args, log)
-    options = PerfOptions(
-        episodes=args.episodes,
-        extraction_images=args.extraction_images,
-        warm_method=args.warm_method,
-        memory_methods=tuple(args.memory_method or ()),
-        memory_shots=args.memory_shots,
-        memory_episodes=args.memory_episodes,
-        ray_method=ray_method,
-        ray_episodes=args.ray_episodes,
-        step1_batches=args.step1_batches,
-        transductive_episodes=args.transductive_episodes,
-    )
+    options = config_from(PerfOptions, args, memory_methods=tuple(args.memory_method or ()), ray_method=ray_method)
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
         figures = run_perf(args.settings, options, Path(work), log=log)
     table = Table(

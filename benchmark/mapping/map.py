@@ -125,8 +125,8 @@ def map_scene(
 ) -> MapResult:
     """Prepare the method on the base task (with `settings`' backbone, image size, seed and device), fit it on
     the labelled windows, classify every window with at least MIN_VALID_FRACTION valid pixels, smooth, and
-    (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy, labels.npy, the GIS layers
-    (gis.FILES, with the gis extra) and summary.json."""
+    (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy,
+    labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json."""
     from methods.registry import create_method
 
     options = options or MapOptions()
@@ -256,7 +256,8 @@ def write_outputs(
         with atomic_output(out / name) as tmp:
             np.save(tmp, array)
     n_classes = len(points.class_names)
-    fractions = area_fractions(grid, labels, n_classes)
+    # the fractions summary.json already holds (class_keys): float64 both ways, so the same numbers
+    fractions = np.array([summary["area_fraction"][name] for name in points.class_names])
     title = f"{summary['method']}, window {grid.window} stride {grid.stride}, smoothing {options.smoothing}"
     files = render_maps(out, scene, grid, labels, points.class_names, fractions, points, options.preview, title=title)
     timings = {"write_s": time.perf_counter() - t0}

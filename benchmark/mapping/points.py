@@ -101,8 +101,8 @@ def _read_vector(path: Path, grid: WindowGrid, scene, label_field: str):
     shapes, labels, crs = _read_layer(path, label_field)
     shapes = _to_pixels(path, shapes, crs, scene)
     xs, ys, names, where = [], [], [], []
-    x0, y0 = grid.origins()
     cells_x, cells_y = grid.cell_edges("x"), grid.cell_edges("y")
+    centres = grid.centres()
     for i, (shape, label) in enumerate(zip(shapes, labels), start=1):
         label = "" if label is None else str(label).strip()
         if not label:
@@ -128,9 +128,8 @@ def _read_vector(path: Path, grid: WindowGrid, scene, label_field: str):
                     f"{path} feature {i}: the polygon covers no window's cell by more than half "
                     f"(inside the scene); draw it larger, use a point, or a smaller --stride"
                 )
-            centres = grid.centres()[windows]
-            xs += centres[:, 0].tolist()
-            ys += centres[:, 1].tolist()
+            xs += centres[windows, 0].tolist()
+            ys += centres[windows, 1].tolist()
             names += [label] * len(windows)
             where += [f"feature {i}"] * len(windows)
         else:

@@ -2,9 +2,9 @@
 
 from tasks.datasets import (  # noqa: F401
     aid,
-    domars16k,  # noqa: F401,E402
+    domars16k,
     hirise,
-    marsbench,  # noqa: F401,E402  (registers the marsbench: prefix)
+    marsbench,  # registers the marsbench: prefix
 )
 from tasks.datasets.base import (  # noqa: F401
     DATASETS,

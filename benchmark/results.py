@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from benchmark.columns import CONDITIONS, EPISODE_COLUMNS, WEIGHTS_COLUMNS
-from benchmark.defaults import SEED_MAX
 from benchmark.migrations import history
 from common.errors import UserError
 from common.files import atomic_write_bytes
+from common.settings import SEED_MAX
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,6 @@ def migrate_file(
             facts.task,
             facts.backbone,
             facts.method_versions,
-            make_method,
         )
         notes = history.migrate(path, rows, version, stated)
         identities = {}
@@ -148,15 +147,6 @@ def migrate_file(
         data = f" ({', '.join(f'{t}: data {d}' for t, d in identities.items())})" if identities else ""
         return f"refreshed the data identity of {len(rows)} rows{data}"
     return f"migrated from schema {version}{summary(header, rows, history, notes)}: {len(rows)} rows"
-
-
-def make_method(label: str):
-    """The method a row's label names, with its options, as a run creates it."""
-    from benchmark.runner import MethodSpec
-    from methods.registry import create_method
-
-    spec = MethodSpec.parse(label)
-    return create_method(spec.name, **spec.options)
 
 
 def schema_of(history):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from common.errors import UserError
-from common.settings import ARG_NAMES, DEFAULTS, MAX_EPISODES, MAX_SEEDS, SEED_MAX, Settings  # noqa: F401  (commands take them from here)
+from common.settings import ARG_NAMES, DEFAULTS, MAX_EPISODES, MAX_SEEDS, SEED_MAX, Settings
 
 
 class ArgumentError(UserError):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from common.errors import UserError
-from common.settings import DEFAULTS, MAX_EPISODES, MAX_SEEDS, SEED_MAX, Settings  # noqa: F401  (commands take them from here)
+from common.settings import ARG_NAMES, DEFAULTS, MAX_EPISODES, MAX_SEEDS, SEED_MAX, Settings
 
 
 class ArgumentError(UserError):
@@ -348,11 +348,13 @@ def default_data_dir() -> str:
 
 
 def config_from(cls, args, **given):
-    """A config dataclass `cls` from the flags named as its fields; `given` holds the fields whose value is not
-    a flag's own (parsed, resolved or renamed). A field without a flag keeps its default."""
+    """A config dataclass `cls` from the flags named as its fields (or as common.settings.ARG_NAMES renames
+    them: n_way is --ways); `given` holds the fields whose value is not a flag's own (parsed or resolved). A
+    field without a flag keeps its default."""
     import dataclasses
 
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    options = {f.name: ARG_NAMES.get(f.name, f.name) for f in dataclasses.fields(cls)}
+    flags = {name: getattr(args, option) for name, option in options.items() if hasattr(args, option)}
     return cls(**{**flags, **given})
 
 

@@ -25,8 +25,8 @@ import os
 import time
 from collections import defaultdict
 
-from benchmark.defaults import DEFAULTS
 from common.errors import UserError
+from common.settings import DEFAULTS
 from tasks.episodes import BlindEpisodes
 from tasks.protocols import BlindFixedKSet
 

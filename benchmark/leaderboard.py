@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.defaults import DEFAULTS
 from benchmark.results import EPISODES, KEY, SET_ASIDE_SUFFIX, read_results
 from benchmark.stats import compare_methods, pm
 from common.errors import UserError
+from common.settings import DEFAULTS
 
 SETTING = ["task", "ways", "shots", "queries"]
 STREAM = SETTING + ["manifest"]

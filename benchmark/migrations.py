@@ -40,7 +40,6 @@ class Facts:
     task: str | None = None
     backbone: str | None = None
     method_versions: dict = field(default_factory=dict)  # method name -> version
-    make_method: Callable | None = None  # a method label (NAME:key=value,...) -> the method it names, as a run makes it
 
 
 @dataclass(frozen=True)
@@ -257,6 +256,15 @@ def crater_identities(path: Path, rows: list[dict], data_dir: Path, refresh: boo
         r.update(data=data[r["task"], r["source"]], scene=scene)
 
 
+def make_method(label: str):
+    """The method a row's label (NAME:key=value,...) names, with its options, as a run creates it."""
+    from benchmark.runner import MethodSpec
+    from methods.registry import create_method
+
+    spec = MethodSpec.parse(label)
+    return create_method(spec.name, **spec.options)
+
+
 def crater_versions(path: Path, labels: list[str], facts: Facts) -> dict[str, dict]:
     """Per method label of an old crater file: the method version the user states (or 1 for a method still at
     version 1, which has never changed its numbers: a change bumps it) and its config under this code (a
@@ -274,7 +282,7 @@ def crater_versions(path: Path, labels: list[str], facts: Facts) -> dict[str, di
     for label in labels:
         name = label.partition(":")[0].strip()
         try:
-            method = facts.make_method(label)
+            method = make_method(label)
         except UserError as exc:
             raise UserError(f"cannot migrate {path}: its method {label} does not load ({exc})") from None
         current = method_version(method)

@@ -32,7 +32,8 @@ def published_name(task: str) -> str:
     return ""
 
 
-# The fixed-K columns `comparison` reads, with their types (read_fixedk gives text).
+# The fixed-K columns `comparison` reads, with their types: read_fixedk types them, but an empty file reads as
+# text columns, which would leave them text in the frames' concatenation.
 FIXEDK_TYPES = (
     ("shots", int),
     ("seed", int),

@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from benchmark.columns import CONDITIONS, EPISODE_COLUMNS, WEIGHTS_COLUMNS
-from benchmark.defaults import SEED_MAX
 from benchmark.migrations import history
 from common.errors import UserError
 from common.files import atomic_write_bytes
+from common.settings import SEED_MAX
 
 
 @dataclass(frozen=True)
@@ -308,12 +308,22 @@ def read_results(path: Path, schema: Schema = EPISODES) -> pd.DataFrame:
     if problem:
         raise UserError(f"results path {path} {problem}; give a .csv file")
     try:
-        with open(path, newline="") as f:
-            header, first = _head(f)
-        text = path.read_text() if header is not None else ""
+        text = path.read_text()
     except OSError as exc:
         raise UserError(f"results file {path} is not readable ({exc.strerror})") from None
-    except (UnicodeDecodeError, csv.Error):
+    except UnicodeDecodeError:
+        raise UserError(
+            f"results file {path} is not a text CSV; move it away or write to a new file with --out"
+        ) from None
+    return parse_results(path, text, schema)
+
+
+def parse_results(path: Path, text: str, schema: Schema = EPISODES) -> pd.DataFrame:
+    """The rows of `text`, the whole text of results file `path`, checked as read_results checks a file: so
+    that a file about to be written (`bench migrate`'s) is checked before it replaces the one on disk."""
+    try:
+        header, first = _head(io.StringIO(text))
+    except csv.Error:
         raise UserError(
             f"results file {path} is not a text CSV; move it away or write to a new file with --out"
         ) from None

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from benchmark import interrupts
-from benchmark.defaults import DEFAULTS
 from benchmark.fastpath import chunked_answers, in_query_order, score_chunk, supports_batches
 from benchmark.provenance import method_conditions
 from benchmark.scoring import MethodFailed, ScoreError, score_episode
 from common.errors import UserError
+from common.settings import DEFAULTS
 from methods.base import Context, handed
 from methods.cache import Cache
 from methods.devices import CPU

@@ -80,3 +80,22 @@ def test_infeasible_episodes_through_the_cli(tmp_path, capsys):
 def test_bad_numbers(tmp_path, capsys, flag, value):
     line = one_line_error(capsys, run_args(tmp_path, tmp_path, flag, value))
     assert flag in line and repr(value) in line
+
+
+def test_config_from_takes_a_renamed_setting_from_its_option():
+    """A config's n_way and n_query come from --ways and --queries (common.settings.ARG_NAMES), as its other
+    fields come from the options of their own names."""
+    import argparse
+    from dataclasses import dataclass
+
+    from benchmark.cli import config_from
+
+    @dataclass
+    class Config:
+        task: str = "t"
+        n_way: int = 5
+        n_query: int = 15
+        seed: int = 0
+
+    args = argparse.Namespace(task="other", ways=3, queries=7)
+    assert config_from(Config, args, seed=4) == Config("other", 3, 7, 4)

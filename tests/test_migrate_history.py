@@ -197,3 +197,16 @@ def test_a_crater_file_of_schema_5_gains_its_schema_column_and_full_sdft_configs
     (migrated,) = read_rows(path)
     assert migrated == {**row, "config": method_config(create_method("sdft")), "schema": "6"}
     assert len(read_results(path, CRATERS)) == 1
+
+
+def test_a_migration_whose_rows_are_not_valid_leaves_the_file_untouched(tmp_path):
+    """The migrated rows are checked before they replace the file: a row no current file may hold (an accuracy
+    above 1) is refused in one line, and the old file stays as it was."""
+    rows = current_rows(tmp_path)
+    rows[0]["accuracy"] = "1.5"
+    path = tmp_path / "old.csv"
+    old = old_file(path, rows, EPISODES_V3, schema="3")
+    with pytest.raises(UserError) as exc:
+        migrate_file(path, tmp_path / "no-data-needed")
+    assert "\n" not in str(exc.value) and "accuracy" in str(exc.value)
+    assert path.read_text() == old

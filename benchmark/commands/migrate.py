@@ -114,7 +114,7 @@ def migrate_file(
     order (benchmark/migrations.py); returns what was done, in a few words."""
     from benchmark.migrations import Facts, crater_identities, task_identities
     from benchmark.provenance import preprocessing_id
-    from benchmark.results import csv_text, locked, read_results
+    from benchmark.results import csv_text, locked, parse_results
     from common.files import atomic_write_bytes
 
     path = Path(path)
@@ -131,7 +131,6 @@ def migrate_file(
             facts.task,
             facts.backbone,
             facts.method_versions,
-            make_method,
         )
         notes = history.migrate(path, rows, version, stated)
         identities = {}
@@ -141,21 +140,13 @@ def migrate_file(
             identities = task_identities(path, rows, data_dir, refresh=current)
             for r in rows:
                 r["data"] = identities[r["task"]]
-        atomic_write_bytes(path, csv_text(rows, history.current, header=True).encode())
-    read_results(path, schema_of(history))  # the migrated file is a valid one
+        text = csv_text(rows, history.current, header=True)
+        parse_results(path, text, schema_of(history))  # a valid file, checked before it replaces the old one
+        atomic_write_bytes(path, text.encode())
     if current:
         data = f" ({', '.join(f'{t}: data {d}' for t, d in identities.items())})" if identities else ""
         return f"refreshed the data identity of {len(rows)} rows{data}"
     return f"migrated from schema {version}{summary(header, rows, history, notes)}: {len(rows)} rows"
-
-
-def make_method(label: str):
-    """The method a row's label names, with its options, as a run creates it."""
-    from benchmark.runner import MethodSpec
-    from methods.registry import create_method
-
-    spec = MethodSpec.parse(label)
-    return create_method(spec.name, **spec.options)
 
 
 def schema_of(history):

@@ -65,8 +65,6 @@ def cmd_tune(args) -> int:
         grids=args.grid,
         data_dir=Path(args.data_dir or default_data_dir()),
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        n_way=args.ways,
-        n_query=args.queries,
         out=Path(args.out) if args.out else None,
         table=Path(args.table) if args.table else None,
     )

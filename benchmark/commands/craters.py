@@ -164,11 +164,10 @@ def cmd_score(args) -> int:
     if summary["scene_size"] != [3744, 3744]:
         raise UserError(f"{args.map} maps a {summary['scene_size']} scene, not the 3744 x 3744 CTX block")
     grid = WindowGrid(summary["scene_size"][1], summary["scene_size"][0], summary["window"], summary["stride"])
-    _, boxes = load_ctx(_data_dir(args))
+    scene, boxes = load_ctx(_data_dir(args))  # one read of the nine tiles, for the scores and the figure
     scores = score_labels(grid, boxes, labels, summary["classes"].index("crater"))
     print(json.dumps({"map": args.map, "smoothing": summary["smoothing"], **scores}, indent=2))
     if args.figure:
-        scene, _ = load_ctx(_data_dir(args))
         outcome_figure(
             Path(args.figure),
             scene,

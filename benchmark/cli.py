@@ -317,10 +317,7 @@ def benchmark_config(args) -> dict:
         from benchmark.sandbox import bwrap
 
         bwrap()  # missing or unable to start: one line saying how, before any work
-    if args.fresh and args.reuse_stale:
-        raise UserError(
-            "--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale would keep"
-        )
+    refuse_fresh_with_reuse_stale(args)
     return dict(
         methods=[MethodSpec.parse(m) for m in args.method],
         task=args.task,
@@ -364,6 +361,14 @@ def add_reuse_stale(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="take rows made by another git commit when everything else about them matches",
     )
+
+
+def refuse_fresh_with_reuse_stale(args) -> None:
+    """--fresh and --reuse-stale (add_reuse_stale) ask opposite things of the rows a file holds: one line."""
+    if args.fresh and args.reuse_stale:
+        raise UserError(
+            "--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale would keep"
+        )
 
 
 def add_fixedk_files(p: argparse.ArgumentParser, help: str) -> None:

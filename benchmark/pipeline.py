@@ -30,7 +30,6 @@ from benchmark.provenance import Provenance
 from benchmark.results import (
     Schema,
     append_rows,
-    check_results_path,
     locked_if_present,
     matching,
     read_results,
@@ -69,15 +68,12 @@ class Plan:
 
 
 class ResultsTable:
-    """A results file of one schema as the pipeline uses it: checked before any work, planned against (set
-    aside, refuse, resume), appended to under its lock, read again. Built on benchmark/results.py."""
+    """A results file of one schema as the pipeline uses it: planned against (set aside, refuse, resume),
+    appended to under its lock, read again. Built on benchmark/results.py (each protocol's setup checks the
+    file before any work: results.check_results_path)."""
 
     def __init__(self, path: Path, schema: Schema):
         self.path, self.schema = Path(path), schema
-
-    def check(self) -> None:
-        """Before any work: an incompatible, unreadable or unwritable file is a one-line error."""
-        check_results_path(self.path, self.schema)
 
     def set_aside(self, measurements: list[dict]) -> int:
         """Move the file's rows of these measurements (under any conditions) aside; how many moved."""

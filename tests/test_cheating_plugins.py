@@ -155,3 +155,31 @@ def test_isolated_probes_score_chance_or_are_refused(noise, tmp_path):
     assert_chance_or_refused(outcome, IN_PROCESS + OUT_OF_PROCESS + SANDBOX_ONLY)
     for name in ("cheat-memory-features", "cheat-memory-rows", "cheat-memory-shm"):  # nothing to remember
         assert not isinstance(outcome[name], str), outcome[name]
+
+
+def test_a_refused_method_keeps_its_rows_of_other_measurements(stripes, tmp_path):
+    """The check that refuses a method sets aside the rows of this run's measurements only: the method's rows of
+    another episode shape in the same file stay."""
+    out = tmp_path / "probes.csv"
+    cheating_plugins.MEMORY.clear()
+
+    def config(ways, episodes):
+        return RunConfig(
+            methods=[MethodSpec.parse("cheat-memory-features")],
+            task=f"folder:{stripes}",
+            shots=[1],
+            n_way=ways,
+            n_query=QUERIES,
+            episodes=episodes,
+            image_size=32,
+            data_dir=stripes,
+            cache_dir=tmp_path / "cache",
+            out=out,
+        )
+
+    assert len(run_benchmark(config(2, 1))) == 1  # one episode: nothing remembered yet, the check passes
+    failures = []
+    run_benchmark(config(WAYS, EPISODES), failures=failures)
+    assert failures and "answers depend on earlier episodes" in str(failures[0]), failures
+    kept = read_results(out)
+    assert kept["ways"].astype(int).tolist() == [2]

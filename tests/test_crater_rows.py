@@ -299,3 +299,14 @@ def test_out_naming_the_csv_or_the_table_means_the_same_stem():
     assert out_stem("runs/ctx") == "runs/ctx"
     assert out_stem("runs/ctx.csv") == out_stem("runs/ctx.md") == out_stem("runs/ctx.CSV") == "runs/ctx"
     assert out_stem("runs/ctx.v2") == "runs/ctx.v2"  # any other dot is part of the name
+
+
+def test_a_new_beta_adds_only_the_smoothed_rows(data, tmp_path, capsys):
+    """Another --beta is another measurement of the smoothed rows only: the unsmoothed row of the same seed is
+    reused, not appended a second time beside the new map's smoothed row."""
+    out = tmp_path / "out" / "ctx"
+    rc, err, rows = crater_run(data, out, capsys, "--method", "simpleshot")
+    assert rc == 0 and len(rows) == 2, err
+    rc, err, rows = crater_run(data, out, capsys, "--method", "simpleshot", "--beta", "2")
+    assert rc == 0 and "map in" in err, err
+    assert sorted((r["smoothing"], r["strength"]) for r in rows) == [("mrf", "1.0"), ("mrf", "2.0"), ("none", "0.0")]

@@ -538,3 +538,23 @@ def test_the_crater_command_defaults_are_the_crater_rule_s_grid():
     from tasks.datasets.ctx_murray import STRIDE, TILE, TRAIN_X, WINDOW
 
     assert GRID == (WINDOW, STRIDE) and SCORED_PART == (TRAIN_X, 0, 3 * TILE, 3 * TILE)
+
+
+def test_craters_score_reads_the_scene_once_for_its_figure(tmp_path, capsys, monkeypatch):
+    """`bench craters score --figure` scores and draws from one read of the nine CTX tiles."""
+    import tasks.datasets.ctx_murray as ctx
+    from tests.test_ctx_craters_task import ctx_scene_like
+
+    ctx_scene_like(tmp_path / "data")
+    grid = WindowGrid(3744, 3744, 1248, 1248)
+    (tmp_path / "map").mkdir()
+    summary = {"scene_size": [3744, 3744], "window": 1248, "stride": 1248, "classes": ["crater", "other"]}
+    (tmp_path / "map" / "summary.json").write_text(json.dumps({**summary, "smoothing": "none"}))
+    np.save(tmp_path / "map" / "labels.npy", np.zeros(grid.n, dtype=np.int64))
+    reads = []
+    load_ctx = ctx.load_ctx
+    monkeypatch.setattr(ctx, "load_ctx", lambda data_dir: reads.append(data_dir) or load_ctx(data_dir))
+    figure = tmp_path / "figure.png"
+    argv = ["craters", "score", "--map", str(tmp_path / "map"), "--data-dir", str(tmp_path / "data")]
+    assert main([*argv, "--figure", str(figure), "--size", "64"]) == 0, capsys.readouterr().err
+    assert figure.is_file() and len(reads) == 1

@@ -13,12 +13,14 @@ import numpy as np
 
 from benchmark.cli import (
     add_common,
+    add_reuse_stale,
     add_source_option,
     add_task_options,
     config_from,
     default_data_dir,
     int_list,
     positive_int,
+    refuse_fresh_with_reuse_stale,
     seed_list,
 )
 from common.files import atomic_write_text
@@ -88,11 +90,7 @@ def _add_rows_options(run) -> None:
         action="store_true",
         help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv",
     )
-    run.add_argument(
-        "--reuse-stale",
-        action="store_true",
-        help="take rows made by another git commit when everything else about them matches",
-    )
+    add_reuse_stale(run)
 
 
 def _add_scene_parser(verbs) -> None:
@@ -166,11 +164,10 @@ def cmd_score(args) -> int:
     if summary["scene_size"] != [3744, 3744]:
         raise UserError(f"{args.map} maps a {summary['scene_size']} scene, not the 3744 x 3744 CTX block")
     grid = WindowGrid(summary["scene_size"][1], summary["scene_size"][0], summary["window"], summary["stride"])
-    _, boxes = load_ctx(_data_dir(args))
+    scene, boxes = load_ctx(_data_dir(args))  # one read of the nine tiles, for the scores and the figure
     scores = score_labels(grid, boxes, labels, summary["classes"].index("crater"))
     print(json.dumps({"map": args.map, "smoothing": summary["smoothing"], **scores}, indent=2))
     if args.figure:
-        scene, _ = load_ctx(_data_dir(args))
         outcome_figure(
             Path(args.figure),
             scene,
@@ -211,15 +208,11 @@ def cmd_run(args) -> int:
     from benchmark.pipeline import run
     from benchmark.protocols.craters import Craters, CratersConfig
     from benchmark.runner import MethodSpec
-    from common.errors import UserError
     from methods.backbones import check_backbone
     from methods.devices import resolve_device
     from methods.features import thread_policy
 
-    if args.fresh and args.reuse_stale:
-        raise UserError(
-            "--fresh and --reuse-stale exclude each other: --fresh recomputes the rows --reuse-stale would keep"
-        )
+    refuse_fresh_with_reuse_stale(args)
     device = resolve_device(args.device)
     check_backbone(args.backbone)
     config = config_from(

@@ -79,7 +79,7 @@ class Episodes(TaskProtocol):
             kept[plan.k] = dict.fromkeys(runner.episodes_to_check(plan.pending, config.seed, plan.k))
             self.answer(plan, run, handles, kept[plan.k])
         if prepared and not hasattr(run.executor, "prepare"):
-            self.check_answers_again(plans[0], kept, handles, run)
+            self.check_answers_again(plans, kept, handles, run)
 
     def prepare(self, plan: Plan, run: Run, handles: RowHandles) -> None:
         """Prepare the plan's method (runner.prepared_by); what it raises is the method's failure."""
@@ -138,13 +138,14 @@ class Episodes(TaskProtocol):
                     flush()
                     last_flush = time.perf_counter()
 
-    def check_answers_again(self, plan: Plan, kept: dict, handles: RowHandles, run: Run) -> None:
+    def check_answers_again(self, plans: list[Plan], kept: dict, handles: RowHandles, run: Run) -> None:
         """A method's answer to an episode depends on that episode and its prepared state, never on the episodes
         it answered before. A fresh process prepared like this one (from the method's cache) answers the kept
-        episodes again; where any scores differ, this run's rows of the method are set aside and it fails."""
+        episodes again; where any scores differ, the rows of this run's measurements of the method (`plans`: not
+        its rows of other ways, queries or streams) are set aside and it fails."""
         from benchmark.sandbox import answered_again, same_answers, settings_meta
 
-        spec, method, config = plan.spec, plan.method, self.config
+        spec, method, config = plans[0].spec, plans[0].method, self.config
         batched = runner.supports_batches(method)
         requests, first = self.requests_again(method, kept, handles, batched)
         if not requests:
@@ -167,7 +168,7 @@ class Episodes(TaskProtocol):
         changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
         if changed:
             k, i = changed[0]
-            moved = run.table.set_aside([{"task": self.task.name, "method": spec.label, "shots": kk} for kk in kept])
+            moved = run.table.set_aside([p.measurement for p in plans if p.k in kept])
             raise MethodFailed(
                 spec.label,
                 "the check of its answers",

@@ -75,19 +75,8 @@ class FixedK(TaskProtocol):
                 progress=run.progress,
                 label=label,
             )
-        timestamp = datetime.now(UTC).isoformat(timespec="seconds")
-        run.table.append(
-            [
-                {
-                    "schema": fixedk.SCHEMA_VERSION,
-                    **plan.key,
-                    **result,
-                    **run.provenance.columns(),
-                    "timestamp": timestamp,
-                }
-                for result in results
-            ]
-        )
+        made = {**run.provenance.columns(), "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+        run.table.append([{"schema": fixedk.SCHEMA_VERSION, **plan.key, **result, **made} for result in results])
         run.progress.log(f"{label} {k}-shot: {fixedk.seeds(len(pending))} in {time.perf_counter() - started:.1f} s")
 
     def finish(self, rows):

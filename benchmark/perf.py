@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -141,59 +142,86 @@ def extraction_throughput(paths, image_size: int, backbone: str, batch_size: int
     return max(suite), max(native), f"torch's {torch.get_num_threads()} threads"
 
 
-def step1_figure(images: np.ndarray, backbone: str, batch_size: int = 32, batches: int = 4, repeats: int = 2,
-                 device: torch.device = CPU) -> Figure:
-    """SDFT step 1's training throughput (methods/sdft.train_step1 on `batches` batches: augmentation, forward,
-    backward, AdamW, schedule) against a bare forward + backward + AdamW loop of the same backbone, batch size,
-    image size and batches, both under `bench run`'s thread policy (one intra-op thread; step 1 runs there).
-    The slice has one scene, so step 1 holds nothing out and runs its batches only. Best of `repeats`,
-    interleaved, after an untimed batch of each (oneDNN builds its kernels)."""
+def step1_rates(part: np.ndarray, labels: np.ndarray, opts: dict, backbone: str, device: torch.device, cores: int,
+                repeats: int) -> tuple[float, float]:
+    """(step 1's img/s, the bare loop's img/s) on `cores`: step 1 under `bench run --threads cores`'s policy
+    (that many workers, one intra-op thread each), the bare loop on torch's own threading over that many
+    threads. Best of `repeats`, interleaved, after an untimed run of each (oneDNN builds its kernels)."""
+    from threadpoolctl import threadpool_limits
     from torch.nn import functional as F
 
-    from methods.sdft import STEP1_DEFAULTS, train_step1
+    from methods.sdft import train_step1
 
-    n = batch_size * batches
-    part = np.ascontiguousarray(images[:n])
-    if len(part) < 2 * batch_size:
-        raise UserError(f"bench perf: step 1's throughput needs {2 * batch_size} images, the task has {len(part)}")
-    labels = (np.arange(len(part)) % 10).astype(np.int64)
-    groups = np.full(len(part), "one scene", dtype=object)
-    opts = {**STEP1_DEFAULTS, "epochs": 1, "batch_size": batch_size}
+    groups = np.full(len(part), "one scene", dtype=object)  # nothing held out: batches only
+    batch_size = opts["batch_size"]
 
     def fresh():
         model = create_backbone(backbone, pretrained=True)
         model.reset_classifier(10)
         return model.to(device)
 
-    def suite():
-        started = time.perf_counter()
-        train_step1(fresh(), part, labels, groups, opts, 0, lambda m: None, device=device)
-        return len(part) / (time.perf_counter() - started)
+    def suite(images):
+        model = fresh()
+        with thread_policy(cores):
+            started = time.perf_counter()
+            train_step1(model, images, labels[: len(images)], groups[: len(images)], opts, 0, lambda m: None,
+                        device=device)
+            return len(images) / (time.perf_counter() - started)
 
-    def bare():
+    def bare(images):
         model = fresh().train()
         opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
         y = torch.from_numpy(labels).to(device)
-        started = time.perf_counter()
-        for start in range(0, len(part), batch_size):
-            x = normalize(torch.from_numpy(part[start : start + batch_size]).to(device))
-            loss = F.cross_entropy(model(x), y[start : start + batch_size])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return len(part) / (time.perf_counter() - started)
+        with threadpool_limits(limits=cores), torch_threads(cores):
+            started = time.perf_counter()
+            for start in range(0, len(images), batch_size):
+                x = normalize(torch.from_numpy(images[start : start + batch_size]).to(device))
+                loss = F.cross_entropy(model(x), y[start : start + batch_size])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            return len(images) / (time.perf_counter() - started)
 
+    suite(part[: 2 * batch_size]), bare(part[: 2 * batch_size])  # warm-up
     ours, raw = [], []
-    with thread_policy(os.cpu_count() or 1):
-        train_step1(fresh(), part[: 2 * batch_size], labels[: 2 * batch_size], groups[: 2 * batch_size],
-                    {**opts}, 0, lambda m: None, device=device)  # warm-up
-        for r in range(repeats):
-            for side in ((suite, bare) if r % 2 == 0 else (bare, suite)):
-                (ours if side is suite else raw).append(side())
-    size = images.shape[-1]
-    return Figure(f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size}", max(ours), "img/s",
-                  f"bare forward+backward+AdamW {max(raw):,.1f} img/s", max(ours) / max(raw),
-                  f"{len(part)} images, one intra-op thread as in bench run; target >= 0.8x")
+    for r in range(repeats):
+        for side in ((suite, bare) if r % 2 == 0 else (bare, suite)):
+            (ours if side is suite else raw).append(side(part))
+    return max(ours), max(raw)
+
+
+def step1_figures(images: np.ndarray, backbone: str, batch_size: int = 32, batches: int = 4, repeats: int = 2,
+                  device: torch.device = CPU) -> list[Figure]:
+    """SDFT step 1's training throughput (methods/sdft.train_step1 on `batches` batches: augmentation,
+    micro-batches side by side, AdamW, schedule) against a bare forward + backward + AdamW loop of the same
+    backbone, batch size, image size and batches: on all cores (the bare loop on torch's own threading, what
+    a plain training script gets from this machine), and on one thread each. The slice has one scene, so step 1
+    holds nothing out and runs its batches only."""
+    from methods.parallel import available_cores
+    from methods.sdft import STEP1_DEFAULTS
+
+    n = batch_size * batches
+    part = np.ascontiguousarray(images[:n])
+    if len(part) < 2 * batch_size:
+        raise UserError(f"bench perf: step 1's throughput needs {2 * batch_size} images, the task has {len(part)}")
+    labels = (np.arange(len(part)) % 10).astype(np.int64)
+    opts = {**STEP1_DEFAULTS, "epochs": 1, "batch_size": batch_size}
+    size, cores = images.shape[-1], available_cores()
+    what = (f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size} (micro-batches of "
+            f"{opts['micro_batch']})")
+    figures = []
+    for threads in sorted({cores, 1}, reverse=True):
+        ours, raw = step1_rates(part, labels, opts, backbone, device, threads, repeats)
+        if threads == cores:
+            figures.append(Figure(f"{what}, {cores} workers x 1 thread", ours, "img/s",
+                                  f"bare forward+backward+AdamW, torch's {cores} threads, {raw:,.1f} img/s", ours / raw,
+                                  f"{len(part)} images, all cores on both sides; the same bits on any core count; "
+                                  f"target >= 0.9x"))
+        else:
+            figures.append(Figure(f"{what}, one thread", ours, "img/s",
+                                  f"bare forward+backward+AdamW, one thread, {raw:,.1f} img/s", ours / raw,
+                                  f"{len(part)} images, `bench run --threads 1` against a one-thread loop"))
+    return figures
 
 
 def ray_figure(task: Task, ctx: Context, method_name: str, episodes: int, workers: int = 2,
@@ -290,6 +318,72 @@ def bench_subprocess(args: list[str], env: dict) -> tuple[float, float, int]:
     return seconds, first, int(notes.get("PEAK_RSS_KB", 0)) * 1024
 
 
+# Run in the child of the cold-job row: the CLI, with a line on stderr for every progress bar (when it opened and
+# closed, wall clock, and its description), whether or not bars are drawn (--quiet).
+_COLD_CHILD = """
+import sys, time
+from contextlib import contextmanager
+import benchmark.console as console
+from benchmark.cli import main
+opened = console.RichProgressReporter.bar
+@contextmanager
+def timed(self, description, total):
+    started = time.time()
+    try:
+        with opened(self, description, total) as advance:
+            yield advance
+    finally:
+        print("BAR", started, time.time(), " ".join(str(description).split()), sep="\\t", file=sys.stderr, flush=True)
+console.RichProgressReporter.bar = timed
+sys.exit(main(sys.argv[1:]))
+"""
+
+# What each of the cold job's progress bars is part of, by its description (the first that matches)
+PHASES = (("decode", re.compile(r"^decoding ")), ("step 1", re.compile(r"^sdft step 1")),
+          ("features", re.compile(r"features|activations")), ("episodes", re.compile(r" \d+-shot$")))
+
+
+def phase_seconds(stderr: str) -> dict[str, float]:
+    """Seconds per phase (PHASES) from the cold child's BAR lines; bars of no phase are left out."""
+    out = {name: 0.0 for name, _ in PHASES}
+    for line in stderr.splitlines():
+        if line.startswith("BAR\t"):
+            _, started, ended, description = line.split("\t", 3)
+            name = next((name for name, pattern in PHASES if pattern.search(description)), None)
+            if name is not None:
+                out[name] += float(ended) - float(started)
+    return out
+
+
+def cold_job(task_name: str, data_dir: Path, work_dir: Path, episodes: int, log=print,
+             methods: tuple[str, ...] = ("sdft", "protonet"), shots: str = "5") -> list[Figure]:
+    """The main job on a fresh clone: `bench run --method sdft --method protonet --shots 5` with an empty cache
+    (a new folder: no decoded images, digests, checkpoint or features), its wall time to the last row and
+    where it went (decode, step 1, features and activations, episodes; the rest is imports, content digests,
+    writing rows), with the machine's load before and after."""
+    from methods.parallel import available_cores
+    from methods.sdft import machine_load
+
+    env = {**os.environ, "BENCH_DATA_DIR": str(data_dir), "BENCH_CACHE_DIR": str(work_dir / "cache")}
+    args = ["run", "--task", task_name, "--quiet", *(a for m in methods for a in ("--method", m)), "--shots", shots,
+            "--episodes", str(episodes), "--out", str(work_dir / "cold.csv")]
+    load_before = machine_load()
+    log(f"the cold main job: bench {' '.join(args[:-2])} with an empty cache (load average {load_before}) ...")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, *args], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise UserError(f"bench {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    load_after = machine_load()
+    phases = phase_seconds(proc.stderr)
+    loads = f"load average {load_before:.1f} before, {load_after:.1f} after" if load_before is not None else ""
+    figures = [Figure(f"cold main job: bench run {' '.join(args[3:-2])}, empty cache, to its last row", seconds, "s",
+                      "", None, f"{available_cores()} cores; {loads}; target <= 480 s")]
+    for name, value in (*phases.items(), ("other", seconds - sum(phases.values()))):
+        figures.append(Figure(f"  {name}", value, "s", "", None, f"{value / seconds:.0%} of the job"))
+    return figures
+
+
 def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_eps, repeats: int = 3) -> list[Figure]:
     """Each side runs `repeats` times, interleaved (easyfsl, then ours, again), and keeps its best rate: on a
     shared machine the best of a few runs is the least disturbed one, for both sides alike. Every timed run
@@ -352,8 +446,8 @@ def run_perf(task_name: str, data_dir: Path, cache_dir: Path | None, work_dir: P
     figures.append(Figure(f"extraction from files, {backbone} {image_size}px", suite,
                           "img/s", f"raw forward {raw:,.0f} img/s ({how})", suite / raw, "target >= 0.8x"))
 
-    log(f"SDFT step 1 training throughput on {step1_batches} batches ...")
-    figures.append(step1_figure(ctx.images(), backbone, batches=step1_batches, device=device))
+    log(f"SDFT step 1 training throughput on {step1_batches} batches, all cores and one thread ...")
+    figures.extend(step1_figures(ctx.images(), backbone, batches=step1_batches, device=device))
 
     if ray_method is None:  # SDFT itself where its step 1 is cached; else its step 2 on the ImageNet backbone
         ray_method = "sdft" if sdft_step1_cached(ctx) else "sdft-no-step1"

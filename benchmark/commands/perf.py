@@ -26,21 +26,26 @@ def add_parser(sub) -> None:
     p.add_argument("--ray-episodes", type=positive_int("ray-episodes"), default=40)
     p.add_argument("--step1-batches", type=positive_int("step1-batches"), default=4,
                    help="batches of SDFT step 1 timed against a bare training loop")
+    p.add_argument("--cold", action="store_true",
+                   help="measure only the main job on a fresh clone (`bench run --method sdft --method protonet "
+                        "--shots 5` with an empty cache, --episodes of them): its wall time and where it went")
     add_common(p)
     p.set_defaults(handler=cmd_perf)
 
 
 def cmd_perf(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from benchmark.console import RichProgressReporter, stdout
-    from benchmark.perf import ray_missing, run_perf
+    from benchmark.console import RichProgressReporter
+    from benchmark.perf import cold_job, ray_missing, run_perf
     from methods.devices import resolve_device
     from methods.registry import builtin_method_names
     from tasks.errors import UserError
 
     log = RichProgressReporter(enabled=False).log
+    data_dir = Path(args.data_dir or default_data_dir())
+    if args.cold:
+        with tempfile.TemporaryDirectory(prefix="marsfsl-cold-") as work:
+            figures = cold_job(args.task, data_dir, Path(work), args.episodes, log)
+        return print_figures(figures, f"bench perf --cold on {args.task}: the main job on a fresh clone", None)
     ray_method, left_out = args.ray_method, None
     if ray_method != "none" and (left_out := ray_missing()):  # before any work
         if ray_method is not None:  # asked for by name: a one-line error; the default row is left out, said so
@@ -48,16 +53,24 @@ def cmd_perf(args) -> int:
         ray_method = "none"
         log(f"no Ray row: {left_out}")
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
-        figures = run_perf(args.task, Path(args.data_dir or default_data_dir()),
-                           Path(args.cache_dir) if args.cache_dir else None, Path(work), args.episodes,
-                           args.extraction_images, args.warm_method,
+        figures = run_perf(args.task, data_dir, Path(args.cache_dir) if args.cache_dir else None, Path(work),
+                           args.episodes, args.extraction_images, args.warm_method,
                            args.memory_method or builtin_method_names(), args.backbone,
                            args.image_size, args.memory_shots, args.memory_episodes,
                            log=log, device=resolve_device(args.device), ray_method=ray_method,
                            ray_episodes=args.ray_episodes, step1_batches=args.step1_batches)
-    table = Table(title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
-                        f"{args.episodes} of them, on cached features",
-                  caption=f"No Ray row: {left_out}" if left_out else None)
+    return print_figures(figures, f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot "
+                         f"15-query, {args.episodes} of them, on cached features",
+                         f"No Ray row: {left_out}" if left_out else None)
+
+
+def print_figures(figures, title: str, caption: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmark.console import stdout
+
+    table = Table(title=title, caption=caption)
     for column in ("measure", "value", "against", "ratio", "check"):
         table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
     for f in figures:

@@ -38,8 +38,11 @@ def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
     assert code == 0
     rows = [line for line in out.splitlines() if line.startswith("│")]  # unwrapped when not a terminal
     for measure in ("episodes/s, protonet", "episodes/s, simpleshot", "episodes/s, linear-probe",
-                    "extraction from files", "warm start", "peak memory", "SDFT step 1 training"):
+                    "extraction from files", "warm start", "peak memory"):
         assert sum(measure in row for row in rows) == 1, measure
+    step1 = [row for row in rows if "SDFT step 1 training" in row]
+    assert len(step1) == 2  # against a bare loop on all cores (torch's threads), and the one-thread pair
+    assert "torch's" in step1[0] and "one thread" in step1[1]
     assert "same accuracy as easyfsl in all 5 episodes" in out
     warm = next(row for row in rows if "warm start" in row)
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode
@@ -67,3 +70,23 @@ def test_child_peak_memory_is_its_own_not_the_parents():
     assert held[-1] == 1.0
     assert 0 < peak < 2 * 2**30, f"child peak {peak / 2**30:.2f} GiB"  # bench list needs well under 2 GiB
     assert first != first  # no episode ran: nan
+
+
+def test_the_cold_job_row_times_a_run_with_an_empty_cache_phase_by_phase(tmp_path):
+    from benchmark.perf import cold_job, phase_seconds
+
+    lines = "\n".join(["BAR\t10\t12.5\tdecoding 30 images", "BAR\t13\t20\tsdft step 1: epoch 1/6, batches of 32",
+                       "BAR\t20\t21\tsdft step 1: epoch 1 held-out images", "BAR\t21\t23\tefficientnet_lite0 features",
+                       "BAR\t23\t24\tsdft: activations entering the top, 9 rows outside the base pool",
+                       "BAR\t24\t30\tsdft 5-shot", "something else"])
+    assert phase_seconds(lines) == {"decode": 2.5, "step 1": 8.0, "features": 3.0, "episodes": 6.0}
+    make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=10, per_group=8)  # 5-way 1-shot 15-query
+    (tmp_path / "work").mkdir()
+    figures = cold_job(f"folder:{tmp_path / 'data'}", tmp_path, tmp_path / "work", 3, log=lambda m: None,
+                       methods=("protonet",), shots="1")
+    assert [f.what.strip() for f in figures[1:]] == ["decode", "step 1", "features", "episodes", "other"]
+    total, parts = figures[0].value, {f.what.strip(): f.value for f in figures[1:]}
+    assert "empty cache" in figures[0].what and "load average" in figures[0].note
+    assert parts["decode"] > 0 and parts["features"] > 0 and parts["episodes"] > 0 and parts["step 1"] == 0
+    assert sum(parts.values()) == pytest.approx(total)
+    assert (tmp_path / "work" / "cache" / "features").is_dir()  # the cache it ran with, empty before

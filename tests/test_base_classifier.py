@@ -89,7 +89,7 @@ def test_step2_options_are_refused_and_config_is_step1s():
     with pytest.raises(UserError, match="unknown option 'steps'"):
         create_method("base-classifier", steps=3)
     assert set(create_method("base-classifier").config()) == {"epochs", "batch_size", "lr", "weight_decay",
-                                                                "patience", "val_folds"}
+                                                                "patience", "val_folds", "micro_batch"}
 
 
 def test_fit_without_the_episode_classes_is_one_line(tiny):

@@ -372,6 +372,7 @@ def cold_job(task_name: str, data_dir: Path, work_dir: Path, episodes: int, log=
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, *args], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
+    (work_dir / "cold.log").write_text(proc.stderr)  # its status lines (step 1's epochs) and the BAR lines
     if proc.returncode != 0:
         raise UserError(f"bench {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
     load_after = machine_load()

@@ -319,7 +319,8 @@ def bench_subprocess(args: list[str], env: dict) -> tuple[float, float, int]:
 
 
 # Run in the child of the cold-job row: the CLI, with a line on stderr for every progress bar (when it opened and
-# closed, wall clock, and its description), whether or not bars are drawn (--quiet).
+# closed, wall clock and the process's CPU time over all its threads, and its description), whether or not bars
+# are drawn (--quiet), and one for the whole process at its end.
 _COLD_CHILD = """
 import sys, time
 from contextlib import contextmanager
@@ -328,14 +329,17 @@ from benchmark.cli import main
 opened = console.RichProgressReporter.bar
 @contextmanager
 def timed(self, description, total):
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     try:
         with opened(self, description, total) as advance:
             yield advance
     finally:
-        print("BAR", started, time.time(), " ".join(str(description).split()), sep="\\t", file=sys.stderr, flush=True)
+        print("BAR", started, time.time(), cpu, time.process_time(), " ".join(str(description).split()), sep="\\t",
+              file=sys.stderr, flush=True)
 console.RichProgressReporter.bar = timed
-sys.exit(main(sys.argv[1:]))
+rc = main(sys.argv[1:])
+print("CPU", time.process_time(), sep="\\t", file=sys.stderr, flush=True)
+sys.exit(rc)
 """
 
 # What each of the cold job's progress bars is part of, by its description (the first that matches)
@@ -343,15 +347,21 @@ PHASES = (("decode", re.compile(r"^decoding ")), ("step 1", re.compile(r"^sdft s
           ("features", re.compile(r"features|activations")), ("episodes", re.compile(r" \d+-shot$")))
 
 
-def phase_seconds(stderr: str) -> dict[str, float]:
-    """Seconds per phase (PHASES) from the cold child's BAR lines; bars of no phase are left out."""
-    out = {name: 0.0 for name, _ in PHASES}
+def phase_seconds(stderr: str) -> dict[str, tuple[float, float]]:
+    """(wall seconds, CPU seconds over all threads) per phase (PHASES) from the cold child's BAR lines, and
+    "other" for the rest of the process (its CPU line; wall time is the caller's to fill in)."""
+    out = {name: (0.0, 0.0) for name, _ in PHASES}
+    total_cpu = 0.0
     for line in stderr.splitlines():
+        if line.startswith("CPU\t"):
+            total_cpu = float(line.split("\t")[1])
         if line.startswith("BAR\t"):
-            _, started, ended, description = line.split("\t", 3)
+            _, started, ended, cpu_started, cpu_ended, description = line.split("\t", 5)
             name = next((name for name, pattern in PHASES if pattern.search(description)), None)
             if name is not None:
-                out[name] += float(ended) - float(started)
+                wall, cpu = out[name]
+                out[name] = (wall + float(ended) - float(started), cpu + float(cpu_ended) - float(cpu_started))
+    out["other"] = (0.0, max(0.0, total_cpu - sum(cpu for _, cpu in out.values())))
     return out
 
 
@@ -377,11 +387,13 @@ def cold_job(task_name: str, data_dir: Path, work_dir: Path, episodes: int, log=
         raise UserError(f"bench {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
     load_after = machine_load()
     phases = phase_seconds(proc.stderr)
+    phases["other"] = (seconds - sum(wall for wall, _ in phases.values()), phases["other"][1])
+    cpu = sum(c for _, c in phases.values())
     loads = f"load average {load_before:.1f} before, {load_after:.1f} after" if load_before is not None else ""
     figures = [Figure(f"cold main job: bench run {' '.join(args[3:-2])}, empty cache, to its last row", seconds, "s",
-                      "", None, f"{available_cores()} cores; {loads}; target <= 480 s")]
-    for name, value in (*phases.items(), ("other", seconds - sum(phases.values()))):
-        figures.append(Figure(f"  {name}", value, "s", "", None, f"{value / seconds:.0%} of the job"))
+                      f"CPU time {cpu:,.0f} s", None, f"{available_cores()} cores; {loads}; target <= 480 s")]
+    for name, (wall, cpu) in phases.items():
+        figures.append(Figure(f"  {name}", wall, "s", f"CPU time {cpu:,.0f} s", None, f"{wall / seconds:.0%} of the job"))
     return figures
 
 

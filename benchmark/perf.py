@@ -320,7 +320,7 @@ def bench_subprocess(args: list[str], env: dict) -> tuple[float, float, int]:
 
 # Run in the child of the cold-job row: the CLI, with a line on stderr for every progress bar (when it opened and
 # closed, wall clock and the process's CPU time over all its threads, and its description), whether or not bars
-# are drawn (--quiet), and one for the whole process at its end.
+# are drawn (--quiet), and at its end the whole process's CPU time and peak resident memory (Linux's VmHWM).
 _COLD_CHILD = """
 import sys, time
 from contextlib import contextmanager
@@ -339,6 +339,8 @@ def timed(self, description, total):
 console.RichProgressReporter.bar = timed
 rc = main(sys.argv[1:])
 print("CPU", time.process_time(), sep="\\t", file=sys.stderr, flush=True)
+peak = next((line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")), "0")
+print("PEAK_RSS_KB", peak, sep="\\t", file=sys.stderr, flush=True)
 sys.exit(rc)
 """
 
@@ -390,8 +392,10 @@ def cold_job(task_name: str, data_dir: Path, work_dir: Path, episodes: int, log=
     phases["other"] = (seconds - sum(wall for wall, _ in phases.values()), phases["other"][1])
     cpu = sum(c for _, c in phases.values())
     loads = f"load average {load_before:.1f} before, {load_after:.1f} after" if load_before is not None else ""
+    peak = next((int(line.split("\t")[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB\t")), 0)
     figures = [Figure(f"cold main job: bench run {' '.join(args[3:-2])}, empty cache, to its last row", seconds, "s",
-                      f"CPU time {cpu:,.0f} s", None, f"{available_cores()} cores; {loads}; target <= 480 s")]
+                      f"CPU time {cpu:,.0f} s", None, f"{available_cores()} cores; {loads}; peak memory "
+                      f"{peak / 1e6:.2f} GB; target <= 480 s")]
     for name, (wall, cpu) in phases.items():
         figures.append(Figure(f"  {name}", wall, "s", f"CPU time {cpu:,.0f} s", None, f"{wall / seconds:.0%} of the job"))
     return figures

@@ -108,10 +108,12 @@ def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
     return train, val
 
 
-# Pace of step 1 where nothing was recorded yet: about 2.5 min per epoch over hirise-regions' 2,289 base images at
-# 128 px with efficientnet_lite0 on a 2-core CPU (docs/performance.md). Only for a first, rough forecast; every
-# run records its own time in the cache, and the next run's forecast uses that.
-REFERENCE_SECONDS_PER_IMAGE_EPOCH = 150.0 / 2289
+# Pace of step 1 where nothing was recorded yet: about 45 s per epoch over hirise-regions' 2,289 base images at
+# 128 px with efficientnet_lite0 on 2 idle cores, two micro-batches side by side at the one-thread rate of
+# `bench perf`'s step-1 row (docs/performance.md; on the shared machine, at load 3-5, an epoch took 2-4 min).
+# Only for a first, rough forecast; every run records its own time in the cache, and the next run's forecast
+# uses that.
+REFERENCE_SECONDS_PER_IMAGE_EPOCH = 45.0 / 2289
 REFERENCE_IMAGE_SIZE = 128
 
 

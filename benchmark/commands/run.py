@@ -20,9 +20,9 @@ def add_parser(sub) -> None:
                      help="where episodes come from: the target pool (default), or the validation slice of the base "
                           "pool that settings are chosen on (task NAME@validation, rows in <task>-validation.csv)")
     run.add_argument("--threads", type=positive_int("threads"), default=None,
-                     help="threads that extract features (whole batches each) and answer batched episodes (whole "
-                          "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
-                          "so results are bit-identical for any N")
+                     help="threads that extract features (whole batches each), train on fixed micro-batches and "
+                          "answer batched episodes (whole chunks each) side by side (default: all cores); "
+                          "everything runs on one intra-op thread, so results are bit-identical for any N")
     run.set_defaults(handler=cmd_run)
 
 

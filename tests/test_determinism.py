@@ -3,8 +3,9 @@ any number of threads (`bench run --threads N`).
 
 torch (and oneDNN's convolutions) sum in chunks that depend on the intra-op thread count, so `bench run` pins
 every computation to one intra-op thread (torch and BLAS) and spends its N threads on running whole, fixed
-feature-extraction batches side by side (methods.features.thread_policy). Nothing is rounded: the tests below
-compare the cached float32 features and checkpoints bit for bit.
+feature-extraction batches and training micro-batches side by side (methods.features.thread_policy,
+methods/parallel.py). Nothing is rounded: the tests below compare the cached float32 features and checkpoints
+bit for bit.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -250,58 +251,90 @@ def extraction_throughput(
     return max(suite), max(native), f"torch's {torch.get_num_threads()} threads"
 
 
-def step1_figure(
+def step1_rates(
+    part: np.ndarray, labels: np.ndarray, opts: dict, backbone: str, device: torch.device, cores: int, repeats: int
+) -> tuple[float, float]:
+    """(step 1's img/s, the bare loop's img/s) on `cores`: step 1 under `bench run --threads cores`'s policy
+    (that many workers, one intra-op thread each), the bare loop on torch's own threading over that many
+    threads. Best of `repeats`, interleaved, after an untimed run of each (oneDNN builds its kernels)."""
+    from threadpoolctl import threadpool_limits
+
+    from methods.sdft import train_step1
+
+    groups = np.full(len(part), "one scene", dtype=object)
+    batch_size = opts["batch_size"]
+
+    def suite(images=part):
+        model = _fresh_classifier(backbone, device)
+        with thread_policy(cores):
+            started = time.perf_counter()
+            train_step1(
+                model, images, labels[: len(images)], groups[: len(images)], opts, 0, lambda m: None, device=device
+            )
+            return len(images) / (time.perf_counter() - started)
+
+    def bare(images=part):
+        model = _fresh_classifier(backbone, device).train()
+        with threadpool_limits(limits=cores), torch_threads(cores):
+            return _bare_training_rate(model, images, labels[: len(images)], batch_size, opts, device)
+
+    suite(part[: 2 * batch_size]), bare(part[: 2 * batch_size])  # warm-up
+    ours, raw = _interleaved(suite, bare, repeats)
+    return max(ours), max(raw)
+
+
+def step1_figures(
     images: np.ndarray,
     backbone: str,
     batch_size: int = 32,
     batches: int = 4,
     repeats: int = 2,
     device: torch.device = CPU,
-) -> Figure:
-    """SDFT step 1's training throughput (methods/sdft.train_step1 on `batches` batches: augmentation, forward,
-    backward, AdamW, schedule) against a bare forward + backward + AdamW loop of the same backbone, batch size,
-    image size and batches, both under `bench run`'s thread policy (one intra-op thread; step 1 runs there).
-    The slice has one scene, so step 1 holds nothing out and runs its batches only. Best of `repeats`,
-    interleaved, after an untimed batch of each (oneDNN builds its kernels)."""
-    from methods.sdft import STEP1_DEFAULTS, train_step1
+) -> list[Figure]:
+    """SDFT step 1's training throughput (methods/sdft.train_step1 on `batches` batches: augmentation,
+    micro-batches side by side, AdamW, schedule) against a bare forward + backward + AdamW loop of the same
+    backbone, batch size, image size and batches: on all cores (the bare loop on torch's own threading, what
+    a plain training script gets from this machine), and on one thread each. The slice has one scene, so step 1
+    holds nothing out and runs its batches only."""
+    from methods.parallel import available_cores
+    from methods.sdft import STEP1_DEFAULTS
 
     n = batch_size * batches
     part = np.ascontiguousarray(images[:n])
     if len(part) < 2 * batch_size:
         raise UserError(f"bench perf: step 1's throughput needs {2 * batch_size} images, the task has {len(part)}")
     labels = (np.arange(len(part)) % 10).astype(np.int64)
-    groups = np.full(len(part), "one scene", dtype=object)
     opts = {**STEP1_DEFAULTS, "epochs": 1, "batch_size": batch_size}
-
-    def suite():
-        started = time.perf_counter()
-        train_step1(_fresh_classifier(backbone, device), part, labels, groups, opts, 0, lambda m: None, device=device)
-        return len(part) / (time.perf_counter() - started)
-
-    def bare():
-        return _bare_training_rate(_fresh_classifier(backbone, device).train(), part, labels, batch_size, opts, device)
-
-    with thread_policy(os.cpu_count() or 1):
-        train_step1(
-            _fresh_classifier(backbone, device),
-            part[: 2 * batch_size],
-            labels[: 2 * batch_size],
-            groups[: 2 * batch_size],
-            {**opts},
-            0,
-            lambda m: None,
-            device=device,
-        )  # warm-up
-        ours, raw = _interleaved(suite, bare, repeats)
-    size = images.shape[-1]
-    return Figure(
-        f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size}",
-        max(ours),
-        "img/s",
-        f"bare forward+backward+AdamW {max(raw):,.1f} img/s",
-        max(ours) / max(raw),
-        f"{len(part)} images, one intra-op thread as in bench run; target >= 0.8x",
+    size, cores = images.shape[-1], available_cores()
+    what = (
+        f"SDFT step 1 training, {backbone} {size}px, batches of {batch_size} (micro-batches of {opts['micro_batch']})"
     )
+    figures = []
+    for threads in sorted({cores, 1}, reverse=True):
+        ours, raw = step1_rates(part, labels, opts, backbone, device, threads, repeats)
+        if threads == cores:
+            figures.append(
+                Figure(
+                    f"{what}, {cores} workers x 1 thread",
+                    ours,
+                    "img/s",
+                    f"bare forward+backward+AdamW, torch's {cores} threads, {raw:,.1f} img/s",
+                    ours / raw,
+                    f"{len(part)} images, all cores on both sides; the same bits on any core count; target >= 0.9x",
+                )
+            )
+        else:
+            figures.append(
+                Figure(
+                    f"{what}, one thread",
+                    ours,
+                    "img/s",
+                    f"bare forward+backward+AdamW, one thread, {raw:,.1f} img/s",
+                    ours / raw,
+                    f"{len(part)} images, `bench run --threads 1` against a one-thread loop",
+                )
+            )
+    return figures
 
 
 def _fresh_classifier(backbone: str, device: torch.device):
@@ -444,6 +477,120 @@ def bench_subprocess(args: list[str], env: dict) -> tuple[float, float, int]:
     return seconds, first, int(notes.get("PEAK_RSS_KB", 0)) * 1024
 
 
+# Run in the child of the cold-job row: the CLI, with a line on stderr for every progress bar (when it opened and
+# closed, wall clock and the process's CPU time over all its threads, and its description), whether or not bars
+# are drawn (--quiet), and at its end the whole process's CPU time and peak resident memory (Linux's VmHWM).
+_COLD_CHILD = """
+import sys, time
+from contextlib import contextmanager
+import benchmark.console as console
+from benchmark.cli import main
+opened = console.RichProgressReporter.bar
+@contextmanager
+def timed(self, description, total):
+    started, cpu = time.time(), time.process_time()
+    try:
+        with opened(self, description, total) as advance:
+            yield advance
+    finally:
+        print("BAR", started, time.time(), cpu, time.process_time(), " ".join(str(description).split()), sep="\\t",
+              file=sys.stderr, flush=True)
+console.RichProgressReporter.bar = timed
+rc = main(sys.argv[1:])
+print("CPU", time.process_time(), sep="\\t", file=sys.stderr, flush=True)
+peak = next((line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")), "0")
+print("PEAK_RSS_KB", peak, sep="\\t", file=sys.stderr, flush=True)
+sys.exit(rc)
+"""
+
+# What each of the cold job's progress bars is part of, by its description (the first that matches)
+PHASES = (
+    ("decode", re.compile(r"^decoding ")),
+    ("step 1", re.compile(r"^sdft step 1")),
+    ("features", re.compile(r"features|activations")),
+    ("episodes", re.compile(r" \d+-shot$")),
+)
+
+
+def phase_seconds(stderr: str) -> dict[str, tuple[float, float]]:
+    """(wall seconds, CPU seconds over all threads) per phase (PHASES) from the cold child's BAR lines, and
+    "other" for the rest of the process (its CPU line; wall time is the caller's to fill in)."""
+    out = {name: (0.0, 0.0) for name, _ in PHASES}
+    total_cpu = 0.0
+    for line in stderr.splitlines():
+        if line.startswith("CPU\t"):
+            total_cpu = float(line.split("\t")[1])
+        if line.startswith("BAR\t"):
+            _, started, ended, cpu_started, cpu_ended, description = line.split("\t", 5)
+            name = next((name for name, pattern in PHASES if pattern.search(description)), None)
+            if name is not None:
+                wall, cpu = out[name]
+                out[name] = (wall + float(ended) - float(started), cpu + float(cpu_ended) - float(cpu_started))
+    out["other"] = (0.0, max(0.0, total_cpu - sum(cpu for _, cpu in out.values())))
+    return out
+
+
+def cold_job(
+    task_name: str,
+    data_dir: Path,
+    work_dir: Path,
+    episodes: int,
+    log=print,
+    methods: tuple[str, ...] = ("sdft", "protonet"),
+    shots: str = "5",
+) -> list[Figure]:
+    """The main job on a fresh clone: `bench run --method sdft --method protonet --shots 5` with an empty cache
+    (a new folder: no decoded images, digests, checkpoint or features), its wall time to the last row and
+    where it went (decode, step 1, features and activations, episodes; the rest is imports, content digests,
+    writing rows), with the machine's load before and after."""
+    from methods.parallel import available_cores
+    from methods.sdft import machine_load
+
+    env = {**os.environ, "BENCH_DATA_DIR": str(data_dir), "BENCH_CACHE_DIR": str(work_dir / "cache")}
+    args = [
+        "run",
+        "--task",
+        task_name,
+        "--quiet",
+        *(a for m in methods for a in ("--method", m)),
+        "--shots",
+        shots,
+        "--episodes",
+        str(episodes),
+        "--out",
+        str(work_dir / "cold.csv"),
+    ]
+    load_before = machine_load()
+    log(f"the cold main job: bench {' '.join(args[:-2])} with an empty cache (load average {load_before}) ...")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, *args], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    (work_dir / "cold.log").write_text(proc.stderr)  # its status lines (step 1's epochs) and the BAR lines
+    if proc.returncode != 0:
+        raise UserError(f"bench {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    load_after = machine_load()
+    phases = phase_seconds(proc.stderr)
+    phases["other"] = (seconds - sum(wall for wall, _ in phases.values()), phases["other"][1])
+    cpu = sum(c for _, c in phases.values())
+    loads = f"load average {load_before:.1f} before, {load_after:.1f} after" if load_before is not None else ""
+    peak = next((int(line.split("\t")[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB\t")), 0)
+    figures = [
+        Figure(
+            f"cold main job: bench run {' '.join(args[3:-2])}, empty cache, to its last row",
+            seconds,
+            "s",
+            f"CPU time {cpu:,.0f} s",
+            None,
+            f"{available_cores()} cores; {loads}; peak memory {peak / 1e6:.2f} GB; target <= 480 s",
+        )
+    ]
+    for name, (wall, cpu) in phases.items():
+        figures.append(
+            Figure(f"  {name}", wall, "s", f"CPU time {cpu:,.0f} s", None, f"{wall / seconds:.0%} of the job")
+        )
+    return figures
+
+
 def episode_figures(task: Task, ctx: Context, features: torch.Tensor, eps, warm_eps, repeats: int = 3) -> list[Figure]:
     """Each side runs `repeats` times, interleaved (easyfsl, then ours, again), and keeps its best rate: on a
     shared machine the best of a few runs is the least disturbed one, for both sides alike. Every timed run
@@ -559,8 +706,8 @@ def in_process_figures(task: Task, ctx: Context, options: PerfOptions, log) -> l
         )
     )
 
-    log(f"SDFT step 1 training throughput on {options.step1_batches} batches ...")
-    figures.append(step1_figure(ctx.images(), backbone, batches=options.step1_batches, device=ctx.device))
+    log(f"SDFT step 1 training throughput on {options.step1_batches} batches, all cores and one thread ...")
+    figures.extend(step1_figures(ctx.images(), backbone, batches=options.step1_batches, device=ctx.device))
     return figures
 
 

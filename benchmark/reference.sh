@@ -22,11 +22,9 @@ for task in hirise-regions aid-classes; do
     $bench run $R --method sdft-no-step1 --method sdft-linear-head --shots 5 --episodes 600
     $bench run $R --method sdft-no-step1 --shots 1,10,20 --episodes 200
     $bench run $R --method sdft-linear-head --shots 1,10,20 --episodes 100
-    # full fine-tuning per episode: ~26 s at 5 shots on 2 cores, more at more shots
-    $bench run $R --method finetune --shots 5 --episodes 10
-    $bench run $R --method finetune --shots 1 --episodes 10
-    $bench run $R --method finetune --shots 10 --episodes 3
-    $bench run $R --method finetune --shots 20 --episodes 2
+    # full fine-tuning, every core per episode (docs/methods-reference.md has its cost per K): 100 episodes
+    # a K, in rising cost, so that an interrupted run has its cheap cells done
+    $bench run $R --method finetune --shots 1,5,10,20 --episodes 100
 done
 # Reference rows that only the region task has: the base classifier (its classes are base classes) and
 # protonet meta-trained on base-pool episodes, the tuned protonet for region transfer (docs/tuning.md).

@@ -25,6 +25,7 @@ class BaseClassifier(SDFT):
     option_defaults = dict(STEP1_DEFAULTS)  # step 1's options only: nothing is trained per episode
     takes_classes = True
     refusal_hint = ""
+    version = 3  # SDFT's: its rows move with step 1 (STEP1_VERSION)
 
     def __init__(self, **options):
         unknown = set(options) - set(STEP1_DEFAULTS)
@@ -51,5 +52,5 @@ class BaseClassifier(SDFT):
     def predict(self, query_idx):
         self.top.eval()
         with torch.inference_mode():
-            features = self.top(self.acts[query_idx]).flatten(1)
+            features = self.top(self.acts[self.positions(query_idx)]).flatten(1)
             return to_numpy(features @ self.weight[self.rows].T + self.bias[self.rows])

@@ -31,10 +31,11 @@ NUMERICS_VERSION = 2
 DEFAULT_IMAGE_SIZE = DEFAULTS.image_size  # common/settings.py holds the run defaults
 
 # Worker threads for forward passes in run_model (None: batches run one after another on torch's intra-op
-# threads). `bench run --threads N` sets it inside thread_policy, which pins torch (and BLAS) to one intra-op
-# thread: torch/oneDNN split convolutions and long reductions in chunks that depend on the thread count
-# (measured: EfficientNet-Lite features differ in the 6th digit between 1 and 2 threads for a 16-image batch),
-# whereas N workers each running whole, fixed batches on one thread give the same bits for any N.
+# threads) and for training's micro-batches (methods/parallel.py). `bench run --threads N` sets it inside
+# thread_policy, which pins torch (and BLAS) to one intra-op thread: torch/oneDNN split convolutions and long
+# reductions in chunks that depend on the thread count (measured: EfficientNet-Lite features differ in the 6th
+# digit between 1 and 2 threads for a 16-image batch), whereas N workers each running whole, fixed batches on
+# one thread give the same bits for any N.
 _inference_threads: int | None = None
 
 
@@ -54,7 +55,8 @@ def torch_threads(n: int | None):
 @contextmanager
 def thread_policy(workers: int):
     """Deterministic threading for a whole run: one intra-op thread (torch and BLAS) for everything, and
-    `workers` threads that run run_model's batches side by side (bit-identical for any count)."""
+    `workers` threads that run run_model's batches and training's micro-batches side by side (bit-identical
+    for any count)."""
     global _inference_threads
     from threadpoolctl import threadpool_limits
 

@@ -11,7 +11,14 @@ task this mismatch alone (at lr 0) drops accuracy to chance. `freeze_bn=False` g
 The query is predicted with model.eval() under torch.inference_mode, in batches.
 
 Defaults: 15 steps, backbone lr 1e-4 ("low"), head lr 1e-3. Cost grows linearly with shots x steps: a 5-way
-5-shot episode trains on 15 x 25 = 375 image passes (docs/method-notes.md has measured times).
+5-shot episode trains on 15 x 25 = 375 image passes (docs/methods-reference.md has measured times per K).
+
+Every step's support batch is split into fixed micro-batches (at most MICRO_BATCH images, an even count of
+them) whose gradients are computed side by side on the cores and added in order (methods/parallel.py): the
+same bits on any number of cores, and at most MICRO_BATCH images' activations per core in memory. With frozen
+batch norm the images are independent, so the split changes only the order of the additions. Batch statistics
+(freeze_bn=False) need the whole support set in one pass, on one core. The query is predicted in
+micro-batches of at most `batch_size` images, side by side as well.
 """
 
 from __future__ import annotations
@@ -27,15 +34,18 @@ from methods.augment import dihedral
 from methods.backbones import create_backbone, normalize
 from methods.base import Context, FewShotMethod, torch_generator
 from methods.devices import to_numpy
+from methods.optim import Adam
+from methods.parallel import Workers, micro_batches, parallel_backward
 from methods.registry import register_method
 
-TRAIN_CHUNK = 25  # support images per forward-backward pass when batch norm is frozen (5-way 5-shot: one pass)
+MICRO_BATCH = 8  # support images per micro-batch: 1-shot 5-way is 2 of them (3 + 2), 5-shot 4, 20-shot 14
 
 
 @register_method("finetune")
 class FineTune(FewShotMethod):
     description = "Full fine-tuning of the ImageNet backbone + linear head on the support images (Adam, flips/rot90)"
     consumes = "images"
+    version = 2  # 2: support passes and predictions in fixed micro-batches, side by side (methods/parallel.py)
 
     def __init__(
         self,
@@ -69,35 +79,38 @@ class FineTune(FewShotMethod):
             self.head.bias.zero_()
         x = torch.from_numpy(self.images[np.asarray(support_idx)]).to(self.device)  # uint8, sent once
         y = torch.as_tensor(support_y, dtype=torch.long, device=self.device)
-        opt = torch.optim.Adam(
+        # torch.optim.Adam's arithmetic without importing torch._dynamo (methods/optim.py)
+        opt = Adam(
             [{"params": self.model.parameters(), "lr": self.lr}, {"params": self.head.parameters(), "lr": self.head_lr}]
         )
+        params = [*self.model.parameters(), *self.head.parameters()]
         self.model.train(not self.freeze_bn and len(x) > 1)  # batch norm needs two samples to train
-        for _ in range(self.steps):
-            batch = dihedral(x, gen) if self.augment else x
-            opt.zero_grad()
-            self.backward(batch, y)
-            opt.step()
+        parts = [slice(0, len(x))] if self.model.training else micro_batches(len(x), MICRO_BATCH, even=True)
+        with Workers(device=self.device) as workers:
+            for _ in range(self.steps):
+                batch = dihedral(x, gen) if self.augment else x
+                parallel_backward(
+                    workers,
+                    params,
+                    len(parts),
+                    lambda i, batch=batch: self.part_loss(batch[parts[i]], y[parts[i]], len(x)),
+                )
+                opt.step()
         self.model.eval()
 
-    def backward(self, batch: torch.Tensor, y: torch.Tensor) -> None:
-        """Gradients of the mean cross-entropy over the support images. With frozen batch norm the images are
-        independent, so more than TRAIN_CHUNK of them go through in chunks whose summed losses, divided by the
-        support size, add up to the same gradient (up to float rounding): at 20 shots, one 100-image pass held
-        3.9 GiB at its peak. Batch statistics (freeze_bn=False) need the whole support set in one pass."""
-        if self.model.training or len(batch) <= TRAIN_CHUNK:
-            F.cross_entropy(self.head(self.model(normalize(batch))), y).backward()
-            return
-        for start in range(0, len(batch), TRAIN_CHUNK):
-            part = slice(start, start + TRAIN_CHUNK)
-            loss = F.cross_entropy(self.head(self.model(normalize(batch[part]))), y[part], reduction="sum")
-            (loss / len(batch)).backward()
+    def part_loss(self, images: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+        """A micro-batch's share of the support's mean cross-entropy (its summed loss over the support size)."""
+        return F.cross_entropy(self.head(self.model(normalize(images))), y, reduction="sum") / n
 
     def predict(self, query_idx):
         self.model.eval()
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(query_idx), self.batch_size):
-                batch = torch.from_numpy(self.images[np.asarray(query_idx[start : start + self.batch_size])])
-                out.append(self.head(self.model(normalize(batch.to(self.device)))))
+        idx = np.asarray(query_idx)
+
+        def scores(rows: slice) -> torch.Tensor:
+            with torch.inference_mode():  # per thread: each worker sets its own
+                batch = torch.from_numpy(self.images[idx[rows]]).to(self.device)
+                return self.head(self.model(normalize(batch)))
+
+        with Workers(device=self.device) as workers:
+            out = workers.map(scores, micro_batches(len(idx), self.batch_size, even=True))
         return to_numpy(torch.cat(out).float())

@@ -1,4 +1,4 @@
-"""MAML (Finn et al. 2017) of a classifier head on frozen ImageNet features, written with `torch.func`.
+"""MAML (Finn et al. 2017) of a classifier head on frozen ImageNet features (torch.func.functional_call).
 
 What is meta-learned is the *initialisation of a head* (linear by default, `hidden>0` gives a one-hidden-layer
 MLP) over frozen backbone features, not the whole network: full-network MAML back-propagates through several
@@ -11,9 +11,11 @@ prepare: features are standardised with the base pool's mean and standard deviat
 statistics) and divided by sqrt(D), so inputs have unit norm on average and one inner learning rate suits any
 backbone. The head's initialisation is meta-trained on N-way K-shot episodes drawn from the task's base pool
 (scene-disjoint support/query, explicit generator): per task, `inner_steps` SGD steps on the support set
-(torch.func.grad), then the query loss of the adapted head; the outer optimiser is Adam on the mean query
-loss over `meta_batch` tasks. `first_order=True` drops the second-order terms (FOMAML). The result is cached
-with ctx.cache.state_dict, keyed by the task, backbone, weights, image size, options and seed.
+(torch.autograd.grad, differentiable), then the query loss of the adapted head; the outer optimiser is Adam on
+the mean query loss over `meta_batch` tasks, whose gradients are computed side by side on the cores and added
+in task order (methods/parallel.py: the same bits on any number of cores). `first_order=True` drops the
+second-order terms (FOMAML). The result is cached with ctx.cache.state_dict, keyed by the task, backbone,
+weights, image size, options and seed.
 
 fit: the head starts from the meta-learned initialisation and takes `test_steps` SGD steps on the support set.
 
@@ -26,19 +28,24 @@ With `tied=False`, an episode with more classes than `train_way` reuses units cy
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call
 from torch.nn import functional as F
 
 from common.errors import UserError
 from methods.base import Context, FeatureMethod, torch_generator
 from methods.cache import cache_key
+from methods.parallel import Workers, parallel_backward
 from methods.registry import register_method
 from tasks.episodes import PoolIndex, sample_episode
 
-MAML_VERSION = 1
+# Keys meta-trained initialisations: 2: the meta-batch's tasks side by side (methods/parallel.py), their
+# gradients added in task order
+MAML_VERSION = 2
 
 
 def make_head(dim: int, n_out: int, hidden: int) -> nn.Module:
@@ -50,16 +57,18 @@ def make_head(dim: int, n_out: int, hidden: int) -> nn.Module:
 def adapt(
     head: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, first_order: bool = False
 ) -> dict:
-    """`steps` SGD steps of the cross-entropy on (x, y) from `params`; differentiable unless first_order."""
-
-    def loss(p):
-        return F.cross_entropy(functional_call(head, p, (x,)), y)
-
+    """`steps` SGD steps of the cross-entropy on (x, y) from `params`; differentiable unless first_order (the
+    steps' gradients are then constants, FOMAML). Plain autograd, not torch.func.grad: torch.func's transforms
+    keep state that two threads must not share, and meta-training runs tasks on worker threads."""
     for _ in range(steps):
-        grads = grad(loss)(params)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
-        params = {k: params[k] - lr * grads[k] for k in params}
+        with torch.enable_grad():
+            inputs = {
+                k: v.detach().requires_grad_(True) if first_order or not v.requires_grad else v
+                for k, v in params.items()
+            }
+            loss = F.cross_entropy(functional_call(head, inputs, (x,)), y)
+            grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=not first_order)
+        params = {k: params[k] - lr * g for k, g in zip(inputs, grads)}
     return params
 
 
@@ -101,8 +110,10 @@ def meta_train(
     opt = torch.optim.Adam(params.values(), lr=opts["meta_lr"])
 
     device = x_all.device  # the head's parameters are there too; each episode's indices and labels go there
+    # functional_call puts the parameters into the module while it runs: each task of a meta-batch gets a copy
+    heads = [copy.deepcopy(head) for _ in range(opts["meta_batch"])]
 
-    def task_loss(p, ep):
+    def task_loss(p, ep, head):
         s_idx, s_y, q_idx, q_y = (
             torch.from_numpy(a).to(device) for a in (ep.support_idx, ep.support_y, ep.query_idx, ep.query_y)
         )
@@ -111,23 +122,28 @@ def meta_train(
         )
         return F.cross_entropy(functional_call(head, adapted, (x_all[q_idx],)), q_y)
 
-    for step in range(opts["meta_steps"]):
-        episodes = [
-            sample_episode(index, n_way, opts["train_shots"], opts["train_queries"], rng, eligible)
-            for _ in range(opts["meta_batch"])
-        ]
-        loss = sum(task_loss(params, ep) for ep in episodes) / len(episodes)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if (step + 1) % max(1, opts["meta_steps"] // 5) == 0:
-            log(f"maml: meta-step {step + 1}/{opts['meta_steps']} query loss {loss.item():.3f}")
+    with Workers(device=device) as workers:  # each task of a meta-batch on a core of its own
+        for step in range(opts["meta_steps"]):
+            episodes = [
+                sample_episode(index, n_way, opts["train_shots"], opts["train_queries"], rng, eligible)
+                for _ in range(opts["meta_batch"])
+            ]
+            loss = parallel_backward(
+                workers,
+                list(params.values()),
+                len(episodes),
+                lambda i, eps=episodes: task_loss(params, eps[i], heads[i]) / len(eps),
+            )
+            opt.step()
+            if (step + 1) % max(1, opts["meta_steps"] // 5) == 0:
+                log(f"maml: meta-step {step + 1}/{opts['meta_steps']} query loss {loss:.3f}")
     return {k: v.detach().clone() for k, v in params.items()}
 
 
 @register_method("maml")
 class MAML(FeatureMethod):
     description = "MAML of a linear head (hidden>0: MLP) on frozen ImageNet features, torch.func; not full-network MAML"
+    version = 2  # MAML_VERSION's meta-training
 
     def __init__(
         self,

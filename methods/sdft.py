@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import platform
 import time
 
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.errors import UserError
-from methods.augment import augment_batch
+from methods.augment import apply_augmentation, draw_augmentation
 from methods.backbones import (
     backbone_name,
     check_splittable,
@@ -43,14 +44,21 @@ from methods.devices import CPU, cpu_state, device_key, to_numpy
 from methods.features import NUMERICS_VERSION, run_model
 from methods.nearest_mean import class_means
 from methods.optim import Adam
+from methods.parallel import Replicas, Workers, available_cores, micro_batches, parallel_backward, training_workers
 from methods.progress import SILENT, Progress
 from methods.registry import register_method
 from tasks.splits import scene_split
 
 # Keys step-1 checkpoints: bump when step 1 makes another network from the same inputs (its linear head is
-# drawn from the run's seed, so a checkpoint depends on nothing but its key).
-STEP1_VERSION = 2
-STEP2_VERSION = 1
+# drawn from the run's seed, so a checkpoint depends on nothing but its key). 3: data-parallel micro-batches.
+STEP1_VERSION = 3
+# Keys the cached activations entering the top: 2: only the rows outside the base pool, which are the only
+# rows an episode can name.
+STEP2_VERSION = 2
+# Step 2's support passes are split into micro-batches of at most this many rows (an even count of them: two
+# cores get equal shares) whose gradients are added in order (methods/parallel.py): the same bits on any
+# number of cores. The top runs in eval mode, so the split changes only the order of the additions.
+STEP2_MICRO_BATCH = 16
 
 # Defaults, chosen so that step 1 fits in minutes and a 600-episode 5-shot run in a few more on 2 cores:
 STEP1_DEFAULTS = dict(
@@ -60,6 +68,12 @@ STEP1_DEFAULTS = dict(
     weight_decay=1e-4,
     patience=2,  # early stopping on held-out accuracy
     val_folds=8,  # 1 of 8 scene-disjoint folds of the base pool is held out (~12%)
+    # Images per micro-batch (methods/parallel.py): each batch is split into ceil(batch_size / micro_batch)
+    # micro-batches of as equal sizes as possible, computed side by side on the cores (one intra-op thread
+    # each) and their gradients added in order, so a checkpoint is the same bits on any number of cores. Batch
+    # norm normalises each micro-batch with its own statistics, so it is part of the checkpoint's key.
+    # micro_batch >= batch_size: one pass per batch, batch norm over the whole batch, on one core.
+    micro_batch=16,
 )
 STEP2_DEFAULTS = dict(
     # The "top" fine-tuned in step 2: the final 1x1 convolution (conv_head) and its batch norm, plus the last
@@ -110,10 +124,12 @@ def step1_split(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
     return train, val
 
 
-# Pace of step 1 where nothing was recorded yet: about 2.5 min per epoch over hirise-regions' 2,289 base images at
-# 128 px with efficientnet_lite0 on a 2-core CPU (docs/performance.md). Only for a first, rough forecast; every
-# run records its own time in the cache, and the next run's forecast uses that.
-REFERENCE_SECONDS_PER_IMAGE_EPOCH = 150.0 / 2289
+# Pace of step 1 where nothing was recorded yet: about 45 s per epoch over hirise-regions' 2,289 base images at
+# 128 px with efficientnet_lite0 on 2 idle cores, two micro-batches side by side at the one-thread rate of
+# `bench perf`'s step-1 row (docs/performance.md; on the shared machine, at load 3-5, an epoch took 2-4 min).
+# Only for a first, rough forecast; every run records its own time in the cache, and the next run's forecast
+# uses that.
+REFERENCE_SECONDS_PER_IMAGE_EPOCH = 45.0 / 2289
 REFERENCE_IMAGE_SIZE = 128
 
 
@@ -121,20 +137,41 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+def machine_load() -> float | None:
+    """The 1-minute load average (runnable threads, ours included), or None where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_note(record: dict | None) -> str:
+    """How busy the machine is now (and was when `record`'s step 1 ran): a forecast holds for an idle machine."""
+    now = machine_load()
+    if now is None:
+        return ""
+    then = record.get("load") if record else None
+    was = f"; {then:.1f} when that step 1 started" if isinstance(then, (int, float)) else ""
+    busy = " (other work slows step 1 down)" if now > 0.5 else ""
+    return f"; load average {now:.1f} on {available_cores()} cores now{was}{busy}"
+
+
 def step1_forecast(record: dict | None, n_images: int, opts: dict, image_size: int) -> str:
-    """The first line's forecast: from the last step 1 recorded on this machine, else a rough estimate."""
+    """The first line's forecast: from the last step 1 recorded on this machine, else a rough estimate; with
+    the machine's load now (and then)."""
     work = n_images * opts["epochs"]
     if record and record.get("image_epochs", 0) > 0 and record.get("seconds", 0) > 0:
         rate = record["seconds"] / record["image_epochs"]
+        workers = f", {record['workers']} workers" if "workers" in record else ""
         return (
             f"the last step 1 on this machine took {_duration(record['seconds'])} ({record['images']} images, "
-            f"{record['epochs']} epochs), so expect up to {_duration(rate * work)} for {n_images} images, "
-            f"{opts['epochs']} epochs"
+            f"{record['epochs']} epochs{workers}), so expect up to {_duration(rate * work)} for {n_images} "
+            f"images, {opts['epochs']} epochs{load_note(record)}"
         )
     rough = REFERENCE_SECONDS_PER_IMAGE_EPOCH * work * (image_size / REFERENCE_IMAGE_SIZE) ** 2
     return (
         f"no step 1 recorded on this machine yet; {n_images} images x up to {opts['epochs']} epochs take roughly "
-        f"{_duration(rough)} on a 2-core CPU"
+        f"{_duration(rough)} on an idle 2-core CPU{load_note(None)}"
     )
 
 
@@ -151,8 +188,36 @@ def step1_optimiser(model: nn.Module, opts: dict, n_train: int):
     return opt, schedule
 
 
+def step1_batch(
+    replicas: Replicas,
+    workers: Workers,
+    images: np.ndarray,
+    y: torch.Tensor,
+    batch: np.ndarray,
+    opts: dict,
+    gen: torch.Generator,
+    device: torch.device,
+) -> float:
+    """Set the gradients of the batch's mean cross-entropy (micro-batches side by side, methods/parallel.py);
+    returns that mean. The augmentation is drawn for the whole batch first, in the order of one pass."""
+    draws = draw_augmentation(len(batch), gen)
+    parts = micro_batches(len(batch), opts["micro_batch"])
+
+    def part_loss(i: int) -> torch.Tensor:
+        rows = batch[parts[i]]
+        x = apply_augmentation(torch.from_numpy(images[rows]).to(device).float() / 255.0, draws[parts[i]])
+        target = y[torch.from_numpy(rows).to(device)]
+        return F.cross_entropy(replicas[i]((x - 0.5) / 0.5), target, reduction="sum") / len(batch)
+
+    replicas.start(len(parts))
+    loss = parallel_backward(workers, list(replicas.model.parameters()), len(parts), part_loss)
+    replicas.finish(len(parts))
+    return loss
+
+
 def step1_epoch(
-    model: nn.Module,
+    replicas: Replicas,
+    workers: Workers,
     images: np.ndarray,
     y: torch.Tensor,
     train: np.ndarray,
@@ -165,8 +230,8 @@ def step1_epoch(
     device: torch.device,
 ) -> float:
     """One epoch of step 1 over the `train` positions in an order drawn from `gen`; its mean training loss."""
-    model.train()
-    order = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
+    replicas.model.train()
+    order = train[torch.randperm(len(train), generator=gen).numpy()]
     total, count = 0.0, 0
     starts = range(0, len(order), opts["batch_size"])
     with progress.bar(
@@ -175,13 +240,9 @@ def step1_epoch(
         for start in starts:
             batch = order[start : start + opts["batch_size"]]
             if len(batch) >= 2:  # batch norm needs two samples
-                x = augment_batch(torch.from_numpy(images[batch.numpy()]).to(device).float() / 255.0, gen)
-                loss = F.cross_entropy(model((x - 0.5) / 0.5), y[batch.to(device)])
-                opt.zero_grad()
-                loss.backward()
+                total += step1_batch(replicas, workers, images, y, batch, opts, gen, device) * len(batch)
                 opt.step()
                 schedule.step()
-                total += loss.item() * len(batch)
                 count += len(batch)
             advance(1)
     return total / max(count, 1)
@@ -221,39 +282,56 @@ def train_step1(
     device: torch.device = CPU,
 ) -> tuple[dict, list]:
     """Fine-tune the whole backbone + linear head on `device`; returns (best state dict, on the CPU;
-    per-epoch history). Each uint8 batch is sent to the device once and augmented there (the augmentation's
-    random draws stay on the CPU generator, so they are the same on any device). Each epoch shows a bar of its
-    batches (with an ETA) on `progress`."""
+    per-epoch history). Each batch is split into micro-batches computed side by side (methods/parallel.py:
+    the same bits on any number of cores); each is sent to the device as uint8 and augmented there (the
+    augmentation's random draws stay on the CPU generator, so they are the same on any device). Each epoch
+    shows a bar of its batches (with an ETA) on `progress`."""
     gen = torch.Generator().manual_seed(seed)
     train, val = step1_split(labels, groups, opts["val_folds"], seed)
     model.to(device)
     y = torch.from_numpy(labels).to(device)
     opt, schedule = step1_optimiser(model, opts, len(train))
     best_acc, best_state, history, stale = -1.0, None, [], 0
-    for epoch in range(1, opts["epochs"] + 1):
-        started = time.perf_counter()
-        loss = step1_epoch(model, images, y, train, opt, schedule, gen, opts, epoch, progress, device)
-        acc = held_out_accuracy(model, images, labels, val, epoch, progress, device)
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                "val_accuracy": acc,
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        log(
-            f"sdft step 1: epoch {epoch}/{opts['epochs']} loss {loss:.3f} "
-            f"held-out accuracy {acc:.3f} ({time.perf_counter() - started:.0f} s)"
-        )
-        if not len(val) or acc > best_acc:
-            best_acc, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= opts["patience"] and epoch < opts["epochs"]:
-                log(f"sdft step 1: early stop after epoch {epoch}, best held-out accuracy {best_acc:.3f}")
-                break
+    with Workers(device=device) as workers:
+        replicas = Replicas(model)
+        for epoch in range(1, opts["epochs"] + 1):
+            started = time.perf_counter()
+            loss = step1_epoch(replicas, workers, images, y, train, opt, schedule, gen, opts, epoch, progress, device)
+            acc = held_out_accuracy(model, images, labels, val, epoch, progress, device)
+            history.append(
+                {"epoch": epoch, "loss": loss, "val_accuracy": acc, "seconds": time.perf_counter() - started}
+            )
+            log(
+                f"sdft step 1: epoch {epoch}/{opts['epochs']} loss {loss:.3f} "
+                f"held-out accuracy {acc:.3f} ({time.perf_counter() - started:.0f} s, {workers.n} workers)"
+            )
+            if not len(val) or acc > best_acc:
+                best_acc, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= opts["patience"] and epoch < opts["epochs"]:
+                    log(f"sdft step 1: early stop after epoch {epoch}, best held-out accuracy {best_acc:.3f}")
+                    break
     return cpu_state(best_state), history
+
+
+def rows_outside(n_rows: int, base: np.ndarray) -> np.ndarray:
+    """Handles 0..n_rows-1 that are not in the base pool, ascending: the rows an episode (or a map) can name."""
+    return np.setdiff1d(np.arange(n_rows, dtype=np.int64), np.asarray(base, np.int64))
+
+
+class RowsOf:
+    """images[rows], indexed lazily (run_model reads it a batch at a time), so that a map's windows are never
+    all held as pixels."""
+
+    def __init__(self, images, rows: np.ndarray):
+        self.images, self.rows = images, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.images[self.rows[index]])
 
 
 def dihedral_view(images: np.ndarray, view: int) -> np.ndarray:
@@ -279,8 +357,9 @@ class SDFT(FewShotMethod):
         "Stepwise deep feature transfer: ImageNet -> base pool (linear head) -> support (cosine head, top fine-tuned)"
     )
     consumes = "images"
-    # Moves with STEP1_VERSION: a row made from another step-1 network is another measurement
-    version = 2
+    # Moves with STEP1_VERSION: a row made from another step-1 network is another measurement. 3: step 1 and
+    # step 2 in fixed micro-batches (methods/parallel.py)
+    version = 3
     use_step1 = True
     head = "cosine"
     option_defaults = {**STEP1_DEFAULTS, **STEP2_DEFAULTS, **STEP2_LATER}  # the registry checks their types
@@ -332,6 +411,8 @@ class SDFT(FewShotMethod):
         network = source if self.opts["mix"] == 1.0 else f"{source}-mix{self.opts['mix']!r}"
         if self.opts["views"] != 1:
             network = f"{network}-views{self.opts['views']}"
+        base = ctx.base_pool()[0]
+        # only rows outside the base pool get activations: the base pool trains step 1 and is never in an episode
         key = cache_key(
             "sdft-acts",
             STEP2_VERSION,
@@ -340,6 +421,8 @@ class SDFT(FewShotMethod):
             ctx.images_key(),
             backbone_name(ctx.backbone),
             self.opts["top_blocks"],
+            "outside",
+            cache_key(np.sort(base).tolist()),
             *device_key(ctx.device),
         )
         top, acts = None, None
@@ -361,8 +444,11 @@ class SDFT(FewShotMethod):
                 ctx.cache.put_state_dict("sdft-top", key, state)
                 top = top_from_state(ctx.backbone, state)  # the same modules as on the warm path
         self.device = ctx.device
-        self.acts = torch.from_numpy(acts).to(ctx.device)  # every image's activations, sent once
-        self.n_images = len(self.acts) // self.opts["views"]  # view v of image i is row v * n_images + i
+        self.acts = torch.from_numpy(acts).to(ctx.device)  # of every row outside the base pool, sent once
+        self.n_images = len(self.acts) // self.opts["views"]  # view v of the i-th such row is row v * n_images + i
+        n_rows = self.n_images + len(base)
+        self.position = np.full(n_rows, -1, np.int64)  # handle -> its row in each view's block of self.acts
+        self.position[rows_outside(n_rows, base)] = np.arange(self.n_images)
         self.top = top.to(ctx.device).eval()
         self.top_state = copy.deepcopy(top.state_dict())
         with torch.inference_mode():
@@ -454,6 +540,7 @@ class SDFT(FewShotMethod):
             f"sdft step 1: fine-tuning {backbone_name(ctx.backbone)} on {len(base_idx)} base images, "
             f"{n_classes} classes (cached as {key}); {forecast}"
         )
+        load = machine_load()
         started = time.perf_counter()
         state, history = train_step1(
             model,
@@ -474,6 +561,8 @@ class SDFT(FewShotMethod):
                 "images": len(base_idx),
                 "epochs": len(history),
                 "image_epochs": len(base_idx) * len(history),
+                "workers": training_workers(ctx.device),
+                **({"load": load} if load is not None else {}),
             },
         )
         return state
@@ -481,13 +570,16 @@ class SDFT(FewShotMethod):
     def top_inputs(self, ctx: Context, bottom: nn.Module, images: np.ndarray) -> np.ndarray:
         """The activations `bottom` gives every image, view after view (view 0: the images as they are)."""
         views = self.opts["views"]
+        rows = rows_outside(len(images), ctx.base_pool()[0])
+        if not len(rows):
+            raise UserError(f"{self.name}: every row is in the base pool; there is nothing to answer episodes on")
         return np.concatenate(
             [
                 run_model(
                     bottom,
-                    dihedral_view(images, view) if view else images,
+                    dihedral_view(images[rows], view) if view else RowsOf(images, rows),
                     progress=ctx.progress,
-                    description="sdft: activations entering the top"
+                    description=f"sdft: activations entering the top, {len(rows)} rows outside the base pool"
                     + (f", view {view + 1}/{views}" if views > 1 else ""),
                     device=ctx.device,
                 )
@@ -509,36 +601,60 @@ class SDFT(FewShotMethod):
         x = self.acts[self.view_rows(support_idx)]
         y = torch.as_tensor(support_y, device=self.device).repeat(self.opts["views"])
         self.classifier = self.make_head(n_way)
-        with torch.no_grad():
-            features = self.top(x).flatten(1)
-            if isinstance(self.classifier, CosineClassifier):
-                self.classifier.init_from_prototypes(features, y)
-            else:  # same "pretraining" for the ablation: weights = class means, zero bias
-                self.classifier.weight.copy_(class_means(features, torch.arange(len(y), device=y.device), y, n_way))
-                self.classifier.bias.zero_()
+        with Workers(device=self.device) as workers:  # one intra-op thread here too: the same bits in any caller
+            with torch.no_grad():
+                features = self.top(x).flatten(1)
+                if isinstance(self.classifier, CosineClassifier):
+                    self.classifier.init_from_prototypes(features, y)
+                else:  # same "pretraining" for the ablation: weights = class means, zero bias
+                    self.classifier.weight.copy_(class_means(features, torch.arange(len(y), device=y.device), y, n_way))
+                    self.classifier.bias.zero_()
+            self.train_step2(workers, x, y)
+
+    def train_step2(self, workers: Workers, x: torch.Tensor, y: torch.Tensor) -> None:
+        """`steps` full-batch Adam steps of the top and the head on the support, each batch's gradient summed
+        over fixed micro-batches computed side by side (methods/parallel.py)."""
+        params = [*self.top.parameters(), *self.classifier.parameters()]
         opt = Adam(
             [  # torch.optim.Adam's arithmetic without importing torch._dynamo (methods/optim.py)
                 {"params": self.top.parameters(), "lr": self.opts["lr_top"]},
                 {"params": self.classifier.parameters(), "lr": self.opts["lr_head"]},
             ]
         )
+        parts = micro_batches(len(y), STEP2_MICRO_BATCH, even=True)
+
+        def part_loss(i: int) -> torch.Tensor:
+            rows = parts[i]
+            return F.cross_entropy(
+                self.classifier(self.top(x[rows]).flatten(1)),
+                y[rows],
+                reduction="sum",
+                label_smoothing=self.opts["label_smoothing"],
+            ) / len(y)
+
         for _ in range(self.opts["steps"]):
-            loss = F.cross_entropy(
-                self.classifier(self.top(x).flatten(1)), y, label_smoothing=self.opts["label_smoothing"]
-            )
-            opt.zero_grad()
-            loss.backward()
+            parallel_backward(workers, params, len(parts), part_loss)
             opt.step()
+
+    def positions(self, idx) -> torch.Tensor:
+        """Where handles `idx` are in each view's block of self.acts; a base-pool handle is refused."""
+        position = self.position[np.asarray(idx, np.int64)]
+        if (position < 0).any():
+            raise UserError(
+                f"{self.name}: asked for rows of the base pool, which is never in an episode and has no "
+                "activations here"
+            )
+        return torch.as_tensor(position, device=self.device)
 
     def view_rows(self, idx) -> torch.Tensor:
         """Rows of self.acts holding every view of images `idx`, view by view (view 0: the images as they are)."""
-        idx = torch.as_tensor(idx, device=self.device)
-        return torch.cat([idx + view * self.n_images for view in range(self.opts["views"])])
+        position = self.positions(idx)
+        return torch.cat([position + view * self.n_images for view in range(self.opts["views"])])
 
     def predict(self, query_idx):
         self.top.eval()
         self.classifier.eval()
-        query = torch.as_tensor(query_idx, device=self.device)
+        query = self.positions(query_idx)
         with torch.inference_mode():
             per_view = self.classifier(self.top(self.acts[self.view_rows(query_idx)]).flatten(1))
             scores = per_view.reshape(self.opts["views"], len(query), -1).mean(0)
@@ -553,7 +669,7 @@ class SDFT(FewShotMethod):
 @register_method("sdft-no-step1")
 class SDFTNoStep1(SDFT):
     description = "SDFT ablation: ImageNet backbone straight to step 2 (no Mars base-pool fine-tuning)"
-    version = 1  # no step 1, so STEP1_VERSION does not concern it
+    version = 2  # no step 1, so STEP1_VERSION does not concern it; 2: step 2 in fixed micro-batches
     use_step1 = False
 
 

@@ -112,6 +112,7 @@ def test_step2_options_are_refused_and_config_is_step1s():
         "weight_decay",
         "patience",
         "val_folds",
+        "micro_batch",
     }
 
 

@@ -3,8 +3,9 @@ any number of threads (`bench run --threads N`).
 
 torch (and oneDNN's convolutions) sum in chunks that depend on the intra-op thread count, so `bench run` pins
 every computation to one intra-op thread (torch and BLAS) and spends its N threads on running whole, fixed
-feature-extraction batches side by side (methods.features.thread_policy). Nothing is rounded: the tests below
-compare the cached float32 features and checkpoints bit for bit.
+feature-extraction batches and training micro-batches side by side (methods.features.thread_policy,
+methods/parallel.py). Nothing is rounded: the tests below compare the cached float32 features and checkpoints
+bit for bit.
 """
 
 from __future__ import annotations
@@ -118,3 +119,32 @@ def test_forward_passes_are_bit_identical_for_any_worker_count(data):
     for n in (1, 2, 3):
         with thread_policy(n):
             assert np.array_equal(run_model(model, images, batch_size=16), reference), n
+
+
+def test_training_is_the_same_bits_with_one_and_two_threads(data, tmp_path):
+    """SDFT's step 1 (two micro-batches per batch), its step 2, finetune and MAML's meta-training compute
+    micro-batches on as many worker threads as `--threads` says (methods/parallel.py): the step-1 checkpoint,
+    every cached array and every row are the same bits with 1 and 2."""
+    methods = [
+        "--method",
+        "sdft:epochs=2,batch_size=8,micro_batch=4,steps=5,lr=0.001",
+        "--method",
+        "finetune:steps=2",
+        "--method",
+        "maml:meta_steps=6,train_way=3,train_shots=1,train_queries=1",
+    ]
+    results = {}
+    for threads in (1, 2):
+        out, cache = tmp_path / f"t{threads}.csv", tmp_path / f"cache{threads}"
+        argv = [str(a) for a in run_args(data, out, cache, *methods, "--threads", threads, episodes=3, shots="1,2")]
+        assert main(argv) == 0
+        results[threads] = (stable(read_rows(out)), cached_arrays(cache))
+    (rows1, cache1), (rows2, cache2) = results[1], results[2]
+    assert len(rows1) == 4 * 2 * 3 and rows1 == rows2  # run_args adds linear-probe
+    step1 = [k for k in cache1 if "/sdft-step1/" in k]
+    assert len(step1) == 1 and cache1.keys() == cache2.keys()
+    assert any("/maml/" in k for k in cache1) and any("/sdft-acts/" in k for k in cache1)
+    for name in cache1:  # the step-1 checkpoint, SDFT's activations and top, MAML's initialisation
+        assert cache1[name] == cache2[name], name
+    scores = {(r["accuracy"], r["macro_f1"]) for r in read_rows(tmp_path / "t1.csv") if r["method"].startswith("sdft")}
+    assert len(scores) > 1  # not one constant answer: the rows can tell two networks apart

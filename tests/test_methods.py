@@ -246,8 +246,13 @@ def test_baseline_pp_scores_are_bounded_by_the_scale(tiny, episodes):
     assert np.abs(run(method, episodes[0])).max() <= 4.0 + 1e-5
 
 
-def test_finetune_chunked_support_passes_give_the_whole_batch_gradient(tiny, monkeypatch):
+def test_finetune_micro_batches_give_the_whole_batch_gradient_the_same_bits_on_any_worker_count(tiny, monkeypatch):
+    """Each step's support batch is split into micro-batches (at most MICRO_BATCH images, an even count) computed
+    side by side: with frozen batch norm their summed gradient is the whole batch's up to rounding, and the
+    same bits with 1, 2 or 3 workers; a fitted episode answers the same with 1 and 2 threads."""
     import methods.finetune
+    from methods.features import thread_policy
+    from methods.parallel import Workers, micro_batches, parallel_backward
 
     task, ctx = tiny
     method = make("finetune")
@@ -255,21 +260,29 @@ def test_finetune_chunked_support_passes_give_the_whole_batch_gradient(tiny, mon
     method.model.load_state_dict(method.initial_state)
     method.model.eval()
     method.head = nn.Linear(method.model.num_features, WAYS)
-    idx = task.target[:7]
-    batch = torch.from_numpy(method.images[idx])
+    params = [*method.model.parameters(), *method.head.parameters()]
+    batch = torch.from_numpy(method.images[task.target[:7]])
     y = torch.as_tensor(np.arange(7) % WAYS)
 
-    def gradients(chunk):
-        monkeypatch.setattr(methods.finetune, "TRAIN_CHUNK", chunk)
-        for p in [*method.model.parameters(), *method.head.parameters()]:
-            p.grad = None
-        method.backward(batch, y)
-        return [p.grad.clone() for p in [*method.model.parameters(), *method.head.parameters()]]
+    def gradients(size, workers):
+        parts = micro_batches(len(batch), size, even=True)
+        with Workers(workers) as pool:
+            parallel_backward(pool, params, len(parts), lambda i: method.part_loss(batch[parts[i]], y[parts[i]], 7))
+        return [p.grad.clone() for p in params]
 
-    whole, chunked = gradients(100), gradients(3)  # one pass; passes of 3, 3 and 1 images
-    for a, b in zip(whole, chunked):
+    whole, parts = gradients(100, 1), gradients(3, 1)  # one pass; passes of 2, 2, 2 and 1 images
+    for a, b in zip(whole, parts):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
-    assert any(not torch.equal(a, b) for a, b in zip(whole, chunked))  # three passes, not one
+    assert any(not torch.equal(a, b) for a, b in zip(whole, parts))  # four passes, not one
+    for workers in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(parts, gradients(3, workers)))
+    monkeypatch.setattr(methods.finetune, "MICRO_BATCH", 2)
+    ep = next(iter(task.episodes(WAYS, SHOTS, QUERIES, 1, seed=0)))
+    answers = []
+    for threads in (1, 2):
+        with thread_policy(threads):
+            answers.append(run(method, ep))
+    np.testing.assert_array_equal(answers[0], answers[1])
 
 
 @pytest.mark.parametrize(

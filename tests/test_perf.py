@@ -50,13 +50,15 @@ def test_bench_perf_prints_one_table(tmp_path, capsys, monkeypatch):
         "extraction from files",
         "warm start",
         "peak memory",
-        "SDFT step 1 training",
         *(f"episodes/s, {name} (transductive)" for name in ("bd-cspn", "laplacianshot", "tim", "pt-map")),
     ):
         assert sum(measure in row for row in rows) == 1, measure
     for name, cls in (("bd-cspn", "BDCSPN"), ("laplacianshot", "LaplacianShot"), ("tim", "TIM"), ("pt-map", "PTMAP")):
         row = next(row for row in rows if f"{name} (transductive)" in row)
         assert f"easyfsl {cls} " in row and "accuracy ours - easyfsl" in row  # the rest may wrap
+    step1 = [row for row in rows if "SDFT step 1 training" in row]
+    assert len(step1) == 2  # against a bare loop on all cores (torch's threads), and the one-thread pair
+    assert "torch's" in step1[0] and "one thread" in step1[1]
     assert "same accuracy as easyfsl in all 5 episodes" in out
     warm = next(row for row in rows if "warm start" in row)
     assert "whole process" in warm and "nan" not in warm  # the child noted its first finished episode
@@ -144,3 +146,45 @@ def test_bench_perf_hands_its_flags_to_run_perf(tmp_path, monkeypatch):
         step1_batches=2,
         transductive_episodes=0,
     )
+
+
+def test_the_cold_job_row_times_a_run_with_an_empty_cache_phase_by_phase(tmp_path):
+    from benchmark.perf import cold_job, phase_seconds
+
+    lines = "\n".join(
+        [
+            "BAR\t10\t12.5\t1\t3\tdecoding 30 images",
+            "BAR\t13\t20\t3\t16\tsdft step 1: epoch 1/6, batches of 32",
+            "BAR\t20\t21\t16\t18\tsdft step 1: epoch 1 held-out images",
+            "BAR\t21\t23\t18\t22\tefficientnet_lite0 features",
+            "BAR\t23\t24\t22\t23\tsdft: activations entering the top, 9 rows outside the base pool",
+            "BAR\t24\t30\t23\t30\tsdft 5-shot",
+            "something else",
+            "CPU\t40",
+        ]
+    )
+    assert phase_seconds(lines) == {
+        "decode": (2.5, 2.0),
+        "step 1": (8.0, 15.0),
+        "features": (3.0, 5.0),
+        "episodes": (6.0, 7.0),
+        "other": (0.0, 11.0),
+    }
+    make_tiny_task(tmp_path / "data", n_classes=5, groups_per_class=10, per_group=8)  # 5-way 1-shot 15-query
+    (tmp_path / "work").mkdir()
+    figures = cold_job(
+        f"folder:{tmp_path / 'data'}",
+        tmp_path,
+        tmp_path / "work",
+        3,
+        log=lambda m: None,
+        methods=("protonet",),
+        shots="1",
+    )
+    assert [f.what.strip() for f in figures[1:]] == ["decode", "step 1", "features", "episodes", "other"]
+    total, parts = figures[0].value, {f.what.strip(): f.value for f in figures[1:]}
+    assert "empty cache" in figures[0].what and "load average" in figures[0].note
+    assert all("CPU time" in f.reference for f in figures) and "peak memory 0.00 GB" not in figures[0].note
+    assert parts["decode"] > 0 and parts["features"] > 0 and parts["episodes"] > 0 and parts["step 1"] == 0
+    assert sum(parts.values()) == pytest.approx(total)
+    assert (tmp_path / "work" / "cache" / "features").is_dir()  # the cache it ran with, empty before

@@ -89,6 +89,7 @@ def test_step1_cache_key_changes_with_every_input(tiny, tmp_path):
         "epochs": create_method("sdft", **{**FAST, "epochs": 2}).step1_key(context(task, cache)),
         "lr": create_method("sdft", **{**FAST, "lr": 1e-3}).step1_key(context(task, cache)),
         "batch size": create_method("sdft", **{**FAST, "batch_size": 4}).step1_key(context(task, cache)),
+        "micro-batch": create_method("sdft", **{**FAST, "micro_batch": 4}).step1_key(context(task, cache)),
     }
     assert all(key != base_key for key in variants.values()), variants
     assert len(set(variants.values())) == len(variants)
@@ -136,11 +137,13 @@ def test_step1_shows_batches_of_each_epoch_and_forecasts_from_the_last_run(tiny)
     assert all(1 < b[1] <= -(-n_base // 8) and b[2] == b[1] for b in epochs)  # every batch advances the bar
     first = next(m for m in logs if m.startswith("sdft step 1: fine-tuning"))
     assert f"on {n_base} base images" in first and "no step 1 recorded on this machine yet" in first
-    assert f"{n_base} images x up to 2 epochs take roughly" in first
+    assert f"{n_base} images x up to 2 epochs take roughly" in first and "on an idle 2-core CPU; load average" in first
     logs.clear()
     create_method("sdft", **opts).prepare(context(task, cache, progress=Recorder(), seed=1))  # another checkpoint
     first = next(m for m in logs if m.startswith("sdft step 1: fine-tuning"))
-    assert "the last step 1 on this machine took" in first and f"({n_base} images, 2 epochs)" in first
+    assert "the last step 1 on this machine took" in first and f"({n_base} images, 2 epochs, " in first
+    # the forecast holds for an idle machine: it says how loaded this one is now, and was then
+    assert "load average" in first and "when that step 1 started" in first
 
 
 def test_sdft_predicts_in_eval_mode_without_query_labels_and_beats_chance(tiny):
@@ -218,3 +221,35 @@ def test_warm_prepare_uses_cached_top_without_network_or_images_and_gives_the_sa
     top_file.write_bytes(b"corrupt")
     with pytest.raises(AssertionError, match="warm path"):
         create_method(name, **FAST).prepare(context(task, cache))
+
+
+def test_activations_are_computed_only_outside_the_base_pool_which_is_refused(tiny):
+    """Episodes never name base-pool rows (step 1 trained on them): their activations are not computed, and a
+    method asked for one says so in one line instead of answering from another row."""
+    from common.errors import UserError
+
+    task, cache = tiny
+    sdft = create_method("sdft", **FAST)
+    sdft.prepare(context(task, cache))
+    assert len(sdft.acts) == len(task.table) - len(task.base)
+    ep = next(iter(task.episodes(3, 2, 3, 1, seed=0)))
+    sdft.fit(ep.support_idx, ep.support_y, ep.n_way, np.random.default_rng(0))
+    with pytest.raises(UserError, match="base pool"):
+        sdft.predict(np.concatenate([ep.query_idx, task.base[:1]]))
+    with pytest.raises(UserError, match="base pool"):
+        sdft.fit(task.base[:3], np.arange(3), 3, np.random.default_rng(0))
+
+
+def test_step2_is_the_same_bits_for_any_worker_count(tiny):
+    from methods.features import thread_policy
+
+    task, cache = tiny
+    sdft = create_method("sdft-no-step1", **FAST)
+    sdft.prepare(context(task, cache))
+    ep = next(iter(task.episodes(3, 4, 3, 1, seed=0)))  # 12 support rows: micro-batches of 6
+    answers = []
+    for threads in (1, 2, 3):
+        with thread_policy(threads):
+            sdft.fit(ep.support_idx, ep.support_y, ep.n_way, np.random.default_rng(0))
+            answers.append(sdft.predict(ep.query_idx))
+    assert all(np.array_equal(answers[0], a) for a in answers[1:])

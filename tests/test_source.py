@@ -202,3 +202,30 @@ def test_leaderboard_sources_pairs_each_source_with_no_source(data, tmp_path, ca
     assert cells[4].startswith(f"{expected:+.2f}") and cells[4].endswith("(6)")
     assert main(["leaderboard", str(out), *"--format sources --versus nosuch".split()]) == 2
     assert main(["leaderboard", str(out), "--versus", "protonet"]) == 2
+
+
+def test_sdft_no_step1_with_a_source_computes_no_activations_for_the_source(data, tmp_path, monkeypatch):
+    """sdft-no-step1 never reads the base pool (the source's images): it pays only for the task's own rows,
+    and answers the episodes as without the source."""
+    import methods.sdft
+
+    task = load_task("hirise-regions", data, source="aid")
+    plain = load_task("hirise-regions", data)
+    passed = []
+    real = methods.sdft.run_model
+
+    def spy(module, images, *args, **kwargs):
+        passed.append(len(images))
+        return real(module, images, *args, **kwargs)
+
+    monkeypatch.setattr(methods.sdft, "run_model", spy)
+    answers = {}
+    for name, t in (("source", task), ("plain", plain)):
+        method = create_method("sdft-no-step1", steps=2)
+        method.prepare(Context(t, Cache(tmp_path / name), image_size=32))
+        ep = next(iter(t.episodes(3, 1, 2, 1, seed=0)))
+        method.fit(ep.support_idx, ep.support_y, ep.n_way, np.random.default_rng(0))
+        answers[name] = method.predict(ep.query_idx)
+    assert passed == [len(task.table) - len(task.base), len(plain.table) - len(plain.base)]
+    assert passed[0] == len(plain.table)  # the task's own rows, none of the source's
+    np.testing.assert_allclose(answers["source"], answers["plain"], rtol=1e-4, atol=1e-5)

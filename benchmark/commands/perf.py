@@ -56,6 +56,12 @@ def add_parser(sub) -> None:
         help="episodes on which each transductive method is compared with easyfsl's implementation "
         "(0: none; easyfsl's TIM takes about a second an episode)",
     )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="measure only the main job on a fresh clone (`bench run --method sdft --method protonet "
+        "--shots 5` with an empty cache, --episodes of them): its wall time and where it went",
+    )
     add_common(p)
     p.set_defaults(handler=cmd_perf)
 
@@ -76,22 +82,33 @@ def ray_row(args, log) -> tuple[str | None, str | None]:
 
 
 def cmd_perf(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from benchmark.console import RichProgressReporter, stdout
-    from benchmark.perf import run_perf
+    from benchmark.console import RichProgressReporter
+    from benchmark.perf import cold_job, run_perf
 
     log = RichProgressReporter(enabled=False).log
+    if args.cold:
+        with tempfile.TemporaryDirectory(prefix="marsfsl-cold-") as work:
+            figures = cold_job(args.task, Path(args.settings.data_dir), Path(work), args.episodes, log)
+        return print_figures(figures, f"bench perf --cold on {args.task}: the main job on a fresh clone", None)
     ray_method, left_out = ray_row(args, log)
     options = config_from(PerfOptions, args, memory_methods=tuple(args.memory_method or ()), ray_method=ray_method)
     with tempfile.TemporaryDirectory(prefix="marsfsl-perf-") as work:
         figures = run_perf(args.settings, options, Path(work), log=log)
-    table = Table(
-        title=f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot 15-query, "
-        f"{args.episodes} of them, on cached features",
-        caption=f"No Ray row: {left_out}" if left_out else None,
+    return print_figures(
+        figures,
+        f"bench perf on {args.task}: {os.cpu_count()} cores; episodes 5-way 5-shot "
+        f"15-query, {args.episodes} of them, on cached features",
+        f"No Ray row: {left_out}" if left_out else None,
     )
+
+
+def print_figures(figures, title: str, caption: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmark.console import stdout
+
+    table = Table(title=title, caption=caption)
     for column in ("measure", "value", "against", "ratio", "check"):
         table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
     for f in figures:

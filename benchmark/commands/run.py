@@ -23,9 +23,9 @@ def add_parser(sub) -> None:
         "--threads",
         type=positive_int("threads"),
         default=settings.threads,
-        help="threads that extract features (whole batches each) and answer batched episodes (whole "
-        "chunks each) side by side (default: all cores); everything runs on one intra-op thread, "
-        "so results are bit-identical for any N",
+        help="threads that extract features (whole batches each), train on fixed micro-batches and "
+        "answer batched episodes (whole chunks each) side by side (default: all cores); "
+        "everything runs on one intra-op thread, so results are bit-identical for any N",
     )
     run.set_defaults(handler=cmd_run)
 

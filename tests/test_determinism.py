@@ -125,14 +125,9 @@ def test_training_is_the_same_bits_with_one_and_two_threads(data, tmp_path):
     """SDFT's step 1 (two micro-batches per batch), its step 2, finetune and MAML's meta-training compute
     micro-batches on as many worker threads as `--threads` says (methods/parallel.py): the step-1 checkpoint,
     every cached array and every row are the same bits with 1 and 2."""
-    methods = [
-        "--method",
-        "sdft:epochs=2,batch_size=8,micro_batch=4,steps=5,lr=0.001",
-        "--method",
-        "finetune:steps=2",
-        "--method",
-        "maml:meta_steps=6,train_way=3,train_shots=1,train_queries=1",
-    ]
+    sdft = "sdft:epochs=2,batch_size=8,micro_batch=4,steps=5,lr=0.001"
+    maml = "maml:meta_steps=6,train_way=3,train_shots=1,train_queries=1"
+    methods = f"--method {sdft} --method finetune:steps=2 --method {maml}".split()
     results = {}
     for threads in (1, 2):
         out, cache = tmp_path / f"t{threads}.csv", tmp_path / f"cache{threads}"

@@ -24,6 +24,7 @@ import torch
 from common.errors import UserError
 from common.settings import DEFAULTS
 from methods.cache import Cache, cache_key
+from methods.concat import ConcatRows
 from methods.devices import CPU, to_numpy
 from methods.features import features_key, frozen_features, image_array, images_key
 from methods.progress import SILENT, Progress
@@ -64,8 +65,11 @@ class RowFiles(ImageTable):
         return self.table_identity
 
 
-def _owned(array: np.ndarray) -> np.ndarray:
-    """A read-only copy that shares memory with nothing (its `.base` leads nowhere)."""
+def _owned(array: np.ndarray | ConcatRows) -> np.ndarray | ConcatRows:
+    """A read-only copy that shares memory with nothing (its `.base` leads nowhere); of a `ConcatRows`, another
+    view of its read-only parts (a map's windows stay a memory map)."""
+    if isinstance(array, ConcatRows):
+        return array.copy()
     out = np.array(array, copy=True)
     out.flags.writeable = False
     return out
@@ -84,7 +88,9 @@ class Handed:
     episode_classes: np.ndarray
     keys: dict  # features / images / base_images: the cache keys of the arrays below
     features: np.ndarray | None = None  # (n_rows, D) in handle order, when the method consumes features
-    images: np.ndarray | None = None  # (n_rows, 3, S, S) uint8 in handle order, when it consumes images
+    # (n_rows, 3, S, S) uint8 in handle order, when it consumes images; for a map, a ConcatRows of the base
+    # task's images and the windows' pixels (a read-only memory map: a scene's pixels need not fit in memory)
+    images: np.ndarray | ConcatRows | None = None
 
 
 def handed(
@@ -167,7 +173,10 @@ class Context:
                 RowHandles.identity(len(task.table)),
             )
         self._handed = Handed(
-            **{name: _owned(value) if isinstance(value, np.ndarray) else value for name, value in vars(given).items()}
+            **{
+                name: _owned(value) if isinstance(value, (np.ndarray, ConcatRows)) else value
+                for name, value in vars(given).items()
+            }
         )
         self.task_key, self.n_rows = given.task_key, given.n_rows
 
@@ -204,8 +213,9 @@ class Context:
         """Identifies what ctx.features() returns, for the keys of caches derived from features."""
         return self._handed.keys["features"]
 
-    def images(self) -> np.ndarray:
-        """(n_rows, 3, S, S) uint8 of every row, in handle order (a fresh array on every call)."""
+    def images(self) -> np.ndarray | ConcatRows:
+        """(n_rows, 3, S, S) uint8 of every row, in handle order (a fresh array on every call; in `bench map`, an
+        array-like of read-only parts, indexed as an array: a scene's windows are read from disk as indexed)."""
         return self._array("images")
 
     def images_key(self) -> str:

@@ -2,6 +2,8 @@
 
 A cache file is only ever seen complete (written to a temporary file, then renamed). Each entry stores the
 SHA-256 of its payload; a truncated or altered file is reported in one line and recomputed.
+An array too large to hold in memory (a scene's windows as pixels) is written a part at a time and read back
+as a read-only memory map (`mapped_array`).
 
 A cache folder that is a file (or lies under one) is refused in one line naming it. A cache folder that
 cannot be written (read-only, full disk, over quota, no permission) does not stop a run: the first failed
@@ -16,14 +18,15 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.errors import UserError
-from common.files import atomic_write_bytes
+from common.files import atomic_write, atomic_write_bytes
 from tasks.datasets.content import default_cache_dir
 
 DEFAULT_CACHE_DIR = default_cache_dir()
@@ -89,16 +92,20 @@ class Cache:
             atomic_write_bytes(path, data)
             atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
         except OSError as exc:
-            for stale in (path, path.with_name(path.name + ".sha256")):  # never a payload without its checksum
-                try:
-                    stale.unlink()
-                except OSError:
-                    pass
-            self.writable = False
-            _warn(
-                f"cannot write to cache folder {self.root} ({exc.strerror or exc}); computing without caching "
-                "for the rest of this run (free space, fix its permissions or pass another --cache-dir)"
-            )
+            self._cannot_write(path, exc)
+
+    def _cannot_write(self, path: Path, exc: OSError) -> None:
+        """After a failed write of `path`: no payload without its checksum, and no more writes this run."""
+        for stale in (path, path.with_name(path.name + ".sha256")):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+        self.writable = False
+        _warn(
+            f"cannot write to cache folder {self.root} ({exc.strerror or exc}); computing without caching "
+            "for the rest of this run (free space, fix its permissions or pass another --cache-dir)"
+        )
 
     def _cached(self, kind: str, key: str, ext: str) -> bytes | None:
         """The verified payload for key (a hit), or None if it is absent or corrupt (or the cache is off)."""
@@ -161,3 +168,84 @@ class Cache:
         state = compute()
         self.put_state_dict(kind, key, state)
         return state, False
+
+    def mapped_array(self, kind: str, key: str, shape: tuple, dtype, parts: Callable[[], Iterable]) -> np.ndarray:
+        """A read-only memory map of the (shape, dtype) array cached under key, for arrays too large to hold in
+        memory (a scene's windows as pixels): on a miss the arrays `parts()` yields, rows after rows, are
+        written to a .npy file one at a time (memory holds one part), checksummed as they go and renamed into
+        place like every entry; a hit is checked against its checksum reading the file a block at a time.
+        Where the cache cannot store it, an unlinked temporary file holds it for as long as the array lives."""
+        path = self.path(kind, key, "npy")
+        if self.enabled and self._mapped_entry_ok(path, tuple(shape), np.dtype(dtype)):
+            self.hits.append(f"{kind}/{key}")
+            return np.load(path, mmap_mode="r")
+        self.misses.append(f"{kind}/{key}")
+        if self.writable:
+            failed = []  # an OSError of `parts` itself (reading a scene) is its caller's, not the cache's
+
+            def guarded():
+                try:
+                    yield from parts()
+                except OSError as exc:
+                    failed.append(exc)
+                    raise
+
+            try:
+                digest = _write_npy(path, shape, dtype, guarded())
+                atomic_write_bytes(path.with_name(path.name + ".sha256"), digest.encode())
+                return np.load(path, mmap_mode="r")
+            except OSError as exc:
+                if failed:
+                    raise
+                self._cannot_write(path, exc)
+        with tempfile.TemporaryDirectory() as folder:
+            tmp = Path(folder) / "array.npy"
+            _write_npy(tmp, shape, dtype, parts())
+            return np.load(tmp, mmap_mode="r")  # the mapping outlives the file's name
+
+    def _mapped_entry_ok(self, path: Path, shape: tuple, dtype: np.dtype) -> bool:
+        """Whether `path` holds a (shape, dtype) array whose bytes match its checksum (a warning if not)."""
+        digest_path = path.with_name(path.name + ".sha256")
+        if not path.exists():
+            return False
+        try:
+            expected = digest_path.read_text().strip() if digest_path.exists() else None
+            with open(path, "rb") as f:
+                actual = hashlib.file_digest(f, "sha256").hexdigest()
+            held = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            _warn(f"cache file {path} cannot be read ({getattr(exc, 'strerror', None) or exc}); recomputing it")
+            return False
+        if expected != actual or held.shape != shape or held.dtype != dtype:
+            _warn(f"cache file {path} is corrupt (checksum or shape mismatch); recomputing it")
+            return False
+        return True
+
+
+def _write_npy(path: Path, shape: tuple, dtype, parts: Iterable) -> str:
+    """Write the .npy file of a (shape, dtype) array at `path` (atomically) from `parts`, its rows in order, a
+    part at a time; the SHA-256 of the file's bytes."""
+    shape, dtype, hasher = tuple(shape), np.dtype(dtype), hashlib.sha256()
+
+    def write(f) -> None:
+        def put(data: bytes) -> None:
+            hasher.update(data)
+            f.write(data)
+
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        )
+        put(header.getvalue())
+        rows = 0
+        for part in parts:
+            part = np.ascontiguousarray(part, dtype=dtype)
+            if part.shape[1:] != shape[1:]:
+                raise ValueError(f"a part of shape {part.shape} for an array of shape {shape}")
+            put(part.tobytes())
+            rows += len(part)
+        if rows != shape[0]:
+            raise ValueError(f"parts of {rows} rows for an array of shape {shape}")
+
+    atomic_write(path, write)
+    return hasher.hexdigest()

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.mapping.context import ConcatImages, MapContext, WindowImages
+from benchmark.mapping.context import WindowImages
 from benchmark.mapping.craters import regions, score_labels
-from benchmark.mapping.map import map_scene
+from benchmark.mapping.map import map_context, map_scene, scene_windows
 from benchmark.mapping.options import MapOptions
 from benchmark.mapping.points import read_points, write_points
 from benchmark.mapping.scene import load_scene
@@ -22,7 +22,9 @@ from benchmark.runner import MethodSpec
 from benchmark.scoring import binary_scores
 from common.errors import UserError
 from common.settings import Settings
+from methods.base import Context, FewShotMethod
 from methods.cache import Cache
+from methods.concat import ConcatRows
 from methods.features import load_image
 from tasks.datasets.ctx_murray import window_truth
 from tasks.windows import WindowGrid, window_starts
@@ -94,12 +96,65 @@ def test_windows_are_preprocessed_like_dataset_images(tmp_path):
         Image.fromarray(pixels[y0 : y0 + 40, x0 : x0 + 40]).save(tmp_path / "crop.png")
         assert np.array_equal(images[i], load_image(str(tmp_path / "crop.png"), 24))
     assert np.array_equal(images[[2, 0]][1], images[0]) and len(images[1:4]) == 3
-    base = rng.integers(0, 256, (5, 3, 24, 24), dtype=np.uint8)
-    both = ConcatImages(base, images)
-    assert len(both) == 5 + grid.n
-    mixed = both[np.array([1, 5, 6])]
-    assert np.array_equal(mixed[0], base[1]) and np.array_equal(mixed[1], images[0])
-    assert np.array_equal(both[-1], images[grid.n - 1])
+
+
+def test_rows_of_several_arrays_index_as_one(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (5, 3, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "windows.npy", rng.integers(0, 256, (7, 3, 4, 4), dtype=np.uint8))
+    windows = np.load(tmp_path / "windows.npy", mmap_mode="r")
+    both = ConcatRows([base, windows])
+    whole = np.concatenate([base, windows])
+    assert len(both) == 12 and both.shape == whole.shape and both.dtype == np.uint8 and both.ndim == 4
+    for index in (0, 4, 5, 11, -1, -12, slice(3, 9), slice(None, None, -2), np.array([6, 1, 5, 11, 0])):
+        assert np.array_equal(both[index], whole[index]), index
+    assert both._parts[1] is windows  # the windows stay on disk, read as indexed
+    base[0] = 0  # what the caller keeps is not what was handed
+    assert np.array_equal(both[0], whole[0]) and not both._parts[0].flags.writeable
+    got = both[[0, 6]]
+    got[:] = 0  # a fresh array: the rows handed are unchanged
+    assert np.array_equal(both[[0, 6]], whole[[0, 6]]) and np.array_equal(both.copy()[:], whole)
+    with pytest.raises(IndexError):
+        both[12]
+    with pytest.raises(ValueError, match="one row shape"):
+        ConcatRows([base, np.zeros((2, 3, 5, 5), np.uint8)])
+
+
+def test_an_array_too_large_for_memory_is_cached_as_a_checked_memory_map(tmp_path, capsys):
+    want = np.arange(48, dtype=np.uint8).reshape(4, 3, 2, 2)
+    written = []
+
+    def parts():  # written a part at a time, as a scene's windows are
+        written.append(1)
+        yield from (want[:3], want[3:])
+
+    cache = Cache(tmp_path / "cache")
+    first = cache.mapped_array("pixels", "k", want.shape, np.uint8, parts)
+    assert isinstance(first, np.memmap) and not first.flags.writeable
+    assert np.array_equal(first, want) and cache.misses == ["pixels/k"] and len(written) == 1
+    assert np.array_equal(cache.mapped_array("pixels", "k", want.shape, np.uint8, parts), want)
+    assert len(written) == 1 and cache.hits == ["pixels/k"]
+    path = cache.path("pixels", "k", "npy")
+    altered = bytearray(path.read_bytes())
+    altered[-1] ^= 1
+    path.write_bytes(bytes(altered))
+    assert np.array_equal(cache.mapped_array("pixels", "k", want.shape, np.uint8, parts), want) and len(written) == 2
+    assert capsys.readouterr().err.startswith(f"warning: cache file {path} is corrupt")
+    unwritable = Cache(tmp_path / "unwritable")
+    unwritable.writable = False  # as after a failed write: a temporary file, nothing in the folder
+    assert np.array_equal(unwritable.mapped_array("pixels", "k", want.shape, np.uint8, parts), want)
+    assert len(written) == 3 and not (tmp_path / "unwritable").exists()
+    with pytest.raises(ValueError, match="parts of 3 rows"):
+        cache.mapped_array("pixels", "short", want.shape, np.uint8, lambda: iter([want[:3]]))
+
+    def failing():
+        yield want[:1]
+        raise OSError("the scene cannot be read")
+
+    with pytest.raises(OSError, match="the scene cannot be read"):  # the caller's error, not a cache problem
+        cache.mapped_array("pixels", "other", want.shape, np.uint8, failing)
+    assert cache.writable and not list(cache.path("pixels", "other", "npy").parent.glob("*other*"))
+    assert not list(cache.path("pixels", "short", "npy").parent.glob("*short*"))
 
 
 # -------------------------------------------------------------------------------- the map, end to end
@@ -163,27 +218,65 @@ def test_generated_blobs_are_mapped_back_in_place(tmp_path):
     assert {"prepare_s", "fit_s", "predict_s", "total_s"} <= set(summary["timings"])
 
 
-def test_map_context_indices_follow_the_base_table(tmp_path):
+class Reads(FewShotMethod):
+    consumes = "both"
+
+
+def windows_and_context(task, scene, grid, cache, method=None):
+    """The harness's SceneWindows and the Context a method (default: one reading images and features) gets."""
+    settings = Settings(image_size=32, device="cpu")
+    windows = scene_windows(task, scene, grid, cache, settings)
+    return windows, map_context(method or Reads(), task, windows, cache, settings)
+
+
+def test_a_mapping_method_gets_the_base_rows_then_the_windows_by_handle(tmp_path):
     pixels, _ = blob_scene()
     Image.fromarray(pixels).save(tmp_path / "scene.png")
     scene = load_scene(tmp_path / "scene.png")
     grid = WindowGrid(scene.height, scene.width, 64, 64)
     task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
-    ctx = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=grid)
+    windows, ctx = windows_and_context(task, scene, grid, Cache(tmp_path / "cache"))
     n_base = len(task.table)
-    images = ctx.images()
-    assert len(images) == n_base + grid.n
-    handle = ctx.window_indices([3])[0]  # window 3 of the grid, by the handle a method addresses it by
-    assert np.array_equal(images[handle], ctx.window_images()[3])
-    assert np.array_equal(ctx.features()[handle], ctx.window_features()[3])
+    assert type(ctx) is Context and ctx.n_rows == n_base + grid.n
+    images, plain = ctx.images(), Context(task, Cache(tmp_path / "cache"), image_size=32)
+    assert len(images) == n_base + grid.n and np.array_equal(images[:n_base], plain.images())
+    assert np.array_equal(ctx.features()[:n_base], plain.features())
+    assert ctx.base_images_key() == plain.base_images_key()  # SDFT's step 1 is shared with `bench run`
+    handle = windows.window_indices([3])[0]  # window 3 of the grid, by the handle a method addresses it by
+    assert np.array_equal(images[handle], windows.window_images()[3])
+    assert np.array_equal(ctx.features()[handle], windows.window_features()[3])
     assert ctx.features().shape == (n_base + grid.n, 1280)
-    order = ctx.window_indices() - n_base  # handles of the windows in grid order: no longer the grid order
+    order = windows.window_indices() - n_base  # handles of the windows in grid order: no longer the grid order
     assert sorted(order) == list(range(grid.n)) and not np.array_equal(order, np.arange(grid.n))
+    pixels = windows.handle_images()  # the windows' pixels in handle order, a read-only map of a cache file
+    assert isinstance(pixels, np.memmap) and not pixels.flags.writeable
+    assert np.array_equal(pixels, windows.window_images()[windows.window_order()])
+    assert np.array_equal(images[n_base:], pixels)
     assert ctx.images_key() != ctx.base_images_key()
-    other = MapContext(
-        task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=WindowGrid(scene.height, scene.width, 64, 32)
+    _, other = windows_and_context(
+        task, scene, WindowGrid(scene.height, scene.width, 64, 32), Cache(tmp_path / "cache")
     )
     assert other.images_key() != ctx.images_key() and other.features_key() != ctx.features_key()
+
+
+@pytest.mark.parametrize(
+    "consumes, written, not_written",
+    [("features", "map-features", "map-pixels"), ("images", "map-pixels", "map-features")],
+)
+def test_only_what_a_mapping_method_reads_is_computed(tmp_path, consumes, written, not_written):
+    Image.fromarray(blob_scene()[0]).save(tmp_path / "scene.png")
+    scene = load_scene(tmp_path / "scene.png")
+    grid = WindowGrid(scene.height, scene.width, 64, 64)
+    task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
+    method = type("Reader", (FewShotMethod,), {"consumes": consumes})()
+    cache = Cache(tmp_path / "cache")
+    _, ctx = windows_and_context(task, scene, grid, cache, method)
+    assert len(getattr(ctx, consumes)()) == len(task.table) + grid.n
+    assert (tmp_path / "cache" / written).is_dir() and not (tmp_path / "cache" / not_written).exists()
+    with pytest.raises(RuntimeError, match="does not declare"):
+        getattr(ctx, {"features": "images", "images": "features"}[consumes])()
+    windows_and_context(task, scene, grid, cache, method)  # the next map reads the cache
+    assert any(hit.startswith(f"{written}/") for hit in cache.hits)
 
 
 def test_bench_map_command_writes_the_outputs(tmp_path, capsys):
@@ -518,7 +611,7 @@ def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
     write_points(tmp_path / "points.csv", [(60, 50), (240, 30)], ["blob", "ground"])
     points = read_points(tmp_path / "points.csv", grid)
     task = make_task(tmp_path / "base", n_classes=2, groups_per_class=2, per_group=2, base_groups=1)
-    ctx = MapContext(task, Cache(tmp_path / "cache"), image_size=32, scene=scene, grid=grid)
+    windows = scene_windows(task, scene, grid, Cache(tmp_path / "cache"), Settings(image_size=32, device="cpu"))
 
     class NaNMethod:
         def fit(self, *args):
@@ -530,7 +623,7 @@ def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
             return scores
 
     with pytest.raises(ScoreError, match="method nan returned 1 non-finite scores"):
-        classify_windows(NaNMethod(), ctx, points, np.random.default_rng(0), what="method nan")
+        classify_windows(NaNMethod(), windows, points, np.random.default_rng(0), what="method nan")
 
 
 def test_the_crater_command_defaults_are_the_crater_rule_s_grid():

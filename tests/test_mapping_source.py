@@ -10,11 +10,10 @@ import pytest
 from fakes import aid_like, folder_like, write_image
 from PIL import Image
 from test_ctx_craters_task import ctx_scene_like
-from test_mapping import blob_scene
+from test_mapping import blob_scene, windows_and_context
 
 import methods.simpleshot
 from benchmark.cli import main
-from benchmark.mapping.context import MapContext
 from benchmark.mapping.points import write_points
 from benchmark.mapping.scene import load_scene
 from methods.cache import Cache
@@ -95,13 +94,9 @@ def test_map_caches_are_keyed_by_the_source(data, tmp_path):
     scene = load_scene(tmp_path / "scene.png")
     grid = WindowGrid(scene.height, scene.width, 64, 64)
     contexts = [
-        MapContext(
-            load_task(f"folder:{data / 'base'}", data / "data", source=source),
-            Cache(tmp_path / "cache"),
-            image_size=16,
-            scene=scene,
-            grid=grid,
-        )
+        windows_and_context(
+            load_task(f"folder:{data / 'base'}", data / "data", source=source), scene, grid, Cache(tmp_path / "cache")
+        )[1]
         for source in (None, "aid", f"folder:{data / 'other'}")
     ]
     for what in ("task_key", "features_key", "base_images_key", "images_key"):

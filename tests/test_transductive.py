@@ -208,13 +208,13 @@ def test_a_fixed_k_pool_and_a_scene_are_one_query(tiny, monkeypatch):
         class_names = ("a", "b")
         windows, labels = np.array([0, 1, 2, 3]), np.array([0, 1, 0, 1])
 
-    class Ctx:
+    class Windows:  # the harness's SceneWindows: which handle each window has
         grid = Grid()
 
         def window_indices(self, windows):
             return np.asarray(task.target)[np.asarray(windows)]
 
-    probs, _ = mapping.classify_windows(spy, Ctx(), Points(), np.random.default_rng(0), chunk=7)
+    probs, _ = mapping.classify_windows(spy, Windows(), Points(), np.random.default_rng(0), chunk=7)
     assert spy.calls == [30] and probs.shape == (5, 6, 2)
 
 

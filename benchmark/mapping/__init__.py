@@ -3,7 +3,8 @@
 - `scene`: where the pixels come from (in memory via Pillow, or window by window from any GDAL raster);
 - `tasks.windows.WindowGrid`: the sliding windows and the cell each map pixel belongs to;
 - `points`: the labelled samples (a CSV of pixel points, or points/polygons of a vector layer in any CRS);
-- `context`: what a method sees of the scene (`MapContext`: the base task plus the scene's windows);
+- `context`: the harness's windows (`SceneWindows`: scene, grid, which window each handle is) and what a
+  method is handed of them (a plain Context: the base task's rows, then the windows' pixels and features);
 - `smoothing`: none, majority filter, Potts MRF over the window grid;
 - `render`: the PNG figures and summary.json; `gis`: the georeferenced GeoTIFF and GeoPackage outputs;
 - `map`: the orchestration (`map_scene`); `craters`: the scored CTX crater case (`bench craters`).

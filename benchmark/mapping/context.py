@@ -1,34 +1,47 @@
-"""What a method sees of a scene: `MapContext`, a `Context` whose task is the base task (methods pre-train on
-its base pool exactly as in `bench run`) but whose images()/features() are the base table's arrays followed by
-the scene's windows (window i has index len(table) + i).
+"""What a method sees of a scene, and what only the harness holds.
 
-Window pixels are never held all at once: `WindowImages` crops and resizes on demand from the scene (in memory
-or read window by window from a raster), so memory is O(windows x feature size), not O(windows x pixels).
+`SceneWindows` is the harness's side: the scene, its window grid, the secret order that turns grid positions
+into window handles (`window_indices`), the windows' frozen features (cached per scene, grid, size and
+backbone) and their pixels. The method gets a plain `methods.base.Context` (`SceneWindows.handed`): the base
+task's rows, for pre-training exactly as in `bench run`, followed by the scene's windows in handle order (window
+handle n_base + h is the window at grid position `window_order()[h]`), as nothing but numbers: features as one
+array, images as the base task's decoded images followed by the windows' pixels, written once in handle order
+to a cache file and handed as a read-only memory map (methods/concat.py), so a scene's pixels never all sit in
+memory. Neighbouring windows share their landform: a method that could tell where a window lies could label
+the scene by proximity to the labelled windows without looking at a pixel, so nothing it is handed says so.
+
+`WindowImages` crops and resizes windows on demand from the scene (in memory, or read window by window from a
+raster): what feature extraction and the pixel file read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from benchmark.mapping.scene import RasterScene, Scene
 from methods.backbones import backbone_name, weights_digest
-from methods.base import Context
+from methods.base import Handed
 from methods.cache import Cache, cache_key
-from methods.devices import device_key
+from methods.concat import ConcatRows
+from methods.devices import CPU, device_key
 from methods.features import NUMERICS_VERSION, PREPROCESSING_VERSION, feature_extractor, run_model
+from methods.progress import SILENT, Progress
 from tasks.windows import WindowGrid
 
 MAP_VERSION = 1
+PIXEL_BATCH = 256  # windows cropped and written to the pixel file at a time (12 MB at 128 px)
 
 
 class WindowImages:
     """Array-like (n, 3, size, size) uint8 over windows of a scene, cropped and resized on demand.
 
-    Supports len(), .shape and indexing by an int, a slice or an integer array (what methods and run_model
-    use), so a whole scene never sits in memory as pixels."""
+    Supports len(), .shape and indexing by an int, a slice or an integer array (what run_model uses), so a whole
+    scene never sits in memory as pixels. Only the harness holds one: its coordinates say where windows lie."""
 
     dtype = np.dtype(np.uint8)
     ndim = 4
@@ -53,52 +66,23 @@ class WindowImages:
         return out
 
 
-class ConcatImages:
-    """Array-like concatenation of the base table's image array and the scene's WindowImages."""
+@dataclass(eq=False)
+class SceneWindows:
+    """The harness's side of a map: the scene's windows, which window each handle is, and what a method is
+    handed of them. Never handed to a method.
 
-    dtype = np.dtype(np.uint8)
-    ndim = 4
+    Window handles follow the base task's n_base rows: window handle n_base + h is the window at grid position
+    `window_order()[h]`, an order drawn from a digest of the scene's content and the grid, so that a handle says
+    nothing about where its window lies."""
 
-    def __init__(self, base: np.ndarray, windows: WindowImages):
-        self.base, self.windows = base, windows
-
-    def __len__(self) -> int:
-        return len(self.base) + len(self.windows)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self),) + tuple(self.windows.shape[1:])
-
-    def __getitem__(self, index) -> np.ndarray:
-        n_base = len(self.base)
-        if isinstance(index, (int, np.integer)):
-            index = int(index) + (len(self) if index < 0 else 0)
-            return self.base[index] if index < n_base else self.windows[index - n_base]
-        positions = np.arange(len(self))[index]
-        out = np.empty((len(positions),) + self.shape[1:], np.uint8)
-        in_base = positions < n_base
-        if in_base.any():
-            out[in_base] = self.base[positions[in_base]]
-        if (~in_base).any():
-            out[~in_base] = self.windows[positions[~in_base] - n_base]
-        return out
-
-
-@dataclass
-class MapContext(Context):
-    """Context for mapping: the base task for pre-training, plus the scene's windows after the base table.
-
-    Windows are addressed by handles too: window handle n_rows + h is the window at position `window_order()[h]`
-    of the grid, an order drawn from a digest of the scene's content and the grid, which no method is handed, so
-    that a handle says nothing about where its window lies (neighbouring windows share their landform)."""
-
-    scene: Scene | RasterScene | None = None
-    grid: WindowGrid | None = None
-    window_cache: Cache | None = None  # where window features are cached (default: the context's cache)
-
-    @property
-    def n_base(self) -> int:
-        return self.n_rows
+    scene: Scene | RasterScene
+    grid: WindowGrid
+    n_base: int  # rows of the base task, before the windows
+    cache: Cache  # the harness's cache: the windows' features and pixels
+    backbone: str
+    image_size: int
+    device: torch.device = CPU
+    progress: Progress = field(default=SILENT)
 
     def window_order(self) -> np.ndarray:
         """The grid position of each window handle."""
@@ -121,17 +105,19 @@ class MapContext(Context):
             handle_of[self.window_order()] = np.arange(self.grid.n)
         return self.n_base + handle_of[windows]
 
-    def window_images(self) -> WindowImages:
-        """The windows' pixels in grid order."""
-        x0, y0 = self.grid.origins()
+    def window_images(self, order: np.ndarray | None = None) -> WindowImages:
+        """The windows' pixels at grid positions `order` (default: all, in grid order), cropped on demand."""
+        x0, y0 = (np.asarray(a) for a in self.grid.origins())
+        if order is not None:
+            x0, y0 = x0[order], y0[order]
         return WindowImages(self.scene, x0, y0, self.grid.window, self.image_size)
 
     def _scene_key(self) -> list:
         return [MAP_VERSION, self.scene.fingerprint(), self.grid.digest(), self.image_size, PREPROCESSING_VERSION]
 
     def window_features(self) -> np.ndarray:
-        """(n_windows, D) frozen ImageNet features of the grid's windows in grid order, cached per scene, grid and
-        size."""
+        """(n_windows, D) frozen ImageNet features of the grid's windows in grid order, cached per scene, grid,
+        size and backbone."""
         key = cache_key(
             "map-features",
             *self._scene_key(),
@@ -150,21 +136,38 @@ class MapContext(Context):
                 device=self.device,
             )
 
-        return (self.window_cache or self.cache).array("map-features", key, compute)
+        return self.cache.array("map-features", key, compute)
 
-    def features(self) -> np.ndarray:
-        return np.concatenate([super().features(), self.window_features()[self.window_order()]])
-
-    def features_key(self) -> str:
-        return cache_key("map-features", super().features_key(), *self._scene_key(), "by-handle")
-
-    def images(self) -> ConcatImages:
-        x0, y0 = self.grid.origins()
+    def handle_images(self) -> np.ndarray:
+        """(n_windows, 3, S, S) uint8 pixels of the windows in handle order: a read-only memory map of a cache
+        file written once per scene, grid, size, preprocessing and order (a temporary file where the cache
+        cannot store it). It holds pixels and nothing else."""
         order = self.window_order()
-        windows = WindowImages(
-            self.scene, np.asarray(x0)[order], np.asarray(y0)[order], self.grid.window, self.image_size
-        )
-        return ConcatImages(super().images(), windows)
+        key = cache_key("map-pixels", *self._scene_key(), hashlib.sha256(order.tobytes()).hexdigest())
+        windows = self.window_images(order)
 
-    def images_key(self) -> str:
-        return cache_key("map-images", super().images_key(), *self._scene_key(), "by-handle")
+        def parts():
+            with self.progress.bar(f"cropping {len(windows)} windows", len(windows)) as advance:
+                for start in range(0, len(windows), PIXEL_BATCH):
+                    part = windows[start : start + PIXEL_BATCH]
+                    advance(len(part))
+                    yield part
+
+        return self.cache.mapped_array("map-pixels", key, windows.shape, np.uint8, parts)
+
+    def handed(self, base: Handed) -> Handed:
+        """What a method prepares on: `base` (the base task's rows as handed for `bench run`) followed by the
+        windows in handle order, with only the arrays `base` holds (those its method consumes)."""
+        if base.n_rows != self.n_base:
+            raise ValueError(f"the windows follow {self.n_base} base rows, but {base.n_rows} were handed")
+        keys = {
+            **base.keys,
+            "features": cache_key("map-features", base.keys["features"], *self._scene_key(), "by-handle"),
+            "images": cache_key("map-images", base.keys["images"], *self._scene_key(), "by-handle"),
+        }
+        features = images = None
+        if base.features is not None:
+            features = np.concatenate([base.features, self.window_features()[self.window_order()]])
+        if base.images is not None:
+            images = ConcatRows([base.images, self.handle_images()])
+        return dataclasses.replace(base, n_rows=base.n_rows + self.grid.n, keys=keys, features=features, images=images)

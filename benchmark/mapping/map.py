@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.mapping import gis
-from benchmark.mapping.context import MapContext
+from benchmark.mapping.context import SceneWindows
 from benchmark.mapping.options import MapOptions
 from benchmark.mapping.points import Points
 from benchmark.mapping.render import area_fractions, class_colours, render_maps, write_summary
@@ -23,7 +23,7 @@ from common.errors import UserError
 from common.files import atomic_output
 from common.settings import Settings
 from methods.backbones import backbone_name, weights_digest
-from methods.base import handed
+from methods.base import Context, handed
 from methods.devices import resolve_device
 from methods.progress import SILENT, Progress
 from tasks.handles import RowHandles
@@ -38,7 +38,7 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 def classify_windows(
     method,
-    ctx: MapContext,
+    windows: SceneWindows,
     points: Points,
     rng: np.random.Generator,
     chunk: int = 2048,
@@ -47,30 +47,32 @@ def classify_windows(
     what: str = "",
 ) -> tuple[np.ndarray, dict]:
     """Fit the (prepared) method on the labelled windows, predict the `classified` windows (default: all) in
-    chunks (a transductive method: all in one, the scene's windows being its query). `what` names the method
-    in a score error ("method protonet").
+    chunks (a transductive method: all in one, the scene's windows being its query), naming each window by its
+    handle (`windows`, the harness's side, knows which window each is). `what` names the method in a score
+    error ("method protonet").
 
     Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, NaN for windows not
     classified; timings)."""
     n_way = len(points.class_names)
-    targets = np.arange(ctx.grid.n) if classified is None else np.flatnonzero(classified)
+    targets = np.arange(windows.grid.n) if classified is None else np.flatnonzero(classified)
     if getattr(method, "transductive", False):  # its query is the scene: every classified window at once
         chunk = max(len(targets), 1)
     started = time.perf_counter()
-    method.fit(ctx.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
+    method.fit(windows.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
     fitted = time.perf_counter()
-    probs = np.full((ctx.grid.n, n_way), np.nan, np.float32)
-    handles = ctx.window_indices(targets)
+    probs = np.full((windows.grid.n, n_way), np.nan, np.float32)
+    handles = windows.window_indices(targets)
     targets = targets[np.argsort(handles, kind="stable")]  # asked in handle order: positions say nothing
     with progress.bar(f"classifying {len(targets)} windows", len(targets)) as advance:
         for start in range(0, len(targets), chunk):
-            windows = targets[start : start + chunk]
+            batch = targets[start : start + chunk]
             scores = check_scores(
-                method.predict(ctx.window_indices(windows)), (len(windows), n_way), what, "windows x classes"
+                method.predict(windows.window_indices(batch)), (len(batch), n_way), what, "windows x classes"
             )
-            probs[windows] = softmax(scores)
-            advance(len(windows))
-    return probs.reshape(*ctx.grid.shape, n_way), {"fit_s": fitted - started, "predict_s": time.perf_counter() - fitted}
+            probs[batch] = softmax(scores)
+            advance(len(batch))
+    shape = (*windows.grid.shape, n_way)
+    return probs.reshape(shape), {"fit_s": fitted - started, "predict_s": time.perf_counter() - fitted}
 
 
 def classified_windows(scene, grid: WindowGrid, points: Points) -> np.ndarray:
@@ -134,14 +136,15 @@ def map_scene(
     if classified is None:
         classified = classified_windows(scene, grid, points)
     method = create_method(method_spec.name, **method_spec.options)
-    ctx = map_context(method, task, scene, grid, cache, settings, progress)
+    windows = scene_windows(task, scene, grid, cache, settings, progress)
+    ctx = map_context(method, task, windows, cache, settings)
     started = time.perf_counter()
     method.prepare(ctx)
     timings = {"prepare_s": time.perf_counter() - started}
     progress.log(f"{method_spec.label}: prepared (base task and {grid.n} windows) in {timings['prepare_s']:.1f} s")
     probs, t = classify_windows(
         method,
-        ctx,
+        windows,
         points,
         np.random.default_rng([settings.seed, 7919]),
         options.chunk,
@@ -170,25 +173,45 @@ def map_scene(
     return result
 
 
-def map_context(method, task, scene, grid: WindowGrid, cache, settings: Settings, progress: Progress) -> MapContext:
-    """What `method` prepares on: the base task's rows handed to it (with `settings`' backbone, image size,
-    seed and device) and the scene's windows."""
-    device = resolve_device(settings.device)
-    backbone, image_size = settings.backbone, settings.image_size
+def scene_windows(
+    task, scene, grid: WindowGrid, cache, settings: Settings, progress: Progress = SILENT
+) -> SceneWindows:
+    """The harness's side of mapping `scene` after `task`'s rows, with `settings`' backbone, image size and
+    device; windows' features and pixels go to `cache`."""
+    return SceneWindows(
+        scene,
+        grid,
+        len(task.table),
+        cache,
+        settings.backbone,
+        settings.image_size,
+        resolve_device(settings.device),
+        progress,
+    )
+
+
+def map_context(method, task, windows: SceneWindows, cache, settings: Settings) -> Context:
+    """What `method` prepares on: a plain Context of the base task's rows (handed as for `bench run`, with
+    `settings`' backbone, image size, seed and device) followed by the scene's windows in handle order, holding
+    what the method consumes and nothing of where a window lies."""
     given = handed(
-        task, cache, backbone, image_size, type(method).consumes, progress, device, RowHandles.identity(len(task.table))
+        task,
+        cache,
+        windows.backbone,
+        windows.image_size,
+        type(method).consumes,
+        windows.progress,
+        windows.device,
+        RowHandles.identity(len(task.table)),
     )  # base rows: labelled, their numbers say nothing of windows
-    return MapContext.of(
-        given,
+    return Context.of(
+        windows.handed(given),
         method_cache(cache, method),
-        backbone=backbone,
-        image_size=image_size,
+        backbone=windows.backbone,
+        image_size=windows.image_size,
         seed=settings.seed,
-        progress=progress,
-        device=device,
-        scene=scene,
-        grid=grid,
-        window_cache=cache,
+        progress=windows.progress,
+        device=windows.device,
     )
 
 

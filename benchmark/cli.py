@@ -363,6 +363,24 @@ def add_reuse_stale(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_map_isolate(p: argparse.ArgumentParser) -> None:
+    """--isolate for the commands that map a scene (bench map, bench craters run)."""
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="prepare and run each method in a bubblewrap sandbox (no network, no data, scene, labels, caches, "
+        "results or home; every map from a fresh fork): for untrusted plugins (docs/adding-a-method.md)",
+    )
+
+
+def sandbox_available(args) -> None:
+    """With --isolate: a one-line UserError, before any work, where bubblewrap is missing or cannot start."""
+    if getattr(args, "isolate", False):
+        from benchmark.sandbox import bwrap
+
+        bwrap()
+
+
 def refuse_fresh_with_reuse_stale(args) -> None:
     """--fresh and --reuse-stale (add_reuse_stale) ask opposite things of the rows a file holds: one line."""
     if args.fresh and args.reuse_stale:

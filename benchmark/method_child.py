@@ -47,13 +47,21 @@ class Channel:
 
 def load_handed(folder: str):
     from methods.base import Handed
+    from methods.concat import ConcatRows
 
     with open(os.path.join(folder, "handed.json")) as f:
         meta = json.load(f)
-    arrays = {}
+    arrays, parts = {}, meta.get("parts", {})
     for name in ("base", "base_labels", "base_groups", "episode_classes", "features", "images"):
         path = os.path.join(folder, f"{name}.npy")
-        if os.path.exists(path):
+        if name in parts:  # rows in parts (a map's windows after the base task's): memory maps, never copied
+            arrays[name] = ConcatRows(
+                [
+                    np.load(os.path.join(folder, f"{name}.{i}.npy"), mmap_mode="r", allow_pickle=False)
+                    for i in range(parts[name])
+                ]
+            )
+        elif os.path.exists(path):
             arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
     arrays["base_groups"] = np.asarray(arrays["base_groups"]).astype(object)
     given = Handed(task_key=meta["task_key"], n_rows=meta["n_rows"], keys=meta["keys"], **arrays)
@@ -148,7 +156,7 @@ def answer(method, request: dict):
         support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot).expand(len(support), -1)
         with torch.inference_mode():
             return to_numpy(method.predict_batch(support, support_y, query, n_way).float())
-    if op == "fixedk":
+    if op in ("fixedk", "map"):  # fit once, then the test rows (a map's windows) a chunk at a time
         method.fit(
             np.asarray(request["train"], np.int64),
             np.asarray(request["train_y"], np.int64),

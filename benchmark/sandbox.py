@@ -29,6 +29,7 @@ import numpy as np
 from benchmark.scoring import MethodFailed, ScoreError
 from common.errors import UserError
 from methods.base import Handed
+from methods.concat import ConcatRows
 from methods.progress import SILENT, Progress
 from methods.registry import METHODS
 
@@ -37,6 +38,8 @@ INSTALL_BWRAP = (
     "`apt-get install bubblewrap`) or run without --isolate"
 )
 ARRAYS = ("base", "base_labels", "base_groups", "episode_classes", "features", "images")
+TORCH_CACHE = "/tmp/torch"  # torch's compile cache in the sandbox, made before /tmp turns read-only for serving
+BLOCK_BYTES = 16 << 20  # a large handed array is written this much at a time
 
 
 class MethodProcessFailed(ScoreError):
@@ -104,6 +107,8 @@ def sandbox_argv(
         "/dev",
         "--tmpfs",
         "/tmp",
+        "--dir",
+        TORCH_CACHE,  # made before /tmp turns read-only for serving: importing timm (torch._dynamo) makes it
     ]
     for prefix in sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}):
         args += ["--ro-bind", str(prefix), str(prefix)]
@@ -128,6 +133,13 @@ def sandbox_argv(
             if name.startswith("nvidia"):
                 args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
     pythonpath = ":".join(dict.fromkeys(path_entries))
+    for name, value in sandbox_env(pythonpath).items():
+        args += ["--setenv", name, value]
+    return args + ["--chdir", "/tmp", "--"], pythonpath
+
+
+def sandbox_env(pythonpath: str) -> dict:
+    """The whole environment of a sandboxed method process."""
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": "/tmp",
@@ -137,13 +149,12 @@ def sandbox_argv(
         "PYTHONPATH": pythonpath,
         "OMP_NUM_THREADS": "1",
         "JOBLIB_MULTIPROCESSING": "0",
+        "TORCHINDUCTOR_CACHE_DIR": TORCH_CACHE,
     }  # no /dev/shm to share while serving: scikit-learn runs serially
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # numerics as the harness has them
         if name in os.environ:
             env[name] = os.environ[name]
-    for name, value in env.items():
-        args += ["--setenv", name, value]
-    return args + ["--chdir", "/tmp", "--"], pythonpath
+    return env
 
 
 @dataclass
@@ -156,18 +167,50 @@ class Placement:
     device: str = "cpu"
 
 
+def save_rows(path: Path, array) -> None:
+    """`array` (an ndarray, or a read-only memory map of a map's windows) as an .npy file at `path`, a block of
+    rows at a time: a scene's pixels never all sit in memory."""
+    dtype, shape = np.dtype(array.dtype), tuple(array.shape)
+    rows = max(1, BLOCK_BYTES // max(1, dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))))
+    with open(path, "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        for start in range(0, shape[0], rows):
+            f.write(np.ascontiguousarray(array[start : start + rows]).tobytes())
+
+
 def write_handed(folder: Path, meta: dict, given: Handed | None) -> None:
+    """What a method process is handed, into `folder`: handed.json (`meta`, and `given`'s keys) and an .npy file
+    per array; an array of parts (a map's images: the base task's, then the windows', methods/concat.py) as a
+    file per part (`NAME.I.npy`), which the process maps back into one."""
     if given is not None:
+        parts = {}
         for name in ARRAYS:
             value = getattr(given, name)
-            if value is not None:
+            if isinstance(value, ConcatRows):
+                parts[name] = len(value.parts)
+                for i, part in enumerate(value.parts):
+                    save_rows(folder / f"{name}.{i}.npy", part)
+            elif value is not None:
                 np.save(
                     folder / f"{name}.npy",
                     np.asarray(value).astype(str) if name == "base_groups" else value,
                     allow_pickle=False,
                 )
-        meta = {**meta, "task_key": given.task_key, "n_rows": given.n_rows, "keys": given.keys}
+        meta = {**meta, "task_key": given.task_key, "n_rows": given.n_rows, "keys": given.keys, "parts": parts}
     (folder / "handed.json").write_text(json.dumps(meta))
+
+
+def handed_folder(meta: dict, given: Handed | None, place: Placement) -> Path:
+    """A new folder holding what a method process placed at `place` is handed (write_handed); whoever takes it
+    over removes it."""
+    folder = Path(tempfile.mkdtemp(prefix="marsfsl-handed-"))
+    try:
+        write_handed(folder, {**meta, "cache": "/cache" if place.isolate else str(place.cache)}, given)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
 
 
 class MethodProcess:
@@ -177,16 +220,15 @@ class MethodProcess:
         self,
         phase: str,
         meta: dict,
-        given: Handed | None,
+        folder: Path,
         place: Placement,
         progress: Progress = SILENT,
         fork: bool = False,
+        owns_folder: bool = True,
     ):
-        self.progress = progress
-        self.folder = Path(tempfile.mkdtemp(prefix="marsfsl-handed-"))
+        """`folder`: what it is handed (handed_folder), removed when it closes if it `owns_folder`."""
+        self.progress, self.folder, self.owns_folder = progress, folder, owns_folder
         place.cache.mkdir(parents=True, exist_ok=True)
-        inside = {"cache": "/cache" if place.isolate else str(place.cache)}
-        write_handed(self.folder, {**meta, **inside}, given)
         request_r, self._request_w = os.pipe()
         self._reply_r, reply_w = os.pipe()
         folder = "/handed" if place.isolate else str(self.folder)
@@ -254,7 +296,8 @@ class MethodProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.owns_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -309,7 +352,7 @@ class IsolatedMethod:
 def describe_isolated(name: str, options: dict, place: Placement) -> IsolatedMethod:
     """Create `name` with `options` in a sandboxed process and take its description."""
     meta = {"method": name, "options": options, "modules": modules_for(name)}
-    process = MethodProcess("describe", meta, None, place)
+    process = MethodProcess("describe", meta, handed_folder(meta, None, place), place)
     try:
         header, _ = process.reply()
     except MethodProcessFailed as exc:
@@ -349,15 +392,20 @@ def settings_meta(name: str, options: dict, backbone: str, image_size: int, seed
 def serving_process(meta: dict, given: Handed, place: Placement, progress: Progress) -> MethodProcess:
     """Prepare (writing the method's cache), then a second process prepared from that cache that answers: under
     isolation, a fresh fork of it per request, with every file system read-only."""
-    if place.isolate:
-        started = time.perf_counter()
-        preparing = MethodProcess("prepare", meta, given, place, progress)
-        try:
-            preparing.reply()
-        finally:
-            preparing.close()
-        progress.log(f"{meta['method']}: prepared in its sandbox in {time.perf_counter() - started:.1f} s")
-    serving = MethodProcess("serve", meta, given, place, progress, fork=place.isolate)
+    folder = handed_folder(meta, given, place)  # written once: preparing and serving read the same files
+    try:
+        if place.isolate:
+            started = time.perf_counter()
+            preparing = MethodProcess("prepare", meta, folder, place, progress, owns_folder=False)
+            try:
+                preparing.reply()
+            finally:
+                preparing.close()
+            progress.log(f"{meta['method']}: prepared in its sandbox in {time.perf_counter() - started:.1f} s")
+        serving = MethodProcess("serve", meta, folder, place, progress, fork=place.isolate)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     try:
         serving.reply()
     except BaseException:

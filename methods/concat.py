@@ -35,6 +35,11 @@ class ConcatRows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def parts(self) -> tuple[np.ndarray, ...]:
+        """The read-only arrays, in order (what a sandboxed method is handed, benchmark/sandbox.py)."""
+        return self._parts
+
     def copy(self) -> ConcatRows:
         """Another view of the same read-only parts: as good as a copy, without copying a memory map into RAM."""
         return ConcatRows(self._parts)

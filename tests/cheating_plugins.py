@@ -10,8 +10,10 @@ exactly chance on balanced queries) where its trick finds nothing:
   episode's query layout there;
 - `cheat-disk`: re-reads the data set from disk (`data=` names it), ranks its files by digest as the harness
   ranks rows, and answers each query with its folder;
-- `cheat-gc`: searches the interpreter's objects for the harness's episode set and row handles.
-tests/test_cheating_plugins.py runs them in-process and under --isolate.
+- `cheat-gc`: searches the interpreter's objects for the harness's episode set and row handles;
+- `cheat-map-disk` (for `bench craters run`): finds where each window of a map lies from the harness's cache
+  or the scene file, and labels it from the crater file that scores the map.
+tests/test_cheating_plugins.py runs them in-process and under --isolate; tests/test_map_isolate.py the last.
 """
 
 from __future__ import annotations
@@ -317,3 +319,58 @@ class SharedMemory(FeatureMemory):
         shmid = libc.shmget(cls.KEY, cls.SIZE, 0o600)
         if shmid >= 0:
             libc.shmctl(shmid, 0, None)
+
+
+@register_method("cheat-map-disk")
+class MapFromDisk(Cheat):
+    """Maps the CTX craters from files on disk, not from pixels. Where each window handle lies (its grid
+    position): from the harness's cache (`cache=`: its grid-order `map-features` entries, matched row by row
+    against the handed features), or from the scene file (`scene=`: its windows cropped as the harness crops
+    them, matched against the handed pixels). Each window's class: from the Robbins crater file that scores the
+    map (`truth=`). Without both, the constant answer."""
+
+    consumes = "both"
+
+    def __init__(self, truth: str = "", cache: str = "", scene: str = "", window: int = 64, stride: int = 32):
+        self.truth, self.cache, self.scene, self.window, self.stride = truth, cache, scene, int(window), int(stride)
+
+    def prepare(self, ctx):
+        from tasks.windows import WindowGrid
+
+        super().prepare(ctx)
+        self.grid = WindowGrid(3744, 3744, self.window, self.stride)  # the CTX block
+        self.where = self.from_cache() or self.from_scene(ctx)  # {handle: grid position}
+        self.crater = None
+        if self.where and os.path.isfile(self.truth):
+            from tasks.datasets.ctx_murray import window_truth
+
+            self.crater, _ = window_truth(self.grid, np.loadtxt(self.truth, ndmin=2))
+
+    def from_cache(self) -> dict:
+        rows = {row.tobytes(): h for h, row in enumerate(self.features)}
+        for path in glob.glob(os.path.join(self.cache, "**", "map-features", "*.npy"), recursive=True):
+            grid_order = np.load(path)
+            if len(grid_order) == self.grid.n:
+                where = {rows[row.tobytes()]: g for g, row in enumerate(grid_order) if row.tobytes() in rows}
+                if len(where) == self.grid.n:
+                    return where
+        return {}
+
+    def from_scene(self, ctx) -> dict:
+        if not os.path.isfile(self.scene):
+            return {}
+        from benchmark.mapping.scene import load_scene
+
+        scene, images = load_scene(self.scene), ctx.images()
+        rows = {images[h].tobytes(): h for h in range(len(images))}
+        x0, y0 = self.grid.origins()
+        crops = (scene.window(int(x), int(y), self.window, ctx.image_size).tobytes() for x, y in zip(x0, y0))
+        return {rows[crop]: g for g, crop in enumerate(crops) if crop in rows}
+
+    def predict(self, query_idx):
+        if self.crater is None:
+            return self.constant(len(query_idx))
+        from tasks.datasets.ctx_murray import CLASSES
+
+        crater = self.crater[[self.where[int(q)] for q in query_idx]]
+        return self.one_hot(np.where(crater, CLASSES.index("crater"), 1 - CLASSES.index("crater")))

@@ -12,7 +12,7 @@ would:
   wherever it finds positions; on a scene of pure noise whose halves are the classes, it finds none and can
   only answer its constant fallback.
 Walking the garbage collector or interpreter frames, and re-reading the scene from disk, are out of scope for
-in-process plugins (docs/adding-a-method.md), as for episodes.
+in-process plugins (docs/adding-a-method.md), as for episodes: `--isolate` stops them (tests/test_map_isolate.py).
 """
 
 from __future__ import annotations

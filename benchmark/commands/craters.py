@@ -13,6 +13,7 @@ import numpy as np
 
 from benchmark.cli import (
     add_common,
+    add_map_isolate,
     add_reuse_stale,
     add_source_option,
     add_task_options,
@@ -21,6 +22,7 @@ from benchmark.cli import (
     int_list,
     positive_int,
     refuse_fresh_with_reuse_stale,
+    sandbox_available,
     seed_list,
 )
 from common.files import atomic_write_text
@@ -78,6 +80,7 @@ def _add_run_parser(verbs, settings) -> None:
         help="threads that extract features side by side (default: all cores)",
     )
     _add_rows_options(run)
+    add_map_isolate(run)
     run.add_argument("--example", action="store_true", help="write bench map's outputs for one map")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=cmd_run)
@@ -213,6 +216,7 @@ def cmd_run(args) -> int:
     from methods.features import thread_policy
 
     refuse_fresh_with_reuse_stale(args)
+    sandbox_available(args)
     device = resolve_device(args.device)
     check_backbone(args.backbone)
     config = config_from(

@@ -6,7 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmark.cli import add_common, add_source_option, add_task_options, positive_int
+from benchmark.cli import (
+    add_common,
+    add_map_isolate,
+    add_source_option,
+    add_task_options,
+    positive_int,
+    sandbox_available,
+)
 from benchmark.mapping.options import MapOptions
 from benchmark.mapping.smoothing import SMOOTHERS
 
@@ -107,6 +114,7 @@ def _add_run_options(p) -> None:
         help="threads that extract features side by side (default: all cores)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_map_isolate(p)
 
 
 def cmd_map(args) -> int:
@@ -126,6 +134,7 @@ def cmd_map(args) -> int:
     check_backbone(settings.backbone)
     spec = MethodSpec.parse(args.method)
     method_info(spec.name)  # an unknown method fails before any work
+    sandbox_available(args)
     scene = load_scene(args.scene)
     grid = WindowGrid(scene.height, scene.width, args.window, args.stride or max(1, args.window // 2))
     points = read_points(args.labels, grid, legend(args.classes), scene=scene, label_field=args.label_field)
@@ -146,6 +155,7 @@ def cmd_map(args) -> int:
             options,
             progress,
             classified=classified,
+            hidden=hidden_folders(args, settings),
         )
     fractions = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.summary["area_fraction"].items())
     unclassified = result.summary["unclassified_windows"]
@@ -155,6 +165,17 @@ def cmd_map(args) -> int:
         f"map: {args.out}/overlay.png  areas: {fractions}  ({time.perf_counter() - started:.1f} s)", highlight=False
     )
     return 0
+
+
+def hidden_folders(args, settings):
+    """With --isolate, the folders the method's sandbox must never show (benchmark/mapping/isolated.py): the
+    data, the scene's and the labels' folders, the outputs and the cache; None: the method runs here."""
+    if not args.isolate:
+        return None
+    from benchmark.mapping.isolated import hidden_folders
+
+    scene, labels = (Path(p).resolve().parent if Path(p).exists() else None for p in (args.scene, args.labels))
+    return hidden_folders(settings.data_dir, scene, labels, args.out, settings.cache_dir)
 
 
 def legend(text: str | None) -> list[str] | None:

@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.mapping import gis
+from benchmark.mapping.answers import (  # noqa: F401  (classify_windows, map_context: where callers find them)
+    answered_here,
+    classify_windows,
+    map_context,
+)
 from benchmark.mapping.context import SceneWindows
 from benchmark.mapping.options import MapOptions
 from benchmark.mapping.points import Points
@@ -17,62 +22,13 @@ from benchmark.mapping.render import area_fractions, class_colours, render_maps,
 from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
 from benchmark.provenance import source_id
-from benchmark.runner import method_cache
-from benchmark.scoring import check_scores
 from common.errors import UserError
 from common.files import atomic_output
 from common.settings import Settings
 from methods.backbones import backbone_name, weights_digest
-from methods.base import Context, handed
 from methods.devices import resolve_device
 from methods.progress import SILENT, Progress
-from tasks.handles import RowHandles
 from tasks.windows import WindowGrid
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    z = scores.astype(np.float64) - scores.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def classify_windows(
-    method,
-    windows: SceneWindows,
-    points: Points,
-    rng: np.random.Generator,
-    chunk: int = 2048,
-    progress: Progress = SILENT,
-    classified: np.ndarray | None = None,
-    what: str = "",
-) -> tuple[np.ndarray, dict]:
-    """Fit the (prepared) method on the labelled windows, predict the `classified` windows (default: all) in
-    chunks (a transductive method: all in one, the scene's windows being its query), naming each window by its
-    handle (`windows`, the harness's side, knows which window each is). `what` names the method in a score
-    error ("method protonet").
-
-    Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, NaN for windows not
-    classified; timings)."""
-    n_way = len(points.class_names)
-    targets = np.arange(windows.grid.n) if classified is None else np.flatnonzero(classified)
-    if getattr(method, "transductive", False):  # its query is the scene: every classified window at once
-        chunk = max(len(targets), 1)
-    started = time.perf_counter()
-    method.fit(windows.window_indices(points.windows), points.labels.copy(), n_way, rng)  # the method's own copy
-    fitted = time.perf_counter()
-    probs = np.full((windows.grid.n, n_way), np.nan, np.float32)
-    handles = windows.window_indices(targets)
-    targets = targets[np.argsort(handles, kind="stable")]  # asked in handle order: positions say nothing
-    with progress.bar(f"classifying {len(targets)} windows", len(targets)) as advance:
-        for start in range(0, len(targets), chunk):
-            batch = targets[start : start + chunk]
-            scores = check_scores(
-                method.predict(windows.window_indices(batch)), (len(batch), n_way), what, "windows x classes"
-            )
-            probs[batch] = softmax(scores)
-            advance(len(batch))
-    shape = (*windows.grid.shape, n_way)
-    return probs.reshape(shape), {"fit_s": fitted - started, "predict_s": time.perf_counter() - fitted}
 
 
 def classified_windows(scene, grid: WindowGrid, points: Points) -> np.ndarray:
@@ -124,42 +80,35 @@ def map_scene(
     options: MapOptions | None = None,
     progress: Progress = SILENT,
     classified: np.ndarray | None = None,
+    hidden: tuple[Path, ...] | None = None,
 ) -> MapResult:
     """Prepare the method on the base task (with `settings`' backbone, image size, seed and device), fit it on
     the labelled windows, classify every window with at least MIN_VALID_FRACTION valid pixels, smooth, and
     (with `options.out`; options None: MapOptions()) write label_map.png, overlay.png, probabilities.npy,
-    labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json."""
-    from methods.registry import create_method
-
+    labels.npy, the GIS layers (gis.FILES, with the gis extra) and summary.json. `hidden` None: the method runs
+    in this process; else (`--isolate`) in a bubblewrap sandbox (benchmark/mapping/isolated.py), which holds
+    none of the folders of this machine and none of `hidden` (the data, scene, labels, output and cache)."""
     options = options or MapOptions()
     smooth(np.full((1, 1, 2), 0.5, np.float32), options.smoothing, options.strength)  # bad smoothing: before work
     if classified is None:
         classified = classified_windows(scene, grid, points)
-    method = create_method(method_spec.name, **method_spec.options)
     windows = scene_windows(task, scene, grid, cache, settings, progress)
-    ctx = map_context(method, task, windows, cache, settings)
     started = time.perf_counter()
-    method.prepare(ctx)
-    timings = {"prepare_s": time.perf_counter() - started}
-    progress.log(f"{method_spec.label}: prepared (base task and {grid.n} windows) in {timings['prepare_s']:.1f} s")
-    probs, t = classify_windows(
-        method,
-        windows,
-        points,
-        np.random.default_rng([settings.seed, 7919]),
-        options.chunk,
-        progress,
-        None if classified.all() else classified,
-        f"method {method_spec.label}",
-    )
-    timings.update(t)
+    if hidden is None:
+        method, probs, timings = answered_here(method_spec, task, windows, points, cache, settings, options, classified)
+    else:
+        from benchmark.mapping.isolated import answered_in_sandbox
+
+        method, probs, timings = answered_in_sandbox(
+            method_spec, task, windows, points, cache, settings, options, classified, hidden
+        )
     t0 = time.perf_counter()
     labels = smooth(probs, options.smoothing, options.strength)
     timings["smooth_s"] = time.perf_counter() - t0
     # what summary.json says of the map (its timings and files follow)
     summary = {
         **scene_keys(scene, grid),
-        **method_keys(method_spec, method, task, settings),
+        **method_keys(method_spec, method, task, settings, hidden is not None),
         **grid_keys(grid, classified),
         **class_keys(points, options, grid, probs, labels),
     }
@@ -190,31 +139,6 @@ def scene_windows(
     )
 
 
-def map_context(method, task, windows: SceneWindows, cache, settings: Settings) -> Context:
-    """What `method` prepares on: a plain Context of the base task's rows (handed as for `bench run`, with
-    `settings`' backbone, image size, seed and device) followed by the scene's windows in handle order, holding
-    what the method consumes and nothing of where a window lies."""
-    given = handed(
-        task,
-        cache,
-        windows.backbone,
-        windows.image_size,
-        type(method).consumes,
-        windows.progress,
-        windows.device,
-        RowHandles.identity(len(task.table)),
-    )  # base rows: labelled, their numbers say nothing of windows
-    return Context.of(
-        windows.handed(given),
-        method_cache(cache, method),
-        backbone=windows.backbone,
-        image_size=windows.image_size,
-        seed=settings.seed,
-        progress=windows.progress,
-        device=windows.device,
-    )
-
-
 def scene_keys(scene, grid: WindowGrid) -> dict:
     return {
         "scene": scene.path,
@@ -224,7 +148,7 @@ def scene_keys(scene, grid: WindowGrid) -> dict:
     }
 
 
-def method_keys(method_spec, method, task, settings: Settings) -> dict:
+def method_keys(method_spec, method, task, settings: Settings, isolated: bool = False) -> dict:
     return {
         "method": method_spec.label,
         "method_config": method.config(),
@@ -233,6 +157,7 @@ def method_keys(method_spec, method, task, settings: Settings) -> dict:
         "backbone": backbone_name(settings.backbone),
         "weights": weights_digest(settings.backbone),
         "transductive": bool(getattr(method, "transductive", False)),
+        "isolated": bool(isolated),
         "image_size": settings.image_size,
         "seed": settings.seed,
     }

@@ -49,10 +49,11 @@ class Craters(Protocol):
     schema = CRATERS
 
     def setup(self, progress: Progress) -> Path:
-        from methods.registry import create_method
+        from methods.cache import Cache
 
         config = self.config
-        self.methods = [create_method(spec.name, **spec.options) for spec in config.methods]  # before any work
+        self.cache = Cache(config.cache_dir) if config.cache_dir else Cache()
+        self.methods = self.created_methods()  # before any work
         out_csv = config.results_path()
         try:
             out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,20 @@ class Craters(Protocol):
         self.load_scene()
         self.load_task()
         return out_csv
+
+    def created_methods(self) -> list:
+        """Each --method created here, or under --isolate described by a sandboxed process (no code of it runs
+        in this process), which sees none of the data, work, results and cache folders (`self.hidden`)."""
+        from methods.registry import create_method
+
+        config = self.config
+        self.hidden = None
+        if not config.isolate:
+            return [create_method(spec.name, **spec.options) for spec in config.methods]
+        from benchmark.mapping.isolated import described, hidden_folders
+
+        self.hidden = hidden_folders(config.data_dir, config.work, config.results_path().parent, self.cache.root)
+        return [described(spec, self.cache, self.hidden, config.device) for spec in config.methods]
 
     def load_scene(self) -> None:
         from benchmark.mapping.scene import Scene
@@ -75,12 +90,10 @@ class Craters(Protocol):
         self.grid = WindowGrid(self.scene.height, self.scene.width, config.window, config.stride)
 
     def load_task(self) -> None:
-        from methods.cache import Cache
         from tasks.datasets.ctx_murray import tile_paths
         from tasks.registry import load_task
 
         config = self.config
-        self.cache = Cache(config.cache_dir) if config.cache_dir else Cache()
         # a source must not hold the scene or its tiles (by file content)
         self.task = load_task(
             config.task,
@@ -100,7 +113,9 @@ class Craters(Protocol):
         config, methods = self.config, self.methods
         del self.methods
         scene_id, plans = scene_identity(Path(config.data_dir)), []
-        conditions = method_conditions(self.task, config.backbone, config.image_size, config.device, methods)
+        conditions = method_conditions(
+            self.task, config.backbone, config.image_size, config.device, methods, config.isolate
+        )
         for spec, method, cond in zip(config.methods, methods, conditions):
             for k in config.shots:
                 for smoothing, strength in config.smoothings:
@@ -173,6 +188,7 @@ class Craters(Protocol):
             settings,
             MapOptions(out=out, preview=1200),
             run.progress,
+            hidden=self.hidden,
         )
         seconds = time.perf_counter() - started
         run.progress.log(

@@ -195,13 +195,12 @@ def test_isolate_without_bubblewrap_is_one_line(data, tmp_path, monkeypatch, cap
     assert not out.exists()
 
 
-ISOLATED_STAGE = {"prepare": "prepare", "fit": "fit or predict", "predict": "fit or predict"}  # one request there
+# fit and predict are one request there; scores that cannot be scored are predict's, as in-process
+ISOLATED_STAGE = {"crash-prepare": "prepare", "exit-predict": "fit or predict", "nan-scores": "predict"}
 
 
 @needs_bwrap
-@pytest.mark.parametrize(
-    "crasher, stage, detail", [c for c in CRASHES if c[0] in ("crash-prepare", "exit-predict", "nan-scores")]
-)
+@pytest.mark.parametrize("crasher, stage, detail", [c for c in CRASHES if c[0] in ISOLATED_STAGE])
 def test_a_crashing_plugin_fails_alone_isolated(data, tmp_path, capsys, crasher, stage, detail):
     """In its sandbox a crashing plugin fails as in-process (tests/test_crater_rows.py): one line naming it and
     the stage, the method after it still maps, exit status 3."""
@@ -209,6 +208,6 @@ def test_a_crashing_plugin_fails_alone_isolated(data, tmp_path, capsys, crasher,
     rc, err, rows = crater_run(data, out, capsys, "--method", crasher, "--method", "protonet", "--isolate")
     assert "internal error" not in err and "Traceback" not in err, err
     (line,) = [line for line in err.splitlines() if line.startswith("error:")]
-    assert line.startswith(f"error: method {crasher} failed in {ISOLATED_STAGE[stage]} in its sandbox: "), err
+    assert line.startswith(f"error: method {crasher} failed in {ISOLATED_STAGE[crasher]} in its sandbox: "), err
     assert detail in line and rc == 3, err
     assert [(r["method"], r["smoothing"]) for r in rows] == [("protonet", "none"), ("protonet", "mrf")], err

@@ -638,7 +638,7 @@ def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, cap
 def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
     """Non-finite scores must fail the map, not turn into windows 'without a class' (NaN probabilities)."""
     from benchmark.mapping.map import classify_windows
-    from benchmark.scoring import ScoreError
+    from benchmark.scoring import MethodFailed
 
     pixels, _ = blob_scene()
     Image.fromarray(pixels).save(tmp_path / "scene.png")
@@ -658,8 +658,8 @@ def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
             scores[0, 0] = np.nan
             return scores
 
-    with pytest.raises(ScoreError, match="method nan returned 1 non-finite scores"):
-        classify_windows(NaNMethod(), windows, points, np.random.default_rng(0), what="method nan")
+    with pytest.raises(MethodFailed, match="^method nan failed in predict: returned 1 non-finite scores"):
+        classify_windows(NaNMethod(), windows, points, np.random.default_rng(0), label="nan")
 
 
 def test_the_crater_command_defaults_are_the_crater_rule_s_grid():

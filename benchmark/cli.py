@@ -253,11 +253,7 @@ def add_benchmark_options(p: argparse.ArgumentParser, out_default: str) -> None:
         "and compute them anew",
     )
     add_reuse_stale(p)
-    p.add_argument(
-        "--fail-fast",
-        action="store_true",
-        help="stop at the first method that fails (default: the other methods still run)",
-    )
+    add_fail_fast(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_source_option(p)
     p.add_argument(
@@ -353,6 +349,16 @@ def config_from(cls, args, **given):
     options = {f.name: ARG_NAMES.get(f.name, f.name) for f in dataclasses.fields(cls)}
     flags = {name: getattr(args, option) for name, option in options.items() if hasattr(args, option)}
     return cls(**{**flags, **given})
+
+
+def add_fail_fast(p: argparse.ArgumentParser) -> None:
+    """The failure policy's switch (benchmark/pipeline.run): with --fail-fast (or --debug, which shows the
+    failing method's traceback) the first method that fails ends the run."""
+    p.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first method that fails (default: the other methods still run)",
+    )
 
 
 def add_reuse_stale(p: argparse.ArgumentParser) -> None:

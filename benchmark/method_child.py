@@ -19,9 +19,11 @@ import json
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
+
+# what a method raised, in the words MethodFailed uses in-process: the harness quotes it after the method's name
+from benchmark.scoring import describe as describe_failure
 
 
 class Channel:
@@ -173,7 +175,7 @@ def reply_to(method, request: dict, channel: Channel) -> None:
     try:
         payload = scores_payload(answer(method, request))
     except BaseException as exc:  # noqa: BLE001 - whatever the method raises is its failure, reported as such
-        channel.send({"error": f"{type(exc).__name__}: {exc}"})
+        channel.send({"error": describe_failure(exc)})
         return
     channel.send({"seconds": time.perf_counter() - started}, payload)
 
@@ -291,9 +293,8 @@ def main(argv: list[str]) -> int:
         if phase == "serve":
             serve(method, channel, fork)
     except BaseException as exc:  # noqa: BLE001 - reported to the harness, which names the method
-        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         try:
-            channel.send({"error": detail})
+            channel.send({"error": describe_failure(exc)})
         except OSError:
             pass
         return 1

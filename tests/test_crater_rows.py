@@ -10,7 +10,9 @@ import re
 import shutil
 from pathlib import Path
 
+import crashing_plugins  # noqa: F401  (registers the crashing plugins)
 import pytest
+from crashing_plugins import CRASHES
 from fakes import folder_like
 from test_ctx_craters_task import ctx_scene_like
 
@@ -310,3 +312,45 @@ def test_a_new_beta_adds_only_the_smoothed_rows(data, tmp_path, capsys):
     rc, err, rows = crater_run(data, out, capsys, "--method", "simpleshot", "--beta", "2")
     assert rc == 0 and "map in" in err, err
     assert sorted((r["smoothing"], r["strength"]) for r in rows) == [("mrf", "1.0"), ("mrf", "2.0"), ("none", "0.0")]
+
+
+def error_lines(err: str) -> list[str]:
+    assert "internal error" not in err and "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("crasher, stage, detail", CRASHES)
+def test_a_crashing_plugin_fails_alone(data, tmp_path, capsys, crasher, stage, detail):
+    """A plugin that raises or exits in prepare, fit or predict is that plugin's failure, as in bench run: one
+    line naming it and the stage, the method after it still maps and all its rows are written (and tabled),
+    and the exit status says a method failed."""
+    out = tmp_path / "out" / "ctx"
+    rc, err, rows = crater_run(data, out, capsys, "--method", crasher, "--method", "protonet")
+    (line,) = error_lines(err)
+    assert rc == 3 and line.startswith(f"error: method {crasher} failed in {stage}: ") and detail in line, err
+    assert [(r["method"], r["smoothing"]) for r in rows] == [("protonet", "none"), ("protonet", "mrf")], err
+    table = Path(f"{out}.md").read_text()
+    assert "| protonet |" in table and crasher not in table
+
+
+def test_fail_fast_stops_at_the_crashing_plugin(data, tmp_path, capsys):
+    out = tmp_path / "out" / "ctx"
+    rc, err, rows = crater_run(data, out, capsys, "--method", "crash-fit", "--method", "protonet", "--fail-fast")
+    assert rc == 3 and error_lines(err) == ["error: method crash-fit failed in fit: RuntimeError: boom in fit"], err
+    assert rows == [] and "map in" not in err
+
+
+def test_only_crashing_plugins_write_no_table(data, tmp_path, capsys):
+    out = tmp_path / "out" / "ctx"
+    rc, err, rows = crater_run(data, out, capsys, "--method", "crash-fit", "--method", "crash-predict")
+    assert rc == 3 and len(error_lines(err)) == 2 and rows == [], err
+    assert not Path(f"{out}.md").exists()
+
+
+def test_bad_input_met_inside_a_method_is_still_bad_input(data, tmp_path, capsys):
+    """A UserError (the harness's word for bad input, which names the input at fault) raised while a method
+    prepares is no failure of the method: it ends the run in its own line, exit status 2."""
+    out = tmp_path / "out" / "ctx"
+    rc, err, rows = crater_run(data, out, capsys, "--method", "bad-input-prepare", "--method", "protonet")
+    assert rc == 2 and error_lines(err) == ["error: image /data/x.png cannot be decoded; replace or remove it"], err
+    assert rows == []

@@ -14,8 +14,10 @@ import shutil
 import tracemalloc
 
 import cheating_plugins  # noqa: F401  (registers cheat-map-disk and sandbox-prober)
+import crashing_plugins  # noqa: F401  (registers the crashing plugins)
 import numpy as np
 import pytest
+from crashing_plugins import CRASHES
 from fakes import folder_like
 from PIL import Image
 from test_crater_rows import crater_run
@@ -191,3 +193,21 @@ def test_isolate_without_bubblewrap_is_one_line(data, tmp_path, monkeypatch, cap
         out = tmp_path / "out" / "ctx.csv"
     assert code == 2 and err.count("\n") == 1 and "apt-get install bubblewrap" in err, err
     assert not out.exists()
+
+
+# fit and predict are one request there; scores that cannot be scored are predict's, as in-process
+ISOLATED_STAGE = {"crash-prepare": "prepare", "exit-predict": "fit or predict", "nan-scores": "predict"}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("crasher, stage, detail", [c for c in CRASHES if c[0] in ISOLATED_STAGE])
+def test_a_crashing_plugin_fails_alone_isolated(data, tmp_path, capsys, crasher, stage, detail):
+    """In its sandbox a crashing plugin fails as in-process (tests/test_crater_rows.py): one line naming it and
+    the stage, the method after it still maps, exit status 3."""
+    out = tmp_path / "out" / "ctx"
+    rc, err, rows = crater_run(data, out, capsys, "--method", crasher, "--method", "protonet", "--isolate")
+    assert "internal error" not in err and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: method {crasher} failed in {ISOLATED_STAGE[crasher]} in its sandbox: "), err
+    assert detail in line and rc == 3, err
+    assert [(r["method"], r["smoothing"]) for r in rows] == [("protonet", "none"), ("protonet", "mrf")], err

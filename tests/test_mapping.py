@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import crashing_plugins  # noqa: F401  (registers the crashing plugins)
 import numpy as np
 import pytest
+from crashing_plugins import CRASHES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -437,6 +439,40 @@ def test_bad_map_arguments_are_one_line(tmp_path, scene_file, capsys, args, mess
     assert re.search(message, err), err
 
 
+def crashing_map(tmp_path, scene_file, capsys, method):
+    """(exit status, stderr, the output folder) of `bench map --method METHOD` on the blob scene."""
+    folder_like(tmp_path / "base", per_class=6)
+    (tmp_path / "points.csv").write_text("x,y,label\n60,50,blob\n200,120,blob\n240,30,ground\n20,150,ground\n")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            *("map", "--method", method, "--scene", str(scene_file), "--labels", str(tmp_path / "points.csv")),
+            *("--window", "32", "--image-size", "16", "--preview", "100", "--quiet", "--out", str(out)),
+            *("--task", f"folder:{tmp_path / 'base'}", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path / "c")),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "Traceback" not in err, err
+    return rc, err, out
+
+
+@pytest.mark.parametrize("crasher, stage, detail", CRASHES)
+def test_a_crashing_plugin_fails_the_map_in_one_line(tmp_path, scene_file, capsys, crasher, stage, detail):
+    """A plugin that raises or exits in prepare, fit or predict fails in one line naming it and the stage, with
+    bench run's exit status for a failed method, and leaves no outputs that could pass for a map."""
+    rc, err, out = crashing_map(tmp_path, scene_file, capsys, crasher)
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 3 and line.startswith(f"error: method {crasher} failed in {stage}: ") and detail in line, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_input_met_inside_a_mapping_method_is_still_bad_input(tmp_path, scene_file, capsys):
+    rc, err, out = crashing_map(tmp_path, scene_file, capsys, "bad-input-prepare")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and errors == ["error: image /data/x.png cannot be decoded; replace or remove it"], err
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------------ crater scoring
 
 
@@ -602,7 +638,7 @@ def test_real_bench_craters_run_appends_and_resumes(real_data_dir, tmp_path, cap
 def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
     """Non-finite scores must fail the map, not turn into windows 'without a class' (NaN probabilities)."""
     from benchmark.mapping.map import classify_windows
-    from benchmark.scoring import ScoreError
+    from benchmark.scoring import MethodFailed
 
     pixels, _ = blob_scene()
     Image.fromarray(pixels).save(tmp_path / "scene.png")
@@ -622,8 +658,8 @@ def test_a_method_returning_bad_scores_fails_the_map_in_one_line(tmp_path):
             scores[0, 0] = np.nan
             return scores
 
-    with pytest.raises(ScoreError, match="method nan returned 1 non-finite scores"):
-        classify_windows(NaNMethod(), windows, points, np.random.default_rng(0), what="method nan")
+    with pytest.raises(MethodFailed, match="^method nan failed in predict: returned 1 non-finite scores"):
+        classify_windows(NaNMethod(), windows, points, np.random.default_rng(0), label="nan")
 
 
 def test_the_crater_command_defaults_are_the_crater_rule_s_grid():

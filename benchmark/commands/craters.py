@@ -13,6 +13,7 @@ import numpy as np
 
 from benchmark.cli import (
     add_common,
+    add_fail_fast,
     add_map_isolate,
     add_reuse_stale,
     add_source_option,
@@ -94,6 +95,7 @@ def _add_rows_options(run) -> None:
         help="recompute: this command's methods and shots move out of OUT.csv into OUT.set-aside.csv",
     )
     add_reuse_stale(run)
+    add_fail_fast(run)
 
 
 def _add_scene_parser(verbs) -> None:
@@ -205,9 +207,11 @@ def out_stem(out: str) -> str:
 
 
 def cmd_run(args) -> int:
+    import time
+
     import torch
 
-    from benchmark.console import RichProgressReporter
+    from benchmark.console import RichProgressReporter, finish
     from benchmark.pipeline import run
     from benchmark.protocols.craters import Craters, CratersConfig
     from benchmark.runner import MethodSpec
@@ -227,9 +231,12 @@ def cmd_run(args) -> int:
         out=out_stem(args.out),
         device=device,
         work=Path(args.work),
+        stop_on_failure=args.fail_fast or args.debug,
     )
-    protocol = Craters(config)
+    protocol, started, failures = Craters(config), time.perf_counter(), []
     with thread_policy(args.threads or torch.get_num_threads()):
-        rows = run(protocol, RichProgressReporter(enabled=not args.quiet))
-    write_table(Path(f"{config.out}.md"), rows, [spec.label for spec in config.methods], protocol.meta())
-    return 0
+        # bench run's failure policy: a failing method is reported at the end, the others still map
+        rows = run(protocol, RichProgressReporter(enabled=not args.quiet), failures)
+    if len(rows):
+        write_table(Path(f"{config.out}.md"), rows, [spec.label for spec in config.methods], protocol.meta())
+    return finish(config.results_path(), started, failures)

@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmark.mapping.context import SceneWindows
 from benchmark.mapping.points import Points
-from benchmark.runner import method_cache
+from benchmark.runner import blamed, method_cache
 from benchmark.scoring import check_scores
 from common.settings import Settings
 from methods.base import Context, Handed, handed
@@ -68,21 +68,24 @@ def classify_windows(
     chunk: int = 2048,
     progress: Progress = SILENT,
     classified: np.ndarray | None = None,
-    what: str = "",
+    label: str = "method",
 ) -> tuple[np.ndarray, dict]:
     """Fit the (prepared) method on the labelled windows, predict the `classified` windows (default: all) as
-    window_query asks. `what` names the method in a score error ("method protonet").
+    window_query asks. What the method raises, and scores that cannot be scored, fail it: MethodFailed naming
+    `label` and the stage (runner.blamed).
 
     Returns (probabilities (ny, nx, C) float32 = softmax of the method's scores, NaN for windows not
     classified; timings)."""
     query = window_query(method, windows, points, chunk, classified)
     started = time.perf_counter()
-    method.fit(query.support, query.labels, query.n_way, rng)  # the method's own copies
+    with blamed(label, "fit"):
+        method.fit(query.support, query.labels, query.n_way, rng)  # the method's own copies
     fitted = time.perf_counter()
     probs = np.full((windows.grid.n, query.n_way), np.nan, np.float32)
     with progress.bar(f"classifying {len(query.targets)} windows", len(query.targets)) as advance:
         for targets, handles in query.chunks():
-            scores = check_scores(method.predict(handles), (len(targets), query.n_way), what, "windows x classes")
+            with blamed(label, "predict"):
+                scores = check_scores(method.predict(handles), (len(targets), query.n_way), "", "windows x classes")
             probs[targets] = softmax(scores)
             advance(len(targets))
     shape = (*windows.grid.shape, query.n_way)
@@ -104,7 +107,8 @@ def answered_here(
     method = create_method(method_spec.name, **method_spec.options)
     ctx = map_context(method, task, windows, cache, settings)
     started = time.perf_counter()
-    method.prepare(ctx)
+    with blamed(method_spec.label, "prepare"):  # a plugin's crash is its own failure, not the run's
+        method.prepare(ctx)
     timings = {"prepare_s": time.perf_counter() - started}
     windows.progress.log(
         f"{method_spec.label}: prepared (base task and {windows.grid.n} windows) in {timings['prepare_s']:.1f} s"
@@ -117,7 +121,7 @@ def answered_here(
         options.chunk,
         windows.progress,
         None if classified.all() else classified,
-        f"method {method_spec.label}",
+        method_spec.label,
     )
     return method, probs, {**timings, **t}
 

@@ -31,7 +31,7 @@ from benchmark.sandbox import (
     serving_process,
     settings_meta,
 )
-from benchmark.scoring import MethodFailed, check_scores
+from benchmark.scoring import MethodFailed, ScoreError, check_scores
 from common.settings import Settings
 
 
@@ -100,7 +100,10 @@ def sandboxed_probabilities(process: MethodProcess, query, windows: SceneWindows
             scores, _ = process.request(request)
         except MethodProcessFailed as exc:
             raise MethodFailed(label, "fit or predict", " in its sandbox", exc) from None
-        scores = check_scores(scores, (len(query.targets), query.n_way), f"method {label}", "windows x classes")
+        try:  # scores that cannot be scored fail the method, as in-process (answers.classify_windows)
+            scores = check_scores(scores, (len(query.targets), query.n_way), "", "windows x classes")
+        except ScoreError as exc:
+            raise MethodFailed(label, "predict", " in its sandbox", exc) from None
         advance(len(query.targets))
     probs = np.full((windows.grid.n, query.n_way), np.nan, np.float32)
     done = 0

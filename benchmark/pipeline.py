@@ -10,7 +10,7 @@
    same measurement under other conditions, or (unless --reuse-stale) from other code, are refused in one
    line; the rest are taken as done, so that a run resumes where it stopped;
 4. method by method, the protocol prepares it and runs its pending units, appending rows under the file's
-   lock; a method's failure (MethodFailed, benchmark.protocols.blamed) is that method's: with a `failures`
+   lock; a method's failure (MethodFailed, benchmark.runner.blamed) is that method's: with a `failures`
    list it goes there and the other methods still run (else, or with stop_on_failure, it ends the run);
 5. the table is read again and the rows of this run's plans come back.
 

@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ def digests_in_a_temporary_folder(tmp_path_factory):
 
     with digests_in(tmp_path_factory.mktemp("digests")):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sigint_as_from_a_terminal():
+    """A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and then
+    the tests of the user's Ctrl-C could not send one: they run under Python's own handler, as from a terminal."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

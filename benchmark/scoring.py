@@ -178,9 +178,17 @@ def binary_scores(predicted: np.ndarray, truth: np.ndarray, scored: np.ndarray |
 class MethodFailed(UserError):
     """A method raised, or returned scores that cannot be scored; names the method, the stage and the episode."""
 
-    def __init__(self, label: str, stage: str, where: str, exc: BaseException):
-        super().__init__(f"method {label} failed in {stage}{where}: {describe(exc)}")
-        self.label = label
+    def __init__(self, label: str, stage: str, where: str, exc: BaseException | str):
+        reason = exc if isinstance(exc, str) else describe(exc)
+        super().__init__(f"method {label} failed in {stage}{where}: {reason}")
+        self.label, self.stage, self.where, self.reason = label, stage, where, reason
+
+    def at(self, place: str) -> MethodFailed:
+        """The same failure, with where it happened in a loop the method does not know of (" at K=5, draw seed
+        2") added to where the method failed."""
+        if getattr(self, "reason", None) is None:  # rebuilt from its message: only the message is known
+            return _rebuilt_failure(type(self), f"{self}{place}", self.label)
+        return type(self)(self.label, self.stage, f"{self.where}{place}", self.reason)
 
     def __reduce__(self):
         # rebuilt from its message: it travels from a Ray worker, where the method failed, to the driver, which

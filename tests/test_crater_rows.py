@@ -327,7 +327,8 @@ def test_a_crashing_plugin_fails_alone(data, tmp_path, capsys, crasher, stage, d
     out = tmp_path / "out" / "ctx"
     rc, err, rows = crater_run(data, out, capsys, "--method", crasher, "--method", "protonet")
     (line,) = error_lines(err)
-    assert rc == 3 and line.startswith(f"error: method {crasher} failed in {stage}: ") and detail in line, err
+    assert rc == 3 and line.startswith(f"error: method {crasher} failed in {stage} at K=2, draw seed 0: "), err
+    assert detail in line, err
     assert [(r["method"], r["smoothing"]) for r in rows] == [("protonet", "none"), ("protonet", "mrf")], err
     table = Path(f"{out}.md").read_text()
     assert "| protonet |" in table and crasher not in table
@@ -336,7 +337,9 @@ def test_a_crashing_plugin_fails_alone(data, tmp_path, capsys, crasher, stage, d
 def test_fail_fast_stops_at_the_crashing_plugin(data, tmp_path, capsys):
     out = tmp_path / "out" / "ctx"
     rc, err, rows = crater_run(data, out, capsys, "--method", "crash-fit", "--method", "protonet", "--fail-fast")
-    assert rc == 3 and error_lines(err) == ["error: method crash-fit failed in fit: RuntimeError: boom in fit"], err
+    assert rc == 3 and error_lines(err) == [
+        "error: method crash-fit failed in fit at K=2, draw seed 0: RuntimeError: boom in fit"
+    ], err
     assert rows == [] and "map in" not in err
 
 

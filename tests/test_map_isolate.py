@@ -208,6 +208,8 @@ def test_a_crashing_plugin_fails_alone_isolated(data, tmp_path, capsys, crasher,
     rc, err, rows = crater_run(data, out, capsys, "--method", crasher, "--method", "protonet", "--isolate")
     assert "internal error" not in err and "Traceback" not in err, err
     (line,) = [line for line in err.splitlines() if line.startswith("error:")]
-    assert line.startswith(f"error: method {crasher} failed in {ISOLATED_STAGE[crasher]} in its sandbox: "), err
+    assert line.startswith(
+        f"error: method {crasher} failed in {ISOLATED_STAGE[crasher]} in its sandbox at K=2, draw seed 0: "
+    ), err
     assert detail in line and rc == 3, err
     assert [(r["method"], r["smoothing"]) for r in rows] == [("protonet", "none"), ("protonet", "mrf")], err

@@ -251,3 +251,18 @@ def test_a_method_failure_survives_pickling():
     back = pickle.loads(pickle.dumps(failure))
     assert type(back) is MethodFailed and str(back) == "method knn:k=3 failed in fit on episode 7: ValueError: boom"
     assert back.label == "knn:k=3"
+
+
+def test_a_method_failure_says_where_in_the_loop_it_happened():
+    """A loop around the method (a crater run's draws) adds its place to where the method failed, before the
+    reason; a failure rebuilt from its message (after Ray) adds it at the end."""
+    import pickle
+
+    from benchmark.scoring import MethodFailed
+
+    failure = MethodFailed("knn:k=3", "fit", " in its sandbox", ValueError("boom"))
+    placed = failure.at(" at K=5, draw seed 2")
+    assert str(placed) == "method knn:k=3 failed in fit in its sandbox at K=5, draw seed 2: ValueError: boom"
+    assert type(placed) is MethodFailed and placed.label == "knn:k=3"
+    rebuilt = pickle.loads(pickle.dumps(failure)).at(" (draw seed 2)")
+    assert str(rebuilt) == "method knn:k=3 failed in fit in its sandbox: ValueError: boom (draw seed 2)"

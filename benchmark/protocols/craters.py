@@ -18,6 +18,7 @@ from benchmark.pipeline import Plan, Protocol, Run
 from benchmark.provenance import method_conditions
 from benchmark.results import check_results_path
 from benchmark.runner import BenchConfig
+from benchmark.scoring import MethodFailed
 from common.errors import UserError
 from common.settings import DEFAULTS
 from methods.progress import Progress
@@ -178,18 +179,21 @@ class Craters(Protocol):
             backbone=config.backbone, image_size=config.image_size, seed=config.method_seed, device=config.device
         )
         out = Path(config.work) / f"map-{spec.label}-k{k}-seed{seed}" if example else None
-        result = map_scene(
-            spec,
-            self.task,
-            self.scene,
-            grid,
-            points,
-            self.cache,
-            settings,
-            MapOptions(out=out, preview=1200),
-            run.progress,
-            hidden=self.hidden,
-        )
+        try:
+            result = map_scene(
+                spec,
+                self.task,
+                self.scene,
+                grid,
+                points,
+                self.cache,
+                settings,
+                MapOptions(out=out, preview=1200),
+                run.progress,
+                hidden=self.hidden,
+            )
+        except MethodFailed as exc:  # the map knows its method, not which draw of the run it is
+            raise exc.at(f" at K={k}, draw seed {seed}") from None
         seconds = time.perf_counter() - started
         run.progress.log(
             f"{spec.label} K={k} seed {seed}: map in {seconds:.1f} s ({json.dumps(result.summary['timings'])})"

@@ -5,8 +5,9 @@ the cache's entries may all use it: every layer may import common/)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -82,3 +83,26 @@ def atomic_output(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def replaced_outputs(out: Path, record: str, previous: Iterable[str] = ()) -> Iterator[Path]:
+    """For outputs that belong together (a map's arrays, figures and summary): a staging folder inside `out` to
+    write them into. When the block ends without an error they replace those in `out`: `record`, the file
+    that describes the set, is removed first and moved in last, so `out` holds a `record` only beside the files
+    it describes, and files of the `previous` set (names in `out`) that the new set lacks are removed. An error
+    leaves `out` as it was: a failed run never mixes its outputs with an earlier run's."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".incomplete-"))
+    try:
+        yield stage
+        names = sorted(p.name for p in stage.iterdir())
+        (out / record).unlink(missing_ok=True)
+        for name in set(previous) - set(names):
+            if Path(name).name == name and name not in ("", ".", ".."):  # a plain name in `out`, nothing else
+                (out / name).unlink(missing_ok=True)
+        for name in [n for n in names if n != record] + [n for n in names if n == record]:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

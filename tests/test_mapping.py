@@ -311,6 +311,67 @@ def test_bench_map_command_writes_the_outputs(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(summary["files"])
 
 
+def bench_map_into(tmp_path, out) -> int:
+    """`bench map` of a small generated scene into `out` (the scene, labels and base task made once)."""
+    if not (tmp_path / "scene.png").exists():
+        Image.fromarray(blob_scene()[0]).save(tmp_path / "scene.png")
+        write_points(tmp_path / "points.csv", [(60, 50), (240, 30), (20, 150)], ["blob", "ground", "ground"])
+        folder_like(tmp_path / "base", per_class=6)
+    return main(
+        [
+            *"map --method linear-probe --window 32 --image-size 32 --quiet --preview 150 --scene".split(),
+            str(tmp_path / "scene.png"),
+            "--labels",
+            str(tmp_path / "points.csv"),
+            "--out",
+            str(out),
+            "--task",
+            f"folder:{tmp_path / 'base'}",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+
+
+def test_a_map_that_fails_while_writing_leaves_the_earlier_maps_outputs(tmp_path, capsys, monkeypatch):
+    """A map's outputs replace an earlier map's as a set: one that fails half-way through writing them (a full
+    disk) leaves every earlier file as it was and nothing of its own, so the folder never shows a summary.json
+    beside another map's figures."""
+    from benchmark.mapping import map as mapping
+
+    out = tmp_path / "out"
+    assert bench_map_into(tmp_path, out) == 0, capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "summary.json" in before and "label_map.png" in before
+
+    def full_disk(out, *args, **kwargs):
+        (out / "label_map.png").write_bytes(b"half a figure")
+        raise OSError(28, "No space left on device", str(out / "overlay.png"))
+
+    monkeypatch.setattr(mapping, "render_maps", full_disk)
+    assert bench_map_into(tmp_path, out) != 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert line.startswith(f"error: cannot write the map into {out} (No space left on device)"), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_new_map_removes_the_files_of_the_earlier_map_it_does_not_write(tmp_path, capsys):
+    """Files the earlier map's summary.json lists and the new map does not write (a layer an earlier version
+    wrote) go; files the summary does not list (the user's), or that lie outside the folder, stay."""
+    out = tmp_path / "out"
+    assert bench_map_into(tmp_path, out) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    summary["files"] += ["earlier.gpkg", "../points.csv"]
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "earlier.gpkg").write_bytes(b"an earlier map's layer")
+    (out / "notes.txt").write_text("mine")
+    assert bench_map_into(tmp_path, out) == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([*json.loads((out / "summary.json").read_text())["files"], "notes.txt"])
+    assert "earlier.gpkg" not in names and (tmp_path / "points.csv").exists()
+
+
 # ----------------------------------------------------------------------------------------------- smoothing
 
 

@@ -3,6 +3,7 @@ every window with enough valid pixels, smooth, and write the figures, arrays, GI
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from benchmark.mapping.scene import GIS_HINT, MIN_VALID_FRACTION
 from benchmark.mapping.smoothing import DEFAULT_STRENGTH, argmax_labels, smooth
 from benchmark.provenance import source_id
 from common.errors import UserError
-from common.files import atomic_output
+from common.files import atomic_output, replaced_outputs
 from common.settings import Settings
 from methods.backbones import backbone_name, weights_digest
 from methods.devices import resolve_device
@@ -113,13 +114,33 @@ def map_scene(
         **class_keys(points, options, grid, probs, labels),
     }
     result = MapResult(probs, labels, summary)
-    if options.out is not None:
-        timings.update(write_outputs(Path(options.out), result, scene, grid, points, options, progress))
-    timings["total_s"] = time.perf_counter() - started
-    summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    if options.out is not None:
-        write_summary(Path(options.out) / "summary.json", summary)
+    if options.out is None:
+        timings["total_s"] = time.perf_counter() - started
+        summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        return result
+    out = Path(options.out)
+    # written aside and moved in together: a map that fails while writing leaves the earlier map's outputs
+    try:
+        with replaced_outputs(out, "summary.json", previous_outputs(out)) as stage:
+            timings.update(write_outputs(stage, result, scene, grid, points, options, progress))
+            timings["total_s"] = time.perf_counter() - started
+            summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+            write_summary(stage / "summary.json", summary)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the map into {out} ({exc.strerror or exc}); nothing in it was changed: free some space "
+            "or pass another --out"
+        ) from None
     return result
+
+
+def previous_outputs(out: Path) -> list[str]:
+    """The files an earlier map's summary.json in `out` lists (none if it has none, or it cannot be read)."""
+    try:
+        files = json.loads((out / "summary.json").read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
 
 
 def scene_windows(

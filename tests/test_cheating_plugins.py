@@ -57,39 +57,32 @@ def probe_spec(name: str, data, out) -> str:
     return {"cheat-manifests": f"cheat-manifests:out={out}", "cheat-disk": f"cheat-disk:data={data}"}.get(name, name)
 
 
-def run_probes(names, data, tmp_path, isolate=False, cache=None):
-    """{probe: mean accuracy, or the failure's message}; rows of a refused probe must not be in the file."""
-    out = tmp_path / "runs" / "probes.csv"
-    cheating_plugins.MEMORY.clear()
-    honest = run_benchmark(
-        RunConfig(
-            methods=[MethodSpec.parse("protonet")],
-            task=f"folder:{data}",
-            shots=[1],
-            n_way=WAYS,
-            n_query=QUERIES,
-            episodes=EPISODES,
-            image_size=32,
-            data_dir=data,
-            cache_dir=cache or tmp_path / "cache",
-            out=out,
-        )
-    )
-    assert len(honest) == EPISODES  # the manifests beside the results are there for the probes to read
-    failures = []
-    config = RunConfig(
-        methods=[MethodSpec.parse(probe_spec(n, data, out)) for n in names],
+def one_shot_config(methods, data, cache, out, ways=WAYS, episodes=EPISODES, isolate=False) -> RunConfig:
+    """The probes' runs: 1-shot episodes of 32-px images of the generated folder task `data`."""
+    return RunConfig(
+        methods=[MethodSpec.parse(m) for m in methods],
         task=f"folder:{data}",
         shots=[1],
-        n_way=WAYS,
+        n_way=ways,
         n_query=QUERIES,
-        episodes=EPISODES,
+        episodes=episodes,
         image_size=32,
         data_dir=data,
-        cache_dir=cache or tmp_path / "cache",
+        cache_dir=cache,
         out=out,
         isolate=isolate,
     )
+
+
+def run_probes(names, data, tmp_path, isolate=False, cache=None):
+    """{probe: mean accuracy, or the failure's message}; rows of a refused probe must not be in the file."""
+    out = tmp_path / "runs" / "probes.csv"
+    cache = cache or tmp_path / "cache"
+    cheating_plugins.MEMORY.clear()
+    honest = run_benchmark(one_shot_config(["protonet"], data, cache, out))
+    assert len(honest) == EPISODES  # the manifests beside the results are there for the probes to read
+    failures = []
+    config = one_shot_config([probe_spec(n, data, out) for n in names], data, cache, out, isolate=isolate)
     frame = run_benchmark(config, failures=failures)
     outcome = {f.label.split(":")[0]: str(f) for f in failures}
     for method, rows in frame.groupby("method"):
@@ -164,18 +157,7 @@ def test_a_refused_method_keeps_its_rows_of_other_measurements(stripes, tmp_path
     cheating_plugins.MEMORY.clear()
 
     def config(ways, episodes):
-        return RunConfig(
-            methods=[MethodSpec.parse("cheat-memory-features")],
-            task=f"folder:{stripes}",
-            shots=[1],
-            n_way=ways,
-            n_query=QUERIES,
-            episodes=episodes,
-            image_size=32,
-            data_dir=stripes,
-            cache_dir=tmp_path / "cache",
-            out=out,
-        )
+        return one_shot_config(["cheat-memory-features"], stripes, tmp_path / "cache", out, ways, episodes)
 
     assert len(run_benchmark(config(2, 1))) == 1  # one episode: nothing remembered yet, the check passes
     failures = []

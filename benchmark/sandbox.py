@@ -39,7 +39,10 @@ INSTALL_BWRAP = (
 )
 ARRAYS = ("base", "base_labels", "base_groups", "episode_classes", "features", "images")
 TORCH_CACHE = "/tmp/torch"  # torch's compile cache in the sandbox, made before /tmp turns read-only for serving
-BLOCK_BYTES = 16 << 20  # a large handed array is written this much at a time
+BLOCK_BYTES = 16 << 20  # a large handed array is written this much at a time, a large reply read so
+# a method process writes its replies with its own code: a reply that claims more than these is not believed
+MAX_HEADER_BYTES = 1 << 20
+MAX_PAYLOAD_BYTES = 1 << 36  # scores of the largest scene's windows, many times over
 
 
 class MethodProcessFailed(ScoreError):
@@ -251,19 +254,21 @@ class MethodProcess:
         self._replies = os.fdopen(self._reply_r, "rb")
 
     def reply(self) -> tuple[dict, bytes]:
-        """The next reply (logs go to progress on the way); MethodProcessFailed for an error or an ended process."""
+        """The next reply (logs go to progress on the way); MethodProcessFailed for an error, an ended process or
+        a reply that is not one (the method's code writes them: nothing in one is trusted to be well formed)."""
         while True:
-            line = self._replies.readline()
+            line = self._replies.readline(MAX_HEADER_BYTES)
             if not line:
                 code = self.proc.wait()
                 raise MethodProcessFailed(f"its process ended without replying (exit status {code})")
             try:
-                header = json.loads(line)
-                payload = self._replies.read(int(header.get("nbytes", 0))) if header.get("nbytes") else b""
-            except (ValueError, TypeError, AttributeError) as exc:
+                header = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError as exc:
                 raise MethodProcessFailed(f"its process replied with something that is not a reply ({exc})") from None
-            if not isinstance(header, dict):
+            nbytes = header.get("nbytes", 0) if isinstance(header, dict) else None
+            if type(nbytes) is not int or not 0 <= nbytes <= MAX_PAYLOAD_BYTES:
                 raise MethodProcessFailed("its process replied with something that is not a reply")
+            payload = self._payload(nbytes)
             if "log" in header:
                 self.progress.log(str(header["log"]))
                 continue
@@ -271,15 +276,29 @@ class MethodProcess:
                 raise MethodProcessFailed(str(header["error"]))
             return header, payload
 
+    def _payload(self, nbytes: int) -> bytes:
+        """The `nbytes` bytes after a reply's header, read a block at a time: memory grows only with what
+        the process sends."""
+        blocks = []
+        while nbytes:
+            block = self._replies.read(min(nbytes, BLOCK_BYTES))
+            if not block:
+                raise MethodProcessFailed("its process ended in the middle of a reply")
+            blocks.append(block)
+            nbytes -= len(block)
+        return b"".join(blocks)
+
     def request(self, message: dict) -> tuple[np.ndarray, float]:
-        """Scores and seconds for one request (benchmark/method_child.answer)."""
+        """Scores for one request (benchmark/method_child.answer), and the seconds the harness waited for them:
+        what the method's process says of its own time is not believed."""
+        started = time.perf_counter()
         data = (json.dumps(message) + "\n").encode()
         try:
             _write_all(self._request_w, data)
         except BrokenPipeError:
             pass  # the reply says why
-        header, payload = self.reply()
-        return scores_of(payload), float(header.get("seconds", 0.0))
+        _, payload = self.reply()
+        return scores_of(payload), time.perf_counter() - started
 
     def close(self) -> None:
         try:

@@ -13,6 +13,8 @@ exactly chance on balanced queries) where its trick finds nothing:
 - `cheat-gc`: searches the interpreter's objects for the harness's episode set and row handles;
 - `cheat-map-disk` (for `bench craters run`): finds where each window of a map lies from the harness's cache
   or the scene file, and labels it from the crater file that scores the map.
+- `forged-reply` (under --isolate): rewrites the replies its sandboxed process sends the harness, to claim it
+  answered in no time or to break the harness's reading of them.
 tests/test_cheating_plugins.py runs them in-process and under --isolate; tests/test_map_isolate.py the last.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import gc
 import glob
 import hashlib
+import json
 import os
 import types
 import warnings
@@ -374,3 +377,38 @@ class MapFromDisk(Cheat):
 
         crater = self.crater[[self.where[int(q)] for q in query_idx]]
         return self.one_hot(np.where(crater, CLASSES.index("crater"), 1 - CLASSES.index("crater")))
+
+
+@register_method("forged-reply")
+class ForgedReply(Cheat):
+    """Answers the constant, but rewrites every reply header its sandboxed process sends (its code runs there, so
+    it can): `forge=fast` claims zero seconds, `garbage` puts a list where the seconds go, `huge` declares a
+    payload of a petabyte. In-process there is no reply to forge; it only answers."""
+
+    def __init__(self, forge: str = "fast"):
+        self.forge = forge
+
+    def prepare(self, ctx):
+        super().prepare(ctx)
+        import sys
+
+        child = sys.modules.get("__main__")
+        if getattr(getattr(child, "__spec__", None), "name", None) != "benchmark.method_child":
+            return
+        send, forge = child.Channel.send, self.forge
+
+        def forged(channel, message, payload=b""):
+            if "error" in message or "log" in message:
+                return send(channel, message, payload)
+            message = {**message, "seconds": {"fast": 0.0, "garbage": [1]}.get(forge, message.get("seconds"))}
+            if forge != "huge":
+                return send(channel, message, payload)
+            header = json.dumps({**message, "nbytes": 1 << 50}) + "\n"
+            view = memoryview(header.encode() + payload)
+            while view:
+                view = view[os.write(channel.fd_out, view) :]
+
+        child.Channel.send = forged
+
+    def predict(self, query_idx):
+        return self.constant(len(query_idx))

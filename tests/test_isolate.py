@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import cheating_plugins  # noqa: F401  (registers sandbox-prober)
@@ -77,6 +78,23 @@ def test_the_sandbox_holds_no_data_results_cache_home_network_or_memory(data, tm
     rows = run_benchmark(config(data, tmp_path, [spec], True, "isolated.csv"), failures=failures)
     assert not failures, failures
     assert len(rows) == 2 * 4
+
+
+@needs_bwrap
+def test_a_forged_reply_neither_sets_the_seconds_nor_breaks_the_run(data, tmp_path):
+    """A sandboxed method's own code writes its replies, so they cannot be believed: a row's seconds are what the
+    harness timed (not the zero or the garbage it claims), and a reply declaring a petabyte fails that method
+    alone, in one line, while the next method runs."""
+    started = time.perf_counter()
+    failures = []
+    methods = ["forged-reply:forge=fast", "forged-reply:forge=garbage", "forged-reply:forge=huge", "protonet"]
+    rows = run_benchmark(config(data, tmp_path, methods, True), failures=failures)
+    elapsed = time.perf_counter() - started
+    assert [f.label for f in failures] == ["forged-reply:forge=huge"], failures
+    assert "replied with something that is not a reply" in str(failures[0]), failures
+    assert sorted(set(rows["method"])) == ["forged-reply:forge=fast", "forged-reply:forge=garbage", "protonet"]
+    seconds = rows["seconds"].astype(float)
+    assert (seconds > 0).all() and seconds.sum() < elapsed, rows[["method", "seconds"]]
 
 
 def test_isolate_without_bubblewrap_is_one_line(data, tmp_path, monkeypatch, capsys):

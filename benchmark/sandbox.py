@@ -381,6 +381,8 @@ def describe_isolated(name: str, options: dict, place: Placement) -> IsolatedMet
     version = header.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise UserError(f"method {name}: its class's version must be an integer, got {version!r}")
+    if not isinstance(header.get("config"), dict):
+        raise UserError(f"method {name}: its process described it without a config (a dict of its options)")
     cls = type(
         f"Isolated[{name}]",
         (IsolatedMethod,),
@@ -433,9 +435,11 @@ def serving_process(meta: dict, given: Handed, place: Placement, progress: Progr
     return serving
 
 
-def episode_request(blind, i: int, seed: int, batched: bool, takes_classes: bool) -> dict:
+def episode_request(blind, i: int, seed: int, batched: bool, takes_classes: bool, alone: bool = False) -> dict:
+    """What a method process answers for episode `i` of `blind`; `alone`: fit, then predict each query on its
+    own (never batched), for the check that an inductive method's answers do not depend on its other queries."""
     episode = blind.episode(i)
-    if batched:
+    if batched and not alone:
         return {
             "op": "batch",
             "support": [episode.support_idx.tolist()],
@@ -451,6 +455,7 @@ def episode_request(blind, i: int, seed: int, batched: bool, takes_classes: bool
         "n_way": int(episode.n_way),
         "rng": [int(seed), int(blind.n_shot), int(i), 7919],
         "classes": episode.classes.tolist() if takes_classes else None,
+        **({"alone": True} if alone else {}),
     }
 
 
@@ -506,6 +511,11 @@ class SandboxExecutor:
             out.append((int(seed), scores, seconds))
         return out
 
+    def answered_again(self, requests: dict) -> dict:
+        """{key: scores} for `requests` ({key: request}), each answered by a fresh fork of the prepared sandbox
+        (the check that a method which says it is inductive is)."""
+        return {key: self.process.request(request)[0] for key, request in requests.items()}
+
     def close(self) -> None:
         if self.process is not None:
             self.process.close()
@@ -525,6 +535,16 @@ def answered_again(meta: dict, given: Handed, cache: Path, requests: dict, progr
         return {key: process.request(request)[0] for key, request in requests.items()}
     finally:
         process.close()
+
+
+def same_answers_alone(together: np.ndarray, alone: np.ndarray) -> bool:
+    """Scores of one episode's queries answered together and each on its own agree to float noise (a batch of
+    another size may round otherwise, and flip an exact tie, so predictions are not compared)."""
+    together, alone = np.asarray(together, np.float64), np.asarray(alone, np.float64)
+    if together.shape != alone.shape:
+        return False
+    scale = float(np.nanmax(np.abs(together))) if together.size and np.isfinite(together).any() else 1.0
+    return bool(np.allclose(together, alone, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True))
 
 
 def same_answers(first: np.ndarray, again: np.ndarray) -> bool:

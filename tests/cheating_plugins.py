@@ -13,6 +13,8 @@ exactly chance on balanced queries) where its trick finds nothing:
 - `cheat-gc`: searches the interpreter's objects for the harness's episode set and row handles;
 - `cheat-map-disk` (for `bench craters run`): finds where each window of a map lies from the harness's cache
   or the scene file, and labels it from the crater file that scores the map.
+- `cheat-query-stats`: says it is inductive, but reads its query set (centres on the queries' mean), as only a
+  method marked transductive may;
 - `forged-reply` (under --isolate): rewrites the replies its sandboxed process sends the harness, to claim it
   answered in no time or to break the harness's reading of them.
 tests/test_cheating_plugins.py runs them in-process and under --isolate; tests/test_map_isolate.py the last.
@@ -412,3 +414,23 @@ class ForgedReply(Cheat):
 
     def predict(self, query_idx):
         return self.constant(len(query_idx))
+
+
+@register_method("cheat-query-stats")
+class QueryStatistics(Cheat):
+    """Nearest prototype by cosine similarity after centring the prototypes and the queries on the mean of the
+    query set it is asked: a transductive method (its scores depend on which other queries it sees) that does
+    not say so, and would stand among the inductive ones."""
+
+    def fit(self, support_idx, support_y, n_way, rng, **named):
+        super().fit(support_idx, support_y, n_way, rng, **named)
+        x = self.features[self.support_idx]
+        self.prototypes = np.stack([x[self.support_y == c].mean(0) for c in range(n_way)])
+
+    def predict(self, query_idx):
+        x = self.features[np.asarray(query_idx)]
+        centre = x.mean(0)
+        q, p = x - centre, self.prototypes - centre
+        q = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-6)
+        p = p / (np.linalg.norm(p, axis=1, keepdims=True) + 1e-6)
+        return (q @ p.T).astype(np.float32)

@@ -65,6 +65,8 @@ def main() -> None:
             result = (
                 "refused: answers depend on earlier episodes"
                 if "depend on earlier" in why
+                else "refused: answers depend on the other queries"
+                if "depend on the other queries" in why
                 else f"failed: {why[:80]}"
                 if failures
                 else f"{100 * rows['accuracy'].mean():.1f} % ({len(rows)} episodes)"

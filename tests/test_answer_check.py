@@ -10,9 +10,18 @@ from test_methods import FAST_OPTIONS
 
 from benchmark.protocols.episodes import run_benchmark
 from benchmark.runner import CHECKED_EPISODES, MethodSpec, RunConfig, episodes_to_check
-from methods.registry import builtin_method_names
+from methods.progress import Progress
+from methods.registry import METHODS, builtin_method_names
 
 pytestmark = pytest.mark.answer_check
+
+
+class Logged(Progress):
+    def __init__(self):
+        self.lines = []
+
+    def log(self, message):
+        self.lines.append(message)
 
 
 def spec(name: str) -> str:
@@ -45,6 +54,10 @@ def test_every_builtin_passes_the_check(name, data, tmp_path, capsys):  # noqa: 
         cache_dir=tmp_path / "cache",
         out=tmp_path / "rows.csv",
     )
-    rows = run_benchmark(config, failures=failures)
+    logged = Logged()
+    rows = run_benchmark(config, logged, failures=failures)
     assert not failures, failures
     assert len(rows) == 4
+    # the check ran: each query on its own too, unless the method says it reads its query set
+    alone = "each query also on its own" if not METHODS.lookup(name).transductive else "by a fresh process: the"
+    assert any("answered again by a fresh process" in line and alone in line for line in logged.lines), logged.lines

@@ -165,3 +165,18 @@ def test_a_refused_method_keeps_its_rows_of_other_measurements(stripes, tmp_path
     assert failures and "answers depend on earlier episodes" in str(failures[0]), failures
     kept = read_results(out)
     assert kept["ways"].astype(int).tolist() == [2]
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_a_method_that_reads_its_query_set_must_say_so(stripes, tmp_path, isolate):
+    """A method that says it is inductive but whose scores for a query change with the other queries it is asked
+    (cheat-query-stats) is refused, its rows set aside: each checked episode's queries are answered again one
+    at a time, in a fresh process or, isolated, fresh forks of its sandbox. Honest inductive probes pass it."""
+    if isolate and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    out, failures = tmp_path / "probes.csv", []
+    config = one_shot_config(["cheat-query-stats", "cheat-rows"], stripes, tmp_path / "cache", out, isolate=isolate)
+    rows = run_benchmark(config, failures=failures)
+    assert [f.label for f in failures] == ["cheat-query-stats"], failures
+    assert "answers depend on the other queries of an episode, yet it says it is inductive" in str(failures[0])
+    assert set(rows["method"]) == {"cheat-rows"} and set(read_results(out)["method"]) == {"cheat-rows"}

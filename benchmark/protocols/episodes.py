@@ -78,7 +78,7 @@ class Episodes(TaskProtocol):
                 prepared = True
             kept[plan.k] = dict.fromkeys(runner.episodes_to_check(plan.pending, config.seed, plan.k))
             self.answer(plan, run, handles, kept[plan.k])
-        if prepared and not hasattr(run.executor, "prepare"):
+        if prepared and (not hasattr(run.executor, "prepare") or hasattr(run.executor, "answered_again")):
             self.check_answers_again(plans, kept, handles, run)
 
     def prepare(self, plan: Plan, run: Run, handles: RowHandles) -> None:
@@ -139,60 +139,96 @@ class Episodes(TaskProtocol):
                     last_flush = time.perf_counter()
 
     def check_answers_again(self, plans: list[Plan], kept: dict, handles: RowHandles, run: Run) -> None:
-        """A method's answer to an episode depends on that episode and its prepared state, never on the episodes
-        it answered before. A fresh process prepared like this one (from the method's cache) answers the kept
-        episodes again; where any scores differ, the rows of this run's measurements of the method (`plans`: not
-        its rows of other ways, queries or streams) are set aside and it fails."""
-        from benchmark.sandbox import answered_again, same_answers, settings_meta
+        """A method's answer to an episode depends on that episode and its prepared state: never on the episodes
+        it answered before, and (unless it says it is transductive) never on its episode's other queries. The
+        kept episodes are answered again: by a fresh process prepared like this one (from the method's cache)
+        where the method ran here, or by fresh forks of its sandbox; there each query is also answered on its
+        own. Where any scores differ, the rows of this run's measurements of the method (`plans`: not its rows
+        of other ways, queries or streams) are set aside and it fails."""
+        from benchmark.sandbox import answered_again, same_answers, same_answers_alone, settings_meta
 
         spec, method, config = plans[0].spec, plans[0].method, self.config
-        batched = runner.supports_batches(method)
-        requests, first = self.requests_again(method, kept, handles, batched)
+        sandboxed = hasattr(run.executor, "answered_again")
+        batched = bool(getattr(method, "batched", False)) if sandboxed else runner.supports_batches(method)
+        requests, first = self.requests_again(method, kept, handles, batched, again=not sandboxed)
         if not requests:
             return
-        meta = settings_meta(
-            spec.name, spec.options, config.backbone, config.image_size, config.seed, str(config.device)
+        with runner.blamed(spec.label, "the check of its answers"):
+            if sandboxed:
+                answers = run.executor.answered_again(requests)
+            else:
+                meta = settings_meta(
+                    spec.name, spec.options, config.backbone, config.image_size, config.seed, str(config.device)
+                )
+                given = handed(
+                    self.task,
+                    self.cache,
+                    config.backbone,
+                    config.image_size,
+                    type(method).consumes,
+                    run.progress,
+                    config.device,
+                    handles,
+                )
+                answers = answered_again(meta, given, runner.method_cache(self.cache, method).root, requests)
+        changed = {"again": [], "alone": []}
+        for (how, k, i), request in requests.items():
+            scores = answers[(how, k, i)]
+            if how == "again" and not same_answers(first[(k, i)], scores[0] if request["op"] == "batch" else scores):
+                changed["again"].append((k, i))
+            if how == "alone" and not same_answers_alone(first[(k, i)], scores):
+                changed["alone"].append((k, i))
+        for how, found in changed.items():
+            if found:
+                self.refuse(plans, kept, run, how, found, sum(key[0] == how for key in requests))
+        checked = sorted({key[1:] for key in requests})
+        run.progress.log(
+            f"{spec.label}: {len(checked)} episodes answered again "
+            + ("by a fresh process" if not sandboxed else "")
+            + (", each query also on its own" if any(key[0] == "alone" for key in requests) else "")
+            + ": the same answers"
         )
-        given = handed(
-            self.task,
-            self.cache,
-            config.backbone,
-            config.image_size,
-            type(method).consumes,
-            run.progress,
-            config.device,
-            handles,
-        )
-        with runner.blamed(spec.label, "the check that answers do not depend on earlier episodes"):
-            again = answered_again(meta, given, runner.method_cache(self.cache, method).root, requests)
-        changed = [key for key in requests if not same_answers(first[key], again[key][0] if batched else again[key])]
-        if changed:
-            k, i = changed[0]
-            moved = run.table.set_aside([p.measurement for p in plans if p.k in kept])
-            raise MethodFailed(
-                spec.label,
-                "the check of its answers",
-                "",
-                ScoreError(
-                    f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh process, "
-                    f"gets other scores ({len(changed)} of {len(requests)} episodes checked differ); its {moved} rows "
-                    f"were moved to {set_aside_path(self.out)}"
-                ),
-            )
-        run.progress.log(f"{spec.label}: {len(requests)} episodes answered again by a fresh process: the same answers")
 
-    def requests_again(self, method, kept: dict, handles: RowHandles, batched: bool) -> tuple[dict, dict]:
-        """({(shots, episode): what a fresh process answers}, {(shots, episode): the scores answered here})."""
+    def refuse(self, plans: list[Plan], kept: dict, run: Run, how: str, changed: list, checked: int) -> None:
+        """Set the rows of this run's measurements of the method aside and fail it: its answers changed when
+        answered again (`how` "again") or with each query on its own ("alone")."""
+        k, i = changed[0]
+        moved = run.table.set_aside([p.measurement for p in plans if p.k in kept])
+        reason = {
+            "again": f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh "
+            f"process, gets other scores",
+            "alone": f"answers depend on the other queries of an episode, yet it says it is inductive: episode {i} "
+            f"at {k} shots, each query answered on its own, gets other scores (a method whose predict reads its "
+            f"query set sets transductive = True)",
+        }[how]
+        raise MethodFailed(
+            plans[0].spec.label,
+            "the check of its answers",
+            "",
+            ScoreError(
+                f"{reason} ({len(changed)} of {checked} episodes checked differ); its {moved} rows were moved to "
+                f"{set_aside_path(self.out)}"
+            ),
+        )
+
+    def requests_again(self, method, kept: dict, handles: RowHandles, batched: bool, again: bool = True):
+        """({(how, shots, episode): what is asked again}, {(shots, episode): the scores answered in the run}):
+        how "again", the episode as it was asked (with `again`: where the method ran in this process), and
+        "alone", each query on its own (unless the method is transductive)."""
         from benchmark.sandbox import episode_request
 
-        takes_classes = bool(getattr(type(method), "takes_classes", False))
+        takes_classes = bool(getattr(method, "takes_classes", False))
+        hows = (["again"] if again else []) + ([] if getattr(method, "transductive", False) else ["alone"])
         requests, first = {}, {}
         for k, chosen in kept.items():
             blind = self.episode_sets[k].blind(handles)
             for i, scores in chosen.items():
-                if scores is not None:
-                    requests[(k, i)] = episode_request(blind, i, self.config.seed, batched, takes_classes)
-                    first[(k, i)] = scores
+                if scores is None:
+                    continue
+                first[(k, i)] = scores
+                for how in hows:
+                    alone = how == "alone"
+                    requests[(how, k, i)] = episode_request(blind, i, self.config.seed, batched, takes_classes, alone)
         return requests, first
 
     def finish(self, rows):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark import answer_checks
 from benchmark.columns import CONDITIONS, FIXED_K_COLUMNS, WEIGHTS_COLUMNS
 from benchmark.results import Schema, read_results
 from benchmark.runner import BenchConfig, prepared_by
@@ -46,6 +47,7 @@ FIXED_K = Schema(
     flags=("transductive", "isolated"),
 )
 SCHEMA_VERSION = FIXED_K.version
+ALONE_ROWS = 64  # test images of a checked seed asked again one at a time (a predict call each)
 PREDICT_CHUNK = 4096  # test images per predict call (a transductive method gets the whole pool, its query)
 
 
@@ -79,6 +81,7 @@ def run_fixed_k(
     executor=None,
     progress: Progress = SILENT,
     label: str = "method",
+    spec=None,
 ) -> list[dict]:
     """Run a FewShotMethod (prepare once, then per seed fit on the K-per-class draw and predict the whole test
     pool); one dict per seed: seed, shots, n_train, n_test, accuracy, weighted_f1, macro_f1, seconds, draw and
@@ -87,7 +90,8 @@ def run_fixed_k(
 
     The method is prepared on a copy of the task whose base pool is `protocol_base` and whose target is the
     test pool, so that nothing it pre-trains on is drawn or scored. `pools`: fixed_k_pools(task) where the
-    caller has them.
+    caller has them. With `spec` (the runner.MethodSpec that made `method`), the first and last seed are
+    asked again (check_seeds_again) and a method whose answers change fails before any row is made.
     """
     config = config or FixedKConfig(methods=[])
     pools = pools or fixed_k_pools(task)
@@ -111,6 +115,9 @@ def run_fixed_k(
         answers = executor.seed_answers(fixed_k_answers, method, k, list(seeds), blind, n_classes, label, **extra)
     else:
         answers = fixed_k_answers(method, k, seeds, blind, n_classes)
+    if spec is not None and answer_checks.checkable(executor):
+        asked = (spec, method, view, cache, config, handles)
+        check_seeds_again(asked, k, answers, blind, n_classes, executor, progress)
     rows = [
         {
             "seed": seed,
@@ -123,6 +130,33 @@ def run_fixed_k(
         for (seed, scores, seconds), s in zip(answers, sets)
     ]
     return [{**row, "draw": draw.draw, "capped": "|".join(draw.capped)} for row in rows]
+
+
+def check_seeds_again(asked: tuple, k: int, answers: list, blind: list, n_classes: int, executor, progress) -> None:
+    """benchmark/answer_checks.py's "alone" on the first and last seed answered, for a method that says it is
+    inductive: ALONE_ROWS of their test rows, each asked on its own, get the scores they got in the pool. (Its
+    "again" is not asked: the draws come from the train pool and are scored on the disjoint test pool, so
+    remembering earlier seeds' draws labels no test image.) `asked`: (spec, method, the task it was prepared
+    on, cache, config, handles)."""
+    from benchmark.sandbox import fixedk_request, same_answers_alone
+
+    spec, method = asked[0], asked[1]
+    if getattr(method, "transductive", False):
+        return
+    requests, expected = {}, {}
+    for j in sorted({0, len(answers) - 1}):
+        (seed, scores, _), s = answers[j], blind[j]
+        rows = np.sort(np.random.default_rng([seed, k, 2718]).permutation(len(s.test_idx))[:ALONE_ROWS])
+        expected[seed] = np.asarray(scores)[rows]
+        requests[seed] = fixedk_request(s, k, seed, n_classes, 1, DRAW_TAG, s.test_idx[rows])
+    again = answer_checks.answered_again(asked, 0, requests, executor, progress)  # prepared with seed 0
+    changed = [seed for seed in requests if not same_answers_alone(expected[seed], again[seed])]
+    if changed:
+        raise answer_checks.refused(spec.label, "alone", f"seed {changed[0]} at {k} shots", len(changed), len(requests))
+    progress.log(
+        f"{spec.label} {k}-shot: {ALONE_ROWS} test images of {len(requests)} seeds answered again, each on its own:"
+        " the same answers"
+    )
 
 
 def in_test_order(scores, order: np.ndarray):

@@ -459,6 +459,20 @@ def episode_request(blind, i: int, seed: int, batched: bool, takes_classes: bool
     }
 
 
+def fixedk_request(s, k: int, seed: int, n_classes: int, chunk: int, draw_tag: int, test=None) -> dict:
+    """What a method process answers for one fixed-K seed (a BlindFixedKSet `s`): fit on its draw, then predict
+    `test` (default: the whole test pool) `chunk` rows at a time."""
+    return {
+        "op": "fixedk",
+        "train": s.train_idx.tolist(),
+        "train_y": s.train_y.tolist(),
+        "test": (s.test_idx if test is None else test).tolist(),
+        "n_classes": int(n_classes),
+        "chunk": int(chunk),
+        "rng": [int(seed), int(k), int(draw_tag), 1],
+    }
+
+
 class SandboxExecutor:
     """`--isolate`: who prepares and answers every method. Each method is prepared in its sandbox and each
     episode (or fixed-K seed) answered by a fresh fork there; the harness holds the query labels and scores."""
@@ -498,16 +512,8 @@ class SandboxExecutor:
         """benchmark.fixedk.fixed_k_answers' answers, each seed from a fresh fork of the prepared sandbox."""
         out = []
         for seed, s in zip(seeds, sets):
-            message = {
-                "op": "fixedk",
-                "train": s.train_idx.tolist(),
-                "train_y": s.train_y.tolist(),
-                "test": s.test_idx.tolist(),
-                "n_classes": int(n_classes),
-                "chunk": max(1, len(s.test_idx)) if method.transductive else int(chunk),  # its query: the pool
-                "rng": [int(seed), int(k), int(draw_tag), 1],
-            }
-            scores, seconds = self._request(message)
+            chunk_size = max(1, len(s.test_idx)) if method.transductive else int(chunk)  # its query: the pool
+            scores, seconds = self._request(fixedk_request(s, k, seed, n_classes, chunk_size, draw_tag))
             out.append((int(seed), scores, seconds))
         return out
 

@@ -61,3 +61,28 @@ def test_every_builtin_passes_the_check(name, data, tmp_path, capsys):  # noqa: 
     # the check ran: each query on its own too, unless the method says it reads its query set
     alone = "each query also on its own" if not METHODS.lookup(name).transductive else "by a fresh process: the"
     assert any("answered again by a fresh process" in line and alone in line for line in logged.lines), logged.lines
+
+
+@pytest.mark.parametrize("name", [n for n in builtin_method_names() if not METHODS.lookup(n).takes_classes])
+def test_every_builtin_passes_the_fixed_k_check(name, data, tmp_path):  # noqa: F811
+    """Every inductive built-in that fixed-K runs (it gives no class ids) answers a test image alone as it does
+    in its pool (benchmark/fixedk.py)."""
+    from benchmark.fixedk import FixedKConfig
+    from benchmark.protocols.fixedk import run_fixedk_benchmark
+
+    failures, logged = [], Logged()
+    config = FixedKConfig(
+        methods=[MethodSpec.parse(spec(name))],
+        task=f"folder:{data}",
+        shots=[2],
+        seeds=[0, 1],
+        image_size=32,
+        data_dir=data,
+        cache_dir=tmp_path / "cache",
+        out=tmp_path / "fixedk.csv",
+    )
+    rows = run_fixedk_benchmark(config, logged, failures=failures)
+    assert not failures, failures
+    assert len(rows) == 2
+    if not METHODS.lookup(name).transductive:
+        assert any("answered again, each on its own: the same answers" in line for line in logged.lines), logged.lines

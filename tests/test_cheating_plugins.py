@@ -178,5 +178,35 @@ def test_a_method_that_reads_its_query_set_must_say_so(stripes, tmp_path, isolat
     config = one_shot_config(["cheat-query-stats", "cheat-rows"], stripes, tmp_path / "cache", out, isolate=isolate)
     rows = run_benchmark(config, failures=failures)
     assert [f.label for f in failures] == ["cheat-query-stats"], failures
-    assert "answers depend on the other queries of an episode, yet it says it is inductive" in str(failures[0])
+    assert "answers depend on the other queries it is asked with, yet it says it is inductive" in str(failures[0])
     assert set(rows["method"]) == {"cheat-rows"} and set(read_results(out)["method"]) == {"cheat-rows"}
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_fixed_k_refuses_a_method_that_reads_its_test_pool_unannounced(stripes, tmp_path, isolate):
+    """The fixed-K protocol asks test images of its first and last seed again, each on its own: a method that
+    reads its test pool without saying it is transductive fails before any row of it is written; an honest
+    one writes its rows."""
+    from benchmark.fixedk import FixedKConfig
+    from benchmark.protocols.fixedk import run_fixedk_benchmark
+
+    if isolate and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    failures = []
+    rows = run_fixedk_benchmark(
+        FixedKConfig(
+            methods=[MethodSpec.parse(m) for m in ("cheat-query-stats", "protonet")],
+            task=f"folder:{stripes}",
+            shots=[2],
+            data_dir=stripes,
+            cache_dir=tmp_path / "cache",
+            out=tmp_path / "fixedk.csv",
+            image_size=32,
+            seeds=[0, 1, 2],
+            isolate=isolate,
+        ),
+        failures=failures,
+    )
+    assert [f.label for f in failures] == ["cheat-query-stats"], failures
+    assert "answers depend on the other queries it is asked with" in str(failures[0]), failures
+    assert set(rows["method"]) == {"protonet"} and len(rows) == 3

@@ -8,12 +8,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmark import runner
+from benchmark import answer_checks, runner
 from benchmark.pipeline import Plan, Run, run
 from benchmark.protocols import TaskProtocol
 from benchmark.results import EPISODES, SCHEMA_VERSION, check_results_path, set_aside_path
-from benchmark.scoring import MethodFailed, ScoreError
-from methods.base import handed
 from methods.devices import device_name
 from methods.progress import SILENT, Progress
 from tasks.handles import RowHandles
@@ -78,7 +76,7 @@ class Episodes(TaskProtocol):
                 prepared = True
             kept[plan.k] = dict.fromkeys(runner.episodes_to_check(plan.pending, config.seed, plan.k))
             self.answer(plan, run, handles, kept[plan.k])
-        if prepared and (not hasattr(run.executor, "prepare") or hasattr(run.executor, "answered_again")):
+        if prepared and answer_checks.checkable(run.executor):
             self.check_answers_again(plans, kept, handles, run)
 
     def prepare(self, plan: Plan, run: Run, handles: RowHandles) -> None:
@@ -139,86 +137,46 @@ class Episodes(TaskProtocol):
                     last_flush = time.perf_counter()
 
     def check_answers_again(self, plans: list[Plan], kept: dict, handles: RowHandles, run: Run) -> None:
-        """A method's answer to an episode depends on that episode and its prepared state: never on the episodes
-        it answered before, and (unless it says it is transductive) never on its episode's other queries. The
-        kept episodes are answered again: by a fresh process prepared like this one (from the method's cache)
-        where the method ran here, or by fresh forks of its sandbox; there each query is also answered on its
-        own. Where any scores differ, the rows of this run's measurements of the method (`plans`: not its rows
-        of other ways, queries or streams) are set aside and it fails."""
-        from benchmark.sandbox import answered_again, same_answers, same_answers_alone, settings_meta
+        """benchmark/answer_checks.py on the kept episodes (the last of each shots' and two drawn from the seed);
+        where any scores differ, the rows of this run's measurements of the method (`plans`: not its rows of
+        other ways, queries or streams) are set aside and it fails."""
+        from benchmark.sandbox import same_answers, same_answers_alone
 
-        spec, method, config = plans[0].spec, plans[0].method, self.config
-        sandboxed = hasattr(run.executor, "answered_again")
+        spec, method = plans[0].spec, plans[0].method
+        sandboxed = not answer_checks.asks_again(run.executor)
         batched = bool(getattr(method, "batched", False)) if sandboxed else runner.supports_batches(method)
-        requests, first = self.requests_again(method, kept, handles, batched, again=not sandboxed)
+        requests, first = self.requests_again(method, kept, handles, batched, answer_checks.hows(method, run.executor))
         if not requests:
             return
-        with runner.blamed(spec.label, "the check of its answers"):
-            if sandboxed:
-                answers = run.executor.answered_again(requests)
-            else:
-                meta = settings_meta(
-                    spec.name, spec.options, config.backbone, config.image_size, config.seed, str(config.device)
-                )
-                given = handed(
-                    self.task,
-                    self.cache,
-                    config.backbone,
-                    config.image_size,
-                    type(method).consumes,
-                    run.progress,
-                    config.device,
-                    handles,
-                )
-                answers = answered_again(meta, given, runner.method_cache(self.cache, method).root, requests)
+        asked = (spec, method, self.task, self.cache, self.config, handles)
+        answers = answer_checks.answered_again(asked, self.config.seed, requests, run.executor, run.progress)
         changed = {"again": [], "alone": []}
         for (how, k, i), request in requests.items():
             scores = answers[(how, k, i)]
             if how == "again" and not same_answers(first[(k, i)], scores[0] if request["op"] == "batch" else scores):
-                changed["again"].append((k, i))
+                changed[how].append((k, i))
             if how == "alone" and not same_answers_alone(first[(k, i)], scores):
-                changed["alone"].append((k, i))
+                changed[how].append((k, i))
         for how, found in changed.items():
             if found:
-                self.refuse(plans, kept, run, how, found, sum(key[0] == how for key in requests))
-        checked = sorted({key[1:] for key in requests})
+                k, i = found[0]
+                moved = run.table.set_aside([p.measurement for p in plans if p.k in kept])
+                checked = sum(key[0] == how for key in requests)
+                rows = f"; its {moved} rows were moved to {set_aside_path(self.out)}"
+                raise answer_checks.refused(spec.label, how, f"episode {i} at {k} shots", len(found), checked, rows)
         run.progress.log(
-            f"{spec.label}: {len(checked)} episodes answered again "
-            + ("by a fresh process" if not sandboxed else "")
+            f"{spec.label}: {len({key[1:] for key in requests})} episodes answered again"
+            + ("" if sandboxed else " by a fresh process")
             + (", each query also on its own" if any(key[0] == "alone" for key in requests) else "")
             + ": the same answers"
         )
 
-    def refuse(self, plans: list[Plan], kept: dict, run: Run, how: str, changed: list, checked: int) -> None:
-        """Set the rows of this run's measurements of the method aside and fail it: its answers changed when
-        answered again (`how` "again") or with each query on its own ("alone")."""
-        k, i = changed[0]
-        moved = run.table.set_aside([p.measurement for p in plans if p.k in kept])
-        reason = {
-            "again": f"answers depend on earlier episodes: episode {i} at {k} shots, answered again by a fresh "
-            f"process, gets other scores",
-            "alone": f"answers depend on the other queries of an episode, yet it says it is inductive: episode {i} "
-            f"at {k} shots, each query answered on its own, gets other scores (a method whose predict reads its "
-            f"query set sets transductive = True)",
-        }[how]
-        raise MethodFailed(
-            plans[0].spec.label,
-            "the check of its answers",
-            "",
-            ScoreError(
-                f"{reason} ({len(changed)} of {checked} episodes checked differ); its {moved} rows were moved to "
-                f"{set_aside_path(self.out)}"
-            ),
-        )
-
-    def requests_again(self, method, kept: dict, handles: RowHandles, batched: bool, again: bool = True):
+    def requests_again(self, method, kept: dict, handles: RowHandles, batched: bool, hows: list[str]):
         """({(how, shots, episode): what is asked again}, {(shots, episode): the scores answered in the run}):
-        how "again", the episode as it was asked (with `again`: where the method ran in this process), and
-        "alone", each query on its own (unless the method is transductive)."""
+        how "again", the episode as it was asked, and "alone", each query on its own."""
         from benchmark.sandbox import episode_request
 
         takes_classes = bool(getattr(method, "takes_classes", False))
-        hows = (["again"] if again else []) + ([] if getattr(method, "transductive", False) else ["alone"])
         requests, first = {}, {}
         for k, chosen in kept.items():
             blind = self.episode_sets[k].blind(handles)

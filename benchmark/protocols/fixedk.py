@@ -74,6 +74,7 @@ class FixedK(TaskProtocol):
                 executor=run.executor,
                 progress=run.progress,
                 label=label,
+                spec=plan.spec,
             )
         made = {**run.provenance.columns(), "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
         run.table.append([{"schema": fixedk.SCHEMA_VERSION, **plan.key, **result, **made} for result in results])

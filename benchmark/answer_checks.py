@@ -1,0 +1,74 @@
+"""The checks that a method's answers depend only on what it is asked, for every protocol that scores them.
+
+A method's answer to an episode (a fixed-K seed) may depend on that episode and its prepared state, never on
+the episodes it answered before (memory: a target image is a support in one episode and a query in another);
+and, unless it says it is transductive, a query's scores never depend on the other queries it is asked with.
+After a method has answered, a few of its episodes are asked again: as they were asked, by a fresh process
+prepared like this one from the method's cache (where the method ran in this process), and with each query
+on its own (an inductive method; in that fresh process, or under --isolate by fresh forks of its sandbox).
+Scores that differ fail the method. The protocols choose what to ask again and what to do with the rows.
+"""
+
+from __future__ import annotations
+
+from benchmark import runner
+from benchmark.scoring import MethodFailed, ScoreError
+from methods.base import handed
+from methods.progress import Progress
+
+STAGE = "the check of its answers"
+REASONS = {
+    "again": "answers depend on earlier episodes: {what}, answered again by a fresh process, gets other scores",
+    "alone": "answers depend on the other queries it is asked with, yet it says it is inductive: {what}, with "
+    "each query answered on its own, gets other scores (a method whose predict reads its query set sets "
+    "transductive = True)",
+}
+
+
+def checkable(executor) -> bool:
+    """Whether answers can be asked again where the method ran: this process, or its sandbox (not Ray's
+    workers, which keep no prepared method for the driver to ask)."""
+    return executor is None or hasattr(executor, "answered_again") or not hasattr(executor, "prepare")
+
+
+def asks_again(executor) -> bool:
+    """Whether to ask the episodes again as they were asked: where the method ran in this process, which may
+    have kept something from episode to episode (a sandbox answers each from a fresh fork anyway)."""
+    return not hasattr(executor, "answered_again")
+
+
+def hows(method, executor) -> list[str]:
+    """What to ask again: "again" (asks_again) and "alone" (unless the method says it is transductive)."""
+    return (["again"] if asks_again(executor) else []) + ([] if getattr(method, "transductive", False) else ["alone"])
+
+
+def answered_again(asked: tuple, seed: int, requests: dict, executor, progress: Progress) -> dict:
+    """{key: scores} for `requests` ({key: a benchmark/method_child request}): by fresh forks of the method's
+    sandbox where it runs isolated, else by a fresh process prepared like this one (from the method's cache,
+    with the seed it was prepared with). What the method raises there is its failure. `asked`: (spec, method,
+    the task it was prepared on, cache, config, handles)."""
+    from benchmark.sandbox import answered_again as by_fresh_process
+    from benchmark.sandbox import settings_meta
+
+    spec, method, task, cache, config, handles = asked
+    if hasattr(executor, "answered_again"):
+        with runner.blamed(spec.label, STAGE):
+            return executor.answered_again(requests)
+    meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, seed, str(config.device))
+    given = handed(
+        task, cache, config.backbone, config.image_size, type(method).consumes, progress, config.device, handles
+    )
+    with runner.blamed(spec.label, STAGE):
+        return by_fresh_process(meta, given, runner.method_cache(cache, method).root, requests)
+
+
+def refused(label: str, how: str, what: str, changed: int, checked: int, rows: str = "") -> MethodFailed:
+    """The failure of a method whose answers changed when asked again (`how` "again") or with each query on its
+    own ("alone"); `what` names the first that changed ("episode 3 at 5 shots"), `rows` what became of its
+    rows."""
+    return MethodFailed(
+        label,
+        STAGE,
+        "",
+        ScoreError(f"{REASONS[how].format(what=what)} ({changed} of {checked} checked differ){rows}"),
+    )

@@ -38,8 +38,11 @@ def asks_again(executor) -> bool:
 
 
 def hows(method, executor) -> list[str]:
-    """What to ask again: "again" (asks_again) and "alone" (unless the method says it is transductive)."""
-    return (["again"] if asks_again(executor) else []) + ([] if getattr(method, "transductive", False) else ["alone"])
+    """What to ask again, in the order to ask it: "alone" (unless the method says it is transductive) first, so
+    that the fresh process has seen no episode's whole query when it is asked its queries one at a time (it
+    could replay the scores it gave them together), then "again" (asks_again)."""
+    alone = [] if getattr(method, "transductive", False) else ["alone"]
+    return alone + (["again"] if asks_again(executor) else [])
 
 
 def answered_again(asked: tuple, seed: int, requests: dict, executor, progress: Progress) -> dict:

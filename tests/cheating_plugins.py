@@ -416,11 +416,18 @@ class ForgedReply(Cheat):
         return self.constant(len(query_idx))
 
 
+REPLAYED: dict = {}  # module-global: the scores cheat-query-stats:replay=True gave, by support and query row
+
+
 @register_method("cheat-query-stats")
 class QueryStatistics(Cheat):
     """Nearest prototype by cosine similarity after centring the prototypes and the queries on the mean of the
     query set it is asked: a transductive method (its scores depend on which other queries it sees) that does
-    not say so, and would stand among the inductive ones."""
+    not say so, and would stand among the inductive ones. `replay=True`: a query asked alone whose scores it
+    gave before, with the same support, gets those scores again (to pass a check that asks one at a time)."""
+
+    def __init__(self, replay: bool = False):
+        self.replay = replay
 
     def fit(self, support_idx, support_y, n_way, rng, **named):
         super().fit(support_idx, support_y, n_way, rng, **named)
@@ -433,4 +440,10 @@ class QueryStatistics(Cheat):
         q, p = x - centre, self.prototypes - centre
         q = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-6)
         p = p / (np.linalg.norm(p, axis=1, keepdims=True) + 1e-6)
-        return (q @ p.T).astype(np.float32)
+        scores = (q @ p.T).astype(np.float32)
+        if self.replay:
+            support = tuple(self.support_idx.tolist())
+            if len(query_idx) == 1 and (support, int(query_idx[0])) in REPLAYED:
+                return REPLAYED[(support, int(query_idx[0]))][None]
+            REPLAYED.update({(support, int(i)): row for i, row in zip(query_idx, scores)})
+        return scores

@@ -171,14 +171,18 @@ def test_a_refused_method_keeps_its_rows_of_other_measurements(stripes, tmp_path
 def test_a_method_that_reads_its_query_set_must_say_so(stripes, tmp_path, isolate):
     """A method that says it is inductive but whose scores for a query change with the other queries it is asked
     (cheat-query-stats) is refused, its rows set aside: each checked episode's queries are answered again one
-    at a time, in a fresh process or, isolated, fresh forks of its sandbox. Honest inductive probes pass it."""
+    at a time, in a fresh process or, isolated, fresh forks of its sandbox. The fresh process is asked them
+    before any episode's whole query, so replaying the scores given together (replay=True) does not pass it.
+    Honest inductive probes pass it."""
     if isolate and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed")
     out, failures = tmp_path / "probes.csv", []
-    config = one_shot_config(["cheat-query-stats", "cheat-rows"], stripes, tmp_path / "cache", out, isolate=isolate)
-    rows = run_benchmark(config, failures=failures)
-    assert [f.label for f in failures] == ["cheat-query-stats"], failures
-    assert "answers depend on the other queries it is asked with, yet it says it is inductive" in str(failures[0])
+    cheating_plugins.REPLAYED.clear()
+    methods = ["cheat-query-stats", "cheat-query-stats:replay=True", "cheat-rows"]
+    rows = run_benchmark(one_shot_config(methods, stripes, tmp_path / "cache", out, isolate=isolate), failures=failures)
+    assert [f.label for f in failures] == methods[:2], failures
+    for failure in failures:
+        assert "answers depend on the other queries it is asked with, yet it says it is inductive" in str(failure)
     assert set(rows["method"]) == {"cheat-rows"} and set(read_results(out)["method"]) == {"cheat-rows"}
 
 

@@ -178,13 +178,13 @@ class Episodes(TaskProtocol):
 
         takes_classes = bool(getattr(method, "takes_classes", False))
         requests, first = {}, {}
-        for k, chosen in kept.items():
-            blind = self.episode_sets[k].blind(handles)
-            for i, scores in chosen.items():
-                if scores is None:
-                    continue
-                first[(k, i)] = scores
-                for how in hows:
+        for how in hows:  # in their order: every episode's queries alone before any episode's whole query
+            for k, chosen in kept.items():
+                blind = self.episode_sets[k].blind(handles)
+                for i, scores in chosen.items():
+                    if scores is None:
+                        continue
+                    first[(k, i)] = scores
                     alone = how == "alone"
                     requests[(how, k, i)] = episode_request(blind, i, self.config.seed, batched, takes_classes, alone)
         return requests, first

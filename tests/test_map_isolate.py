@@ -213,3 +213,18 @@ def test_a_crashing_plugin_fails_alone_isolated(data, tmp_path, capsys, crasher,
     ), err
     assert detail in line and rc == 3, err
     assert [(r["method"], r["smoothing"]) for r in rows] == [("protonet", "none"), ("protonet", "mrf")], err
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_a_mapping_method_that_reads_its_windows_unannounced_is_refused(data, tmp_path, capsys, isolate):
+    """Windows of a crater map are asked again one at a time (a fresh process in-process, a fresh fork of the
+    sandbox isolated): a method that reads the set of windows it is asked without saying it is transductive
+    (cheat-query-stats) fails in one line, and the honest method after it still maps."""
+    if isolate and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    methods = ["--method", "cheat-query-stats", "--method", "protonet", *DISTINCT, *(["--isolate"] if isolate else [])]
+    rc, err, rows = crater_run(data, tmp_path / "out" / "ctx", capsys, *methods)
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 3 and "method cheat-query-stats failed in the check of its answers" in line, err
+    assert "answers depend on the other queries it is asked with, yet it says it is inductive" in line, err
+    assert {r["method"] for r in rows} == {"protonet"}, err

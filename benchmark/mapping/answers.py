@@ -154,3 +154,57 @@ def base_handed(method, task, windows: SceneWindows, cache) -> Handed:
         windows.device,
         RowHandles.identity(len(task.table)),
     )
+
+
+ALONE_WINDOWS = 64  # classified windows of a map asked again one at a time (a predict call each)
+
+
+def alone_request(query: WindowQuery, settings: Settings) -> tuple[dict, np.ndarray]:
+    """(the request, the grid positions it asks): fit as the map did, then ALONE_WINDOWS of the classified
+    windows, drawn from the seed, each predicted on its own (benchmark/answer_checks.py's "alone")."""
+    picked = np.sort(np.random.default_rng([int(settings.seed), 2718]).permutation(len(query.targets))[:ALONE_WINDOWS])
+    request = {
+        "op": "map",
+        "train": query.support.tolist(),
+        "train_y": query.labels.tolist(),
+        "test": query.handles[picked].tolist(),
+        "n_classes": int(query.n_way),
+        "chunk": 1,
+        "rng": fit_seed(settings),
+    }
+    return request, query.targets[picked]
+
+
+def check_alone(label: str, probs: np.ndarray, targets: np.ndarray, scores) -> None:
+    """Fail the method (MethodFailed) where the windows at grid positions `targets`, asked on their own, got
+    `scores` whose probabilities are not those the map gave them among the other windows."""
+    from benchmark import answer_checks
+    from benchmark.sandbox import same_answers_alone
+
+    with blamed(label, answer_checks.STAGE):
+        alone = softmax(check_scores(scores, (len(targets), probs.shape[-1]), "", "windows x classes"))
+    if not same_answers_alone(probs.reshape(-1, probs.shape[-1])[targets], alone):
+        raise answer_checks.refused(label, "alone", "the map's windows", 1, 1)
+
+
+def checked_here(method_spec, method, task, windows: SceneWindows, points: Points, cache, settings, options, answered):
+    """After a map made in this process (`answered`: its probabilities and the classified windows): a fresh
+    process prepared like this one (from the method's cache) is asked some of its windows one at a time
+    (alone_request); an inductive method must give them the same probabilities (check_alone). A transductive
+    one is not asked."""
+    if getattr(method, "transductive", False):
+        return
+    from benchmark import answer_checks
+    from benchmark.sandbox import answered_again, settings_meta
+
+    probs, classified = answered
+    query = window_query(method, windows, points, options.chunk, None if classified.all() else classified)
+    request, targets = alone_request(query, settings)
+    meta = settings_meta(
+        method_spec.name, method_spec.options, windows.backbone, windows.image_size, settings.seed, str(windows.device)
+    )
+    given = windows.handed(base_handed(method, task, windows, cache))
+    with blamed(method_spec.label, answer_checks.STAGE):
+        scores = answered_again(meta, given, method_cache(cache, method).root, {"alone": request})["alone"]
+    check_alone(method_spec.label, probs, targets, scores)
+    windows.progress.log(f"{method_spec.label}: {len(targets)} windows answered again, each on its own: the same")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.mapping.answers import base_handed, fit_seed, softmax, window_query
+from benchmark.mapping.answers import alone_request, base_handed, check_alone, fit_seed, softmax, window_query
 from benchmark.mapping.context import SceneWindows
 from benchmark.mapping.points import Points
 from benchmark.runner import method_cache
@@ -77,6 +77,13 @@ def answered_in_sandbox(
         timings = {"prepare_s": time.perf_counter() - started}
         query = window_query(method, windows, points, options.chunk, None if classified.all() else classified)
         probs, timings["fit_predict_s"] = sandboxed_probabilities(process, query, windows, settings, label)
+        if not method.transductive:  # a fresh fork asked some windows alone: an inductive method's are the same
+            request, targets = alone_request(query, settings)
+            try:
+                scores, _ = process.request(request)
+            except MethodProcessFailed as exc:
+                raise MethodFailed(label, "the check of its answers", " in its sandbox", exc) from None
+            check_alone(label, probs, targets, scores)
     finally:
         process.close()
     return method, probs, timings

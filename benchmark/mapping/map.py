@@ -13,6 +13,7 @@ import numpy as np
 from benchmark.mapping import gis
 from benchmark.mapping.answers import (  # noqa: F401  (classify_windows, map_context: where callers find them)
     answered_here,
+    checked_here,
     classify_windows,
     map_context,
 )
@@ -97,6 +98,8 @@ def map_scene(
     started = time.perf_counter()
     if hidden is None:
         method, probs, timings = answered_here(method_spec, task, windows, points, cache, settings, options, classified)
+        if options.check:
+            checked_here(method_spec, method, task, windows, points, cache, settings, options, (probs, classified))
     else:
         from benchmark.mapping.isolated import answered_in_sandbox
 

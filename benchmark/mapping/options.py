@@ -15,3 +15,5 @@ class MapOptions:
     out: Path | None = None  # the folder of the outputs; None: nothing is written
     preview: int = 1600  # longest side of the PNG figures in pixels
     chunk: int = 2048  # windows per predict call (a transductive method: all at once)
+    # ask some windows again, each on its own, in a fresh process (in-process maps; a sandboxed map always is)
+    check: bool = True

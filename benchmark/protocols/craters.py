@@ -188,7 +188,7 @@ class Craters(Protocol):
                 points,
                 self.cache,
                 settings,
-                MapOptions(out=out, preview=1200),
+                MapOptions(out=out, preview=1200, check=seed == config.seeds[0]),  # in-process: a fresh process per K
                 run.progress,
                 hidden=self.hidden,
             )

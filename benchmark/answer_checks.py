@@ -11,9 +11,12 @@ Scores that differ fail the method. The protocols choose what to ask again and w
 
 from __future__ import annotations
 
+import numpy as np
+
 from benchmark import runner
 from benchmark.scoring import MethodFailed, ScoreError
 from methods.base import handed
+from methods.devices import resolve_device
 from methods.progress import Progress
 
 STAGE = "the check of its answers"
@@ -23,6 +26,25 @@ REASONS = {
     "each query answered on its own, gets other scores (a method whose predict reads its query set sets "
     "transductive = True)",
 }
+
+
+def alone_tolerance(device) -> float:
+    """How far (relative to the scores' scale) a query's scores asked alone may be from those asked with the
+    others: float noise of a batch of another size. A GPU's convolutions round in TF32 by default (about 1e-3
+    relative), a CPU's in float32."""
+    kind = getattr(device, "type", None) or str(device or "auto").split(":")[0]
+    return 1e-4 if (resolve_device(kind).type if kind == "auto" else kind) == "cpu" else 1e-2
+
+
+def same_alone(together, alone, device) -> bool:
+    """Scores of queries answered together and each on its own agree to float noise (alone_tolerance; a batch
+    of another size may round otherwise and flip an exact tie, so predictions are not compared)."""
+    together, alone = np.asarray(together, np.float64), np.asarray(alone, np.float64)
+    if together.shape != alone.shape:
+        return False
+    tol = alone_tolerance(device)
+    scale = float(np.nanmax(np.abs(together))) if together.size and np.isfinite(together).any() else 1.0
+    return bool(np.allclose(together, alone, rtol=tol, atol=0.1 * tol * max(scale, 1.0), equal_nan=True))
 
 
 def checkable(executor) -> bool:

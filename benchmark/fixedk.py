@@ -138,7 +138,7 @@ def check_seeds_again(asked: tuple, k: int, answers: list, blind: list, n_classe
     "again" is not asked: the draws come from the train pool and are scored on the disjoint test pool, so
     remembering earlier seeds' draws labels no test image.) `asked`: (spec, method, the task it was prepared
     on, cache, config, handles)."""
-    from benchmark.sandbox import fixedk_request, same_answers_alone
+    from benchmark.sandbox import fixedk_request
 
     spec, method = asked[0], asked[1]
     if getattr(method, "transductive", False):
@@ -150,7 +150,8 @@ def check_seeds_again(asked: tuple, k: int, answers: list, blind: list, n_classe
         expected[seed] = np.asarray(scores)[rows]
         requests[seed] = fixedk_request(s, k, seed, n_classes, 1, DRAW_TAG, s.test_idx[rows])
     again = answer_checks.answered_again(asked, 0, requests, executor, progress)  # prepared with seed 0
-    changed = [seed for seed in requests if not same_answers_alone(expected[seed], again[seed])]
+    device = asked[4].device
+    changed = [seed for seed in requests if not answer_checks.same_alone(expected[seed], again[seed], device)]
     if changed:
         raise answer_checks.refused(spec.label, "alone", f"seed {changed[0]} at {k} shots", len(changed), len(requests))
     progress.log(

@@ -543,16 +543,6 @@ def answered_again(meta: dict, given: Handed, cache: Path, requests: dict, progr
         process.close()
 
 
-def same_answers_alone(together: np.ndarray, alone: np.ndarray) -> bool:
-    """Scores of one episode's queries answered together and each on its own agree to float noise (a batch of
-    another size may round otherwise, and flip an exact tie, so predictions are not compared)."""
-    together, alone = np.asarray(together, np.float64), np.asarray(alone, np.float64)
-    if together.shape != alone.shape:
-        return False
-    scale = float(np.nanmax(np.abs(together))) if together.size and np.isfinite(together).any() else 1.0
-    return bool(np.allclose(together, alone, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True))
-
-
 def same_answers(first: np.ndarray, again: np.ndarray) -> bool:
     """Scores of one episode answered twice agree: the same predictions, and the same numbers to float noise."""
     first, again = np.asarray(first, np.float64), np.asarray(again, np.float64)

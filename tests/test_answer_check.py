@@ -4,6 +4,7 @@ check_answers_again). Cheating plugins that remember are refused in tests/test_c
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from test_isolate import data  # noqa: F401  (the class-by-class folder data set)
 from test_methods import FAST_OPTIONS
@@ -86,3 +87,18 @@ def test_every_builtin_passes_the_fixed_k_check(name, data, tmp_path):  # noqa: 
     assert len(rows) == 2
     if not METHODS.lookup(name).transductive:
         assert any("answered again, each on its own: the same answers" in line for line in logged.lines), logged.lines
+
+
+def test_scores_asked_alone_may_differ_by_float_noise_only():
+    """A batch of another size rounds otherwise: 1e-4 of the scores' scale on a CPU, 1e-2 on a GPU (TF32
+    convolutions); more than that, or another shape, is another answer."""
+    from benchmark.answer_checks import alone_tolerance, same_alone
+
+    together = np.array([[12.0, -3.0, 0.5], [1.0, 2.0, 3.0]])
+    assert alone_tolerance("cpu") == 1e-4 and alone_tolerance("cuda") == 1e-2
+    assert same_alone(together, together * (1 + 5e-5), "cpu")
+    assert not same_alone(together, together * (1 + 1e-3), "cpu") and same_alone(together, together * 1.001, "cuda")
+    assert not same_alone(together, together[:, :2], "cpu")
+    shifted = together.copy()
+    shifted[1] = [2.0, 1.0, 3.0]  # a transductive method's second query
+    assert not same_alone(together, shifted, "cuda")

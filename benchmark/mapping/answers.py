@@ -175,15 +175,14 @@ def alone_request(query: WindowQuery, settings: Settings) -> tuple[dict, np.ndar
     return request, query.targets[picked]
 
 
-def check_alone(label: str, probs: np.ndarray, targets: np.ndarray, scores) -> None:
+def check_alone(label: str, probs: np.ndarray, targets: np.ndarray, scores, device) -> None:
     """Fail the method (MethodFailed) where the windows at grid positions `targets`, asked on their own, got
     `scores` whose probabilities are not those the map gave them among the other windows."""
     from benchmark import answer_checks
-    from benchmark.sandbox import same_answers_alone
 
     with blamed(label, answer_checks.STAGE):
         alone = softmax(check_scores(scores, (len(targets), probs.shape[-1]), "", "windows x classes"))
-    if not same_answers_alone(probs.reshape(-1, probs.shape[-1])[targets], alone):
+    if not answer_checks.same_alone(probs.reshape(-1, probs.shape[-1])[targets], alone, device):
         raise answer_checks.refused(label, "alone", "the map's windows", 1, 1)
 
 
@@ -206,5 +205,5 @@ def checked_here(method_spec, method, task, windows: SceneWindows, points: Point
     given = windows.handed(base_handed(method, task, windows, cache))
     with blamed(method_spec.label, answer_checks.STAGE):
         scores = answered_again(meta, given, method_cache(cache, method).root, {"alone": request})["alone"]
-    check_alone(method_spec.label, probs, targets, scores)
+    check_alone(method_spec.label, probs, targets, scores, windows.device)
     windows.progress.log(f"{method_spec.label}: {len(targets)} windows answered again, each on its own: the same")

@@ -83,7 +83,7 @@ def answered_in_sandbox(
                 scores, _ = process.request(request)
             except MethodProcessFailed as exc:
                 raise MethodFailed(label, "the check of its answers", " in its sandbox", exc) from None
-            check_alone(label, probs, targets, scores)
+            check_alone(label, probs, targets, scores, windows.device)
     finally:
         process.close()
     return method, probs, timings

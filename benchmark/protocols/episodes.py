@@ -140,7 +140,7 @@ class Episodes(TaskProtocol):
         """benchmark/answer_checks.py on the kept episodes (the last of each shots' and two drawn from the seed);
         where any scores differ, the rows of this run's measurements of the method (`plans`: not its rows of
         other ways, queries or streams) are set aside and it fails."""
-        from benchmark.sandbox import same_answers, same_answers_alone
+        from benchmark.sandbox import same_answers
 
         spec, method = plans[0].spec, plans[0].method
         sandboxed = not answer_checks.asks_again(run.executor)
@@ -155,7 +155,7 @@ class Episodes(TaskProtocol):
             scores = answers[(how, k, i)]
             if how == "again" and not same_answers(first[(k, i)], scores[0] if request["op"] == "batch" else scores):
                 changed[how].append((k, i))
-            if how == "alone" and not same_answers_alone(first[(k, i)], scores):
+            if how == "alone" and not answer_checks.same_alone(first[(k, i)], scores, self.config.device):
                 changed[how].append((k, i))
         for how, found in changed.items():
             if found:

@@ -198,6 +198,8 @@ def checked_here(method_spec, method, task, windows: SceneWindows, points: Point
 
     probs, classified = answered
     query = window_query(method, windows, points, options.chunk, None if classified.all() else classified)
+    if not len(query.targets):  # nothing was asked
+        return
     request, targets = alone_request(query, settings)
     meta = settings_meta(
         method_spec.name, method_spec.options, windows.backbone, windows.image_size, settings.seed, str(windows.device)

@@ -77,7 +77,7 @@ def answered_in_sandbox(
         timings = {"prepare_s": time.perf_counter() - started}
         query = window_query(method, windows, points, options.chunk, None if classified.all() else classified)
         probs, timings["fit_predict_s"] = sandboxed_probabilities(process, query, windows, settings, label)
-        if not method.transductive:  # a fresh fork asked some windows alone: an inductive method's are the same
+        if not method.transductive and len(query.targets):  # a fresh fork asks some windows alone: the same
             request, targets = alone_request(query, settings)
             try:
                 scores, _ = process.request(request)

@@ -7,6 +7,7 @@ in each, so scene-disjoint episodes can be drawn from both pools.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,5 +71,8 @@ class Instant(FewShotMethod):
 
 
 def instant_method(name: str) -> type:
-    """A class of its own (its attributes may be patched by a test), registered under `name`."""
-    return register_method(name)(type(f"Instant[{name}]", (Instant,), {}))
+    """A class of its own (its attributes may be patched by a test), registered under `name`. Its module is the
+    caller's, which registers it on import: a fresh process that answers episodes again imports that module to
+    create the method (benchmark/sandbox.modules_for)."""
+    caller = sys._getframe(1).f_globals["__name__"]
+    return register_method(name)(type(f"Instant[{name}]", (Instant,), {"__module__": caller}))

@@ -11,6 +11,8 @@ Scores that differ fail the method. The protocols choose what to ask again and w
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from benchmark import runner
@@ -26,6 +28,16 @@ REASONS = {
     "each query answered on its own, gets other scores (a method whose predict reads its query set sets "
     "transductive = True)",
 }
+
+
+def same_answers(first: np.ndarray, again: np.ndarray) -> bool:
+    """Scores of one episode answered twice agree: the same predictions, and the same numbers to float noise."""
+    first, again = np.asarray(first, np.float64), np.asarray(again, np.float64)
+    if first.shape != again.shape:
+        return False
+    if first.ndim >= 1 and first.size and not np.array_equal(first.argmax(-1), again.argmax(-1)):
+        return False
+    return bool(np.allclose(first, again, rtol=1e-4, atol=1e-5, equal_nan=True))
 
 
 def alone_tolerance(device) -> float:
@@ -67,24 +79,52 @@ def hows(method, executor) -> list[str]:
     return alone + (["again"] if asks_again(executor) else [])
 
 
-def answered_again(asked: tuple, seed: int, requests: dict, executor, progress: Progress) -> dict:
-    """{key: scores} for `requests` ({key: a benchmark/method_child request}): by fresh forks of the method's
-    sandbox where it runs isolated, else by a fresh process prepared like this one (from the method's cache,
-    with the seed it was prepared with). What the method raises there is its failure. `asked`: (spec, method,
-    the task it was prepared on, cache, config, handles)."""
-    from benchmark.sandbox import answered_again as by_fresh_process
-    from benchmark.sandbox import settings_meta
+class Asked(NamedTuple):
+    """A method as a protocol prepared it: what a fresh process needs to prepare it again the same way."""
 
-    spec, method, task, cache, config, handles = asked
-    if hasattr(executor, "answered_again"):
-        with runner.blamed(spec.label, STAGE):
-            return executor.answered_again(requests)
-    meta = settings_meta(spec.name, spec.options, config.backbone, config.image_size, seed, str(config.device))
-    given = handed(
-        task, cache, config.backbone, config.image_size, type(method).consumes, progress, config.device, handles
-    )
+    spec: object  # runner.MethodSpec
+    method: object
+    task: object  # the task it was prepared on
+    cache: object
+    config: object  # backbone, image size, device
+    handles: object  # tasks.handles.RowHandles
+
+
+def rows_to_ask(n: int, limit: int, *seed: int):
+    """Positions of `limit` of `n` rows (all, if fewer), drawn from `seed`, ascending: what a check asks alone."""
+    return np.sort(np.random.default_rng([*seed, 2718]).permutation(n)[:limit])
+
+
+def answered_by_fresh_process(spec, method, given, cache, settings: tuple, requests: dict) -> dict:
+    """{key: scores} for `requests` ({key: a benchmark/method_child request}) from a fresh process prepared on
+    `given` (the arrays the method was handed) and its cache, with `settings` (backbone, image size, seed,
+    device) as it was prepared. What the method raises there is its failure."""
+    from benchmark.sandbox import answered_again, settings_meta
+
+    meta = settings_meta(spec.name, spec.options, *settings[:3], str(settings[3]))
     with runner.blamed(spec.label, STAGE):
-        return by_fresh_process(meta, given, runner.method_cache(cache, method).root, requests)
+        return answered_again(meta, given, runner.method_cache(cache, method).root, requests)
+
+
+def answered_again(asked: Asked, seed: int, requests: dict, executor, progress: Progress) -> dict:
+    """{key: scores} for `requests`: by fresh forks of the method's sandbox where it runs isolated, else by a
+    fresh process prepared like this one (answered_by_fresh_process, with the seed it was prepared with)."""
+    if hasattr(executor, "answered_again"):
+        with runner.blamed(asked.spec.label, STAGE):
+            return executor.answered_again(requests)
+    config = asked.config
+    given = handed(
+        asked.task,
+        asked.cache,
+        config.backbone,
+        config.image_size,
+        type(asked.method).consumes,
+        progress,
+        config.device,
+        asked.handles,
+    )
+    settings = (config.backbone, config.image_size, seed, config.device)
+    return answered_by_fresh_process(asked.spec, asked.method, given, asked.cache, settings, requests)
 
 
 def refused(label: str, how: str, what: str, changed: int, checked: int, rows: str = "") -> MethodFailed:

@@ -116,7 +116,7 @@ def run_fixed_k(
     else:
         answers = fixed_k_answers(method, k, seeds, blind, n_classes)
     if spec is not None and answer_checks.checkable(executor):
-        asked = (spec, method, view, cache, config, handles)
+        asked = answer_checks.Asked(spec, method, view, cache, config, handles)
         check_seeds_again(asked, k, answers, blind, n_classes, executor, progress)
     rows = [
         {
@@ -132,30 +132,32 @@ def run_fixed_k(
     return [{**row, "draw": draw.draw, "capped": "|".join(draw.capped)} for row in rows]
 
 
-def check_seeds_again(asked: tuple, k: int, answers: list, blind: list, n_classes: int, executor, progress) -> None:
+def check_seeds_again(
+    asked: answer_checks.Asked, k: int, answers: list, blind: list, n_classes: int, executor, progress
+) -> None:
     """benchmark/answer_checks.py's "alone" on the first and last seed answered, for a method that says it is
     inductive: ALONE_ROWS of their test rows, each asked on its own, get the scores they got in the pool. (Its
     "again" is not asked: the draws come from the train pool and are scored on the disjoint test pool, so
-    remembering earlier seeds' draws labels no test image.) `asked`: (spec, method, the task it was prepared
-    on, cache, config, handles)."""
+    remembering earlier seeds' draws labels no test image.)"""
     from benchmark.sandbox import fixedk_request
 
-    spec, method = asked[0], asked[1]
-    if getattr(method, "transductive", False):
+    if getattr(asked.method, "transductive", False):
         return
     requests, expected = {}, {}
     for j in sorted({0, len(answers) - 1}):
         (seed, scores, _), s = answers[j], blind[j]
-        rows = np.sort(np.random.default_rng([seed, k, 2718]).permutation(len(s.test_idx))[:ALONE_ROWS])
+        rows = answer_checks.rows_to_ask(len(s.test_idx), ALONE_ROWS, seed, k)
         expected[seed] = np.asarray(scores)[rows]
         requests[seed] = fixedk_request(s, k, seed, n_classes, 1, DRAW_TAG, s.test_idx[rows])
     again = answer_checks.answered_again(asked, 0, requests, executor, progress)  # prepared with seed 0
-    device = asked[4].device
+    device = asked.config.device
     changed = [seed for seed in requests if not answer_checks.same_alone(expected[seed], again[seed], device)]
     if changed:
-        raise answer_checks.refused(spec.label, "alone", f"seed {changed[0]} at {k} shots", len(changed), len(requests))
+        raise answer_checks.refused(
+            asked.spec.label, "alone", f"seed {changed[0]} at {k} shots", len(changed), len(requests)
+        )
     progress.log(
-        f"{spec.label} {k}-shot: {ALONE_ROWS} test images of {len(requests)} seeds answered again, each on its own:"
+        f"{asked.spec.label} {k}-shot: {ALONE_ROWS} test images of {len(requests)} seeds answered again, each on its own:"
         " the same answers"
     )
 

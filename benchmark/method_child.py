@@ -147,11 +147,8 @@ def answer(method, request: dict):
             **named,
         )
         query = np.asarray(request["query"], np.int64)
-        if not request.get("alone"):
-            return method.predict(query)
-        # each query on its own: what an inductive method answers when it sees no other query (the harness's
-        # check that a method which says it is inductive is)
-        return np.concatenate([np.asarray(method.predict(query[j : j + 1])) for j in range(len(query))])
+        # "chunk": 1 asks each query on its own (the harness's check that an inductive method is one)
+        return predicted(method, query, request["chunk"]) if request.get("chunk") else method.predict(query)
     if op == "batch":
         from methods.devices import CPU, to_numpy
 
@@ -169,9 +166,14 @@ def answer(method, request: dict):
             int(request["n_classes"]),
             np.random.default_rng(request["rng"]),
         )
-        test, chunk = np.asarray(request["test"], np.int64), int(request["chunk"])
-        return np.concatenate([np.asarray(method.predict(test[i : i + chunk])) for i in range(0, len(test), chunk)])
+        return predicted(method, np.asarray(request["test"], np.int64), request["chunk"])
     raise ValueError(f"unknown request {op!r}")
+
+
+def predicted(method, rows: np.ndarray, chunk) -> np.ndarray:
+    """The method's scores for `rows`, asked `chunk` rows at a time, in order."""
+    chunk = int(chunk)
+    return np.concatenate([np.asarray(method.predict(rows[i : i + chunk])) for i in range(0, len(rows), chunk)])
 
 
 def reply_to(method, request: dict, channel: Channel) -> None:

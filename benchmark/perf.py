@@ -804,8 +804,8 @@ def sandbox_figures(
     """What `--isolate` costs for one method: its start-up (describe, prepare in the sandbox, a second process
     prepared from the cache) against preparing it here, and its episodes per second (a fresh fork per episode)
     against the local executor on the same episodes; and whether their answers agree."""
+    from benchmark.answer_checks import same_answers
     from benchmark.runner import method_context
-    from benchmark.sandbox import same_answers
 
     handles = RowHandles.of_table(task.table)
     blind = task.episodes(*shape, episodes, seed=0).blind(handles)

@@ -455,7 +455,7 @@ def episode_request(blind, i: int, seed: int, batched: bool, takes_classes: bool
         "n_way": int(episode.n_way),
         "rng": [int(seed), int(blind.n_shot), int(i), 7919],
         "classes": episode.classes.tolist() if takes_classes else None,
-        **({"alone": True} if alone else {}),
+        **({"chunk": 1} if alone else {}),
     }
 
 
@@ -541,13 +541,3 @@ def answered_again(meta: dict, given: Handed, cache: Path, requests: dict, progr
         return {key: process.request(request)[0] for key, request in requests.items()}
     finally:
         process.close()
-
-
-def same_answers(first: np.ndarray, again: np.ndarray) -> bool:
-    """Scores of one episode answered twice agree: the same predictions, and the same numbers to float noise."""
-    first, again = np.asarray(first, np.float64), np.asarray(again, np.float64)
-    if first.shape != again.shape:
-        return False
-    if first.ndim >= 1 and first.size and not np.array_equal(first.argmax(-1), again.argmax(-1)):
-        return False
-    return bool(np.allclose(first, again, rtol=1e-4, atol=1e-5, equal_nan=True))

@@ -162,7 +162,9 @@ ALONE_WINDOWS = 64  # classified windows of a map asked again one at a time (a p
 def alone_request(query: WindowQuery, settings: Settings) -> tuple[dict, np.ndarray]:
     """(the request, the grid positions it asks): fit as the map did, then ALONE_WINDOWS of the classified
     windows, drawn from the seed, each predicted on its own (benchmark/answer_checks.py's "alone")."""
-    picked = np.sort(np.random.default_rng([int(settings.seed), 2718]).permutation(len(query.targets))[:ALONE_WINDOWS])
+    from benchmark.answer_checks import rows_to_ask
+
+    picked = rows_to_ask(len(query.targets), ALONE_WINDOWS, int(settings.seed))
     request = {
         "op": "map",
         "train": query.support.tolist(),
@@ -193,19 +195,15 @@ def checked_here(method_spec, method, task, windows: SceneWindows, points: Point
     one is not asked."""
     if getattr(method, "transductive", False):
         return
-    from benchmark import answer_checks
-    from benchmark.sandbox import answered_again, settings_meta
+    from benchmark.answer_checks import answered_by_fresh_process
 
     probs, classified = answered
     query = window_query(method, windows, points, options.chunk, None if classified.all() else classified)
     if not len(query.targets):  # nothing was asked
         return
     request, targets = alone_request(query, settings)
-    meta = settings_meta(
-        method_spec.name, method_spec.options, windows.backbone, windows.image_size, settings.seed, str(windows.device)
-    )
     given = windows.handed(base_handed(method, task, windows, cache))
-    with blamed(method_spec.label, answer_checks.STAGE):
-        scores = answered_again(meta, given, method_cache(cache, method).root, {"alone": request})["alone"]
+    prepared_with = (windows.backbone, windows.image_size, settings.seed, windows.device)
+    scores = answered_by_fresh_process(method_spec, method, given, cache, prepared_with, {"alone": request})["alone"]
     check_alone(method_spec.label, probs, targets, scores, windows.device)
     windows.progress.log(f"{method_spec.label}: {len(targets)} windows answered again, each on its own: the same")

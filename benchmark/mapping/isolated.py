@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.answer_checks import STAGE
 from benchmark.mapping.answers import alone_request, base_handed, check_alone, fit_seed, softmax, window_query
 from benchmark.mapping.context import SceneWindows
 from benchmark.mapping.points import Points
@@ -82,7 +83,7 @@ def answered_in_sandbox(
             try:
                 scores, _ = process.request(request)
             except MethodProcessFailed as exc:
-                raise MethodFailed(label, "the check of its answers", " in its sandbox", exc) from None
+                raise MethodFailed(label, STAGE, " in its sandbox", exc) from None
             check_alone(label, probs, targets, scores, windows.device)
     finally:
         process.close()

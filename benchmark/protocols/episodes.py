@@ -140,20 +140,20 @@ class Episodes(TaskProtocol):
         """benchmark/answer_checks.py on the kept episodes (the last of each shots' and two drawn from the seed);
         where any scores differ, the rows of this run's measurements of the method (`plans`: not its rows of
         other ways, queries or streams) are set aside and it fails."""
-        from benchmark.sandbox import same_answers
-
         spec, method = plans[0].spec, plans[0].method
         sandboxed = not answer_checks.asks_again(run.executor)
         batched = bool(getattr(method, "batched", False)) if sandboxed else runner.supports_batches(method)
         requests, first = self.requests_again(method, kept, handles, batched, answer_checks.hows(method, run.executor))
         if not requests:
             return
-        asked = (spec, method, self.task, self.cache, self.config, handles)
+        asked = answer_checks.Asked(spec, method, self.task, self.cache, self.config, handles)
         answers = answer_checks.answered_again(asked, self.config.seed, requests, run.executor, run.progress)
         changed = {"again": [], "alone": []}
         for (how, k, i), request in requests.items():
             scores = answers[(how, k, i)]
-            if how == "again" and not same_answers(first[(k, i)], scores[0] if request["op"] == "batch" else scores):
+            if how == "again" and not answer_checks.same_answers(
+                first[(k, i)], scores[0] if request["op"] == "batch" else scores
+            ):
                 changed[how].append((k, i))
             if how == "alone" and not answer_checks.same_alone(first[(k, i)], scores, self.config.device):
                 changed[how].append((k, i))
